@@ -1,0 +1,23 @@
+# iclscope: how language models learn in context.  `make run` runs this with profiles/local;
+# on a cluster: snakemake --profile profiles/slurm.  The stages are in workflow/rules/,
+# the logic in workflow/iclscope/ (see README.md).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/prompts.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/metrics.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

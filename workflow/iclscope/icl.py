@@ -1,0 +1,85 @@
+"""ICL predictions and accuracy, read from an activation file (no model needed).
+
+Classification: the prediction is the argmax over the label words' first-token logits
+(METHODS.md §3.1). Generation: the greedy answer cut at the first newline, stripped, and
+compared for exact match with the expected answer (METHODS.md §4.7).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .store import open_activations, read_prompts
+from .tables import metric_frame
+
+
+def clean_generation(text: str) -> str:
+    """The answer part of a greedy continuation: up to the first newline, stripped."""
+    return text.split("\n", 1)[0].strip()
+
+
+def predictions(path) -> tuple[pd.DataFrame, dict]:
+    """One row per prompt: prompt_id, seed, shots, task, gold/answer, pred, correct."""
+    with open_activations(path) as f:
+        prompts = read_prompts(f)
+        attrs = dict(f.attrs)
+        kind = attrs["kind"]
+        df = pd.DataFrame({k: prompts[k] for k in ("prompt_id", "seed", "shots", "task", "gold", "answer")})
+        if kind == "classification":
+            logits = f["logits/label"][()]  # [N, C]
+            classes = list(attrs["classes"])
+            df["pred_index"] = logits.argmax(1)
+            df["pred"] = [classes[i] for i in df["pred_index"]]
+            df["correct"] = df["pred_index"] == df["gold"]
+            for c, name in enumerate(classes):
+                df[f"logit_{name}"] = logits[:, c]
+        else:
+            df["pred"] = [clean_generation(t) for t in f["generation/text"].asstr()[()]]
+            df["correct"] = df["pred"] == df["answer"].str.strip()
+    return df, {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in attrs.items()}
+
+
+def bootstrap_mean(values: np.ndarray, n_boot: int, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (nan, nan when n_boot == 0)."""
+    if n_boot == 0 or len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def macro_f1(gold: np.ndarray, pred: np.ndarray, labels) -> float:
+    scores = []
+    for c in labels:
+        tp = np.sum((pred == c) & (gold == c))
+        fp, fn = np.sum((pred == c) & (gold != c)), np.sum((pred != c) & (gold == c))
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def accuracy_table(preds: pd.DataFrame, kind: str, n_boot: int, model: str, dataset: str) -> pd.DataFrame:
+    """Long-format rows: accuracy (+ bootstrap CI), macro-F1 and majority baseline per group.
+
+    Classification groups by seed; generation by seed x shots x task, plus 'all' tasks.
+    """
+    rows = []
+    keys = ["seed", "shots"] if kind == "classification" else ["seed", "shots", "task"]
+    groups = list(preds.groupby(keys, sort=True))
+    if kind == "generation":
+        groups += [((s, k, "all"), g) for (s, k), g in preds.groupby(["seed", "shots"], sort=True)]
+    for key, g in groups:
+        key = dict(zip(keys, key, strict=True))
+        correct = g["correct"].to_numpy(float)
+        lo, hi = bootstrap_mean(correct, n_boot, seed=int(key["seed"]))
+        common = {"seed": key["seed"], "shots": key["shots"], "task": key.get("task", dataset)}
+        rows.append({**common, "metric": "accuracy", "value": correct.mean(), "ci_low": lo, "ci_high": hi})
+        if kind == "classification":
+            gold = g["gold"].to_numpy()
+            rows.append({**common, "metric": "macro_f1",
+                         "value": macro_f1(gold, g["pred_index"].to_numpy(), np.unique(gold))})
+            rows.append({**common, "metric": "majority_baseline",
+                         "value": np.bincount(gold).max() / len(gold)})
+            rows.append({**common, "metric": "prediction_share_max",
+                         "value": np.bincount(g["pred_index"]).max() / len(g)})
+    return metric_frame(rows, model=model, dataset=dataset, family="icl_accuracy", position="query")

@@ -1,0 +1,22 @@
+"""Logging for workflow scripts: everything (logging, warnings, tqdm bars) goes to the rule's log."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+
+def log_to(path: str | Path) -> logging.Logger:
+    """Send logging and stderr (tqdm, warnings) of this process to `path`; return the iclscope logger."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stream = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    sys.stderr = stream
+    logging.basicConfig(stream=stream, level=logging.INFO, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    logger = logging.getLogger("iclscope")
+    logger.info("started at %s", time.strftime("%Y-%m-%d %H:%M:%S"))
+    return logger

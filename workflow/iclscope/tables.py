@@ -1,0 +1,67 @@
+"""Parquet tables with their run parameters in the schema metadata, written atomically.
+
+Metric tables are long format (DESIGN.md): one row per value with the columns of
+`METRIC_COLUMNS`; `metric_frame` builds one so that every family writes the same shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+META_KEY = b"iclscope"
+METRIC_COLUMNS = ["model", "dataset", "family", "metric", "layer", "position", "label_type", "task",
+                  "shots", "seed", "value", "ci_low", "ci_high"]
+
+
+def atomic_path(path: str | Path) -> Path:
+    """The temporary sibling a file is written to before it is renamed into place."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+def commit(tmp: Path, path: str | Path) -> None:
+    """fsync `tmp` and rename it to `path` (atomic on one filesystem)."""
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_table(df: pd.DataFrame, path: str | Path, meta: dict | None = None) -> None:
+    """Write `df` to Parquet with `meta` (JSON) in the schema metadata; never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    existing = table.schema.metadata or {}
+    table = table.replace_schema_metadata({**existing, META_KEY: json.dumps(meta or {}, default=str)})
+    tmp = atomic_path(path)
+    pq.write_table(table, tmp)
+    commit(tmp, path)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def read_meta(path: str | Path) -> dict:
+    metadata = pq.read_schema(path).metadata or {}
+    return json.loads(metadata.get(META_KEY, b"{}"))
+
+
+def metric_frame(rows: list[dict], **common) -> pd.DataFrame:
+    """Long-format metric table: `rows` (dicts with at least metric and value) + shared columns."""
+    df = pd.DataFrame([{**common, **r} for r in rows])
+    for col in METRIC_COLUMNS:
+        if col not in df:
+            df[col] = None
+    df = df[METRIC_COLUMNS]
+    for col in ("layer", "shots", "seed"):
+        df[col] = pd.array(df[col], dtype="Int64")
+    for col in ("value", "ci_low", "ci_high"):
+        df[col] = df[col].astype("float64")
+    return df

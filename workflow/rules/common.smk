@@ -1,0 +1,68 @@
+# Shared glue: config validation (before any job), wildcard constraints, target lists and
+# the params that make Snakemake's between-workflow cache key complete.
+# No torch / transformers / HDF5 here: this file is parsed on every call and every SLURM job.
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+
+from iclscope.config import ConfigError, DatasetSpec, ModelSpec, validate_config  # noqa: E402
+from iclscope import __version__ as ICLSCOPE_VERSION  # noqa: E402
+
+try:
+    _validated = validate_config(config)
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+config.clear()
+config.update(_validated)
+
+MODELS = {name: ModelSpec.from_config(name, spec) for name, spec in config["models"].items()}
+DATASETS = {name: DatasetSpec.from_config(name, spec) for name, spec in config["datasets"].items()}
+
+
+wildcard_constraints:
+    model="|".join(map(re.escape, MODELS)) if MODELS else "none",
+    dataset="|".join(map(re.escape, DATASETS)) if DATASETS else "none",
+
+
+def as_json(obj):
+    """Params are compared as strings; canonical JSON keeps the cache key stable."""
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def model_identity(wildcards):
+    return as_json(MODELS[wildcards.model].identity())
+
+
+def dataset_identity(wildcards):
+    return as_json(DATASETS[wildcards.dataset].identity())
+
+
+def extract_identity(wildcards):
+    """Everything besides the input files that changes an activation file."""
+    m = MODELS[wildcards.model]
+    return as_json({"model": m.identity(), "dtype": m.dtype, "device_map": m.device_map,
+                    "extract": {k: v for k, v in config["extract"].items() if k != "shards"},
+                    "iclscope": ICLSCOPE_VERSION})
+
+
+def task_family_datasets():
+    """Datasets whose prompts span several tasks (decodability needs more than one)."""
+    return [n for n, d in DATASETS.items() if d.kind == "generation" or d.task_column]
+
+
+def activation_targets():
+    return expand("results/activations/{model}/{dataset}.h5", model=MODELS, dataset=DATASETS)
+
+
+def metric_targets():
+    targets = expand("results/metrics/{model}/{dataset}/icl_accuracy.parquet", model=MODELS, dataset=DATASETS)
+    targets += expand("results/metrics/{model}/{dataset}/decodability.parquet", model=MODELS,
+                      dataset=task_family_datasets())
+    return targets
+
+
+def all_targets():
+    return activation_targets() + metric_targets()

@@ -1,0 +1,12 @@
+rule prepare_dataset:
+    """Load, decode, filter and split one dataset into the normalised Parquet table."""
+    output:
+        "results/datasets/{dataset}.parquet",
+    params:
+        identity=dataset_identity,
+        version=ICLSCOPE_VERSION,
+    log:
+        "logs/prepare_dataset/{dataset}.log",
+    cache: "omit-software"
+    script:
+        "../scripts/prepare_dataset.py"

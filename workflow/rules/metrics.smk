@@ -1,0 +1,33 @@
+rule icl_accuracy:
+    """Per-prompt predictions and ICL accuracy per seed / task, with the majority-class baseline."""
+    input:
+        "results/activations/{model}/{dataset}.h5",
+    output:
+        table="results/metrics/{model}/{dataset}/icl_accuracy.parquet",
+        predictions="results/predictions/{model}/{dataset}.parquet",
+    params:
+        settings=lambda wc: as_json(config["icl_accuracy"]),
+    log:
+        "logs/icl_accuracy/{model}/{dataset}.log",
+    script:
+        "../scripts/icl_accuracy.py"
+
+
+rule decodability:
+    """Task decodability per layer (leave-one-out k-NN over query states, METHODS.md §4.2)."""
+    input:
+        "results/activations/{model}/{dataset}.h5",
+    output:
+        "results/metrics/{model}/{dataset}/decodability.parquet",
+    params:
+        settings=lambda wc: as_json(config["decodability"]),
+    log:
+        "logs/decodability/{model}/{dataset}.log",
+    script:
+        "../scripts/decodability.py"
+
+
+rule metrics:
+    """Named target: every metric table."""
+    input:
+        metric_targets(),

@@ -1,0 +1,14 @@
+rule prepare_model:
+    """Resolve a model (GGUF in a wheel, hub id, local dir); de-quantise GGUF to safetensors; manifest."""
+    output:
+        directory("results/models/{model}"),
+    params:
+        identity=model_identity,
+        version=ICLSCOPE_VERSION,
+    log:
+        "logs/prepare_model/{model}.log",
+    cache: "omit-software"
+    resources:
+        mem_mb=4000,
+    script:
+        "../scripts/prepare_model.py"

@@ -1,0 +1,12 @@
+from iclscope.config import DatasetSpec
+from iclscope.logs import log_to
+from iclscope.models import load_tokenizer
+from iclscope.prompts import build_prompts
+from iclscope.tables import read_table, write_table
+
+log_to(snakemake.log[0])
+name = snakemake.wildcards.dataset
+tokenizer, manifest = load_tokenizer(snakemake.input.model)
+spec = DatasetSpec.from_config(name, snakemake.config["datasets"][name])
+table, meta = build_prompts(read_table(snakemake.input.dataset), spec, tokenizer, manifest["context_length"])
+write_table(table, snakemake.output[0], {**meta, "model": snakemake.wildcards.model})

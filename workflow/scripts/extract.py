@@ -1,0 +1,9 @@
+from iclscope.config import ModelSpec
+from iclscope.extract import ExtractSettings, extract
+from iclscope.logs import log_to
+
+log_to(snakemake.log[0])
+name = snakemake.wildcards.model
+extract(snakemake.input.prompts, snakemake.input.model, snakemake.output[0],
+        ModelSpec.from_config(name, snakemake.config["models"][name]),
+        ExtractSettings.from_config(snakemake.config["extract"]))

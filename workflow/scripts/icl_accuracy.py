@@ -1,0 +1,13 @@
+from iclscope.icl import accuracy_table, predictions
+from iclscope.logs import log_to
+from iclscope.tables import write_table
+
+log = log_to(snakemake.log[0])
+wc = snakemake.wildcards
+preds, attrs = predictions(snakemake.input[0])
+settings = snakemake.config["icl_accuracy"]
+table = accuracy_table(preds, attrs["kind"], settings["n_boot"], wc.model, wc.dataset)
+meta = {"settings": settings, "source": snakemake.input[0], "prompts_sha256": attrs["prompts_sha256"]}
+write_table(preds.assign(model=wc.model, dataset=wc.dataset), snakemake.output.predictions, meta)
+write_table(table, snakemake.output.table, meta)
+log.info("accuracy:\n%s", table[table.metric.isin(["accuracy", "majority_baseline"])].to_string())
