@@ -224,7 +224,7 @@ def left_pad(sequences: list, pad_id: int, device) -> tuple[torch.Tensor, torch.
     ids = torch.full((len(sequences), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), T), dtype=torch.long)
     for b, s in enumerate(sequences):
-        ids[b, T - len(s):] = torch.as_tensor(s, dtype=torch.long)
+        ids[b, T - len(s):] = torch.tensor(list(s), dtype=torch.long)
         mask[b, T - len(s):] = 1
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids.to(device), mask.to(device), position_ids.to(device)

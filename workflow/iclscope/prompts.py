@@ -199,13 +199,17 @@ def build_prompts(df: pd.DataFrame, spec: DatasetSpec, tokenizer, context_length
         raise ConfigError(f"dataset '{spec.name}': every prompt is longer than the model context "
                           f"({context_length} tokens); shorten the template, use fewer shots or filter long texts")
     table["prompt_id"] = np.arange(len(table), dtype=np.int64)
+    label_ids = []
+    if spec.kind == "classification":
+        label_ids = label_token_ids(tokenizer, spec.label_words, spec.prompts.template)
+        check_label_tokens(table, label_ids)
     meta = {
         "dataset": spec.name,
         "kind": spec.kind,
         "prompt_spec": {**spec.prompts.__dict__},
         "classes": spec.class_names if spec.kind == "classification" else sorted(df["task"].unique()),
         "label_words": spec.label_words,
-        "label_token_ids": label_token_ids(tokenizer, spec.label_words) if spec.kind == "classification" else [],
+        "label_token_ids": label_ids,
         "n_prompts": len(table),
         "n_too_long": int(too_long.sum()),
         "context_length": context_length,
@@ -215,18 +219,34 @@ def build_prompts(df: pd.DataFrame, spec: DatasetSpec, tokenizer, context_length
     return table, meta
 
 
-def label_token_ids(tokenizer, label_words: list[str]) -> list[int]:
-    """First sub-token of each label word as it appears after the template (METHODS.md §3.1)."""
+def label_token_ids(tokenizer, label_words: list[str], template: str) -> list[int]:
+    """Token id of each label word's first sub-token *as it appears after the template text*.
+
+    Tokenized in context (template text before the label slot + label word), not standalone:
+    SentencePiece-style tokenizers give ' negative' alone a different first token than the
+    same word after 'Sentiment:' (METHODS.md §3.10).
+    """
+    _, between, _ = split_template(template)
     ids = []
     for word in label_words:
-        toks = tokenizer(word, add_special_tokens=False)["input_ids"]
-        if not toks:
-            raise ConfigError(f"label word {word!r} tokenizes to nothing")
-        ids.append(int(toks[0]))
+        rec = tokenize_pieces(tokenizer, [Piece(between, LITERAL, 0), Piece(word, LABEL, 0)])
+        ids.append(int(rec["input_ids"][rec["label_pos"][0]]))
     if len(set(ids)) != len(ids):
         raise ConfigError(f"label words {label_words} share their first token {ids}; the prediction reads "
                           "the first sub-token, so pick label words that start differently")
     return ids
+
+
+def check_label_tokens(table: pd.DataFrame, ids: list[int]) -> None:
+    """Every recorded label position must hold its class's label token."""
+    for rec in table.itertuples():
+        for pos, cls in zip(rec.label_pos, rec.label_class, strict=True):
+            if rec.input_ids[pos] != ids[cls]:
+                raise ConfigError(
+                    f"prompt {rec.prompt_id}: the label token at position {pos} is {rec.input_ids[pos]}, "
+                    f"but class {cls}'s label word starts with token {ids[cls]} elsewhere; the tokenizer "
+                    "splits the label word differently in context. Change the separator or template"
+                )
 
 
 def prompts_digest(table: pd.DataFrame) -> str:

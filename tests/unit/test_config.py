@@ -1,0 +1,88 @@
+"""Config validation: every mistake names its key and, for choices, the allowed values."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from iclscope.config import ConfigError, DatasetSpec, validate_config
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def broken(mutate):
+    cfg = copy.deepcopy(DEFAULT)
+    mutate(cfg)
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    return str(err.value)
+
+
+def test_default_config_is_valid_and_gets_defaults():
+    cfg = validate_config(DEFAULT)
+    assert cfg["models"]["smollm2-135m"]["revision"] == "main"  # schema default filled in
+    assert cfg["datasets"]["tweets"]["prompts"]["n_test"] == 100
+    assert cfg["decodability"]["k"] == 10
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(path):
+    validate_config(yaml.safe_load(path.read_text()))
+
+
+def test_wrong_enum_names_key_and_allowed_values():
+    msg = broken(lambda c: c["datasets"]["tweets"].update(kind="classify"))
+    assert "datasets.tweets.kind" in msg and "'classification'" in msg and "'generation'" in msg
+
+
+def test_unknown_key_is_named_with_known_keys():
+    msg = broken(lambda c: c["models"]["smollm2-135m"].update(batchsize=4))
+    assert "models.smollm2-135m" in msg and "'batchsize'" in msg and "batch_size" in msg
+
+
+def test_wrong_type_names_key():
+    msg = broken(lambda c: c["datasets"]["tweets"]["prompts"].update(n_test="many"))
+    assert "datasets.tweets.prompts.n_test" in msg and "type" in msg
+
+
+def test_missing_required_key_for_source():
+    msg = broken(lambda c: c["models"]["smollm2-135m"].update(source="hub"))
+    assert "models.smollm2-135m" in msg and "'id'" in msg
+
+
+def test_template_must_end_with_label():
+    msg = broken(lambda c: c["datasets"]["tweets"]["prompts"].update(template="{label}: {text}"))
+    assert "datasets.tweets.prompts.template" in msg and "end with {label}" in msg
+
+
+def test_classification_needs_two_classes():
+    msg = broken(lambda c: c["datasets"]["tweets"].update(classes={"negative": " negative"}))
+    assert "datasets.tweets.classes" in msg
+
+
+def test_synthetic_family_must_be_generation():
+    msg = broken(lambda c: c["datasets"]["words"].update(kind="classification"))
+    assert "datasets.words.kind" in msg and "generation" in msg
+
+
+def test_bad_wildcard_name():
+    msg = broken(lambda c: c["models"].update({"my model/1": {"source": "wheel", "package": "x"}}))
+    assert "my model/1" in msg
+
+
+def test_all_problems_reported_at_once():
+    def two(c):
+        c["extract"]["store_dtype"] = "bfloat16"
+        c["decodability"]["k"] = 0
+    msg = broken(two)
+    assert "extract.store_dtype" in msg and "decodability.k" in msg
+
+
+def test_dataset_spec_identity_ignores_prompts():
+    cfg = validate_config(DEFAULT)
+    a = DatasetSpec.from_config("tweets", cfg["datasets"]["tweets"])
+    cfg["datasets"]["tweets"]["prompts"]["n_test"] = 7
+    b = DatasetSpec.from_config("tweets", cfg["datasets"]["tweets"])
+    assert a.identity() == b.identity() and a.prompts != b.prompts

@@ -1,0 +1,136 @@
+"""Extraction on tiny random Llama / GPT-2 models: parity with plain forward passes, HDF5
+round trip, resume of a killed run, incomplete files refused."""
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from iclscope import extract as extract_mod
+from iclscope.config import DatasetSpec, PromptSpec
+from iclscope.extract import ExtractSettings, extract
+from iclscope.models import load_model, load_tokenizer
+from iclscope.prompts import build_prompts
+from iclscope.store import IncompleteFileError, open_activations, partial_path, read_prompts
+from iclscope.tables import write_table
+
+WORDS = ["cat", "dog", "bird", "fun", "car", "crew", "plot", "late", "love", "rude", "great", "flight"]
+
+
+def prompts_file(prepared, tmp_path, kind="classification", n_test=8):
+    spec_model, model_dir = prepared
+    tokenizer, manifest = load_tokenizer(model_dir)
+    rows = []
+    if kind == "classification":
+        for i in range(4 + n_test * 2):
+            rows.append({"text": f"I {WORDS[i % len(WORDS)]} it {i}", "label": ["negative", "positive"][i % 2],
+                         "split": "train" if i < 4 else "test", "task": "t"})
+        spec = DatasetSpec(name="d", source="local", path="x",
+                           classes={"negative": " negative", "positive": " positive"},
+                           prompts=PromptSpec(template="Tweet: {text}\nSentiment:{label}", seeds=(1, 2),
+                                              n_test=n_test // 2))
+    else:
+        for task, fn in {"upper": str.upper, "first": lambda w: w[0]}.items():
+            for i, w in enumerate(WORDS):
+                rows.append({"text": w, "label": fn(w), "split": "test" if i >= 6 else "train", "task": task})
+        spec = DatasetSpec(name="d", source="words", kind="generation",
+                           prompts=PromptSpec(template="{text} ->{label}", shots=(1, 3), seeds=(3,), n_test=4))
+    df = pd.DataFrame(rows)
+    df.insert(0, "row_id", range(len(df)))
+    table, meta = build_prompts(df, spec, tokenizer, manifest["context_length"])
+    path = tmp_path / "prompts.parquet"
+    write_table(table, path, meta)
+    return path, table
+
+
+@pytest.mark.parametrize("kind", ["classification", "generation"])
+def test_activations_equal_plain_forward(prepared_tiny, tmp_path, kind):
+    spec, model_dir = prepared_tiny
+    ppath, table = prompts_file(prepared_tiny, tmp_path, kind)
+    settings = ExtractSettings(store_dtype="float32", topk=5, max_new_tokens=3)
+    out = tmp_path / "act.h5"
+    extract(ppath, model_dir, out, spec, settings)
+    model, tok, manifest = load_model(model_dir, attn_implementation="eager")
+    with open_activations(out) as f:
+        prompts = read_prompts(f)
+        assert f.attrs["complete"] and f.attrs["n_done"] == len(table)
+        np.testing.assert_array_equal(prompts["prompt_id"], table["prompt_id"])
+        for i, rec in enumerate(table.itertuples()):
+            ids = torch.as_tensor(rec.input_ids, dtype=torch.long)[None]
+            with torch.no_grad():
+                ref = model(ids, output_hidden_states=True, output_attentions=True)
+            logits = ref.logits[0, -1]
+            topk = logits.topk(5)
+            np.testing.assert_allclose(f["logits/topk_values"][i], topk.values.numpy(), rtol=1e-4, atol=1e-4)
+            q = rec.query_pos
+            for layer in range(manifest["n_layers"]):  # last hidden state of HF may be normed: skip it
+                np.testing.assert_allclose(f["resid/query"][i, layer], ref.hidden_states[layer][0, q].numpy(),
+                                           rtol=1e-4, atol=1e-4)
+            s, e = rec.query_span
+            np.testing.assert_allclose(f["resid/last_input"][i, 1], ref.hidden_states[1][0, e - 1].numpy(),
+                                       rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(f["resid/content_mean"][i, 1],
+                                       ref.hidden_states[1][0, s:e].mean(0).numpy(), rtol=1e-4, atol=1e-4)
+            for k, pos in enumerate(rec.label_pos):
+                np.testing.assert_allclose(f["resid/label"][i, k, 1], ref.hidden_states[1][0, pos].numpy(),
+                                           rtol=1e-4, atol=1e-4)
+                for layer in range(manifest["n_layers"]):
+                    np.testing.assert_allclose(f["attn/query_to_label"][i, layer, :, k],
+                                               ref.attentions[layer][0, :, q, pos].numpy(), rtol=1e-4, atol=1e-5)
+            if kind == "classification":
+                ids_ = f.attrs["label_token_ids"]
+                np.testing.assert_allclose(f["logits/label"][i], logits[ids_].numpy(), rtol=1e-4, atol=1e-4)
+            else:
+                gen = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+                np.testing.assert_array_equal(f["generation/tokens"][i], gen[0, ids.shape[1]:].numpy())
+
+
+def test_kill_and_resume_gives_identical_file(prepared_tiny, tmp_path, monkeypatch):
+    spec, model_dir = prepared_tiny  # batch_size 3 -> windows of 24 prompts
+    ppath, table = prompts_file(prepared_tiny, tmp_path, n_test=16)
+    settings = ExtractSettings(window_batches=1)  # windows of 3 prompts
+    full = tmp_path / "full.h5"
+    extract(ppath, model_dir, full, spec, settings)
+
+    killed = tmp_path / "killed.h5"
+    real_run_batch, calls = extract_mod.run_batch, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed")
+        return real_run_batch(*args, **kwargs)
+
+    monkeypatch.setattr(extract_mod, "run_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        extract(ppath, model_dir, killed, spec, settings)
+    assert not killed.exists() and partial_path(killed).exists()
+    with pytest.raises(IncompleteFileError, match="incomplete"):
+        open_activations(partial_path(killed))
+    with h5py.File(partial_path(killed)) as f:
+        assert f.attrs["n_done"] == 9 and not f.attrs["complete"]
+
+    monkeypatch.setattr(extract_mod, "run_batch", real_run_batch)
+    summary = extract(ppath, model_dir, killed, spec, settings)
+    assert summary["resumed_at"] == 9
+    with open_activations(full) as a, open_activations(killed) as b:
+        for name in ("resid/query", "resid/label", "attn/query_to_label", "logits/label", "logits/topk_ids"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+
+
+def test_partial_file_with_other_prompts_is_discarded(prepared_tiny, tmp_path):
+    spec, model_dir = prepared_tiny
+    ppath, _ = prompts_file(prepared_tiny, tmp_path)
+    out = tmp_path / "act.h5"
+    with h5py.File(partial_path(out), "w") as f:
+        f.attrs.update(prompts_sha256="other", params_sha256="other", n_done=3)
+    summary = extract(ppath, model_dir, out, spec, ExtractSettings())
+    assert summary["resumed_at"] == 0 and out.exists() and not partial_path(out).exists()
+
+
+def test_truncated_file_is_reported_with_its_name(tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    with pytest.raises(IncompleteFileError, match="bad.h5"):
+        open_activations(bad)
