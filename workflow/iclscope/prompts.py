@@ -153,7 +153,11 @@ def build_prompts(df: pd.DataFrame, spec: DatasetSpec, tokenizer, context_length
         for seed in p.seeds:
             demos = (sample_demos_per_class(train, classes, p.shots_per_class, seed)
                      if p.shots_per_class else train.iloc[:0])
-            queries = balanced_sample(test, classes, p.n_test, seed, f"dataset '{spec.name}' test split")
+            if p.balanced:
+                queries = balanced_sample(test, classes, p.n_test, seed, f"dataset '{spec.name}' test split")
+            else:
+                rng = np.random.default_rng(seed)
+                queries = test.iloc[rng.permutation(len(test))[: p.n_test]]
             for q in queries.itertuples():
                 rec = _record(tokenizer, spec, demos, q, lambda r: label_word[r.label], seed=seed,
                               shots=p.shots_per_class, task=q.task, answer=q.label,

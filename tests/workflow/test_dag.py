@@ -1,0 +1,42 @@
+"""The DAG of the default config and of each example config, planned without running anything."""
+
+import shutil
+
+import pytest
+import yaml
+
+from conftest import REPO, planned_jobs, snakemake, write_config
+
+
+def test_default_dag(tmp_path):
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    jobs = planned_jobs(tmp_path)
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    n_models, n_data = len(cfg["models"]), len(cfg["datasets"])
+    families = sum(1 for d in cfg["datasets"].values() if d.get("kind") == "generation")
+    assert jobs["prepare_model"] == n_models and jobs["prepare_dataset"] == n_data
+    assert jobs["build_prompts"] == jobs["extract"] == jobs["icl_accuracy"] == n_models * n_data
+    assert jobs["decodability"] == n_models * families
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config" / "examples").glob("*.yaml")))
+def test_example_dags_plan(tmp_path, name):
+    shutil.copy(REPO / "config" / "examples" / name, tmp_path / "config.yaml")
+    assert planned_jobs(tmp_path)["extract"] >= 1
+
+
+def test_named_target_rules(tmp_path):
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    assert "icl_accuracy" not in planned_jobs(tmp_path, "activations")
+    assert planned_jobs(tmp_path, "--until", "extract").keys() == {"prepare_model", "prepare_dataset",
+                                                                   "build_prompts", "extract"}
+
+
+def test_invalid_config_stops_before_any_job(tmp_path):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["datasets"]["tweets"]["kind"] = "classify"
+    write_config(tmp_path, cfg)
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    assert "datasets.tweets.kind" in result.stdout and "'classification'" in result.stdout
+    assert not (tmp_path / "results").exists()
