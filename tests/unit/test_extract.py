@@ -134,3 +134,43 @@ def test_truncated_file_is_reported_with_its_name(tmp_path):
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     with pytest.raises(IncompleteFileError, match="bad.h5"):
         open_activations(bad)
+
+
+def test_gathered_shards_read_like_one_file(prepared_tiny, tmp_path):
+    from iclscope.store import gather_shards, shard_rows
+
+    spec, model_dir = prepared_tiny
+    ppath, table = prompts_file(prepared_tiny, tmp_path, n_test=10)
+    whole = tmp_path / "whole.h5"
+    extract(ppath, model_dir, whole, spec, ExtractSettings())
+    shard_dir = tmp_path / "act.shards"
+    paths = [shard_dir / f"{i}-of-3.h5" for i in (1, 2, 3)]
+    for i, p in enumerate(paths, start=1):
+        extract(ppath, model_dir, p, spec, ExtractSettings(), shard=(i, 3))
+    assert [shard_rows(len(table), i, 3) for i in (1, 2, 3)] == [(0, 3), (3, 7), (7, 10)]
+    gathered = tmp_path / "act.h5"
+    gather_shards(paths, gathered)
+    with open_activations(whole) as a, open_activations(gathered) as b:
+        assert b["resid/query"].is_virtual
+        names = []
+        a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        for name in names:  # batches differ (other padding), so equal up to float32 rounding
+            x, y = a[name][()], b[name][()]
+            if x.dtype.kind in "fc":
+                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, err_msg=name)
+            else:
+                np.testing.assert_array_equal(x, y, err_msg=name)
+        shards = [open_activations(p) for p in paths]
+        for name in names:  # and bit-identical to the shards themselves
+            if not name.startswith("prompts/"):
+                np.testing.assert_array_equal(np.concatenate([s[name][()] for s in shards]), b[name][()])
+        for s in shards:
+            s.close()
+        assert b.attrs["n_done"] == len(table) and list(b.attrs["rows"]) == [0, len(table)]
+    # the gathered file and its shard directory move together (relative source paths)
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    gathered.rename(moved / "act.h5")
+    shard_dir.rename(moved / "act.shards")
+    with open_activations(moved / "act.h5") as b, open_activations(whole) as a:
+        np.testing.assert_array_equal(a["resid/query"][()], b["resid/query"][()])

@@ -26,7 +26,7 @@ from . import __version__
 from .capture import ATTN_IMPLEMENTATION, Positions, Recorder, left_pad, recording
 from .config import ModelSpec, stable_hash
 from .models import load_model
-from .store import ActivationWriter
+from .store import ActivationWriter, shard_rows
 from .tables import read_meta, read_table
 
 log = logging.getLogger(__name__)
@@ -136,15 +136,15 @@ def run_batch(model, tokenizer, rows: dict, settings: ExtractSettings, n_layers:
 
 
 def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Path, model: ModelSpec,
-            settings: ExtractSettings, rows: tuple[int, int] | None = None) -> dict:
-    """Extract activations for the prompts (rows [lo, hi) of them, for a shard) into `out_path`.
+            settings: ExtractSettings, shard: tuple[int, int] = (1, 1)) -> dict:
+    """Extract activations for the prompts (shard (i, n): the i-th of n row ranges) into `out_path`.
 
     Resumes `<out_path>.partial` when it was written with the same prompts and parameters.
     Returns a small summary (prompts, tokens, seconds, tokens/s).
     """
     table = read_table(prompts_path)
     meta = read_meta(prompts_path)
-    lo, hi = rows if rows is not None else (0, len(table))
+    lo, hi = shard_rows(len(table), *shard)
     table = table.iloc[lo:hi].reset_index(drop=True)
     n = len(table)
     net, tokenizer, manifest = load_model(model_dir, device=model.device, dtype=model.dtype,

@@ -194,3 +194,51 @@ def read_prompts(f: h5py.File) -> dict[str, np.ndarray]:
     for name, ds in f["prompts"].items():
         out[name] = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
     return out
+
+
+def shard_rows(n: int, shard: int, n_shards: int) -> tuple[int, int]:
+    """Contiguous rows [lo, hi) of shard `shard` (1-based) out of `n_shards` over n prompts."""
+    if not 1 <= shard <= n_shards:
+        raise ValueError(f"shard {shard} is not in 1..{n_shards}")
+    bounds = np.linspace(0, n, n_shards + 1).round().astype(int)
+    return int(bounds[shard - 1]), int(bounds[shard])
+
+
+def gather_shards(shard_paths: list[str | Path], out_path: str | Path) -> None:
+    """One file whose datasets are HDF5 virtual datasets over the shards' (no copy of activations).
+
+    Shards must be complete and consecutive (rows attrs [lo, hi) adjoining). /prompts/* are small
+    and copied. Source files are referenced by paths relative to `out_path`'s directory, so the
+    result and its shard directory can be moved or shared together.
+    """
+    out_path = Path(out_path)
+    shards = [open_activations(p) for p in shard_paths]
+    try:
+        rows = [tuple(int(r) for r in f.attrs["rows"]) for f in shards]
+        if rows[0][0] != 0 or any(a[1] != b[0] for a, b in zip(rows, rows[1:], strict=False)):
+            raise ValueError(f"shards do not tile the prompts: rows {rows}")
+        if len({f.attrs["prompts_sha256"] for f in shards}) != 1 or len({f.attrs["params_sha256"] for f in shards}) != 1:
+            raise ValueError("shards were extracted from different prompts or with different parameters")
+        n = rows[-1][1]
+        tmp = partial_path(out_path)
+        with h5py.File(tmp, "w") as out:
+            out.attrs.update(dict(shards[0].attrs))
+            out.attrs.update(rows=[0, n], n_done=n, shards=len(shards), complete=False)
+            names = []
+            shards[0].visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+            for name in names:
+                first = shards[0][name]
+                if name.startswith("prompts/"):
+                    data = np.concatenate([f[name][()] for f in shards])
+                    out.create_dataset(name, data=data, dtype=first.dtype)
+                    continue
+                layout = h5py.VirtualLayout(shape=(n, *first.shape[1:]), dtype=first.dtype)
+                for f, (lo, hi) in zip(shards, rows, strict=True):
+                    rel = os.path.relpath(f.filename, out_path.parent)
+                    layout[lo:hi] = h5py.VirtualSource(rel, name, shape=(hi - lo, *first.shape[1:]))
+                out.create_virtual_dataset(name, layout, fillvalue=first.fillvalue)
+            out.attrs["complete"] = True
+        os.replace(tmp, out_path)
+    finally:
+        for f in shards:
+            f.close()

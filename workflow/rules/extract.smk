@@ -1,21 +1,61 @@
+# Extraction of one model x dataset, optionally split into `extract.shards` jobs (one GPU each)
+# whose files are gathered into one file of HDF5 virtual datasets (no copy).
+SHARDS = config["extract"]["shards"]
+
+
+def shard_of(wildcards):
+    """'2-of-3' -> (2, 3); unsharded -> (1, 1)."""
+    item = getattr(wildcards, "scatteritem", "1-of-1")
+    i, n = item.split("-of-")
+    return int(i), int(n)
+
+
+scattergather:
+    extract=SHARDS,
+
+
 rule extract:
     """Forward passes -> residual stream, query->label attention, logits in HDF5 (GPU when present)."""
     input:
         prompts="results/prompts/{model}/{dataset}.parquet",
         model="results/models/{model}",
     output:
-        "results/activations/{model}/{dataset}.h5",
+        (
+            "results/activations/{model}/{dataset}.h5"
+            if SHARDS == 1
+            else "results/activations/{model}/{dataset}.shards/{scatteritem}.h5"
+        ),
     params:
         identity=extract_identity,
+        shard=lambda wc: "-of-".join(map(str, shard_of(wc))),
     log:
-        "logs/extract/{model}/{dataset}.log",
+        (
+            "logs/extract/{model}/{dataset}.log"
+            if SHARDS == 1
+            else "logs/extract/{model}/{dataset}.{scatteritem}.log"
+        ),
     cache: "omit-software"
     threads: 2
     resources:
         mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
+        runtime=lambda wc, attempt: 60 * attempt,
         gpu=lambda wc: MODELS[wc.model].gpus,
     script:
         "../scripts/extract.py"
+
+
+if SHARDS > 1:
+
+    rule gather_activations:
+        """One activation file of virtual datasets over the shards."""
+        input:
+            gather.extract("results/activations/{{model}}/{{dataset}}.shards/{scatteritem}.h5"),
+        output:
+            "results/activations/{model}/{dataset}.h5",
+        log:
+            "logs/gather_activations/{model}/{dataset}.log",
+        script:
+            "../scripts/gather_activations.py"
 
 
 rule activations:
