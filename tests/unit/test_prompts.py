@@ -2,7 +2,6 @@
 
 import pandas as pd
 import pytest
-
 from conftest import train_tokenizer
 from iclscope.config import ConfigError, DatasetSpec, PromptSpec
 from iclscope.prompts import build_prompts, split_template

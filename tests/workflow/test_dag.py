@@ -4,7 +4,6 @@ import shutil
 
 import pytest
 import yaml
-
 from conftest import REPO, planned_jobs, snakemake, write_config
 
 

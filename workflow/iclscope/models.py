@@ -129,7 +129,7 @@ def describe(config) -> dict:
         "n_kv_heads": int(getattr(text, "num_key_value_heads", None) or n_heads),
         "d_model": int(text.hidden_size),
         "vocab_size": int(text.vocab_size),
-        "context_length": int(getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions")),
+        "context_length": int(getattr(text, "max_position_embeddings", None) or text.n_positions),
     }
 
 

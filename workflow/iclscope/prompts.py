@@ -81,7 +81,7 @@ def tokenize_pieces(tokenizer, pieces: list[Piece]) -> dict:
     def tokens_of(a: int, b: int) -> np.ndarray:
         return np.flatnonzero(real & (starts < b) & (ends > a))
 
-    label_pos, label_class, demo_spans, format_pos = [], [], [], []
+    label_pos, demo_spans, format_pos = [], [], []
     query_span = None
     cursor = 0
     for piece in pieces:

@@ -217,7 +217,8 @@ def gather_shards(shard_paths: list[str | Path], out_path: str | Path) -> None:
         rows = [tuple(int(r) for r in f.attrs["rows"]) for f in shards]
         if rows[0][0] != 0 or any(a[1] != b[0] for a, b in zip(rows, rows[1:], strict=False)):
             raise ValueError(f"shards do not tile the prompts: rows {rows}")
-        if len({f.attrs["prompts_sha256"] for f in shards}) != 1 or len({f.attrs["params_sha256"] for f in shards}) != 1:
+        digests = {(f.attrs["prompts_sha256"], f.attrs["params_sha256"]) for f in shards}
+        if len(digests) != 1:
             raise ValueError("shards were extracted from different prompts or with different parameters")
         n = rows[-1][1]
         tmp = partial_path(out_path)

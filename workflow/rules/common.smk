@@ -20,6 +20,7 @@ config.update(_validated)
 
 MODELS = {name: ModelSpec.from_config(name, spec) for name, spec in config["models"].items()}
 DATASETS = {name: DatasetSpec.from_config(name, spec) for name, spec in config["datasets"].items()}
+SHARDS = config["extract"]["shards"]
 
 
 wildcard_constraints:
@@ -66,3 +67,10 @@ def metric_targets():
 
 def all_targets():
     return activation_targets() + metric_targets()
+
+
+def shard_of(wildcards):
+    """'2-of-3' -> (2, 3); unsharded -> (1, 1)."""
+    item = getattr(wildcards, "scatteritem", "1-of-1")
+    i, n = item.split("-of-")
+    return int(i), int(n)

@@ -7,6 +7,8 @@ rule prepare_dataset:
         version=ICLSCOPE_VERSION,
     log:
         "logs/prepare_dataset/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
     cache: "omit-software"
     script:
         "../scripts/prepare_dataset.py"

@@ -1,13 +1,5 @@
 # Extraction of one model x dataset, optionally split into `extract.shards` jobs (one GPU each)
 # whose files are gathered into one file of HDF5 virtual datasets (no copy).
-SHARDS = config["extract"]["shards"]
-
-
-def shard_of(wildcards):
-    """'2-of-3' -> (2, 3); unsharded -> (1, 1)."""
-    item = getattr(wildcards, "scatteritem", "1-of-1")
-    i, n = item.split("-of-")
-    return int(i), int(n)
 
 
 scattergather:
@@ -34,6 +26,8 @@ rule extract:
             if SHARDS == 1
             else "logs/extract/{model}/{dataset}.{scatteritem}.log"
         ),
+    conda:
+        "../envs/iclscope.yaml"
     cache: "omit-software"
     threads: 2
     resources:
@@ -54,6 +48,8 @@ if SHARDS > 1:
             "results/activations/{model}/{dataset}.h5",
         log:
             "logs/gather_activations/{model}/{dataset}.log",
+        conda:
+            "../envs/iclscope.yaml"
         script:
             "../scripts/gather_activations.py"
 

@@ -9,6 +9,8 @@ rule icl_accuracy:
         settings=lambda wc: as_json(config["icl_accuracy"]),
     log:
         "logs/icl_accuracy/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
     script:
         "../scripts/icl_accuracy.py"
 
@@ -23,6 +25,8 @@ rule decodability:
         settings=lambda wc: as_json(config["decodability"]),
     log:
         "logs/decodability/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
     script:
         "../scripts/decodability.py"
 

@@ -7,6 +7,8 @@ rule prepare_model:
         version=ICLSCOPE_VERSION,
     log:
         "logs/prepare_model/{model}.log",
+    conda:
+        "../envs/iclscope.yaml"
     cache: "omit-software"
     resources:
         mem_mb=4000,

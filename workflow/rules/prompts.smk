@@ -9,5 +9,7 @@ rule build_prompts:
         prompts=lambda wc: as_json(DATASETS[wc.dataset].prompts.__dict__),
     log:
         "logs/build_prompts/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
     script:
         "../scripts/build_prompts.py"

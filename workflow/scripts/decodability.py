@@ -1,7 +1,7 @@
 import json
 
-from iclscope.metric_tables import decodability_table
 from iclscope.logs import log_to
+from iclscope.metric_tables import decodability_table
 from iclscope.tables import write_table
 
 log = log_to(snakemake.log[0])
