@@ -2,9 +2,9 @@
 
 import pandas as pd
 import pytest
-from conftest import train_tokenizer
 from iclscope.config import ConfigError, DatasetSpec, PromptSpec
 from iclscope.prompts import build_prompts, split_template
+from tiny_models import train_tokenizer
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])

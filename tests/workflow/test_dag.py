@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import REPO, planned_jobs, snakemake, write_config
+from snakemake_runner import REPO, planned_jobs, snakemake, write_config
 
 
 def test_default_dag(tmp_path):
