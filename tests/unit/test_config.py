@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from iclscope.config import ConfigError, DatasetSpec, validate_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+
 from iclscope.config import ConfigError, DatasetSpec, PromptSpec
 from iclscope.datasets import DatasetReport, decode_lines, prepare_dataset
 

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from iclscope import extract as extract_mod
 from iclscope.config import DatasetSpec, PromptSpec
 from iclscope.extract import ExtractSettings, extract

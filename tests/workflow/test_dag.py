@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 import yaml
+
 from snakemake_runner import REPO, planned_jobs, snakemake, write_config
 
 

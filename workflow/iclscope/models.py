@@ -86,10 +86,9 @@ def resolve_source(spec: ModelSpec) -> ModelSource:
     # hub: resolve to the local snapshot (downloads when online; HF_HUB_OFFLINE=1 uses the cache)
     from huggingface_hub import snapshot_download
 
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt"] + ([spec.file] if spec.file else [])
     try:
-        directory = snapshot_download(spec.id, revision=spec.revision,
-                                      allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
-                                                      "*.gguf" if spec.file else "*.json"])
+        directory = snapshot_download(spec.id, revision=spec.revision, allow_patterns=patterns)
     except Exception as exc:  # noqa: BLE001 - re-raised with the fix
         raise ConfigError(
             f"model '{spec.id}' (revision {spec.revision}) could not be found on the hub or in the local "
