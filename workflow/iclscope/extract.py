@@ -175,7 +175,7 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
     attrs = {
         "model_id": model.name, "model_source": str(manifest["source"]),
         "model_revision": str(manifest.get("revision") or ""), "model_sha": manifest["weights_sha256"],
-        "dtype": dtype_name, "n_layers": n_layers, "d_model": manifest["d_model"],
+        "dtype": dtype_name, "store_dtype": settings.store_dtype, "n_layers": n_layers, "d_model": manifest["d_model"],
         "n_heads": manifest["n_heads"], "dataset": meta["dataset"], "kind": meta["kind"],
         "classes": list(meta["classes"]), "label_words": list(meta["label_words"]),
         "label_token_ids": list(label_ids), "rows": [lo, hi],
