@@ -104,3 +104,16 @@ def test_generation_prompts_share_queries_across_tasks(tokenizer):
     assert queries[0] == queries[1]  # the same test inputs for every task
     for rec in table.itertuples():
         assert rec.text.endswith(" ->") and len(rec.label_pos) == 2
+
+
+def test_train_split_queries_never_reuse_demonstrations(tokenizer):
+    s = spec()
+    s = DatasetSpec(**{**s.__dict__, "prompts": PromptSpec(template=s.prompts.template, seeds=(1,), n_test=4,
+                                                           n_train=2)})
+    table, _ = build_prompts(tweets_frame(), s, tokenizer, context_length=256)
+    assert table["split"].value_counts().to_dict() == {"test": 4, "train": 2}
+    train = table[table["split"] == "train"]
+    demos = {i for d in table["demo_ids"] for i in d}
+    assert not set(train["row_id"]) & demos
+    df = tweets_frame().set_index("row_id")
+    assert (df.loc[list(train["row_id"]), "split"] == "train").all()

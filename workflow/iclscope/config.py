@@ -180,6 +180,7 @@ class PromptSpec:
     shots: tuple[int, ...] = (4,)
     seeds: tuple[int, ...] = (42,)
     n_test: int = 100
+    n_train: int = 0
     balanced: bool = True
 
     def __post_init__(self):

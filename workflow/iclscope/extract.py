@@ -155,6 +155,8 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
     K = int(table["label_pos"].map(len).max()) if n else 0
     prompts = {
         "prompt_id": table["prompt_id"].to_numpy(np.int64),
+        "row_id": table["row_id"].to_numpy(np.int64),
+        "split": table["split"].astype(str).to_numpy(object),
         "gold": table["gold"].to_numpy(np.int32),
         "task": table["task"].astype(str).to_numpy(object),
         "answer": table["answer"].astype(str).to_numpy(object),

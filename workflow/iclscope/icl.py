@@ -20,12 +20,12 @@ def clean_generation(text: str) -> str:
 
 
 def predictions(path) -> tuple[pd.DataFrame, dict]:
-    """One row per prompt: prompt_id, seed, shots, task, gold/answer, pred, correct."""
+    """One row per prompt: prompt_id, split, seed, shots, task, gold/answer, pred, correct."""
     with open_activations(path) as f:
         prompts = read_prompts(f)
         attrs = dict(f.attrs)
         kind = attrs["kind"]
-        df = pd.DataFrame({k: prompts[k] for k in ("prompt_id", "seed", "shots", "task", "gold", "answer")})
+        df = pd.DataFrame({k: prompts[k] for k in ("prompt_id", "split", "seed", "shots", "task", "gold", "answer")})
         if kind == "classification":
             logits = f["logits/label"][()]  # [N, C]
             classes = list(attrs["classes"])
@@ -62,7 +62,9 @@ def accuracy_table(preds: pd.DataFrame, kind: str, n_boot: int, model: str, data
     """Long-format rows: accuracy (+ bootstrap CI), macro-F1 and majority baseline per group.
 
     Classification groups by seed; generation by seed x shots x task, plus 'all' tasks.
+    Only test-split prompts count.
     """
+    preds = preds[preds["split"] == "test"]
     rows = []
     keys = ["seed", "shots"] if kind == "classification" else ["seed", "shots", "task"]
     groups = list(preds.groupby(keys, sort=True))

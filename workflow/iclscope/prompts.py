@@ -17,7 +17,8 @@ Recorded per prompt (token indices into `input_ids`):
 
 Sampling (METHODS.md §3.1, classification): per seed, shuffle the train split with the seed and
 take the first `shots_per_class` rows of each class in shuffled order, the same demonstrations
-for every test prompt of that seed; `n_test` balanced test rows per seed. Generation families
+for every test prompt of that seed; `n_test` balanced test rows per seed, plus `n_train`
+labelled queries from the train split (split='train') for methods that fit or train on prompts. Generation families
 (METHODS.md §4.4): per seed the same test inputs for every task, fresh seeded demonstrations
 from the task's train rows for each prompt.
 """
@@ -153,17 +154,21 @@ def build_prompts(df: pd.DataFrame, spec: DatasetSpec, tokenizer, context_length
         for seed in p.seeds:
             demos = (sample_demos_per_class(train, classes, p.shots_per_class, seed)
                      if p.shots_per_class else train.iloc[:0])
-            if p.balanced:
-                queries = balanced_sample(test, classes, p.n_test, seed, f"dataset '{spec.name}' test split")
-            else:
-                rng = np.random.default_rng(seed)
-                queries = test.iloc[rng.permutation(len(test))[: p.n_test]]
-            for q in queries.itertuples():
-                rec = _record(tokenizer, spec, demos, q, lambda r: label_word[r.label], seed=seed,
-                              shots=p.shots_per_class, task=q.task, answer=q.label,
-                              gold=classes.index(q.label))
-                rec["label_class"] = [classes.index(c) for c in demos["label"]]
-                records.append(rec)
+            # labelled train-split queries (task-space fitting, training) never reuse a demonstration
+            pools = [("test", test, p.n_test), ("train", train[~train["row_id"].isin(demos["row_id"])], p.n_train)]
+            for split, pool, n in pools:
+                if n == 0:
+                    continue
+                if p.balanced:
+                    queries = balanced_sample(pool, classes, n, seed, f"dataset '{spec.name}' {split} split")
+                else:
+                    queries = pool.iloc[np.random.default_rng(seed).permutation(len(pool))[:n]]
+                for q in queries.itertuples():
+                    rec = _record(tokenizer, spec, demos, q, lambda r: label_word[r.label], seed=seed,
+                                  shots=p.shots_per_class, task=q.task, answer=q.label,
+                                  gold=classes.index(q.label), split=split)
+                    rec["label_class"] = [classes.index(c) for c in demos["label"]]
+                    records.append(rec)
     else:
         tasks = sorted(df["task"].unique())
         inputs = sorted(test["text"].unique())
@@ -186,12 +191,11 @@ def build_prompts(df: pd.DataFrame, spec: DatasetSpec, tokenizer, context_length
                         demos = demos.iloc[rng.permutation(shots)]
                         rec = _record(tokenizer, spec, demos, q, lambda r: spec.answer_prefix + r.label,
                                       seed=seed, shots=shots, task=task, answer=q.label,
-                                      gold=tasks.index(task))
+                                      gold=tasks.index(task), split="test")
                         rec["label_class"] = [-1] * shots
                         records.append(rec)
     table = pd.DataFrame(records)
     table.insert(0, "prompt_id", np.arange(len(table), dtype=np.int64))
-    table["split"] = "test"
     table["n_tokens"] = table["input_ids"].map(len)
     too_long = table["n_tokens"] > context_length
     if too_long.any():
