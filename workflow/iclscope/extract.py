@@ -14,10 +14,12 @@ the last written window.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -26,7 +28,8 @@ from . import __version__
 from .capture import ATTN_IMPLEMENTATION, Positions, Recorder, left_pad, recording
 from .config import ModelSpec, stable_hash
 from .models import load_model
-from .store import ActivationWriter, shard_rows
+from .prompts import carrier_prompts
+from .store import ActivationWriter, partial_path, shard_rows
 from .tables import read_meta, read_table
 
 log = logging.getLogger(__name__)
@@ -218,3 +221,41 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
                "tokens_per_second": round(tokens / seconds, 1) if seconds else None}
     log.info("extracted %s", summary)
     return summary
+
+
+def extract_anchor_states(model_dir: str | Path, model: ModelSpec, label_words: list[str], carriers: list[str],
+                          out_path: str | Path) -> dict:
+    """Residual states of each label word in neutral carrier prompts (task-space variant A).
+
+    Writes `/anchors/resid [C, m, L+1, d]` float32 (C label words x m carriers, state at the label
+    word's last sub-token) and `/anchors/text [C, m]`. A handful of short prompts: seconds.
+    """
+    net, tokenizer, manifest = load_model(model_dir, device=model.device, dtype=model.dtype,
+                                          device_map=model.device_map, attn_implementation=ATTN_IMPLEMENTATION)
+    records = carrier_prompts(tokenizer, carriers, label_words)
+    device = next(net.parameters()).device
+    states = []
+    for lo in range(0, len(records), model.batch_size):
+        batch = records[lo:lo + model.batch_size]
+        ids, mask, pos_ids = left_pad([r["input_ids"] for r in batch], tokenizer.pad_token_id, device)
+        offset = ids.shape[1] - torch.as_tensor([len(r["input_ids"]) for r in batch], device=device)
+        label = (torch.as_tensor([r["position"] for r in batch], device=device) + offset)[:, None]
+        rec = Recorder(manifest["n_layers"], Positions(label, torch.zeros(len(batch), 2, dtype=torch.long,
+                                                                          device=device)), ("label",))
+        with torch.inference_mode(), recording(net, rec):
+            net(input_ids=ids, attention_mask=mask, position_ids=pos_ids, logits_to_keep=1)
+        states.append(rec.resid["label"][:, 0].cpu().numpy())  # [b, L+1, d]
+    C, m = len(label_words), len(carriers)
+    resid = np.concatenate(states).reshape(C, m, manifest["n_layers"] + 1, manifest["d_model"])
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(out_path)
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("anchors/resid", data=resid.astype(np.float32))
+        f.create_dataset("anchors/text", data=np.array([r["text"] for r in records], dtype=object).reshape(C, m),
+                         dtype=h5py.string_dtype("utf-8"))
+        f.attrs.update(model_id=model.name, model_sha=manifest["weights_sha256"], label_words=list(label_words),
+                       carriers=list(carriers), n_layers=manifest["n_layers"], d_model=manifest["d_model"],
+                       complete=True)
+    os.replace(tmp, out_path)
+    return {"classes": C, "carriers": m}

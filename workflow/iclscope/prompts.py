@@ -82,7 +82,7 @@ def tokenize_pieces(tokenizer, pieces: list[Piece]) -> dict:
     def tokens_of(a: int, b: int) -> np.ndarray:
         return np.flatnonzero(real & (starts < b) & (ends > a))
 
-    label_pos, demo_spans, format_pos = [], [], []
+    label_pos, label_last, demo_spans, format_pos = [], [], [], []
     query_span = None
     cursor = 0
     for piece in pieces:
@@ -97,6 +97,7 @@ def tokenize_pieces(tokenizer, pieces: list[Piece]) -> dict:
                     "word (' negative') and end the template's label line without one ('Sentiment:{label}')"
                 )
             label_pos.append(int(tok[0]))
+            label_last.append(int(tok[-1]))
         elif piece.kind == TEXT:
             demo_spans.append([int(tok[0]), int(tok[-1]) + 1] if len(tok) else [-1, -1])
         elif piece.kind in (LITERAL, SEPARATOR) and piece.demo >= 0:
@@ -104,7 +105,7 @@ def tokenize_pieces(tokenizer, pieces: list[Piece]) -> dict:
         elif piece.kind == QUERY:
             query_span = [int(tok[0]), int(tok[-1]) + 1] if len(tok) else [-1, -1]
     format_pos = sorted(set(format_pos) - set(label_pos))
-    return {"text": text, "input_ids": ids, "query_pos": len(ids) - 1, "label_pos": label_pos,
+    return {"text": text, "input_ids": ids, "query_pos": len(ids) - 1, "label_pos": label_pos, "label_last": label_last,
             "demo_spans": demo_spans, "format_pos": format_pos, "query_span": query_span}
 
 
@@ -139,8 +140,23 @@ def _record(tokenizer, spec: DatasetSpec, demos: pd.DataFrame, query, demo_label
     pieces = assemble(spec.prompts.template, spec.prompts.separator,
                       [(r.text, demo_label_text(r)) for r in demos.itertuples()], query.text)
     rec = tokenize_pieces(tokenizer, pieces)
+    rec.pop("label_last")
     rec.update(row_id=int(query.row_id), demo_ids=[int(i) for i in demos["row_id"]], **extra)
     return rec
+
+
+def carrier_prompts(tokenizer, carriers: list[str], label_words: list[str]) -> list[dict]:
+    """Label-word anchor prompts (task-space variant A, METHODS.md §1.2): each carrier with each
+    label word in its `{label}` slot; records the label word's *last* sub-token position."""
+    out = []
+    for c, word in enumerate(label_words):
+        for j, carrier in enumerate(carriers):
+            before, after = carrier.split("{label}")
+            pieces = [p for p in (Piece(before, LITERAL, 0), Piece(word, LABEL, 0), Piece(after, LITERAL, 0)) if p.text]
+            rec = tokenize_pieces(tokenizer, pieces)
+            out.append({"class": c, "carrier": j, "text": rec["text"], "input_ids": rec["input_ids"],
+                        "position": rec["label_last"][0]})
+    return out
 
 
 def build_prompts(df: pd.DataFrame, spec: DatasetSpec, tokenizer, context_length: int) -> tuple[pd.DataFrame, dict]:
