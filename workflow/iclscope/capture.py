@@ -59,6 +59,36 @@ class Positions:
 
 
 @dataclass
+class ResidualPatch:
+    """Write into the residual stream at the input of block `layer` (= resid index `layer`).
+
+    positions [B, S] columns in padded coordinates (-1 = leave that slot alone)
+    values    [B, S, d] the states written there; mode "replace" or "add"
+    Used by IC-ICL soft tokens, task vectors and activation patching.
+    """
+
+    layer: int
+    positions: torch.Tensor
+    values: torch.Tensor
+    mode: str = "replace"
+
+    def apply(self, hidden: torch.Tensor) -> torch.Tensor:
+        B, T, d = hidden.shape
+        valid = self.positions >= 0
+        rows = torch.arange(B, device=hidden.device)[:, None].expand_as(self.positions)[valid]
+        cols = self.positions[valid]
+        values = self.values.to(hidden.dtype)[valid]
+        hidden = hidden.clone()
+        if self.mode == "replace":
+            hidden[rows, cols] = values
+        elif self.mode == "add":
+            hidden[rows, cols] = hidden[rows, cols] + values
+        else:
+            raise ValueError(f"unknown patch mode {self.mode!r}")
+        return hidden
+
+
+@dataclass
 class Recorder:
     """What to read during one forward pass, and where the results land.
 
@@ -72,6 +102,7 @@ class Recorder:
     resid_names: tuple[str, ...] = ("query",)
     read_attention: bool = False
     edit: AttentionEdit | None = None
+    patches: tuple[ResidualPatch, ...] = ()
     resid: dict[str, torch.Tensor] = field(default_factory=dict)
     attn: torch.Tensor | None = None
 
@@ -153,13 +184,18 @@ def additive_row_mask(attention_mask: torch.Tensor | None, scores: torch.Tensor)
 
 
 def full_mask(attention_mask: torch.Tensor | None, q_len: int, k_len: int, device) -> torch.Tensor:
-    """A 4-D additive mask [B|1, 1, Tq, Tk] for eager attention (None -> causal)."""
+    """A 4-D additive mask [B|1, 1, Tq, Tk] for eager attention (None -> causal).
+
+    Masked entries get the most negative finite float, not -inf: a padding row masked
+    everywhere then softmaxes to finite weights instead of NaNs that would leak through V.
+    """
+    low = torch.finfo(torch.float32).min
     if attention_mask is None:
         causal = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
-        return torch.zeros(1, 1, q_len, k_len, device=device).masked_fill(~causal, float("-inf"))
+        return torch.zeros(1, 1, q_len, k_len, device=device).masked_fill(~causal, low)
     if attention_mask.dtype == torch.bool:
-        return torch.zeros(attention_mask.shape, device=device).masked_fill(~attention_mask, float("-inf"))
-    return attention_mask.float()
+        return torch.zeros(attention_mask.shape, device=device).masked_fill(~attention_mask, low)
+    return attention_mask.float().clamp(min=low)
 
 
 def iclscope_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -209,6 +245,10 @@ def recording(model: nn.Module, recorder: Recorder):
         for i, layer in enumerate(layers):
             handles.append(layer.register_forward_hook(
                 lambda _m, _a, out, i=i: recorder.take_resid(i + 1, out[0] if isinstance(out, tuple) else out)))
+    for patch in recorder.patches:
+        if not 0 <= patch.layer < len(layers):
+            raise ValueError(f"patch layer {patch.layer} outside 0..{len(layers) - 1}")
+        handles.append(layers[patch.layer].register_forward_pre_hook(_patch_hook(patch), with_kwargs=True))
     token = _ACTIVE.set(recorder)
     try:
         yield recorder
@@ -216,6 +256,17 @@ def recording(model: nn.Module, recorder: Recorder):
         _ACTIVE.reset(token)
         for h in handles:
             h.remove()
+
+
+def _patch_hook(patch: ResidualPatch):
+    """A forward pre-hook that rewrites a block's input hidden states (positional or keyword)."""
+
+    def hook(_module, args, kwargs):
+        if args:
+            return (patch.apply(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": patch.apply(kwargs["hidden_states"])}
+
+    return hook
 
 
 def left_pad(sequences: list, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
