@@ -103,6 +103,7 @@ class Recorder:
     read_attention: bool = False
     edit: AttentionEdit | None = None
     patches: tuple[ResidualPatch, ...] = ()
+    keep_grad: bool = False  # keep recorded states in the autograd graph (training losses on them)
     resid: dict[str, torch.Tensor] = field(default_factory=dict)
     attn: torch.Tensor | None = None
 
@@ -110,7 +111,8 @@ class Recorder:
     def take_resid(self, index: int, hidden: torch.Tensor) -> None:
         """hidden [B, T, d] is the residual stream after block index-1 (index 0 = embeddings)."""
         B, T, d = hidden.shape
-        hidden = hidden.detach()
+        if not self.keep_grad:
+            hidden = hidden.detach()
         for name in self.resid_names:
             if name == "query":
                 value = hidden[:, -1, :]

@@ -1,0 +1,197 @@
+"""TS-FT: LoRA fine-tuning with a task-space-guided loss, against the same run with λ = 0.
+
+A reconstruction of Yang et al. 2025 (METHODS.md §1.5). Per example:
+
+    L = CE(label-restricted logits at the answer position, gold)
+        + λ · [ −log softmax_c( cos(B (h_l*[q] − μ), â_c) / τ )[gold] ]
+
+with B, μ, â the frozen task space of layer l* (iclscope.taskspace) and h_l*[q] the residual
+state at the query position entering block l* (resid index l*). Only the answer position is
+scored (`logits_to_keep=1`): the 49k-vocabulary head is never applied elsewhere, which is what
+makes tens of steps affordable on a CPU (METHODS.md §8).
+
+Training is deterministic for a seed and resumable: every `checkpoint_every` steps the adapter,
+optimizer state and step are written atomically to `<out>/checkpoint/`; a rerun continues from
+there and, because batch order and dropout are derived from (seed, step), reproduces the loss
+curve of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .capture import ATTN_IMPLEMENTATION, Positions, Recorder, left_pad, recording
+from .config import ConfigError, DatasetSpec, ModelSpec
+from .icl import macro_f1
+from .models import load_model
+from .prompts import assemble, balanced_sample, label_token_ids, tokenize_pieces
+from .taskspace import TaskSpace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TSFTSettings:
+    lam: float = 0.5  # λ of the space loss (the baseline arm uses 0)
+    tau: float = 0.1
+    layer: int | None = None  # l*; None = middle layer
+    steps: int = 30
+    batch_size: int = 8
+    lr: float = 1e-4
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    n_train: int = 240
+    n_test: int = 200
+    checkpoint_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.lam < 0 or self.tau <= 0:
+            raise ConfigError(f"tsft: lam must be >= 0 and tau > 0 (got {self.lam}, {self.tau})")
+
+
+def zero_shot_examples(tokenizer, spec: DatasetSpec, rows: pd.DataFrame) -> list[dict]:
+    classes = spec.class_names
+    out = []
+    for r in rows.itertuples():
+        rec = tokenize_pieces(tokenizer, assemble(spec.prompts.template, spec.prompts.separator, [], r.text))
+        out.append({"input_ids": rec["input_ids"].tolist(), "gold": classes.index(r.label)})
+    return out
+
+
+def space_tensors(space: TaskSpace, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    f = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
+    return f(space.basis), f(space.mean), f(space.prototypes)
+
+
+def space_loss(h: torch.Tensor, basis, mean, prototypes, gold: torch.Tensor, tau: float) -> torch.Tensor:
+    """h [B, d] -> mean over the batch of −log softmax_c(cos(B(h−μ), â_c)/τ)[gold]."""
+    z = (h.float() - mean) @ basis.T  # [B, k]
+    cos = F.normalize(z, dim=-1) @ F.normalize(prototypes, dim=-1).T  # [B, C]
+    return F.cross_entropy(cos / tau, gold)
+
+
+def forward_batch(model, tokenizer, batch: list[dict], label_ids: torch.Tensor, layer: int, n_layers: int):
+    """Label-restricted logits [B, C] at the answer position and the layer-l* query state [B, d]."""
+    device = label_ids.device
+    ids, mask, pos = left_pad([b["input_ids"] for b in batch], tokenizer.pad_token_id, device)
+    rec = Recorder(n_layers, Positions(torch.zeros(len(batch), 0, dtype=torch.long, device=device),
+                                       torch.zeros(len(batch), 2, dtype=torch.long, device=device)), ("query",),
+                   keep_grad=True)
+    with recording(model, rec):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
+    return out.logits[:, -1][:, label_ids].float(), rec.resid["query"][:, layer]
+
+
+def _save_checkpoint(model, optimizer, step: int, log_rows: list, directory: Path) -> None:
+    tmp = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "trainer_state.pt")
+    (tmp / "train_log.json").write_text(json.dumps(log_rows))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+
+
+def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec, space: TaskSpace,
+               settings: TSFTSettings, out_dir: str | Path, stop_after: int | None = None) -> dict:
+    """Fine-tune one arm (settings.lam) and evaluate it; writes adapter/, train_log.parquet, eval.parquet.
+
+    The adapter loads back with `peft.PeftModel.from_pretrained(base_model, out_dir / "adapter")`.
+
+    `stop_after` ends training early after that many steps (tests use it to simulate a kill).
+    """
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.kind != "classification":
+        raise ConfigError(f"TS-FT needs a classification dataset; '{spec.name}' is {spec.kind}")
+    torch.manual_seed(settings.seed)
+    base, tokenizer, manifest = load_model(model_dir, device=model.device, dtype=model.dtype,
+                                           device_map=model.device_map, attn_implementation=ATTN_IMPLEMENTATION)
+    L = manifest["n_layers"]
+    layer = settings.layer if settings.layer is not None else L // 2
+    device = next(base.parameters()).device
+    classes = spec.class_names
+    label_ids = torch.as_tensor(label_token_ids(tokenizer, spec.label_words, spec.prompts.template), device=device)
+    basis, mean, protos = space_tensors(space, device)
+
+    train_rows = balanced_sample(df[df.split == "train"], classes, settings.n_train, settings.seed, "tsft train")
+    test_rows = balanced_sample(df[df.split == "test"], classes, settings.n_test, settings.seed + 1, "tsft test")
+    train = zero_shot_examples(tokenizer, spec, train_rows)
+    test = zero_shot_examples(tokenizer, spec, test_rows)
+
+    lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+    net = get_peft_model(base, lora)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=settings.lr)
+    checkpoint = out_dir / "checkpoint"
+    start, log_rows = 0, []
+    if (checkpoint / "trainer_state.pt").exists():
+        set_peft_model_state_dict(net, load_peft_weights(str(checkpoint), device=str(device)))
+        state = torch.load(checkpoint / "trainer_state.pt", map_location=device)
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        log_rows = json.loads((checkpoint / "train_log.json").read_text())
+        log.info("resuming TS-FT at step %d from %s", start, checkpoint)
+
+    n_batches = max(1, len(train) // settings.batch_size)
+    t0 = time.perf_counter()
+    net.train()
+    end = settings.steps if stop_after is None else min(settings.steps, stop_after)
+    for step in tqdm(range(start, end), desc=f"ts-ft λ={settings.lam}", initial=start, total=settings.steps):
+        epoch, b = divmod(step, n_batches)
+        order = np.random.default_rng((settings.seed, epoch)).permutation(len(train))
+        batch = [train[i] for i in order[b * settings.batch_size:(b + 1) * settings.batch_size]]
+        torch.manual_seed(settings.seed * 100_003 + step)  # dropout masks depend on (seed, step) only
+        gold = torch.as_tensor([x["gold"] for x in batch], device=device)
+        logits, h = forward_batch(net, tokenizer, batch, label_ids, layer, L)
+        ce = F.cross_entropy(logits, gold)
+        sp = space_loss(h, basis, mean, protos, gold, settings.tau)
+        loss = ce + settings.lam * sp
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        log_rows.append({"step": step + 1, "loss": float(loss), "ce": float(ce), "space": float(sp)})
+        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
+            _save_checkpoint(net, optimizer, step + 1, log_rows, checkpoint)
+    train_seconds = time.perf_counter() - t0
+    if end < settings.steps:
+        return {"stopped_at": end}
+
+    net.eval()
+    preds = []
+    with torch.inference_mode():
+        for lo in range(0, len(test), model.batch_size):
+            batch = test[lo:lo + model.batch_size]
+            logits, _ = forward_batch(net, tokenizer, batch, label_ids, layer, L)
+            preds.extend(logits.argmax(-1).tolist())
+    gold = np.array([x["gold"] for x in test])
+    preds = np.array(preds)
+    net.save_pretrained(out_dir / "adapter")
+    pd.DataFrame(log_rows).to_parquet(out_dir / "train_log.parquet")
+    evaluation = pd.DataFrame({"test_row": test_rows["row_id"].to_numpy(), "gold": gold, "pred": preds,
+                               "correct": gold == preds})
+    evaluation.to_parquet(out_dir / "eval.parquet")
+    summary = {"lam": settings.lam, "seed": settings.seed, "layer": layer, "accuracy": float((gold == preds).mean()),
+               "macro_f1": macro_f1(gold, preds, range(len(classes))), "train_seconds": round(train_seconds, 1),
+               "steps": settings.steps, "settings": asdict(settings),
+               "trainable_parameters": int(sum(p.numel() for p in net.parameters() if p.requires_grad))}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    return summary
