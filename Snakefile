@@ -15,6 +15,9 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/prompts.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/metrics.smk"
+include: "workflow/rules/taskspace.smk"
+include: "workflow/rules/icicl.smk"
+include: "workflow/rules/tsft.smk"
 
 
 rule all:

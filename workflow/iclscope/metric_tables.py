@@ -37,3 +37,37 @@ def decodability_table(path, *, model: str, dataset: str, k: int = 10, metrics=(
                          position="query", label_type="task")
     attrs["peak_layers"] = peaks
     return table, attrs
+
+
+def compression_table(activations, task_spaces, *, model: str, dataset: str,
+                      positions=("query", "last_input", "content_mean")) -> pd.DataFrame:
+    """Compression diagnostics (METHODS.md §1.3) per task-space variant x layer x position type,
+    on the test-split prompts: mean energy ratio, decoding accuracy by projection, plug-in
+    I(Ĉ;Y) in nats and normalised by H(Y). Reads one layer of one position at a time."""
+    from .taskspace import decode, energy_ratio, plugin_mutual_information, read_task_spaces
+
+    rows = []
+    with open_activations(activations) as f:
+        prompts = read_prompts(f)
+        test = np.sort(np.flatnonzero(prompts["split"] == "test"))
+        gold = prompts["gold"][test]
+        n_classes = len(f.attrs["classes"])
+        for variant in ("anchor", "class_mean"):
+            try:
+                spaces = read_task_spaces(task_spaces, variant)
+            except ValueError:
+                continue
+            for position in positions:
+                if f"resid/{position}" not in f:
+                    continue
+                for layer, space in sorted(spaces.items()):
+                    H = f[f"resid/{position}"][test, layer].astype(np.float64)
+                    pred = decode(H, space)
+                    mi, mi_norm = plugin_mutual_information(pred, gold, n_classes)
+                    common = {"layer": layer, "position": position, "label_type": variant}
+                    rows += [{**common, "metric": "energy_ratio", "value": float(energy_ratio(H, space).mean())},
+                             {**common, "metric": "decoding_accuracy", "value": float((pred == gold).mean())},
+                             {**common, "metric": "mutual_information", "value": mi},
+                             {**common, "metric": "mutual_information_norm", "value": mi_norm},
+                             {**common, "metric": "k", "value": float(space.k)}]
+    return metric_frame(rows, model=model, dataset=dataset, family="compression")

@@ -127,3 +127,61 @@ def read_task_space(group: h5py.Group) -> TaskSpace:
     return TaskSpace(**{n: group[n][()].astype(np.float64) for n in ("basis", "mean", "prototypes", "explained_var")},
                      classes=tuple(json.loads(group.attrs["classes"])), variant=str(group.attrs["variant"]),
                      layer=int(group.attrs["layer"]))
+
+
+def build_task_spaces(activations, anchors, out_path, *, var_threshold: float = 0.9, max_k: int | None = None,
+                      variants=("anchor", "class_mean")) -> dict:
+    """Fit both variants at every layer and write `out_path` (HDF5: /<variant>/L<l>/...).
+
+    anchor: from the anchor file's /anchors/resid [C, m, L+1, d] (label words in carriers);
+    class_mean: from query states of the train-split prompts of the activation file (labelled
+    prompts the evaluation never sees). Reads one layer at a time.
+    """
+    import os
+
+    from .store import open_activations, partial_path, read_prompts
+
+    out_path = str(out_path)
+    summary = {}
+    with open_activations(activations) as act:
+        prompts = read_prompts(act)
+        classes = [str(c) for c in act.attrs["classes"]]
+        n_layers = int(act.attrs["n_layers"])
+        train = np.flatnonzero(prompts["split"] == "train")
+        if "class_mean" in variants and len(train) == 0:
+            raise ValueError(f"{activations} has no train-split prompts; set prompts.n_train > 0 for the "
+                             "class_mean task space (or use only the anchor variant)")
+        gold = np.array(classes)[prompts["gold"][train]]
+        anchor_states = None
+        if "anchor" in variants:
+            with h5py.File(anchors) as f:
+                anchor_states = f["anchors/resid"][()]  # [C, m, L+1, d]
+        tmp = partial_path(out_path)
+        with h5py.File(tmp, "w") as out:
+            out.attrs.update(var_threshold=var_threshold, max_k=-1 if max_k is None else max_k,
+                             classes=json.dumps(classes), n_layers=n_layers,
+                             source=str(activations), reconstruction="P1-reconstruction (METHODS.md §1.2)")
+            for layer in range(n_layers + 1):
+                if anchor_states is not None:
+                    C, m = anchor_states.shape[:2]
+                    X = anchor_states[:, :, layer].reshape(C * m, -1)
+                    space = fit_task_space(X, np.repeat(classes, m), classes, variant="anchor", layer=layer,
+                                           var_threshold=var_threshold, max_k=max_k)
+                    write_task_space(out.create_group(f"anchor/L{layer}"), space)
+                    summary.setdefault("anchor_k", []).append(space.k)
+                if "class_mean" in variants:
+                    X = act["resid/query"][np.sort(train), layer].astype(np.float64)
+                    space = fit_task_space(X, gold, classes, variant="class_mean", layer=layer,
+                                           var_threshold=var_threshold, max_k=max_k)
+                    write_task_space(out.create_group(f"class_mean/L{layer}"), space)
+                    summary.setdefault("class_mean_k", []).append(space.k)
+        os.replace(tmp, out_path)
+    return summary
+
+
+def read_task_spaces(path, variant: str) -> dict[int, TaskSpace]:
+    """{layer: TaskSpace} of one variant from a task-space file."""
+    with h5py.File(path) as f:
+        if variant not in f:
+            raise ValueError(f"{path} has no '{variant}' task spaces (has {list(f)})")
+        return {int(name[1:]): read_task_space(g) for name, g in f[variant].items()}

@@ -5,7 +5,7 @@ A reconstruction of Yang et al. 2025 (METHODS.md §1.5). Per example:
     L = CE(label-restricted logits at the answer position, gold)
         + λ · [ −log softmax_c( cos(B (h_l*[q] − μ), â_c) / τ )[gold] ]
 
-with B, μ, â the frozen task space of layer l* (iclscope.taskspace) and h_l*[q] the residual
+(or a scale-free squared distance instead of the cosine: `space_loss`), with B, μ, â the frozen task space of layer l* (iclscope.taskspace) and h_l*[q] the residual
 state at the query position entering block l* (resid index l*). Only the answer position is
 scored (`logits_to_keep=1`): the 49k-vocabulary head is never applied elsewhere, which is what
 makes tens of steps affordable on a CPU (METHODS.md §8).
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 class TSFTSettings:
     lam: float = 0.5  # λ of the space loss (the baseline arm uses 0)
     tau: float = 0.1
+    similarity: str = "distance"  # distance | cosine (see space_loss)
     layer: int | None = None  # l*; None = middle layer
     steps: int = 30
     batch_size: int = 8
@@ -77,11 +78,23 @@ def space_tensors(space: TaskSpace, device) -> tuple[torch.Tensor, torch.Tensor,
     return f(space.basis), f(space.mean), f(space.prototypes)
 
 
-def space_loss(h: torch.Tensor, basis, mean, prototypes, gold: torch.Tensor, tau: float) -> torch.Tensor:
-    """h [B, d] -> mean over the batch of −log softmax_c(cos(B(h−μ), â_c)/τ)[gold]."""
+def space_loss(h: torch.Tensor, basis, mean, prototypes, gold: torch.Tensor, tau: float,
+               similarity: str = "distance") -> torch.Tensor:
+    """h [B, d] -> mean over the batch of −log softmax_c(sim(B(h−μ), â_c)/τ)[gold].
+
+    similarity "cosine" is METHODS.md §1.5 as written; it is constant (±1) and has no gradient
+    when the space is one-dimensional, which every binary task gives (k ≤ C−1). "distance"
+    (the default) uses −||z − â_c||² / mean_c ||â_c||², scale-free and smooth in any k.
+    """
     z = (h.float() - mean) @ basis.T  # [B, k]
-    cos = F.normalize(z, dim=-1) @ F.normalize(prototypes, dim=-1).T  # [B, C]
-    return F.cross_entropy(cos / tau, gold)
+    if similarity == "cosine":
+        sim = F.normalize(z, dim=-1) @ F.normalize(prototypes, dim=-1).T  # [B, C]
+    elif similarity == "distance":
+        scale = (prototypes**2).sum(-1).mean().clamp(min=1e-12)
+        sim = -torch.cdist(z, prototypes) ** 2 / scale
+    else:
+        raise ValueError(f"unknown similarity {similarity!r}")
+    return F.cross_entropy(sim / tau, gold)
 
 
 def forward_batch(model, tokenizer, batch: list[dict], label_ids: torch.Tensor, layer: int, n_layers: int):
@@ -162,12 +175,12 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
         gold = torch.as_tensor([x["gold"] for x in batch], device=device)
         logits, h = forward_batch(net, tokenizer, batch, label_ids, layer, L)
         ce = F.cross_entropy(logits, gold)
-        sp = space_loss(h, basis, mean, protos, gold, settings.tau)
+        sp = space_loss(h, basis, mean, protos, gold, settings.tau, settings.similarity)
         loss = ce + settings.lam * sp
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        log_rows.append({"step": step + 1, "loss": float(loss), "ce": float(ce), "space": float(sp)})
+        log_rows.append({"step": step + 1, "loss": loss.item(), "ce": ce.item(), "space": sp.item()})
         if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
             _save_checkpoint(net, optimizer, step + 1, log_rows, checkpoint)
     train_seconds = time.perf_counter() - t0
@@ -195,3 +208,26 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(checkpoint, ignore_errors=True)
     return summary
+
+
+def summary_table(run_dirs: list[str | Path], *, model: str, dataset: str) -> pd.DataFrame:
+    """Long-format accuracy / macro-F1 / final losses per arm and seed, plus gain = space − baseline."""
+    from .tables import metric_frame
+
+    rows, acc = [], {}
+    for d in map(Path, run_dirs):
+        s = json.loads((d / "summary.json").read_text())
+        arm = "space" if s["lam"] > 0 else "baseline"
+        curve = pd.read_parquet(d / "train_log.parquet")
+        acc[(arm, s["seed"])] = s["accuracy"]
+        common = {"task": arm, "seed": s["seed"], "layer": s["layer"]}
+        rows += [{**common, "metric": "accuracy", "value": s["accuracy"]},
+                 {**common, "metric": "macro_f1", "value": s["macro_f1"]},
+                 {**common, "metric": "final_ce", "value": float(curve["ce"].iloc[-1])},
+                 {**common, "metric": "final_space_loss", "value": float(curve["space"].iloc[-1])},
+                 {**common, "metric": "train_seconds", "value": s["train_seconds"]}]
+    for (arm, seed), value in acc.items():
+        if arm == "space" and ("baseline", seed) in acc:
+            rows.append({"task": "space-baseline", "seed": seed, "metric": "gain",
+                         "value": value - acc[("baseline", seed)]})
+    return metric_frame(rows, model=model, dataset=dataset, family="tsft", position="query")

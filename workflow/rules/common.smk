@@ -26,6 +26,8 @@ SHARDS = config["extract"]["shards"]
 wildcard_constraints:
     model="|".join(map(re.escape, MODELS)) if MODELS else "none",
     dataset="|".join(map(re.escape, DATASETS)) if DATASETS else "none",
+    arm="space|baseline",
+    seed=r"\d+",
 
 
 def as_json(obj):
@@ -54,6 +56,32 @@ def task_family_datasets():
     return [n for n, d in DATASETS.items() if d.kind == "generation" or d.task_column]
 
 
+def classification_datasets():
+    return [n for n, d in DATASETS.items() if d.kind == "classification"]
+
+
+def taskspace_targets():
+    return expand("results/metrics/{model}/{dataset}/compression.parquet", model=MODELS,
+                  dataset=classification_datasets())
+
+
+def icicl_targets():
+    if not config["icicl"]["enabled"]:
+        return []
+    return expand("results/metrics/{model}/{dataset}/icicl.parquet", model=MODELS, dataset=classification_datasets())
+
+
+def tsft_runs(model, dataset):
+    return expand("results/tsft/{model}/{dataset}/{arm}-seed{seed}", model=model, dataset=dataset,
+                  arm=["space", "baseline"], seed=config["tsft"]["seeds"])
+
+
+def tsft_targets():
+    if not config["tsft"]["enabled"]:
+        return []
+    return expand("results/metrics/{model}/{dataset}/tsft.parquet", model=MODELS, dataset=classification_datasets())
+
+
 def activation_targets():
     return expand("results/activations/{model}/{dataset}.h5", model=MODELS, dataset=DATASETS)
 
@@ -66,7 +94,7 @@ def metric_targets():
 
 
 def all_targets():
-    return activation_targets() + metric_targets()
+    return activation_targets() + metric_targets() + taskspace_targets() + icicl_targets() + tsft_targets()
 
 
 def shard_of(wildcards):

@@ -1,0 +1,42 @@
+rule tsft:
+    """LoRA fine-tuning with the task-space loss (arm 'space') or without it (arm 'baseline')."""
+    input:
+        model="results/models/{model}",
+        dataset="results/datasets/{dataset}.parquet",
+        taskspace="results/taskspace/{model}/{dataset}.h5",
+    output:
+        directory("results/tsft/{model}/{dataset}/{arm}-seed{seed}"),
+    params:
+        settings=lambda wc: as_json(config["tsft"]),
+        prompts=lambda wc: as_json(DATASETS[wc.dataset].prompts.__dict__),
+    log:
+        "logs/tsft/{model}/{dataset}/{arm}-seed{seed}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
+        gpu=lambda wc: MODELS[wc.model].gpus,
+    script:
+        "../scripts/tsft.py"
+
+
+rule tsft_summary:
+    """TS-FT against its lambda = 0 baseline: accuracy per seed, gain, training curves."""
+    input:
+        lambda wc: tsft_runs(wc.model, wc.dataset),
+    output:
+        "results/metrics/{model}/{dataset}/tsft.parquet",
+    log:
+        "logs/tsft_summary/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/tsft_summary.py"
+
+
+rule tsft_all:
+    """Named target: every TS-FT comparison."""
+    input:
+        tsft_targets(),

@@ -1,0 +1,10 @@
+from iclscope.logs import log_to
+from iclscope.metric_tables import compression_table
+from iclscope.tables import write_table
+
+log = log_to(snakemake.log[0])
+wc = snakemake.wildcards
+table = compression_table(snakemake.input.activations, snakemake.input.taskspace, model=wc.model, dataset=wc.dataset)
+write_table(table, snakemake.output[0], {"taskspace": snakemake.config["taskspace"]})
+best = table[table.metric == "decoding_accuracy"].sort_values("value").tail(3)
+log.info("best task decoding:\n%s", best.to_string())

@@ -1,0 +1,9 @@
+from iclscope.logs import log_to
+from iclscope.tables import write_table
+from iclscope.tsft import summary_table
+
+log = log_to(snakemake.log[0])
+wc = snakemake.wildcards
+table = summary_table(list(snakemake.input), model=wc.model, dataset=wc.dataset)
+write_table(table, snakemake.output[0], {"tsft": snakemake.config["tsft"]})
+log.info("TS-FT vs baseline:\n%s", table[table.metric.isin(["accuracy", "gain"])].to_string())
