@@ -5,7 +5,8 @@ A reconstruction of Yang et al. 2025 (METHODS.md §1.5). Per example:
     L = CE(label-restricted logits at the answer position, gold)
         + λ · [ −log softmax_c( cos(B (h_l*[q] − μ), â_c) / τ )[gold] ]
 
-(or a scale-free squared distance instead of the cosine: `space_loss`), with B, μ, â the frozen task space of layer l* (iclscope.taskspace) and h_l*[q] the residual
+(or a scale-free squared distance instead of the cosine, see `space_loss`), with B, μ, â the
+frozen task space of layer l* (iclscope.taskspace) and h_l*[q] the residual
 state at the query position entering block l* (resid index l*). Only the answer position is
 scored (`logits_to_keep=1`): the 49k-vocabulary head is never applied elsewhere, which is what
 makes tens of steps affordable on a CPU (METHODS.md §8).
