@@ -20,12 +20,14 @@ pytestmark = pytest.mark.slow
 
 def small_config() -> dict:
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["datasets"]["tweets"]["prompts"].update(seeds=[42, 43], n_test=8)
+    cfg["datasets"]["tweets"]["prompts"].update(seeds=[42, 43], n_test=8, n_train=6)
     cfg["datasets"]["words"].update(n_per_task=40)
     cfg["datasets"]["words"]["prompts"].update(shots=[2], n_test=8)
     cfg["datasets"].pop("bitwise")
     cfg["decodability"].update(k=5, n_boot=20)
     cfg["icl_accuracy"].update(n_boot=20)
+    cfg["icicl"].update(pool_size=16, n_test=6, warmup=1)
+    cfg["tsft"].update(steps=3, n_train=16, n_test=16, seeds=[0], checkpoint_every=2)
     return cfg
 
 
@@ -80,6 +82,21 @@ def test_metric_tables(run_dir):
     assert overall["value"].max() > 1 / 7 + 0.1  # decodable above chance somewhere
 
 
+def test_taskspace_icicl_tsft_tables(run_dir):
+    comp = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/compression.parquet")
+    assert set(comp["label_type"]) == {"anchor", "class_mean"}
+    assert set(comp["position"]) == {"query", "last_input", "content_mean"}
+    energy = comp[comp.metric == "energy_ratio"]["value"]
+    assert energy.between(0, 1).all()
+    icicl = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/icicl.parquet")
+    tokens = icicl[icicl.metric == "tokens"].set_index("task")["value"]
+    assert tokens["icicl_soft"] < tokens["full_icl"]
+    assert set(icicl["task"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector"}
+    tsft = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/tsft.parquet")
+    assert set(tsft[tsft.metric == "accuracy"]["task"]) == {"space", "baseline"}
+    assert (run_dir / "results/tsft/smollm2-135m/tweets/space-seed0/adapter/adapter_config.json").exists()
+
+
 def test_rerun_does_nothing(run_dir):
     assert planned_jobs(run_dir) == {}
 
@@ -99,7 +116,8 @@ def test_template_change_reruns_prompts_and_everything_downstream(run_dir):
     cfg["datasets"]["tweets"]["prompts"]["template"] = "Text: {text}\nSentiment:{label}"
     write_config(run_dir, cfg)
     try:
-        assert planned_jobs(run_dir) == {"build_prompts": 1, "extract": 1, "icl_accuracy": 1, "all": 1}
+        assert planned_jobs(run_dir) == {"build_prompts": 1, "extract": 1, "icl_accuracy": 1, "taskspace": 1,
+                                         "compression": 1, "icicl": 1, "tsft": 2, "tsft_summary": 1, "all": 1}
     finally:
         write_config(run_dir, small_config())
 

@@ -179,8 +179,18 @@ def prepare_model(spec: ModelSpec, out_dir: str | Path) -> dict:
     return manifest
 
 
+def model_dir_of(path: str | Path) -> Path:
+    """A prepared model's directory from itself or from its manifest copy `<dir>.json`.
+
+    Rules depend on the `<dir>.json` copy (rule model_manifest): a plain file that Snakemake can
+    checksum for its between-workflow cache key, which a directory input cannot give.
+    """
+    path = Path(path)
+    return path.with_suffix("") if path.suffix == ".json" else path
+
+
 def read_manifest(model_dir: str | Path) -> dict:
-    model_dir = Path(model_dir)
+    model_dir = model_dir_of(model_dir)
     manifest = json.loads((model_dir / MANIFEST).read_text())
     weights = Path(manifest["weights_dir"])
     manifest["weights_path"] = str(weights if weights.is_absolute() else model_dir / weights)

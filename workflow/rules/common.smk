@@ -2,6 +2,7 @@
 # the params that make Snakemake's between-workflow cache key complete.
 # No torch / transformers / HDF5 here: this file is parsed on every call and every SLURM job.
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -17,6 +18,14 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 config.clear()
 config.update(_validated)
+
+if getattr(workflow.workflow_settings, "cache", None) and not os.environ.get("SNAKEMAKE_OUTPUT_CACHE"):
+    raise WorkflowError(
+        "--cache (profiles/slurm sets it for prepare_model, prepare_dataset and extract) needs the "
+        "environment variable SNAKEMAKE_OUTPUT_CACHE: the lab's shared cache directory, e.g. "
+        "export SNAKEMAKE_OUTPUT_CACHE=/shared/lab/iclscope-cache (README: 'Sharing activations'); a "
+        "directory of your own works too"
+    )
 
 MODELS = {name: ModelSpec.from_config(name, spec) for name, spec in config["models"].items()}
 DATASETS = {name: DatasetSpec.from_config(name, spec) for name, spec in config["datasets"].items()}

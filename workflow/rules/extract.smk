@@ -10,7 +10,7 @@ rule extract:
     """Forward passes -> residual stream, query->label attention, logits in HDF5 (GPU when present)."""
     input:
         prompts="results/prompts/{model}/{dataset}.parquet",
-        model="results/models/{model}",
+        model="results/models/{model}.json",
     output:
         (
             "results/activations/{model}/{dataset}.h5"

@@ -1,7 +1,7 @@
 rule icicl:
     """IC-ICL (task-space soft tokens), task vector, zero-shot and full-text ICL on the same retrieved demos."""
     input:
-        model="results/models/{model}",
+        model="results/models/{model}.json",
         dataset="results/datasets/{dataset}.parquet",
         taskspace="results/taskspace/{model}/{dataset}.h5",
     output:

@@ -14,3 +14,18 @@ rule prepare_model:
         mem_mb=4000,
     script:
         "../scripts/prepare_model.py"
+
+
+rule model_manifest:
+    """A file copy of the manifest: what model stages depend on (checksummable, cache-safe)."""
+    input:
+        "results/models/{model}",
+    output:
+        "results/models/{model}.json",
+    log:
+        "logs/model_manifest/{model}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    localrule: True
+    shell:
+        "cp {input}/manifest.json {output} 2> {log}"

@@ -2,7 +2,7 @@ rule build_prompts:
     """k-shot prompts with every token position recorded (needs the model's tokenizer)."""
     input:
         dataset="results/datasets/{dataset}.parquet",
-        model="results/models/{model}",
+        model="results/models/{model}.json",
     output:
         "results/prompts/{model}/{dataset}.parquet",
     params:

@@ -1,7 +1,7 @@
 rule extract_anchors:
     """Label words in neutral carrier prompts -> anchor states (task-space variant A)."""
     input:
-        model="results/models/{model}",
+        model="results/models/{model}.json",
     output:
         "results/activations/{model}/{dataset}.anchors.h5",
     params:

@@ -1,7 +1,7 @@
 rule tsft:
     """LoRA fine-tuning with the task-space loss (arm 'space') or without it (arm 'baseline')."""
     input:
-        model="results/models/{model}",
+        model="results/models/{model}.json",
         dataset="results/datasets/{dataset}.parquet",
         taskspace="results/taskspace/{model}/{dataset}.h5",
     output:

@@ -1,0 +1,59 @@
+"""A real single-node SLURM cluster for the tests in this folder.
+
+`slurm_cluster` (session) starts munge, MariaDB, slurmdbd, slurmctld and slurmd with
+tests/cluster/slurm-local.sh (packages come from `make cluster-deps`), and stops exactly the
+daemons it started, by pid, at the end. Without root or the packages it fails with the reason:
+a cluster test never silently skips.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "slurm-local.sh"
+STATE_DIR = os.environ.get("ICLSCOPE_SLURM_DIR", "/tmp/iclscope-slurm")
+
+
+class Cluster:
+    def __init__(self, env: dict):
+        self.env = env
+
+    def sacct(self, since: float, fields=("JobID", "JobName", "Comment", "State", "AllocTRES", "Start", "End",
+                                          "ReqMem", "ExitCode")) -> list[dict]:
+        """Allocations (no steps) submitted since the epoch time `since`, one dict per job."""
+        start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 1))
+        out = subprocess.run(["sacct", "-X", "--parsable2", "--noheader", "-S", start, "-o", ",".join(fields)],
+                             env=self.env, capture_output=True, text=True, check=True).stdout
+        return [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines() if line.strip()]
+
+    def jobs_by_rule(self, since: float) -> dict[str, list[dict]]:
+        """sacct rows grouped by rule (the snakemake slurm plugin writes 'rule_<name>_…' to Comment)."""
+        groups: dict[str, list[dict]] = {}
+        for row in self.sacct(since):
+            rule = row["Comment"].removeprefix("rule_").split("_wildcards")[0] or row["JobName"]
+            groups.setdefault(rule, []).append(row)
+        return groups
+
+
+def _script(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    if os.geteuid() != 0:
+        pytest.fail("the cluster tests start slurmd/slurmctld and need root (make test runs as root in CI)")
+    env = {**os.environ, "SLURM_LOCAL_DIR": STATE_DIR, "SLURM_LOCAL_INSTALL": "0"}
+    started = _script("start", env=env)
+    if started.returncode != 0:
+        pytest.fail(f"could not start the local SLURM cluster (run `make cluster-deps` first):\n"
+                    f"{started.stdout[-3000:]}\n{started.stderr[-2000:]}")
+    env["SLURM_CONF"] = f"{STATE_DIR}/etc/slurm.conf"
+    yield Cluster(env)
+    _script("stop", env=env)
