@@ -1,0 +1,193 @@
+"""The workflow on a live single-node SLURM cluster: sbatch jobs per rule with GPUs for model
+stages, sharded extraction, exact partial reruns, the lab cache, and failures that retry.
+
+Every snakemake call goes through snakemake_runner.snakemake (hard kill timeout). Status checks
+are made every 2 s instead of the profile's production values to keep the suite short.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from snakemake_runner import REPO, planned_jobs, snakemake, write_config
+from tiny_models import make_tiny_model
+
+pytestmark = pytest.mark.cluster
+FAST = ["--seconds-between-status-checks", "2", "--slurm-init-seconds-before-status-checks", "2"]
+SITE = ["--default-resources", "slurm_partition=debug", "runtime=10", "mem_mb=1000", "cpus_per_task=1"]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, slurm_cluster):
+    """A tiny model, a small CSV dataset, a shared output cache: what two lab members share."""
+    root = tmp_path_factory.mktemp("lab")
+    make_tiny_model("llama", root / "tiny")
+    rows = ["sentiment,text"] + [f"{['negative', 'positive'][i % 2]},tweet {i} was {['bad', 'good'][i % 2]} today"
+                                 for i in range(90)]
+    (root / "tweets.csv").write_text("\n".join(rows) + "\n")
+    cache = root / "cache"
+    cache.mkdir()
+    os.chmod(cache, 0o2775)  # group-shared, setgid: how a lab sets up SNAKEMAKE_OUTPUT_CACHE
+    return {"root": root, "cache": cache, "env": {**slurm_cluster.env, "SNAKEMAKE_OUTPUT_CACHE": str(cache)},
+            "cluster": slurm_cluster}
+
+
+def config(lab, **extract) -> dict:
+    return {
+        "models": {"tiny": {"source": "local", "path": str(lab["root"] / "tiny"), "mem_mb": 1000, "batch_size": 4}},
+        "datasets": {"toy": {"source": "local", "path": str(lab["root"] / "tweets.csv"), "label_column": "sentiment",
+                             "classes": {"negative": " negative", "positive": " positive"},
+                             "prompts": {"template": "Tweet: {text}\nSentiment:{label}", "seeds": [1],
+                                         "n_test": 12, "n_train": 6}}},
+        "extract": {"shards": 1, **extract},
+        "icicl": {"enabled": False},
+        "tsft": {"enabled": False},
+    }
+
+
+def checkout(lab, name: str, cfg: dict) -> Path:
+    work = lab["root"] / name
+    work.mkdir(exist_ok=True)
+    write_config(work, cfg)
+    return work
+
+
+def on_slurm(lab, work: Path, *args: str, timeout: int = 600, check: bool = True):
+    return snakemake(work, "--profile", str(REPO / "profiles" / "slurm"), *SITE, *FAST, *args,
+                     env=lab["env"], timeout=timeout, check=check)
+
+
+def rules_run(lab, since: float) -> dict[str, int]:
+    return {rule: len(rows) for rule, rows in lab["cluster"].jobs_by_rule(since).items()}
+
+
+def test_pipeline_runs_as_one_sbatch_job_per_rule_instance(lab):
+    work = checkout(lab, "alice", config(lab))
+    t0 = time.time()
+    on_slurm(lab, work)
+    jobs = lab["cluster"].jobs_by_rule(t0)
+    assert {r: len(v) for r, v in jobs.items()} == {
+        "prepare_model": 1, "prepare_dataset": 1, "build_prompts": 1, "extract": 1, "extract_anchors": 1,
+        "icl_accuracy": 1, "taskspace": 1, "compression": 1}
+    for rule, rows in jobs.items():
+        assert all(r["State"] == "COMPLETED" for r in rows), rows
+        has_gpu = all("gres/gpu=1" in r["AllocTRES"] for r in rows)
+        assert has_gpu == (rule in ("extract", "extract_anchors")), (rule, rows)
+    assert (work / "results/metrics/tiny/toy/compression.parquet").exists()
+
+
+def test_partial_reruns_run_exactly_the_expected_jobs(lab):
+    work = lab["root"] / "alice"
+    assert planned_jobs(work, "--until", "extract", "--forcerun", "build_prompts") == {
+        "build_prompts": 1, "extract": 1}
+    assert planned_jobs(work, "--forcerun", "icl_accuracy") == {"icl_accuracy": 1, "all": 1}
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["icl_accuracy"] = {"n_boot": 7}
+    write_config(work, cfg)
+    assert planned_jobs(work) == {"icl_accuracy": 1, "all": 1}
+    t0 = time.time()
+    on_slurm(lab, work)  # and it really runs just that job on the cluster
+    assert rules_run(lab, t0) == {"icl_accuracy": 1}
+
+
+def test_second_checkout_gets_activations_from_the_cache(lab):
+    """With the slurm executor Snakemake still submits the extract job (the cache is consulted
+    inside it: snakemake-executor-plugin-slurm#46), but the job only links the cached file."""
+    work = checkout(lab, "bob", config(lab))
+    t0 = time.time()
+    on_slurm(lab, work, "activations")
+    assert rules_run(lab, t0).get("extract") == 1
+    act = work / "results/activations/tiny/toy.h5"
+    assert act.is_symlink() and Path(os.path.realpath(act)).parent == lab["cache"]
+    job_logs = "".join(p.read_text() for p in (work / ".snakemake/slurm_logs/rule_extract").rglob("*.log"))
+    assert "Symlinking output file results/activations/tiny/toy.h5 from cache" in job_logs
+    extract_log = work / "logs/extract/tiny/toy.log"
+    assert not extract_log.exists() or "extracted" not in extract_log.read_text()  # no forward pass ran
+    with h5py.File(act) as f, h5py.File(lab["root"] / "alice/results/activations/tiny/toy.h5") as g:
+        np.testing.assert_array_equal(f["resid/query"][()], g["resid/query"][()])
+
+
+@pytest.mark.parametrize("change", ["dtype", "template", "store_dtype"])
+def test_changed_extraction_inputs_miss_the_cache(lab, change):
+    cfg = config(lab)
+    if change == "dtype":
+        cfg["models"]["tiny"]["dtype"] = "bfloat16"
+    elif change == "template":
+        cfg["datasets"]["toy"]["prompts"]["template"] = "Text: {text}\nSentiment:{label}"
+    else:
+        cfg["extract"]["store_dtype"] = "float32"
+    work = checkout(lab, f"carol-{change}", cfg)
+    on_slurm(lab, work, "activations")
+    assert "extracted" in (work / "logs/extract/tiny/toy.log").read_text()  # a real forward pass ran
+    assert Path(os.path.realpath(work / "results/activations/tiny/toy.h5")).parent == lab["cache"]  # and was stored
+
+
+def test_three_shards_run_side_by_side_and_gather_to_the_unsharded_file(lab):
+    work = checkout(lab, "sharded", config(lab, shards=3))
+    t0 = time.time()
+    on_slurm(lab, work, "activations", "--set-threads", "extract=1")
+    jobs = lab["cluster"].jobs_by_rule(t0)
+    shards = jobs["extract"]
+    assert len(shards) == 3 and all(r["State"] == "COMPLETED" for r in shards)
+    spans = sorted((r["Start"], r["End"]) for r in shards)
+    assert spans[1][0] < spans[0][1], f"no two shards overlapped in time: {spans}"  # 2 cores: 2 at once
+    with h5py.File(work / "results/activations/tiny/toy.h5") as f, \
+            h5py.File(lab["root"] / "alice/results/activations/tiny/toy.h5") as g:
+        assert f["resid/query"].is_virtual
+        for name in ("resid/query", "attn/query_to_label", "logits/label"):
+            np.testing.assert_allclose(f[name][()], g[name][()], rtol=1e-5, atol=1e-5)
+
+
+def test_cancelled_job_is_reported_retried_and_the_rerun_finishes(lab):
+    work = checkout(lab, "dave", config(lab, topk=7))  # topk: a new cache key, so extract really runs
+    env = lab["env"]
+    cancelled = []
+
+    def cancel_first_extract():
+        deadline = time.time() + 240
+        while time.time() < deadline and not cancelled:
+            out = subprocess.run(["squeue", "-h", "-o", "%i %k %T"], env=env, capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                job, comment, state = line.split()
+                if comment.startswith("rule_extract_") and state == "RUNNING":
+                    subprocess.run(["scancel", job], env=env, check=True)
+                    cancelled.append(job)
+                    return
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=cancel_first_extract)
+    watcher.start()
+    result = on_slurm(lab, work, "activations")
+    watcher.join()
+    assert cancelled, "no running extract job was seen to cancel"
+    assert f"SLURM-job '{cancelled[0]}' failed" in result.stdout and "CANCELLED" in result.stdout
+    assert "Trying to restart job" in result.stdout  # retries: 2 in the profile
+    assert (work / "results/activations/tiny/toy.h5").exists()
+    assert planned_jobs(work, "activations") == {}
+
+
+def test_job_over_its_memory_is_killed_and_retried_with_more(lab, tmp_path):
+    """A rule using ~300 MB with mem_mb = 200 x attempt: attempt 1 is killed by SLURM, attempt 2 passes."""
+    shutil.copy(Path(__file__).with_name("memory_hog.smk"), tmp_path / "Snakefile")
+    cmd = ["--snakefile", str(tmp_path / "Snakefile")]
+    t0 = time.time()
+    result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), *cmd, "--directory",
+                             str(tmp_path), "--executor", "slurm", "--jobs", "2", "--retries", "2", *SITE, *FAST],
+                            env={k: v for k, v in lab["env"].items() if k != "SNAKEMAKE_OUTPUT_CACHE"},
+                            capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    attempts = lab["cluster"].jobs_by_rule(t0)["hog"]
+    assert [r["ReqMem"] for r in attempts][:2] == ["200M", "400M"]
+    assert attempts[0]["State"] in ("OUT_OF_MEMORY", "FAILED", "CANCELLED") and attempts[-1]["State"] == "COMPLETED"
+    assert (tmp_path / "done.txt").read_text().strip() == "400"
