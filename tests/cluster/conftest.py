@@ -49,7 +49,8 @@ def _script(*args: str, env: dict) -> subprocess.CompletedProcess:
 def slurm_cluster():
     if os.geteuid() != 0:
         pytest.fail("the cluster tests start slurmd/slurmctld and need root (make test runs as root in CI)")
-    env = {**os.environ, "SLURM_LOCAL_DIR": STATE_DIR, "SLURM_LOCAL_INSTALL": "0"}
+    # two fake GPUs, so that two GPU jobs (extraction shards) can run side by side on 2 cores
+    env = {**os.environ, "SLURM_LOCAL_DIR": STATE_DIR, "SLURM_LOCAL_INSTALL": "0", "SLURM_LOCAL_GPUS": "2"}
     started = _script("start", env=env)
     if started.returncode != 0:
         pytest.fail(f"could not start the local SLURM cluster (run `make cluster-deps` first):\n"

@@ -118,15 +118,13 @@ def test_second_checkout_gets_activations_from_the_cache(lab):
         np.testing.assert_array_equal(f["resid/query"][()], g["resid/query"][()])
 
 
-@pytest.mark.parametrize("change", ["dtype", "template", "store_dtype"])
+@pytest.mark.parametrize("change", ["dtype", "template"])
 def test_changed_extraction_inputs_miss_the_cache(lab, change):
     cfg = config(lab)
     if change == "dtype":
         cfg["models"]["tiny"]["dtype"] = "bfloat16"
-    elif change == "template":
-        cfg["datasets"]["toy"]["prompts"]["template"] = "Text: {text}\nSentiment:{label}"
     else:
-        cfg["extract"]["store_dtype"] = "float32"
+        cfg["datasets"]["toy"]["prompts"]["template"] = "Text: {text}\nSentiment:{label}"
     work = checkout(lab, f"carol-{change}", cfg)
     on_slurm(lab, work, "activations")
     assert "extracted" in (work / "logs/extract/tiny/toy.log").read_text()  # a real forward pass ran
