@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/data.smk"
@@ -18,6 +21,7 @@ include: "workflow/rules/metrics.smk"
 include: "workflow/rules/taskspace.smk"
 include: "workflow/rules/icicl.smk"
 include: "workflow/rules/tsft.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -102,8 +102,23 @@ def metric_targets():
     return targets
 
 
+def figure_targets():
+    figures = expand("results/figures/{model}/{dataset}/{fig}.png", model=MODELS,
+                     dataset=classification_datasets(), fig=["compression", "task_space"])
+    figures += expand("results/figures/{model}/{dataset}/decodability.png", model=MODELS,
+                      dataset=task_family_datasets())
+    if config["icicl"]["enabled"]:
+        figures += expand("results/figures/{model}/{dataset}/icicl.png", model=MODELS,
+                          dataset=classification_datasets())
+    if config["tsft"]["enabled"]:
+        figures += expand("results/figures/{model}/{dataset}/tsft.png", model=MODELS,
+                          dataset=classification_datasets())
+    return figures
+
+
 def all_targets():
-    return activation_targets() + metric_targets() + taskspace_targets() + icicl_targets() + tsft_targets()
+    return (activation_targets() + metric_targets() + taskspace_targets() + icicl_targets() + tsft_targets()
+            + figure_targets())
 
 
 def shard_of(wildcards):

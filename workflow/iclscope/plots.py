@@ -1,0 +1,165 @@
+"""Figures, each from metric tables (or one activation file), saved as stand-alone PNGs.
+
+One style for all: layer on the x-axis where it applies, one colour per series, the model and
+dataset in the title. Never loads a model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+         "axes.spines.right": False, "font.size": 9, "legend.fontsize": 8, "legend.frameon": False}
+
+
+def _save(fig, path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _title(df: pd.DataFrame, what: str) -> str:
+    return f"{what} — {df['model'].iloc[0]} / {df['dataset'].iloc[0]}"
+
+
+def plot_compression(table: pd.DataFrame, path) -> None:
+    """Per layer: decoding accuracy, energy ratio and I(C;Y)/H(Y), per variant and position."""
+    with plt.rc_context(STYLE):
+        metrics = [("decoding_accuracy", "task decoding accuracy"), ("energy_ratio", "task-space energy ratio"),
+                   ("mutual_information_norm", "I(Ĉ;Y) / H(Y)")]
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharex=True)
+        for ax, (metric, label) in zip(axes, metrics, strict=True):
+            sub = table[table.metric == metric]
+            for (variant, position), g in sub.groupby(["label_type", "position"]):
+                g = g.sort_values("layer")
+                ax.plot(g["layer"], g["value"], marker=".", ms=3, label=f"{variant} · {position}",
+                        ls="-" if variant == "class_mean" else "--")
+            ax.set_xlabel("layer (residual index)")
+            ax.set_ylabel(label)
+        axes[0].legend(ncol=1)
+        fig.suptitle(_title(table, "Compression into the task space"))
+        _save(fig, path)
+
+
+def plot_task_space(states: np.ndarray, gold: np.ndarray, classes: list[str], space, path, title: str) -> None:
+    """2-D view of query states: x = first task-space coordinate, y = the first principal direction
+    outside the space (or the second task-space coordinate when k >= 2); classes coloured."""
+    from .taskspace import project
+
+    Z = project(states, space)
+    if space.k >= 2:
+        xy = Z[:, :2]
+        ylabel = "task-space coordinate 2"
+    else:
+        centred = states - space.mean
+        rest = centred - (centred @ space.basis.T) @ space.basis
+        _, _, vt = np.linalg.svd(rest - rest.mean(0), full_matrices=False)
+        xy = np.column_stack([Z[:, 0], rest @ vt[0]])
+        ylabel = "first principal direction outside the space"
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for c, name in enumerate(classes):
+            sel = gold == c
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=10, alpha=0.7, label=name)
+        ax.scatter(space.prototypes[:, 0], np.zeros(len(classes)) if space.k < 2 else space.prototypes[:, 1],
+                   marker="*", s=150, c="k", label="prototypes")
+        ax.set_xlabel("task-space coordinate 1")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        ax.set_title(title)
+        _save(fig, path)
+
+
+def plot_icicl(table: pd.DataFrame, path) -> None:
+    """Accuracy against seconds per example, one point per arm (same retrieved demonstrations)."""
+    wide = table.pivot_table(index="task", columns="metric", values="value")
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for arm, row in wide.iterrows():
+            ax.scatter(row["seconds_per_example"] * 1000, row["accuracy"], s=40)
+            ax.annotate(f"{arm}\n{row['tokens']:.0f} tok", (row["seconds_per_example"] * 1000, row["accuracy"]),
+                        textcoords="offset points", xytext=(5, 3), fontsize=7)
+        ax.set_xlabel("median wall-clock per example (ms, batch 1)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(_title(table, "IC-ICL vs full-text ICL"))
+        _save(fig, path)
+
+
+def plot_tsft(curves: dict[str, pd.DataFrame], summary: pd.DataFrame, path) -> None:
+    """Training loss (CE and space loss) per step for every run, and test accuracy per arm and seed."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+        for name, curve in sorted(curves.items()):
+            ls = "-" if name.startswith("space") else "--"
+            axes[0].plot(curve["step"], curve["ce"], ls=ls, label=name)
+            axes[1].plot(curve["step"], curve["space"], ls=ls, label=name)
+        axes[0].set_ylabel("cross-entropy (label words)")
+        axes[1].set_ylabel("space loss")
+        for ax in axes[:2]:
+            ax.set_xlabel("step")
+        axes[0].legend()
+        acc = summary[summary.metric == "accuracy"]
+        arms = sorted(acc["task"].unique())
+        for i, arm in enumerate(arms):
+            vals = acc[acc.task == arm].sort_values("seed")
+            axes[2].bar(i + np.linspace(-0.2, 0.2, len(vals)), vals["value"], width=0.35 / max(1, len(vals)),
+                        label=arm)
+        axes[2].set_xticks(range(len(arms)), arms)
+        axes[2].set_ylabel("test accuracy (per seed)")
+        low = acc["value"].min()
+        axes[2].set_ylim(max(0, low - 0.1), min(1, acc["value"].max() + 0.05))
+        fig.suptitle(_title(summary, "TS-FT vs the λ = 0 baseline"))
+        _save(fig, path)
+
+
+def plot_decodability(dec: pd.DataFrame, acc: pd.DataFrame, path) -> None:
+    """Task decodability per layer (per shot count) and ICL accuracy per task and shot count."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+        overall = dec[(dec.task == "all")]
+        for (metric, shots), g in overall.groupby(["metric", "shots"]):
+            g = g.sort_values("layer")
+            line, = axes[0].plot(g["layer"], g["value"], label=f"{metric.split('_')[-1]}, {shots}-shot",
+                                 ls="-" if metric.endswith("euclidean") else "--")
+            axes[0].fill_between(g["layer"], g["ci_low"], g["ci_high"], alpha=0.15, color=line.get_color())
+        n_tasks = dec[dec.task != "all"]["task"].nunique()
+        axes[0].axhline(1 / max(n_tasks, 1), color="grey", lw=0.8, ls=":", label="chance")
+        axes[0].set_xlabel("layer (residual index)")
+        axes[0].set_ylabel("task decodability (10-NN, leave-one-out)")
+        axes[0].legend()
+        a = acc[(acc.metric == "accuracy") & (acc.task != "all")]
+        wide = a.pivot_table(index="task", columns="shots", values="value")
+        wide.plot.bar(ax=axes[1], rot=30)
+        axes[1].set_ylabel("ICL exact-match accuracy")
+        axes[1].legend(title="shots")
+        fig.suptitle(_title(dec, "Task decodability and ICL accuracy"))
+        _save(fig, path)
+
+
+def task_space_figure(activations, task_spaces, compression: pd.DataFrame, path, variant: str = "class_mean") -> int:
+    """plot_task_space at the layer where `variant` decodes the task best at the query (test prompts)."""
+    from .store import open_activations, read_prompts
+    from .taskspace import read_task_spaces
+
+    dec = compression[(compression.metric == "decoding_accuracy") & (compression.label_type == variant)
+                      & (compression.position == "query")]
+    layer = int(dec.loc[dec["value"].idxmax(), "layer"])
+    space = read_task_spaces(task_spaces, variant)[layer]
+    with open_activations(activations) as f:
+        prompts = read_prompts(f)
+        test = np.sort(np.flatnonzero(prompts["split"] == "test"))
+        states = f["resid/query"][test, layer].astype(np.float64)
+        gold = prompts["gold"][test]
+        classes = [str(c) for c in f.attrs["classes"]]
+    title = (f"Task space ({variant}), layer {layer}\n{compression['model'].iloc[0]} / "
+             f"{compression['dataset'].iloc[0]}")
+    plot_task_space(states, gold, classes, space, path, title)
+    return layer
