@@ -52,14 +52,38 @@ def test_icicl_arms_identity_space_equals_uncompressed(prepared_tiny):
     spaces = {1: identity_space(d, 1)}
     settings = ICICLSettings(k=2, pool_size=10, n_test=6, inject_layer=1, embed_layer=1, warmup=1, repeats=1)
     per_example, summary, meta = evaluate_icicl(frame(), SPEC, model_dir, spec_model, spaces, settings)
-    assert set(per_example["arm"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector"}
+    assert set(per_example["arm"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector",
+                                       "anchor_kv"}
     soft = per_example[per_example.arm == "icicl_soft"].reset_index()
     ident = per_example[per_example.arm == "icicl_identity"].reset_index()
     np.testing.assert_allclose(soft[["logit_negative", "logit_positive"]], ident[["logit_negative", "logit_positive"]],
                                rtol=1e-5, atol=1e-5)
     tokens = summary.set_index("arm")["tokens"]
     assert tokens["icicl_soft"] < tokens["full_icl"] and tokens["task_vector"] == tokens["zero_shot"]
-    assert meta["pool_states_seconds"] > 0 and len(per_example) == 5 * 6
+    assert meta["pool_states_seconds"] > 0 and len(per_example) == 6 * 6
+    assert tokens["anchor_kv"] < tokens["zero_shot"] and meta["anchor_kv_entries"] >= 2
+
+
+def test_anchor_kv_keeping_every_position_reproduces_the_full_prompt(prepared_tiny):
+    """With all demonstration tokens kept (not only anchors) and one demonstration at slot 0, the
+    cached continuation equals feeding demonstration + query as one prompt."""
+    from iclscope.icicl import AnchorKV, PromptScorer
+    from iclscope.models import load_model
+    from iclscope.prompts import assemble, label_token_ids, tokenize_pieces
+
+    spec_model, model_dir = prepared_tiny
+    net, tok, manifest = load_model(model_dir, attn_implementation="iclscope")
+    kv = AnchorKV(net, tok, SPEC, ["I love it"], ["positive"])
+    kv.kept = lambda j, slot: list(range(len(kv.records[j]["input_ids"])))  # keep everything
+    ids = label_token_ids(tok, SPEC.label_words, SPEC.prompts.template)
+    scorer = PromptScorer(net, tok, ids, manifest["n_layers"])
+    query = tok("Tweet: so rude\nSentiment:", add_special_tokens=False)["input_ids"]
+    cache, _ = kv.cache_for([0])
+    cached = scorer.label_logits_on_cache(query, cache, kv.stride)
+    full = [int(t) for t in kv.records[0]["input_ids"]] + query  # the same tokens as one prompt
+    np.testing.assert_allclose(cached, scorer.label_logits(full), rtol=1e-4, atol=1e-4)
+    one_piece = tokenize_pieces(tok, assemble(SPEC.prompts.template, "\n", [("I love it", " positive")], "so rude"))
+    assert one_piece["text"].endswith("so rude\nSentiment:")
 
 
 def test_tsft_resumes_to_the_same_loss_curve(prepared_tiny, tmp_path):

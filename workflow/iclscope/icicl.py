@@ -15,6 +15,8 @@ the model in five ways ("arms"), each predicting by argmax over the label words:
                 the k demonstrations (task/function vectors; cost: |x|)
   icicl_identity  icicl_soft without compression (ĥ_j = h_j), to separate the effect of the
                 task-space projection from that of the soft-token format
+  anchor_kv     the second implementation: each demonstration kept only as the keys/values of
+                its template and label tokens (AnchorKV), the query continuing that cache
 
 Pool demonstrations are run once and their states cached (the pool is fixed; retrieval only
 picks), so their one-time cost is reported apart, as METHODS.md §3.8 does for anchor caches.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -36,12 +39,23 @@ from .capture import ATTN_IMPLEMENTATION, Positions, Recorder, ResidualPatch, le
 from .config import ConfigError, DatasetSpec, ModelSpec
 from .icl import macro_f1
 from .models import load_model
-from .prompts import assemble, balanced_sample, label_token_ids, split_template, tokenize_pieces
+from .prompts import (
+    LABEL,
+    LITERAL,
+    SEPARATOR,
+    TEXT,
+    Piece,
+    assemble,
+    balanced_sample,
+    label_token_ids,
+    split_template,
+    tokenize_pieces,
+)
 from .taskspace import TaskSpace, project, reconstruct
 
 log = logging.getLogger(__name__)
 
-ARMS = ("zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector")
+ARMS = ("zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector", "anchor_kv")
 
 
 @dataclass(frozen=True)
@@ -112,18 +126,94 @@ class PromptScorer:
             out = self.model(input_ids=ids, logits_to_keep=1)
         return out.logits[0, -1, self.label_ids].float().cpu().numpy()
 
-    def timed(self, input_ids: list[int], patches=(), repeats: int = 1) -> tuple[np.ndarray, float]:
-        """Label logits and the median wall-clock seconds over `repeats` runs."""
+    @torch.inference_mode()
+    def label_logits_on_cache(self, input_ids: list[int], cache, start: int) -> np.ndarray:
+        """Label logits of `input_ids` continuing a prepared KV cache whose next position is `start`."""
+        ids = torch.as_tensor([input_ids], dtype=torch.long, device=self.device)
+        positions = torch.arange(start, start + len(input_ids), device=self.device)[None]
+        mask = torch.ones(1, cache.get_seq_length() + len(input_ids), dtype=torch.long, device=self.device)
+        out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1, self.label_ids].float().cpu().numpy()
+
+    def label_logits_anchor_kv(self, anchor_kv: AnchorKV, demos, input_ids: list[int]) -> np.ndarray:
+        """Assemble the demonstrations' anchor cache (per call: the forward pass extends it) and score."""
+        cache, start = anchor_kv.cache_for(demos)
+        return self.label_logits_on_cache(input_ids, cache, start)
+
+    def timed(self, run, repeats: int = 1) -> tuple[np.ndarray, float]:
+        """`run()` -> label logits; returns them and the median wall-clock seconds over `repeats` calls."""
         times = []
         for _ in range(repeats):
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            logits = self.label_logits(input_ids, patches)
+            logits = run()
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         return logits, float(np.median(times))
+
+
+class AnchorKV:
+    """Anchor-only KV compression of pool demonstrations (the Hidden_anchor idea of METHODS.md §3.7).
+
+    A demonstration 'Tweet: …\nSentiment: negative\n' is run once, alone, and only the keys and
+    values of its anchor tokens (template text, label token, separator; the input text dropped)
+    are kept, per layer. Demonstrations computed alone would all start at position 0; to keep
+    positions increasing, the demonstration for prompt slot s is run at positions
+    s·stride + t, so a cache is computed per (demonstration, slot) on first use (memoised;
+    its cost is reported as one-time compression). The query then continues at k·stride.
+    """
+
+    def __init__(self, model, tokenizer, spec: DatasetSpec, texts: list[str], labels: list[str]):
+        self.model, self.tokenizer, self.spec = model, tokenizer, spec
+        self.device = next(model.parameters()).device
+        label_word = dict(zip(spec.class_names, spec.label_words, strict=True))
+        self.records = [tokenize_pieces(tokenizer, demo_pieces(spec, t, label_word[lab]))
+                        for t, lab in zip(texts, labels, strict=True)]
+        self.stride = max(len(r["input_ids"]) for r in self.records)
+        self.bos = len(tokenizer("", add_special_tokens=True)["input_ids"])  # leading special tokens
+        self._memo: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.build_seconds = 0.0
+
+    def kept(self, j: int, slot: int) -> list[int]:
+        rec = self.records[j]
+        keep = sorted(set(rec["format_pos"]) | set(rec["label_pos"]))
+        return ([0] if self.bos and slot == 0 else []) + [p for p in keep if p >= self.bos]
+
+    @torch.inference_mode()
+    def layers(self, j: int, slot: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (K, V) [1, Hkv, n_kept, dh] of demonstration j at prompt slot `slot`."""
+        if (j, slot) not in self._memo:
+            t0 = time.perf_counter()
+            ids = torch.as_tensor([self.records[j]["input_ids"]], dtype=torch.long, device=self.device)
+            positions = (slot * self.stride + torch.arange(ids.shape[1], device=self.device))[None]
+            out = self.model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1)
+            keep = torch.as_tensor(self.kept(j, slot), device=self.device)
+            self._memo[(j, slot)] = [(layer.keys[:, :, keep].clone(), layer.values[:, :, keep].clone())
+                                     for layer in out.past_key_values.layers]
+            self.build_seconds += time.perf_counter() - t0
+        return self._memo[(j, slot)]
+
+    def cache_for(self, demos) -> tuple[object, int]:
+        """A DynamicCache holding the kept KV of `demos` in prompt order, and the query's first position."""
+        from transformers import DynamicCache
+
+        parts = [self.layers(int(j), slot) for slot, j in enumerate(demos)]
+        cache = DynamicCache(config=self.model.config)
+        for layer in range(len(parts[0])):
+            cache.update(torch.cat([p[layer][0] for p in parts], dim=2), torch.cat([p[layer][1] for p in parts], dim=2),
+                         layer)
+        return cache, len(demos) * self.stride
+
+
+def demo_pieces(spec: DatasetSpec, text: str, label_word: str) -> list[Piece]:
+    """The pieces of one demonstration, separator included, without a query."""
+    before, between, after = split_template(spec.prompts.template)
+    pieces = [Piece(before, LITERAL, 0), Piece(text, TEXT, 0), Piece(between, LITERAL, 0),
+              Piece(label_word, LABEL, 0), Piece(after, LITERAL, 0), Piece(spec.prompts.separator, SEPARATOR, 0)]
+    return [p for p in pieces if p.text]
 
 
 def soft_prompt(tokenizer, spec: DatasetSpec, labels: list[str], query_text: str) -> tuple[list[int], list[int]]:
@@ -196,6 +286,8 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
         return (ResidualPatch(layer, torch.as_tensor([slots], device=scorer.device),
                               torch.as_tensor(vectors[None], dtype=torch.float32, device=scorer.device)),)
 
+    anchor_kv = AnchorKV(net, tokenizer, spec, pool_texts, pool_labels)
+    before, between, _ = split_template(spec.prompts.template)
     rows = []
     warm = test_prompts[0]["input_ids"].tolist()
     for _ in range(settings.warmup):
@@ -209,15 +301,21 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
         soft_ids, slots = soft_prompt(tokenizer, spec, labels, q.text)
         zs_ids = prompt["input_ids"].tolist()
         task_vec = h_pool[demos].mean(0)[None]  # [1, d]
+        query_ids = tokenizer(before + q.text + between.rstrip(" "), add_special_tokens=False)["input_ids"]
+        for slot, j in enumerate(demos):
+            anchor_kv.layers(int(j), slot)  # one-time compression of the pool, outside the timing
+
+        full_ids = full["input_ids"].tolist()
         arms = {
-            "zero_shot": (zs_ids, ()),
-            "full_icl": (full["input_ids"].tolist(), ()),
-            "icicl_soft": (soft_ids, patches_for(slots, h_soft[demos])),
-            "icicl_identity": (soft_ids, patches_for(slots, h_pool[demos])),
-            "task_vector": (zs_ids, patches_for([len(zs_ids) - 1], task_vec)),
+            "zero_shot": (zs_ids, partial(scorer.label_logits, zs_ids)),
+            "full_icl": (full_ids, partial(scorer.label_logits, full_ids)),
+            "icicl_soft": (soft_ids, partial(scorer.label_logits, soft_ids, patches_for(slots, h_soft[demos]))),
+            "icicl_identity": (soft_ids, partial(scorer.label_logits, soft_ids, patches_for(slots, h_pool[demos]))),
+            "task_vector": (zs_ids, partial(scorer.label_logits, zs_ids, patches_for([len(zs_ids) - 1], task_vec))),
+            "anchor_kv": (query_ids, partial(scorer.label_logits_anchor_kv, anchor_kv, demos, query_ids)),
         }
-        for arm, (ids, patches) in arms.items():
-            logits, seconds = scorer.timed(ids, patches, settings.repeats)
+        for arm, (ids, run) in arms.items():
+            logits, seconds = scorer.timed(run, settings.repeats)
             pred = int(logits.argmax())
             rows.append({"test_row": int(q.row_id), "arm": arm, "gold": classes.index(q.label), "pred": pred,
                          "correct": pred == classes.index(q.label), "tokens": len(ids), "seconds": seconds,
@@ -229,6 +327,8 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
             "task_space_variant": space.variant, "task_space_k": int(space.basis.shape[0]),
             "pool_states_seconds": round(pool_seconds, 3),
             "pool_states_seconds_per_demo": round(pool_seconds / len(pool), 4),
+            "anchor_kv_build_seconds": round(anchor_kv.build_seconds, 3),
+            "anchor_kv_entries": len(anchor_kv._memo), "anchor_kv_stride": anchor_kv.stride,
             "retrieval_embedding_seconds_per_example": round(embed_seconds, 4),
             "reconstruction": "P1-reconstruction (Yang et al. 2025, METHODS.md §1.4)"}
     return per_example, summary, meta
