@@ -71,3 +71,32 @@ def compression_table(activations, task_spaces, *, model: str, dataset: str,
                              {**common, "metric": "mutual_information_norm", "value": mi_norm},
                              {**common, "metric": "k", "value": float(space.k)}]
     return metric_frame(rows, model=model, dataset=dataset, family="compression")
+
+
+def aucroc_table(activations, *, model: str, dataset: str) -> pd.DataFrame:
+    """AUCROC_l and R_l per layer and seed (METHODS.md §3.4) from the stored query->label attention;
+    the target is the model's own prediction, on test-split prompts."""
+    from .anchors import aucroc, class_attention, cumulative_share
+
+    rows = []
+    with open_activations(activations) as f:
+        if "attn/query_to_label" not in f:
+            raise ValueError(f"{activations} has no label positions (a zero-shot or generation dataset): "
+                             "AUCROC_l needs demonstrations with label words")
+        prompts = read_prompts(f)
+        n_classes = len(f.attrs["classes"])
+        test = np.sort(np.flatnonzero(prompts["split"] == "test"))
+        attn = f["attn/query_to_label"][test]  # [N, L, H, K]
+        pred = f["logits/label"][test].argmax(1)
+        feats = class_attention(attn, prompts["label_class"][test], n_classes)  # [N, L, C]
+        seeds = prompts["seed"][test]
+        for seed in np.unique(seeds):
+            sel = seeds == seed
+            auc = np.array([aucroc(feats[sel, layer], pred[sel]) for layer in range(feats.shape[1])])
+            share = cumulative_share(auc)
+            for layer in range(feats.shape[1]):
+                rows += [{"layer": layer + 1, "seed": int(seed), "metric": "aucroc", "value": auc[layer]},
+                         {"layer": layer + 1, "seed": int(seed), "metric": "aucroc_cumulative_share",
+                          "value": share[layer]}]
+    return metric_frame(rows, model=model, dataset=dataset, family="anchors", position="query",
+                        label_type="model_prediction")

@@ -163,3 +163,23 @@ def task_space_figure(activations, task_spaces, compression: pd.DataFrame, path,
              f"{compression['dataset'].iloc[0]}")
     plot_task_space(states, gold, classes, space, path, title)
     return layer
+
+
+def plot_aucroc(table: pd.DataFrame, path) -> None:
+    """AUCROC_l and R_l per layer: mean over seeds, thin lines per seed."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharex=True)
+        for ax, metric, label in ((axes[0], "aucroc", "AUCROC_l (target: model prediction)"),
+                                  (axes[1], "aucroc_cumulative_share", "R_l")):
+            sub = table[table.metric == metric]
+            for _, g in sub.groupby("seed"):
+                g = g.sort_values("layer")
+                ax.plot(g["layer"], g["value"], color="grey", lw=0.6, alpha=0.6)
+            mean = sub.groupby("layer")["value"].mean()
+            ax.plot(mean.index, mean.values, lw=2, label="mean over seeds")
+            ax.set_xlabel("layer")
+            ax.set_ylabel(label)
+        axes[0].axhline(0.5, color="k", lw=0.8, ls=":")
+        axes[0].legend()
+        fig.suptitle(_title(table, "Attention to label words predicts the output"))
+        _save(fig, path)

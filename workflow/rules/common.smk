@@ -102,6 +102,16 @@ def metric_targets():
     return targets
 
 
+def anchor_datasets():
+    """Classification datasets whose prompts have demonstrations (label positions)."""
+    return [n for n in classification_datasets() if DATASETS[n].prompts.shots_per_class > 0]
+
+
+def anchor_targets():
+    return expand("results/metrics/{model}/{dataset}/aucroc.parquet", model=MODELS, dataset=anchor_datasets()) + \
+        expand("results/figures/{model}/{dataset}/aucroc.png", model=MODELS, dataset=anchor_datasets())
+
+
 def figure_targets():
     figures = expand("results/figures/{model}/{dataset}/{fig}.png", model=MODELS,
                      dataset=classification_datasets(), fig=["compression", "task_space"])
@@ -118,7 +128,7 @@ def figure_targets():
 
 def all_targets():
     return (activation_targets() + metric_targets() + taskspace_targets() + icicl_targets() + tsft_targets()
-            + figure_targets())
+            + figure_targets() + anchor_targets())
 
 
 def shard_of(wildcards):

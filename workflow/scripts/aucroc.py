@@ -1,0 +1,10 @@
+from iclscope.logs import log_to
+from iclscope.metric_tables import aucroc_table
+from iclscope.tables import write_table
+
+log = log_to(snakemake.log[0])
+wc = snakemake.wildcards
+table = aucroc_table(snakemake.input[0], model=wc.model, dataset=wc.dataset)
+write_table(table, snakemake.output[0], {"source": snakemake.input[0]})
+log.info("AUCROC_l per layer (mean over seeds):\n%s",
+         table[table.metric == "aucroc"].groupby("layer")["value"].mean().round(3).to_string())
