@@ -37,3 +37,39 @@ def test_binary_and_multiclass_match_sklearn():
 def test_cumulative_share():
     share = cumulative_share(np.array([0.5, 0.6, 0.9, 0.5]))
     np.testing.assert_allclose(share, [0.0, 0.2, 1.0, 1.0])
+
+
+def test_ones_multiplier_saliency_equals_attention_times_its_gradient(prepared_tiny):
+    """The saliency from the ones-multiplier edit equals A ⊙ ∂L/∂A from autograd on HF's eager attention."""
+    import torch
+    import torch.nn.functional as F
+
+    from iclscope.anchors import saliency_matrices
+    from iclscope.models import load_model
+
+    _, model_dir = prepared_tiny
+    ours, _, manifest = load_model(model_dir, attn_implementation="iclscope")
+    ref, _, _ = load_model(model_dir, attn_implementation="eager")
+    ids, label_ids, gold = [5, 17, 33, 8, 21, 40, 11, 9], [21, 40], 1
+    sal = saliency_matrices(ours, ids, gold, label_ids, manifest["n_layers"])
+    out = ref(torch.as_tensor([ids]), output_attentions=True)
+    for a in out.attentions:
+        a.retain_grad()
+    F.cross_entropy(out.logits[0, -1, label_ids][None], torch.as_tensor([gold])).backward()
+    expected = torch.stack([(a * a.grad)[0].sum(0).abs() for a in out.attentions]).detach().numpy()
+    assert sal.shape == (manifest["n_layers"], len(ids), len(ids))
+    np.testing.assert_allclose(sal, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_saliency_flow_index_sets():
+    from iclscope.anchors import relative_flows, saliency_flows
+
+    T = 6
+    sal = np.arange(T * T, dtype=float).reshape(1, T, T)  # value = 6 i + j
+    flows = saliency_flows(sal, label_pos=[2], query_pos=5)
+    assert flows["s_wp"][0] == pytest.approx(np.mean([12, 13]))  # row 2, columns 0-1
+    assert flows["s_pq"][0] == pytest.approx(32)  # (5, 2)
+    others = [6 * i + j for i in range(T) for j in range(i) if (i, j) not in [(2, 0), (2, 1), (5, 2)]]
+    assert flows["s_ww"][0] == pytest.approx(np.mean(others))
+    rel = relative_flows(flows)
+    assert sum(v[0] for v in rel.values()) == pytest.approx(1.0)

@@ -95,6 +95,14 @@ def test_taskspace_icicl_tsft_tables(run_dir):
     tsft = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/tsft.parquet")
     assert set(tsft[tsft.metric == "accuracy"]["task"]) == {"space", "baseline"}
     assert (run_dir / "results/tsft/smollm2-135m/tweets/space-seed0/adapter/adapter_config.json").exists()
+    sal = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/saliency.parquet")
+    rel = sal[sal.metric.str.endswith("_relative")].groupby("layer")["value"].sum()
+    assert np.allclose(rel.to_numpy(), 2.0)  # three relative flows sum to 1 per layer and seed (2 seeds)
+    auc = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/aucroc.parquet")
+    assert sorted(auc["layer"].unique()) == list(range(1, 31))
+    for fig in ("compression", "task_space", "icicl", "tsft", "aucroc", "saliency"):
+        assert (run_dir / f"results/figures/smollm2-135m/tweets/{fig}.png").stat().st_size > 10_000, fig
+    assert (run_dir / "results/figures/smollm2-135m/words/decodability.png").exists()
 
 
 def test_rerun_does_nothing(run_dir):
@@ -106,7 +114,7 @@ def test_metric_parameter_reruns_only_that_metric(run_dir, tmp_path):
     cfg["decodability"]["k"] = 3
     write_config(run_dir, cfg)
     try:
-        assert planned_jobs(run_dir) == {"decodability": 1, "all": 1}
+        assert planned_jobs(run_dir) == {"decodability": 1, "fig_decodability": 1, "all": 1}
     finally:
         write_config(run_dir, small_config())
 
@@ -116,8 +124,10 @@ def test_template_change_reruns_prompts_and_everything_downstream(run_dir):
     cfg["datasets"]["tweets"]["prompts"]["template"] = "Text: {text}\nSentiment:{label}"
     write_config(run_dir, cfg)
     try:
-        assert planned_jobs(run_dir) == {"build_prompts": 1, "extract": 1, "icl_accuracy": 1, "taskspace": 1,
-                                         "compression": 1, "icicl": 1, "tsft": 2, "tsft_summary": 1, "all": 1}
+        downstream = {"extract", "icl_accuracy", "taskspace", "compression", "icicl", "tsft_summary", "aucroc",
+                      "saliency", "fig_compression", "fig_task_space", "fig_icicl", "fig_tsft", "fig_aucroc",
+                      "fig_saliency", "all"}
+        assert planned_jobs(run_dir) == {"build_prompts": 1, "tsft": 2, **{rule: 1 for rule in downstream}}
     finally:
         write_config(run_dir, small_config())
 

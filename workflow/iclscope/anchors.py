@@ -50,3 +50,100 @@ def cumulative_share(auc_by_layer: np.ndarray) -> np.ndarray:
     gain = np.nan_to_num(np.asarray(auc_by_layer, dtype=float) - 0.5)
     total = gain.sum()
     return np.cumsum(gain) / total if total != 0 else np.full(len(gain), np.nan)
+
+
+# --------------------------------------------------------------------------- saliency (§3.2)
+def saliency_matrices(model, input_ids, gold: int, label_ids, n_layers: int) -> np.ndarray:
+    """I_l = |Σ_h A_{h,l} ⊙ ∂L/∂A_{h,l}| for one prompt -> [L, T, T] (float32, on the CPU).
+
+    L is the cross-entropy of the label-restricted logits at the last position against `gold`.
+    A ⊙ ∂L/∂A is obtained as the gradient of a ones-multiplier on the post-softmax attention
+    (the authors' method), through the attention edit of iclscope.capture: one forward and one
+    backward pass with eager attention, memory O(L·H·T²).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .capture import Positions, Recorder, recording
+
+    device = next(model.parameters()).device
+    multipliers: dict[int, torch.Tensor] = {}
+
+    def ones_multiplier(layer: int, weights: torch.Tensor) -> torch.Tensor:
+        m = torch.ones_like(weights, requires_grad=True)
+        multipliers[layer] = m
+        return weights * m
+
+    ids = torch.as_tensor([list(input_ids)], dtype=torch.long, device=device)
+    empty = Positions(torch.zeros(1, 0, dtype=torch.long, device=device), torch.zeros(1, 2, dtype=torch.long,
+                                                                                       device=device))
+    rec = Recorder(n_layers, empty, (), edit=ones_multiplier)
+    with torch.enable_grad(), recording(model, rec):
+        logits = model(input_ids=ids, logits_to_keep=1).logits[0, -1, list(label_ids)].float()
+        loss = F.cross_entropy(logits[None], torch.as_tensor([gold], device=device))
+        grads = torch.autograd.grad(loss, [multipliers[layer] for layer in range(n_layers)])
+    return torch.stack([g[0].sum(0).abs() for g in grads]).float().cpu().numpy()
+
+
+def saliency_flows(saliency: np.ndarray, label_pos, query_pos: int) -> dict[str, np.ndarray]:
+    """S_wp, S_pq, S_ww per layer from saliency I [L, T, T] (METHODS.md §3.2; diagonal excluded).
+
+    C_wp = {(p_k, j): j < p_k}; C_pq = {(q, p_k)}; C_ww = {(i, j): j < i} − C_wp − C_pq.
+    """
+    L, T, _ = saliency.shape
+    lower = np.tril(np.ones((T, T), dtype=bool), k=-1)
+    wp = np.zeros((T, T), dtype=bool)
+    pq = np.zeros((T, T), dtype=bool)
+    for p in label_pos:
+        wp[p, :p] = True
+        pq[query_pos, p] = True
+    ww = lower & ~wp & ~pq
+    return {name: saliency[:, mask].mean(axis=1) if mask.any() else np.full(L, np.nan)
+            for name, mask in (("s_wp", wp), ("s_pq", pq), ("s_ww", ww))}
+
+
+def relative_flows(flows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each layer's three flows divided by their sum (the paper's 'relative size')."""
+    total = sum(flows.values())
+    return {k: np.divide(v, total, out=np.full_like(v, np.nan), where=total > 0) for k, v in flows.items()}
+
+
+def run_saliency(prompts_path, model_dir, model, n_per_seed: int, *, dataset: str):
+    """S_wp / S_pq / S_ww for the first `n_per_seed` test prompts of every seed (batch 1).
+
+    Returns (per-example rows: prompt_id, seed, layer, s_wp, s_pq, s_ww; long-format metric table
+    with the per-layer means over examples and their relative sizes, per seed).
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    from .capture import ATTN_IMPLEMENTATION
+    from .models import load_model
+    from .tables import metric_frame, read_meta, read_table
+
+    table = read_table(prompts_path)
+    meta = read_meta(prompts_path)
+    test = table[table.split == "test"]
+    test = test[test["label_pos"].map(len) > 0]
+    picked = test.groupby("seed", sort=True).head(n_per_seed)
+    net, _, manifest = load_model(model_dir, device=model.device, dtype=model.dtype, device_map=model.device_map,
+                                  attn_implementation=ATTN_IMPLEMENTATION)
+    rows = []
+    for rec in tqdm(list(picked.itertuples()), desc="saliency"):
+        sal = saliency_matrices(net, rec.input_ids, int(rec.gold), meta["label_token_ids"], manifest["n_layers"])
+        flows = saliency_flows(sal, list(rec.label_pos), int(rec.query_pos))
+        for layer in range(manifest["n_layers"]):
+            rows.append({"prompt_id": int(rec.prompt_id), "seed": int(rec.seed), "layer": layer + 1,
+                         **{k: float(v[layer]) for k, v in flows.items()}})
+    per_example = pd.DataFrame(rows)
+    metric_rows = []
+    for seed, g in per_example.groupby("seed"):
+        means = g.groupby("layer")[["s_wp", "s_pq", "s_ww"]].mean()
+        rel = relative_flows({k: means[k].to_numpy() for k in means})
+        for i, layer in enumerate(means.index):
+            for k in ("s_wp", "s_pq", "s_ww"):
+                metric_rows += [{"layer": int(layer), "seed": int(seed), "metric": k, "value": means[k].iat[i]},
+                                {"layer": int(layer), "seed": int(seed), "metric": f"{k}_relative",
+                                 "value": rel[k][i]}]
+    return per_example, metric_frame(metric_rows, model=model.name, dataset=dataset, family="anchors",
+                                     position="query", label_type="saliency")

@@ -226,6 +226,8 @@ def load_model(model_dir: str | Path, *, device: str = "auto", dtype: str = "aut
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     manifest = read_manifest(model_dir)
+    if attn_implementation == "iclscope":
+        from . import capture  # noqa: F401  (registers the "iclscope" attention function)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     kwargs = {"dtype": torch_dtype, "attn_implementation": attn_implementation}

@@ -183,3 +183,20 @@ def plot_aucroc(table: pd.DataFrame, path) -> None:
         axes[0].legend()
         fig.suptitle(_title(table, "Attention to label words predicts the output"))
         _save(fig, path)
+
+
+def plot_saliency(table: pd.DataFrame, path) -> None:
+    """Relative S_wp, S_pq, S_ww per layer, mean over seeds with the per-seed range shaded."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for metric, label in (("s_wp_relative", "S_wp (label ← text)"), ("s_pq_relative", "S_pq (query ← label)"),
+                              ("s_ww_relative", "S_ww (all other)")):
+            sub = table[table.metric == metric].groupby("layer")["value"]
+            mean, lo, hi = sub.mean(), sub.min(), sub.max()
+            line, = ax.plot(mean.index, mean.values, label=label)
+            ax.fill_between(mean.index, lo.values, hi.values, alpha=0.15, color=line.get_color())
+        ax.set_xlabel("layer")
+        ax.set_ylabel("relative saliency")
+        ax.legend()
+        ax.set_title(_title(table, "Saliency flows"))
+        _save(fig, path)

@@ -34,3 +34,43 @@ rule anchors:
     """Named target: every label-anchor metric and figure."""
     input:
         anchor_targets(),
+
+
+rule saliency:
+    """Label-word saliency flows S_wp, S_pq, S_ww per layer (forward + backward, eager attention)."""
+    input:
+        prompts="results/prompts/{model}/{dataset}.parquet",
+        model="results/models/{model}.json",
+    output:
+        examples="results/anchors/{model}/{dataset}/saliency_examples.parquet",
+        table="results/metrics/{model}/{dataset}/saliency.parquet",
+    params:
+        settings=lambda wc: as_json(config["anchors"]),
+    log:
+        "logs/saliency/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
+        gpu=lambda wc: MODELS[wc.model].gpus,
+    script:
+        "../scripts/saliency.py"
+
+
+rule fig_saliency:
+    input:
+        "results/metrics/{model}/{dataset}/saliency.parquet",
+    output:
+        report(
+            "results/figures/{model}/{dataset}/saliency.png",
+            caption="../report/saliency.rst",
+            category="Label words as anchors",
+            subcategory="{model} / {dataset}",
+        ),
+    log:
+        "logs/figures/{model}/{dataset}/saliency.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/fig_saliency.py"

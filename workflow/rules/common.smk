@@ -108,8 +108,8 @@ def anchor_datasets():
 
 
 def anchor_targets():
-    return expand("results/metrics/{model}/{dataset}/aucroc.parquet", model=MODELS, dataset=anchor_datasets()) + \
-        expand("results/figures/{model}/{dataset}/aucroc.png", model=MODELS, dataset=anchor_datasets())
+    return [f"results/{kind}/{m}/{d}/{name}.{ext}" for m in MODELS for d in anchor_datasets()
+            for name in ("aucroc", "saliency") for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
 
 
 def figure_targets():

@@ -1,0 +1,15 @@
+from iclscope.anchors import run_saliency
+from iclscope.config import ModelSpec
+from iclscope.logs import log_to
+from iclscope.tables import write_table
+
+log = log_to(snakemake.log[0])
+wc = snakemake.wildcards
+settings = snakemake.config["anchors"]
+per_example, table = run_saliency(snakemake.input.prompts, snakemake.input.model,
+                                  ModelSpec.from_config(wc.model, snakemake.config["models"][wc.model]),
+                                  settings["saliency_prompts_per_seed"], dataset=wc.dataset)
+write_table(per_example, snakemake.output.examples, {"anchors": settings})
+write_table(table, snakemake.output.table, {"anchors": settings})
+rel = table[table.metric.str.endswith("_relative")].pivot_table(index="layer", columns="metric", values="value")
+log.info("relative saliency flows per layer (mean over seeds):\n%s", rel.round(3).to_string())
