@@ -73,3 +73,34 @@ def test_saliency_flow_index_sets():
     assert flows["s_ww"][0] == pytest.approx(np.mean(others))
     rel = relative_flows(flows)
     assert sum(v[0] for v in rel.values()) == pytest.approx(1.0)
+
+
+def test_isolated_rows_attend_only_to_themselves_and_k0_changes_nothing():
+    import torch
+
+    from iclscope.anchors import isolation_edit
+
+    w = torch.rand(2, 3, 6, 6).tril()
+    w = w / w.sum(-1, keepdim=True)
+    rows = torch.zeros(2, 6, dtype=torch.bool)
+    rows[0, 3] = True
+    out = isolation_edit({1}, rows)(1, w)
+    torch.testing.assert_close(out[0, :, 3], torch.eye(6)[3].expand(3, 6))
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[0, 3] = False
+    torch.testing.assert_close(out[:, :, mask[0]][0], w[:, :, mask[0]][0])  # other rows untouched
+    torch.testing.assert_close(isolation_edit({1}, rows)(0, w), w)  # a layer outside the window
+    torch.testing.assert_close(isolation_edit(set(), rows)(1, w), w)  # k = 0
+
+
+def test_isolation_run_on_a_tiny_model(prepared_tiny, tmp_path):
+    from test_extract import prompts_file
+
+    from iclscope.anchors import jaccard_topk, run_isolation
+
+    spec, model_dir = prepared_tiny
+    ppath, _ = prompts_file(prepared_tiny, tmp_path, n_test=8)
+    table, meta, base = run_isolation(ppath, model_dir, spec, n_per_seed=4, ks=(1, 2), dataset="d")
+    assert len(table) == 2 * 2 * 2 * 2 and meta["prompts"] == 8
+    assert table["value"].between(0, 1).all()
+    assert jaccard_topk(np.array([[1, 2, 3]]), np.array([[3, 2, 9]]))[0] == pytest.approx(0.5)

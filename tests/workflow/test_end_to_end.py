@@ -100,7 +100,7 @@ def test_taskspace_icicl_tsft_tables(run_dir):
     assert np.allclose(rel.to_numpy(), 2.0)  # three relative flows sum to 1 per layer and seed (2 seeds)
     auc = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/aucroc.parquet")
     assert sorted(auc["layer"].unique()) == list(range(1, 31))
-    for fig in ("compression", "task_space", "icicl", "tsft", "aucroc", "saliency"):
+    for fig in ("compression", "task_space", "icicl", "tsft", "aucroc", "saliency", "isolation"):
         assert (run_dir / f"results/figures/smollm2-135m/tweets/{fig}.png").stat().st_size > 10_000, fig
     assert (run_dir / "results/figures/smollm2-135m/words/decodability.png").exists()
 
@@ -125,8 +125,8 @@ def test_template_change_reruns_prompts_and_everything_downstream(run_dir):
     write_config(run_dir, cfg)
     try:
         downstream = {"extract", "icl_accuracy", "taskspace", "compression", "icicl", "tsft_summary", "aucroc",
-                      "saliency", "fig_compression", "fig_task_space", "fig_icicl", "fig_tsft", "fig_aucroc",
-                      "fig_saliency", "all"}
+                      "saliency", "isolation", "fig_isolation", "fig_compression", "fig_task_space", "fig_icicl",
+                      "fig_tsft", "fig_aucroc", "fig_saliency", "all"}
         assert planned_jobs(run_dir) == {"build_prompts": 1, "tsft": 2, **{rule: 1 for rule in downstream}}
     finally:
         write_config(run_dir, small_config())

@@ -200,3 +200,21 @@ def plot_saliency(table: pd.DataFrame, path) -> None:
         ax.legend()
         ax.set_title(_title(table, "Saliency flows"))
         _save(fig, path)
+
+
+def plot_isolation(table: pd.DataFrame, path) -> None:
+    """Label and word loyalty against k, for first / last layer windows and label / random rows."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+        for ax, metric in zip(axes, ("label_loyalty", "word_loyalty"), strict=True):
+            sub = table[table.metric == metric]
+            for (side, kind), g in sub.groupby(["position", "label_type"]):
+                g = g.sort_values("layer")
+                ax.plot(g["layer"], g["value"], marker="o", ls="-" if kind == "label" else ":",
+                        label=f"{kind} words, {side} k layers")
+            ax.set_xlabel("k (layers isolated)")
+            ax.set_ylabel(metric.replace("_", " "))
+            ax.set_ylim(0, 1.02)
+        axes[0].legend()
+        fig.suptitle(_title(table, "Isolating label words"))
+        _save(fig, path)

@@ -74,3 +74,42 @@ rule fig_saliency:
         "../envs/iclscope.yaml"
     script:
         "../scripts/fig_saliency.py"
+
+
+rule isolation:
+    """Label / word loyalty with label words (or random tokens) isolated in the first or last k layers."""
+    input:
+        prompts="results/prompts/{model}/{dataset}.parquet",
+        model="results/models/{model}.json",
+    output:
+        "results/metrics/{model}/{dataset}/isolation.parquet",
+    params:
+        settings=lambda wc: as_json(config["anchors"]),
+    log:
+        "logs/isolation/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
+        gpu=lambda wc: MODELS[wc.model].gpus,
+    script:
+        "../scripts/isolation.py"
+
+
+rule fig_isolation:
+    input:
+        "results/metrics/{model}/{dataset}/isolation.parquet",
+    output:
+        report(
+            "results/figures/{model}/{dataset}/isolation.png",
+            caption="../report/isolation.rst",
+            category="Label words as anchors",
+            subcategory="{model} / {dataset}",
+        ),
+    log:
+        "logs/figures/{model}/{dataset}/isolation.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/fig_isolation.py"

@@ -109,7 +109,7 @@ def anchor_datasets():
 
 def anchor_targets():
     return [f"results/{kind}/{m}/{d}/{name}.{ext}" for m in MODELS for d in anchor_datasets()
-            for name in ("aucroc", "saliency") for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
+            for name in ("aucroc", "saliency", "isolation") for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
 
 
 def figure_targets():
