@@ -16,7 +16,7 @@ def test_default_dag(tmp_path):
     families = sum(1 for d in cfg["datasets"].values() if d.get("kind") == "generation")
     assert jobs["prepare_model"] == n_models and jobs["prepare_dataset"] == n_data
     assert jobs["build_prompts"] == jobs["extract"] == jobs["icl_accuracy"] == n_models * n_data
-    assert jobs["decodability"] == n_models * families
+    assert jobs["decodability"] == jobs["decodability_fit"] == n_models * families
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config" / "examples").glob("*.yaml")))

@@ -114,7 +114,7 @@ def test_metric_parameter_reruns_only_that_metric(run_dir, tmp_path):
     cfg["decodability"]["k"] = 3
     write_config(run_dir, cfg)
     try:
-        assert planned_jobs(run_dir) == {"decodability": 1, "fig_decodability": 1, "all": 1}
+        assert planned_jobs(run_dir) == {"decodability": 1, "decodability_fit": 1, "fig_decodability": 1, "all": 1}
     finally:
         write_config(run_dir, small_config())
 

@@ -97,8 +97,8 @@ def activation_targets():
 
 def metric_targets():
     targets = expand("results/metrics/{model}/{dataset}/icl_accuracy.parquet", model=MODELS, dataset=DATASETS)
-    targets += expand("results/metrics/{model}/{dataset}/decodability.parquet", model=MODELS,
-                      dataset=task_family_datasets())
+    targets += expand("results/metrics/{model}/{dataset}/{name}.parquet", model=MODELS,
+                      dataset=task_family_datasets(), name=["decodability", "decodability_fit"])
     return targets
 
 

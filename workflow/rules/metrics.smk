@@ -35,3 +35,19 @@ rule metrics:
     """Named target: every metric table."""
     input:
         metric_targets(),
+
+
+rule decodability_fit:
+    """Decodability at the peak layer vs ICL accuracy, one point per task and shot count; R²."""
+    input:
+        decodability="results/metrics/{model}/{dataset}/decodability.parquet",
+        accuracy="results/metrics/{model}/{dataset}/icl_accuracy.parquet",
+    output:
+        points="results/metrics/{model}/{dataset}/decodability_fit_points.parquet",
+        table="results/metrics/{model}/{dataset}/decodability_fit.parquet",
+    log:
+        "logs/decodability_fit/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/decodability_fit.py"
