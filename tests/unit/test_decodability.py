@@ -82,3 +82,21 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="k=5"):
         decodability(np.zeros((5, 2)), [0, 1, 0, 1, 0], k=5)
     assert np.isnan(bootstrap_interval([], 10)[0])
+
+
+def test_decodability_accuracy_fit_reads_the_peak_layer_and_drops_null():
+    import pandas as pd
+
+    from iclscope.metric_tables import decodability_accuracy_fit
+
+    dec, acc = [], []
+    for layer in range(3):
+        for task, td in {"all": 0.5 + 0.2 * (layer == 1), "a": 0.2, "b": 0.5, "c": 0.9, "Null": 0.9}.items():
+            dec.append({"metric": "decodability_euclidean", "layer": layer, "task": task, "shots": 4,
+                        "value": td + (0.05 if layer == 1 else 0)})
+    for task, a in {"a": 0.1, "b": 0.4, "c": 0.8, "Null": 0.0, "all": 0.4}.items():
+        acc.append({"metric": "accuracy", "task": task, "shots": 4, "value": a})
+    points, fit = decodability_accuracy_fit(pd.DataFrame(dec), pd.DataFrame(acc), model="m", dataset="d")
+    assert list(points["task"]) == ["a", "b", "c"] and (points["layer"] == 1).all()
+    r2 = fit.set_index("metric")["value"]["fit_r2"]
+    assert 0.99 < r2 <= 1.0  # accuracy is (almost) linear in TD here
