@@ -77,13 +77,15 @@ def test_pipeline_runs_as_one_sbatch_job_per_rule_instance(lab):
     t0 = time.time()
     on_slurm(lab, work)
     jobs = lab["cluster"].jobs_by_rule(t0)
-    assert {r: len(v) for r, v in jobs.items()} == {
-        "prepare_model": 1, "prepare_dataset": 1, "build_prompts": 1, "extract": 1, "extract_anchors": 1,
-        "icl_accuracy": 1, "taskspace": 1, "compression": 1}
+    model_rules = {"extract", "extract_anchors", "saliency", "isolation"}
+    expected = model_rules | {"prepare_model", "prepare_dataset", "build_prompts", "icl_accuracy", "taskspace",
+                              "compression", "aucroc", "fig_compression", "fig_task_space", "fig_aucroc",
+                              "fig_saliency", "fig_isolation"}
+    assert {r: len(v) for r, v in jobs.items()} == {rule: 1 for rule in expected}
     for rule, rows in jobs.items():
         assert all(r["State"] == "COMPLETED" for r in rows), rows
         has_gpu = all("gres/gpu=1" in r["AllocTRES"] for r in rows)
-        assert has_gpu == (rule in ("extract", "extract_anchors")), (rule, rows)
+        assert has_gpu == (rule in model_rules), (rule, rows)
     assert (work / "results/metrics/tiny/toy/compression.parquet").exists()
 
 
