@@ -61,7 +61,7 @@ def test_icicl_arms_identity_space_equals_uncompressed(prepared_tiny):
     tokens = summary.set_index("arm")["tokens"]
     assert tokens["icicl_soft"] < tokens["full_icl"] and tokens["task_vector"] == tokens["zero_shot"]
     assert meta["pool_states_seconds"] > 0 and len(per_example) == 6 * 6
-    assert tokens["anchor_kv"] < tokens["zero_shot"] and meta["anchor_kv_entries"] >= 2
+    assert tokens["anchor_kv"] <= tokens["zero_shot"] and meta["anchor_kv_entries"] >= 2  # new tokens only
 
 
 def test_anchor_kv_keeping_every_position_reproduces_the_full_prompt(prepared_tiny):
