@@ -28,8 +28,9 @@ def test_example_dags_plan(tmp_path, name):
 def test_named_target_rules(tmp_path):
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
     assert "icl_accuracy" not in planned_jobs(tmp_path, "activations")
-    assert planned_jobs(tmp_path, "--until", "extract").keys() == {"prepare_model", "prepare_dataset",
-                                                                   "build_prompts", "extract"}
+    assert planned_jobs(tmp_path, "--until", "extract").keys() == {"prepare_model", "model_manifest",
+                                                                   "prepare_dataset", "build_prompts",
+                                                                   "extract"}
 
 
 def test_invalid_config_stops_before_any_job(tmp_path):

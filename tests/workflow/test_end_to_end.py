@@ -58,8 +58,8 @@ def test_label_logits_equal_a_fresh_forward_pass(run_dir):
     prompts = pd.read_parquet(run_dir / "results/prompts/smollm2-135m/tweets.parquet")
     with open_activations(run_dir / "results/activations/smollm2-135m/tweets.h5") as f:
         ids = list(f.attrs["label_token_ids"])
-        assert f.attrs["n_layers"] == 30 and f["resid/query"].shape == (16, 31, 576)
-        assert f["attn/query_to_label"].shape == (16, 30, 9, 2)
+        assert f.attrs["n_layers"] == 30 and f["resid/query"].shape == (28, 31, 576)  # 2 seeds × (8 test + 6 train)
+        assert f["attn/query_to_label"].shape == (28, 30, 9, 2)
         for i in (0, 11):
             with torch.no_grad():
                 logits = model(torch.as_tensor(prompts["input_ids"][i], dtype=torch.long)[None]).logits[0, -1]
@@ -91,7 +91,8 @@ def test_taskspace_icicl_tsft_tables(run_dir):
     icicl = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/icicl.parquet")
     tokens = icicl[icicl.metric == "tokens"].set_index("task")["value"]
     assert tokens["icicl_soft"] < tokens["full_icl"]
-    assert set(icicl["task"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector"}
+    assert set(icicl["task"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector", "anchor_kv"}
+    assert tokens["anchor_kv"] < tokens["full_icl"]
     tsft = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/tsft.parquet")
     assert set(tsft[tsft.metric == "accuracy"]["task"]) == {"space", "baseline"}
     assert (run_dir / "results/tsft/smollm2-135m/tweets/space-seed0/adapter/adapter_config.json").exists()
@@ -140,5 +141,5 @@ def test_killed_extraction_leaves_no_complete_looking_file(run_dir, tmp_path):
     partial.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # what a kill mid-write can leave
     snakemake(work, "--profile", str(REPO / "profiles" / "local"), "results/activations/smollm2-135m/tweets.h5")
     with open_activations(work / "results/activations/smollm2-135m/tweets.h5") as f:
-        assert f.attrs["complete"] and f.attrs["n_done"] == 16
+        assert f.attrs["complete"] and f.attrs["n_done"] == 28
     assert not partial.exists()

@@ -187,7 +187,7 @@ class AnchorKV:
         """Per layer (K, V) [1, Hkv, n_kept, dh] of demonstration j at prompt slot `slot`."""
         if (j, slot) not in self._memo:
             t0 = time.perf_counter()
-            ids = torch.as_tensor([self.records[j]["input_ids"]], dtype=torch.long, device=self.device)
+            ids = torch.as_tensor(np.asarray(self.records[j]["input_ids"])[None], dtype=torch.long, device=self.device)
             positions = (slot * self.stride + torch.arange(ids.shape[1], device=self.device))[None]
             out = self.model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1)
             keep = torch.as_tensor(self.kept(j, slot), device=self.device)
