@@ -22,6 +22,7 @@ include: "workflow/rules/taskspace.smk"
 include: "workflow/rules/icicl.smk"
 include: "workflow/rules/tsft.smk"
 include: "workflow/rules/anchors.smk"
+include: "workflow/rules/entropy.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -17,6 +17,7 @@ def test_default_dag(tmp_path):
     assert jobs["prepare_model"] == n_models and jobs["prepare_dataset"] == n_data
     assert jobs["build_prompts"] == jobs["extract"] == jobs["icl_accuracy"] == n_models * n_data
     assert jobs["decodability"] == jobs["decodability_fit"] == n_models * families
+    assert jobs["token_states"] == jobs["entropy"] == jobs["fig_entropy"] == n_models * len(cfg["entropy"]["datasets"])
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config" / "examples").glob("*.yaml")))
@@ -31,6 +32,14 @@ def test_named_target_rules(tmp_path):
     assert planned_jobs(tmp_path, "--until", "extract").keys() == {"prepare_model", "model_manifest",
                                                                    "prepare_dataset", "build_prompts",
                                                                    "extract"}
+
+
+def test_entropy_corpus_must_be_a_configured_dataset(tmp_path):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["entropy"]["datasets"] = ["tweetz"]
+    write_config(tmp_path, cfg)
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0 and "entropy.datasets" in result.stdout and "tweetz" in result.stdout
 
 
 def test_invalid_config_stops_before_any_job(tmp_path):

@@ -28,6 +28,7 @@ def small_config() -> dict:
     cfg["icl_accuracy"].update(n_boot=20)
     cfg["icicl"].update(pool_size=16, n_test=6, warmup=1)
     cfg["tsft"].update(steps=3, n_train=16, n_test=16, seeds=[0], checkpoint_every=2)
+    cfg["entropy"].update(max_tokens=600, n_bins=10)
     return cfg
 
 
@@ -104,6 +105,24 @@ def test_taskspace_icicl_tsft_tables(run_dir):
     for fig in ("compression", "task_space", "icicl", "tsft", "aucroc", "saliency", "isolation"):
         assert (run_dir / f"results/figures/smollm2-135m/tweets/{fig}.png").stat().st_size > 10_000, fig
     assert (run_dir / "results/figures/smollm2-135m/words/decodability.png").exists()
+
+
+def test_entropy_measures(run_dir):
+    ent = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/entropy.parquet")
+    wide = ent[ent.label_type == "token"].pivot_table(index="layer", columns="metric", values="value")
+    assert list(wide.index) == list(range(31))
+    assert wide["information"].between(0, 1).all() and (wide["variation"] <= wide["information"] + 1e-12).all()
+    np.testing.assert_allclose(wide["regularity"], wide["information"] - wide["variation"], atol=1e-12)
+    assert wide.loc[0, "variation"] == 0.0  # embeddings are a function of the token id
+    assert set(ent["label_type"]) == {"token", "bigram"}
+    assert (run_dir / "results/figures/smollm2-135m/tweets/entropy.png").stat().st_size > 10_000
+    cfg = small_config()
+    cfg["entropy"]["n_bins"] = 12
+    write_config(run_dir, cfg)
+    try:
+        assert planned_jobs(run_dir) == {"entropy": 1, "fig_entropy": 1, "all": 1}
+    finally:
+        write_config(run_dir, small_config())
 
 
 def test_rerun_does_nothing(run_dir):

@@ -105,6 +105,10 @@ def validate_config(raw: dict) -> dict:
             DatasetSpec.from_config(name, spec)
         except ConfigError as exc:
             problems.append(str(exc))
+    for name in config["entropy"]["datasets"] if config["entropy"]["enabled"] else []:
+        if name not in config["datasets"]:
+            problems.append(f"config key 'entropy.datasets' names '{name}', which is not in datasets "
+                            f"(have: {sorted(config['datasets'])})")
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return config

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from .decodability import decodability_by_layer, peak_layer
-from .store import open_activations, read_prompts
+from .entropy import EntropySettings, layer_measures, pair_labels
+from .store import open_activations, open_token_states, read_prompts
 from .tables import metric_frame
 
 
@@ -132,3 +134,24 @@ def decodability_accuracy_fit(decodability: pd.DataFrame, accuracy: pd.DataFrame
                 {"metric": "fit_intercept", "value": intercept}, {"metric": "fit_points", "value": float(len(x))}]
     return points, metric_frame(rows, model=model, dataset=dataset, family="decodability", position="query",
                                 label_type=metric)
+
+
+def entropy_table(token_states, *, model: str, dataset: str, settings: EntropySettings,
+                  layers: list[int] | None = None) -> pd.DataFrame:
+    """The four representation measures per layer and label type (token id, left bigram).
+
+    Reads one layer [N, d] of `/resid/tokens` at a time. Metrics from the min/max binning keep
+    their names; those from the quantile-clipped binning end in `_clipped`.
+    """
+    with open_token_states(token_states) as f:
+        ids, prev = f["tokens/id"][()], f["tokens/prev"][()]
+        labels = {"token": ids, "bigram": pair_labels(prev, ids)}
+        n_layers = f.attrs["n_layers"]
+        rows = []
+        for layer in tqdm(layers if layers is not None else range(n_layers + 1), desc="entropy", unit="layer"):
+            states = f["resid/tokens"][:, layer, :].astype(np.float32)  # [N, d]
+            for r in layer_measures(states, labels, settings):
+                suffix = "" if r["range"] == "minmax" else f"_{r['range']}"
+                rows += [{"metric": f"{name}{suffix}", "value": value, "layer": layer, "label_type": r["label_type"]}
+                         for name, value in r.items() if name not in ("range", "label_type")]
+    return metric_frame(rows, model=model, dataset=dataset, family="entropy", position="token")

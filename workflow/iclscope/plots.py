@@ -218,3 +218,27 @@ def plot_isolation(table: pd.DataFrame, path) -> None:
         axes[0].legend()
         fig.suptitle(_title(table, "Isolating label words"))
         _save(fig, path)
+
+
+def plot_entropy(table: pd.DataFrame, path) -> None:
+    """The four representation measures per layer, token and bigram labels; min/max binning solid,
+    quantile-clipped binning dashed."""
+    with plt.rc_context(STYLE):
+        panels = [("information", "information  H(y) / log B"), ("variation", "variation  H(y|x) / log B"),
+                  ("regularity", "regularity  I(y;x) / log B"), ("disentanglement", "disentanglement  JSD (nats)")]
+        fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), sharex=True)
+        for ax, (metric, label) in zip(axes, panels, strict=True):
+            for suffix, style in (("", "-"), ("_clipped", "--")):
+                sub = table[table.metric == metric + suffix]
+                labels = ["token"] if metric == "information" else ["token", "bigram"]
+                for colour, label_type in zip(("C0", "C1"), labels, strict=False):
+                    g = sub[sub.label_type == label_type].sort_values("layer")
+                    if len(g):
+                        name = "" if metric == "information" else f"{label_type} · "
+                        ax.plot(g["layer"], g["value"], ls=style, color=colour, marker=".", ms=3,
+                                label=f"{name}{'clipped' if suffix else 'min/max'}")
+            ax.set_xlabel("layer (residual index)")
+            ax.set_ylabel(label)
+            ax.legend()
+        fig.suptitle(_title(table, "Representations as language"))
+        _save(fig, path)

@@ -243,3 +243,15 @@ def gather_shards(shard_paths: list[str | Path], out_path: str | Path) -> None:
     finally:
         for f in shards:
             f.close()
+
+
+def open_token_states(path: str | Path) -> h5py.File:
+    """Open a token-state file; a partial or unreadable one raises with its name."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise IncompleteFileError(f"{path} is not a readable HDF5 file: {exc}; delete it and rerun") from exc
+    if not bool(f.attrs.get("complete", False)):
+        f.close()
+        raise IncompleteFileError(f"{path} is incomplete; rerun the token_states rule")
+    return f

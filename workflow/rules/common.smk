@@ -126,9 +126,19 @@ def figure_targets():
     return figures
 
 
+CORPUS_KEYS = ("split", "max_tokens", "max_sentence_tokens", "seed")
+
+
+def entropy_targets():
+    if not config["entropy"]["enabled"]:
+        return []
+    return [f"results/{kind}/{m}/{d}/entropy.{ext}" for m in MODELS for d in config["entropy"]["datasets"]
+            for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
+
+
 def all_targets():
     return (activation_targets() + metric_targets() + taskspace_targets() + icicl_targets() + tsft_targets()
-            + figure_targets() + anchor_targets())
+            + figure_targets() + anchor_targets() + entropy_targets())
 
 
 def shard_of(wildcards):

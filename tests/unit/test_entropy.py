@@ -1,0 +1,169 @@
+"""Representations as language: H_dw against brute force, the limits of each measure, chunked
+(streaming) counting equal to one pass, and per-token state extraction on tiny models."""
+
+import math
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.spatial.distance import jensenshannon
+
+from iclscope.entropy import (
+    EntropySettings,
+    Histograms,
+    discretise,
+    frequent_values,
+    js_divergence,
+    layer_measures,
+    pair_labels,
+)
+from iclscope.metric_tables import entropy_table
+from iclscope.models import load_model
+from iclscope.store import IncompleteFileError, open_token_states, partial_path
+from iclscope.token_states import extract_token_states
+
+
+def measures(states, labels, n_bins=4, min_labels=1, **kw):
+    lo, hi = states.min(0), states.max(0)
+    bins = discretise(states, lo, hi, n_bins)
+    h = Histograms(states.shape[1], n_bins, frequent_values(labels, min_labels))
+    h.update(bins, labels)
+    return h.measures()
+
+
+def brute_entropy(symbols) -> float:
+    counts = Counter(symbols)
+    n = sum(counts.values())
+    return -sum(c / n * math.log(c / n) for c in counts.values())
+
+
+def test_information_equals_brute_force_histogram_entropy():
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(57, 3)) * [1, 5, 0.1]
+    n_bins = 6
+    m = measures(states, np.zeros(57, dtype=int), n_bins=n_bins)
+    expected = []
+    for j in range(3):
+        col = states[:, j]
+        width = (col.max() - col.min()) / n_bins
+        symbols = [min(int((v - col.min()) / width), n_bins - 1) for v in col]
+        expected.append(brute_entropy(symbols))
+    assert m["information"] == pytest.approx(np.mean(expected) / math.log(n_bins), rel=1e-12)
+
+
+def test_information_is_one_for_uniform_and_zero_for_constant_states():
+    n_bins = 5
+    uniform = np.tile(np.arange(n_bins) + 0.5, 4)[:, None].repeat(3, axis=1)  # every bin equally often
+    assert (np.bincount(discretise(uniform, uniform.min(0), uniform.max(0), n_bins)[:, 0]) == 4).all()
+    assert measures(uniform, np.zeros(len(uniform), dtype=int), n_bins)["information"] == pytest.approx(1.0)
+    constant = np.full((30, 4), 2.5)
+    assert measures(constant, np.zeros(30, dtype=int), n_bins)["information"] == 0.0
+
+
+def test_regularity_is_zero_when_labels_are_independent_of_states():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(40, 6))
+    states = np.concatenate([base, base, base])  # each label value sees the same multiset of states
+    labels = np.repeat([7, 8, 9], 40)
+    m = measures(states, labels, n_bins=8)
+    assert m["regularity"] == pytest.approx(0.0, abs=1e-12)
+    assert m["regularity_frequency"] == pytest.approx(0.0, abs=1e-12)
+    assert m["disentanglement"] == pytest.approx(0.0, abs=1e-12)
+    assert m["variation"] == pytest.approx(m["information"])
+
+
+def test_regularity_equals_information_when_states_are_a_function_of_the_label():
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(6), [5, 9, 5, 12, 7, 5])
+    codebook = rng.normal(size=(6, 4))
+    m = measures(codebook[labels], labels, n_bins=10)
+    assert m["variation"] == 0.0 and m["variation_frequency"] == 0.0
+    assert m["regularity"] == pytest.approx(m["information"]) and m["regularity_ratio"] == pytest.approx(1.0)
+    assert 0 < m["disentanglement"] <= math.log(2) + 1e-12
+
+
+def test_variation_weighting_and_disentanglement_against_a_hand_count():
+    # one dimension, 2 bins: label 0 -> bins [0, 0, 0, 1], label 1 -> bins [1, 1]
+    states = np.array([[0.0], [0.0], [0.0], [1.0], [1.0], [1.0]])
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    m = measures(states, labels, n_bins=2)
+    h0, h1 = brute_entropy([0, 0, 0, 1]), 0.0
+    assert m["variation"] == pytest.approx((h0 + h1) / 2 / math.log(2))
+    assert m["variation_frequency"] == pytest.approx((4 * h0 + 2 * h1) / 6 / math.log(2))
+    jsd0 = jensenshannon([3, 1], [0, 2]) ** 2  # label 0 against the rest (scipy: sqrt of JSD, nats)
+    jsd1 = jensenshannon([0, 2], [3, 1]) ** 2
+    assert m["disentanglement"] == pytest.approx((jsd0 + jsd1) / 2)
+    assert js_divergence(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(math.log(2))
+
+
+def test_chunked_counting_equals_one_pass_and_rare_labels_are_left_out():
+    rng = np.random.default_rng(3)
+    states = rng.standard_t(df=3, size=(500, 16)).astype(np.float32)
+    ids = rng.integers(0, 120, size=500)  # ~4 tokens per value: some values below min_labels
+    prev = np.concatenate([[-1], ids[:-1]])
+    labels = {"token": ids, "bigram": pair_labels(prev, ids)}
+    settings = EntropySettings(n_bins=12, min_labels=5, clip_quantile=0.01)
+    streamed = layer_measures(states, labels, settings, chunk=37)
+    whole = layer_measures(states, labels, settings, chunk=10_000)
+    assert streamed == whole
+    assert {(r["range"], r["label_type"]) for r in whole} == {
+        (r, t) for r in ("minmax", "clipped") for t in ("token", "bigram")}
+    token = next(r for r in whole if r["label_type"] == "token" and r["range"] == "minmax")
+    assert token["n_label_values"] == len(frequent_values(ids, 5)) and 0 < token["labelled_share"] < 1
+
+
+def test_pair_labels_are_distinct_per_pair_and_missing_at_sentence_starts():
+    prev = np.array([-1, 3, 5, -1, 3])
+    ids = np.array([3, 5, 3, 3, 5])
+    pairs = pair_labels(prev, ids)
+    assert pairs[0] == -1 and pairs[3] == -1
+    assert pairs[1] == pairs[4] and len({pairs[1], pairs[2]}) == 2
+
+
+def test_bad_settings_name_the_key():
+    with pytest.raises(ValueError, match="entropy.n_bins"):
+        EntropySettings(n_bins=1)
+    with pytest.raises(ValueError, match="entropy.clip_quantile"):
+        EntropySettings(clip_quantile=0.5)
+
+
+def test_token_states_equal_unbatched_hidden_states(prepared_tiny, tmp_path):
+    spec, model_dir = prepared_tiny
+    texts = [f"the {w} sat on the mat {i} times" for i, w in enumerate(["cat", "dog", "bird", "crew"] * 8)]
+    data = pd.DataFrame({"text": texts, "label": "x", "split": "train"})
+    data.to_parquet(tmp_path / "d.parquet")
+    out = tmp_path / "states.tokens.h5"
+    summary = extract_token_states(tmp_path / "d.parquet", model_dir, out, spec, max_tokens=200,
+                                   max_sentence_tokens=12, seed=1)
+    assert summary["tokens"] == 200 and not partial_path(out).exists()
+    model, _, _ = load_model(model_dir)
+    with open_token_states(out) as f:
+        sentence, position, ids = f["tokens/sentence"][()], f["tokens/position"][()], f["tokens/id"][()]
+        assert (f["tokens/prev"][()][position == 0] == -1).all()
+        for s in np.unique(sentence)[:5]:
+            rows = np.flatnonzero(sentence == s)
+            assert (position[rows] == np.arange(len(rows))).all()
+            with torch.no_grad():
+                hidden = model(torch.as_tensor(ids[rows])[None], output_hidden_states=True).hidden_states
+            expected = torch.stack(hidden, dim=2)[0].numpy()  # [T, L+1, d]
+            np.testing.assert_allclose(f["resid/tokens"][rows], expected, rtol=1e-2, atol=1e-2)
+    table = entropy_table(out, model="tiny", dataset="d", settings=EntropySettings(n_bins=8, min_labels=3))
+    info = table[(table.metric == "information") & (table.label_type == "token")]
+    assert len(info) == f_layers(out) and info["value"].between(0, 1).all()
+
+
+def f_layers(path) -> int:
+    with open_token_states(path) as f:
+        return int(f.attrs["n_layers"]) + 1
+
+
+def test_partial_token_state_file_is_refused(tmp_path):
+    import h5py
+
+    path = tmp_path / "x.tokens.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["complete"] = False
+    with pytest.raises(IncompleteFileError, match="x.tokens.h5"):
+        open_token_states(path)

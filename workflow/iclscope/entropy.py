@@ -1,0 +1,178 @@
+"""Representations as language (Conklin & Smith 2024, METHODS.md §2): the dimension-wise entropy
+estimator H_dw and the four measures built on it.
+
+Every dimension of a set of states Y [N, d] is cut into `n_bins` equal-width bins between a lower
+and an upper bound (the dimension's min / max over the analysed set, or its `q` / `1 - q`
+quantiles with values outside clipped into the edge bins), so a state becomes d bin symbols.
+
+    H_dw(Y)    = (1/d) Σ_j H(b_j(Y))                                         information
+    H_dw(Y|X)  = mean over label values x with ≥ min_labels tokens of H_dw(Y | X = x)
+                 (uniform, as the reference code; or weighted by p(x): frequency)  variation
+    I(Y;X)     = H_dw(Y) − H_dw(Y|X)                                          regularity
+    D          = mean over x and j of JSD(b_j(Y | X = x) ‖ b_j(Y | X ≠ x))    disentanglement
+
+Entropies are natural-log plug-in estimates; information, variation and regularity are reported
+divided by log(n_bins) (the "efficiency" scale of the paper's figures, 1 = uniform use of all
+bins), disentanglement in nats (range [0, ln 2]) and divided by ln 2.
+
+Everything works from histograms, which add up over chunks of tokens: `Histograms.update` on
+successive chunks gives exactly what one call on all tokens gives, so memory is bounded by the
+chunk whatever N is. Cost: O(N·d) per layer and label type, plus O(K·d·n_bins) for K label values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LN2 = float(np.log(2.0))
+
+
+@dataclass(frozen=True)
+class EntropySettings:
+    """How states are discretised and which label values are measured."""
+
+    n_bins: int = 20
+    min_labels: int = 5
+    clip_quantile: float = 0.001
+
+    def __post_init__(self):
+        if not 2 <= self.n_bins <= 255:
+            raise ValueError(f"entropy.n_bins must be in [2, 255] (bins are stored as uint8), got {self.n_bins}")
+        if self.min_labels < 1:
+            raise ValueError(f"entropy.min_labels must be ≥ 1, got {self.min_labels}")
+        if not 0 <= self.clip_quantile < 0.5:
+            raise ValueError(f"entropy.clip_quantile must be in [0, 0.5), got {self.clip_quantile}")
+
+
+def bin_ranges(states: np.ndarray, clip_quantile: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension bounds [d], [d] of states [N, d]: min / max, or the q / 1-q quantiles."""
+    if clip_quantile == 0:
+        return states.min(axis=0), states.max(axis=0)
+    lo, hi = np.quantile(states, [clip_quantile, 1 - clip_quantile], axis=0)
+    return lo, hi
+
+
+def discretise(states: np.ndarray, lo: np.ndarray, hi: np.ndarray, n_bins: int) -> np.ndarray:
+    """States [N, d] -> bin indices [N, d] uint8 in [0, n_bins).
+
+    Equal-width bins on [lo, hi] per dimension; a value outside is put in the nearest edge bin,
+    and a constant dimension (hi == lo) in bin 0. Equal-width bins are the nearest-centre
+    assignment of the reference code with centres in the middle of each interval.
+    """
+    width = np.where(hi > lo, hi - lo, 1.0).astype(np.float64)
+    scaled = (states.astype(np.float64) - lo) / width * n_bins
+    return np.clip(np.floor(scaled), 0, n_bins - 1).astype(np.uint8)
+
+
+def entropy(counts: np.ndarray) -> np.ndarray:
+    """Plug-in entropy (nats) over the last axis of a count array; 0 for an empty row."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum(axis=-1, keepdims=True)
+    p = np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+    logp = np.log(p, out=np.zeros_like(p), where=p > 0)
+    return -(p * logp).sum(axis=-1)
+
+
+def js_divergence(p_counts: np.ndarray, q_counts: np.ndarray) -> np.ndarray:
+    """Equal-weight Jensen–Shannon divergence (nats) between count vectors over the last axis."""
+    p = p_counts / np.maximum(p_counts.sum(axis=-1, keepdims=True), 1)
+    q = q_counts / np.maximum(q_counts.sum(axis=-1, keepdims=True), 1)
+    return entropy(0.5 * (p + q)) - 0.5 * (entropy(p) + entropy(q))
+
+
+class Histograms:
+    """Bin counts of one layer's discretised states: overall [d, B] and per label value [K, d, B].
+
+    `values` are the label values that are measured (those with ≥ min_labels tokens; known in
+    advance because labels are token ids); tokens with other labels count only in the overall
+    histogram.
+    """
+
+    def __init__(self, d: int, n_bins: int, values: np.ndarray):
+        self.n_bins = n_bins
+        self.values = np.unique(np.asarray(values))  # sorted, for searchsorted
+        self.total = np.zeros((d, n_bins), dtype=np.int64)
+        self.by_label = np.zeros((len(self.values), d, n_bins), dtype=np.int64)
+        self.n_tokens = 0
+
+    def update(self, bins: np.ndarray, labels: np.ndarray) -> None:
+        """Add bins [n, d] uint8 with their labels [n]."""
+        n, d = bins.shape
+        B = self.n_bins
+        cell = np.arange(d, dtype=np.int64) * B + bins  # [n, d] flat (dim, bin) index
+        self.total += np.bincount(cell.ravel(), minlength=d * B).reshape(d, B)
+        k = np.searchsorted(self.values, labels)
+        keep = (k < len(self.values)) & (self.values[np.minimum(k, len(self.values) - 1)] == labels) \
+            if len(self.values) else np.zeros(n, dtype=bool)
+        if keep.any():
+            flat = (k[keep, None] * (d * B) + cell[keep]).ravel()
+            self.by_label += np.bincount(flat, minlength=self.by_label.size).reshape(self.by_label.shape)
+        self.n_tokens += n
+
+    def measures(self) -> dict[str, float]:
+        """The four measures (see the module docstring) and the bin occupancy."""
+        log_b = np.log(self.n_bins)
+        h_y = entropy(self.total)  # [d]
+        n_k = self.by_label[:, 0, :].sum(axis=-1)  # [K] tokens per label value
+        h_cond = entropy(self.by_label)  # [K, d]
+        out = {
+            "information": float(h_y.mean() / log_b),
+            "max_bin_share": float((self.total.max(axis=-1) / max(self.n_tokens, 1)).mean()),
+            "occupied_bins": float((self.total > 0).sum(axis=-1).mean()),
+            "n_tokens": float(self.n_tokens),
+            "n_label_values": float(len(n_k)),
+            "labelled_share": float(n_k.sum() / max(self.n_tokens, 1)),
+        }
+        if len(n_k) == 0:
+            return out
+        weights = n_k / n_k.sum()
+        variation = {"uniform": h_cond.mean(), "frequency": float(weights @ h_cond.mean(axis=1))}
+        for name, value in variation.items():
+            suffix = "" if name == "uniform" else "_frequency"
+            out[f"variation{suffix}"] = float(value / log_b)
+            out[f"regularity{suffix}"] = float((h_y.mean() - value) / log_b)
+            out[f"regularity_ratio{suffix}"] = float((h_y.mean() - value) / h_y.mean()) if h_y.mean() > 0 else 0.0
+        rest = self.total[None] - self.by_label  # [K, d, B] counts of every other token
+        jsd = js_divergence(self.by_label.astype(np.float64), rest.astype(np.float64))  # [K, d]
+        out["disentanglement"] = float(jsd.mean())
+        out["disentanglement_normalised"] = float(jsd.mean() / LN2)
+        return out
+
+
+def frequent_values(labels: np.ndarray, min_count: int) -> np.ndarray:
+    """Label values that occur at least `min_count` times (negative values = no label, excluded)."""
+    values, counts = np.unique(labels[labels >= 0], return_counts=True)
+    return values[counts >= min_count]
+
+
+def layer_measures(states: np.ndarray, labels: dict[str, np.ndarray], settings: EntropySettings,
+                   chunk: int = 8192) -> list[dict]:
+    """All measures of one layer: states [N, d] (any float dtype), labels {label_type: [N] int}.
+
+    Returns one dict per (range, label_type) with range ∈ {minmax, clipped} ("clipped" only when
+    clip_quantile > 0). The ranges need the whole layer; binning and counting go chunk by chunk.
+    """
+    ranges = {"minmax": bin_ranges(states)}
+    if settings.clip_quantile > 0:
+        ranges["clipped"] = bin_ranges(states, settings.clip_quantile)
+    rows = []
+    d = states.shape[1]
+    for range_name, (lo, hi) in ranges.items():
+        hists = {name: Histograms(d, settings.n_bins, frequent_values(lab, settings.min_labels))
+                 for name, lab in labels.items()}
+        for start in range(0, len(states), chunk):
+            bins = discretise(states[start:start + chunk], lo, hi, settings.n_bins)
+            for name, lab in labels.items():
+                hists[name].update(bins, lab[start:start + chunk])
+        rows += [{"range": range_name, "label_type": name, **h.measures()} for name, h in hists.items()]
+    return rows
+
+
+def pair_labels(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Left-bigram labels: one int per (previous token, token) pair; -1 where there is no previous token."""
+    left = left.astype(np.int64)
+    right = right.astype(np.int64)
+    base = int(max(right.max(initial=0), left.max(initial=0))) + 1
+    return np.where(left >= 0, left * base + right, -1)

@@ -1,0 +1,67 @@
+# Representations as language (METHODS.md §2): per-token residual states over a text corpus,
+# then information, variation, regularity and disentanglement per layer.
+
+
+rule token_states:
+    """Residual stream at every token of a fixed corpus (the dataset's text column), in HDF5."""
+    input:
+        dataset="results/datasets/{dataset}.parquet",
+        model="results/models/{model}.json",
+    output:
+        "results/activations/{model}/{dataset}.tokens.h5",
+    params:
+        identity=lambda wc: as_json({"model": MODELS[wc.model].identity(), "dtype": MODELS[wc.model].dtype,
+                                     "iclscope": ICLSCOPE_VERSION}),
+        corpus=lambda wc: as_json({k: config["entropy"][k] for k in CORPUS_KEYS}),
+    log:
+        "logs/token_states/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    cache: "omit-software"
+    threads: 2
+    resources:
+        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
+        runtime=lambda wc, attempt: 60 * attempt,
+        gpu=lambda wc: MODELS[wc.model].gpus,
+    script:
+        "../scripts/token_states.py"
+
+
+rule entropy:
+    """Information, variation, regularity, disentanglement per layer and label type."""
+    input:
+        "results/activations/{model}/{dataset}.tokens.h5",
+    output:
+        "results/metrics/{model}/{dataset}/entropy.parquet",
+    params:
+        settings=lambda wc: as_json(config["entropy"]),
+    log:
+        "logs/entropy/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/entropy.py"
+
+
+rule fig_entropy:
+    input:
+        "results/metrics/{model}/{dataset}/entropy.parquet",
+    output:
+        report(
+            "results/figures/{model}/{dataset}/entropy.png",
+            caption="../report/entropy.rst",
+            category="Representations as language",
+            subcategory="{model} / {dataset}",
+        ),
+    log:
+        "logs/figures/{model}/{dataset}/entropy.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/fig_entropy.py"
+
+
+rule measures:
+    """Named target: the entropy measures and their figures."""
+    input:
+        entropy_targets(),

@@ -1,0 +1,14 @@
+from iclscope.entropy import EntropySettings
+from iclscope.logs import log_to
+from iclscope.metric_tables import entropy_table
+from iclscope.tables import write_table
+
+log = log_to(snakemake.log[0])
+wc = snakemake.wildcards
+cfg = snakemake.config["entropy"]
+settings = EntropySettings(n_bins=cfg["n_bins"], min_labels=cfg["min_labels"], clip_quantile=cfg["clip_quantile"])
+table = entropy_table(snakemake.input[0], model=wc.model, dataset=wc.dataset, settings=settings)
+write_table(table, snakemake.output[0], {"entropy": cfg})
+main = table[table.label_type == "token"].pivot_table(index="layer", columns="metric", values="value")
+log.info("token-label measures per layer (min/max binning):\n%s",
+         main[["information", "variation", "regularity", "disentanglement", "max_bin_share"]].round(4).to_string())

@@ -1,0 +1,11 @@
+from iclscope.config import ModelSpec
+from iclscope.logs import log_to
+from iclscope.token_states import extract_token_states
+
+log_to(snakemake.log[0])
+wc = snakemake.wildcards
+cfg = snakemake.config["entropy"]
+extract_token_states(snakemake.input.dataset, snakemake.input.model, snakemake.output[0],
+                     ModelSpec.from_config(wc.model, snakemake.config["models"][wc.model]),
+                     max_tokens=cfg["max_tokens"], max_sentence_tokens=cfg["max_sentence_tokens"],
+                     split=cfg["split"], seed=cfg["seed"])
