@@ -167,3 +167,22 @@ def test_partial_token_state_file_is_refused(tmp_path):
         f.attrs["complete"] = False
     with pytest.raises(IncompleteFileError, match="x.tokens.h5"):
         open_token_states(path)
+
+
+def test_toy_lm_learns_the_corpus_and_is_measured_at_log_spaced_steps(prepared_tiny):
+    from iclscope.models import load_tokenizer
+    from iclscope.toy_lm import ToySize, ToyTraining, token_stream, train_and_measure
+
+    tokenizer, _ = load_tokenizer(prepared_tiny[1])
+    texts = [f"the {w} sat on the {v} mat" for w in ("cat", "dog", "bird", "crew") for v in ("red", "big")] * 40
+    stream = token_stream(texts, tokenizer, vocab_size=24)
+    assert stream.min() == 0 and stream.max() <= 23 and (stream == 0).any()  # separators / rare tokens -> UNK
+    run = ToyTraining(steps=60, batch_size=8, seq_len=16, vocab_size=24, lr=3e-3, eval_windows=8, n_checkpoints=5)
+    assert run.checkpoint_steps()[0] == 0 and run.checkpoint_steps()[-1] == 60
+    table = train_and_measure(stream, ToySize("s", 16, 1, 2), run, EntropySettings(n_bins=8, min_labels=3))
+    loss = table[table.metric == "eval_loss"].set_index("step")["value"]
+    assert list(loss.index) == run.checkpoint_steps() and loss.iloc[-1] < loss.iloc[0] - 0.5
+    info = table[(table.metric == "information") & (table.range == "minmax") & (table.label_type == "token")]
+    assert set(info["layer"]) == {0, 1} and info["value"].between(0, 1).all()
+    with pytest.raises(ValueError, match="d_model 10 is not divisible by n_heads 4"):
+        ToySize("bad", 10, 1, 4)

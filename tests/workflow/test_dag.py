@@ -18,6 +18,7 @@ def test_default_dag(tmp_path):
     assert jobs["build_prompts"] == jobs["extract"] == jobs["icl_accuracy"] == n_models * n_data
     assert jobs["decodability"] == jobs["decodability_fit"] == n_models * families
     assert jobs["token_states"] == jobs["entropy"] == jobs["fig_entropy"] == n_models * len(cfg["entropy"]["datasets"])
+    assert jobs["toy_lm_entropy"] == jobs["fig_entropy_training"] == 1
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config" / "examples").glob("*.yaml")))

@@ -29,6 +29,9 @@ def small_config() -> dict:
     cfg["icicl"].update(pool_size=16, n_test=6, warmup=1)
     cfg["tsft"].update(steps=3, n_train=16, n_test=16, seeds=[0], checkpoint_every=2)
     cfg["entropy"].update(max_tokens=600, n_bins=10)
+    cfg["entropy"]["training"].update(steps=20, batch_size=4, seq_len=16, vocab_size=200, eval_windows=8,
+                                      n_checkpoints=4, sizes=[{"name": "xs", "d_model": 16, "n_layers": 1,
+                                                               "n_heads": 2}])
     return cfg
 
 
@@ -116,11 +119,16 @@ def test_entropy_measures(run_dir):
     assert wide.loc[0, "variation"] == 0.0  # embeddings are a function of the token id
     assert set(ent["label_type"]) == {"token", "bigram"}
     assert (run_dir / "results/figures/smollm2-135m/tweets/entropy.png").stat().st_size > 10_000
+    toy = pd.read_parquet(run_dir / "results/metrics/toy/tweets/entropy_training.parquet")
+    loss = toy[toy.metric == "eval_loss"].set_index("step")["value"]
+    assert list(loss.index) == [0, 1, 4, 20] and loss[20] < loss[0]
+    assert (run_dir / "results/figures/toy/tweets/entropy_training.png").exists()
     cfg = small_config()
     cfg["entropy"]["n_bins"] = 12
     write_config(run_dir, cfg)
     try:
-        assert planned_jobs(run_dir) == {"entropy": 1, "fig_entropy": 1, "all": 1}
+        assert planned_jobs(run_dir) == {"entropy": 1, "fig_entropy": 1, "toy_lm_entropy": 1,
+                                         "fig_entropy_training": 1, "all": 1}
     finally:
         write_config(run_dir, small_config())
 

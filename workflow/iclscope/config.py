@@ -109,6 +109,14 @@ def validate_config(raw: dict) -> dict:
         if name not in config["datasets"]:
             problems.append(f"config key 'entropy.datasets' names '{name}', which is not in datasets "
                             f"(have: {sorted(config['datasets'])})")
+    training = config["entropy"]["training"]
+    if training["enabled"] and training["dataset"] is not None and training["dataset"] not in config["datasets"]:
+        problems.append(f"config key 'entropy.training.dataset' names '{training['dataset']}', which is not in "
+                        f"datasets (have: {sorted(config['datasets'])})")
+    for size in training["sizes"]:
+        if size["d_model"] % size["n_heads"]:
+            problems.append(f"config key 'entropy.training.sizes' ({size['name']}): d_model {size['d_model']} is not "
+                            f"divisible by n_heads {size['n_heads']}")
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return config

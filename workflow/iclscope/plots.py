@@ -242,3 +242,31 @@ def plot_entropy(table: pd.DataFrame, path) -> None:
             ax.legend()
         fig.suptitle(_title(table, "Representations as language"))
         _save(fig, path)
+
+
+def plot_entropy_training(table: pd.DataFrame, path) -> None:
+    """Held-out loss and the last layer's measures against training step, one colour per model size."""
+    with plt.rc_context(STYLE):
+        panels = [("eval_loss", None, "held-out loss"), ("information", "token", "information  H(y) / log B"),
+                  ("regularity", "token", "token regularity  I(y;x) / log B"),
+                  ("disentanglement", "token", "token disentanglement (nats)"),
+                  ("variation", "bigram", "bigram variation  H(y|x) / log B")]
+        fig, axes = plt.subplots(1, len(panels), figsize=(18, 3.4), sharex=True)
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for colour, (size, g) in zip(colours, table.groupby("size", sort=False), strict=False):
+            last = g["layer"].max()
+            params = int(g["n_params"].iloc[0])
+            for ax, (metric, label_type, _) in zip(axes, panels, strict=True):
+                sel = g[g.metric == metric]
+                if label_type:
+                    sel = sel[(sel.label_type == label_type) & (sel.range == "minmax") & (sel.layer == last)]
+                sel = sel.sort_values("step")
+                ax.plot(sel["step"].clip(lower=0.5), sel["value"], marker=".", ms=3, color=colour,
+                        label=f"{size} ({params / 1e3:.0f}k params)")
+        for ax, (_, _, label) in zip(axes, panels, strict=True):
+            ax.set_xscale("log")
+            ax.set_xlabel("training step (0 plotted at 0.5)")
+            ax.set_ylabel(label)
+        axes[0].legend()
+        fig.suptitle("Representations as language over training — toy GPT-2s, last layer, min/max binning")
+        _save(fig, path)

@@ -129,11 +129,23 @@ def figure_targets():
 CORPUS_KEYS = ("split", "max_tokens", "max_sentence_tokens", "seed")
 
 
+def toy_corpus():
+    """The dataset the toy LMs are trained on, or None."""
+    training = config["entropy"]["training"]
+    if not (config["entropy"]["enabled"] and training["enabled"]):
+        return None
+    return training["dataset"] or next(iter(config["entropy"]["datasets"]), None)
+
+
 def entropy_targets():
     if not config["entropy"]["enabled"]:
         return []
-    return [f"results/{kind}/{m}/{d}/entropy.{ext}" for m in MODELS for d in config["entropy"]["datasets"]
-            for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
+    targets = [f"results/{kind}/{m}/{d}/entropy.{ext}" for m in MODELS for d in config["entropy"]["datasets"]
+               for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
+    if toy_corpus():
+        targets += [f"results/metrics/toy/{toy_corpus()}/entropy_training.parquet",
+                    f"results/figures/toy/{toy_corpus()}/entropy_training.png"]
+    return targets
 
 
 def all_targets():

@@ -65,3 +65,41 @@ rule measures:
     """Named target: the entropy measures and their figures."""
     input:
         entropy_targets(),
+
+
+rule toy_lm_entropy:
+    """Small GPT-2s trained from scratch on the corpus; loss and the four measures over training."""
+    input:
+        dataset="results/datasets/{dataset}.parquet",
+        tokenizer=lambda wc: f"results/models/{next(iter(MODELS))}.json",
+    output:
+        "results/metrics/toy/{dataset}/entropy_training.parquet",
+    params:
+        settings=lambda wc: as_json(config["entropy"]),
+    log:
+        "logs/toy_lm_entropy/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    threads: 2
+    resources:
+        runtime=lambda wc, attempt: 60 * attempt,
+    script:
+        "../scripts/toy_lm_entropy.py"
+
+
+rule fig_entropy_training:
+    input:
+        "results/metrics/toy/{dataset}/entropy_training.parquet",
+    output:
+        report(
+            "results/figures/toy/{dataset}/entropy_training.png",
+            caption="../report/entropy_training.rst",
+            category="Representations as language",
+            subcategory="toy models / {dataset}",
+        ),
+    log:
+        "logs/figures/toy/{dataset}/entropy_training.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/fig_entropy_training.py"

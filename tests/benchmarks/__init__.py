@@ -1,0 +1,1 @@
+"""Benchmarks run by `make bench` (not by pytest): ratios against baselines measured in the same run."""

@@ -1,0 +1,27 @@
+"""Cost of the entropy measures against the number of tokens: seconds per token at N tokens over
+seconds per token at the smallest N, on random heavy-tailed states [N, 576] with Zipf token ids
+(target: linear, ratio ≈ 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .common import row, timed
+
+SIZES = (2_500, 10_000, 40_000)
+
+
+def run() -> list[dict]:
+    from iclscope.entropy import EntropySettings, layer_measures, pair_labels
+
+    rng = np.random.default_rng(0)
+    settings = EntropySettings()
+    per_token = {}
+    for n in SIZES:
+        states = rng.standard_t(df=3, size=(n, 576)).astype(np.float32)
+        ids = np.minimum(rng.zipf(1.3, size=n), 5000)
+        labels = {"token": ids, "bigram": pair_labels(np.concatenate([[-1], ids[:-1]]), ids)}
+        per_token[n] = timed(lambda: layer_measures(states, labels, settings), repeats=2) / n  # noqa: B023
+    base = per_token[SIZES[0]]
+    return [row("entropy", f"seconds per token per layer, N = {n:,}", s * 1e6, "µs", f"N = {SIZES[0]:,}",
+                s / base, "≈ 1 (linear)", s / base <= 1.3) for n, s in per_token.items()]

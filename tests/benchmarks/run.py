@@ -1,0 +1,88 @@
+"""`make bench`: every benchmark, each against a baseline measured in the same run, written to
+results/benchmarks/benchmarks.{md,json}. Needs the default run's model, prompts and (for the
+HDF5 and IC-ICL rows) activations; builds what is missing through Snakemake first.
+
+    python -m tests.benchmarks.run [--only extraction,memory,dag,entropy,speedups] [--dag 10x10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from datetime import UTC, datetime
+
+import pandas as pd
+import torch
+
+from . import dag, entropy_cost, extraction, memory
+from .common import MODEL, OUT, REPO, pipeline_inputs, row
+
+
+def speedups() -> list[dict]:
+    """IC-ICL and anchor-KV speed-ups over full-text ICL, from the icicl stage's own table."""
+    path = REPO / f"results/metrics/{MODEL}/tweets/icicl.parquet"
+    if not path.exists():
+        return [row("icicl", "speed-ups", 0, "-", note=f"{path} missing: run `make run` first")]
+    t = pd.read_parquet(path)
+    t = t[t.seed.isna() | (t.seed == t.seed.min())] if "seed" in t else t
+    rows = []
+    secs = t[t.metric == "seconds_per_example"].groupby("task")["value"].mean()
+    acc = t[t.metric == "accuracy"].groupby("task")["value"].mean()
+    for arm in ("icicl_soft", "anchor_kv", "task_vector", "zero_shot"):
+        if arm in secs and "full_icl" in secs:
+            rows.append(row("icicl", f"{arm} seconds per example", secs[arm], "s", "full-text ICL",
+                            secs["full_icl"] / secs[arm], note=f"accuracy {acc.get(arm, float('nan')):.3f} vs "
+                            f"{acc.get('full_icl', float('nan')):.3f} (ratio = speed-up)"))
+    return rows
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(), "date": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def to_markdown(rows: list[dict], info: dict) -> str:
+    lines = [f"Measured on {info['cpu']} ({info['cores']} cores, torch {info['torch']}, "
+             f"CUDA {'yes' if info['cuda'] else 'no'}), {info['date']}. Reproduce: `make bench`.", "",
+             "| benchmark | measure | value | baseline (same run) | ratio | target | met | note |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        lines.append(f"| {r['benchmark']} | {r['measure']} | {r['value']:g} {r['unit']} | {r['baseline'] or ''} | "
+                     f"{'' if r['ratio'] is None else r['ratio']} | {r['target'] or ''} | {met} | {r['note']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="extraction,memory,dag,entropy,speedups")
+    parser.add_argument("--dag", default="10x10", help="models x datasets of the DAG benchmark (issue: 50x20)")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    pipeline_inputs(f"results/prompts/{MODEL}/tweets.parquet", f"results/models/{MODEL}.json")
+    rows = []
+    if "extraction" in only:
+        rows += extraction.run()
+    if "memory" in only:
+        rows += memory.run()
+    if "dag" in only:
+        m, d = map(int, args.dag.split("x"))
+        rows += dag.run(m, d)
+    if "entropy" in only:
+        rows += entropy_cost.run()
+    if "speedups" in only:
+        rows += speedups()
+    info = machine()
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "benchmarks.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
+    table = to_markdown(rows, info)
+    (OUT / "benchmarks.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Small causal transformers trained from scratch, with the representation measures followed over
+training (METHODS.md §2.4-2.5: two phases; larger models end more compressed).
+
+The corpus is a dataset's text column tokenised with the prepared model's tokenizer and mapped to
+its `vocab_size - 1` most frequent tokens (+ one UNK id, 0), so a toy model of a few hundred
+thousand parameters can learn it on CPU. Each size is a GPT-2 (`transformers.GPT2LMHeadModel`)
+trained with AdamW on random windows of the token stream; at log-spaced steps the held-out loss
+and the four measures of every layer are computed on a fixed evaluation set of token windows
+(labels: token id and left bigram; UNK tokens are left out of the label groups).
+
+Cost per size: `steps` × one forward + backward of `batch_size × seq_len` tokens, plus
+`n_checkpoints` × one forward of `eval_windows × seq_len` tokens and the histograms.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .entropy import EntropySettings, layer_measures, pair_labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ToySize:
+    name: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"entropy.training.sizes '{self.name}': d_model {self.d_model} is not divisible by "
+                             f"n_heads {self.n_heads}")
+
+
+@dataclass(frozen=True)
+class ToyTraining:
+    steps: int = 2000
+    batch_size: int = 32
+    seq_len: int = 64
+    vocab_size: int = 2000
+    lr: float = 1e-3
+    eval_windows: int = 64
+    n_checkpoints: int = 16
+    seed: int = 0
+
+    def checkpoint_steps(self) -> list[int]:
+        """Log-spaced steps from 1 to `steps` (step 0 = the random initialisation)."""
+        steps = np.unique(np.round(np.logspace(0, math.log10(self.steps), self.n_checkpoints - 1)).astype(int))
+        return [0, *steps.tolist()]
+
+
+def token_stream(texts: list[str], tokenizer, vocab_size: int) -> np.ndarray:
+    """One int64 stream [n_tokens] of remapped ids: 0 = UNK / separator, 1.. = frequent tokens by rank."""
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [-1] for t in texts]
+    flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in ids])
+    values, counts = np.unique(flat[flat >= 0], return_counts=True)
+    keep = values[np.argsort(-counts, kind="stable")[: vocab_size - 1]]
+    remap = np.zeros(int(values.max()) + 2, dtype=np.int64)
+    remap[keep] = np.arange(1, len(keep) + 1)
+    return remap[np.where(flat >= 0, flat, len(remap) - 1)]
+
+
+def windows(stream: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.Tensor:
+    """[len(starts), seq_len] token windows of the stream."""
+    return torch.as_tensor(np.stack([stream[s:s + seq_len] for s in starts]))
+
+
+def build_model(size: ToySize, vocab_size: int, seq_len: int, seed: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=vocab_size, n_positions=seq_len, n_embd=size.d_model, n_layer=size.n_layers,
+                     n_head=size.n_heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
+                     eos_token_id=0)  # id 0 = UNK / text separator
+    return GPT2LMHeadModel(cfg)
+
+
+@torch.no_grad()
+def measure(model, eval_ids: torch.Tensor, settings: EntropySettings) -> tuple[float, list[dict]]:
+    """Held-out loss and the measures of every layer's states on eval_ids [B, T]."""
+    model.eval()
+    out = model(eval_ids, labels=eval_ids, output_hidden_states=True)
+    ids = eval_ids.reshape(-1).numpy()
+    prev = np.concatenate([np.full((eval_ids.shape[0], 1), -1), eval_ids[:, :-1].numpy()], axis=1).reshape(-1)
+    labels = {"token": np.where(ids > 0, ids, -1),
+              "bigram": np.where((ids > 0) & (prev > 0), pair_labels(prev, ids), -1)}
+    rows = []
+    for layer, hidden in enumerate(out.hidden_states):  # [B, T, d] each, index 0 = embeddings
+        states = hidden.reshape(-1, hidden.shape[-1]).float().numpy()
+        rows += [{"layer": layer, **r} for r in layer_measures(states, labels, settings)]
+    model.train()
+    return float(out.loss), rows
+
+
+def train_and_measure(stream: np.ndarray, size: ToySize, run: ToyTraining, settings: EntropySettings,
+                      device: str = "cpu") -> pd.DataFrame:
+    """Train one size and return long rows: size, step, layer, range, label_type, metric, value."""
+    rng = np.random.default_rng(run.seed)
+    n_eval = run.eval_windows * run.seq_len
+    train, held_out = stream[:-n_eval], stream[-n_eval:]
+    if len(train) < 10 * run.seq_len:
+        raise ValueError(f"entropy.training: the corpus has {len(stream)} tokens; it needs well over "
+                         f"{n_eval + 10 * run.seq_len} (eval_windows × seq_len + training windows)")
+    eval_ids = torch.as_tensor(held_out.reshape(run.eval_windows, run.seq_len)).to(device)
+    model = build_model(size, run.vocab_size, run.seq_len, run.seed).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=run.lr)
+    checkpoints = set(run.checkpoint_steps())
+    rows, t0, eval_loss = [], time.perf_counter(), float("nan")
+    for step in tqdm(range(run.steps + 1), desc=f"toy LM {size.name}", unit="step", mininterval=5):
+        if step in checkpoints:
+            eval_loss, measures = measure(model, eval_ids, settings)
+            rows.append({"step": step, "layer": None, "range": None, "label_type": None, "metric": "eval_loss",
+                         "value": eval_loss})
+            for m in measures:
+                rows += [{"step": step, "layer": m["layer"], "range": m["range"], "label_type": m["label_type"],
+                          "metric": k, "value": v} for k, v in m.items() if k not in ("layer", "range", "label_type")]
+        if step == run.steps:
+            break
+        starts = rng.integers(0, len(train) - run.seq_len, size=run.batch_size)
+        batch = windows(train, starts, run.seq_len).to(device)
+        loss = model(batch, labels=batch).loss
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("toy LM %s: %d parameters, %d steps in %.1f s, final eval loss %.3f", size.name, n_params, run.steps,
+             time.perf_counter() - t0, eval_loss)
+    df = pd.DataFrame(rows)
+    df.insert(0, "size", size.name)
+    df["n_params"] = n_params
+    return df

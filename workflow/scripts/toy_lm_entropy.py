@@ -1,0 +1,30 @@
+import pandas as pd
+
+from iclscope.entropy import EntropySettings
+from iclscope.logs import log_to
+from iclscope.models import load_tokenizer, model_dir_of, resolve_device
+from iclscope.tables import write_table
+from iclscope.toy_lm import ToySize, ToyTraining, token_stream, train_and_measure
+
+log = log_to(snakemake.log[0])
+cfg = snakemake.config["entropy"]
+training = dict(cfg["training"])
+sizes = [ToySize(**s) for s in training.pop("sizes")]
+training.pop("enabled"), training.pop("dataset")
+run = ToyTraining(**training)
+settings = EntropySettings(n_bins=cfg["n_bins"], min_labels=cfg["min_labels"], clip_quantile=cfg["clip_quantile"])
+data = pd.read_parquet(snakemake.input.dataset)
+if cfg["split"] is not None and cfg["split"] in set(data["split"]):
+    data = data[data["split"] == cfg["split"]]
+tokenizer, _ = load_tokenizer(model_dir_of(snakemake.input.tokenizer))
+stream = token_stream(data["text"].astype(str).tolist(), tokenizer, run.vocab_size)
+log.info("corpus: %d texts, %d tokens, vocabulary %d (+UNK); UNK share %.3f", len(data), len(stream),
+         run.vocab_size - 1, float((stream == 0).mean()))
+device = resolve_device("auto")
+table = pd.concat([train_and_measure(stream, size, run, settings, device) for size in sizes], ignore_index=True)
+write_table(table, snakemake.output[0], {"entropy": cfg, "tokens": int(len(stream))})
+last = table[(table.range == "minmax") & (table.label_type == "token")]
+last = last[last.layer == last.groupby("size")["layer"].transform("max")]
+log.info("last-layer token measures by size and step:\n%s",
+         last.pivot_table(index=["size", "step"], columns="metric", values="value")[
+             ["information", "variation", "regularity", "disentanglement"]].round(4).to_string())
