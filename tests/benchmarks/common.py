@@ -33,5 +33,5 @@ def row(benchmark: str, measure: str, value: float, unit: str, baseline: str | N
 
 def pipeline_inputs(*targets: str) -> None:
     """Build (or find up to date) pipeline outputs the benchmarks start from."""
-    subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2", "--quiet",
-                    *targets], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-m", "snakemake", *targets, "--profile", "profiles/local", "--cores", "2",
+                    "--quiet", "all"], cwd=REPO, check=True)

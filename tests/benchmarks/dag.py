@@ -76,10 +76,10 @@ def run(n_models: int = 10, n_datasets: int = 10) -> list[dict]:
         for name in ("Snakefile", "workflow"):
             os.symlink(REPO / name, work / name)
         (work / "config.yaml").write_text(yaml.safe_dump(_config(n_models, n_datasets)))
-        n_jobs = _jobs(_snakemake(work, "-n", "--quiet", "rules").stdout)
+        n_jobs = _jobs(_snakemake(work, "-n", "--quiet=rules").stdout)
         _create_outputs(work)
         _snakemake(work, "--touch", "--quiet")
-        left = _jobs(_snakemake(work, "-n", "--quiet", "rules").stdout)
+        left = _jobs(_snakemake(work, "-n", "--quiet=rules").stdout)
         if left:
             raise AssertionError(f"iclscope DAG not up to date after --touch: {left} jobs left")
         (trivial / "Snakefile").write_text(TRIVIAL.format(n=n_jobs - 1))

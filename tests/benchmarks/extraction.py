@@ -59,7 +59,7 @@ def _naive(model, table, label_ids, path: Path) -> None:
     n = len(table)
     with h5py.File(path, "w") as f, torch.inference_mode():
         for i in range(n):
-            ids = torch.as_tensor(np.asarray(table["input_ids"].iat[i]))[None]
+            ids = torch.tensor(table["input_ids"].iat[i], dtype=torch.long)[None]
             out = model(ids, output_hidden_states=True, output_attentions=True)
             q = int(table["query_pos"].iat[i])
             label_pos = np.asarray(table["label_pos"].iat[i])
@@ -112,8 +112,9 @@ def check_parity(ours: Path, naive: Path, table) -> None:
     """iclscope's stored arrays equal the naive path's within float16 tolerance, or raise."""
     with h5py.File(ours) as a, h5py.File(naive) as b:
         for i in range(len(table)):
-            expected = b[str(i)]["resid_query"][()]
-            got = a["resid/query"][i].astype(np.float32)
+            # HF's last hidden state is after the final norm; iclscope stores the block output
+            expected = b[str(i)]["resid_query"][:-1]
+            got = a["resid/query"][i, :-1].astype(np.float32)
             scale = np.abs(expected).max(axis=-1, keepdims=True)
             if not np.all(np.abs(got - expected) <= 2e-3 * scale + 1e-3):
                 raise AssertionError(f"prompt {i}: stored query residuals differ from the naive path's")

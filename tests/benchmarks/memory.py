@@ -1,6 +1,6 @@
 """Peak memory of extraction as the number of prompts grows (N = 200, 2,000, 10,000).
 
-Each N runs `iclscope.extract.extract` in a fresh process (peak RSS from getrusage), on a tiny
+Each N runs `iclscope.extract.extract` in a fresh process (peak RSS: VmHWM), on a tiny
 random Llama model so that 10,000 prompts take seconds on CPU: what grows with N is the
 prompt table, the HDF5 writer and the batching, not the model. The ratio to N = 200 must stay
 within 10 %.
@@ -23,13 +23,15 @@ SIZES = (200, 2_000, 10_000)
 WORDS = "good bad fine awful great poor lovely dull happy sad".split()
 
 CHILD = """
-import json, resource, sys
+import json, sys
 sys.path.insert(0, {workflow!r})
 from iclscope.config import ModelSpec
 from iclscope.extract import ExtractSettings, extract
 spec = ModelSpec(name="tiny", source="local", path={model!r}, batch_size=16, max_batch_tokens=4096)
 summary = extract({prompts!r}, {prepared!r}, {out!r}, spec, ExtractSettings())
-summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM: this process's peak RSS (getrusage's ru_maxrss would include the parent's, inherited over fork)
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+summary["peak_rss_mb"] = int(hwm.split()[1]) / 1024
 print(json.dumps(summary))
 """
 

@@ -174,3 +174,15 @@ def test_gathered_shards_read_like_one_file(prepared_tiny, tmp_path):
     shard_dir.rename(moved / "act.shards")
     with open_activations(moved / "act.h5") as b, open_activations(whole) as a:
         np.testing.assert_array_equal(a["resid/query"][()], b["resid/query"][()])
+
+
+def test_streamed_token_ids_equal_the_table_from_any_row(tmp_path):
+    from iclscope.tables import iter_list_column
+
+    rows = [np.arange(i % 7 + 1, dtype=np.int32) + i for i in range(1000)]
+    write_table(pd.DataFrame({"input_ids": rows}), tmp_path / "t.parquet")
+    for start in (0, 1, 255, 256, 999):
+        streamed = list(iter_list_column(tmp_path / "t.parquet", "input_ids", start=start, batch_rows=256))
+        assert len(streamed) == 1000 - start
+        for got, want in zip(streamed, rows[start:], strict=True):
+            np.testing.assert_array_equal(got, want)

@@ -235,6 +235,22 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise ValueError(f"could not find the {n} decoder layers of {type(model).__name__}")
 
 
+def residual_stream(model: nn.Module, **inputs) -> tuple[object, list[torch.Tensor]]:
+    """One forward pass; (output, L+1 residual states [B, T, d], index 0 = embeddings).
+
+    Hugging Face's `hidden_states[-1]` is the last block's output after the final norm; here it
+    is the block's output itself, as in the /resid/* arrays of the activation file.
+    """
+    last = {}
+    handle = decoder_layers(model)[-1].register_forward_hook(
+        lambda _m, _a, out: last.setdefault("h", out[0] if isinstance(out, tuple) else out))
+    try:
+        out = model(**inputs, output_hidden_states=True)
+    finally:
+        handle.remove()
+    return out, [*out.hidden_states[:-1], last["h"]]
+
+
 @contextlib.contextmanager
 def recording(model: nn.Module, recorder: Recorder):
     """Install the residual hooks and make `recorder` the active one for the attention function."""

@@ -13,6 +13,7 @@ the last written window.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -30,11 +31,13 @@ from .config import ModelSpec, stable_hash
 from .models import load_model
 from .prompts import carrier_prompts
 from .store import ActivationWriter, partial_path, shard_rows
-from .tables import read_meta, read_table
+from .tables import iter_list_column, read_meta, read_table
 
 log = logging.getLogger(__name__)
 
 RESID_POSITIONS = ("query", "last_input", "content_mean", "label")
+PROMPT_COLUMNS = ["prompt_id", "row_id", "split", "gold", "task", "answer", "seed", "shots", "n_tokens", "query_pos",
+                  "label_pos", "label_class", "demo_spans", "query_span"]
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,9 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
     Resumes `<out_path>.partial` when it was written with the same prompts and parameters.
     Returns a small summary (prompts, tokens, seconds, tokens/s).
     """
-    table = read_table(prompts_path)
+    # every column but the token ids (streamed window by window below) and text / format_pos /
+    # demo_ids (not stored): memory stays flat in the number of prompts
+    table = read_table(prompts_path, columns=PROMPT_COLUMNS)
     meta = read_meta(prompts_path)
     lo, hi = shard_rows(len(table), *shard)
     table = table.iloc[lo:hi].reset_index(drop=True)
@@ -195,14 +200,16 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
     if start_at:
         log.info("resuming %s at prompt %d of %d", writer.tmp, start_at, n)
     t0, tokens = time.perf_counter(), 0
+    token_ids = iter_list_column(prompts_path, "input_ids", start=lo + start_at)
     try:
         with tqdm(total=n, initial=start_at, desc=f"extract {model.name}/{meta['dataset']}", unit="prompt") as bar:
             for w0 in range(start_at, n, window):
                 w1 = min(n, w0 + window)
+                window_ids = list(itertools.islice(token_ids, w1 - w0))
                 block: dict[str, np.ndarray] = {}
                 for batch in make_batches(lengths[w0:w1], model.batch_size, model.max_batch_tokens):
                     idx = batch + w0
-                    batch_rows = {"input_ids": [table["input_ids"].iat[i] for i in idx],
+                    batch_rows = {"input_ids": [window_ids[i] for i in batch],
                                   "n_tokens": lengths[idx], "label_pos": prompts["label_pos"][idx],
                                   "query_span": prompts["query_span"][idx]}
                     result = run_batch(net, tokenizer, batch_rows, settings, n_layers, label_ids, generate)

@@ -44,8 +44,22 @@ def write_table(df: pd.DataFrame, path: str | Path, meta: dict | None = None) ->
     commit(tmp, path)
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    return pd.read_parquet(path)
+def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    return pd.read_parquet(path, columns=columns)
+
+
+def iter_list_column(path: str | Path, column: str, start: int = 0, batch_rows: int = 256):
+    """Yield one numpy array per row of a list-valued Parquet column, from row `start` on.
+
+    Decodes `batch_rows` rows at a time, so memory does not grow with the table (reading the
+    column into pandas holds one Python object per row plus the decoder's buffers).
+    """
+    seen = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=[column]):
+        values, n = batch.column(0), batch.num_rows
+        for i in range(max(0, start - seen), n):
+            yield values[i].values.to_numpy()
+        seen += n
 
 
 def read_meta(path: str | Path) -> dict:

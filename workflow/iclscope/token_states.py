@@ -3,7 +3,8 @@
 File layout (N tokens of the corpus, L layers, d = d_model):
 
     attrs          model_id, model_sha, dtype, n_layers, d_model, dataset, corpus_sha256, complete
-    /resid/tokens  [N, L+1, d] float16   residual stream at every token (index 0 = embeddings)
+    /resid/tokens  [N, L+1, d] float16   residual stream at every token (index 0 = embeddings; the
+                                         last is the final block's output before the final norm)
     /tokens/id     [N] int64             token id
     /tokens/prev   [N] int64             id of the token to the left (-1 at a sentence start)
     /tokens/sentence, /tokens/position [N] int64
@@ -30,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
-from .capture import left_pad
+from .capture import left_pad, residual_stream
 from .config import ModelSpec, stable_hash
 from .extract import make_batches
 from .models import load_model
@@ -95,9 +96,9 @@ def extract_token_states(dataset_path: str | Path, model_dir: str | Path, out_pa
         for batch in tqdm(batches, desc=f"token states {model.name}", unit="batch"):
             ids, mask, pos_ids = left_pad([corpus[i] for i in batch], tokenizer.pad_token_id, device)
             with torch.inference_mode():
-                out = net(input_ids=ids, attention_mask=mask, position_ids=pos_ids, logits_to_keep=1,
-                          output_hidden_states=True)
-            hidden = torch.stack(out.hidden_states, dim=2)  # [B, T, L+1, d]
+                _, layers = residual_stream(net, input_ids=ids, attention_mask=mask, position_ids=pos_ids,
+                                            logits_to_keep=1)
+            hidden = torch.stack(layers, dim=2)  # [B, T, L+1, d]
             states = hidden[mask.bool()].float().cpu().numpy()  # [tokens in batch, L+1, d], row-major = sentence order
             resid[row:row + len(states)] = states.astype(np.float16)
             for i in batch:

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from .capture import residual_stream
 from .entropy import EntropySettings, layer_measures, pair_labels
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,13 @@ def build_model(size: ToySize, vocab_size: int, seq_len: int, seed: int):
 def measure(model, eval_ids: torch.Tensor, settings: EntropySettings) -> tuple[float, list[dict]]:
     """Held-out loss and the measures of every layer's states on eval_ids [B, T]."""
     model.eval()
-    out = model(eval_ids, labels=eval_ids, output_hidden_states=True)
+    out, resid = residual_stream(model, input_ids=eval_ids, labels=eval_ids)
     ids = eval_ids.reshape(-1).numpy()
     prev = np.concatenate([np.full((eval_ids.shape[0], 1), -1), eval_ids[:, :-1].numpy()], axis=1).reshape(-1)
     labels = {"token": np.where(ids > 0, ids, -1),
               "bigram": np.where((ids > 0) & (prev > 0), pair_labels(prev, ids), -1)}
     rows = []
-    for layer, hidden in enumerate(out.hidden_states):  # [B, T, d] each, index 0 = embeddings
+    for layer, hidden in enumerate(resid):  # [B, T, d] each, index 0 = embeddings
         states = hidden.reshape(-1, hidden.shape[-1]).float().numpy()
         rows += [{"layer": layer, **r} for r in layer_measures(states, labels, settings)]
     model.train()
