@@ -80,7 +80,7 @@ def test_pipeline_runs_as_one_sbatch_job_per_rule_instance(lab):
     model_rules = {"extract", "extract_anchors", "saliency", "isolation"}
     expected = model_rules | {"prepare_model", "prepare_dataset", "build_prompts", "icl_accuracy", "taskspace",
                               "compression", "aucroc", "fig_compression", "fig_task_space", "fig_aucroc",
-                              "fig_saliency", "fig_isolation"}
+                              "fig_saliency", "fig_isolation", "layer_atlas", "summary"}
     assert {r: len(v) for r, v in jobs.items()} == {rule: 1 for rule in expected}
     for rule, rows in jobs.items():
         assert all(r["State"] == "COMPLETED" for r in rows), rows
@@ -93,14 +93,14 @@ def test_partial_reruns_run_exactly_the_expected_jobs(lab):
     work = lab["root"] / "alice"
     assert planned_jobs(work, "--until", "extract", "--forcerun", "build_prompts") == {
         "build_prompts": 1, "extract": 1}
-    assert planned_jobs(work, "--forcerun", "icl_accuracy") == {"icl_accuracy": 1, "all": 1}
+    assert planned_jobs(work, "--forcerun", "icl_accuracy") == {"icl_accuracy": 1, "summary": 1, "all": 1}
     cfg = yaml.safe_load((work / "config.yaml").read_text())
     cfg["icl_accuracy"] = {"n_boot": 7}
     write_config(work, cfg)
-    assert planned_jobs(work) == {"icl_accuracy": 1, "all": 1}
+    assert planned_jobs(work) == {"icl_accuracy": 1, "summary": 1, "all": 1}
     t0 = time.time()
     on_slurm(lab, work)  # and it really runs just that job on the cluster
-    assert rules_run(lab, t0) == {"icl_accuracy": 1}
+    assert rules_run(lab, t0) == {"icl_accuracy": 1, "summary": 1}
 
 
 def test_second_checkout_gets_activations_from_the_cache(lab):

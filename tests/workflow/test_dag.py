@@ -18,7 +18,8 @@ def test_default_dag(tmp_path):
     assert jobs["build_prompts"] == jobs["extract"] == jobs["icl_accuracy"] == n_models * n_data
     assert jobs["decodability"] == jobs["decodability_fit"] == n_models * families
     assert jobs["token_states"] == jobs["entropy"] == jobs["fig_entropy"] == n_models * len(cfg["entropy"]["datasets"])
-    assert jobs["toy_lm_entropy"] == jobs["fig_entropy_training"] == 1
+    assert jobs["toy_lm_entropy"] == jobs["fig_entropy_training"] == jobs["summary"] == 1
+    assert jobs["layer_atlas"] == n_models * n_data
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config" / "examples").glob("*.yaml")))

@@ -108,6 +108,12 @@ def test_taskspace_icicl_tsft_tables(run_dir):
     for fig in ("compression", "task_space", "icicl", "tsft", "aucroc", "saliency", "isolation"):
         assert (run_dir / f"results/figures/smollm2-135m/tweets/{fig}.png").stat().st_size > 10_000, fig
     assert (run_dir / "results/figures/smollm2-135m/words/decodability.png").exists()
+    peaks = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/peak_layers.parquet").set_index("curve")
+    assert {"task-space decoding", "S_wp", "S_pq", "AUCROC_l", "information"} <= set(peaks.index)
+    assert peaks["depth"].between(0, 1).all()
+    assert (run_dir / "results/figures/smollm2-135m/tweets/layer_atlas.png").stat().st_size > 10_000
+    head = pd.read_csv(run_dir / "results/summary/headline.csv").set_index("dataset")
+    assert head.loc["tweets", "icicl_speedup"] > 1 and head.loc["words", "peak_decodability_layer"] >= 0
 
 
 def test_entropy_measures(run_dir):
@@ -128,7 +134,7 @@ def test_entropy_measures(run_dir):
     write_config(run_dir, cfg)
     try:
         assert planned_jobs(run_dir) == {"entropy": 1, "fig_entropy": 1, "toy_lm_entropy": 1,
-                                         "fig_entropy_training": 1, "all": 1}
+                                         "fig_entropy_training": 1, "layer_atlas": 1, "summary": 1, "all": 1}
     finally:
         write_config(run_dir, small_config())
 
@@ -142,7 +148,8 @@ def test_metric_parameter_reruns_only_that_metric(run_dir, tmp_path):
     cfg["decodability"]["k"] = 3
     write_config(run_dir, cfg)
     try:
-        assert planned_jobs(run_dir) == {"decodability": 1, "decodability_fit": 1, "fig_decodability": 1, "all": 1}
+        assert planned_jobs(run_dir) == {"decodability": 1, "decodability_fit": 1, "fig_decodability": 1,
+                                         "layer_atlas": 1, "summary": 1, "all": 1}
     finally:
         write_config(run_dir, small_config())
 
@@ -154,7 +161,7 @@ def test_template_change_reruns_prompts_and_everything_downstream(run_dir):
     try:
         downstream = {"extract", "icl_accuracy", "taskspace", "compression", "icicl", "tsft_summary", "aucroc",
                       "saliency", "isolation", "fig_isolation", "fig_compression", "fig_task_space", "fig_icicl",
-                      "fig_tsft", "fig_aucroc", "fig_saliency", "all"}
+                      "fig_tsft", "fig_aucroc", "fig_saliency", "layer_atlas", "summary", "all"}
         assert planned_jobs(run_dir) == {"build_prompts": 1, "tsft": 2, **{rule: 1 for rule in downstream}}
     finally:
         write_config(run_dir, small_config())

@@ -270,3 +270,39 @@ def plot_entropy_training(table: pd.DataFrame, path) -> None:
         axes[0].legend()
         fig.suptitle("Representations as language over training — toy GPT-2s, last layer, min/max binning")
         _save(fig, path)
+
+
+ATLAS_PANELS = [
+    ("where the task is encoded", ["decodability", "task-space decoding", "task-space energy"]),
+    ("where label words aggregate it", ["S_wp", "S_pq", "isolation loyalty (first k)", "isolation loyalty (last k)"]),
+    ("where the prediction reads it out", ["AUCROC_l"]),
+    ("how compressed the representation is", ["information", "regularity"]),
+]
+
+
+def plot_layer_atlas(curves: pd.DataFrame, peaks: pd.DataFrame, path, title: str) -> None:
+    """Every layer-wise curve on one relative-depth axis, peaks starred; empty panels say 'not run'."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(ATLAS_PANELS), figsize=(17, 3.6), sharex=True)
+        for ax, (panel, names) in zip(axes, ATLAS_PANELS, strict=True):
+            shown = 0
+            for name in names:
+                g = curves[curves.curve == name].sort_values("depth")
+                if g.empty:
+                    continue
+                line, = ax.plot(g["depth"], g["value"], marker="." if name.startswith("isolation") else None,
+                                label=name)
+                peak = peaks[peaks.curve == name].iloc[0]
+                ax.plot([peak["depth"]], [peak["value"]], marker="*", ms=11, color=line.get_color())
+                ax.axvline(peak["depth"], color=line.get_color(), lw=0.7, ls=":")
+                shown += 1
+            if shown:
+                ax.legend(loc="best")
+            else:
+                ax.text(0.5, 0.5, "not run for this\nmodel × dataset", ha="center", va="center",
+                        transform=ax.transAxes, color="grey")
+            ax.set_title(panel)
+            ax.set_xlabel("relative depth (layer / L)")
+            ax.set_xlim(0, 1)
+        fig.suptitle(title + "  (★ = peak; isolation: lowest loyalty; information: lowest)")
+        _save(fig, path)

@@ -148,9 +148,39 @@ def entropy_targets():
     return targets
 
 
+def atlas_tables(model, dataset):
+    """The layer-wise metric tables this config produces for one model × dataset (what the atlas draws)."""
+    names = []
+    if dataset in task_family_datasets():
+        names.append("decodability")
+    if dataset in classification_datasets():
+        names.append("compression")
+    if dataset in anchor_datasets():
+        names += ["saliency", "aucroc", "isolation"]
+    if config["entropy"]["enabled"] and dataset in config["entropy"]["datasets"]:
+        names.append("entropy")
+    return [f"results/metrics/{model}/{dataset}/{name}.parquet" for name in names]
+
+
+def atlas_inputs(wildcards):
+    return atlas_tables(wildcards.model, wildcards.dataset)
+
+
+def summary_tables():
+    """Every table the headline summary reads: the atlas tables, ICL accuracy, IC-ICL, TS-FT."""
+    tables = [f for m in MODELS for d in DATASETS for f in atlas_tables(m, d)]
+    tables += expand("results/metrics/{model}/{dataset}/icl_accuracy.parquet", model=MODELS, dataset=DATASETS)
+    return tables + icicl_targets() + tsft_targets()
+
+
+def summary_targets():
+    return (expand("results/figures/{model}/{dataset}/layer_atlas.png", model=MODELS, dataset=DATASETS)
+            + ["results/summary/headline.csv", "results/summary/peak_layers.csv"])
+
+
 def all_targets():
     return (activation_targets() + metric_targets() + taskspace_targets() + icicl_targets() + tsft_targets()
-            + figure_targets() + anchor_targets() + entropy_targets())
+            + figure_targets() + anchor_targets() + entropy_targets() + summary_targets())
 
 
 def shard_of(wildcards):

@@ -99,3 +99,40 @@ rule figures:
     """Named target: every figure."""
     input:
         figure_targets(),
+
+
+rule layer_atlas:
+    """Every layer-wise curve of one model × dataset on a relative-depth axis, with peak layers."""
+    input:
+        tables=atlas_inputs,
+        manifest="results/models/{model}.json",
+    output:
+        peaks="results/metrics/{model}/{dataset}/peak_layers.parquet",
+        figure=report(
+            "results/figures/{model}/{dataset}/layer_atlas.png",
+            caption="../report/layer_atlas.rst",
+            category="Layer atlas",
+            subcategory="{model} / {dataset}",
+        ),
+    log:
+        "logs/layer_atlas/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/layer_atlas.py"
+
+
+rule summary:
+    """Headline numbers and peak layers across every model × dataset."""
+    input:
+        tables=summary_tables(),
+        peaks=expand("results/metrics/{model}/{dataset}/peak_layers.parquet", model=MODELS, dataset=DATASETS),
+    output:
+        headline=report("results/summary/headline.csv", caption="../report/summary.rst", category="Summary"),
+        peaks=report("results/summary/peak_layers.csv", caption="../report/summary.rst", category="Summary"),
+    log:
+        "logs/summary.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/summary.py"

@@ -1,0 +1,61 @@
+"""The layer atlas and the headline summary from metric tables alone."""
+
+import numpy as np
+import pandas as pd
+
+from iclscope.atlas import atlas_curves, headline, peak_layers, read_tables
+from iclscope.plots import plot_layer_atlas
+from iclscope.tables import metric_frame, write_table
+
+L = 10
+
+
+def tables() -> dict[str, pd.DataFrame]:
+    layers = np.arange(L + 1)
+    common = {"model": "m", "dataset": "d"}
+    dec = metric_frame([{"metric": "decodability_euclidean", "task": "all", "shots": s, "layer": int(i),
+                         "value": float(np.exp(-((i - 6) ** 2) / 4) * s / 4)} for s in (1, 4) for i in layers],
+                       **common)
+    sal = metric_frame([{"metric": m, "seed": seed, "layer": i + 1, "value": v}
+                        for seed in (1, 2) for i in range(L)
+                        for m, v in (("s_wp_relative", 1 - i / L), ("s_pq_relative", i / L))], **common)
+    iso = metric_frame([{"metric": "label_loyalty", "position": side, "label_type": kind, "layer": k,
+                         "value": (0.3 if side == "first" else 0.95) if kind == "label" else 0.9}
+                        for side in ("first", "last") for kind in ("label", "random") for k in (1, 3)], **common)
+    return {"decodability": dec, "saliency": sal, "isolation": iso}
+
+
+def test_curves_and_peaks_on_a_relative_depth_axis():
+    curves = atlas_curves(tables(), L)
+    assert set(curves["curve"]) == {"decodability", "S_wp", "S_pq", "isolation loyalty (first k)",
+                                    "isolation loyalty (last k)"}
+    assert curves["depth"].between(0, 1).all()
+    peaks = peak_layers(curves).set_index("curve")
+    assert peaks.loc["decodability", "layer"] == 6 and peaks.loc["decodability", "value"] == 1.0  # 4 shots
+    assert peaks.loc["S_wp", "layer"] == 1 and peaks.loc["S_pq", "layer"] == L
+    first = peaks.loc["isolation loyalty (first k)"]
+    assert first["peak"] == "min" and first["value"] == 0.3
+    assert list(curves[curves.curve == "isolation loyalty (last k)"]["layer"]) == [10, 9]  # window middles
+
+
+def test_atlas_degrades_when_families_are_missing(tmp_path):
+    empty = atlas_curves({}, L)
+    assert empty.empty and peak_layers(empty).empty
+    only = tables()
+    only.pop("saliency")
+    only.pop("isolation")
+    curves = atlas_curves(only, L)
+    plot_layer_atlas(curves, peak_layers(curves), tmp_path / "atlas.png", "test")
+    assert (tmp_path / "atlas.png").stat().st_size > 10_000
+
+
+def test_tables_are_read_from_a_metric_directory_and_headline_fills_what_exists(tmp_path):
+    for name, table in tables().items():
+        write_table(table, tmp_path / f"{name}.parquet")
+    acc = metric_frame([{"metric": "accuracy", "task": "all", "seed": s, "value": v} for s, v in ((1, 0.5), (2, 0.7))],
+                       model="m", dataset="d")
+    write_table(acc, tmp_path / "icl_accuracy.parquet")
+    assert set(read_tables(tmp_path)) == {"decodability", "saliency", "isolation"}
+    h = headline(tmp_path, "m", "d")
+    assert h["icl_accuracy"] == 0.6 and h["peak_decodability_layer"] == 6
+    assert np.isnan(h["icicl_speedup"]) and np.isnan(h["tsft_gain"])

@@ -1,0 +1,123 @@
+"""The layer atlas: every layer-wise curve of the four method families of one model × dataset on
+one relative-depth axis, with each curve's peak layer; and the headline summary across runs.
+
+Built from metric tables alone (no model, no activations). A family that was not run for a
+model × dataset is simply absent. Relative depth = layer / L for curves over the residual
+stream (index 0 = embeddings, L = last block) and over blocks (1..L).
+
+Curves (name: table, selection, mean over seeds / tasks):
+
+    decodability          decodability.parquet   decodability_euclidean, task all, most shots
+    task-space decoding   compression.parquet    decoding_accuracy, class_mean, query
+    task-space energy     compression.parquet    energy_ratio, class_mean, query
+    S_wp, S_pq            saliency.parquet       s_wp_relative, s_pq_relative
+    AUCROC_l              aucroc.parquet         aucroc
+    isolation loyalty     isolation.parquet      label_loyalty of label words isolated in the
+                                                 first / last k layers, at the window's middle
+    information, regularity  entropy.parquet     token labels, min/max binning
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CURVES = {
+    # name: (file, metric, filters)
+    "decodability": ("decodability", "decodability_euclidean", {"task": "all"}),
+    "task-space decoding": ("compression", "decoding_accuracy", {"label_type": "class_mean", "position": "query"}),
+    "task-space energy": ("compression", "energy_ratio", {"label_type": "class_mean", "position": "query"}),
+    "S_wp": ("saliency", "s_wp_relative", {}),
+    "S_pq": ("saliency", "s_pq_relative", {}),
+    "AUCROC_l": ("aucroc", "aucroc", {}),
+    "information": ("entropy", "information", {"label_type": "token"}),
+    "regularity": ("entropy", "regularity", {"label_type": "token"}),
+}
+TABLES = sorted({file for file, _, _ in CURVES.values()} | {"isolation"})
+
+
+def _curve(table: pd.DataFrame, metric: str, filters: dict) -> pd.Series:
+    sel = table[table.metric == metric]
+    for column, value in filters.items():
+        sel = sel[sel[column] == value]
+    if "shots" in sel and sel["shots"].notna().any():
+        sel = sel[sel["shots"] == sel["shots"].max()]
+    return sel.groupby("layer")["value"].mean().sort_index()
+
+
+def atlas_curves(tables: dict[str, pd.DataFrame], n_layers: int) -> pd.DataFrame:
+    """Long table: curve, layer, depth (layer / n_layers), value; from whichever tables exist."""
+    parts = []
+    for name, (file, metric, filters) in CURVES.items():
+        if file not in tables:
+            continue
+        curve = _curve(tables[file], metric, filters)
+        if len(curve):
+            parts.append(pd.DataFrame({"curve": name, "layer": curve.index.astype(int), "value": curve.to_numpy()}))
+    if "isolation" in tables:
+        iso = tables["isolation"]
+        iso = iso[(iso.metric == "label_loyalty") & (iso.label_type == "label")]
+        for side, g in iso.groupby("position"):
+            g = g.groupby("layer")["value"].mean()
+            k = g.index.to_numpy(dtype=float)
+            middle = (k - 1) / 2 + 1 if side == "first" else n_layers - (k - 1) / 2
+            parts.append(pd.DataFrame({"curve": f"isolation loyalty ({side} k)", "layer": middle,
+                                       "value": g.to_numpy()}))
+    if not parts:
+        return pd.DataFrame(columns=["curve", "layer", "depth", "value"])
+    out = pd.concat(parts, ignore_index=True)
+    out["depth"] = out["layer"] / n_layers
+    return out
+
+
+def peak_layers(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per curve: the layer (and depth) of its maximum; for isolation, the window where loyalty is lowest."""
+    rows = []
+    for name, g in curves.groupby("curve", sort=False):
+        lowest = name.startswith("isolation") or name == "information"
+        i = g["value"].idxmin() if lowest else g["value"].idxmax()
+        rows.append({"curve": name, "peak": "min" if lowest else "max", "layer": float(g.loc[i, "layer"]),
+                     "depth": float(g.loc[i, "depth"]), "value": float(g.loc[i, "value"])})
+    return pd.DataFrame(rows)
+
+
+def read_tables(directory: str | Path) -> dict[str, pd.DataFrame]:
+    """The metric tables of one model × dataset directory that the atlas uses, by stem."""
+    directory = Path(directory)
+    return {name: pd.read_parquet(directory / f"{name}.parquet") for name in TABLES
+            if (directory / f"{name}.parquet").exists()}
+
+
+def headline(metric_dir: str | Path, model: str, dataset: str) -> dict:
+    """Headline numbers of one model × dataset (NaN where a family was not run)."""
+    tables = {p.stem: pd.read_parquet(p) for p in Path(metric_dir).glob("*.parquet")}
+    out = {"model": model, "dataset": dataset}
+
+    def mean(name, metric, **filters):
+        t = tables.get(name)
+        if t is None:
+            return np.nan
+        t = t[t.metric == metric]
+        for column, value in filters.items():
+            t = t[t[column] == value]
+        return float(t["value"].mean()) if len(t) else np.nan
+
+    acc = tables.get("icl_accuracy")
+    if acc is not None:
+        acc = acc[acc.metric == "accuracy"]
+        if "task" in acc and (acc["task"] == "all").any():
+            acc = acc[acc["task"] == "all"]
+        out["icl_accuracy"] = float(acc["value"].mean())
+    if "decodability" in tables:
+        curve = _curve(tables["decodability"], "decodability_euclidean", {"task": "all"})
+        if len(curve):
+            out["peak_decodability_layer"] = int(curve.idxmax())
+            out["peak_decodability"] = float(curve.max())
+    out["icicl_accuracy"] = mean("icicl", "accuracy", task="icicl_soft")
+    out["full_icl_accuracy"] = mean("icicl", "accuracy", task="full_icl")
+    out["icicl_speedup"] = mean("icicl", "speedup_vs_full_icl", task="icicl_soft")
+    out["anchor_kv_speedup"] = mean("icicl", "speedup_vs_full_icl", task="anchor_kv")
+    out["tsft_gain"] = mean("tsft", "gain")
+    return out

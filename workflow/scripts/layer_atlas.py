@@ -1,0 +1,18 @@
+import json
+from pathlib import Path
+
+from iclscope.atlas import atlas_curves, peak_layers, read_tables
+from iclscope.logs import log_to
+from iclscope.plots import plot_layer_atlas
+from iclscope.tables import write_table
+
+log = log_to(snakemake.log[0])
+wc = snakemake.wildcards
+n_layers = json.loads(Path(snakemake.input.manifest).read_text())["n_layers"]
+curves = atlas_curves(read_tables(Path(snakemake.output.peaks).parent), n_layers)
+peaks = peak_layers(curves)
+peaks.insert(0, "dataset", wc.dataset)
+peaks.insert(0, "model", wc.model)
+write_table(peaks, snakemake.output.peaks, {"n_layers": n_layers})
+plot_layer_atlas(curves, peaks, snakemake.output.figure, f"Layer atlas — {wc.model} / {wc.dataset}")
+log.info("peak layers:\n%s", peaks.to_string(index=False))

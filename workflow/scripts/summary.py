@@ -1,0 +1,16 @@
+from pathlib import Path
+
+import pandas as pd
+
+from iclscope.atlas import headline
+from iclscope.logs import log_to
+
+log = log_to(snakemake.log[0])
+pairs = sorted({(Path(p).parent.parent.name, Path(p).parent.name) for p in snakemake.input.peaks})
+table = pd.DataFrame([headline(f"results/metrics/{m}/{d}", m, d) for m, d in pairs])
+table.to_csv(snakemake.output.headline, index=False, float_format="%.4g")
+peaks = pd.concat([pd.read_parquet(p) for p in snakemake.input.peaks], ignore_index=True)
+peaks.pivot_table(index=["model", "dataset"], columns="curve", values="layer").to_csv(
+    snakemake.output.peaks, float_format="%.3g")
+log.info("headline:\n%s\npeak layers:\n%s", table.to_string(index=False),
+         peaks.pivot_table(index=["model", "dataset"], columns="curve", values="layer").to_string())
