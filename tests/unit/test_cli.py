@@ -113,3 +113,31 @@ def test_cache_ls_and_du_name_what_each_entry_holds(prepared_tiny, tmp_path):
     assert cache("du", str(store), out=buf) == 0
     assert "activations       2 entries" in buf.getvalue() and "total             4 entries" in buf.getvalue()
     assert cache("ls", str(tmp_path / "missing"), out=io.StringIO()) == 2
+
+
+def test_open_reads_named_arrays_lazily(prepared_tiny, tmp_path):
+    import numpy as np
+    import pytest
+    from test_extract import prompts_file
+
+    import iclscope
+    from iclscope.store import IncompleteFileError
+
+    spec, model_dir = prepared_tiny
+    ppath, table = prompts_file(prepared_tiny, tmp_path)
+    extract(ppath, model_dir, tmp_path / "act.h5", spec, ExtractSettings())
+    with iclscope.open(tmp_path / "act.h5") as act:
+        assert "resid/query" in act.names and "logits/label" in act.names
+        assert isinstance(act["resid/query"], h5py.Dataset)  # nothing read yet
+        assert act["resid/query"][:, 1].shape == (len(table), 32)
+        np.testing.assert_array_equal(act.prompts["prompt_id"], table["prompt_id"])
+        assert act.attrs["model_id"] == spec.name
+        with pytest.raises(KeyError, match="resid/query"):
+            act["resid/queries"]
+    partial = partial_path(tmp_path / "x.h5")
+    shutil.copy(tmp_path / "act.h5", partial)
+    with h5py.File(partial, "r+") as f:
+        f.attrs["complete"] = False
+    with pytest.raises(IncompleteFileError):
+        iclscope.open(partial)
+    assert iclscope.open(partial, require_complete=False).names

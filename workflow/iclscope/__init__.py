@@ -5,3 +5,10 @@ workflow/scripts/*.py are thin adapters that call one function each.
 """
 
 __version__ = "0.1.0"
+
+
+def open(path, require_complete: bool = True):  # noqa: A001  (mirrors h5py.File / builtins.open on purpose)
+    """Open an activation or token-state file lazily: `iclscope.open(path)["resid/query"][:, 15]`."""
+    from .store import ActivationFile
+
+    return ActivationFile(path, require_complete)

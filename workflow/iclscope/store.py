@@ -255,3 +255,60 @@ def open_token_states(path: str | Path) -> h5py.File:
         f.close()
         raise IncompleteFileError(f"{path} is incomplete; rerun the token_states rule")
     return f
+
+
+class ActivationFile:
+    """A lazy, named view of an activation file (`iclscope.open`): nothing is read until sliced.
+
+        with iclscope.open("results/activations/smollm2-135m/tweets.h5") as act:
+            act.names                      # ['attn/query_to_label', 'logits/label', 'resid/query', ...]
+            act["resid/query"][:, 15]      # [N, d] of layer 15, read from that layer's chunks only
+            act.prompts                    # DataFrame of /prompts/* (one row per prompt)
+            act.attrs["model_id"]
+    """
+
+    def __init__(self, path: str | Path, require_complete: bool = True):
+        self.path = Path(path)
+        self.file = open_activations(self.path, require_complete) if "resid/tokens" not in _peek(self.path) \
+            else open_token_states(self.path)
+        self.attrs = dict(self.file.attrs)
+
+    @property
+    def names(self) -> list[str]:
+        found = []
+        self.file.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset)
+                             and not name.startswith("prompts/") else None)
+        return sorted(found)
+
+    def __getitem__(self, name: str) -> h5py.Dataset:
+        if name not in self.file:
+            raise KeyError(f"{self.path} has no dataset '{name}'; it has: {', '.join(self.names)}")
+        return self.file[name]
+
+    @property
+    def prompts(self):
+        import pandas as pd
+
+        prompts = read_prompts(self.file) if "prompts" in self.file else {}
+        return pd.DataFrame({k: list(v) if v.ndim > 1 else v for k, v in prompts.items()})
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> ActivationFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ActivationFile({str(self.path)!r}, {len(self.names)} datasets)"
+
+
+def _peek(path: Path) -> set[str]:
+    """Top-level groups/datasets of an HDF5 file ('resid/tokens' marks a token-state file)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return {"resid/tokens"} if "resid/tokens" in f else set(f)
+    except OSError:
+        return set()  # open_activations reports it with its name
