@@ -49,6 +49,20 @@ def test_atlas_degrades_when_families_are_missing(tmp_path):
     assert (tmp_path / "atlas.png").stat().st_size > 10_000
 
 
+def test_a_curve_without_finite_values_has_no_peak_and_still_draws(tmp_path):
+    """AUCROC is NaN at every layer when a (tiny) model predicts one class only."""
+    t = tables()
+    t["aucroc"] = metric_frame([{"metric": "aucroc", "seed": 1, "layer": i + 1, "value": float("nan")}
+                                for i in range(L)], model="m", dataset="d")
+    curves = atlas_curves(t, L)
+    peaks = peak_layers(curves).set_index("curve")
+    nan_curves = ["AUCROC_l"]
+    assert peaks.loc[nan_curves, "layer"].isna().all()
+    assert peaks.drop(nan_curves)["layer"].notna().all()
+    plot_layer_atlas(curves, peak_layers(curves), tmp_path / "atlas.png", "test")
+    assert (tmp_path / "atlas.png").stat().st_size > 10_000
+
+
 def test_tables_are_read_from_a_metric_directory_and_headline_fills_what_exists(tmp_path):
     for name, table in tables().items():
         write_table(table, tmp_path / f"{name}.parquet")

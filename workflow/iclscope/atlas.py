@@ -73,10 +73,17 @@ def atlas_curves(tables: dict[str, pd.DataFrame], n_layers: int) -> pd.DataFrame
 
 
 def peak_layers(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per curve: the layer (and depth) of its maximum; for isolation, the window where loyalty is lowest."""
+    """Per curve: the layer (and depth) of its maximum; for isolation, the window where loyalty is lowest.
+
+    A curve with no finite value (e.g. AUCROC when the model predicts one class only) gets NaNs.
+    """
     rows = []
     for name, g in curves.groupby("curve", sort=False):
         lowest = name.startswith("isolation") or name == "information"
+        if g["value"].isna().all():
+            rows.append({"curve": name, "peak": "min" if lowest else "max", "layer": np.nan, "depth": np.nan,
+                         "value": np.nan})
+            continue
         i = g["value"].idxmin() if lowest else g["value"].idxmax()
         rows.append({"curve": name, "peak": "min" if lowest else "max", "layer": float(g.loc[i, "layer"]),
                      "depth": float(g.loc[i, "depth"]), "value": float(g.loc[i, "value"])})

@@ -293,6 +293,8 @@ def plot_layer_atlas(curves: pd.DataFrame, peaks: pd.DataFrame, path, title: str
                 line, = ax.plot(g["depth"], g["value"], marker="." if name.startswith("isolation") else None,
                                 label=name)
                 peak = peaks[peaks.curve == name].iloc[0]
+                if not np.isfinite(peak["depth"]):
+                    continue
                 ax.plot([peak["depth"]], [peak["value"]], marker="*", ms=11, color=line.get_color())
                 ax.axvline(peak["depth"], color=line.get_color(), lw=0.7, ls=":")
                 shown += 1
