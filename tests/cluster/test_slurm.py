@@ -49,7 +49,7 @@ def config(lab, **extract) -> dict:
         "datasets": {"toy": {"source": "local", "path": str(lab["root"] / "tweets.csv"), "label_column": "sentiment",
                              "classes": {"negative": " negative", "positive": " positive"},
                              "prompts": {"template": "Tweet: {text}\nSentiment:{label}", "seeds": [1],
-                                         "n_test": 12, "n_train": 6}}},
+                                         "n_test": 12, "n_train": 8}}},
         "extract": {"shards": 1, **extract},
         "icicl": {"enabled": False},
         "tsft": {"enabled": False},
@@ -77,10 +77,10 @@ def test_pipeline_runs_as_one_sbatch_job_per_rule_instance(lab):
     t0 = time.time()
     on_slurm(lab, work)
     jobs = lab["cluster"].jobs_by_rule(t0)
-    model_rules = {"extract", "extract_anchors", "saliency", "isolation"}
+    model_rules = {"extract", "extract_anchors", "saliency", "isolation", "reweighting"}
     expected = model_rules | {"prepare_model", "prepare_dataset", "build_prompts", "icl_accuracy", "taskspace",
                               "compression", "aucroc", "fig_compression", "fig_task_space", "fig_aucroc",
-                              "fig_saliency", "fig_isolation", "layer_atlas", "summary"}
+                              "fig_saliency", "fig_isolation", "fig_reweighting", "layer_atlas", "summary"}
     assert {r: len(v) for r, v in jobs.items()} == {rule: 1 for rule in expected}
     for rule, rows in jobs.items():
         assert all(r["State"] == "COMPLETED" for r in rows), rows

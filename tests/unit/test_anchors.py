@@ -104,3 +104,79 @@ def test_isolation_run_on_a_tiny_model(prepared_tiny, tmp_path):
     assert len(table) == 2 * 2 * 2 * 2 and meta["prompts"] == 8
     assert table["value"].between(0, 1).all()
     assert jaccard_topk(np.array([[1, 2, 3]]), np.array([[3, 2, 9]]))[0] == pytest.approx(0.5)
+
+
+def test_reweighting_scales_only_the_query_row_label_columns_without_renormalising():
+    import torch
+
+    from iclscope.anchors import reweighting_edit
+
+    w = torch.rand(2, 3, 5, 7).softmax(-1)  # [B, H, Tq, Tk], Tq < Tk as with a KV cache
+    beta = torch.randn(4, 3, 2)  # [L, H, K]
+    label = torch.tensor([[1, 4], [2, -1]])  # the second prompt has one demonstration
+    out = reweighting_edit(beta, label)(2, w)
+    expected = w.clone()
+    expected[0, :, -1, 1] *= beta[2, :, 0].exp()
+    expected[0, :, -1, 4] *= beta[2, :, 1].exp()
+    expected[1, :, -1, 2] *= beta[2, :, 0].exp()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(reweighting_edit(torch.zeros(4, 3, 2), label)(2, w), w)
+
+
+def test_reweighting_with_beta_zero_reproduces_vanilla_icl(prepared_tiny, tmp_path):
+    """β = 0 through the eager edit path equals the plain (SDPA) forward, batched and left-padded."""
+    import torch
+    from test_extract import prompts_file
+
+    from iclscope.anchors import anchor_prompts, reweighted_label_logits
+    from iclscope.capture import left_pad
+    from iclscope.models import load_model
+
+    spec, model_dir = prepared_tiny
+    ppath, _ = prompts_file(prepared_tiny, tmp_path, n_test=8)
+    test, meta = anchor_prompts(ppath)
+    net, tok, manifest = load_model(model_dir, attn_implementation="iclscope")
+    L, H = manifest["n_layers"], manifest["n_heads"]
+    K = int(test["label_pos"].map(len).max())
+    with torch.inference_mode():
+        ours = reweighted_label_logits(net, test, meta["label_token_ids"], torch.zeros(L, H, K), L, tok.pad_token_id)
+        ids, mask, pos = left_pad(list(test["input_ids"]), tok.pad_token_id, "cpu")
+        plain = net(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1, meta["label_token_ids"]]
+        moved = reweighted_label_logits(net, test, meta["label_token_ids"], torch.full((L, H, K), 2.0), L,
+                                        tok.pad_token_id)
+    torch.testing.assert_close(ours, plain.float(), atol=1e-4, rtol=1e-4)
+    assert (moved - plain).abs().max() > 1e-3  # the edit reaches the output
+
+
+def test_reweighting_training_lowers_the_aux_loss_and_scores_both_arms(prepared_tiny, tmp_path):
+    """Training lowers the auxiliary loss; both arms are scored on the same prompts; too few
+    auxiliary prompts is an error that names the key to raise."""
+    from test_extract import prompts_file
+
+    from iclscope.anchors import run_reweighting
+
+    spec, model_dir = prepared_tiny
+    ppath, _ = prompts_file(prepared_tiny, tmp_path, n_test=8, n_train=4)
+    table, betas, info = run_reweighting(ppath, model_dir, spec, aux_per_class=2, epochs=4, lr=0.1,
+                                         n_test_per_seed=None, dataset="d")
+    for seed, losses in info["train_loss_per_epoch"].items():
+        assert losses[-1] < losses[0], (seed, losses)
+        assert betas[seed].shape == (spec_layers(model_dir), spec_heads(model_dir), 2)
+        assert np.abs(betas[seed]).max() > 0
+    acc = table[table.metric == "accuracy"].pivot(index="seed", columns="label_type", values="value")
+    assert list(acc.columns) == ["reweighted", "vanilla"] and acc.notna().all().all()
+    assert info["test_prompts"] == 8
+    with pytest.raises(ValueError, match="n_train"):
+        run_reweighting(ppath, model_dir, spec, aux_per_class=3, epochs=1, lr=0.1, n_test_per_seed=2, dataset="d")
+
+
+def spec_layers(model_dir):
+    from iclscope.models import load_tokenizer
+
+    return load_tokenizer(model_dir)[1]["n_layers"]
+
+
+def spec_heads(model_dir):
+    from iclscope.models import load_tokenizer
+
+    return load_tokenizer(model_dir)[1]["n_heads"]

@@ -57,6 +57,15 @@ def test_template_must_end_with_label():
     assert "datasets.tweets.prompts.template" in msg and "end with {label}" in msg
 
 
+def test_reweighting_needs_enough_train_prompts_per_class():
+    msg = broken(lambda c: c["datasets"]["tweets"]["prompts"].update(n_train=5))
+    assert "datasets.tweets.prompts.n_train" in msg and "aux_per_class=4" in msg and ">= 8" in msg
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["datasets"]["tweets"]["prompts"]["n_train"] = 5
+    cfg["anchors"]["reweighting"]["enabled"] = False
+    validate_config(cfg)  # not needed when re-weighting is off
+
+
 def test_classification_needs_two_classes():
     msg = broken(lambda c: c["datasets"]["tweets"].update(classes={"negative": " negative"}))
     assert "datasets.tweets.classes" in msg

@@ -18,18 +18,19 @@ from iclscope.tables import write_table
 WORDS = ["cat", "dog", "bird", "fun", "car", "crew", "plot", "late", "love", "rude", "great", "flight"]
 
 
-def prompts_file(prepared, tmp_path, kind="classification", n_test=8):
+def prompts_file(prepared, tmp_path, kind="classification", n_test=8, n_train=0):
     spec_model, model_dir = prepared
     tokenizer, manifest = load_tokenizer(model_dir)
     rows = []
     if kind == "classification":
-        for i in range(4 + n_test * 2):
+        n_train_rows = 4 + 2 * n_train  # the demonstrations come from the train split too
+        for i in range(n_train_rows + n_test * 2):
             rows.append({"text": f"I {WORDS[i % len(WORDS)]} it {i}", "label": ["negative", "positive"][i % 2],
-                         "split": "train" if i < 4 else "test", "task": "t"})
+                         "split": "train" if i < n_train_rows else "test", "task": "t"})
         spec = DatasetSpec(name="d", source="local", path="x",
                            classes={"negative": " negative", "positive": " positive"},
                            prompts=PromptSpec(template="Tweet: {text}\nSentiment:{label}", seeds=(1, 2),
-                                              n_test=n_test // 2))
+                                              n_test=n_test // 2, n_train=n_train))
     else:
         for task, fn in {"upper": str.upper, "first": lambda w: w[0]}.items():
             for i, w in enumerate(WORDS):

@@ -25,6 +25,7 @@ def small_config() -> dict:
     cfg["datasets"]["words"]["prompts"].update(shots=[2], n_test=8)
     cfg["datasets"].pop("bitwise")
     cfg["decodability"].update(k=5, n_boot=20)
+    cfg["anchors"]["reweighting"].update(aux_per_class=3, epochs=2)
     cfg["icl_accuracy"].update(n_boot=20)
     cfg["icicl"].update(pool_size=16, n_test=6, warmup=1)
     cfg["tsft"].update(steps=3, n_train=16, n_test=16, seeds=[0], checkpoint_every=2)
@@ -160,7 +161,8 @@ def test_template_change_reruns_prompts_and_everything_downstream(run_dir):
     write_config(run_dir, cfg)
     try:
         downstream = {"extract", "icl_accuracy", "taskspace", "compression", "icicl", "tsft_summary", "aucroc",
-                      "saliency", "isolation", "fig_isolation", "fig_compression", "fig_task_space", "fig_icicl",
+                      "saliency", "isolation", "fig_isolation", "reweighting", "fig_reweighting", "fig_compression",
+                      "fig_task_space", "fig_icicl",
                       "fig_tsft", "fig_aucroc", "fig_saliency", "layer_atlas", "summary", "all"}
         assert planned_jobs(run_dir) == {"build_prompts": 1, "tsft": 2, **{rule: 1 for rule in downstream}}
     finally:

@@ -52,6 +52,41 @@ def cumulative_share(auc_by_layer: np.ndarray) -> np.ndarray:
     return np.cumsum(gain) / total if total != 0 else np.full(len(gain), np.nan)
 
 
+# --------------------------------------------------------------------------- shared helpers
+def no_positions(batch: int, device):
+    """Positions that record nothing (the interventions only edit attention)."""
+    import torch
+
+    from .capture import Positions
+
+    return Positions(torch.zeros(batch, 0, dtype=torch.long, device=device),
+                     torch.zeros(batch, 2, dtype=torch.long, device=device))
+
+
+def padded_label_columns(batch, T: int):
+    """Label-token columns of a left-padded batch: label [B, K] (−1 where a prompt has fewer), offsets [B].
+
+    `batch` rows carry label_pos (unpadded positions) and n_tokens; T is the padded length.
+    """
+    import torch
+
+    offsets = torch.as_tensor(T - batch["n_tokens"].to_numpy())
+    K = int(batch["label_pos"].map(len).max())
+    label = torch.full((len(batch), K), -1, dtype=torch.long)
+    for b, lp in enumerate(batch["label_pos"]):
+        label[b, :len(lp)] = torch.as_tensor(list(lp)) + offsets[b]
+    return label, offsets
+
+
+def anchor_prompts(prompts_path, split: str = "test"):
+    """(prompt rows of `split` that have label positions, prompts metadata)."""
+    from .tables import read_meta, read_table
+
+    table = read_table(prompts_path)
+    rows = table[(table.split == split) & (table["label_pos"].map(len) > 0)]
+    return rows, read_meta(prompts_path)
+
+
 # --------------------------------------------------------------------------- saliency (§3.2)
 def saliency_matrices(model, input_ids, gold: int, label_ids, n_layers: int) -> np.ndarray:
     """I_l = |Σ_h A_{h,l} ⊙ ∂L/∂A_{h,l}| for one prompt -> [L, T, T] (float32, on the CPU).
@@ -64,7 +99,7 @@ def saliency_matrices(model, input_ids, gold: int, label_ids, n_layers: int) -> 
     import torch
     import torch.nn.functional as F
 
-    from .capture import Positions, Recorder, recording
+    from .capture import Recorder, recording
 
     device = next(model.parameters()).device
     multipliers: dict[int, torch.Tensor] = {}
@@ -75,9 +110,7 @@ def saliency_matrices(model, input_ids, gold: int, label_ids, n_layers: int) -> 
         return weights * m
 
     ids = torch.as_tensor([list(input_ids)], dtype=torch.long, device=device)
-    empty = Positions(torch.zeros(1, 0, dtype=torch.long, device=device), torch.zeros(1, 2, dtype=torch.long,
-                                                                                       device=device))
-    rec = Recorder(n_layers, empty, (), edit=ones_multiplier)
+    rec = Recorder(n_layers, no_positions(1, device), (), edit=ones_multiplier)
     with torch.enable_grad(), recording(model, rec):
         logits = model(input_ids=ids, logits_to_keep=1).logits[0, -1, list(label_ids)].float()
         loss = F.cross_entropy(logits[None], torch.as_tensor([gold], device=device))
@@ -119,12 +152,9 @@ def run_saliency(prompts_path, model_dir, model, n_per_seed: int, *, dataset: st
 
     from .capture import ATTN_IMPLEMENTATION
     from .models import load_model
-    from .tables import metric_frame, read_meta, read_table
+    from .tables import metric_frame
 
-    table = read_table(prompts_path)
-    meta = read_meta(prompts_path)
-    test = table[table.split == "test"]
-    test = test[test["label_pos"].map(len) > 0]
+    test, meta = anchor_prompts(prompts_path)
     picked = test.groupby("seed", sort=True).head(n_per_seed)
     net, _, manifest = load_model(model_dir, device=model.device, dtype=model.dtype, device_map=model.device_map,
                                   attn_implementation=ATTN_IMPLEMENTATION)
@@ -209,13 +239,12 @@ def run_isolation(prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 
     import torch
     from tqdm import tqdm
 
-    from .capture import ATTN_IMPLEMENTATION, Positions, Recorder, left_pad, recording
+    from .capture import ATTN_IMPLEMENTATION, Recorder, left_pad, recording
     from .models import load_model
-    from .tables import metric_frame, read_meta, read_table
+    from .tables import metric_frame
 
-    table = read_table(prompts_path)
-    label_ids = read_meta(prompts_path)["label_token_ids"]
-    test = table[(table.split == "test") & (table["label_pos"].map(len) > 0)]
+    test, meta = anchor_prompts(prompts_path)
+    label_ids = meta["label_token_ids"]
     picked = test.groupby("seed", sort=True).head(n_per_seed).reset_index(drop=True)
     net, tok, manifest = load_model(model_dir, device=model.device, dtype=model.dtype, device_map=model.device_map,
                                     attn_implementation=ATTN_IMPLEMENTATION)
@@ -228,11 +257,7 @@ def run_isolation(prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 
         batch = picked.iloc[lo:lo + model.batch_size]
         ids, mask, pos = left_pad(list(batch["input_ids"]), tok.pad_token_id, device)
         T = ids.shape[1]
-        offsets = torch.as_tensor(T - batch["n_tokens"].to_numpy())
-        K = int(batch["label_pos"].map(len).max())
-        label = torch.full((len(batch), K), -1, dtype=torch.long)
-        for b, lp in enumerate(batch["label_pos"]):
-            label[b, :len(lp)] = torch.as_tensor(list(lp)) + offsets[b]
+        label, offsets = padded_label_columns(batch, T)
         label_rows = torch.zeros(len(batch), T, dtype=torch.bool)
         for b in range(len(batch)):
             label_rows[b, label[b][label[b] >= 0]] = True
@@ -241,9 +266,7 @@ def run_isolation(prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 
             layers = set(range(k)) if side == "first" else set(range(L - k, L)) if side == "last" else set()
             edit = (isolation_edit(layers, label_rows.to(device)) if kind == "label"
                     else random_rows_edit(layers, label, offsets, T, seed + lo))
-            empty = Positions(torch.zeros(len(batch), 0, dtype=torch.long, device=device),
-                              torch.zeros(len(batch), 2, dtype=torch.long, device=device))
-            with torch.inference_mode(), recording(net, Recorder(L, empty, (), edit=edit)):
+            with torch.inference_mode(), recording(net, Recorder(L, no_positions(len(batch), device), (), edit=edit)):
                 logits = net(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
             outputs[cond][0].extend(logits[:, label_ids].argmax(-1).tolist())
             outputs[cond][1].extend(logits.topk(word_k).indices.tolist())
@@ -258,3 +281,132 @@ def run_isolation(prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 
     meta = {"prompts": len(picked), "word_k": word_k, "ks": list(ks)}
     return metric_frame(rows, model=model.name, dataset=dataset, family="anchors"), meta, pd.DataFrame(
         {"prompt_id": picked["prompt_id"], "seed": picked["seed"], "base_pred": base_pred})
+
+
+# --------------------------------------------------------------------------- re-weighting (§3.6)
+def reweighting_edit(beta: torch.Tensor, label: torch.Tensor):  # noqa: F821 - torch imported lazily
+    """An attention edit: Â(q, p_k) = exp(β[l, h, k]) · A(q, p_k) in every layer l and head h.
+
+    Only the last query row q and the label-token columns p_k change, after the softmax and without
+    renormalising the row (METHODS.md §3.6). beta [L, H, K] (zeros = vanilla ICL; one scalar per
+    layer × head × demonstration), label [B, K] label columns in padded coordinates (−1 = none).
+    Differentiable in beta. Cost: one [B, H, Tk] row per layer on top of eager attention.
+    """
+    import torch
+
+    def edit(layer: int, weights: torch.Tensor) -> torch.Tensor:
+        B, H, Tq, Tk = weights.shape
+        factor = torch.exp(beta[layer]).to(weights.dtype)[None].expand(B, H, -1)  # [B, H, K]
+        factor = factor.masked_fill((label < 0)[:, None, :], 1.0)
+        cols = label.clamp(min=0).to(weights.device)[:, None, :].expand(B, H, -1)  # [B, H, K]
+        row = torch.ones(B, H, Tk, dtype=weights.dtype, device=weights.device).scatter(2, cols, factor)
+        scale = torch.cat([torch.ones(B, H, Tq - 1, Tk, dtype=weights.dtype, device=weights.device),
+                           row[:, :, None]], dim=2)  # [B, H, Tq, Tk]
+        return weights * scale
+
+    return edit
+
+
+def reweighted_label_logits(net, batch, label_ids, beta, n_layers: int, pad_id: int):
+    """Label-restricted logits [B, C] at the query of each prompt in `batch` with re-weighting `beta`
+    [L, H, K] (left-padded, eager attention). Gradients flow to beta when grad mode is on."""
+    from .capture import Recorder, left_pad, recording
+
+    device = beta.device
+    ids, mask, pos = left_pad(list(batch["input_ids"]), pad_id, device)
+    label, _ = padded_label_columns(batch, ids.shape[1])
+    rec = Recorder(n_layers, no_positions(len(batch), device), (), edit=reweighting_edit(beta, label.to(device)))
+    with recording(net, rec):
+        logits = net(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+    return logits[:, list(label_ids)].float()
+
+
+def fit_reweighting(net, aux, label_ids, shape: tuple[int, int, int], *, epochs: int, lr: float, seed: int,
+                    pad_id: int):
+    """Train β [L, H, K] (init 0) on the auxiliary prompts `aux` (one seed's demonstrations): cross-entropy
+    of the label-restricted logits against gold, Adam, batch 1, `epochs` passes in a seeded shuffled
+    order; model weights frozen. Returns (β on the CPU, loss per epoch)."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(net.parameters()).device
+    beta = torch.zeros(shape, device=device, requires_grad=True)
+    opt = torch.optim.Adam([beta], lr=lr, betas=(0.9, 0.999))
+    gen = torch.Generator().manual_seed(seed)
+    epoch_loss = []
+    for _ in range(epochs):
+        total = 0.0
+        for i in torch.randperm(len(aux), generator=gen).tolist():
+            row = aux.iloc[[i]]
+            with torch.enable_grad():
+                logits = reweighted_label_logits(net, row, label_ids, beta, shape[0], pad_id)
+                loss = F.cross_entropy(logits, torch.tensor(row["gold"].tolist(), device=device))
+                opt.zero_grad()
+                loss.backward()
+            opt.step()
+            total += float(loss.detach())
+        epoch_loss.append(total / len(aux))
+    return beta.detach().cpu(), epoch_loss
+
+
+def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epochs: int, lr: float,
+                    n_test_per_seed: int | None, dataset: str):
+    """Anchor re-weighting against vanilla ICL on the same test prompts, per seed (METHODS.md §3.6).
+
+    Per seed: β is fitted on `aux_per_class` train-split prompts per class (they share the seed's
+    demonstrations and never reuse one), then both arms, β = 0 (vanilla) and the fitted β, predict
+    the test prompts. Returns (metric table: accuracy / macro_f1 / label_loss per arm in `label_type`,
+    and beta_abs_mean per layer; {seed: β [L, H, K]}; meta with the loss per epoch).
+    """
+    import torch
+    import torch.nn.functional as F
+    from sklearn.metrics import f1_score
+    from tqdm import tqdm
+
+    from .capture import ATTN_IMPLEMENTATION
+    from .models import load_model
+    from .tables import metric_frame
+
+    test, meta = anchor_prompts(prompts_path)
+    train, _ = anchor_prompts(prompts_path, split="train")
+    label_ids = meta["label_token_ids"]
+    n_classes = len(label_ids)
+    net, tok, manifest = load_model(model_dir, device=model.device, dtype=model.dtype, device_map=model.device_map,
+                                    attn_implementation=ATTN_IMPLEMENTATION)
+    net.requires_grad_(False)
+    L, H = manifest["n_layers"], manifest["n_heads"]
+    device = next(net.parameters()).device
+    rows, betas, losses, n_tested = [], {}, {}, 0
+    for seed, seed_test in test.groupby("seed", sort=True):
+        aux = train[train.seed == seed].groupby("gold", sort=True).head(aux_per_class)
+        per_class = aux.groupby("gold").size().reindex(range(n_classes), fill_value=0)
+        if per_class.min() < aux_per_class:
+            raise ValueError(f"anchor re-weighting needs {aux_per_class} train-split prompts per class for seed "
+                             f"{seed} (anchors.reweighting.aux_per_class) but {prompts_path} has "
+                             f"{per_class.to_dict()}: raise datasets.{dataset}.prompts.n_train to at least "
+                             f"{aux_per_class * n_classes}")
+        K = int(seed_test["label_pos"].map(len).max())
+        beta, losses[int(seed)] = fit_reweighting(net, aux.reset_index(drop=True), label_ids, (L, H, K),
+                                                  epochs=epochs, lr=lr, seed=int(seed), pad_id=tok.pad_token_id)
+        betas[int(seed)] = beta.numpy()
+        picked = seed_test if n_test_per_seed is None else seed_test.head(n_test_per_seed)
+        n_tested += len(picked)
+        gold = torch.as_tensor(picked["gold"].to_numpy())
+        for arm, b in (("vanilla", torch.zeros_like(beta)), ("reweighted", beta)):
+            logits = []
+            for lo in tqdm(range(0, len(picked), model.batch_size), desc=f"re-weighting seed {seed} {arm}"):
+                with torch.inference_mode():
+                    logits.append(reweighted_label_logits(net, picked.iloc[lo:lo + model.batch_size], label_ids,
+                                                          b.to(device), L, tok.pad_token_id).cpu())
+            logits = torch.cat(logits)
+            pred = logits.argmax(-1).numpy()
+            common = {"seed": int(seed), "label_type": arm}
+            rows += [{**common, "metric": "accuracy", "value": float((pred == gold.numpy()).mean())},
+                     {**common, "metric": "macro_f1", "value": float(f1_score(gold.numpy(), pred, average="macro",
+                                                                              labels=list(range(n_classes))))},
+                     {**common, "metric": "label_loss", "value": float(F.cross_entropy(logits, gold))}]
+        rows += [{"seed": int(seed), "layer": layer + 1, "label_type": "reweighted", "metric": "beta_abs_mean",
+                  "value": float(np.abs(betas[int(seed)][layer]).mean())} for layer in range(L)]
+    info = {"aux_per_class": aux_per_class, "epochs": epochs, "lr": lr, "test_prompts": n_tested,
+            "train_loss_per_epoch": losses}
+    return metric_frame(rows, model=model.name, dataset=dataset, family="anchors", position="query"), betas, info

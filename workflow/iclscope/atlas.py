@@ -127,4 +127,6 @@ def headline(metric_dir: str | Path, model: str, dataset: str) -> dict:
     out["icicl_speedup"] = mean("icicl", "speedup_vs_full_icl", task="icicl_soft")
     out["anchor_kv_speedup"] = mean("icicl", "speedup_vs_full_icl", task="anchor_kv")
     out["tsft_gain"] = mean("tsft", "gain")
+    out["reweighting_gain"] = (mean("reweighting", "accuracy", label_type="reweighted")
+                               - mean("reweighting", "accuracy", label_type="vanilla"))
     return out

@@ -105,6 +105,16 @@ def validate_config(raw: dict) -> dict:
             DatasetSpec.from_config(name, spec)
         except ConfigError as exc:
             problems.append(str(exc))
+    reweighting = config["anchors"]["reweighting"]
+    for name, spec in config["datasets"].items() if reweighting["enabled"] else []:
+        prompts, classes = spec.get("prompts") or {}, spec.get("classes") or {}
+        if spec.get("kind", "classification") != "classification" or prompts.get("shots_per_class", 1) < 1:
+            continue
+        needed = reweighting["aux_per_class"] * len(classes)
+        if prompts.get("n_train", 0) < needed:
+            problems.append(f"config key 'datasets.{name}.prompts.n_train' is {prompts.get('n_train', 0)}, but anchor "
+                            f"re-weighting fits on anchors.reweighting.aux_per_class={reweighting['aux_per_class']} "
+                            f"train prompts per class: set n_train >= {needed}, or anchors.reweighting.enabled: false")
     for name in config["entropy"]["datasets"] if config["entropy"]["enabled"] else []:
         if name not in config["datasets"]:
             problems.append(f"config key 'entropy.datasets' names '{name}', which is not in datasets "

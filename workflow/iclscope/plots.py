@@ -220,6 +220,32 @@ def plot_isolation(table: pd.DataFrame, path) -> None:
         _save(fig, path)
 
 
+def plot_reweighting(table: pd.DataFrame, path) -> None:
+    """Accuracy and macro-F1 of vanilla vs re-weighted ICL (bars = mean, dots = seeds), and where the
+    learnt β acts: mean |β| per layer."""
+    with plt.rc_context(STYLE):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [1, 1.6]})
+        arms = ["vanilla", "reweighted"]
+        for i, metric in enumerate(("accuracy", "macro_f1")):
+            for j, arm in enumerate(arms):
+                v = table[(table.metric == metric) & (table.label_type == arm)]["value"]
+                x = i * 3 + j
+                left.bar(x, v.mean(), color=f"C{j}", label=arm if i == 0 else None)
+                left.plot(np.full(len(v), x), v, "k.", ms=4)
+        left.set_xticks([0.5, 3.5], ["accuracy", "macro-F1"])
+        left.set_ylim(0, 1)
+        left.legend()
+        beta = table[table.metric == "beta_abs_mean"]
+        for seed, g in beta.groupby("seed"):
+            g = g.sort_values("layer")
+            right.plot(g["layer"], g["value"], marker=".", label=f"seed {seed}")
+        right.set_xlabel("layer")
+        right.set_ylabel("mean |β| over heads and demonstrations")
+        right.legend()
+        fig.suptitle(_title(table, "Anchor re-weighting"))
+        _save(fig, path)
+
+
 def plot_entropy(table: pd.DataFrame, path) -> None:
     """The four representation measures per layer, token and bigram labels; min/max binning solid,
     quantile-clipped binning dashed."""

@@ -113,3 +113,44 @@ rule fig_isolation:
         "../envs/iclscope.yaml"
     script:
         "../scripts/fig_isolation.py"
+
+
+rule reweighting:
+    """Anchor re-weighting: a learnt exp(β) per layer × head × demonstration on the query's attention
+    to each label word, fitted on train prompts, against vanilla ICL on the same test prompts."""
+    input:
+        prompts="results/prompts/{model}/{dataset}.parquet",
+        model="results/models/{model}.json",
+    output:
+        table="results/metrics/{model}/{dataset}/reweighting.parquet",
+        beta="results/anchors/{model}/{dataset}/reweighting_beta.npz",
+    params:
+        settings=lambda wc: as_json(config["anchors"]["reweighting"]),
+    log:
+        "logs/reweighting/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
+        gpu=lambda wc: MODELS[wc.model].gpus,
+    script:
+        "../scripts/reweighting.py"
+
+
+rule fig_reweighting:
+    input:
+        "results/metrics/{model}/{dataset}/reweighting.parquet",
+    output:
+        report(
+            "results/figures/{model}/{dataset}/reweighting.png",
+            caption="../report/reweighting.rst",
+            category="Label words as anchors",
+            subcategory="{model} / {dataset}",
+        ),
+    log:
+        "logs/figures/{model}/{dataset}/reweighting.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/fig_reweighting.py"

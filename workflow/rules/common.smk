@@ -107,9 +107,13 @@ def anchor_datasets():
     return [n for n in classification_datasets() if DATASETS[n].prompts.shots_per_class > 0]
 
 
+def anchor_methods():
+    return ["aucroc", "saliency", "isolation"] + (["reweighting"] if config["anchors"]["reweighting"]["enabled"] else [])
+
+
 def anchor_targets():
     return [f"results/{kind}/{m}/{d}/{name}.{ext}" for m in MODELS for d in anchor_datasets()
-            for name in ("aucroc", "saliency", "isolation") for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
+            for name in anchor_methods() for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
 
 
 def figure_targets():
@@ -167,9 +171,12 @@ def atlas_inputs(wildcards):
 
 
 def summary_tables():
-    """Every table the headline summary reads: the atlas tables, ICL accuracy, IC-ICL, TS-FT."""
+    """Every table the headline summary reads: the atlas tables, ICL accuracy, re-weighting, IC-ICL, TS-FT."""
     tables = [f for m in MODELS for d in DATASETS for f in atlas_tables(m, d)]
     tables += expand("results/metrics/{model}/{dataset}/icl_accuracy.parquet", model=MODELS, dataset=DATASETS)
+    if config["anchors"]["reweighting"]["enabled"]:
+        tables += expand("results/metrics/{model}/{dataset}/reweighting.parquet", model=MODELS,
+                         dataset=anchor_datasets())
     return tables + icicl_targets() + tsft_targets()
 
 

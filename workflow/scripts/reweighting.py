@@ -1,0 +1,22 @@
+import numpy as np
+
+from iclscope.anchors import run_reweighting
+from iclscope.config import ModelSpec
+from iclscope.logs import log_to
+from iclscope.tables import atomic_path, commit, write_table
+
+log = log_to(snakemake.log[0])
+wc = snakemake.wildcards
+s = snakemake.config["anchors"]["reweighting"]
+table, betas, info = run_reweighting(snakemake.input.prompts, snakemake.input.model,
+                                     ModelSpec.from_config(wc.model, snakemake.config["models"][wc.model]),
+                                     aux_per_class=s["aux_per_class"], epochs=s["epochs"], lr=s["lr"],
+                                     n_test_per_seed=s["test_prompts_per_seed"], dataset=wc.dataset)
+tmp = atomic_path(snakemake.output.beta)
+with open(tmp, "wb") as fh:  # beta [layer, head, demonstration] per seed
+    np.savez(fh, **{f"seed_{seed}": beta for seed, beta in betas.items()})
+commit(tmp, snakemake.output.beta)
+write_table(table, snakemake.output.table, {"reweighting": s, **info})
+log.info("train loss per epoch: %s", info["train_loss_per_epoch"])
+log.info("re-weighting vs vanilla ICL:\n%s", table[table.layer.isna()].pivot_table(
+    index="seed", columns=["metric", "label_type"], values="value").round(3).to_string())
