@@ -50,6 +50,8 @@ def test_every_output_exists_and_logs_are_written(run_dir):
                 "results/metrics/smollm2-135m/tweets/icl_accuracy.parquet",
                 "results/metrics/smollm2-135m/words/icl_accuracy.parquet",
                 "results/metrics/smollm2-135m/words/decodability.parquet",
+                "results/metrics/smollm2-135m/words/patching.parquet",
+                "results/metrics/smollm2-135m/tweets/reweighting.parquet",
                 "logs/extract/smollm2-135m/tweets.log"]:
         assert (run_dir / rel).exists(), rel
     manifest = json.loads((run_dir / "results/models/smollm2-135m/manifest.json").read_text())
@@ -150,7 +152,8 @@ def test_metric_parameter_reruns_only_that_metric(run_dir, tmp_path):
     write_config(run_dir, cfg)
     try:
         assert planned_jobs(run_dir) == {"decodability": 1, "decodability_fit": 1, "fig_decodability": 1,
-                                         "layer_atlas": 1, "summary": 1, "all": 1}
+                                         "patching": 1, "fig_patching": 1, "layer_atlas": 1, "summary": 1,
+                                         "all": 1}
     finally:
         write_config(run_dir, small_config())
 
@@ -179,3 +182,44 @@ def test_killed_extraction_leaves_no_complete_looking_file(run_dir, tmp_path):
     with open_activations(work / "results/activations/smollm2-135m/tweets.h5") as f:
         assert f.attrs["complete"] and f.attrs["n_done"] == 28
     assert not partial.exists()
+
+
+def test_report_opens_in_a_headless_browser_with_every_figure(run_dir, tmp_path):
+    """`snakemake --report` of the run, opened in Debian's chromium (installed by `make test`):
+    the app renders without script errors, every figure of the run is in it and decodes as an
+    image, and clicking through to a figure shows it. The screenshot is kept next to the report."""
+    from playwright.sync_api import sync_playwright
+
+    report = run_dir / "results" / "report.html"
+    snakemake(run_dir, "--profile", str(REPO / "profiles" / "local"), "--report", str(report), timeout=600)
+    figures = sorted(str(p.relative_to(run_dir)) for p in (run_dir / "results" / "figures").rglob("*.png"))
+    assert len(figures) >= 10 and report.stat().st_size > 100_000
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                     args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.goto(report.as_uri(), wait_until="load")
+        page.get_by_text("Label words as anchors").first.wait_for(timeout=30_000)
+        in_report = page.evaluate("() => Object.entries(results).map(([path, r]) => "
+                                  "({path, mime: r.mime_type, category: r.category, caption: r.caption}))")
+        images = [r for r in in_report if r["mime"] == "image/png"]
+        assert sorted(r["path"] for r in images) == figures
+        assert all(r["caption"] for r in in_report)  # every result has its .rst caption
+        widths = page.evaluate("""async () => Promise.all(Object.values(results)
+            .filter(r => r.mime_type === "image/png")
+            .map(r => new Promise(done => { const img = new Image(); img.onload = () => done(img.naturalWidth);
+                                            img.onerror = () => done(0); img.src = r.data_uri; })))""")
+        assert len(widths) == len(figures) and min(widths) > 300, widths
+        page.get_by_text("Label words as anchors").first.click()
+        page.get_by_text("smollm2-135m / tweets").first.click()
+        page.get_by_text("saliency.png").first.wait_for(timeout=10_000)
+        page.locator("table a[href='#']").first.click()
+        shown = page.locator("img[src^='data:image/png']").first
+        shown.wait_for(timeout=10_000)
+        assert page.evaluate("img => img.complete && img.naturalWidth", shown.element_handle()) > 300
+        page.screenshot(path=str(run_dir / "results" / "report_screenshot.png"))
+        browser.close()
+    assert not errors, errors

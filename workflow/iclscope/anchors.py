@@ -53,16 +53,6 @@ def cumulative_share(auc_by_layer: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- shared helpers
-def no_positions(batch: int, device):
-    """Positions that record nothing (the interventions only edit attention)."""
-    import torch
-
-    from .capture import Positions
-
-    return Positions(torch.zeros(batch, 0, dtype=torch.long, device=device),
-                     torch.zeros(batch, 2, dtype=torch.long, device=device))
-
-
 def padded_label_columns(batch, T: int):
     """Label-token columns of a left-padded batch: label [B, K] (−1 where a prompt has fewer), offsets [B].
 
@@ -99,7 +89,7 @@ def saliency_matrices(model, input_ids, gold: int, label_ids, n_layers: int) -> 
     import torch
     import torch.nn.functional as F
 
-    from .capture import Recorder, recording
+    from .capture import Recorder, no_positions, recording
 
     device = next(model.parameters()).device
     multipliers: dict[int, torch.Tensor] = {}
@@ -239,7 +229,7 @@ def run_isolation(prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 
     import torch
     from tqdm import tqdm
 
-    from .capture import ATTN_IMPLEMENTATION, Recorder, left_pad, recording
+    from .capture import ATTN_IMPLEMENTATION, Recorder, left_pad, no_positions, recording
     from .models import load_model
     from .tables import metric_frame
 
@@ -310,7 +300,7 @@ def reweighting_edit(beta: torch.Tensor, label: torch.Tensor):  # noqa: F821 - t
 def reweighted_label_logits(net, batch, label_ids, beta, n_layers: int, pad_id: int):
     """Label-restricted logits [B, C] at the query of each prompt in `batch` with re-weighting `beta`
     [L, H, K] (left-padded, eager attention). Gradients flow to beta when grad mode is on."""
-    from .capture import Recorder, left_pad, recording
+    from .capture import Recorder, left_pad, no_positions, recording
 
     device = beta.device
     ids, mask, pos = left_pad(list(batch["input_ids"]), pad_id, device)

@@ -127,6 +127,8 @@ def headline(metric_dir: str | Path, model: str, dataset: str) -> dict:
     out["icicl_speedup"] = mean("icicl", "speedup_vs_full_icl", task="icicl_soft")
     out["anchor_kv_speedup"] = mean("icicl", "speedup_vs_full_icl", task="anchor_kv")
     out["tsft_gain"] = mean("tsft", "gain")
+    out["patching_positive_delta"] = mean("patching", "delta_accuracy", label_type="positive")
+    out["patching_negative_delta"] = mean("patching", "delta_accuracy", label_type="negative")
     out["reweighting_gain"] = (mean("reweighting", "accuracy", label_type="reweighted")
                                - mean("reweighting", "accuracy", label_type="vanilla"))
     return out

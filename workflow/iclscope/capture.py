@@ -58,6 +58,12 @@ class Positions:
         return Positions(self.label.to(device), self.query_span.to(device))
 
 
+def no_positions(batch: int, device) -> Positions:
+    """Positions that record nothing (for runs that only edit attention or patch the residual stream)."""
+    return Positions(torch.zeros(batch, 0, dtype=torch.long, device=device),
+                     torch.zeros(batch, 2, dtype=torch.long, device=device))
+
+
 @dataclass
 class ResidualPatch:
     """Write into the residual stream at the input of block `layer` (= resid index `layer`).

@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .capture import ATTN_IMPLEMENTATION, Positions, Recorder, ResidualPatch, left_pad, recording
+from .capture import ATTN_IMPLEMENTATION, Positions, Recorder, ResidualPatch, left_pad, no_positions, recording
 from .config import ConfigError, DatasetSpec, ModelSpec
 from .icl import macro_f1
 from .models import load_model
@@ -108,8 +108,8 @@ class PromptScorer:
             ids, mask, pos = left_pad([b["input_ids"] for b in batch], self.tokenizer.pad_token_id, self.device)
             offset = ids.shape[1] - torch.as_tensor([len(b["input_ids"]) for b in batch], device=self.device)
             span = torch.as_tensor([b["query_span"] for b in batch], device=self.device) + offset[:, None]
-            rec = Recorder(self.n_layers, Positions(torch.zeros(len(batch), 0, dtype=torch.long, device=self.device),
-                                                    span), ("query", "content_mean"))
+            rec = Recorder(self.n_layers, Positions(no_positions(len(batch), self.device).label, span),
+                           ("query", "content_mean"))
             with torch.inference_mode(), recording(self.model, rec):
                 self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
             query.append(rec.resid["query"][:, list(layers)].cpu().numpy())
@@ -119,9 +119,7 @@ class PromptScorer:
     @torch.inference_mode()
     def label_logits(self, input_ids: list[int], patches: tuple[ResidualPatch, ...] = ()) -> np.ndarray:
         ids = torch.as_tensor([input_ids], dtype=torch.long, device=self.device)
-        rec = Recorder(self.n_layers, Positions(torch.zeros(1, 0, dtype=torch.long, device=self.device),
-                                                torch.zeros(1, 2, dtype=torch.long, device=self.device)), (),
-                       patches=patches)
+        rec = Recorder(self.n_layers, no_positions(1, self.device), (), patches=patches)
         with recording(self.model, rec):
             out = self.model(input_ids=ids, logits_to_keep=1)
         return out.logits[0, -1, self.label_ids].float().cpu().numpy()

@@ -246,6 +246,26 @@ def plot_reweighting(table: pd.DataFrame, path) -> None:
         _save(fig, path)
 
 
+def plot_patching(table: pd.DataFrame, path) -> None:
+    """Accuracy per task without a patch and with the own-task (positive) or Null (negative) state."""
+    with plt.rc_context(STYLE):
+        acc = table[table.metric == "accuracy"].pivot_table(index="task", columns="label_type", values="value",
+                                                            sort=False)
+        arms = [a for a in ("none", "positive", "negative") if a in acc]
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(acc)), 3.4))
+        width = 0.8 / len(arms)
+        x = np.arange(len(acc))
+        for i, arm in enumerate(arms):
+            ax.bar(x + (i - (len(arms) - 1) / 2) * width, acc[arm], width, label=arm, color=f"C{i}")
+        ax.set_xticks(x, acc.index, rotation=20)
+        ax.set_ylabel("exact-match accuracy")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        first = table.iloc[0]
+        fig.suptitle(_title(table, f"Activation patching at layer {first['layer']}, {first['shots']}-shot"))
+        _save(fig, path)
+
+
 def plot_entropy(table: pd.DataFrame, path) -> None:
     """The four representation measures per layer, token and bigram labels; min/max binning solid,
     quantile-clipped binning dashed."""

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .capture import ATTN_IMPLEMENTATION, Positions, Recorder, left_pad, recording
+from .capture import ATTN_IMPLEMENTATION, Recorder, left_pad, no_positions, recording
 from .config import ConfigError, DatasetSpec, ModelSpec
 from .icl import macro_f1
 from .models import load_model
@@ -102,9 +102,7 @@ def forward_batch(model, tokenizer, batch: list[dict], label_ids: torch.Tensor, 
     """Label-restricted logits [B, C] at the answer position and the layer-l* query state [B, d]."""
     device = label_ids.device
     ids, mask, pos = left_pad([b["input_ids"] for b in batch], tokenizer.pad_token_id, device)
-    rec = Recorder(n_layers, Positions(torch.zeros(len(batch), 0, dtype=torch.long, device=device),
-                                       torch.zeros(len(batch), 2, dtype=torch.long, device=device)), ("query",),
-                   keep_grad=True)
+    rec = Recorder(n_layers, no_positions(len(batch), device), ("query",), keep_grad=True)
     with recording(model, rec):
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
     return out.logits[:, -1][:, label_ids].float(), rec.resid["query"][:, layer]

@@ -65,6 +65,13 @@ def task_family_datasets():
     return [n for n, d in DATASETS.items() if d.kind == "generation" or d.task_column]
 
 
+def patching_datasets():
+    """Generation task families: their answers are generated, so a patched state can change them."""
+    if not config["patching"]["enabled"]:
+        return []
+    return [n for n in task_family_datasets() if DATASETS[n].kind == "generation"]
+
+
 def classification_datasets():
     return [n for n, d in DATASETS.items() if d.kind == "classification"]
 
@@ -99,6 +106,7 @@ def metric_targets():
     targets = expand("results/metrics/{model}/{dataset}/icl_accuracy.parquet", model=MODELS, dataset=DATASETS)
     targets += expand("results/metrics/{model}/{dataset}/{name}.parquet", model=MODELS,
                       dataset=task_family_datasets(), name=["decodability", "decodability_fit"])
+    targets += expand("results/metrics/{model}/{dataset}/patching.parquet", model=MODELS, dataset=patching_datasets())
     return targets
 
 
@@ -121,6 +129,7 @@ def figure_targets():
                      dataset=classification_datasets(), fig=["compression", "task_space"])
     figures += expand("results/figures/{model}/{dataset}/decodability.png", model=MODELS,
                       dataset=task_family_datasets())
+    figures += expand("results/figures/{model}/{dataset}/patching.png", model=MODELS, dataset=patching_datasets())
     if config["icicl"]["enabled"]:
         figures += expand("results/figures/{model}/{dataset}/icicl.png", model=MODELS,
                           dataset=classification_datasets())
@@ -177,6 +186,7 @@ def summary_tables():
     if config["anchors"]["reweighting"]["enabled"]:
         tables += expand("results/metrics/{model}/{dataset}/reweighting.parquet", model=MODELS,
                          dataset=anchor_datasets())
+    tables += expand("results/metrics/{model}/{dataset}/patching.parquet", model=MODELS, dataset=patching_datasets())
     return tables + icicl_targets() + tsft_targets()
 
 

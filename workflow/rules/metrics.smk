@@ -51,3 +51,29 @@ rule decodability_fit:
         "../envs/iclscope.yaml"
     script:
         "../scripts/decodability_fit.py"
+
+
+rule patching:
+    """Activation patching: the own task's (or Null's) mean query state written into the query at one
+    layer, answers regenerated; accuracy change per task."""
+    input:
+        prompts="results/prompts/{model}/{dataset}.parquet",
+        activations="results/activations/{model}/{dataset}.h5",
+        decodability="results/metrics/{model}/{dataset}/decodability.parquet",
+        model="results/models/{model}.json",
+    output:
+        table="results/metrics/{model}/{dataset}/patching.parquet",
+        answers="results/patching/{model}/{dataset}/answers.parquet",
+    params:
+        settings=lambda wc: as_json(config["patching"]),
+        max_new_tokens=config["extract"]["max_new_tokens"],
+    log:
+        "logs/patching/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
+        gpu=lambda wc: MODELS[wc.model].gpus,
+    script:
+        "../scripts/patching.py"

@@ -95,6 +95,24 @@ rule fig_decodability:
         "../scripts/fig_decodability.py"
 
 
+rule fig_patching:
+    input:
+        "results/metrics/{model}/{dataset}/patching.parquet",
+    output:
+        report(
+            "results/figures/{model}/{dataset}/patching.png",
+            caption="../report/patching.rst",
+            category="Task decodability",
+            subcategory="{model} / {dataset}",
+        ),
+    log:
+        "logs/figures/{model}/{dataset}/patching.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/fig_patching.py"
+
+
 rule figures:
     """Named target: every figure."""
     input:
