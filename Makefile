@@ -1,6 +1,6 @@
 # iclscope — two commands on a fresh machine:
 #   make run    set up .venv and run the default pipeline offline (profiles/local)
-#   make test   set up .venv (+ the Debian packages of the test SLURM cluster) and run every test
+#   make test   set up .venv (+ Debian packages: the test SLURM cluster, chromium) and run every test
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -eu -o pipefail -c
@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv run test test-unit test-workflow test-cluster cluster-deps lint bench report clean
+.PHONY: venv run test test-unit test-workflow test-cluster cluster-deps browser-deps lint bench report clean
 
 venv: $(STAMP)
 
@@ -39,7 +39,11 @@ report: venv
 cluster-deps:
 	bash tests/cluster/slurm-local.sh install-if-missing
 
-test: venv cluster-deps
+# Debian's chromium, for the test that opens the HTML report in a headless browser.
+browser-deps:
+	command -v chromium > /dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: venv cluster-deps browser-deps
 	$(BIN)/ruff check workflow tests
 	$(BIN)/snakemake --lint --cores 1 > /dev/null
 	$(BIN)/python -m pytest tests -x -q --durations=15
