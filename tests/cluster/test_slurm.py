@@ -133,6 +133,41 @@ def test_changed_extraction_inputs_miss_the_cache(lab, change):
     assert Path(os.path.realpath(work / "results/activations/tiny/toy.h5")).parent == lab["cache"]  # and was stored
 
 
+def test_two_checkouts_request_the_same_new_activations_at_once(lab):
+    """Two lab members launch the same extraction (not yet cached) at the same moment: both runs
+    finish, both end up with the one cache entry, and that entry is a complete file whose arrays
+    equal each run's own (Snakemake stores an entry by an atomic rename, so a second writer
+    replaces the first with identical bytes, never a torn file)."""
+    cfg = config(lab)
+    cfg["datasets"]["toy"]["prompts"]["template"] = "Post: {text}\nSentiment:{label}"  # not in the cache yet
+    works = [checkout(lab, name, cfg) for name in ("dave", "erin")]
+    results, threads = {}, []
+    for work in works:
+        def run(work=work):
+            try:
+                results[work.name] = on_slurm(lab, work, "activations", timeout=600)
+            except AssertionError as exc:  # reported below, from the test's own thread
+                results[work.name] = exc
+        threads.append(threading.Thread(target=run))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(not isinstance(r, AssertionError) for r in results.values()), results
+    entries = {os.path.realpath(w / "results/activations/tiny/toy.h5") for w in works}
+    assert len(entries) == 1 and Path(next(iter(entries))).parent == lab["cache"]
+    with h5py.File(next(iter(entries))) as f:
+        assert f.attrs["complete"] and f.attrs["n_done"] == f["resid/query"].shape[0]
+        cached = f["resid/query"][()]
+    extracted = [w for w in works if "extracted" in (w / "logs/extract/tiny/toy.log").read_text()]
+    assert len(extracted) >= 1  # produced once (the other fetched it) or by both, identically
+    reference = checkout(lab, "frank", {**cfg, "extract": {"shards": 1}})
+    snakemake(reference, "--profile", str(REPO / "profiles" / "local"), "activations")  # no cache: a fresh run
+    with h5py.File(reference / "results/activations/tiny/toy.h5") as g:  # other thread count: fp16 tolerance
+        np.testing.assert_allclose(cached.astype(np.float32), g["resid/query"][()].astype(np.float32),
+                                   rtol=1e-2, atol=1e-3)
+
+
 def test_three_shards_run_side_by_side_and_gather_to_the_unsharded_file(lab):
     work = checkout(lab, "sharded", config(lab, shards=3))
     t0 = time.time()

@@ -191,3 +191,25 @@ def test_toy_lm_learns_the_corpus_and_is_measured_at_log_spaced_steps(prepared_t
     assert set(info["layer"]) == {0, 1} and info["value"].between(0, 1).all()
     with pytest.raises(ValueError, match="d_model 10 is not divisible by n_heads 4"):
         ToySize("bad", 10, 1, 4)
+
+
+def test_toy_lm_training_killed_midway_resumes_to_the_same_numbers(prepared_tiny, tmp_path):
+    from iclscope.models import load_tokenizer
+    from iclscope.toy_lm import ToySize, ToyTraining, token_stream, train_and_measure
+
+    tokenizer, _ = load_tokenizer(prepared_tiny[1])
+    texts = [f"a {w} saw the {v} one" for w in ("cat", "dog", "owl") for v in ("red", "big", "old")] * 30
+    stream = token_stream(texts, tokenizer, vocab_size=20)
+    run = ToyTraining(steps=30, batch_size=4, seq_len=12, vocab_size=20, lr=3e-3, eval_windows=4, n_checkpoints=6,
+                      save_every=10)
+    size, settings = ToySize("s", 16, 1, 2), EntropySettings(n_bins=6, min_labels=3)
+    full = train_and_measure(stream, size, run, settings)
+    assert train_and_measure(stream, size, run, settings, resume_dir=tmp_path, stop_after=25) is None
+    assert (tmp_path / "s.pt").exists()  # the state at step 20
+    resumed = train_and_measure(stream, size, run, settings, resume_dir=tmp_path)
+    assert not (tmp_path / "s.pt").exists()
+    pd.testing.assert_frame_equal(resumed.drop(columns="n_params"), full.drop(columns="n_params"), rtol=1e-5)
+    other = ToyTraining(**{**run.__dict__, "lr": 1e-2})  # a state from other settings is not resumed
+    train_and_measure(stream, size, other, settings, resume_dir=tmp_path, stop_after=25)
+    fresh = train_and_measure(stream, size, run, settings, resume_dir=tmp_path)
+    pd.testing.assert_frame_equal(fresh.drop(columns="n_params"), full.drop(columns="n_params"), rtol=1e-5)

@@ -1,6 +1,9 @@
 """Extraction on tiny random Llama / GPT-2 models: parity with plain forward passes, HDF5
 round trip, resume of a killed run, incomplete files refused."""
 
+import errno
+import subprocess
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -128,6 +131,35 @@ def test_partial_file_with_other_prompts_is_discarded(prepared_tiny, tmp_path):
         f.attrs.update(prompts_sha256="other", params_sha256="other", n_done=3)
     summary = extract(ppath, model_dir, out, spec, ExtractSettings())
     assert summary["resumed_at"] == 0 and out.exists() and not partial_path(out).exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 96 kB tmpfs (the tests run as root, as `make test` does): a disk that fills up mid-write."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_disk_full_during_extraction_leaves_no_file_and_names_the_fix(prepared_tiny, tmp_path, small_disk):
+    spec, model_dir = prepared_tiny
+    ppath, _ = prompts_file(prepared_tiny, tmp_path, n_test=40)
+    out = small_disk / "act.h5"
+    with pytest.raises(OSError, match=r"disk full while writing .*act\.h5.*partial file was removed") as err:
+        extract(ppath, model_dir, out, spec, ExtractSettings(store_dtype="float32", compression=None))
+    assert err.value.errno == errno.ENOSPC
+    assert list(small_disk.iterdir()) == []  # neither the file nor its .partial
+
+
+def test_disk_full_while_writing_a_table_leaves_no_file(small_disk):
+    big = pd.DataFrame({"x": np.random.default_rng(0).random(100_000)})
+    with pytest.raises(OSError, match="disk full while writing"):
+        write_table(big, small_disk / "t.parquet")
+    assert list(small_disk.iterdir()) == []
 
 
 def test_truncated_file_is_reported_with_its_name(tmp_path):

@@ -1,6 +1,7 @@
 """The DAG of the default config and of each example config, planned without running anything."""
 
 import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -54,3 +55,18 @@ def test_invalid_config_stops_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "datasets.tweets.kind" in result.stdout and "'classification'" in result.stdout
     assert not (tmp_path / "results").exists()
+
+
+def test_read_only_working_directory_is_a_clear_error(tmp_path):
+    """Root ignores permission bits, so a read-only mount stands in for a directory without write access."""
+    work = tmp_path / "readonly"
+    work.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(work)], check=True)
+    try:
+        shutil.copy(REPO / "config.yaml", work / "config.yaml")
+        subprocess.run(["mount", "-o", "remount,ro", str(work)], check=True)
+        out = snakemake(work, "-n", check=False)
+    finally:
+        subprocess.run(["umount", "-l", str(work)], check=True)
+    assert out.returncode != 0
+    assert f"{work} is not writable (Read-only file system)" in out.stdout and "Traceback" not in out.stdout

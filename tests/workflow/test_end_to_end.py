@@ -2,6 +2,7 @@
 reruns do exactly the expected work. Marked slow (≈2 minutes on 2 cores), run by `make test`."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -36,11 +37,15 @@ def small_config() -> dict:
     return cfg
 
 
+HUB_TOKEN = "hf_iclscopeTestSecret0123456789abcdef"  # must never reach a log, table, file or the report
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     write_config(work, small_config())
-    snakemake(work, "--profile", str(REPO / "profiles" / "local"), timeout=1200)
+    snakemake(work, "--profile", str(REPO / "profiles" / "local"), timeout=1200,
+              env={**os.environ, "HF_TOKEN": HUB_TOKEN, "HUGGING_FACE_HUB_TOKEN": HUB_TOKEN})
     return work
 
 
@@ -223,3 +228,11 @@ def test_report_opens_in_a_headless_browser_with_every_figure(run_dir, tmp_path)
         page.screenshot(path=str(run_dir / "results" / "report_screenshot.png"))
         browser.close()
     assert not errors, errors
+
+
+def test_no_hub_token_in_any_output_log_or_metadata(run_dir):
+    """The token in the run's environment appears in no file the run wrote (logs, Parquet metadata,
+    HDF5 attributes, Snakemake's own records, the report)."""
+    leaks = [str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
+             if p.is_file() and not p.is_symlink() and HUB_TOKEN.encode() in p.read_bytes()]
+    assert leaks == []

@@ -31,7 +31,7 @@ from .config import ModelSpec, stable_hash
 from .models import load_model
 from .prompts import carrier_prompts
 from .store import ActivationWriter, partial_path, shard_rows
-from .tables import iter_list_column, read_meta, read_table
+from .tables import iter_list_column, read_meta, read_table, removed_when_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -193,36 +193,37 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
         "params_sha256": params_digest(manifest, model, settings, dtype_name),
         "iclscope_version": __version__,
     }
-    writer = ActivationWriter(out_path, layout, attrs, prompts, settings.compression)
-    window = model.batch_size * settings.window_batches
-    lengths = prompts["n_tokens"]
-    start_at = writer.n_done
-    if start_at:
-        log.info("resuming %s at prompt %d of %d", writer.tmp, start_at, n)
-    t0, tokens = time.perf_counter(), 0
-    token_ids = iter_list_column(prompts_path, "input_ids", start=lo + start_at)
-    try:
-        with tqdm(total=n, initial=start_at, desc=f"extract {model.name}/{meta['dataset']}", unit="prompt") as bar:
-            for w0 in range(start_at, n, window):
-                w1 = min(n, w0 + window)
-                window_ids = list(itertools.islice(token_ids, w1 - w0))
-                block: dict[str, np.ndarray] = {}
-                for batch in make_batches(lengths[w0:w1], model.batch_size, model.max_batch_tokens):
-                    idx = batch + w0
-                    batch_rows = {"input_ids": [window_ids[i] for i in batch],
-                                  "n_tokens": lengths[idx], "label_pos": prompts["label_pos"][idx],
-                                  "query_span": prompts["query_span"][idx]}
-                    result = run_batch(net, tokenizer, batch_rows, settings, n_layers, label_ids, generate)
-                    for name, values in result.items():
-                        if name not in block:
-                            block[name] = np.empty((w1 - w0, *values.shape[1:]), dtype=values.dtype)
-                        block[name][batch] = values
-                    tokens += int(lengths[idx].sum())
-                    bar.update(len(idx))
-                writer.write(w0, block)
-        writer.commit()
-    finally:
-        writer.close()
+    with removed_when_disk_full(partial_path(out_path), out_path):
+        writer = ActivationWriter(out_path, layout, attrs, prompts, settings.compression)
+        window = model.batch_size * settings.window_batches
+        lengths = prompts["n_tokens"]
+        start_at = writer.n_done
+        if start_at:
+            log.info("resuming %s at prompt %d of %d", writer.tmp, start_at, n)
+        t0, tokens = time.perf_counter(), 0
+        token_ids = iter_list_column(prompts_path, "input_ids", start=lo + start_at)
+        try:
+            with tqdm(total=n, initial=start_at, desc=f"extract {model.name}/{meta['dataset']}", unit="prompt") as bar:
+                for w0 in range(start_at, n, window):
+                    w1 = min(n, w0 + window)
+                    window_ids = list(itertools.islice(token_ids, w1 - w0))
+                    block: dict[str, np.ndarray] = {}
+                    for batch in make_batches(lengths[w0:w1], model.batch_size, model.max_batch_tokens):
+                        idx = batch + w0
+                        batch_rows = {"input_ids": [window_ids[i] for i in batch],
+                                      "n_tokens": lengths[idx], "label_pos": prompts["label_pos"][idx],
+                                      "query_span": prompts["query_span"][idx]}
+                        result = run_batch(net, tokenizer, batch_rows, settings, n_layers, label_ids, generate)
+                        for name, values in result.items():
+                            if name not in block:
+                                block[name] = np.empty((w1 - w0, *values.shape[1:]), dtype=values.dtype)
+                            block[name][batch] = values
+                        tokens += int(lengths[idx].sum())
+                        bar.update(len(idx))
+                    writer.write(w0, block)
+            writer.commit()
+        finally:
+            writer.close()
     seconds = time.perf_counter() - t0
     summary = {"prompts": n, "resumed_at": start_at, "tokens": tokens, "seconds": round(seconds, 2),
                "tokens_per_second": round(tokens / seconds, 1) if seconds else None}

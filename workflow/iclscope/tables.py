@@ -6,8 +6,11 @@ Metric tables are long format (DESIGN.md): one row per value with the columns of
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +35,31 @@ def commit(tmp: Path, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC, as the OS raises it or as HDF5 reports it (a RuntimeError with errno = 28 in its text)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return isinstance(exc, OSError | RuntimeError) and "No space left on device" in str(exc)
+
+
+@contextlib.contextmanager
+def removed_when_disk_full(partial: str | Path, final: str | Path):
+    """Run the body that writes `partial`; if the disk fills up, delete `partial` and raise an error
+    that names the file, the filesystem's free space and what to do. (A kill leaves `partial` for
+    the next run to resume; a full disk may have left it torn, so it goes.)"""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if not is_disk_full(exc):
+            raise
+        Path(partial).unlink(missing_ok=True)
+        parent = Path(final).parent
+        free = shutil.disk_usage(parent).free if parent.exists() else 0
+        raise OSError(errno.ENOSPC, f"disk full while writing {final} ({free / 1e6:.1f} MB free on the filesystem of "
+                                    f"{parent}); the partial file was removed. Free space there, or run in a "
+                                    "directory on a larger filesystem, then rerun") from exc
+
+
 def write_table(df: pd.DataFrame, path: str | Path, meta: dict | None = None) -> None:
     """Write `df` to Parquet with `meta` (JSON) in the schema metadata; never a partial file."""
     path = Path(path)
@@ -40,8 +68,9 @@ def write_table(df: pd.DataFrame, path: str | Path, meta: dict | None = None) ->
     existing = table.schema.metadata or {}
     table = table.replace_schema_metadata({**existing, META_KEY: json.dumps(meta or {}, default=str)})
     tmp = atomic_path(path)
-    pq.write_table(table, tmp)
-    commit(tmp, path)
+    with removed_when_disk_full(tmp, path):
+        pq.write_table(table, tmp)
+        commit(tmp, path)
 
 
 def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:

@@ -36,7 +36,7 @@ from .config import ModelSpec, stable_hash
 from .extract import make_batches
 from .models import load_model
 from .store import partial_path
-from .tables import commit
+from .tables import commit, removed_when_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -83,36 +83,38 @@ def extract_token_states(dataset_path: str | Path, model_dir: str | Path, out_pa
     dtype_name = str(next(net.parameters()).dtype).removeprefix("torch.")
     device = next(net.parameters()).device
     t0 = time.perf_counter()
-    with h5py.File(tmp, "w") as f:
-        f.attrs.update({"model_id": model.name, "model_sha": manifest["weights_sha256"], "dtype": dtype_name,
-                        "n_layers": L1 - 1, "d_model": d, "dataset": str(dataset_path),
-                        "corpus_sha256": stable_hash(corpus, length=64), "iclscope_version": __version__,
-                        "complete": False})
-        resid = f.create_dataset("resid/tokens", (n, L1, d), dtype=np.float16,
-                                 chunks=(min(CHUNK_TOKENS, n), 1, d), compression="lzf")
-        columns = {name: np.empty(n, dtype=np.int64) for name in ("id", "prev", "sentence", "position")}
-        row = 0
-        batches = make_batches(lengths, model.batch_size, model.max_batch_tokens)
-        for batch in tqdm(batches, desc=f"token states {model.name}", unit="batch"):
-            ids, mask, pos_ids = left_pad([corpus[i] for i in batch], tokenizer.pad_token_id, device)
-            with torch.inference_mode():
-                _, layers = residual_stream(net, input_ids=ids, attention_mask=mask, position_ids=pos_ids,
-                                            logits_to_keep=1)
-            hidden = torch.stack(layers, dim=2)  # [B, T, L+1, d]
-            states = hidden[mask.bool()].float().cpu().numpy()  # [tokens in batch, L+1, d], row-major = sentence order
-            resid[row:row + len(states)] = states.astype(np.float16)
-            for i in batch:
-                ids_i = np.asarray(corpus[i])
-                span = slice(row, row + len(ids_i))
-                columns["id"][span] = ids_i
-                columns["prev"][span] = np.concatenate([[-1], ids_i[:-1]])
-                columns["sentence"][span] = i
-                columns["position"][span] = np.arange(len(ids_i))
-                row += len(ids_i)
-        for name, values in columns.items():
-            f.create_dataset(f"tokens/{name}", data=values)
-        f.attrs["complete"] = True
-    commit(tmp, out_path)
+    with removed_when_disk_full(tmp, out_path):
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update({"model_id": model.name, "model_sha": manifest["weights_sha256"], "dtype": dtype_name,
+                            "n_layers": L1 - 1, "d_model": d, "dataset": str(dataset_path),
+                            "corpus_sha256": stable_hash(corpus, length=64), "iclscope_version": __version__,
+                            "complete": False})
+            resid = f.create_dataset("resid/tokens", (n, L1, d), dtype=np.float16,
+                                     chunks=(min(CHUNK_TOKENS, n), 1, d), compression="lzf")
+            columns = {name: np.empty(n, dtype=np.int64) for name in ("id", "prev", "sentence", "position")}
+            row = 0
+            batches = make_batches(lengths, model.batch_size, model.max_batch_tokens)
+            for batch in tqdm(batches, desc=f"token states {model.name}", unit="batch"):
+                ids, mask, pos_ids = left_pad([corpus[i] for i in batch], tokenizer.pad_token_id, device)
+                with torch.inference_mode():
+                    _, layers = residual_stream(net, input_ids=ids, attention_mask=mask, position_ids=pos_ids,
+                                                logits_to_keep=1)
+                hidden = torch.stack(layers, dim=2)  # [B, T, L+1, d]
+                # [tokens in batch, L+1, d], row-major = sentence order
+                states = hidden[mask.bool()].float().cpu().numpy()
+                resid[row:row + len(states)] = states.astype(np.float16)
+                for i in batch:
+                    ids_i = np.asarray(corpus[i])
+                    span = slice(row, row + len(ids_i))
+                    columns["id"][span] = ids_i
+                    columns["prev"][span] = np.concatenate([[-1], ids_i[:-1]])
+                    columns["sentence"][span] = i
+                    columns["position"][span] = np.arange(len(ids_i))
+                    row += len(ids_i)
+            for name, values in columns.items():
+                f.create_dataset(f"tokens/{name}", data=values)
+            f.attrs["complete"] = True
+        commit(tmp, out_path)
     seconds = time.perf_counter() - t0
     summary = {"sentences": len(corpus), "tokens": n, "seconds": round(seconds, 1),
                "tokens_per_second": round(n / seconds, 1)}

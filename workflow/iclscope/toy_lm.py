@@ -14,10 +14,13 @@ Cost per size: `steps` × one forward + backward of `batch_size × seq_len` toke
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .capture import residual_stream
+from .config import stable_hash
 from .entropy import EntropySettings, layer_measures, pair_labels
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,7 @@ class ToyTraining:
     eval_windows: int = 64
     n_checkpoints: int = 16
     seed: int = 0
+    save_every: int = 200  # steps between resumable training states (a killed run restarts from the last)
 
     def checkpoint_steps(self) -> list[int]:
         """Log-spaced steps from 1 to `steps` (step 0 = the random initialisation)."""
@@ -104,8 +109,15 @@ def measure(model, eval_ids: torch.Tensor, settings: EntropySettings) -> tuple[f
 
 
 def train_and_measure(stream: np.ndarray, size: ToySize, run: ToyTraining, settings: EntropySettings,
-                      device: str = "cpu") -> pd.DataFrame:
-    """Train one size and return long rows: size, step, layer, range, label_type, metric, value."""
+                      device: str = "cpu", resume_dir: Path | None = None,
+                      stop_after: int | None = None) -> pd.DataFrame | None:
+    """Train one size and return long rows: size, step, layer, range, label_type, metric, value.
+
+    With `resume_dir`, the training state (weights, optimiser, sampler, rows so far) is written
+    atomically every `run.save_every` steps to `<resume_dir>/<size>.pt` and a rerun with the same
+    corpus and settings continues from it, to the same numbers as an uninterrupted run; the file
+    is removed when the size is done. `stop_after` (tests) returns None at that step, as a kill would.
+    """
     rng = np.random.default_rng(run.seed)
     n_eval = run.eval_windows * run.seq_len
     train, held_out = stream[:-n_eval], stream[-n_eval:]
@@ -116,8 +128,28 @@ def train_and_measure(stream: np.ndarray, size: ToySize, run: ToyTraining, setti
     model = build_model(size, run.vocab_size, run.seq_len, run.seed).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=run.lr)
     checkpoints = set(run.checkpoint_steps())
-    rows, t0, eval_loss = [], time.perf_counter(), float("nan")
-    for step in tqdm(range(run.steps + 1), desc=f"toy LM {size.name}", unit="step", mininterval=5):
+    rows, t0, eval_loss, start = [], time.perf_counter(), float("nan"), 0
+    state_path = Path(resume_dir) / f"{size.name}.pt" if resume_dir is not None else None
+    digest = stable_hash({"size": asdict(size), "run": asdict(run), "settings": asdict(settings),
+                          "corpus": hashlib.sha256(stream.tobytes()).hexdigest()})
+    if state_path is not None and state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        if state["digest"] == digest:
+            model.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimiser"])
+            rng.bit_generator.state = state["rng"]
+            rows, start, eval_loss = state["rows"], state["step"], state["eval_loss"]
+            log.info("toy LM %s: resuming at step %d from %s", size.name, start, state_path)
+    for step in tqdm(range(start, run.steps + 1), desc=f"toy LM {size.name}", unit="step", mininterval=5,
+                     initial=start, total=run.steps + 1):
+        if state_path is not None and step > start and step % run.save_every == 0:
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = state_path.with_suffix(".pt.partial")
+            torch.save({"digest": digest, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                        "rng": rng.bit_generator.state, "rows": rows, "step": step, "eval_loss": eval_loss}, tmp)
+            os.replace(tmp, state_path)
+        if stop_after is not None and step == stop_after:
+            return None
         if step in checkpoints:
             eval_loss, measures = measure(model, eval_ids, settings)
             rows.append({"step": step, "layer": None, "range": None, "label_type": None, "metric": "eval_loss",
@@ -133,6 +165,8 @@ def train_and_measure(stream: np.ndarray, size: ToySize, run: ToyTraining, setti
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+    if state_path is not None:
+        state_path.unlink(missing_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("toy LM %s: %d parameters, %d steps in %.1f s, final eval loss %.3f", size.name, n_params, run.steps,
              time.perf_counter() - t0, eval_loss)

@@ -27,6 +27,26 @@ if getattr(workflow.workflow_settings, "cache", None) and not os.environ.get("SN
         "directory of your own works too"
     )
 
+
+
+def check_writable(directory: Path) -> None:
+    """Stop before any job when outputs could not be written (read-only mount, no permission)."""
+    probe = directory / f".iclscope-write-probe-{os.getpid()}"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise WorkflowError(
+            f"{directory.resolve()} is not writable ({exc.strerror}): iclscope writes results/, logs/ and "
+            ".snakemake/ there. Run from a directory you can write to (or pass --directory), or fix its "
+            "permissions"
+        ) from None
+
+
+for _directory in (Path("."), Path("results"), Path("logs")):
+    if _directory.is_dir():
+        check_writable(_directory)
+
 MODELS = {name: ModelSpec.from_config(name, spec) for name, spec in config["models"].items()}
 DATASETS = {name: DatasetSpec.from_config(name, spec) for name, spec in config["datasets"].items()}
 SHARDS = config["extract"]["shards"]

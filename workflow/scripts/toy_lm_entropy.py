@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pandas as pd
 
 from iclscope.entropy import EntropySettings
@@ -21,7 +23,9 @@ stream = token_stream(data["text"].astype(str).tolist(), tokenizer, run.vocab_si
 log.info("corpus: %d texts, %d tokens, vocabulary %d (+UNK); UNK share %.3f", len(data), len(stream),
          run.vocab_size - 1, float((stream == 0).mean()))
 device = resolve_device("auto")
-table = pd.concat([train_and_measure(stream, size, run, settings, device) for size in sizes], ignore_index=True)
+resume_dir = Path("results/toy") / snakemake.wildcards.dataset / "resume"  # training states of a killed run
+table = pd.concat([train_and_measure(stream, size, run, settings, device, resume_dir=resume_dir) for size in sizes],
+                  ignore_index=True)
 write_table(table, snakemake.output[0], {"entropy": cfg, "tokens": int(len(stream))})
 last = table[(table.range == "minmax") & (table.label_type == "token")]
 last = last[last.layer == last.groupby("size")["layer"].transform("max")]
