@@ -23,6 +23,7 @@ include: "workflow/rules/icicl.smk"
 include: "workflow/rules/tsft.smk"
 include: "workflow/rules/anchors.smk"
 include: "workflow/rules/entropy.smk"
+include: "workflow/rules/toy_regression.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -53,6 +53,7 @@ def config(lab, **extract) -> dict:
         "extract": {"shards": 1, **extract},
         "icicl": {"enabled": False},
         "tsft": {"enabled": False},
+        "toy_regression": {"enabled": False},
     }
 
 

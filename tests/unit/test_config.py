@@ -66,6 +66,11 @@ def test_reweighting_needs_enough_train_prompts_per_class():
     validate_config(cfg)  # not needed when re-weighting is off
 
 
+def test_toy_regression_shapes_are_checked_before_any_job():
+    msg = broken(lambda c: c["toy_regression"].update(d_model=30, n_heads=4, n_bases=5))
+    assert "toy_regression.d_model" in msg and "toy_regression.dim" in msg
+
+
 def test_classification_needs_two_classes():
     msg = broken(lambda c: c["datasets"]["tweets"].update(classes={"negative": " negative"}))
     assert "datasets.tweets.classes" in msg

@@ -20,6 +20,7 @@ def test_default_dag(tmp_path):
     assert jobs["decodability"] == jobs["decodability_fit"] == n_models * families
     assert jobs["token_states"] == jobs["entropy"] == jobs["fig_entropy"] == n_models * len(cfg["entropy"]["datasets"])
     assert jobs["toy_lm_entropy"] == jobs["fig_entropy_training"] == jobs["summary"] == 1
+    assert jobs["toy_regression"] == jobs["fig_toy_regression"] == 1
     assert jobs["layer_atlas"] == n_models * n_data
     classification = sum(1 for d in cfg["datasets"].values() if d.get("kind", "classification") == "classification")
     assert jobs["reweighting"] == jobs["fig_reweighting"] == jobs["saliency"] == n_models * classification

@@ -16,7 +16,7 @@ from iclscope.store import open_activations, read_prompts
 from iclscope.tables import read_meta
 from snakemake_runner import REPO, planned_jobs, snakemake, write_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the module's run is set up inside its first test
 
 
 def small_config() -> dict:
@@ -26,7 +26,9 @@ def small_config() -> dict:
     cfg["datasets"]["words"]["prompts"].update(shots=[2], n_test=8)
     cfg["datasets"].pop("bitwise")
     cfg["decodability"].update(k=5, n_boot=20)
-    cfg["anchors"]["reweighting"].update(aux_per_class=3, epochs=2)
+    cfg["anchors"]["reweighting"].update(aux_per_class=3, epochs=1)
+    cfg["toy_regression"].update(steps=30, d_model=16, n_layers=2, n_heads=2, batch_size=16, n_checkpoints=4,
+                                 n_test_per_basis=20, knn_k=5, save_every=10)
     cfg["icl_accuracy"].update(n_boot=20)
     cfg["icicl"].update(pool_size=16, n_test=6, warmup=1)
     cfg["tsft"].update(steps=3, n_train=16, n_test=16, seeds=[0], checkpoint_every=2)
@@ -57,6 +59,7 @@ def test_every_output_exists_and_logs_are_written(run_dir):
                 "results/metrics/smollm2-135m/words/decodability.parquet",
                 "results/metrics/smollm2-135m/words/patching.parquet",
                 "results/metrics/smollm2-135m/tweets/reweighting.parquet",
+                "results/metrics/toy/regression/toy_regression.parquet",
                 "logs/extract/smollm2-135m/tweets.log"]:
         assert (run_dir / rel).exists(), rel
     manifest = json.loads((run_dir / "results/models/smollm2-135m/manifest.json").read_text())
@@ -218,10 +221,9 @@ def test_report_opens_in_a_headless_browser_with_every_figure(run_dir, tmp_path)
             .map(r => new Promise(done => { const img = new Image(); img.onload = () => done(img.naturalWidth);
                                             img.onerror = () => done(0); img.src = r.data_uri; })))""")
         assert len(widths) == len(figures) and min(widths) > 300, widths
-        page.get_by_text("Label words as anchors").first.click()
-        page.get_by_text("smollm2-135m / tweets").first.click()
-        page.get_by_text("saliency.png").first.wait_for(timeout=10_000)
-        page.locator("table a[href='#']").first.click()
+        page.get_by_text("Label words as anchors").first.click()  # the category: its figures, one row each
+        row = page.locator("tr", has_text="results/figures/smollm2-135m/tweets/saliency.png")
+        row.locator("a[iconname='eye']").click()  # show the figure
         shown = page.locator("img[src^='data:image/png']").first
         shown.wait_for(timeout=10_000)
         assert page.evaluate("img => img.complete && img.naturalWidth", shown.element_handle()) > 300

@@ -381,7 +381,7 @@ def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epoch
         betas[int(seed)] = beta.numpy()
         picked = seed_test if n_test_per_seed is None else seed_test.head(n_test_per_seed)
         n_tested += len(picked)
-        gold = torch.as_tensor(picked["gold"].to_numpy())
+        gold = torch.tensor(picked["gold"].tolist())
         for arm, b in (("vanilla", torch.zeros_like(beta)), ("reweighted", beta)):
             logits = []
             for lo in tqdm(range(0, len(picked), model.batch_size), desc=f"re-weighting seed {seed} {arm}"):

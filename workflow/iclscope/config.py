@@ -127,6 +127,13 @@ def validate_config(raw: dict) -> dict:
         if size["d_model"] % size["n_heads"]:
             problems.append(f"config key 'entropy.training.sizes' ({size['name']}): d_model {size['d_model']} is not "
                             f"divisible by n_heads {size['n_heads']}")
+    toy = config["toy_regression"]
+    if toy["enabled"] and toy["d_model"] % toy["n_heads"]:
+        problems.append(f"config key 'toy_regression.d_model' {toy['d_model']} is not divisible by "
+                        f"toy_regression.n_heads {toy['n_heads']}")
+    if toy["enabled"] and toy["n_bases"] * toy["basis_size"] > toy["dim"]:
+        problems.append(f"config key 'toy_regression.dim' {toy['dim']} is too small for n_bases {toy['n_bases']} "
+                        f"x basis_size {toy['basis_size']} disjoint coordinates")
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return config

@@ -266,6 +266,50 @@ def plot_patching(table: pd.DataFrame, path) -> None:
         _save(fig, path)
 
 
+def plot_toy_regression(table: pd.DataFrame, path) -> None:
+    """Per-basis test MSE over training; MSE by examples seen vs least squares; basis decodability by layer."""
+    with plt.rc_context(STYLE):
+        fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 3.6))
+        trained = table[table.step.notna()]
+        mse = trained[trained.metric == "mse"].pivot_table(index="step", columns="task", values="value")
+        for task in mse:
+            left.plot(mse.index.to_numpy() + 1, mse[task], marker=".", lw=2 if task == "all" else 1,
+                      color="k" if task == "all" else None, label=task)
+        left.set_xscale("log")
+        left.set_yscale("log")
+        left.set_xlabel("training step + 1")
+        left.set_ylabel("test MSE")
+        left.legend()
+        last = trained["step"].max()
+        by_k = table[table.metric == "mse_by_examples_seen"].copy()
+        by_k["k"] = by_k["position"].astype(int)
+        for task, g in by_k.groupby("task"):
+            g = g[(g.step == last) | g.step.isna()].sort_values("k")
+            label = f"model, step {int(last)}" if task == "all" else f"least squares, {task.replace('_', ' ')}"
+            middle.plot(g["k"], g["value"], marker="." if task == "all" else None,
+                        ls="-" if task == "all" else "--", label=label)
+        middle.set_yscale("log")
+        middle.set_xlabel("in-context examples seen")
+        middle.set_ylabel("MSE of the next y")
+        middle.legend()
+        dec = trained[trained.metric == "decodability"]
+        steps = sorted(dec["step"].unique())
+        shown = sorted({steps[round(i)] for i in np.linspace(0, len(steps) - 1, min(5, len(steps)))})
+        for step in shown:
+            g = dec[dec.step == step].sort_values("layer")
+            right.plot(g["layer"], g["value"], marker=".", color=plt.cm.viridis(step / max(max(steps), 1)),
+                       label=f"step {int(step)}")
+        n_bases = len([t for t in mse.columns if t != "all"])
+        if n_bases:
+            right.axhline(1 / n_bases, color="grey", ls=":", lw=1, label="chance")
+        right.set_xlabel("layer")
+        right.set_ylabel("basis decodability")
+        right.set_ylim(0, 1.02)
+        right.legend(fontsize=7)
+        fig.suptitle("Sparse linear regression, transformer trained from scratch")
+        _save(fig, path)
+
+
 def plot_entropy(table: pd.DataFrame, path) -> None:
     """The four representation measures per layer, token and bigram labels; min/max binning solid,
     quantile-clipped binning dashed."""

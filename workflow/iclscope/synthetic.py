@@ -148,13 +148,16 @@ class SparseRegressionTask:
 
 
 def optimal_mse_reference(task: SparseRegressionTask, n_examples_seen: int, n_sequences: int = 2000,
-                          ridge: float = 1e-6, seed: int = 0) -> dict:
-    """Monte Carlo test MSE (against noisy targets) of least squares after `n_examples_seen` pairs.
+                          ridge: float | None = None, seed: int = 0) -> dict:
+    """Monte Carlo test MSE (against noisy targets) of ridge regression after `n_examples_seen` pairs.
 
     'basis_known': regression on the true basis's `basis_size` coordinates (the task inferred),
-    which reaches noise_var once n > basis_size; 'basis_unknown': ridge regression on all `dim`
-    coordinates, small only once n approaches dim. Cost O(n_sequences · dim³): about a second.
+    which reaches noise_var once n > basis_size; 'basis_unknown': regression on all `dim`
+    coordinates, small only once n approaches dim. The default ridge = noise_var makes each the
+    Bayes-optimal estimate under w ~ N(0, I) (plain least squares, ridge → 0, spikes at n = r and
+    n = D, the interpolation threshold). Cost O(n_sequences · dim³): about a second.
     """
+    ridge = max(task.noise_var, 1e-6) if ridge is None else ridge
     n = n_examples_seen
     xs, ys, basis_id = replace(task, n_points=n + 1).sample(n_sequences, np.random.default_rng(seed))
     xs, ys = xs.astype(np.float64), ys.astype(np.float64)

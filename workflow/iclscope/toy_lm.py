@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from .capture import residual_stream
 from .config import stable_hash
 from .entropy import EntropySettings, layer_measures, pair_labels
+from .resume import load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -132,22 +132,18 @@ def train_and_measure(stream: np.ndarray, size: ToySize, run: ToyTraining, setti
     state_path = Path(resume_dir) / f"{size.name}.pt" if resume_dir is not None else None
     digest = stable_hash({"size": asdict(size), "run": asdict(run), "settings": asdict(settings),
                           "corpus": hashlib.sha256(stream.tobytes()).hexdigest()})
-    if state_path is not None and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        if state["digest"] == digest:
-            model.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
-            rng.bit_generator.state = state["rng"]
-            rows, start, eval_loss = state["rows"], state["step"], state["eval_loss"]
-            log.info("toy LM %s: resuming at step %d from %s", size.name, start, state_path)
+    state = load_state(state_path, digest, device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        rng.bit_generator.state = state["rng"]
+        rows, start, eval_loss = state["rows"], state["step"], state["eval_loss"]
+        log.info("toy LM %s: resuming at step %d from %s", size.name, start, state_path)
     for step in tqdm(range(start, run.steps + 1), desc=f"toy LM {size.name}", unit="step", mininterval=5,
                      initial=start, total=run.steps + 1):
         if state_path is not None and step > start and step % run.save_every == 0:
-            state_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = state_path.with_suffix(".pt.partial")
-            torch.save({"digest": digest, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                        "rng": rng.bit_generator.state, "rows": rows, "step": step, "eval_loss": eval_loss}, tmp)
-            os.replace(tmp, state_path)
+            save_state(state_path, digest, model=model.state_dict(), optimiser=optimiser.state_dict(),
+                       rng=rng.bit_generator.state, rows=rows, step=step, eval_loss=eval_loss)
         if stop_after is not None and step == stop_after:
             return None
         if step in checkpoints:

@@ -215,9 +215,15 @@ def summary_targets():
             + ["results/summary/headline.csv", "results/summary/peak_layers.csv"])
 
 
+def toy_regression_targets():
+    if not config["toy_regression"]["enabled"]:
+        return []
+    return ["results/metrics/toy/regression/toy_regression.parquet", "results/figures/toy/regression/toy_regression.png"]
+
+
 def all_targets():
     return (activation_targets() + metric_targets() + taskspace_targets() + icicl_targets() + tsft_targets()
-            + figure_targets() + anchor_targets() + entropy_targets() + summary_targets())
+            + figure_targets() + anchor_targets() + entropy_targets() + toy_regression_targets() + summary_targets())
 
 
 def shard_of(wildcards):

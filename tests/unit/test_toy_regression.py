@@ -1,0 +1,51 @@
+"""The sparse-regression transformer: causal encoding, learning, decodability rows, resume."""
+
+import numpy as np
+import pandas as pd
+import torch
+
+from iclscope.synthetic import SparseRegressionTask
+from iclscope.toy_regression import RegressionTraining, RegressionTransformer, reference_rows, train_regression
+
+TASK = SparseRegressionTask(dim=8, n_bases=2, basis_size=2, n_points=6, noise_var=0.01)
+RUN = RegressionTraining(d_model=32, n_layers=2, n_heads=2, steps=120, batch_size=32, lr=3e-3, n_checkpoints=4,
+                         n_test_per_basis=40, knn_k=5, save_every=40)
+
+
+def test_prediction_of_y_i_sees_only_the_prefix_up_to_x_i():
+    model = RegressionTransformer(TASK.dim, TASK.n_points, RUN)
+    xs, ys, _ = TASK.sample(3, np.random.default_rng(0))
+    xs, ys = torch.as_tensor(xs), torch.as_tensor(ys)
+    with torch.no_grad():
+        base = model(xs, ys)
+        ys2 = ys.clone()
+        ys2[:, 3] += 5.0  # changing y_4 may only move the predictions of y_5 and y_6
+        moved = model(xs, ys2)
+    torch.testing.assert_close(moved[:, :4], base[:, :4])
+    assert (moved[:, 4:] - base[:, 4:]).abs().max() > 1e-4
+    tokens = RegressionTransformer.interleave(xs, ys)
+    assert tokens.shape == (3, 12, 8) and torch.equal(tokens[:, 1, 0], ys[:, 0]) and (tokens[:, 1, 1:] == 0).all()
+
+
+def test_training_lowers_the_mse_and_measures_every_layer():
+    table = train_regression(TASK, RUN)
+    mse = table[(table.metric == "mse") & (table.task == "all")].set_index("step")["value"]
+    assert list(mse.index) == RUN.checkpoint_steps() and mse.iloc[-1] < 0.5 * mse.iloc[0]
+    dec = table[table.metric == "decodability"]
+    assert set(dec["layer"]) == set(range(RUN.n_layers + 1)) and dec["value"].between(0, 1).all()
+    assert set(table[(table.metric == "mse") & (table.task != "all")]["task"]) == {"basis 0", "basis 1"}
+    by_k = table[(table.metric == "mse_by_examples_seen") & (table.step == RUN.steps)]
+    assert len(by_k) == TASK.n_points
+    refs = pd.DataFrame(reference_rows(TASK, n_sequences=200))
+    known = refs[refs.task == "basis_known"].set_index("position")["value"]
+    assert known[str(TASK.n_points - 1)] < 0.1 < known["0"]  # after > r examples the known-basis error is noise
+
+
+def test_killed_training_resumes_to_the_same_numbers(tmp_path):
+    run = RegressionTraining(**{**RUN.__dict__, "steps": 50, "save_every": 20})
+    full = train_regression(TASK, run)
+    assert train_regression(TASK, run, resume_dir=tmp_path, stop_after=45) is None
+    assert (tmp_path / "regression.pt").exists()
+    resumed = train_regression(TASK, run, resume_dir=tmp_path)
+    pd.testing.assert_frame_equal(resumed, full, rtol=1e-5)
+    assert not (tmp_path / "regression.pt").exists()

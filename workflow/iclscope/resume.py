@@ -1,0 +1,36 @@
+"""Resumable training from scratch: one atomic, settings-checked state file per run.
+
+A state is written to `<path>.partial` and renamed, so a kill mid-write leaves the previous
+state; it carries a digest of everything that shapes training (sizes, settings, data), and a
+state written with other settings is ignored rather than resumed. Used by the toy trainers
+(iclscope.toy_lm, iclscope.toy_regression); TS-FT keeps PEFT's adapter format instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def save_state(path: Path, digest: str, **state) -> None:
+    """Write {digest, **state} (tensors, state dicts, numpy RNG states, lists) atomically to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    torch.save({"digest": digest, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path | None, digest: str, device="cpu") -> dict | None:
+    """The state at `path` if it exists and was written with the same digest, else None."""
+    if path is None or not path.exists():
+        return None
+    state = torch.load(path, map_location=device, weights_only=False)
+    if state.get("digest") != digest:
+        log.info("ignoring %s: written with other settings", path)
+        return None
+    return state

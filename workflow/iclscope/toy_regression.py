@@ -1,0 +1,170 @@
+"""A small transformer trained from scratch on sparse linear regression (Han et al. 2024, METHODS.md §4.3).
+
+Each sequence hides one of `n_bases` disjoint coordinate blocks (the task, "basis"); the model sees
+K pairs (x_i, y_i) and must predict every y_i from x_i and the pairs before it. Over training we
+follow what the paper follows: the test MSE of each basis (does one basis separate first?), the MSE
+after k in-context examples against the two least-squares references (basis known: r-dimensional
+regression; basis unknown: D-dimensional), and the decodability of the basis from the residual
+stream at the last x token, per layer (leave-one-out k-NN, iclscope.decodability).
+
+Encoding (Garg et al. 2022, the paper's presumed setup): tokens x_1, y_1, …, x_K, y_K, each a
+`dim`-vector (y in the first coordinate, zeros elsewhere), read in linearly to d_model, a GPT-2 body
+with learned positions, and a linear read-out at every x token. Cost per step: one forward and
+backward of [batch, 2K, d_model]; per checkpoint one forward of the fixed test set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .capture import residual_stream
+from .config import stable_hash
+from .decodability import decodability
+from .resume import load_state, save_state
+from .synthetic import SparseRegressionTask, optimal_mse_reference
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegressionTraining:
+    d_model: int = 64
+    n_layers: int = 4
+    n_heads: int = 4
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    n_checkpoints: int = 12
+    n_test_per_basis: int = 200
+    knn_k: int = 10
+    seed: int = 0
+    save_every: int = 200
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"toy_regression: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+
+    def checkpoint_steps(self) -> list[int]:
+        """Step 0 (initialisation) and log-spaced steps up to `steps`."""
+        steps = np.unique(np.round(np.logspace(0, math.log10(self.steps), self.n_checkpoints - 1)).astype(int))
+        return [0, *steps.tolist()]
+
+
+class RegressionTransformer(nn.Module):
+    """xs [B, K, D], ys [B, K] -> predictions of y_1..y_K [B, K] (each from the prefix up to x_i)."""
+
+    def __init__(self, dim: int, n_points: int, run: RegressionTraining):
+        from transformers import GPT2Config, GPT2Model
+
+        super().__init__()
+        torch.manual_seed(run.seed)
+        cfg = GPT2Config(vocab_size=1, n_positions=2 * n_points, n_embd=run.d_model, n_layer=run.n_layers,
+                         n_head=run.n_heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
+                         eos_token_id=0)
+        self.read_in = nn.Linear(dim, run.d_model)
+        self.body = GPT2Model(cfg)
+        self.read_out = nn.Linear(run.d_model, 1)
+
+    @staticmethod
+    def interleave(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """[B, K, D], [B, K] -> tokens [B, 2K, D]: x_1, y_1, x_2, … (y in coordinate 0)."""
+        y_tokens = torch.zeros_like(xs)
+        y_tokens[..., 0] = ys
+        return torch.stack([xs, y_tokens], dim=2).reshape(xs.shape[0], -1, xs.shape[-1])
+
+    def forward(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        hidden = self.body(inputs_embeds=self.read_in(self.interleave(xs, ys))).last_hidden_state
+        return self.read_out(hidden[:, ::2]).squeeze(-1)
+
+    @torch.no_grad()
+    def states_at_last_x(self, xs: torch.Tensor, ys: torch.Tensor) -> np.ndarray:
+        """Residual stream at the last x token, every layer (index 0 = read-in): [B, L+1, d_model]."""
+        _, layers = residual_stream(self.body, inputs_embeds=self.read_in(self.interleave(xs, ys)))
+        return torch.stack([h[:, -2] for h in layers], dim=1).float().cpu().numpy()
+
+
+def evaluate(model: RegressionTransformer, test: tuple, task: SparseRegressionTask, k: int) -> list[dict]:
+    """Per-basis MSE (mean over positions), MSE per number of examples seen, decodability per layer."""
+    xs, ys, basis = test
+    model.eval()
+    with torch.no_grad():
+        sq = ((model(xs, ys) - ys) ** 2).cpu().numpy()  # [N, K]
+    states = model.states_at_last_x(xs, ys)
+    model.train()
+    basis = basis.cpu().numpy()
+    rows = [{"metric": "mse", "task": "all", "value": float(sq.mean())}]
+    rows += [{"metric": "mse", "task": f"basis {b}", "value": float(sq[basis == b].mean())}
+             for b in range(task.n_bases)]
+    rows += [{"metric": "mse_by_examples_seen", "task": "all", "position": str(i), "value": float(sq[:, i].mean())}
+             for i in range(sq.shape[1])]
+    rows += [{"metric": "decodability", "task": "all", "layer": layer,
+              "value": decodability(states[:, layer], basis, k=k)} for layer in range(states.shape[1])]
+    return rows
+
+
+def train_regression(task: SparseRegressionTask, run: RegressionTraining, device: str = "cpu",
+                     resume_dir: Path | None = None, stop_after: int | None = None) -> pd.DataFrame | None:
+    """Train from scratch; long rows (step, metric, task, layer, position, value) at log-spaced steps.
+
+    Resumable like iclscope.toy_lm (state every `save_every` steps in `resume_dir`); `stop_after`
+    (tests) returns None at that step, as a kill would.
+    """
+    # a fixed test set, about n_test_per_basis sequences of each basis (the basis is drawn uniformly)
+    xs, ys, basis = task.sample(task.n_bases * run.n_test_per_basis, np.random.default_rng(run.seed + 1))
+    test = tuple(torch.as_tensor(a).to(device) for a in (xs, ys, basis))
+    model = RegressionTransformer(task.dim, task.n_points, run).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=run.lr, betas=(0.9, 0.9999))
+    rng = np.random.default_rng(run.seed)
+    checkpoints = set(run.checkpoint_steps())
+    digest = stable_hash({"task": asdict(task), "run": asdict(run)})
+    state_path = Path(resume_dir) / "regression.pt" if resume_dir is not None else None
+    rows, start, t0 = [], 0, time.perf_counter()
+    state = load_state(state_path, digest, device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        rng.bit_generator.state = state["rng"]
+        rows, start = state["rows"], state["step"]
+        log.info("toy regression: resuming at step %d from %s", start, state_path)
+    for step in tqdm(range(start, run.steps + 1), desc="toy regression", unit="step", mininterval=5, initial=start,
+                     total=run.steps + 1):
+        if state_path is not None and step > start and step % run.save_every == 0:
+            save_state(state_path, digest, model=model.state_dict(), optimiser=optimiser.state_dict(),
+                       rng=rng.bit_generator.state, rows=rows, step=step)
+        if stop_after is not None and step == stop_after:
+            return None
+        if step in checkpoints:
+            rows += [{"step": step, **r} for r in evaluate(model, test, task, run.knn_k)]
+        if step == run.steps:
+            break
+        bx, by, _ = task.sample(run.batch_size, rng)
+        bx, by = torch.as_tensor(bx).to(device), torch.as_tensor(by).to(device)
+        loss = ((model(bx, by) - by) ** 2).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    if state_path is not None:
+        state_path.unlink(missing_ok=True)
+    log.info("toy regression: %d parameters, %d steps in %.1f s", sum(p.numel() for p in model.parameters()),
+             run.steps, time.perf_counter() - t0)
+    return pd.DataFrame(rows)
+
+
+def reference_rows(task: SparseRegressionTask, n_sequences: int = 1000) -> list[dict]:
+    """Least-squares test MSE after k examples, basis known / unknown (step = NaN: no training)."""
+    rows = []
+    for k in range(task.n_points):
+        ref = optimal_mse_reference(task, k, n_sequences=n_sequences)
+        rows += [{"metric": "mse_by_examples_seen", "task": name, "position": str(k), "value": ref[name]}
+                 for name in ("basis_known", "basis_unknown")]
+    return rows

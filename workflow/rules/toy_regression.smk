@@ -1,0 +1,38 @@
+# A small transformer trained from scratch on sparse linear regression (METHODS.md §4.3): no
+# pretrained model, no dataset; CPU is enough for the default budget.
+
+
+rule toy_regression:
+    """Train the regression transformer; per-basis MSE, MSE by examples seen (with least-squares
+    references) and basis decodability per layer, at log-spaced steps."""
+    output:
+        "results/metrics/toy/regression/toy_regression.parquet",
+    params:
+        settings=lambda wc: as_json(config["toy_regression"]),
+    log:
+        "logs/toy_regression.log",
+    conda:
+        "../envs/iclscope.yaml"
+    threads: 2
+    resources:
+        runtime=lambda wc, attempt: 60 * attempt,
+    script:
+        "../scripts/toy_regression.py"
+
+
+rule fig_toy_regression:
+    input:
+        "results/metrics/toy/regression/toy_regression.parquet",
+    output:
+        report(
+            "results/figures/toy/regression/toy_regression.png",
+            caption="../report/toy_regression.rst",
+            category="Task decodability",
+            subcategory="toy / regression",
+        ),
+    log:
+        "logs/figures/toy_regression.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/fig_toy_regression.py"
