@@ -9,9 +9,11 @@ state written with other settings is ignored rather than resumed. Used by the to
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -34,3 +36,10 @@ def load_state(path: Path | None, digest: str, device="cpu") -> dict | None:
         log.info("ignoring %s: written with other settings", path)
         return None
     return state
+
+
+def log_spaced_steps(steps: int, n: int) -> list[int]:
+    """Step 0 (the random initialisation) and up to n - 1 log-spaced steps from 1 to `steps`:
+    when the toy trainers measure (dense early, where representations change fastest)."""
+    spaced = np.unique(np.round(np.logspace(0, math.log10(steps), n - 1)).astype(int))
+    return [0, *spaced.tolist()]

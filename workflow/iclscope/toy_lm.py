@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from tqdm import tqdm
 from .capture import residual_stream
 from .config import stable_hash
 from .entropy import EntropySettings, layer_measures, pair_labels
-from .resume import load_state, save_state
+from .resume import load_state, log_spaced_steps, save_state
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +59,7 @@ class ToyTraining:
     save_every: int = 200  # steps between resumable training states (a killed run restarts from the last)
 
     def checkpoint_steps(self) -> list[int]:
-        """Log-spaced steps from 1 to `steps` (step 0 = the random initialisation)."""
-        steps = np.unique(np.round(np.logspace(0, math.log10(self.steps), self.n_checkpoints - 1)).astype(int))
-        return [0, *steps.tolist()]
+        return log_spaced_steps(self.steps, self.n_checkpoints)
 
 
 def token_stream(texts: list[str], tokenizer, vocab_size: int) -> np.ndarray:

@@ -16,7 +16,6 @@ backward of [batch, 2K, d_model]; per checkpoint one forward of the fixed test s
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from tqdm import tqdm
 from .capture import residual_stream
 from .config import stable_hash
 from .decodability import decodability
-from .resume import load_state, save_state
+from .resume import load_state, log_spaced_steps, save_state
 from .synthetic import SparseRegressionTask, optimal_mse_reference
 
 log = logging.getLogger(__name__)
@@ -55,9 +54,7 @@ class RegressionTraining:
             raise ValueError(f"toy_regression: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
 
     def checkpoint_steps(self) -> list[int]:
-        """Step 0 (initialisation) and log-spaced steps up to `steps`."""
-        steps = np.unique(np.round(np.logspace(0, math.log10(self.steps), self.n_checkpoints - 1)).astype(int))
-        return [0, *steps.tolist()]
+        return log_spaced_steps(self.steps, self.n_checkpoints)
 
 
 class RegressionTransformer(nn.Module):
