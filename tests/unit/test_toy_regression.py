@@ -30,7 +30,9 @@ def test_prediction_of_y_i_sees_only_the_prefix_up_to_x_i():
 def test_training_lowers_the_mse_and_measures_every_layer():
     table = train_regression(TASK, RUN)
     mse = table[(table.metric == "mse") & (table.task == "all")].set_index("step")["value"]
-    assert list(mse.index) == RUN.checkpoint_steps() and mse.iloc[-1] < 0.5 * mse.iloc[0]
+    assert list(mse.index) == RUN.checkpoint_steps()
+    # without the context E[y | x] = 0, so predicting 0 costs E[y²] = r + σ²: beating it needs the context
+    assert mse.iloc[-1] < 0.9 * (TASK.basis_size + TASK.noise_var) < mse.iloc[0]
     dec = table[table.metric == "decodability"]
     assert set(dec["layer"]) == set(range(RUN.n_layers + 1)) and dec["value"].between(0, 1).all()
     assert set(table[(table.metric == "mse") & (table.task != "all")]["task"]) == {"basis 0", "basis 1"}
@@ -49,3 +51,13 @@ def test_killed_training_resumes_to_the_same_numbers(tmp_path):
     resumed = train_regression(TASK, run, resume_dir=tmp_path)
     pd.testing.assert_frame_equal(resumed, full, rtol=1e-5)
     assert not (tmp_path / "regression.pt").exists()
+
+
+def test_figure_draws_from_the_table(tmp_path):
+    from iclscope.plots import plot_toy_regression
+
+    run = RegressionTraining(**{**RUN.__dict__, "steps": 20})
+    table = pd.concat([train_regression(TASK, run), pd.DataFrame(reference_rows(TASK, n_sequences=50))],
+                      ignore_index=True)
+    plot_toy_regression(table, tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").stat().st_size > 20_000
