@@ -57,7 +57,7 @@ def test_estimate_matches_the_real_file_and_works_from_the_config_alone(prepared
                                                                                "positive": " positive"},
                               "prompts": {"template": "Tweet: {text}\nSentiment:{label}", "seeds": [1, 2],
                                           "n_test": 4}}},
-           "extract": {"compression": "none"}}
+           "extract": {"compression": "none"}, "anchors": {"reweighting": {"enabled": False}}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     K = int(table["label_pos"].map(len).max())
     predicted = activation_bytes(len(table), manifest, K, 2, load_config(tmp_path / "config.yaml"))

@@ -2,7 +2,10 @@
 round trip, resume of a killed run, incomplete files refused."""
 
 import errno
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -146,12 +149,27 @@ def small_disk(tmp_path):
 
 
 def test_disk_full_during_extraction_leaves_no_file_and_names_the_fix(prepared_tiny, tmp_path, small_disk):
+    """Run in a child process, as a job is: after ENOSPC the HDF5 library's state in that process is
+    spent (h5py cannot close the file it failed to flush), and the job exits with the error."""
     spec, model_dir = prepared_tiny
     ppath, _ = prompts_file(prepared_tiny, tmp_path, n_test=40)
     out = small_disk / "act.h5"
-    with pytest.raises(OSError, match=r"disk full while writing .*act\.h5.*partial file was removed") as err:
-        extract(ppath, model_dir, out, spec, ExtractSettings(store_dtype="float32", compression=None))
-    assert err.value.errno == errno.ENOSPC
+    child = f"""
+import errno, sys
+from iclscope.config import ModelSpec
+from iclscope.extract import ExtractSettings, extract
+try:
+    extract({str(ppath)!r}, {str(model_dir)!r}, {str(out)!r}, ModelSpec.from_config({spec.name!r}, {{"source": "local",
+            "path": {str(model_dir)!r}}}), ExtractSettings(store_dtype="float32", compression=None))
+except OSError as exc:
+    print("ERRNO", exc.errno, "MESSAGE", exc)
+    sys.exit(0)
+print("NO ERROR")
+"""
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(extract_mod.__file__).parents[1])})
+    assert f"ERRNO {errno.ENOSPC} MESSAGE [Errno 28] disk full while writing {out} (" in done.stdout, done.stderr
+    assert "partial file was removed" in done.stdout and "MB free" in done.stdout
     assert list(small_disk.iterdir()) == []  # neither the file nor its .partial
 
 
