@@ -281,18 +281,17 @@ def reweighting_edit(beta: torch.Tensor, label: torch.Tensor):  # noqa: F821 - t
     renormalising the row (METHODS.md §3.6). beta [L, H, K] (zeros = vanilla ICL; one scalar per
     layer × head × demonstration), label [B, K] label columns in padded coordinates (−1 = none).
     Differentiable in beta. Cost: one [B, H, Tk] row per layer on top of eager attention.
+    `label` must be on the attention's device.
     """
     import torch
 
     def edit(layer: int, weights: torch.Tensor) -> torch.Tensor:
-        B, H, Tq, Tk = weights.shape
+        B, H, _, Tk = weights.shape
         factor = torch.exp(beta[layer]).to(weights.dtype)[None].expand(B, H, -1)  # [B, H, K]
         factor = factor.masked_fill((label < 0)[:, None, :], 1.0)
-        cols = label.clamp(min=0).to(weights.device)[:, None, :].expand(B, H, -1)  # [B, H, K]
-        row = torch.ones(B, H, Tk, dtype=weights.dtype, device=weights.device).scatter(2, cols, factor)
-        scale = torch.cat([torch.ones(B, H, Tq - 1, Tk, dtype=weights.dtype, device=weights.device),
-                           row[:, :, None]], dim=2)  # [B, H, Tq, Tk]
-        return weights * scale
+        cols = label.clamp(min=0)[:, None, :].expand(B, H, -1)  # [B, H, K]
+        scale = torch.ones(B, H, Tk, dtype=weights.dtype, device=weights.device).scatter(2, cols, factor)
+        return torch.cat([weights[:, :, :-1], weights[:, :, -1:] * scale[:, :, None]], dim=2)  # only row q
 
     return edit
 
@@ -350,10 +349,10 @@ def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epoch
     """
     import torch
     import torch.nn.functional as F
-    from sklearn.metrics import f1_score
     from tqdm import tqdm
 
     from .capture import ATTN_IMPLEMENTATION
+    from .icl import macro_f1
     from .models import load_model
     from .tables import metric_frame
 
@@ -392,8 +391,7 @@ def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epoch
             pred = logits.argmax(-1).numpy()
             common = {"seed": int(seed), "label_type": arm}
             rows += [{**common, "metric": "accuracy", "value": float((pred == gold.numpy()).mean())},
-                     {**common, "metric": "macro_f1", "value": float(f1_score(gold.numpy(), pred, average="macro",
-                                                                              labels=list(range(n_classes))))},
+                     {**common, "metric": "macro_f1", "value": macro_f1(gold.numpy(), pred, range(n_classes))},
                      {**common, "metric": "label_loss", "value": float(F.cross_entropy(logits, gold))}]
         rows += [{"seed": int(seed), "layer": layer + 1, "label_type": "reweighted", "metric": "beta_abs_mean",
                   "value": float(np.abs(betas[int(seed)][layer]).mean())} for layer in range(L)]

@@ -217,20 +217,19 @@ def demo_pieces(spec: DatasetSpec, text: str, label_word: str) -> list[Piece]:
 def soft_prompt(tokenizer, spec: DatasetSpec, labels: list[str], query_text: str) -> tuple[list[int], list[int]]:
     """Token ids of '[soft]<label line>' per demonstration, then the zero-shot query; soft-slot positions.
 
-    Built from separately tokenized segments so every soft slot is exactly one token: a
-    placeholder (the separator's first token) whose residual state is overwritten at the
-    injection layer. A demonstration 'Tweet: …\nSentiment: negative\n' becomes
-    '[ĥ]Sentiment: negative\n'.
+    Built from separately tokenized segments so every soft slot is exactly one token: a stand-in
+    token (the separator's first) whose residual state is overwritten at the injection layer.
+    A demonstration 'Tweet: …\nSentiment: negative\n' becomes '[ĥ]Sentiment: negative\n'.
     """
     before, between, after = split_template(spec.prompts.template)
     label_word = dict(zip(spec.class_names, spec.label_words, strict=True))
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    placeholder = encode(spec.prompts.separator or "\n")[0]
+    slot_token = encode(spec.prompts.separator or "\n")[0]
     ids = list(tokenizer("", add_special_tokens=True)["input_ids"])  # BOS when the model uses one
     slots = []
     for lab in labels:
         slots.append(len(ids))
-        ids += [placeholder] + encode(between.lstrip("\n") + label_word[lab] + after + spec.prompts.separator)
+        ids += [slot_token] + encode(between.lstrip("\n") + label_word[lab] + after + spec.prompts.separator)
     ids += encode(before + query_text + between.rstrip(" "))
     return [int(t) for t in ids], slots
 

@@ -19,6 +19,11 @@ def clean_generation(text: str) -> str:
     return text.split("\n", 1)[0].strip()
 
 
+def exact_match(preds: pd.Series, answers: pd.Series) -> pd.Series:
+    """Generation tasks: a cleaned greedy answer is right when it equals the stripped expected answer."""
+    return preds == answers.str.strip()
+
+
 def predictions(path) -> tuple[pd.DataFrame, dict]:
     """One row per prompt: prompt_id, split, seed, shots, task, gold/answer, pred, correct."""
     with open_activations(path) as f:
@@ -36,7 +41,7 @@ def predictions(path) -> tuple[pd.DataFrame, dict]:
                 df[f"logit_{name}"] = logits[:, c]
         else:
             df["pred"] = [clean_generation(t) for t in f["generation/text"].asstr()[()]]
-            df["correct"] = df["pred"] == df["answer"].str.strip()
+            df["correct"] = exact_match(df["pred"], df["answer"])
     return df, {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in attrs.items()}
 
 

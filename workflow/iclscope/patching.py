@@ -19,8 +19,9 @@ import pandas as pd
 import torch
 
 from .capture import Recorder, ResidualPatch, left_pad, no_positions, recording
+from .decodability import peak_layer
 from .extract import greedy_continue
-from .icl import clean_generation
+from .icl import clean_generation, exact_match, predictions
 
 NULL_TASK = "Null"
 
@@ -78,7 +79,7 @@ def choose_layer(decodability: pd.DataFrame | None, shots: int, n_layers: int, l
         if curve.empty or curve["value"].isna().all():
             raise ValueError(f"no decodability curve at {shots} shots to choose the patching layer from; "
                              "set patching.layer")
-        layer = int(curve.loc[curve["value"].idxmax(), "layer"])
+        layer = peak_layer(curve)
     if not 0 <= layer <= n_layers:
         raise ValueError(f"patching.layer {layer} is outside the model's residual stream 0..{n_layers}")
     return min(max(layer, 1), n_layers - 1)
@@ -118,26 +119,29 @@ def run_patching(prompts_path, activations_path, decodability_path, model_dir, m
         states[order] = f["resid/query"][rows[order], layer]
     tasks = prompts["task"].to_numpy()
     own, means = task_states(states, tasks)
-    conditions = {"none": None, "positive": own}
+    patches = {"positive": own}
     if NULL_TASK in means:  # the negative intervention patches the Null task's mean state
         null = np.broadcast_to(means[NULL_TASK], own.shape).copy()
         null[tasks == NULL_TASK] = np.nan  # patching Null with itself is the positive condition
-        conditions["negative"] = null
+        patches["negative"] = null
 
+    # the unpatched arm is the extraction's own greedy answers (same prompts, same decoding)
+    stored = predictions(activations_path)[0].set_index("prompt_id")["pred"]
+    answers = {"none": stored.loc[prompts["prompt_id"]].tolist(), **{name: [] for name in patches}}
     net, tok, _ = load_model(model_dir, device=model.device, dtype=model.dtype, device_map=model.device_map,
                              attn_implementation=ATTN_IMPLEMENTATION)
-    answers = {c: [] for c in conditions}
     for lo in tqdm(range(0, len(prompts), model.batch_size), desc=f"patching layer {layer}"):
         batch = prompts.iloc[lo:lo + model.batch_size]
-        for name, values in conditions.items():
-            v = None if values is None else torch.as_tensor(values[lo:lo + len(batch)], dtype=torch.float32)
+        for name, values in patches.items():
+            v = torch.as_tensor(values[lo:lo + len(batch)], dtype=torch.float32)
             _, text = patched_generate(net, tok, n_layers, list(batch["input_ids"]), layer, v, mode, max_new_tokens)
             answers[name] += [clean_generation(t) for t in text]
+    conditions = list(answers)
     per_prompt = prompts[["prompt_id", "task", "seed", "answer"]].copy()
     table_rows = []
     for name in conditions:
         per_prompt[f"pred_{name}"] = answers[name]
-        per_prompt[f"correct_{name}"] = per_prompt[f"pred_{name}"] == per_prompt["answer"].str.strip()
+        per_prompt[f"correct_{name}"] = exact_match(per_prompt[f"pred_{name}"], per_prompt["answer"])
     for task, g in per_prompt.groupby("task", sort=False):
         base = g["correct_none"].mean()
         for name in conditions:
