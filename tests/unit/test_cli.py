@@ -141,3 +141,30 @@ def test_open_reads_named_arrays_lazily(prepared_tiny, tmp_path):
     with pytest.raises(IncompleteFileError):
         iclscope.open(partial)
     assert iclscope.open(partial, require_complete=False).names
+
+
+def test_costs_sums_what_each_finished_job_logged(tmp_path, capsys):
+    """A job's log ends with its cost (atexit in log_to); `costs` sums them per stage, skipping unfinished jobs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from iclscope.cli import job_costs
+    from iclscope.cli import main as cli_main
+
+    logs = tmp_path / "logs"
+    job = ("import sys; sys.path.insert(0, {src!r}); from iclscope.logs import log_to; log_to({log!r}); "
+           "sum(i * i for i in range(3_000_000))")
+    src = str(Path(__file__).resolve().parents[2] / "workflow")
+    for log in ("extract/m/a.log", "extract/m/b.log", "figures/m/a/x.log"):
+        subprocess.run([sys.executable, "-c", job.format(src=src, log=str(logs / log))], check=True)
+    (logs / "extract/m/killed.log").write_text("2026 INFO iclscope: started at ...\n")
+
+    rows = job_costs(logs)
+    assert [r["stage"] for r in rows] == ["extract", "extract", "figures"]
+    assert all(r["wall_s"] > 0 and r["cpu_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    assert cli_main(["costs", str(logs)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split()[:2] == ["extract", "2"] or out[2].split()[:2] == ["extract", "2"]
+    assert out[-1].split()[:2] == ["total", "3"]
+    assert cli_main(["costs", str(tmp_path / "nothing")]) == 2

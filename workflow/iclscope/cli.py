@@ -4,12 +4,14 @@
     iclscope inspect results/activations/smollm2-135m/tweets.h5.partial   # how far a killed job got
     iclscope estimate [config.yaml]        # prompts, tokens, disk, GPU-hours before launching
     iclscope cache ls | du                 # what is in $SNAKEMAKE_OUTPUT_CACHE
+    iclscope costs [logs]                 # wall / CPU seconds and memory per stage of a run
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -185,6 +187,43 @@ def cache(command: str, cache_dir: str | None = None, out=sys.stdout) -> int:
     return 0
 
 
+COST_LINE = re.compile(r"cost: wall ([\d.]+) s, cpu ([\d.]+) s, peak rss (\d+) MB")
+
+
+def job_costs(logs_dir: str | Path) -> list[dict]:
+    """The cost line each finished job wrote last in its log (iclscope.logs.log_cost), one row per log.
+
+    'stage' is the log's first directory under logs/ (the rule, or 'figures'); a log with no cost
+    line (a job still running, or killed) is left out.
+    """
+    rows = []
+    for path in sorted(Path(logs_dir).rglob("*.log")):
+        costs = COST_LINE.findall(path.read_text(errors="replace"))
+        if costs:
+            wall, cpu, rss = costs[-1]
+            rows.append({"stage": path.relative_to(logs_dir).parts[0], "log": str(path), "wall_s": float(wall),
+                         "cpu_s": float(cpu), "peak_rss_mb": int(rss)})
+    return rows
+
+
+def costs(logs_dir: str = "logs", out=sys.stdout) -> int:
+    """Wall and CPU seconds per stage, summed over its jobs, most expensive first."""
+    rows = job_costs(logs_dir)
+    if not rows:
+        print(f"error: no job cost lines under {logs_dir}/ (written when a job finishes)", file=out)
+        return 2
+    stages: dict[str, list[dict]] = {}
+    for r in rows:
+        stages.setdefault(r["stage"], []).append(r)
+    print(f"{'stage':<24} {'jobs':>4} {'wall s':>9} {'cpu s':>9} {'max rss MB':>11}", file=out)
+    for stage, jobs in sorted(stages.items(), key=lambda kv: -sum(j["wall_s"] for j in kv[1])):
+        print(f"{stage:<24} {len(jobs):>4} {sum(j['wall_s'] for j in jobs):>9.1f} "
+              f"{sum(j['cpu_s'] for j in jobs):>9.1f} {max(j['peak_rss_mb'] for j in jobs):>11}", file=out)
+    print(f"{'total':<24} {len(rows):>4} {sum(r['wall_s'] for r in rows):>9.1f} {sum(r['cpu_s'] for r in rows):>9.1f}",
+          file=out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iclscope", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,11 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("cache", help="entries of the lab cache ($SNAKEMAKE_OUTPUT_CACHE)")
     p.add_argument("action", choices=["ls", "du"])
     p.add_argument("--dir", default=None)
+    p = sub.add_parser("costs", help="wall / CPU seconds and peak memory per stage, from the jobs' logs")
+    p.add_argument("logs", nargs="?", default="logs")
     args = parser.parse_args(argv)
     if args.command == "inspect":
         return inspect(args.file)
     if args.command == "estimate":
         return estimate(args.config, args.results, args.tflops)
+    if args.command == "costs":
+        return costs(args.logs)
     return cache(args.action, args.dir)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import resource
 import sys
 import time
 from pathlib import Path
@@ -19,4 +21,12 @@ def log_to(path: str | Path) -> logging.Logger:
     logging.captureWarnings(True)
     logger = logging.getLogger("iclscope")
     logger.info("started at %s", time.strftime("%Y-%m-%d %H:%M:%S"))
+    atexit.register(log_cost, logger, time.perf_counter())
     return logger
+
+
+def log_cost(logger: logging.Logger, started: float) -> None:
+    """The job's cost, as the last line of its log (`iclscope costs logs/` sums these per rule)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    logger.info("cost: wall %.1f s, cpu %.1f s, peak rss %.0f MB", time.perf_counter() - started,
+                usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
