@@ -24,6 +24,18 @@ class Cluster:
     def __init__(self, env: dict):
         self.env = env
 
+    def restart_slurmd(self) -> str:
+        """Stop and start the node daemon (queued and running jobs stay); its log lines."""
+        done = _script("restart-slurmd", env=self.env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def queue(self) -> list[tuple[str, str, str]]:
+        """(job id, comment, state) of every job in the queue."""
+        out = subprocess.run(["squeue", "-h", "-o", "%i|%k|%T"], env=self.env, capture_output=True, text=True,
+                             check=True).stdout
+        return [tuple(line.split("|")) for line in out.splitlines() if line.strip()]
+
     def sacct(self, since: float, fields=("JobID", "JobName", "Comment", "State", "AllocTRES", "Start", "End",
                                           "ReqMem", "ExitCode")) -> list[dict]:
         """Allocations (no steps) submitted since the epoch time `since`, one dict per job."""

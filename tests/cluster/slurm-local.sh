@@ -12,7 +12,7 @@
 # ends only the processes this script started, by the pids it recorded.
 # Must run as root (apt-get, mknod, /etc/slurm symlink, slurmd).
 #
-# Usage: slurm-local.sh {install|install-if-missing|start|stop|restart|status|env|clean}
+# Usage: slurm-local.sh {install|install-if-missing|start|stop|restart|restart-slurmd|status|env|clean}
 #   install  apt-get install the Debian packages (apt-get update first)
 #   install-if-missing  the same, only when a package is missing (fast and quiet otherwise)
 #   start    write the config (on first start) and start munged [mariadbd slurmdbd]
@@ -21,6 +21,8 @@
 #   stop     scancel our jobs, then stop the daemons started from this directory,
 #            by recorded pid (checked against /proc: same program, same start time).
 #   restart  stop + start (rewrites the config).
+#   restart-slurmd  stop and start only slurmd (jobs stay queued / running), as a node
+#            daemon restart or upgrade does on a real cluster; wait until the node answers.
 #   status   daemons, sinfo, squeue.
 #   env      print `export SLURM_CONF=...` (eval "$(slurm-local.sh env)").
 #   clean    stop, then delete the whole directory (state, job ids, accounting DB).
@@ -418,6 +420,7 @@ case "${1:-}" in
   start) do_start ;;
   stop) do_stop ;;
   restart) do_stop; rm -f "$CONF"; do_start ;;
+  restart-slurmd) stop_one slurmd; start_slurmd; wait_node any ;;
   status) do_status ;;
   env) echo "export SLURM_CONF=$CONF" ;;
   clean) do_stop; [ -n "$DIR" ] && [ "$DIR" != / ] && rm -rf "$DIR"; echo "removed $DIR" ;;

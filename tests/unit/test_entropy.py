@@ -203,12 +203,26 @@ def test_toy_lm_training_killed_midway_resumes_to_the_same_numbers(prepared_tiny
     run = ToyTraining(steps=30, batch_size=4, seq_len=12, vocab_size=20, lr=3e-3, eval_windows=4, n_checkpoints=6,
                       save_every=10)
     size, settings = ToySize("s", 16, 1, 2), EntropySettings(n_bins=6, min_labels=3)
-    full = train_and_measure(stream, size, run, settings)
-    assert train_and_measure(stream, size, run, settings, resume_dir=tmp_path, stop_after=25) is None
+    full = train_and_measure(stream, size, run, settings, weights_dir=tmp_path / "uninterrupted")
+    weights = tmp_path / "weights"
+    assert train_and_measure(stream, size, run, settings, resume_dir=tmp_path, weights_dir=weights,
+                             stop_after=25) is None
     assert (tmp_path / "s.pt").exists()  # the state at step 20
-    resumed = train_and_measure(stream, size, run, settings, resume_dir=tmp_path)
+    resumed = train_and_measure(stream, size, run, settings, resume_dir=tmp_path, weights_dir=weights)
     assert not (tmp_path / "s.pt").exists()
     pd.testing.assert_frame_equal(resumed.drop(columns="n_params"), full.drop(columns="n_params"), rtol=1e-5)
+    # the weights of every measured step are kept, loadable, equal to the uninterrupted run's
+    from transformers import GPT2LMHeadModel
+
+    steps = sorted(p.name for p in (weights / "s").iterdir())
+    assert steps == [f"step{s:06d}" for s in run.checkpoint_steps()]
+    last = GPT2LMHeadModel.from_pretrained(weights / "s" / steps[-1])
+    reference = GPT2LMHeadModel.from_pretrained(tmp_path / "uninterrupted" / "s" / steps[-1])
+    for (name, a), (_, b) in zip(last.state_dict().items(), reference.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    first = GPT2LMHeadModel.from_pretrained(weights / "s" / steps[0])  # the random initialisation
+    ids = torch.as_tensor(stream[:12][None]).long()
+    assert last(ids, labels=ids).loss < first(ids, labels=ids).loss - 0.3
     other = ToyTraining(**{**run.__dict__, "lr": 1e-2})  # a state from other settings is not resumed
     train_and_measure(stream, size, other, settings, resume_dir=tmp_path, stop_after=25)
     fresh = train_and_measure(stream, size, run, settings, resume_dir=tmp_path)

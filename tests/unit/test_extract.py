@@ -237,3 +237,19 @@ def test_streamed_token_ids_equal_the_table_from_any_row(tmp_path):
         assert len(streamed) == 1000 - start
         for got, want in zip(streamed, rows[start:], strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+def test_a_generated_nul_character_is_stored_not_fatal(prepared_tiny, tmp_path, monkeypatch):
+    """HDF5 strings cannot hold NUL; a fine-tuned tiny model generated one (layer-wise LoRA). The text
+    keeps a replacement character, the token ids the exact answer."""
+    from transformers import PreTrainedTokenizerBase
+
+    spec, model_dir = prepared_tiny
+    ppath, table = prompts_file(prepared_tiny, tmp_path, "generation")
+    decode = PreTrainedTokenizerBase.decode
+    monkeypatch.setattr(PreTrainedTokenizerBase, "decode", lambda self, *a, **k: "a\x00" + decode(self, *a, **k))
+    out = tmp_path / "act.h5"
+    extract(ppath, model_dir, out, spec, ExtractSettings(max_new_tokens=2))
+    with open_activations(out) as f:
+        texts = f["generation/text"].asstr()[()]
+        assert len(texts) == len(table) and all(t.startswith("a\ufffd") for t in texts)

@@ -46,11 +46,24 @@ def test_training_lowers_the_mse_and_measures_every_layer():
 def test_killed_training_resumes_to_the_same_numbers(tmp_path):
     run = RegressionTraining(**{**RUN.__dict__, "steps": 50, "save_every": 20})
     full = train_regression(TASK, run)
-    assert train_regression(TASK, run, resume_dir=tmp_path, stop_after=45) is None
+    weights = tmp_path / "weights"
+    assert train_regression(TASK, run, resume_dir=tmp_path, weights_dir=weights, stop_after=45) is None
     assert (tmp_path / "regression.pt").exists()
-    resumed = train_regression(TASK, run, resume_dir=tmp_path)
+    resumed = train_regression(TASK, run, resume_dir=tmp_path, weights_dir=weights)
     pd.testing.assert_frame_equal(resumed, full, rtol=1e-5)
     assert not (tmp_path / "regression.pt").exists()
+    # the weights of every measured step are kept; the last ones reproduce the last measured MSE
+    from safetensors.torch import load_file
+
+    assert sorted(p.name for p in weights.iterdir()) == [f"step{s:06d}.safetensors" for s in run.checkpoint_steps()]
+    model = RegressionTransformer(TASK.dim, TASK.n_points, run)
+    model.load_state_dict(load_file(weights / f"step{run.steps:06d}.safetensors"))
+    xs, ys, _ = TASK.sample(TASK.n_bases * run.n_test_per_basis, np.random.default_rng(run.seed + 1))
+    xs, ys = torch.as_tensor(xs), torch.as_tensor(ys)
+    with torch.no_grad():
+        mse = float(((model(xs, ys) - ys) ** 2).mean())
+    last = full[(full.metric == "mse") & (full.task == "all") & (full.step == run.steps)]["value"].item()
+    assert mse == np.float32(last) or abs(mse - last) < 1e-5
 
 
 def test_figure_draws_from_the_table(tmp_path):

@@ -14,16 +14,39 @@ def test_default_dag(tmp_path):
     jobs = planned_jobs(tmp_path)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     n_models, n_data = len(cfg["models"]), len(cfg["datasets"])
-    families = sum(1 for d in cfg["datasets"].values() if d.get("kind") == "generation")
+    runs = lambda d, method: d.get("methods") is None or method in d["methods"]  # noqa: E731
+    families = sum(1 for d in cfg["datasets"].values() if d.get("kind") == "generation" and runs(d, "decodability"))
     assert jobs["prepare_model"] == n_models and jobs["prepare_dataset"] == n_data
     assert jobs["build_prompts"] == jobs["extract"] == jobs["icl_accuracy"] == n_models * n_data
     assert jobs["decodability"] == jobs["decodability_fit"] == n_models * families
     assert jobs["token_states"] == jobs["entropy"] == jobs["fig_entropy"] == n_models * len(cfg["entropy"]["datasets"])
     assert jobs["toy_lm_entropy"] == jobs["fig_entropy_training"] == jobs["summary"] == 1
     assert jobs["toy_regression"] == jobs["fig_toy_regression"] == 1
-    assert jobs["layer_atlas"] == n_models * n_data
-    classification = sum(1 for d in cfg["datasets"].values() if d.get("kind", "classification") == "classification")
-    assert jobs["reweighting"] == jobs["fig_reweighting"] == jobs["saliency"] == n_models * classification
+    atlas = sum(1 for d in cfg["datasets"].values() if d.get("methods") != ["error_diagnosis"])
+    assert jobs["layer_atlas"] == n_models * atlas  # a dataset with no layer-wise table has no atlas
+    classification = [d for d in cfg["datasets"].values() if d.get("kind", "classification") == "classification"]
+    reweighting = sum(runs(d, "reweighting") for d in classification)
+    assert jobs["reweighting"] == jobs["fig_reweighting"] == n_models * reweighting
+    assert jobs["saliency"] == n_models * sum(runs(d, "saliency") for d in classification)
+
+
+def test_dataset_methods_pick_what_runs(tmp_path):
+    """`datasets.<name>.methods` restricts the method families of one dataset and leaves the others alone."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["datasets"]["tweets"]["methods"] = ["aucroc"]
+    cfg["datasets"]["words"]["methods"] = ["patching"]
+    write_config(tmp_path, cfg)
+    jobs = planned_jobs(tmp_path)
+    assert jobs["aucroc"] == jobs["fig_aucroc"] == 1
+    for rule in ("saliency", "isolation", "reweighting", "icicl", "tsft", "taskspace", "compression"):
+        assert rule not in jobs, rule
+    assert jobs["patching"] == jobs["decodability"] == 2  # words' patching needs its decodability; bitwise runs all
+    assert jobs["decodability_fit"] == 1  # bitwise keeps every method
+    cfg["datasets"]["words"]["methods"] = ["icicl"]
+    write_config(tmp_path, cfg)
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    assert "datasets.words.methods" in result.stdout and "generation dataset" in result.stdout
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config" / "examples").glob("*.yaml")))
@@ -56,6 +79,11 @@ def test_invalid_config_stops_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "datasets.tweets.kind" in result.stdout and "'classification'" in result.stdout
     assert not (tmp_path / "results").exists()
+    text = (REPO / "config.yaml").read_text()  # a dataset name given twice: YAML would keep the last
+    (tmp_path / "config.yaml").write_text(text.replace("\n  bitwise:\n", "\n  words:\n", 1))
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0 and "the key 'words' appears twice" in result.stdout
+    assert not (tmp_path / "results").exists()
 
 
 def test_read_only_working_directory_is_a_clear_error(tmp_path):
@@ -71,3 +99,18 @@ def test_read_only_working_directory_is_a_clear_error(tmp_path):
         subprocess.run(["umount", "-l", str(work)], check=True)
     assert out.returncode != 0
     assert f"{work} is not writable (Read-only file system)" in out.stdout and "Traceback" not in out.stdout
+
+
+def test_a_local_dataset_file_is_an_input_of_prepare_dataset(tmp_path):
+    """Editing the file reruns prepare_dataset (and changes its lab-cache key), like any input."""
+    csv = tmp_path / "reviews.csv"
+    csv.write_text("stars,review\n" + "".join(f"{1 + 4 * (i % 2)},review {i}\n" for i in range(40)))
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["datasets"] = {"reviews": {"source": "local", "path": str(csv), "text_column": "review",
+                                   "label_column": "stars", "label_map": {1: "negative", 5: "positive"},
+                                   "classes": {"negative": " negative", "positive": " positive"},
+                                   "prompts": {"template": "Review: {text}\nSentiment:{label}", "n_train": 8}}}
+    cfg["entropy"]["enabled"] = False
+    write_config(tmp_path, cfg)
+    out = snakemake(tmp_path, "-n", "results/datasets/reviews.parquet").stdout
+    assert f"input: {csv}" in out and "rule prepare_dataset" in out

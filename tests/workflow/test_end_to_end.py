@@ -25,6 +25,9 @@ def small_config() -> dict:
     cfg["datasets"]["words"].update(n_per_task=40)
     cfg["datasets"]["words"]["prompts"].update(shots=[2], n_test=8)
     cfg["datasets"].pop("bitwise")
+    cfg["datasets"]["tweets3"]["prompts"].update(n_test=9)
+    cfg["anchors"]["error_diagnosis"].update(n_components=3)
+    cfg["layer_lora"].update(steps=2, batch_size=2, n_train=8, n_monitor=4, checkpoint_every=1)
     cfg["decodability"].update(k=5, n_boot=20)
     cfg["anchors"]["reweighting"].update(aux_per_class=3, epochs=1)
     cfg["toy_regression"].update(steps=30, d_model=16, n_layers=2, n_heads=2, batch_size=16, n_checkpoints=4,
@@ -60,6 +63,8 @@ def test_every_output_exists_and_logs_are_written(run_dir):
                 "results/metrics/smollm2-135m/words/patching.parquet",
                 "results/metrics/smollm2-135m/tweets/reweighting.parquet",
                 "results/metrics/toy/regression/toy_regression.parquet",
+                "results/figures/smollm2-135m/tweets3/error_diagnosis.png",
+                "results/figures/smollm2-135m/words/layer_lora.png",
                 "logs/extract/smollm2-135m/tweets.log"]:
         assert (run_dir / rel).exists(), rel
     manifest = json.loads((run_dir / "results/models/smollm2-135m/manifest.json").read_text())
@@ -97,6 +102,19 @@ def test_metric_tables(run_dir):
     assert overall["value"].max() > 1 / 7 + 0.1  # decodable above chance somewhere
 
 
+def test_error_diagnosis_and_layer_lora_tables(run_dir):
+    ed = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets3/error_diagnosis.parquet")
+    pooled = ed[ed.seed.isna()]
+    for metric in ("predicted_confusion", "true_confusion"):
+        pairs = pooled[pooled.metric == metric]
+        assert len(pairs) == 9 and pairs["value"].between(0, 1).all()  # 3 x 3 classes, diagonal 1
+    # tweets3 has methods: [error_diagnosis], so no other anchor method ran on it
+    assert not (run_dir / "results/metrics/smollm2-135m/tweets3/saliency.parquet").exists()
+    lora = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/words/layer_lora.parquet")
+    assert set(lora["label_type"]) >= {"base", "first", "last"}
+    assert not (run_dir / "results/layer_lora/smollm2-135m/words/first.model").exists()  # temp: deleted once used
+
+
 def test_taskspace_icicl_tsft_tables(run_dir):
     comp = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/compression.parquet")
     assert set(comp["label_type"]) == {"anchor", "class_mean"}
@@ -106,8 +124,11 @@ def test_taskspace_icicl_tsft_tables(run_dir):
     icicl = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/icicl.parquet")
     tokens = icicl[icicl.metric == "tokens"].set_index("task")["value"]
     assert tokens["icicl_soft"] < tokens["full_icl"]
-    assert set(icicl["task"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector", "anchor_kv"}
+    assert set(icicl["task"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector", "anchor_kv",
+                                  "text_anchor", "hidden_random", "hidden_random_top"}
     assert tokens["anchor_kv"] < tokens["full_icl"]
+    loyal = icicl[icicl.metric == "label_loyalty"].set_index("task")["value"]
+    assert loyal["full_icl"] == 1 and loyal.between(0, 1).all()
     tsft = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/tsft.parquet")
     assert set(tsft[tsft.metric == "accuracy"]["task"]) == {"space", "baseline"}
     assert (run_dir / "results/tsft/smollm2-135m/tweets/space-seed0/adapter/adapter_config.json").exists()
@@ -140,6 +161,10 @@ def test_entropy_measures(run_dir):
     loss = toy[toy.metric == "eval_loss"].set_index("step")["value"]
     assert list(loss.index) == [0, 1, 4, 20] and loss[20] < loss[0]
     assert (run_dir / "results/figures/toy/tweets/entropy_training.png").exists()
+    for size in {s["name"] for s in small_config()["entropy"]["training"]["sizes"]}:  # weights of every measured step
+        kept = run_dir / "results/toy/tweets/weights" / size
+        assert sorted(p.name for p in kept.iterdir()) == [f"step{s:06d}" for s in (0, 1, 4, 20)]
+        assert (kept / "step000020" / "model.safetensors").exists()
     cfg = small_config()
     cfg["entropy"]["n_bins"] = 12
     write_config(run_dir, cfg)
@@ -160,8 +185,8 @@ def test_metric_parameter_reruns_only_that_metric(run_dir, tmp_path):
     write_config(run_dir, cfg)
     try:
         assert planned_jobs(run_dir) == {"decodability": 1, "decodability_fit": 1, "fig_decodability": 1,
-                                         "patching": 1, "fig_patching": 1, "layer_atlas": 1, "summary": 1,
-                                         "all": 1}
+                                         "patching": 1, "fig_patching": 1, "layer_lora_summary": 1,
+                                         "fig_layer_lora": 1, "layer_atlas": 1, "summary": 1, "all": 1}
     finally:
         write_config(run_dir, small_config())
 

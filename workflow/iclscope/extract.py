@@ -136,8 +136,10 @@ def run_batch(model, tokenizer, rows: dict, settings: ExtractSettings, n_layers:
         tokens = greedy_continue(model, out.past_key_values, logits.argmax(-1), mask, pos_ids,
                                  settings.max_new_tokens).cpu().numpy()
         result["generation/tokens"] = tokens.astype(np.int32)
-        result["generation/text"] = np.array([tokenizer.decode(t, skip_special_tokens=True) for t in tokens],
-                                             dtype=object)
+        # HDF5 variable-length strings cannot hold NUL, which a (fine-tuned, tiny) model can generate;
+        # the token ids beside them keep the exact answer
+        result["generation/text"] = np.array([tokenizer.decode(t, skip_special_tokens=True).replace("\x00", "\ufffd")
+                                              for t in tokens], dtype=object)
     return result
 
 

@@ -79,17 +79,32 @@ def plot_task_space(states: np.ndarray, gold: np.ndarray, classes: list[str], sp
 
 
 def plot_icicl(table: pd.DataFrame, path) -> None:
-    """Accuracy against seconds per example, one point per arm (same retrieved demonstrations)."""
+    """Left: accuracy against seconds per example, one point per arm (same retrieved demonstrations).
+    Right: label and word loyalty of every arm against full-text ICL (when the table has them)."""
     wide = table.pivot_table(index="task", columns="metric", values="value")
+    loyal = [m for m in ("label_loyalty", "word_loyalty") if m in wide]
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5.5, 4))
+        fig, axes = plt.subplots(1, 2 if loyal else 1, figsize=(11 if loyal else 5.5, 4), squeeze=False)
+        ax = axes[0, 0]
         for arm, row in wide.iterrows():
             ax.scatter(row["seconds_per_example"] * 1000, row["accuracy"], s=40)
             ax.annotate(f"{arm}\n{row['tokens']:.0f} tok", (row["seconds_per_example"] * 1000, row["accuracy"]),
                         textcoords="offset points", xytext=(5, 3), fontsize=7)
         ax.set_xlabel("median wall-clock per example (ms, batch 1)")
         ax.set_ylabel("accuracy")
-        ax.set_title(_title(table, "IC-ICL vs full-text ICL"))
+        if loyal:
+            arms = wide.sort_values("label_loyalty", ascending=False).index
+            names = [f"{a} (draw {wide.loc[a, 'draw']:.0f})" if "draw" in wide and pd.notna(wide.loc[a, "draw"])
+                     else a for a in arms]
+            width = 0.8 / len(loyal)
+            for i, m in enumerate(loyal):
+                axes[0, 1].bar(np.arange(len(arms)) + (i - (len(loyal) - 1) / 2) * width, wide.loc[arms, m],
+                               width=width, label=m.replace("_", " "))
+            axes[0, 1].set_xticks(range(len(arms)), names, rotation=35, ha="right")
+            axes[0, 1].set_ylabel("agreement with full-text ICL")
+            axes[0, 1].set_ylim(0, 1.05)
+            axes[0, 1].legend()
+        fig.suptitle(_title(table, "IC-ICL and anchor-only compression vs full-text ICL"))
         _save(fig, path)
 
 
@@ -117,6 +132,44 @@ def plot_tsft(curves: dict[str, pd.DataFrame], summary: pd.DataFrame, path) -> N
         low = acc["value"].min()
         axes[2].set_ylim(max(0, low - 0.1), min(1, acc["value"].max() + 0.05))
         fig.suptitle(_title(summary, "TS-FT vs the λ = 0 baseline"))
+        _save(fig, path)
+
+
+def plot_layer_lora(table: pd.DataFrame, path) -> None:
+    """First-n vs last-n layer LoRA: overall task decodability by layer for base / first / last
+    (one line style per shot count, adapted blocks shaded), and accuracy per task and condition
+    (one panel per shot count, mean over seeds)."""
+    conditions = [c for c in ("base", "first", "last") if c in set(table.label_type)]
+    colour = {c: f"C{i}" for i, c in enumerate(conditions)}
+    dec = table[(table.metric == "decodability_euclidean") & (table.task == "all")]
+    acc = table[(table.metric == "accuracy") & (table.task != "all")]
+    shots = sorted(acc["shots"].dropna().unique())
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 1 + len(shots), figsize=(5 + 4.2 * len(shots), 3.6), squeeze=False)
+        ax = axes[0, 0]
+        for arm in ("first", "last"):
+            blocks = table[(table.metric == "adapted_block") & (table.label_type == arm)]["layer"]
+            if len(blocks):  # block i writes residual index i + 1
+                ax.axvspan(blocks.min() + 0.5, blocks.max() + 1.5, color=colour[arm], alpha=0.08, lw=0)
+        styles = ["-", "--", ":", "-."]
+        for (condition, k), g in dec.groupby(["label_type", "shots"]):
+            g = g.groupby("layer", as_index=False)["value"].mean()
+            ax.plot(g["layer"], g["value"], color=colour[condition], ls=styles[shots.index(k) % 4],
+                    label=f"{condition}, {k}-shot")
+        n_tasks = table[(table.metric == "decodability_euclidean") & (table.task != "all")]["task"].nunique()
+        ax.axhline(1 / max(n_tasks, 1), color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("layer (residual index); shaded: adapted blocks")
+        ax.set_ylabel("task decodability (10-NN, euclidean)")
+        ax.legend()
+        for ax, k in zip(axes[0, 1:], shots, strict=True):
+            wide = acc[acc.shots == k].pivot_table(index="task", columns="label_type", values="value")
+            wide[[c for c in conditions if c in wide]].plot.bar(
+                ax=ax, rot=30, color=[colour[c] for c in conditions if c in wide])
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("")
+            ax.set_ylabel(f"exact-match accuracy, {k}-shot")
+            ax.legend(title=None)
+        fig.suptitle(_title(table, "LoRA on the first vs the last layers"))
         _save(fig, path)
 
 
@@ -245,6 +298,35 @@ def plot_reweighting(table: pd.DataFrame, path) -> None:
         fig.suptitle(_title(table, "Anchor re-weighting"))
         _save(fig, path)
 
+
+def plot_error_diagnosis(table: pd.DataFrame, path) -> None:
+    """Predicted confusion (label-word keys) and true confusion (AUC of the model's answers) side by side,
+    pooled over seeds; their Pearson / Spearman correlation over class pairs in the title."""
+    pooled = table[table.seed.isna()]
+
+    def matrix(metric):
+        m = pooled[pooled.metric == metric]
+        pairs = m["label_type"].str.split("|", n=1, expand=True)
+        classes = list(pd.unique(pairs[0]))
+        return m.assign(i=pairs[0], j=pairs[1]).pivot(index="i", columns="j", values="value").loc[classes, classes]
+
+    corr = pooled.set_index("metric")["value"]
+    with plt.rc_context({**STYLE, "axes.grid": False}):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+        for ax, metric, label in ((axes[0], "predicted_confusion", "predicted (label-word keys)"),
+                                  (axes[1], "true_confusion", "true (AUC of p_i / (p_i + p_j))")):
+            m = matrix(metric)
+            im = ax.imshow(m.to_numpy(), cmap="viridis", vmin=min(0.5, np.nanmin(m.to_numpy())), vmax=1)
+            for (i, j), v in np.ndenumerate(m.to_numpy()):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.8 else "k")
+            ax.set_xticks(range(len(m)), m.columns, rotation=30, ha="right")
+            ax.set_yticks(range(len(m)), m.index)
+            ax.set_title(label)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        fig.suptitle(f"{_title(table, f'Error diagnosis, layer {int(table.layer.dropna().iloc[0])}')}\n"
+                     f"low = confusable; Pearson r = {corr['confusion_pearson']:.2f}, Spearman ρ = "
+                     f"{corr['confusion_spearman']:.2f} over {int(corr['confusion_pairs'])} class pairs")
+        _save(fig, path)
 
 def plot_patching(table: pd.DataFrame, path) -> None:
     """Accuracy per task without a patch and with the own-task (positive) or Null (negative) state."""

@@ -1,9 +1,12 @@
-"""Synthetic task families (Han et al., METHODS.md §4.3–4.4 and §8).
+"""Task families (Han et al., METHODS.md §4.3–4.4 and §8).
 
 Each family generator returns a DataFrame with `text` (input x), `label` (answer y) and `task`.
 Tasks of one family share their inputs, so only the demonstrations reveal the task.
 
 * bitwise arithmetic: two 5-bit operands, AND/NAND/OR/NOR/XOR/XNOR + Null (random bits);
+* POS: a tagged sentence, the first word with the hidden tag (Noun, Adjective, Verb, Adverb,
+  Preposition, Pronoun) + Null (a random word of the sentence); the sentences come from a
+  treebank (iclscope.datasets reads CoNLL-U files and hub tables);
 * word transformations: first/last letter, uppercase, repeat, reverse, capitalise + Null
   (a random other word) — the family a 135M model can do in context;
 * sparse linear regression: the toy task the small transformer of iclscope.toy learns.
@@ -11,10 +14,11 @@ Tasks of one family share their inputs, so only the demonstrations reveal the ta
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -58,6 +62,110 @@ def bitwise_examples(n_per_task: int, seed: int, n_bits: int = 5) -> pd.DataFram
                 y = apply_bitwise(task, a, b)
             rows.append({"text": f"{a} {b}", "label": y, "task": task})
     return pd.DataFrame(rows)
+
+
+# Han et al.'s six tags: UPOS names, or Penn Treebank tags (PTB data, CoNLL-U column 5 of English UD)
+POS_TASK_TAGS = {
+    "upos": {"Noun": ("NOUN",), "Adjective": ("ADJ",), "Verb": ("VERB",), "Adverb": ("ADV",),
+             "Preposition": ("ADP",), "Pronoun": ("PRON",)},
+    "xpos": {"Noun": ("NN*",), "Adjective": ("JJ*",), "Verb": ("VB*",), "Adverb": ("RB*",),
+             "Preposition": ("IN",), "Pronoun": ("PRP*",)},
+}
+POS_TASKS = (*POS_TASK_TAGS["upos"], "Null")
+
+
+@dataclass(frozen=True)
+class TaggingSettings:
+    """`datasets.<name>.tagging` of the POS family.
+
+    tags: which tag set the sentences carry (CoNLL-U: upos = column 4, xpos = column 5) and so
+    the default task mapping; tags_column / tokens_column: the columns of a hub or save_to_disk
+    table (tags_column null = the value of `tags`); tasks: task -> tag patterns (fnmatch, 'NN*'),
+    null = Han et al.'s six tasks for that tag set. A sentence is kept when it has a word for
+    every task; Null is added to the tasks.
+    """
+
+    tags: str = "upos"
+    tokens_column: str = "tokens"
+    tags_column: str | None = None
+    tasks: dict | None = None
+    task_tags: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.tags not in POS_TASK_TAGS:
+            raise ValueError(f"tagging.tags is {self.tags!r}; use one of {sorted(POS_TASK_TAGS)}")
+        tasks = POS_TASK_TAGS[self.tags] if self.tasks is None else self.tasks
+        if not tasks or "Null" in tasks:
+            raise ValueError(f"tagging.tasks must name at least one task and not 'Null' (added by itself), got {tasks}")
+        for task, patterns in tasks.items():
+            if isinstance(patterns, str) or not patterns or not all(isinstance(p, str) and p for p in patterns):
+                raise ValueError(f"tagging.tasks.{task}: give a non-empty list of tags, got {patterns!r}")
+        object.__setattr__(self, "task_tags", {str(t): tuple(p) for t, p in tasks.items()})
+
+    @property
+    def column(self) -> str:
+        return self.tags_column or self.tags
+
+
+def tag_matches(tag: str | None, patterns: Sequence[str]) -> bool:
+    return tag is not None and any(fnmatch.fnmatchcase(tag, p) for p in patterns)
+
+
+def pos_examples(sentences: Sequence[tuple[Sequence[str], Sequence[str | None]]], task_tags: dict,
+                 n_per_task: int, seed: int) -> tuple[pd.DataFrame, dict]:
+    """Han et al.'s POS family on tagged sentences [(words, tags)].
+
+    Keeps the sentences with a word for every task (tag patterns as in TaggingSettings), draws
+    `n_per_task` of them with `seed` (the same for every task), text = the words joined by single
+    spaces; answer = the first word whose tag matches the task, Null = a seeded random word
+    (tokens with a letter or digit: punctuation is not a word). Returns (rows, counts) where
+    counts says how many sentences had each task's tag. Raises ValueError naming the tags when
+    none or too few sentences qualify.
+    """
+    unused = [(t, p) for t, pats in task_tags.items() for p in pats
+              if not any(tag_matches(tag, [p]) for _, tags in sentences for tag in tags)]
+    if unused:
+        seen = sorted({tag for _, tags in sentences for tag in tags if tag is not None})
+        task, pattern = unused[0]
+        raise ValueError(f"unknown tag: tagging.tasks.{task} names {pattern!r}, which no word of the "
+                         f"{len(sentences)} sentences carries; their tags are {seen}")
+    has = {t: 0 for t in task_tags}
+    kept, seen_texts, duplicates = [], set(), 0
+    for words, tags in sentences:
+        firsts = {}
+        for task, patterns in task_tags.items():
+            firsts[task] = next((w for w, tag in zip(words, tags, strict=True) if tag_matches(tag, patterns)), None)
+            has[task] += firsts[task] is not None
+        if any(v is None for v in firsts.values()):
+            continue
+        text = " ".join(words)
+        if text in seen_texts:
+            duplicates += 1
+            continue
+        seen_texts.add(text)
+        kept.append((text, list(words), firsts))
+    counts = {"sentences": len(sentences), "with_tag": has, "with_all_tags": len(kept) + duplicates,
+              "duplicates": duplicates}
+    wanted = ", ".join(f"{t} {'/'.join(p)}" for t, p in task_tags.items())
+    if not kept:
+        raise ValueError(f"none of the {len(sentences)} sentences has a word for every task ({wanted}); "
+                         f"sentences with each: {has}")
+    if len(kept) < n_per_task:
+        raise ValueError(f"only {len(kept)} distinct sentences of {len(sentences)} have a word for every task "
+                         f"({wanted}; sentences with each: {has}), fewer than n_per_task={n_per_task}; lower "
+                         "n_per_task or use a larger treebank")
+    rng = np.random.default_rng(seed)
+    chosen = [kept[i] for i in rng.choice(len(kept), n_per_task, replace=False)]
+    rows = []
+    for task in (*task_tags, "Null"):
+        for text, words, firsts in chosen:
+            if task == "Null":
+                pool = [w for w in words if any(c.isalnum() for c in w)] or words
+                y = pool[int(rng.integers(len(pool)))]
+            else:
+                y = firsts[task]
+            rows.append({"text": text, "label": y, "task": task})
+    return pd.DataFrame(rows), counts
 
 
 def apply_word_task(task: str, word: str) -> str:

@@ -106,9 +106,13 @@ def measure(model, eval_ids: torch.Tensor, settings: EntropySettings) -> tuple[f
 
 
 def train_and_measure(stream: np.ndarray, size: ToySize, run: ToyTraining, settings: EntropySettings,
-                      device: str = "cpu", resume_dir: Path | None = None,
+                      device: str = "cpu", resume_dir: Path | None = None, weights_dir: Path | None = None,
                       stop_after: int | None = None) -> pd.DataFrame | None:
     """Train one size and return long rows: size, step, layer, range, label_type, metric, value.
+
+    With `weights_dir`, the model at every measured step is kept as `<weights_dir>/<size>/step<N>/`
+    (save_pretrained: config.json + model.safetensors, loadable with GPT2LMHeadModel.from_pretrained),
+    so the states behind each point of the curves can be re-analysed later.
 
     With `resume_dir`, the training state (weights, optimiser, sampler, rows so far) is written
     atomically every `run.save_every` steps to `<resume_dir>/<size>.pt` and a rerun with the same
@@ -144,6 +148,8 @@ def train_and_measure(stream: np.ndarray, size: ToySize, run: ToyTraining, setti
         if stop_after is not None and step == stop_after:
             return None
         if step in checkpoints:
+            if weights_dir is not None:
+                model.save_pretrained(Path(weights_dir) / size.name / f"step{step:06d}")
             eval_loss, measures = measure(model, eval_ids, settings)
             rows.append({"step": step, "layer": None, "range": None, "label_type": None, "metric": "eval_loss",
                          "value": eval_loss})

@@ -110,11 +110,13 @@ def evaluate(model: RegressionTransformer, test: tuple, task: SparseRegressionTa
 
 
 def train_regression(task: SparseRegressionTask, run: RegressionTraining, device: str = "cpu",
-                     resume_dir: Path | None = None, stop_after: int | None = None) -> pd.DataFrame | None:
+                     resume_dir: Path | None = None, weights_dir: Path | None = None,
+                     stop_after: int | None = None) -> pd.DataFrame | None:
     """Train from scratch; long rows (step, metric, task, layer, position, value) at log-spaced steps.
 
     Resumable like iclscope.toy_lm (state every `save_every` steps in `resume_dir`); `stop_after`
-    (tests) returns None at that step, as a kill would.
+    (tests) returns None at that step, as a kill would. With `weights_dir`, the weights at every
+    measured step are kept as `<weights_dir>/step<N>.safetensors` (a RegressionTransformer state dict).
     """
     # a fixed test set, about n_test_per_basis sequences of each basis (the basis is drawn uniformly)
     xs, ys, basis = task.sample(task.n_bases * run.n_test_per_basis, np.random.default_rng(run.seed + 1))
@@ -141,6 +143,11 @@ def train_regression(task: SparseRegressionTask, run: RegressionTraining, device
         if stop_after is not None and step == stop_after:
             return None
         if step in checkpoints:
+            if weights_dir is not None:
+                from safetensors.torch import save_file
+
+                Path(weights_dir).mkdir(parents=True, exist_ok=True)
+                save_file(model.state_dict(), Path(weights_dir) / f"step{step:06d}.safetensors")
             rows += [{"step": step, **r} for r in evaluate(model, test, task, run.knn_k)]
         if step == run.steps:
             break

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,11 +29,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .capture import ATTN_IMPLEMENTATION, Recorder, left_pad, no_positions, recording
 from .config import ConfigError, DatasetSpec, ModelSpec
 from .icl import macro_f1
+from .lora import attach_lora, train_loop, trainable_parameters
 from .models import load_model
 from .prompts import assemble, balanced_sample, label_token_ids, tokenize_pieces
 from .taskspace import TaskSpace
@@ -108,16 +106,6 @@ def forward_batch(model, tokenizer, batch: list[dict], label_ids: torch.Tensor, 
     return out.logits[:, -1][:, label_ids].float(), rec.resid["query"][:, layer]
 
 
-def _save_checkpoint(model, optimizer, step: int, log_rows: list, directory: Path) -> None:
-    tmp = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "trainer_state.pt")
-    (tmp / "train_log.json").write_text(json.dumps(log_rows))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
-
-
 def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec, space: TaskSpace,
                settings: TSFTSettings, out_dir: str | Path, stop_after: int | None = None) -> dict:
     """Fine-tune one arm (settings.lam) and evaluate it; writes adapter/, train_log.parquet, eval.parquet.
@@ -126,9 +114,6 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
 
     `stop_after` ends training early after that many steps (tests use it to simulate a kill).
     """
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from peft.utils import load_peft_weights
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec.kind != "classification":
@@ -148,41 +133,21 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
     train = zero_shot_examples(tokenizer, spec, train_rows)
     test = zero_shot_examples(tokenizer, spec, test_rows)
 
-    lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
-    net = get_peft_model(base, lora)
+    net = attach_lora(base, r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=settings.lr)
     checkpoint = out_dir / "checkpoint"
-    start, log_rows = 0, []
-    if (checkpoint / "trainer_state.pt").exists():
-        set_peft_model_state_dict(net, load_peft_weights(str(checkpoint), device=str(device)))
-        state = torch.load(checkpoint / "trainer_state.pt", map_location=device)
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        log_rows = json.loads((checkpoint / "train_log.json").read_text())
-        log.info("resuming TS-FT at step %d from %s", start, checkpoint)
 
-    n_batches = max(1, len(train) // settings.batch_size)
-    t0 = time.perf_counter()
-    net.train()
-    end = settings.steps if stop_after is None else min(settings.steps, stop_after)
-    for step in tqdm(range(start, end), desc=f"ts-ft λ={settings.lam}", initial=start, total=settings.steps):
-        epoch, b = divmod(step, n_batches)
-        order = np.random.default_rng((settings.seed, epoch)).permutation(len(train))
-        batch = [train[i] for i in order[b * settings.batch_size:(b + 1) * settings.batch_size]]
-        torch.manual_seed(settings.seed * 100_003 + step)  # dropout masks depend on (seed, step) only
+    def loss_fn(batch):
         gold = torch.as_tensor([x["gold"] for x in batch], device=device)
         logits, h = forward_batch(net, tokenizer, batch, label_ids, layer, L)
         ce = F.cross_entropy(logits, gold)
         sp = space_loss(h, basis, mean, protos, gold, settings.tau, settings.similarity)
-        loss = ce + settings.lam * sp
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        log_rows.append({"step": step + 1, "loss": loss.item(), "ce": ce.item(), "space": sp.item()})
-        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
-            _save_checkpoint(net, optimizer, step + 1, log_rows, checkpoint)
-    train_seconds = time.perf_counter() - t0
+        return ce + settings.lam * sp, {"ce": ce.item(), "space": sp.item()}
+
+    log_rows, train_seconds, end = train_loop(
+        net, optimizer, train, loss_fn, steps=settings.steps, batch_size=settings.batch_size, seed=settings.seed,
+        checkpoint_every=settings.checkpoint_every, checkpoint=checkpoint, stop_after=stop_after,
+        desc=f"ts-ft λ={settings.lam}")
     if end < settings.steps:
         return {"stopped_at": end}
 
@@ -203,7 +168,7 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
     summary = {"lam": settings.lam, "seed": settings.seed, "layer": layer, "accuracy": float((gold == preds).mean()),
                "macro_f1": macro_f1(gold, preds, range(len(classes))), "train_seconds": round(train_seconds, 1),
                "steps": settings.steps, "settings": asdict(settings),
-               "trainable_parameters": int(sum(p.numel() for p in net.parameters() if p.requires_grad))}
+               "trainable_parameters": trainable_parameters(net)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(checkpoint, ignore_errors=True)
     return summary

@@ -33,7 +33,7 @@ rule fig_aucroc:
 rule anchors:
     """Named target: every label-anchor metric and figure."""
     input:
-        anchor_targets(),
+        anchor_targets() + error_diagnosis_targets(),
 
 
 rule saliency:
@@ -154,3 +154,45 @@ rule fig_reweighting:
         "../envs/iclscope.yaml"
     script:
         "../scripts/fig_reweighting.py"
+
+
+rule error_diagnosis:
+    """Error diagnosis with anchor keys: confusion predicted from the label words' attention keys (seen
+    through the PCA of the query vectors at one layer) against the model's true confusion (AUC per class
+    pair from the label logits of the activation file). Datasets with >= 3 classes only."""
+    input:
+        prompts="results/prompts/{model}/{dataset}.parquet",
+        activations="results/activations/{model}/{dataset}.h5",
+        model="results/models/{model}.json",
+    output:
+        "results/metrics/{model}/{dataset}/error_diagnosis.parquet",
+    params:
+        settings=lambda wc: as_json(config["anchors"]["error_diagnosis"]),
+    log:
+        "logs/error_diagnosis/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
+        gpu=lambda wc: MODELS[wc.model].gpus,
+    script:
+        "../scripts/error_diagnosis.py"
+
+
+rule fig_error_diagnosis:
+    input:
+        "results/metrics/{model}/{dataset}/error_diagnosis.parquet",
+    output:
+        report(
+            "results/figures/{model}/{dataset}/error_diagnosis.png",
+            caption="../report/error_diagnosis.rst",
+            category="Label words as anchors",
+            subcategory="{model} / {dataset}",
+        ),
+    log:
+        "logs/figures/{model}/{dataset}/error_diagnosis.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/fig_error_diagnosis.py"

@@ -9,10 +9,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from iclscope.config import ConfigError, DatasetSpec, ModelSpec, validate_config  # noqa: E402
+from iclscope.config import ConfigError, DatasetSpec, ModelSpec, check_unique_keys, validate_config  # noqa: E402
 from iclscope import __version__ as ICLSCOPE_VERSION  # noqa: E402
 
 try:
+    for _configfile in workflow.configfiles:
+        check_unique_keys(_configfile)
     _validated = validate_config(config)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
@@ -68,6 +70,13 @@ def model_identity(wildcards):
     return as_json(MODELS[wildcards.model].identity())
 
 
+def local_source(wildcards):
+    """A local dataset file is an input: editing it reruns prepare_dataset (and changes its cache key).
+    (A save_to_disk directory is left out: Snakemake would compare only the directory's mtime.)"""
+    path = DATASETS[wildcards.dataset].path
+    return [path] if path and Path(path).expanduser().is_file() else []
+
+
 def dataset_identity(wildcards):
     return as_json(DATASETS[wildcards.dataset].identity())
 
@@ -80,16 +89,26 @@ def extract_identity(wildcards):
                     "iclscope": ICLSCOPE_VERSION})
 
 
-def task_family_datasets():
+def running(method, names):
+    """The datasets among `names` whose `methods:` key lets `method` run (null = all)."""
+    return [n for n in names if DATASETS[n].runs(method)]
+
+
+def task_families():
     """Datasets whose prompts span several tasks (decodability needs more than one)."""
     return [n for n, d in DATASETS.items() if d.kind == "generation" or d.task_column]
+
+
+def task_family_datasets():
+    """Task families that run decodability."""
+    return running("decodability", task_families())
 
 
 def patching_datasets():
     """Generation task families: their answers are generated, so a patched state can change them."""
     if not config["patching"]["enabled"]:
         return []
-    return [n for n in task_family_datasets() if DATASETS[n].kind == "generation"]
+    return running("patching", [n for n in task_families() if DATASETS[n].kind == "generation"])
 
 
 def classification_datasets():
@@ -98,13 +117,14 @@ def classification_datasets():
 
 def taskspace_targets():
     return expand("results/metrics/{model}/{dataset}/compression.parquet", model=MODELS,
-                  dataset=classification_datasets())
+                  dataset=running("taskspace", classification_datasets()))
 
 
 def icicl_targets():
     if not config["icicl"]["enabled"]:
         return []
-    return expand("results/metrics/{model}/{dataset}/icicl.parquet", model=MODELS, dataset=classification_datasets())
+    return expand("results/metrics/{model}/{dataset}/icicl.parquet", model=MODELS,
+                  dataset=running("icicl", classification_datasets()))
 
 
 def tsft_runs(model, dataset):
@@ -115,7 +135,20 @@ def tsft_runs(model, dataset):
 def tsft_targets():
     if not config["tsft"]["enabled"]:
         return []
-    return expand("results/metrics/{model}/{dataset}/tsft.parquet", model=MODELS, dataset=classification_datasets())
+    return expand("results/metrics/{model}/{dataset}/tsft.parquet", model=MODELS,
+                  dataset=running("tsft", classification_datasets()))
+
+
+LAYER_LORA_ARMS = ["first", "last"]
+
+
+def layer_lora_targets():
+    """First-vs-last-layer LoRA (METHODS.md §4.5): table and figure per generation task family."""
+    if not config["layer_lora"]["enabled"]:
+        return []
+    families = running("layer_lora", [n for n, d in DATASETS.items() if d.kind == "generation"])
+    return [f"results/{kind}/{m}/{d}/layer_lora.{ext}" for m in MODELS for d in families
+            for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
 
 
 def activation_targets():
@@ -135,27 +168,39 @@ def anchor_datasets():
     return [n for n in classification_datasets() if DATASETS[n].prompts.shots_per_class > 0]
 
 
+def running_methods(dataset, methods):
+    """The methods among `methods` that the dataset's `methods:` key lets run."""
+    return [m for m in methods if DATASETS[dataset].runs(m)]
+
+
 def anchor_methods():
     return ["aucroc", "saliency", "isolation"] + (["reweighting"] if config["anchors"]["reweighting"]["enabled"] else [])
 
 
 def anchor_targets():
     return [f"results/{kind}/{m}/{d}/{name}.{ext}" for m in MODELS for d in anchor_datasets()
-            for name in anchor_methods() for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
+            for name in running_methods(d, anchor_methods()) for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
+
+
+def error_diagnosis_targets():
+    """Predicted vs true confusion: anchor datasets with >= 3 classes (one class pair cannot be correlated)."""
+    names = [d for d in running("error_diagnosis", anchor_datasets()) if len(DATASETS[d].class_names) >= 3]
+    return [f"results/{kind}/{m}/{d}/error_diagnosis.{ext}" for m in MODELS for d in names
+            for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
 
 
 def figure_targets():
     figures = expand("results/figures/{model}/{dataset}/{fig}.png", model=MODELS,
-                     dataset=classification_datasets(), fig=["compression", "task_space"])
+                     dataset=running("taskspace", classification_datasets()), fig=["compression", "task_space"])
     figures += expand("results/figures/{model}/{dataset}/decodability.png", model=MODELS,
                       dataset=task_family_datasets())
     figures += expand("results/figures/{model}/{dataset}/patching.png", model=MODELS, dataset=patching_datasets())
     if config["icicl"]["enabled"]:
         figures += expand("results/figures/{model}/{dataset}/icicl.png", model=MODELS,
-                          dataset=classification_datasets())
+                          dataset=running("icicl", classification_datasets()))
     if config["tsft"]["enabled"]:
         figures += expand("results/figures/{model}/{dataset}/tsft.png", model=MODELS,
-                          dataset=classification_datasets())
+                          dataset=running("tsft", classification_datasets()))
     return figures
 
 
@@ -186,10 +231,10 @@ def atlas_tables(model, dataset):
     names = []
     if dataset in task_family_datasets():
         names.append("decodability")
-    if dataset in classification_datasets():
+    if dataset in running("taskspace", classification_datasets()):
         names.append("compression")
     if dataset in anchor_datasets():
-        names += ["saliency", "aucroc", "isolation"]
+        names += running_methods(dataset, ["saliency", "aucroc", "isolation"])
     if config["entropy"]["enabled"] and dataset in config["entropy"]["datasets"]:
         names.append("entropy")
     return [f"results/metrics/{model}/{dataset}/{name}.parquet" for name in names]
@@ -205,13 +250,13 @@ def summary_tables():
     tables += expand("results/metrics/{model}/{dataset}/icl_accuracy.parquet", model=MODELS, dataset=DATASETS)
     if config["anchors"]["reweighting"]["enabled"]:
         tables += expand("results/metrics/{model}/{dataset}/reweighting.parquet", model=MODELS,
-                         dataset=anchor_datasets())
+                         dataset=running("reweighting", anchor_datasets()))
     tables += expand("results/metrics/{model}/{dataset}/patching.parquet", model=MODELS, dataset=patching_datasets())
     return tables + icicl_targets() + tsft_targets()
 
 
 def summary_targets():
-    return (expand("results/figures/{model}/{dataset}/layer_atlas.png", model=MODELS, dataset=DATASETS)
+    return ([f"results/figures/{m}/{d}/layer_atlas.png" for m in MODELS for d in DATASETS if atlas_tables(m, d)]
             + ["results/summary/headline.csv", "results/summary/peak_layers.csv"])
 
 
@@ -223,7 +268,8 @@ def toy_regression_targets():
 
 def all_targets():
     return (activation_targets() + metric_targets() + taskspace_targets() + icicl_targets() + tsft_targets()
-            + figure_targets() + anchor_targets() + entropy_targets() + toy_regression_targets() + summary_targets())
+            + layer_lora_targets() + figure_targets() + anchor_targets() + error_diagnosis_targets() + entropy_targets()
+            + toy_regression_targets() + summary_targets())
 
 
 def shard_of(wildcards):

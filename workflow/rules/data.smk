@@ -1,5 +1,7 @@
 rule prepare_dataset:
     """Load, decode, filter and split one dataset into the normalised Parquet table."""
+    input:
+        local_source,
     output:
         "results/datasets/{dataset}.parquet",
     params:

@@ -73,7 +73,8 @@ rule toy_lm_entropy:
         dataset="results/datasets/{dataset}.parquet",
         tokenizer=lambda wc: f"results/models/{next(iter(MODELS))}.json",
     output:
-        "results/metrics/toy/{dataset}/entropy_training.parquet",
+        table="results/metrics/toy/{dataset}/entropy_training.parquet",
+        weights=directory("results/toy/{dataset}/weights"),
     params:
         settings=lambda wc: as_json(config["entropy"]),
     log:

@@ -1,5 +1,6 @@
 rule icicl:
-    """IC-ICL (task-space soft tokens), task vector, zero-shot and full-text ICL on the same retrieved demos."""
+    """IC-ICL (task-space soft tokens), task vector, anchor-only KV / text / random baselines, zero-shot and
+    full-text ICL on the same retrieved demos; accuracy, label / word loyalty vs full ICL, seconds."""
     input:
         model="results/models/{model}.json",
         dataset="results/datasets/{dataset}.parquet",
@@ -8,7 +9,7 @@ rule icicl:
         predictions="results/icicl/{model}/{dataset}/predictions.parquet",
         table="results/metrics/{model}/{dataset}/icicl.parquet",
     params:
-        settings=lambda wc: as_json(config["icicl"]),
+        settings=lambda wc: as_json({**config["icicl"], "word_k": config["anchors"]["word_k"]}),
         prompts=lambda wc: as_json(DATASETS[wc.dataset].prompts.__dict__),
     log:
         "logs/icicl/{model}/{dataset}.log",

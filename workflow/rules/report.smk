@@ -144,7 +144,7 @@ rule summary:
     """Headline numbers and peak layers across every model × dataset."""
     input:
         tables=summary_tables(),
-        peaks=expand("results/metrics/{model}/{dataset}/peak_layers.parquet", model=MODELS, dataset=DATASETS),
+        peaks=[f"results/metrics/{m}/{d}/peak_layers.parquet" for m in MODELS for d in DATASETS if atlas_tables(m, d)],
     output:
         headline=report("results/summary/headline.csv", caption="../report/summary.rst", category="Summary"),
         peaks=report("results/summary/peak_layers.csv", caption="../report/summary.rst", category="Summary"),

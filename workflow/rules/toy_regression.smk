@@ -6,7 +6,8 @@ rule toy_regression:
     """Train the regression transformer; per-basis MSE, MSE by examples seen (with least-squares
     references) and basis decodability per layer, at log-spaced steps."""
     output:
-        "results/metrics/toy/regression/toy_regression.parquet",
+        table="results/metrics/toy/regression/toy_regression.parquet",
+        weights=directory("results/toy/regression/weights"),
     params:
         settings=lambda wc: as_json(config["toy_regression"]),
     log:

@@ -2,7 +2,7 @@ from iclscope.logs import log_to
 from iclscope.metric_tables import aucroc_table
 from iclscope.tables import write_table
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 table = aucroc_table(snakemake.input[0], model=wc.model, dataset=wc.dataset)
 write_table(table, snakemake.output[0], {"source": snakemake.input[0]})

@@ -4,7 +4,7 @@ from iclscope.models import load_tokenizer
 from iclscope.prompts import build_prompts
 from iclscope.tables import read_table, write_table
 
-log_to(snakemake.log[0])
+log_to(snakemake.log[0], threads=snakemake.threads)
 name = snakemake.wildcards.dataset
 tokenizer, manifest = load_tokenizer(snakemake.input.model)
 spec = DatasetSpec.from_config(name, snakemake.config["datasets"][name])

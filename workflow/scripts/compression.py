@@ -2,7 +2,7 @@ from iclscope.logs import log_to
 from iclscope.metric_tables import compression_table
 from iclscope.tables import write_table
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 table = compression_table(snakemake.input.activations, snakemake.input.taskspace, model=wc.model, dataset=wc.dataset)
 write_table(table, snakemake.output[0], {"taskspace": snakemake.config["taskspace"]})

@@ -4,7 +4,7 @@ from iclscope.logs import log_to
 from iclscope.metric_tables import decodability_table
 from iclscope.tables import write_table
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 settings = snakemake.config["decodability"]
 table, attrs = decodability_table(snakemake.input[0], model=wc.model, dataset=wc.dataset, **settings)

@@ -2,7 +2,7 @@ from iclscope.logs import log_to
 from iclscope.metric_tables import decodability_accuracy_fit
 from iclscope.tables import read_table, write_table
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 points, table = decodability_accuracy_fit(read_table(snakemake.input.decodability),
                                           read_table(snakemake.input.accuracy), model=wc.model, dataset=wc.dataset)

@@ -3,7 +3,7 @@ from iclscope.logs import log_to
 from iclscope.metric_tables import entropy_table
 from iclscope.tables import write_table
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 cfg = snakemake.config["entropy"]
 settings = EntropySettings(n_bins=cfg["n_bins"], min_labels=cfg["min_labels"], clip_quantile=cfg["clip_quantile"])

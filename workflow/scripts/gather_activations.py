@@ -1,6 +1,6 @@
 from iclscope.logs import log_to
 from iclscope.store import gather_shards
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 gather_shards(list(snakemake.input), snakemake.output[0])
 log.info("gathered %d shards into %s", len(snakemake.input), snakemake.output[0])

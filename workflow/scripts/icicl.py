@@ -1,21 +1,25 @@
+import pandas as pd
+
 from iclscope.config import DatasetSpec, ModelSpec
 from iclscope.icicl import ICICLSettings, evaluate_icicl
 from iclscope.logs import log_to
 from iclscope.tables import metric_frame, read_table, write_table
 from iclscope.taskspace import read_task_spaces
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 cfg = {k: v for k, v in snakemake.config["icicl"].items() if k != "enabled"}
-settings = ICICLSettings(**{k: v for k, v in cfg.items() if k != "task_space"}, task_space=cfg["task_space"])
+settings = ICICLSettings(**{k: v for k, v in cfg.items() if k != "task_space"}, task_space=cfg["task_space"],
+                         word_k=snakemake.config["anchors"]["word_k"])
 per_example, summary, meta = evaluate_icicl(
     read_table(snakemake.input.dataset), DatasetSpec.from_config(wc.dataset, snakemake.config["datasets"][wc.dataset]),
     snakemake.input.model, ModelSpec.from_config(wc.model, snakemake.config["models"][wc.model]),
     read_task_spaces(snakemake.input.taskspace, settings.task_space), settings)
 write_table(per_example, snakemake.output.predictions, meta)
+# label_loyalty / word_loyalty: vs full_icl on the same input; draw: which Hidden_random draw hidden_random_top is
 rows = [{"metric": m, "task": r["arm"], "value": r[m]} for r in summary.to_dict("records")
-        for m in ("accuracy", "macro_f1", "tokens", "seconds_per_example", "speedup_vs_full_icl",
-                  "time_reduction_vs_full_icl")]
+        for m in ("accuracy", "macro_f1", "label_loyalty", "word_loyalty", "tokens", "seconds_per_example",
+                  "speedup_vs_full_icl", "time_reduction_vs_full_icl", "draw") if not pd.isna(r[m])]
 write_table(metric_frame(rows, model=wc.model, dataset=wc.dataset, family="icicl", position="query",
                          layer=meta["inject_layer"]), snakemake.output.table, meta)
 log.info("IC-ICL summary:\n%s\n%s", summary.to_string(), meta)

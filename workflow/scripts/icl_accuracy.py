@@ -2,7 +2,7 @@ from iclscope.icl import accuracy_table, predictions
 from iclscope.logs import log_to
 from iclscope.tables import write_table
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 preds, attrs = predictions(snakemake.input[0])
 settings = snakemake.config["icl_accuracy"]

@@ -6,7 +6,7 @@ from iclscope.logs import log_to
 from iclscope.plots import plot_layer_atlas
 from iclscope.tables import write_table
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 n_layers = json.loads(Path(snakemake.input.manifest).read_text())["n_layers"]
 curves = atlas_curves(read_tables(Path(snakemake.output.peaks).parent), n_layers)

@@ -3,7 +3,7 @@ from iclscope.logs import log_to
 from iclscope.patching import run_patching
 from iclscope.tables import write_table
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 s = snakemake.config["patching"]
 table, answers, meta = run_patching(snakemake.input.prompts, snakemake.input.activations,

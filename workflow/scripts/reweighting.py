@@ -5,7 +5,7 @@ from iclscope.config import ModelSpec
 from iclscope.logs import log_to
 from iclscope.tables import atomic_path, commit, write_table
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 s = snakemake.config["anchors"]["reweighting"]
 table, betas, info = run_reweighting(snakemake.input.prompts, snakemake.input.model,

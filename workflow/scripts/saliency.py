@@ -3,7 +3,7 @@ from iclscope.config import ModelSpec
 from iclscope.logs import log_to
 from iclscope.tables import write_table
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 settings = snakemake.config["anchors"]
 per_example, table = run_saliency(snakemake.input.prompts, snakemake.input.model,

@@ -5,7 +5,7 @@ import pandas as pd
 from iclscope.atlas import headline
 from iclscope.logs import log_to
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 pairs = sorted({(Path(p).parent.parent.name, Path(p).parent.name) for p in snakemake.input.peaks})
 table = pd.DataFrame([headline(f"results/metrics/{m}/{d}", m, d) for m, d in pairs])
 table.to_csv(snakemake.output.headline, index=False, float_format="%.4g")

@@ -1,7 +1,7 @@
 from iclscope.logs import log_to
 from iclscope.taskspace import build_task_spaces
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 settings = snakemake.config["taskspace"]
 summary = build_task_spaces(snakemake.input.activations, snakemake.input.anchors, snakemake.output[0],
                             var_threshold=settings["var_threshold"], max_k=settings["max_k"])

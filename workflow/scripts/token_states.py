@@ -2,7 +2,7 @@ from iclscope.config import ModelSpec
 from iclscope.logs import log_to
 from iclscope.token_states import extract_token_states
 
-log_to(snakemake.log[0])
+log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 cfg = snakemake.config["entropy"]
 extract_token_states(snakemake.input.dataset, snakemake.input.model, snakemake.output[0],

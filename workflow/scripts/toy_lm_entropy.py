@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -8,7 +9,7 @@ from iclscope.models import load_tokenizer, model_dir_of, resolve_device
 from iclscope.tables import write_table
 from iclscope.toy_lm import ToySize, ToyTraining, token_stream, train_and_measure
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 cfg = snakemake.config["entropy"]
 training = dict(cfg["training"])
 sizes = [ToySize(**s) for s in training.pop("sizes")]
@@ -24,9 +25,12 @@ log.info("corpus: %d texts, %d tokens, vocabulary %d (+UNK); UNK share %.3f", le
          run.vocab_size - 1, float((stream == 0).mean()))
 device = resolve_device("auto")
 resume_dir = Path("results/toy") / snakemake.wildcards.dataset / "resume"  # training states of a killed run
-table = pd.concat([train_and_measure(stream, size, run, settings, device, resume_dir=resume_dir) for size in sizes],
-                  ignore_index=True)
-write_table(table, snakemake.output[0], {"entropy": cfg, "tokens": int(len(stream))})
+weights = resume_dir / "weights"  # moved to the declared output when every size is done
+table = pd.concat([train_and_measure(stream, size, run, settings, device, resume_dir=resume_dir, weights_dir=weights)
+                   for size in sizes], ignore_index=True)
+shutil.rmtree(snakemake.output.weights, ignore_errors=True)
+weights.rename(snakemake.output.weights)
+write_table(table, snakemake.output.table, {"entropy": cfg, "tokens": int(len(stream))})
 last = table[(table.range == "minmax") & (table.label_type == "token")]
 last = last[last.layer == last.groupby("size")["layer"].transform("max")]
 log.info("last-layer token measures by size and step:\n%s",

@@ -1,3 +1,6 @@
+import shutil
+from pathlib import Path
+
 import pandas as pd
 
 from iclscope.logs import log_to
@@ -6,14 +9,18 @@ from iclscope.synthetic import SparseRegressionTask
 from iclscope.tables import write_table
 from iclscope.toy_regression import RegressionTraining, reference_rows, train_regression
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 cfg = dict(snakemake.config["toy_regression"])
 cfg.pop("enabled")
 task = SparseRegressionTask(**{k: cfg.pop(k) for k in ("dim", "n_bases", "basis_size", "n_points", "noise_var")})
 run = RegressionTraining(**cfg)
-table = train_regression(task, run, resolve_device("auto"), resume_dir="results/toy/regression/resume")
+resume_dir = Path("results/toy/regression/resume")  # training state of a killed run
+weights = resume_dir / "weights"  # moved to the declared output when training is done
+table = train_regression(task, run, resolve_device("auto"), resume_dir=resume_dir, weights_dir=weights)
 table = pd.concat([table, pd.DataFrame(reference_rows(task))], ignore_index=True)
-write_table(table, snakemake.output[0], {"toy_regression": snakemake.config["toy_regression"]})
+shutil.rmtree(snakemake.output.weights, ignore_errors=True)
+weights.rename(snakemake.output.weights)
+write_table(table, snakemake.output.table, {"toy_regression": snakemake.config["toy_regression"]})
 log.info("test MSE by basis and step:\n%s", table[table.metric == "mse"].pivot_table(
     index="step", columns="task", values="value").round(4).to_string())
 log.info("basis decodability by layer and step:\n%s", table[table.metric == "decodability"].pivot_table(

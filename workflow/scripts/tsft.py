@@ -4,7 +4,7 @@ from iclscope.tables import read_table
 from iclscope.taskspace import read_task_spaces
 from iclscope.tsft import TSFTSettings, train_tsft
 
-log = log_to(snakemake.log[0])
+log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 cfg = {k: v for k, v in snakemake.config["tsft"].items() if k not in ("enabled", "seeds", "task_space")}
 if wc.arm == "baseline":

@@ -1,0 +1,102 @@
+# LoRA on the first n vs the last n transformer layers (Han et al., METHODS.md §4.5), on the
+# generation task families: train an arm, merge it into the weights (a temporary model
+# directory), run the dataset's prompts through the existing extraction, and compare task
+# decodability and ICL accuracy with the base model's activation file.
+
+
+rule layer_lora:
+    """LoRA on the first or the last n blocks, answer-token loss on k-shot train-split prompts; the
+    merged model is a temporary prepared-model directory (deleted once extracted)."""
+    input:
+        model="results/models/{model}.json",
+        dataset="results/datasets/{dataset}.parquet",
+    output:
+        run=directory("results/layer_lora/{model}/{dataset}/{arm}"),
+        merged=temp(directory("results/layer_lora/{model}/{dataset}/{arm}.model")),
+    wildcard_constraints:
+        arm="first|last",
+    params:
+        settings=lambda wc: as_json(config["layer_lora"]),
+        dataset=lambda wc: as_json({"identity": DATASETS[wc.dataset].identity(),
+                                    "prompts": DATASETS[wc.dataset].prompts.__dict__}),
+        # outside the output directory, which Snakemake clears before a rerun: a killed job resumes
+        checkpoint=lambda wc: f"results/layer_lora/{wc.model}/{wc.dataset}/{wc.arm}.resume",
+    log:
+        "logs/layer_lora/{model}/{dataset}/{arm}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
+        gpu=lambda wc: MODELS[wc.model].gpus,
+    script:
+        "../scripts/layer_lora.py"
+
+
+rule layer_lora_extract:
+    """The dataset's prompts through the merged model: the same extraction as the base model's."""
+    input:
+        prompts="results/prompts/{model}/{dataset}.parquet",
+        model="results/layer_lora/{model}/{dataset}/{arm}.model",
+    output:
+        "results/layer_lora/{model}/{dataset}/{arm}.h5",
+    wildcard_constraints:
+        arm="first|last",
+    params:
+        identity=extract_identity,
+        shard="1-of-1",
+    log:
+        "logs/layer_lora_extract/{model}/{dataset}/{arm}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
+        runtime=lambda wc, attempt: 60 * attempt,
+        gpu=lambda wc: MODELS[wc.model].gpus,
+    script:
+        "../scripts/extract.py"
+
+
+rule layer_lora_summary:
+    """Accuracy per task and decodability per layer for base / first / last, and their changes."""
+    input:
+        base="results/activations/{model}/{dataset}.h5",
+        runs=expand("results/layer_lora/{{model}}/{{dataset}}/{arm}", arm=LAYER_LORA_ARMS),
+        activations=expand("results/layer_lora/{{model}}/{{dataset}}/{arm}.h5", arm=LAYER_LORA_ARMS),
+    output:
+        "results/metrics/{model}/{dataset}/layer_lora.parquet",
+    params:
+        arms=LAYER_LORA_ARMS,
+        settings=lambda wc: as_json({"decodability": config["decodability"], "icl_accuracy": config["icl_accuracy"]}),
+    log:
+        "logs/layer_lora_summary/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/layer_lora_summary.py"
+
+
+rule fig_layer_lora:
+    input:
+        "results/metrics/{model}/{dataset}/layer_lora.parquet",
+    output:
+        report(
+            "results/figures/{model}/{dataset}/layer_lora.png",
+            caption="../report/layer_lora.rst",
+            category="Task decodability",
+            subcategory="{model} / {dataset}",
+        ),
+    log:
+        "logs/figures/{model}/{dataset}/layer_lora.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/fig_layer_lora.py"
+
+
+rule layer_lora_all:
+    """Named target: the first-vs-last-layer LoRA comparison of every generation task family."""
+    input:
+        layer_lora_targets(),
