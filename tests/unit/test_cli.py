@@ -156,17 +156,17 @@ def test_costs_sums_what_each_finished_job_logged(tmp_path, capsys):
     job = ("import sys; sys.path.insert(0, {src!r}); from iclscope.logs import log_to; log_to({log!r}); "
            "sum(i * i for i in range(3_000_000))")
     src = str(Path(__file__).resolve().parents[2] / "workflow")
-    for log in ("extract/m/a.log", "extract/m/b.log", "figures/m/a/x.log"):
+    for log in ("extract/m/a.log", "extract/m/b.log", "figures/m/a/x.log", "summary.log"):
         subprocess.run([sys.executable, "-c", job.format(src=src, log=str(logs / log))], check=True)
     (logs / "extract/m/killed.log").write_text("2026 INFO iclscope: started at ...\n")
 
     rows = job_costs(logs)
-    assert [r["stage"] for r in rows] == ["extract", "extract", "figures"]
+    assert [r["stage"] for r in rows] == ["extract", "extract", "figures", "summary"]
     assert all(r["wall_s"] > 0 and r["cpu_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
     assert cli_main(["costs", str(logs)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].split()[:2] == ["extract", "2"] or out[2].split()[:2] == ["extract", "2"]
-    assert out[-1].split()[:2] == ["total", "3"]
+    assert out[-1].split()[:2] == ["total", "4"]
     assert cli_main(["costs", str(tmp_path / "nothing")]) == 2
 
 

@@ -203,7 +203,8 @@ def job_costs(logs_dir: str | Path) -> list[dict]:
         costs = COST_LINE.findall(path.read_text(errors="replace"))
         if costs:
             wall, cpu, rss = costs[-1]
-            rows.append({"stage": path.relative_to(logs_dir).parts[0], "log": str(path), "wall_s": float(wall),
+            stage = path.relative_to(logs_dir).parts[0].removesuffix(".log")  # logs/summary.log: 'summary'
+            rows.append({"stage": stage, "log": str(path), "wall_s": float(wall),
                          "cpu_s": float(cpu), "peak_rss_mb": int(rss)})
     return rows
 
