@@ -246,7 +246,8 @@ def test_report_opens_in_a_headless_browser_with_every_figure(run_dir, tmp_path)
             .map(r => new Promise(done => { const img = new Image(); img.onload = () => done(img.naturalWidth);
                                             img.onerror = () => done(0); img.src = r.data_uri; })))""")
         assert len(widths) == len(figures) and min(widths) > 300, widths
-        page.get_by_text("Label words as anchors").first.click()  # the category: its figures, one row each
+        page.get_by_text("Label words as anchors").first.click()  # the category: one entry per model / dataset
+        page.get_by_text("smollm2-135m / tweets", exact=True).first.click()  # its figures, one row each
         row = page.locator("tr", has_text="results/figures/smollm2-135m/tweets/saliency.png")
         row.locator("a[iconname='eye']").click()  # show the figure
         shown = page.locator("img[src^='data:image/png']").first
