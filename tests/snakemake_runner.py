@@ -16,9 +16,12 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900, check: bool = True,
-              env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the repo's Snakefile in `workdir` (its config.yaml, results/, logs/); kill after `timeout` s."""
-    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
+              env: dict | None = None, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run the repo's Snakefile in `workdir` (its config.yaml, results/, logs/); kill after `timeout` s.
+
+    `launcher` replaces the `snakemake` command (tests/cluster/snakemake_fast_status.py)."""
+    cmd = [*(launcher or [SNAKEMAKE]), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", *args]
     env = {**(env or os.environ), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "workflow")}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)

@@ -2,7 +2,8 @@
 stages, sharded extraction, exact partial reruns, the lab cache, and failures that retry.
 
 Every snakemake call goes through snakemake_runner.snakemake (hard kill timeout). Status checks
-are made every 2 s instead of the profile's production values to keep the suite short.
+are made every 2 s instead of the profile's production values to keep the suite short, through
+snakemake_fast_status.py (the slurm plugin would otherwise back off by 10 s per check).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import numpy as np
 import pytest
 import yaml
 
+from iclscope.lab_cache import entries as cache_entries
+from iclscope.lab_cache import is_sealed
 from snakemake_runner import REPO, planned_jobs, snakemake, write_config
 from tiny_models import make_tiny_model
 
 pytestmark = pytest.mark.cluster
 FAST = ["--seconds-between-status-checks", "2", "--slurm-init-seconds-before-status-checks", "2"]
+FAST_STATUS = [sys.executable, str(Path(__file__).with_name("snakemake_fast_status.py"))]  # no back-off
 SITE = ["--default-resources", "slurm_partition=debug", "runtime=10", "mem_mb=1000", "cpus_per_task=1"]
 
 
@@ -71,7 +75,7 @@ def checkout(lab, name: str, cfg: dict) -> Path:
 
 def on_slurm(lab, work: Path, *args: str, timeout: int = 600, check: bool = True):
     return snakemake(work, "--profile", str(REPO / "profiles" / "slurm"), *SITE, *FAST, *args,
-                     env=lab["env"], timeout=timeout, check=check)
+                     env=lab["env"], timeout=timeout, check=check, launcher=FAST_STATUS)
 
 
 def rules_run(lab, since: float) -> dict[str, int]:
@@ -173,6 +177,8 @@ def test_two_checkouts_request_the_same_new_activations_at_once(lab):
     assert all(not isinstance(r, AssertionError) for r in results.values()), results
     entries = {os.path.realpath(w / "results/activations/tiny/toy.h5") for w in works}
     assert len(entries) == 1 and Path(next(iter(entries))).parent == lab["cache"]
+    stored = cache_entries(lab["cache"])  # models, datasets, activations of every test so far
+    assert stored and all(is_sealed(e) for e in stored), "cache entries must be read-only once written"
     with h5py.File(next(iter(entries))) as f:
         assert f.attrs["complete"] and f.attrs["n_done"] == f["resid/query"].shape[0]
         cached = f["resid/query"][()]
@@ -235,7 +241,7 @@ def test_job_over_its_memory_is_killed_and_retried_with_more(lab, tmp_path):
     shutil.copy(Path(__file__).with_name("memory_hog.smk"), tmp_path / "Snakefile")
     cmd = ["--snakefile", str(tmp_path / "Snakefile")]
     t0 = time.time()
-    result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), *cmd, "--directory",
+    result = subprocess.run([*FAST_STATUS, *cmd, "--directory",
                              str(tmp_path), "--executor", "slurm", "--jobs", "2", "--retries", "2", *SITE, *FAST],
                             env={k: v for k, v in lab["env"].items() if k != "SNAKEMAKE_OUTPUT_CACHE"},
                             capture_output=True, text=True, timeout=400)

@@ -27,6 +27,7 @@ def small_config() -> dict:
     cfg["datasets"].pop("bitwise")
     cfg["datasets"]["tweets3"]["prompts"].update(n_test=9)
     cfg["anchors"]["error_diagnosis"].update(n_components=3)
+    cfg["anchors"].update(isolation_k=[1], isolation_prompts_per_seed=4, saliency_prompts_per_seed=4)
     cfg["layer_lora"].update(steps=2, batch_size=2, n_train=8, n_monitor=4, checkpoint_every=1)
     cfg["decodability"].update(k=5, n_boot=20)
     cfg["anchors"]["reweighting"].update(aux_per_class=3, epochs=1)

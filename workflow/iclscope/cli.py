@@ -4,6 +4,7 @@
     iclscope inspect results/activations/smollm2-135m/tweets.h5.partial   # how far a killed job got
     iclscope estimate [config.yaml]        # prompts, tokens, disk, GPU-hours before launching
     iclscope cache ls | du                 # what is in $SNAKEMAKE_OUTPUT_CACHE
+    iclscope cache seal                    # make entries stored before iclscope sealed them read-only
     iclscope costs [logs]                 # wall / CPU seconds and memory per stage of a run
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from . import lab_cache
 from .store import IncompleteFileError, open_activations
 
 
@@ -140,7 +142,7 @@ def estimate(config_path: str | Path = "config.yaml", results: str | Path = "res
 def cache_entries(cache: str | Path) -> list[dict]:
     """What each entry of a Snakemake output cache holds, read from the entry itself."""
     rows = []
-    for entry in sorted(Path(cache).iterdir()):
+    for entry in lab_cache.entries(cache):
         if entry.name.startswith("."):
             continue
         files = [p for p in entry.rglob("*") if p.is_file()] if entry.is_dir() else [entry]
@@ -160,12 +162,13 @@ def cache_entries(cache: str | Path) -> list[dict]:
         elif entry.is_file() and entry.read_bytes()[:4] == b"PAR1":
             kind = "table"
         rows.append({"entry": entry.name, "kind": kind, "bytes": size, "what": what,
-                     "modified": entry.stat().st_mtime})
+                     "modified": entry.stat().st_mtime, "read_only": lab_cache.is_sealed(entry)})
     return rows
 
 
 def cache(command: str, cache_dir: str | None = None, out=sys.stdout) -> int:
-    """`ls`: one line per cache entry (kind, size, what); `du`: totals per kind."""
+    """`ls`: one line per cache entry (kind, size, what); `du`: totals per kind; `seal`: remove the
+    write bits of every entry (entries stored by iclscope are sealed already; older ones are not)."""
     import datetime as dt
     import os
 
@@ -173,11 +176,18 @@ def cache(command: str, cache_dir: str | None = None, out=sys.stdout) -> int:
     if not cache_dir or not Path(cache_dir).is_dir():
         print("error: no cache directory: set SNAKEMAKE_OUTPUT_CACHE or pass --dir", file=out)
         return 2
+    if command == "seal":
+        changed = {entry.name: lab_cache.seal(entry) for entry in lab_cache.entries(cache_dir)}
+        print(f"sealed {sum(n > 0 for n in changed.values())} of {len(changed)} entries read-only "
+              f"({sum(changed.values())} paths changed) in {cache_dir}", file=out)
+        return 0
     rows = cache_entries(cache_dir)
     if command == "ls":
         for r in rows:
             when = dt.datetime.fromtimestamp(r["modified"]).strftime("%Y-%m-%d %H:%M")
-            print(f"{r['entry'][:16]}  {r['kind']:<13} {_fmt_bytes(r['bytes']):>10}  {when}  {r['what']}", file=out)
+            writable = "" if r["read_only"] else "  WRITABLE (iclscope cache seal)"
+            print(f"{r['entry'][:16]}  {r['kind']:<13} {_fmt_bytes(r['bytes']):>10}  {when}  {r['what']}{writable}",
+                  file=out)
         return 0
     kinds: dict[str, list[int]] = {}
     for r in rows:
@@ -239,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default="results")
     p.add_argument("--tflops", type=float, default=50.0, help="sustained GPU throughput assumed (default 50)")
     p = sub.add_parser("cache", help="entries of the lab cache ($SNAKEMAKE_OUTPUT_CACHE)")
-    p.add_argument("action", choices=["ls", "du"])
+    p.add_argument("action", choices=["ls", "du", "seal"])
     p.add_argument("--dir", default=None)
     p = sub.add_parser("costs", help="wall / CPU seconds and peak memory per stage, from the jobs' logs")
     p.add_argument("logs", nargs="?", default="logs")

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from iclscope.config import ConfigError, DatasetSpec, ModelSpec, check_unique_keys, validate_config  # noqa: E402
 from iclscope import __version__ as ICLSCOPE_VERSION  # noqa: E402
+from iclscope.lab_cache import seal_entries_when_stored  # noqa: E402
 
 try:
     for _configfile in workflow.configfiles:
@@ -28,6 +29,8 @@ if getattr(workflow.workflow_settings, "cache", None) and not os.environ.get("SN
         "export SNAKEMAKE_OUTPUT_CACHE=/shared/lab/iclscope-cache (README: 'Sharing activations'); a "
         "directory of your own works too"
     )
+if getattr(workflow.workflow_settings, "cache", None):
+    seal_entries_when_stored()  # entries are read-only once written (iclscope/lab_cache.py)
 
 
 
