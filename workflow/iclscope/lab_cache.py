@@ -20,6 +20,15 @@ from pathlib import Path
 WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 
 
+def _paths(entry: Path) -> list[Path]:
+    """The entry and, for a directory, everything under it."""
+    paths = [entry]
+    if entry.is_dir() and not entry.is_symlink():
+        for root, dirs, files in os.walk(entry):
+            paths += [Path(root) / name for name in dirs + files]
+    return paths
+
+
 def seal(entry: str | Path) -> int:
     """Remove every write bit from a cache entry: a file, or a directory and everything in it.
 
@@ -27,13 +36,8 @@ def seal(entry: str | Path) -> int:
     so sealing an already sealed entry returns 0. chmod needs ownership, not write permission,
     so the order of files and directories does not matter.
     """
-    entry = Path(entry)
-    paths = [entry]
-    if entry.is_dir() and not entry.is_symlink():
-        for root, dirs, files in os.walk(entry):
-            paths += [Path(root) / name for name in dirs + files]
     changed = 0
-    for path in paths:
+    for path in _paths(Path(entry)):
         mode = os.lstat(path).st_mode
         if not stat.S_ISLNK(mode) and mode & WRITE_BITS:
             os.chmod(path, stat.S_IMODE(mode) & ~WRITE_BITS)
@@ -43,12 +47,7 @@ def seal(entry: str | Path) -> int:
 
 def is_sealed(entry: str | Path) -> bool:
     """Whether no path of the entry (file, or directory tree) has a write bit."""
-    entry = Path(entry)
-    paths = [entry]
-    if entry.is_dir() and not entry.is_symlink():
-        for root, dirs, files in os.walk(entry):
-            paths += [Path(root) / name for name in dirs + files]
-    return all(stat.S_ISLNK(m) or not m & WRITE_BITS for m in (os.lstat(p).st_mode for p in paths))
+    return all(stat.S_ISLNK(m) or not m & WRITE_BITS for m in (os.lstat(p).st_mode for p in _paths(Path(entry))))
 
 
 def entries(cache_dir: str | Path) -> list[Path]:
