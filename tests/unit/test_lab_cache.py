@@ -17,9 +17,7 @@ import pytest
 
 from iclscope.cli import cache
 from iclscope.lab_cache import entries, is_sealed, seal
-
-WORKFLOW = Path(__file__).resolve().parents[2] / "workflow"
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+from snakemake_runner import REPO, SNAKEMAKE
 
 
 @pytest.fixture
@@ -41,25 +39,25 @@ def test_a_sealed_entry_can_be_read_but_not_changed_by_another_user(shared_dir):
     table = shared_dir / "a1b2c3.parquet"
     table.write_bytes(b"PAR1 rows")
     model = shared_dir / "d4e5f6"
-    (model / "sub").mkdir(parents=True)
-    (model / "sub" / "model.safetensors").write_bytes(b"weights")
-    for path in (table, model, model / "sub", model / "sub" / "model.safetensors"):
+    weights = model / "sub" / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    for path in (table, model, weights.parent, weights):
         path.chmod(0o777 if path.is_dir() else 0o666)  # how Snakemake stores them
     assert not is_sealed(table) and not is_sealed(model)
     assert seal(table) == 1 and seal(model) == 3 and seal(model) == 0
     assert is_sealed(table) and is_sealed(model)
     assert stat.S_IMODE(table.stat().st_mode) == 0o444 and stat.S_IMODE(model.stat().st_mode) == 0o555
 
-    weights = model / "sub" / "model.safetensors"
     reads = as_other_user(f"print(open({str(table)!r}, 'rb').read(4), open({str(weights)!r}, 'rb').read())")
     assert reads.returncode == 0 and "PAR1" in reads.stdout, reads.stderr
     for attempt in (f"open({str(table)!r}, 'r+b').write(b'x')",
-                    f"open({str(model / 'sub' / 'model.safetensors')!r}, 'wb')",
+                    f"open({str(weights)!r}, 'wb')",
                     f"open({str(model / 'sub' / 'extra')!r}, 'w')",
                     f"import shutil; shutil.rmtree({str(model)!r})"):
         result = as_other_user(attempt)
         assert result.returncode != 0 and "PermissionError" in result.stderr, (attempt, result.stderr)
-    assert (model / "sub" / "model.safetensors").read_bytes() == b"weights" and table.read_bytes() == b"PAR1 rows"
+    assert weights.read_bytes() == b"weights" and table.read_bytes() == b"PAR1 rows"
     added = as_other_user(f"open({str(shared_dir / 'new-entry')!r}, 'w').write('x')")  # the cache stays writable
     assert added.returncode == 0, added.stderr
 
@@ -87,7 +85,7 @@ rule make_model:
 
 def run_cached(work: Path, cache_dir: Path, value: int) -> None:
     work.mkdir(exist_ok=True)
-    (work / "Snakefile").write_text(SNAKEFILE.format(workflow=str(WORKFLOW), value=value))
+    (work / "Snakefile").write_text(SNAKEFILE.format(workflow=str(REPO / "workflow"), value=value))
     env = {**os.environ, "SNAKEMAKE_OUTPUT_CACHE": str(cache_dir)}
     result = subprocess.run([SNAKEMAKE, "--cores", "1", "--cache", "make_table", "make_model"], cwd=work, env=env,
                             capture_output=True, text=True, timeout=300)

@@ -143,8 +143,6 @@ def cache_entries(cache: str | Path) -> list[dict]:
     """What each entry of a Snakemake output cache holds, read from the entry itself."""
     rows = []
     for entry in lab_cache.entries(cache):
-        if entry.name.startswith("."):
-            continue
         files = [p for p in entry.rglob("*") if p.is_file()] if entry.is_dir() else [entry]
         size = sum(p.stat().st_size for p in files)
         kind, what = "other", ""

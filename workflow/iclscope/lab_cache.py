@@ -51,8 +51,9 @@ def is_sealed(entry: str | Path) -> bool:
 
 
 def entries(cache_dir: str | Path) -> list[Path]:
-    """The stored entries of a cache directory: everything but Snakemake's in-flight temp dirs."""
-    return sorted(p for p in Path(cache_dir).iterdir() if not p.name.startswith("tmp"))
+    """The stored entries of a cache directory: everything but Snakemake's in-flight temp dirs and
+    hidden files."""
+    return sorted(p for p in Path(cache_dir).iterdir() if not p.name.startswith(("tmp", ".")))
 
 
 def seal_entries_when_stored() -> None:

@@ -22,14 +22,14 @@ except ConfigError as error:
 config.clear()
 config.update(_validated)
 
-if getattr(workflow.workflow_settings, "cache", None) and not os.environ.get("SNAKEMAKE_OUTPUT_CACHE"):
-    raise WorkflowError(
-        "--cache (profiles/slurm sets it for prepare_model, prepare_dataset and extract) needs the "
-        "environment variable SNAKEMAKE_OUTPUT_CACHE: the lab's shared cache directory, e.g. "
-        "export SNAKEMAKE_OUTPUT_CACHE=/shared/lab/iclscope-cache (README: 'Sharing activations'); a "
-        "directory of your own works too"
-    )
 if getattr(workflow.workflow_settings, "cache", None):
+    if not os.environ.get("SNAKEMAKE_OUTPUT_CACHE"):
+        raise WorkflowError(
+            "--cache (profiles/slurm sets it for prepare_model, prepare_dataset and extract) needs the "
+            "environment variable SNAKEMAKE_OUTPUT_CACHE: the lab's shared cache directory, e.g. "
+            "export SNAKEMAKE_OUTPUT_CACHE=/shared/lab/iclscope-cache (README: 'Sharing activations'); a "
+            "directory of your own works too"
+        )
     seal_entries_when_stored()  # entries are read-only once written (iclscope/lab_cache.py)
 
 
