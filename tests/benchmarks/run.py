@@ -2,7 +2,7 @@
 results/benchmarks/benchmarks.{md,json}. Needs the default run's model, prompts and (for the
 HDF5 and IC-ICL rows) activations; builds what is missing through Snakemake first.
 
-    python -m tests.benchmarks.run [--only extraction,memory,dag,entropy,speedups] [--dag 10x10]
+    python -m tests.benchmarks.run [--only extraction,memory,dag,entropy,speedups] [--dag 50x20]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def to_markdown(rows: list[dict], info: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="extraction,memory,dag,entropy,speedups")
-    parser.add_argument("--dag", default="10x10", help="models x datasets of the DAG benchmark (issue: 50x20)")
+    parser.add_argument("--dag", default="50x20", help="models x datasets of the DAG benchmark")
     args = parser.parse_args()
     only = set(args.only.split(","))
     pipeline_inputs(f"results/prompts/{MODEL}/tweets.parquet", f"results/models/{MODEL}.json")

@@ -10,15 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iclscope.config import DatasetSpec, ModelSpec, PromptSpec
+from iclscope.config import ConfigError, DatasetSpec, ModelSpec, PromptSpec
 from iclscope.extract import ExtractSettings, extract
 from iclscope.layer_lora import (
     LayerLoRASettings,
     adapter_layers,
     answer_loss,
     n_adapted,
+    prompts_at_shots,
     summary_table,
     train_layer_lora,
+    train_shots,
     training_examples,
 )
 from iclscope.lora import attach_lora, trainable_parameters
@@ -187,18 +189,23 @@ def test_summary_table_compares_arms_with_base(prepared_tiny, tmp_path):
     settings = LayerLoRASettings(steps=4, batch_size=4, n_train=8, n_monitor=4, lr=1e-3)
     extract_settings = ExtractSettings(max_new_tokens=4)
     extract(prompts, model_dir, tmp_path / "base.h5", spec_model, extract_settings)
+    # the arms see the training shot count only (rule layer_lora_prompts)
+    trained = tmp_path / "trained_shots.parquet"
+    assert prompts_at_shots(prompts, trained, train_shots(SPEC)) == (table["shots"] == 1).sum() > 0
+    with pytest.raises(ConfigError, match="no 7-shot prompts"):
+        prompts_at_shots(prompts, tmp_path / "none.parquet", 7)
     runs = {}
     for arm in ("first", "last"):
         train_layer_lora(frame(), SPEC, model_dir, spec_model, settings, arm, tmp_path / arm,
                          merged_dir=tmp_path / f"{arm}.model")
-        extract(prompts, tmp_path / f"{arm}.model", tmp_path / f"{arm}.h5", spec_model, extract_settings)
+        extract(trained, tmp_path / f"{arm}.model", tmp_path / f"{arm}.h5", spec_model, extract_settings)
         runs[arm] = (tmp_path / arm, tmp_path / f"{arm}.h5")
     out = summary_table(tmp_path / "base.h5", runs, model="m", dataset="w",
                         decodability={"k": 3, "metrics": ["euclidean"], "n_boot": 0})
     assert set(out.label_type) == {"base", "first", "last"} and set(out.family) == {"layer_lora"}
     acc = out[out.metric == "accuracy"].set_index(["label_type", "seed", "shots", "task"])["value"]
     delta = out[out.metric == "delta_accuracy"]
-    assert len(delta) == 2 * 2 * (len(TASKS) + 1)  # 2 arms x 2 shot counts x (tasks + 'all')
+    assert len(delta) == 2 * (len(TASKS) + 1) and set(delta.shots) == {1}  # 2 arms x (tasks + 'all'), 1 shot
     for r in delta.itertuples():
         assert r.value == pytest.approx(acc[(r.label_type, r.seed, r.shots, r.task)]
                                         - acc[("base", r.seed, r.shots, r.task)])

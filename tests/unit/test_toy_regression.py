@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from iclscope.synthetic import SparseRegressionTask
@@ -12,8 +13,9 @@ RUN = RegressionTraining(d_model=32, n_layers=2, n_heads=2, steps=120, batch_siz
                          n_test_per_basis=40, knn_k=5, save_every=40)
 
 
-def test_prediction_of_y_i_sees_only_the_prefix_up_to_x_i():
-    model = RegressionTransformer(TASK.dim, TASK.n_points, RUN)
+@pytest.mark.parametrize("encoding", ["pairs", "interleaved"])
+def test_prediction_of_y_i_sees_only_the_prefix_up_to_x_i(encoding):
+    model = RegressionTransformer(TASK.dim, TASK.n_points, RegressionTraining(**{**RUN.__dict__, "encoding": encoding}))
     xs, ys, _ = TASK.sample(3, np.random.default_rng(0))
     xs, ys = torch.as_tensor(xs), torch.as_tensor(ys)
     with torch.no_grad():
@@ -23,8 +25,14 @@ def test_prediction_of_y_i_sees_only_the_prefix_up_to_x_i():
         moved = model(xs, ys2)
     torch.testing.assert_close(moved[:, :4], base[:, :4])
     assert (moved[:, 4:] - base[:, 4:]).abs().max() > 1e-4
-    tokens = RegressionTransformer.interleave(xs, ys)
-    assert tokens.shape == (3, 12, 8) and torch.equal(tokens[:, 1, 0], ys[:, 0]) and (tokens[:, 1, 1:] == 0).all()
+    if encoding == "interleaved":
+        tokens = RegressionTransformer.interleave(xs, ys)
+        assert tokens.shape == (3, 12, 8) and torch.equal(tokens[:, 1, 0], ys[:, 0]) and (tokens[:, 1, 1:] == 0).all()
+    else:
+        tokens = RegressionTransformer.pairs(xs, ys)
+        assert tokens.shape == (3, 12, 10) and torch.equal(tokens[:, 3, :8], xs[:, 1])
+        assert torch.equal(tokens[:, 3, 8], ys[:, 1]) and (tokens[:, 3, 9] == 1).all()
+        assert (tokens[:, 2, 8:] == 0).all() and torch.equal(tokens[:, 2, :8], xs[:, 1])
 
 
 def test_training_lowers_the_mse_and_measures_every_layer():

@@ -49,8 +49,13 @@ def _with_defaults(validator_class):
 _DefaultingValidator = _with_defaults(Draft202012Validator)
 
 
+# libyaml's parser where PyYAML was built with it: 5-10x faster than the pure-Python one, which
+# matters because the schema and the config are parsed on every `snakemake` call
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    return yaml.load(SCHEMA_PATH.read_text(), Loader=_SafeLoader)
 
 
 def _key(path) -> str:
@@ -141,7 +146,7 @@ def validate_config(raw: dict) -> dict:
     return config
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(_SafeLoader):
     """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last, silently:
     two datasets or models under one name would quietly become one)."""
 

@@ -99,6 +99,23 @@ def train_shots(spec: DatasetSpec, shots: int | None = None) -> int:
     return min(shots)
 
 
+def prompts_at_shots(prompts_path: str | Path, out_path: str | Path, shots: int) -> int:
+    """Copy the prompt sets of `shots` demonstrations (the count LoRA trains at) to `out_path`.
+
+    The merged models are extracted on these alone: the other shot counts would cost a forward
+    pass per prompt and arm for numbers no arm was trained for. Returns the number of prompts.
+    """
+    from .tables import read_meta, read_table, write_table
+
+    table = read_table(prompts_path)
+    kept = table[table["shots"] == shots]
+    if kept.empty:
+        raise ConfigError(f"{prompts_path} has no {shots}-shot prompts (it has {sorted(set(table['shots']))}); "
+                          "set layer_lora.shots to one of the dataset's prompts.shots")
+    write_table(kept.reset_index(drop=True), out_path, read_meta(prompts_path))
+    return len(kept)
+
+
 def training_examples(df: pd.DataFrame, spec: DatasetSpec, tokenizer, n: int, shots: int, seed: int) -> list[dict]:
     """`n` k-shot prompts + answer from the train split, non-Null tasks in turn, seeded.
 
@@ -263,10 +280,11 @@ def summary_table(base_activations, runs: dict[str, tuple[str | Path, str | Path
         frames += [df.assign(label_type=condition) for df in (dec, acc, peaks)]
     rows = []
     for arm, (run_dir, _) in runs.items():
-        delta = acc_of[arm] - acc_of["base"]
+        # the arms are extracted at the training shot count only: base's other counts have no pair
+        delta = (acc_of[arm] - acc_of["base"]).dropna()
         rows += [{"seed": s, "shots": k, "task": t, "label_type": arm, "metric": "delta_accuracy", "value": v}
                  for (s, k, t), v in delta.items()]
-        delta = peak_of[arm] - peak_of["base"]
+        delta = (peak_of[arm] - peak_of["base"]).dropna()
         rows += [{"seed": s, "shots": k, "task": "all", "label_type": arm, "metric": f"delta_{m}", "value": v}
                  for (m, s, k), v in delta.items()]
         s = json.loads((Path(run_dir) / "summary.json").read_text())

@@ -7,10 +7,17 @@ after k in-context examples against the two least-squares references (basis know
 regression; basis unknown: D-dimensional), and the decodability of the basis from the residual
 stream at the last x token, per layer (leave-one-out k-NN, iclscope.decodability).
 
-Encoding (Garg et al. 2022, the paper's presumed setup): tokens x_1, y_1, …, x_K, y_K, each a
-`dim`-vector (y in the first coordinate, zeros elsewhere), read in linearly to d_model, a GPT-2 body
-with learned positions, and a linear read-out at every x token. Cost per step: one forward and
-backward of [batch, 2K, d_model]; per checkpoint one forward of the fixed test set.
+Two encodings, both 2K tokens read in linearly to d_model, a GPT-2 body with learned positions and
+a linear read-out at every query token (cost per step: one forward and backward of
+[batch, 2K, d_model]; per checkpoint one forward of the fixed test set):
+- "interleaved" (Garg et al. 2022, the paper's presumed setup): x_1, y_1, …, x_K, y_K, each a
+  `dim`-vector (y in the first coordinate, zeros elsewhere); the read-out is at x_i.
+- "pairs" (the default): q_1, p_1, …, q_K, p_K with a query token q_i = [x_i, 0, 0] and a pair
+  token p_i = [x_i, y_i, 1]. A demonstration is one token, so one attention layer can already
+  weigh y_j by x_j·x_i (the first step of in-context gradient descent), where the interleaved
+  encoding must first learn to copy x_j into y_j's token. Measured on one CPU core (D = 8, r = 2,
+  K = 10, d_model 64, 4 layers, batch 32, lr 1e-3): "pairs" leaves the predict-zero plateau within
+  a few hundred steps, "interleaved" is still on it after 3,000.
 """
 
 from __future__ import annotations
@@ -48,8 +55,11 @@ class RegressionTraining:
     knn_k: int = 10
     seed: int = 0
     save_every: int = 200
+    encoding: str = "pairs"  # or "interleaved" (module docstring)
 
     def __post_init__(self):
+        if self.encoding not in ("pairs", "interleaved"):
+            raise ValueError(f"toy_regression: encoding must be 'pairs' or 'interleaved', not {self.encoding!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"toy_regression: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
 
@@ -68,7 +78,8 @@ class RegressionTransformer(nn.Module):
         cfg = GPT2Config(vocab_size=1, n_positions=2 * n_points, n_embd=run.d_model, n_layer=run.n_layers,
                          n_head=run.n_heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
                          eos_token_id=0)
-        self.read_in = nn.Linear(dim, run.d_model)
+        self.tokens = self.pairs if run.encoding == "pairs" else self.interleave
+        self.read_in = nn.Linear(dim + 2 if run.encoding == "pairs" else dim, run.d_model)
         self.body = GPT2Model(cfg)
         self.read_out = nn.Linear(run.d_model, 1)
 
@@ -79,14 +90,22 @@ class RegressionTransformer(nn.Module):
         y_tokens[..., 0] = ys
         return torch.stack([xs, y_tokens], dim=2).reshape(xs.shape[0], -1, xs.shape[-1])
 
+    @staticmethod
+    def pairs(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """[B, K, D], [B, K] -> tokens [B, 2K, D+2]: q_1, p_1, q_2, … (q_i = [x_i,0,0], p_i = [x_i,y_i,1])."""
+        zeros = xs.new_zeros(*ys.shape, 1)
+        queries = torch.cat([xs, zeros, zeros], dim=-1)
+        pairs = torch.cat([xs, ys.unsqueeze(-1), torch.ones_like(zeros)], dim=-1)
+        return torch.stack([queries, pairs], dim=2).reshape(xs.shape[0], -1, xs.shape[-1] + 2)
+
     def forward(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        hidden = self.body(inputs_embeds=self.read_in(self.interleave(xs, ys))).last_hidden_state
+        hidden = self.body(inputs_embeds=self.read_in(self.tokens(xs, ys))).last_hidden_state
         return self.read_out(hidden[:, ::2]).squeeze(-1)
 
     @torch.no_grad()
     def states_at_last_x(self, xs: torch.Tensor, ys: torch.Tensor) -> np.ndarray:
-        """Residual stream at the last x token, every layer (index 0 = read-in): [B, L+1, d_model]."""
-        _, layers = residual_stream(self.body, inputs_embeds=self.read_in(self.interleave(xs, ys)))
+        """Residual stream at the last query token x_K, every layer (index 0 = read-in): [B, L+1, d_model]."""
+        _, layers = residual_stream(self.body, inputs_embeds=self.read_in(self.tokens(xs, ys)))
         return torch.stack([h[:, -2] for h in layers], dim=1).float().cpu().numpy()
 
 

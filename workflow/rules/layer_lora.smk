@@ -34,10 +34,26 @@ rule layer_lora:
         "../scripts/layer_lora.py"
 
 
-rule layer_lora_extract:
-    """The dataset's prompts through the merged model: the same extraction as the base model's."""
+rule layer_lora_prompts:
+    """The dataset's prompt sets at the shot count LoRA trains at (the merged models see only these)."""
     input:
-        prompts="results/prompts/{model}/{dataset}.parquet",
+        "results/prompts/{model}/{dataset}.parquet",
+    output:
+        temp("results/layer_lora/{model}/{dataset}/prompts.parquet"),
+    params:
+        shots=lambda wc: config["layer_lora"]["shots"],
+    log:
+        "logs/layer_lora_prompts/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/layer_lora_prompts.py"
+
+
+rule layer_lora_extract:
+    """The training shot count's prompts through the merged model: the same extraction as the base model's."""
+    input:
+        prompts="results/layer_lora/{model}/{dataset}/prompts.parquet",
         model="results/layer_lora/{model}/{dataset}/{arm}.model",
     output:
         "results/layer_lora/{model}/{dataset}/{arm}.h5",
