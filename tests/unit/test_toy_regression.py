@@ -25,6 +25,12 @@ def test_prediction_of_y_i_sees_only_the_prefix_up_to_x_i(encoding):
         moved = model(xs, ys2)
     torch.testing.assert_close(moved[:, :4], base[:, :4])
     assert (moved[:, 4:] - base[:, 4:]).abs().max() > 1e-4
+    # the basis is read where every demonstration, y_K included, has been seen: the last token
+    states = model.states_at_last_demonstration(xs, ys)
+    assert states.shape == (3, RUN.n_layers + 1, RUN.d_model)
+    ys3 = ys.clone()
+    ys3[:, -1] += 5.0
+    assert np.abs(model.states_at_last_demonstration(xs, ys3)[:, 0] - states[:, 0]).max() > 1e-4
     if encoding == "interleaved":
         tokens = RegressionTransformer.interleave(xs, ys)
         assert tokens.shape == (3, 12, 8) and torch.equal(tokens[:, 1, 0], ys[:, 0]) and (tokens[:, 1, 1:] == 0).all()

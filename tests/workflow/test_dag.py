@@ -20,7 +20,8 @@ def test_default_dag(tmp_path):
     assert jobs["build_prompts"] == jobs["extract"] == jobs["icl_accuracy"] == n_models * n_data
     assert jobs["decodability"] == jobs["decodability_fit"] == n_models * families
     assert jobs["token_states"] == jobs["entropy"] == jobs["fig_entropy"] == n_models * len(cfg["entropy"]["datasets"])
-    assert jobs["toy_lm_entropy"] == jobs["fig_entropy_training"] == jobs["summary"] == 1
+    assert jobs["toy_lm_entropy"] == len(cfg["entropy"]["training"]["sizes"])  # one single-thread job per size
+    assert jobs["toy_lm_entropy_table"] == jobs["fig_entropy_training"] == jobs["summary"] == 1
     assert jobs["toy_regression"] == jobs["fig_toy_regression"] == 1
     atlas = sum(1 for d in cfg["datasets"].values() if d.get("methods") != ["error_diagnosis"])
     assert jobs["layer_atlas"] == n_models * atlas  # a dataset with no layer-wise table has no atlas

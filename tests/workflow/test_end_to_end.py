@@ -170,8 +170,10 @@ def test_entropy_measures(run_dir):
     cfg["entropy"]["n_bins"] = 12
     write_config(run_dir, cfg)
     try:
-        assert planned_jobs(run_dir) == {"entropy": 1, "fig_entropy": 1, "toy_lm_entropy": 1,
-                                         "fig_entropy_training": 1, "layer_atlas": 1, "summary": 1, "all": 1}
+        sizes = len(cfg["entropy"]["training"]["sizes"])
+        assert planned_jobs(run_dir) == {"entropy": 1, "fig_entropy": 1, "toy_lm_entropy": sizes,
+                                         "toy_lm_entropy_table": 1, "fig_entropy_training": 1, "layer_atlas": 1,
+                                         "summary": 1, "all": 1}
     finally:
         write_config(run_dir, small_config())
 

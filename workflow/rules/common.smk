@@ -218,6 +218,18 @@ def toy_corpus():
     return training["dataset"] or next(iter(config["entropy"]["datasets"]), None)
 
 
+def toy_lm_sizes():
+    return [size["name"] for size in config["entropy"]["training"]["sizes"]]
+
+
+def toy_lm_settings(size):
+    """What one toy LM's training and measures depend on: its size, the training, the binning, the corpus split."""
+    entropy = config["entropy"]
+    training = {k: v for k, v in entropy["training"].items() if k != "sizes"}
+    return {"size": next(s for s in entropy["training"]["sizes"] if s["name"] == size), "training": training,
+            **{k: entropy[k] for k in ("n_bins", "min_labels", "clip_quantile", "split")}}
+
+
 def entropy_targets():
     if not config["entropy"]["enabled"]:
         return []

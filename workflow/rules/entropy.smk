@@ -68,17 +68,20 @@ rule measures:
 
 
 rule toy_lm_entropy:
-    """Small GPT-2s trained from scratch on the corpus; loss and the four measures over training."""
+    """One small GPT-2 trained from scratch on the corpus; loss and the four measures over training.
+    One job per size: each is single-threaded, so two run side by side on two cores."""
     input:
         dataset="results/datasets/{dataset}.parquet",
         tokenizer=lambda wc: f"results/models/{next(iter(MODELS))}.json",
     output:
-        table="results/metrics/toy/{dataset}/entropy_training.parquet",
-        weights=directory("results/toy/{dataset}/weights"),
+        table="results/metrics/toy/{dataset}/entropy_training/{size}.parquet",
+        weights=directory("results/toy/{dataset}/weights/{size}"),
+    wildcard_constraints:
+        size="[^/]+",
     params:
-        settings=lambda wc: as_json(config["entropy"]),
+        settings=lambda wc: as_json(toy_lm_settings(wc.size)),
     log:
-        "logs/toy_lm_entropy/{dataset}.log",
+        "logs/toy_lm_entropy/{dataset}/{size}.log",
     conda:
         "../envs/iclscope.yaml"
     threads: 1  # small models run no faster on two threads (measured: slower), so it runs beside another job
@@ -86,6 +89,20 @@ rule toy_lm_entropy:
         runtime=lambda wc, attempt: 60 * attempt,
     script:
         "../scripts/toy_lm_entropy.py"
+
+
+rule toy_lm_entropy_table:
+    """The sizes' training tables as one."""
+    input:
+        lambda wc: expand("results/metrics/toy/{{dataset}}/entropy_training/{size}.parquet", size=toy_lm_sizes()),
+    output:
+        "results/metrics/toy/{dataset}/entropy_training.parquet",
+    log:
+        "logs/toy_lm_entropy/{dataset}/table.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/toy_lm_entropy_table.py"
 
 
 rule fig_entropy_training:

@@ -12,7 +12,7 @@ from iclscope.toy_lm import ToySize, ToyTraining, token_stream, train_and_measur
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 cfg = snakemake.config["entropy"]
 training = dict(cfg["training"])
-sizes = [ToySize(**s) for s in training.pop("sizes")]
+size = next(ToySize(**s) for s in training.pop("sizes") if s["name"] == snakemake.wildcards.size)
 training.pop("enabled"), training.pop("dataset")
 run = ToyTraining(**training)
 settings = EntropySettings(n_bins=cfg["n_bins"], min_labels=cfg["min_labels"], clip_quantile=cfg["clip_quantile"])
@@ -23,16 +23,15 @@ tokenizer, _ = load_tokenizer(model_dir_of(snakemake.input.tokenizer))
 stream = token_stream(data["text"].astype(str).tolist(), tokenizer, run.vocab_size)
 log.info("corpus: %d texts, %d tokens, vocabulary %d (+UNK); UNK share %.3f", len(data), len(stream),
          run.vocab_size - 1, float((stream == 0).mean()))
-device = resolve_device("auto")
-resume_dir = Path("results/toy") / snakemake.wildcards.dataset / "resume"  # training states of a killed run
-weights = resume_dir / "weights"  # moved to the declared output when every size is done
-table = pd.concat([train_and_measure(stream, size, run, settings, device, resume_dir=resume_dir, weights_dir=weights)
-                   for size in sizes], ignore_index=True)
+# training states of a killed run; the weights move to the declared output once training is done
+resume_dir = Path("results/toy") / snakemake.wildcards.dataset / "resume" / size.name
+table = train_and_measure(stream, size, run, settings, resolve_device("auto"), resume_dir=resume_dir,
+                          weights_dir=resume_dir / "weights")
 shutil.rmtree(snakemake.output.weights, ignore_errors=True)
-weights.rename(snakemake.output.weights)
+(resume_dir / "weights" / size.name).rename(snakemake.output.weights)
 write_table(table, snakemake.output.table, {"entropy": cfg, "tokens": int(len(stream))})
 last = table[(table.range == "minmax") & (table.label_type == "token")]
-last = last[last.layer == last.groupby("size")["layer"].transform("max")]
-log.info("last-layer token measures by size and step:\n%s",
-         last.pivot_table(index=["size", "step"], columns="metric", values="value")[
+last = last[last.layer == last["layer"].max()]
+log.info("last-layer token measures of %s by step:\n%s", size.name,
+         last.pivot_table(index="step", columns="metric", values="value")[
              ["information", "variation", "regularity", "disentanglement"]].round(4).to_string())
