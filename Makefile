@@ -55,7 +55,16 @@ lint: venv
 	$(BIN)/ruff check workflow tests
 	$(BIN)/snakemake --lint --cores 1
 
-bench: venv
+# the benchmarks' own baselines (TransformerLens): requirements.txt's '# bench:' lines, pinned there
+BENCH_STAMP := $(VENV)/.bench-installed-$(shell sha1sum requirements.txt | cut -c1-12)
+$(BENCH_STAMP): $(STAMP)
+	grep -vE '^(#|$$)' requirements.txt | sed 's/ *#.*//' > $(VENV)/constraints.txt
+	sed -n 's/^# bench: //p' requirements.txt > $(VENV)/requirements.bench.txt
+	$(BIN)/pip install -q --disable-pip-version-check -c $(VENV)/constraints.txt -r $(VENV)/requirements.bench.txt
+	rm -f $(VENV)/.bench-installed-*
+	touch $@
+
+bench: venv $(BENCH_STAMP)
 	$(BIN)/python -m tests.benchmarks.run
 
 clean:

@@ -5,10 +5,14 @@ extraction, on the same prompts, model, batch and dtype, in one run; then the HD
   no writing, the same length-sorted batches: the compute any extraction must do;
 - iclscope: `iclscope.extract.extract` end to end (everything the layout stores, written to disk);
 - naive: what users write by hand: one prompt at a time, `output_hidden_states=True`,
-  `output_attentions=True` (eager attention), full-vocabulary logits, one h5py write per prompt.
+  `output_attentions=True` (eager attention), full-vocabulary logits, one h5py write per prompt;
+- TransformerLens 4: `TransformerBridge.boot_transformers(model_dir)` + `run_with_cache`, one
+  prompt at a time, caching only the hooks the layout stores (resid_post, attention pattern), the
+  query row kept in memory (no writing). Installed by `make bench` only (requirements.txt, `# bench:`).
 
-Before any speed is reported, iclscope's stored residual states and label logits are checked
-against the naive path's (float16 tolerance).
+Before any speed is reported, iclscope's stored residual states, label logits and attention rows
+are checked against the naive path's, and its residual states against TransformerLens's
+(float16 tolerance).
 """
 
 from __future__ import annotations
@@ -69,6 +73,31 @@ def _naive(model, table, label_ids, path: Path) -> None:
             g["logits_label"] = out.logits[0, q, label_ids].numpy()
 
 
+def _transformer_lens(bridge, table) -> list[dict]:
+    """TransformerLens's way: run_with_cache per prompt, the stored hooks only; query rows in memory."""
+    n_layers = bridge.cfg.n_layers
+    wanted = lambda name: name.endswith("hook_resid_post") or name.endswith("attn.hook_pattern")  # noqa: E731
+    out = []
+    with torch.inference_mode():
+        for i in range(len(table)):
+            ids = torch.tensor(table["input_ids"].iat[i], dtype=torch.long)[None]
+            q, label_pos = int(table["query_pos"].iat[i]), np.asarray(table["label_pos"].iat[i])
+            _, cache = bridge.run_with_cache(ids, names_filter=wanted)
+            out.append({"resid": torch.stack([cache[f"blocks.{n}.hook_resid_post"][0, q]
+                                              for n in range(n_layers)]).numpy(),
+                        "attn": torch.stack([cache[f"blocks.{n}.attn.hook_pattern"][0, :, q, label_pos]
+                                             for n in range(n_layers)]).numpy()})
+    return out
+
+
+def _boot_transformer_lens(model_dir: Path, tokenizer, dtype: torch.dtype):
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:
+        return None
+    return TransformerBridge.boot_transformers(str(model_dir), device="cpu", dtype=dtype, tokenizer=tokenizer)
+
+
 def run() -> list[dict]:
     from iclscope.config import ModelSpec
     from iclscope.extract import ExtractSettings, extract
@@ -85,7 +114,8 @@ def run() -> list[dict]:
         sdpa, tokenizer, _ = load_model(model_dir, device=spec.device, dtype=spec.dtype)
         eager, _, _ = load_model(model_dir, device=spec.device, dtype=spec.dtype, attn_implementation="eager")
         settings = ExtractSettings.from_config(cfg["extract"])
-        seconds = {"body": [], "iclscope": [], "naive": []}
+        bridge = _boot_transformer_lens(model_dir, tokenizer, next(sdpa.parameters()).dtype)
+        seconds = {"body": [], "iclscope": [], "naive": []} | ({"transformer_lens": []} if bridge else {})
         for rep in range(2):  # interleaved, so drifts in machine load hit every method alike
             seconds["body"].append(timed(lambda: _body_forward(sdpa, tokenizer, table, spec), repeats=1))
             out = tmp / f"iclscope{rep}.h5"
@@ -93,7 +123,11 @@ def run() -> list[dict]:
             naive_out = tmp / f"naive{rep}.h5"
             seconds["naive"].append(timed(lambda: _naive(eager, table, meta["label_token_ids"], naive_out),  # noqa: B023
                                           repeats=1))
+            if bridge is not None:
+                seconds["transformer_lens"].append(timed(lambda: _transformer_lens(bridge, table), repeats=1))
         check_parity(tmp / "iclscope0.h5", tmp / "naive0.h5", table)
+        if bridge is not None:
+            check_parity_transformer_lens(tmp / "iclscope0.h5", _transformer_lens(bridge, table))
         best = {k: min(v) for k, v in seconds.items()}
         tps = {k: tokens / s for k, s in best.items()}
         what = f"{N_PROMPTS} prompts, {tokens} tokens, {spec.device}/{spec.dtype}, batch {spec.batch_size}"
@@ -103,6 +137,15 @@ def run() -> list[dict]:
                         tps["iclscope"] / tps["naive"], "≥ 1.8", tps["iclscope"] / tps["naive"] >= 1.8, what))
         rows.append(row("extraction", "naive tokens/s", tps["naive"], "tokens/s", "body forward",
                         tps["naive"] / tps["body"], note=what))
+        if bridge is None:
+            rows.append(row("extraction", "iclscope vs TransformerLens", 0, "-", note="transformer-lens not installed "
+                            "(`make bench` installs the requirements.txt lines marked `# bench:`)"))
+        else:
+            ratio = tps["iclscope"] / tps["transformer_lens"]
+            rows.append(row("extraction", "iclscope vs TransformerLens", tps["iclscope"], "tokens/s",
+                            "TransformerLens 4 run_with_cache", ratio, "≥ 1.45", ratio >= 1.45, what))
+            rows.append(row("extraction", "TransformerLens tokens/s", tps["transformer_lens"], "tokens/s",
+                            "body forward", tps["transformer_lens"] / tps["body"], note=what))
         rows.append(row("extraction", "body forward tokens/s", tps["body"], "tokens/s", note=what))
     rows += hdf5_layout()
     return rows
@@ -122,6 +165,18 @@ def check_parity(ours: Path, naive: Path, table) -> None:
             attn = a["attn/query_to_label"][i]  # [L, H, K]
             k = attn.shape[-1]
             np.testing.assert_allclose(attn, b[str(i)]["attn_query_to_label"][()][..., :k], atol=1e-4)
+
+
+def check_parity_transformer_lens(ours: Path, cached: list[dict]) -> None:
+    """iclscope's stored residuals (block outputs) and attention rows equal TransformerLens's, or raise."""
+    with h5py.File(ours) as a:
+        for i, c in enumerate(cached):
+            got = a["resid/query"][i, 1:].astype(np.float32)  # index 0 is the embedding
+            scale = np.abs(c["resid"]).max(axis=-1, keepdims=True)
+            if not np.all(np.abs(got - c["resid"]) <= 2e-3 * scale + 1e-3):
+                raise AssertionError(f"prompt {i}: stored query residuals differ from TransformerLens's")
+            attn = a["attn/query_to_label"][i]
+            np.testing.assert_allclose(attn, c["attn"][..., :attn.shape[-1]], atol=1e-3)
 
 
 def hdf5_layout() -> list[dict]:
