@@ -91,11 +91,15 @@ def _transformer_lens(bridge, table) -> list[dict]:
 
 
 def _boot_transformer_lens(model_dir: Path, tokenizer, dtype: torch.dtype):
+    """TransformerLens's bridge over the prepared model's Hugging Face weights, or None when not installed."""
+    from iclscope.models import read_manifest
+
     try:
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError:
         return None
-    return TransformerBridge.boot_transformers(str(model_dir), device="cpu", dtype=dtype, tokenizer=tokenizer)
+    weights = read_manifest(model_dir)["weights_path"]
+    return TransformerBridge.boot_transformers(weights, device="cpu", dtype=dtype, tokenizer=tokenizer)
 
 
 def run() -> list[dict]:
@@ -116,7 +120,7 @@ def run() -> list[dict]:
         settings = ExtractSettings.from_config(cfg["extract"])
         bridge = _boot_transformer_lens(model_dir, tokenizer, next(sdpa.parameters()).dtype)
         seconds = {"body": [], "iclscope": [], "naive": []} | ({"transformer_lens": []} if bridge else {})
-        for rep in range(2):  # interleaved, so drifts in machine load hit every method alike
+        for rep in range(3):  # interleaved, so drifts in machine load hit every method alike; best of 3
             seconds["body"].append(timed(lambda: _body_forward(sdpa, tokenizer, table, spec), repeats=1))
             out = tmp / f"iclscope{rep}.h5"
             seconds["iclscope"].append(extract(prompts_path, model_dir, out, spec, settings)["seconds"])
