@@ -128,10 +128,12 @@ def run() -> list[dict]:
             seconds["naive"].append(timed(lambda: _naive(eager, table, meta["label_token_ids"], naive_out),  # noqa: B023
                                           repeats=1))
             if bridge is not None:
-                seconds["transformer_lens"].append(timed(lambda: _transformer_lens(bridge, table), repeats=1))
+                t0 = time.perf_counter()
+                cached = _transformer_lens(bridge, table)  # the last repeat's rows are the ones checked
+                seconds["transformer_lens"].append(time.perf_counter() - t0)
         check_parity(tmp / "iclscope0.h5", tmp / "naive0.h5", table)
         if bridge is not None:
-            check_parity_transformer_lens(tmp / "iclscope0.h5", _transformer_lens(bridge, table))
+            check_parity_transformer_lens(tmp / "iclscope0.h5", cached)
         best = {k: min(v) for k, v in seconds.items()}
         tps = {k: tokens / s for k, s in best.items()}
         what = f"{N_PROMPTS} prompts, {tokens} tokens, {spec.device}/{spec.dtype}, batch {spec.batch_size}"

@@ -163,13 +163,13 @@ class _UniqueKeyLoader(_SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def check_unique_keys(path: str | Path) -> None:
-    """Raise ConfigError when a mapping of the YAML file `path` repeats a key."""
+def check_unique_keys(path: str | Path):
+    """Raise ConfigError when a mapping of the YAML file `path` repeats a key; else the parsed data."""
     path = Path(path)
     loader = _UniqueKeyLoader(path.read_text())
     loader.name = str(path)
     try:
-        loader.get_single_data()
+        return loader.get_single_data()
     finally:
         loader.dispose()
 
@@ -178,8 +178,7 @@ def load_config(path: str | Path) -> dict:
     """Read a YAML config file and validate it."""
     path = Path(path)
     try:
-        check_unique_keys(path)
-        raw = yaml.safe_load(path.read_text())
+        raw = check_unique_keys(path)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {path}") from exc
     except yaml.YAMLError as exc:

@@ -1,3 +1,4 @@
+import json
 import shutil
 from pathlib import Path
 
@@ -11,14 +12,13 @@ from iclscope.toy_lm import ToySize, ToyTraining, token_stream, train_and_measur
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 cfg = snakemake.config["entropy"]
-training = dict(cfg["training"])
-size = next(ToySize(**s) for s in training.pop("sizes") if s["name"] == snakemake.wildcards.size)
-training.pop("enabled"), training.pop("dataset")
-run = ToyTraining(**training)
-settings = EntropySettings(n_bins=cfg["n_bins"], min_labels=cfg["min_labels"], clip_quantile=cfg["clip_quantile"])
+job = json.loads(snakemake.params.settings)  # this size's settings (common.smk: toy_lm_settings)
+size = ToySize(**job["size"])
+run = ToyTraining(**{k: v for k, v in job["training"].items() if k not in ("enabled", "dataset")})
+settings = EntropySettings(n_bins=job["n_bins"], min_labels=job["min_labels"], clip_quantile=job["clip_quantile"])
 data = pd.read_parquet(snakemake.input.dataset)
-if cfg["split"] is not None and cfg["split"] in set(data["split"]):
-    data = data[data["split"] == cfg["split"]]
+if job["split"] is not None and job["split"] in set(data["split"]):
+    data = data[data["split"] == job["split"]]
 tokenizer, _ = load_tokenizer(model_dir_of(snakemake.input.tokenizer))
 stream = token_stream(data["text"].astype(str).tolist(), tokenizer, run.vocab_size)
 log.info("corpus: %d texts, %d tokens, vocabulary %d (+UNK); UNK share %.3f", len(data), len(stream),

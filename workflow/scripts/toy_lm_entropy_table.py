@@ -1,9 +1,9 @@
 import pandas as pd
 
 from iclscope.logs import log_to
-from iclscope.tables import read_meta, write_table
+from iclscope.tables import read_meta, read_table, write_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
-table = pd.concat([pd.read_parquet(path) for path in snakemake.input], ignore_index=True)
+table = pd.concat([read_table(path) for path in snakemake.input], ignore_index=True)
 write_table(table, snakemake.output[0], read_meta(snakemake.input[0]))
 log.info("%d rows from %d sizes: %s", len(table), len(snakemake.input), sorted(set(table["size"])))
