@@ -298,7 +298,7 @@ class DatasetSpec:
     vocabulary: dict = field(default_factory=dict)
     tagging: dict = field(default_factory=dict)
     seed: int = 0
-    prompts: PromptSpec = None
+    prompts: PromptSpec | None = None  # None: a job that reads the table only (prepare_dataset)
     methods: tuple[str, ...] | None = None
 
     def __post_init__(self):
@@ -332,18 +332,18 @@ class DatasetSpec:
                 raise ConfigError(f"config key '{key}.classes': label words must differ, got {words}")
             if any(not w.strip() for w in words):
                 raise ConfigError(f"config key '{key}.classes': a label word is empty or blank")
-        if self.prompts is None:
-            raise ConfigError(f"config key '{key}.prompts' is missing")
 
     @classmethod
     def from_config(cls, name: str, spec: dict) -> DatasetSpec:
         spec = dict(spec)
-        prompts = dict(spec.pop("prompts", {}) or {})
+        if spec.get("methods") is not None:
+            spec["methods"] = tuple(spec["methods"])
+        if "prompts" not in spec:
+            return cls(name=name, **spec)
+        prompts = dict(spec.pop("prompts") or {})
         for k in ("shots", "seeds"):
             if k in prompts:
                 prompts[k] = tuple(prompts[k])
-        if spec.get("methods") is not None:
-            spec["methods"] = tuple(spec["methods"])
         try:
             prompt_spec = PromptSpec(**prompts)
         except ConfigError as exc:

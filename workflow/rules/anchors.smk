@@ -4,6 +4,8 @@ rule aucroc:
         "results/activations/{model}/{dataset}.h5",
     output:
         "results/metrics/{model}/{dataset}/aucroc.parquet",
+    params:
+        code=code_of("aucroc.py"),
     log:
         "logs/aucroc/{model}/{dataset}.log",
     conda:
@@ -22,6 +24,8 @@ rule fig_aucroc:
             category="Label words as anchors",
             subcategory="{model} / {dataset}",
         ),
+    params:
+        code=code_of("fig_aucroc.py"),
     log:
         "logs/figures/{model}/{dataset}/aucroc.log",
     conda:
@@ -45,15 +49,18 @@ rule saliency:
         examples="results/anchors/{model}/{dataset}/saliency_examples.parquet",
         table="results/metrics/{model}/{dataset}/saliency.parquet",
     params:
-        settings=lambda wc: as_json(config["anchors"]),
+        settings=settings_of("saliency"),
+        code=code_of("saliency.py"),
     log:
         "logs/saliency/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
-        gpu=lambda wc: MODELS[wc.model].gpus,
+        mem_mb=model_mem_mb,
+        gpu=model_gpus,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
     script:
         "../scripts/saliency.py"
 
@@ -68,6 +75,8 @@ rule fig_saliency:
             category="Label words as anchors",
             subcategory="{model} / {dataset}",
         ),
+    params:
+        code=code_of("fig_saliency.py"),
     log:
         "logs/figures/{model}/{dataset}/saliency.log",
     conda:
@@ -84,15 +93,18 @@ rule isolation:
     output:
         "results/metrics/{model}/{dataset}/isolation.parquet",
     params:
-        settings=lambda wc: as_json(config["anchors"]),
+        settings=settings_of("isolation"),
+        code=code_of("isolation.py"),
     log:
         "logs/isolation/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
-        gpu=lambda wc: MODELS[wc.model].gpus,
+        mem_mb=model_mem_mb,
+        gpu=model_gpus,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
     script:
         "../scripts/isolation.py"
 
@@ -107,6 +119,8 @@ rule fig_isolation:
             category="Label words as anchors",
             subcategory="{model} / {dataset}",
         ),
+    params:
+        code=code_of("fig_isolation.py"),
     log:
         "logs/figures/{model}/{dataset}/isolation.log",
     conda:
@@ -125,15 +139,18 @@ rule reweighting:
         table="results/metrics/{model}/{dataset}/reweighting.parquet",
         beta="results/anchors/{model}/{dataset}/reweighting_beta.npz",
     params:
-        settings=lambda wc: as_json(config["anchors"]["reweighting"]),
+        settings=settings_of("reweighting"),
+        code=code_of("reweighting.py"),
     log:
         "logs/reweighting/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
-        gpu=lambda wc: MODELS[wc.model].gpus,
+        mem_mb=model_mem_mb,
+        gpu=model_gpus,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
     script:
         "../scripts/reweighting.py"
 
@@ -148,6 +165,8 @@ rule fig_reweighting:
             category="Label words as anchors",
             subcategory="{model} / {dataset}",
         ),
+    params:
+        code=code_of("fig_reweighting.py"),
     log:
         "logs/figures/{model}/{dataset}/reweighting.log",
     conda:
@@ -167,15 +186,18 @@ rule error_diagnosis:
     output:
         "results/metrics/{model}/{dataset}/error_diagnosis.parquet",
     params:
-        settings=lambda wc: as_json(config["anchors"]["error_diagnosis"]),
+        settings=settings_of("error_diagnosis"),
+        code=code_of("error_diagnosis.py"),
     log:
         "logs/error_diagnosis/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
-        gpu=lambda wc: MODELS[wc.model].gpus,
+        mem_mb=model_mem_mb,
+        gpu=model_gpus,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
     script:
         "../scripts/error_diagnosis.py"
 
@@ -190,6 +212,8 @@ rule fig_error_diagnosis:
             category="Label words as anchors",
             subcategory="{model} / {dataset}",
         ),
+    params:
+        code=code_of("fig_error_diagnosis.py"),
     log:
         "logs/figures/{model}/{dataset}/error_diagnosis.log",
     conda:

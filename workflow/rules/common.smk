@@ -1,5 +1,5 @@
-# Shared glue: config validation (before any job), wildcard constraints, target lists and
-# the params that make Snakemake's between-workflow cache key complete.
+# Shared glue: config validation (before any job), wildcard constraints, target lists (from
+# iclscope.plan) and each job's params (from iclscope.jobs: its settings and its code digest).
 # No torch / transformers / HDF5 here: this file is parsed on every call and every SLURM job.
 import json
 import os
@@ -10,7 +10,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from iclscope.config import ConfigError, DatasetSpec, ModelSpec, check_unique_keys, validate_config  # noqa: E402
-from iclscope import __version__ as ICLSCOPE_VERSION  # noqa: E402
+from iclscope import jobs  # noqa: E402
+from iclscope.plan import LAYER_LORA_ARMS, TSFT_ARMS, Plan  # noqa: E402
 from iclscope.lab_cache import seal_entries_when_stored  # noqa: E402
 
 try:
@@ -52,9 +53,11 @@ for _directory in (Path("."), Path("results"), Path("logs")):
     if _directory.is_dir():
         check_writable(_directory)
 
-MODELS = {name: ModelSpec.from_config(name, spec) for name, spec in config["models"].items()}
-DATASETS = {name: DatasetSpec.from_config(name, spec) for name, spec in config["datasets"].items()}
+PLAN = Plan(config)
+MODELS = PLAN.models
+DATASETS = PLAN.datasets
 SHARDS = config["extract"]["shards"]
+SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 
 
 wildcard_constraints:
@@ -64,13 +67,33 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def as_json(obj):
-    """Params are compared as strings; canonical JSON keeps the cache key stable."""
-    return json.dumps(obj, sort_keys=True, default=str)
+# --- params: what a job reads (keyed), what it runs (keyed), what only sets its speed (resources)
 
 
-def model_identity(wildcards):
-    return as_json(MODELS[wildcards.model].identity())
+def settings_of(rule):
+    """params.settings of `rule`'s jobs: the complete settings of the job (iclscope/jobs.py)."""
+    return lambda wc: jobs.as_json(jobs.settings(config, rule, wc))
+
+
+def code_of(script):
+    """params.code: a digest of the package modules `script` runs (comments and docstrings excluded)."""
+    return jobs.code_digest(SCRIPTS / script)
+
+
+def model_mem_mb(wc, attempt):
+    return MODELS[wc.model].mem_mb * attempt
+
+
+def model_gpus(wc):
+    return MODELS[wc.model].gpus
+
+
+def batch_size(wc):
+    return MODELS[wc.model].batch_size
+
+
+def max_batch_tokens(wc):
+    return MODELS[wc.model].max_batch_tokens
 
 
 def local_source(wildcards):
@@ -80,179 +103,78 @@ def local_source(wildcards):
     return [path] if path and Path(path).expanduser().is_file() else []
 
 
-def dataset_identity(wildcards):
-    return as_json(DATASETS[wildcards.dataset].identity())
+# --- target lists (which datasets run what: iclscope/plan.py)
 
 
-def extract_identity(wildcards):
-    """Everything besides the input files that changes an activation file."""
-    m = MODELS[wildcards.model]
-    return as_json({"model": m.identity(), "dtype": m.dtype, "device_map": m.device_map,
-                    "extract": {k: v for k, v in config["extract"].items() if k != "shards"},
-                    "iclscope": ICLSCOPE_VERSION})
+def paths(pattern, datasets, **more):
+    return expand(pattern, model=MODELS, dataset=datasets, **more)
 
 
-def running(method, names):
-    """The datasets among `names` whose `methods:` key lets `method` run (null = all)."""
-    return [n for n in names if DATASETS[n].runs(method)]
-
-
-def task_families():
-    """Datasets whose prompts span several tasks (decodability needs more than one)."""
-    return [n for n, d in DATASETS.items() if d.kind == "generation" or d.task_column]
-
-
-def task_family_datasets():
-    """Task families that run decodability."""
-    return running("decodability", task_families())
-
-
-def patching_datasets():
-    """Generation task families: their answers are generated, so a patched state can change them."""
-    if not config["patching"]["enabled"]:
-        return []
-    return running("patching", [n for n in task_families() if DATASETS[n].kind == "generation"])
-
-
-def classification_datasets():
-    return [n for n, d in DATASETS.items() if d.kind == "classification"]
+def table_and_figure(name, datasets):
+    return paths(f"results/metrics/{{model}}/{{dataset}}/{name}.parquet", datasets) + paths(
+        f"results/figures/{{model}}/{{dataset}}/{name}.png", datasets)
 
 
 def taskspace_targets():
-    return expand("results/metrics/{model}/{dataset}/compression.parquet", model=MODELS,
-                  dataset=running("taskspace", classification_datasets()))
+    return paths("results/metrics/{model}/{dataset}/compression.parquet", PLAN.taskspace())
 
 
 def icicl_targets():
-    if not config["icicl"]["enabled"]:
-        return []
-    return expand("results/metrics/{model}/{dataset}/icicl.parquet", model=MODELS,
-                  dataset=running("icicl", classification_datasets()))
+    return paths("results/metrics/{model}/{dataset}/icicl.parquet", PLAN.icicl())
 
 
 def tsft_runs(model, dataset):
     return expand("results/tsft/{model}/{dataset}/{arm}-seed{seed}", model=model, dataset=dataset,
-                  arm=["space", "baseline"], seed=config["tsft"]["seeds"])
+                  arm=TSFT_ARMS, seed=PLAN.tsft_seeds())
 
 
 def tsft_targets():
-    if not config["tsft"]["enabled"]:
-        return []
-    return expand("results/metrics/{model}/{dataset}/tsft.parquet", model=MODELS,
-                  dataset=running("tsft", classification_datasets()))
-
-
-LAYER_LORA_ARMS = ["first", "last"]
+    return paths("results/metrics/{model}/{dataset}/tsft.parquet", PLAN.tsft())
 
 
 def layer_lora_targets():
     """First-vs-last-layer LoRA (METHODS.md §4.5): table and figure per generation task family."""
-    if not config["layer_lora"]["enabled"]:
-        return []
-    families = running("layer_lora", [n for n, d in DATASETS.items() if d.kind == "generation"])
-    return [f"results/{kind}/{m}/{d}/layer_lora.{ext}" for m in MODELS for d in families
-            for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
+    return table_and_figure("layer_lora", PLAN.layer_lora())
 
 
 def activation_targets():
-    return expand("results/activations/{model}/{dataset}.h5", model=MODELS, dataset=DATASETS)
+    return paths("results/activations/{model}/{dataset}.h5", DATASETS)
 
 
 def metric_targets():
-    targets = expand("results/metrics/{model}/{dataset}/icl_accuracy.parquet", model=MODELS, dataset=DATASETS)
-    targets += expand("results/metrics/{model}/{dataset}/{name}.parquet", model=MODELS,
-                      dataset=task_family_datasets(), name=["decodability", "decodability_fit"])
-    targets += expand("results/metrics/{model}/{dataset}/patching.parquet", model=MODELS, dataset=patching_datasets())
-    return targets
-
-
-def anchor_datasets():
-    """Classification datasets whose prompts have demonstrations (label positions)."""
-    return [n for n in classification_datasets() if DATASETS[n].prompts.shots_per_class > 0]
-
-
-def running_methods(dataset, methods):
-    """The methods among `methods` that the dataset's `methods:` key lets run."""
-    return [m for m in methods if DATASETS[dataset].runs(m)]
-
-
-def anchor_methods():
-    return ["aucroc", "saliency", "isolation"] + (["reweighting"] if config["anchors"]["reweighting"]["enabled"] else [])
+    return (paths("results/metrics/{model}/{dataset}/icl_accuracy.parquet", DATASETS)
+            + paths("results/metrics/{model}/{dataset}/{name}.parquet", PLAN.decodability(),
+                    name=["decodability", "decodability_fit"])
+            + paths("results/metrics/{model}/{dataset}/patching.parquet", PLAN.patching()))
 
 
 def anchor_targets():
-    return [f"results/{kind}/{m}/{d}/{name}.{ext}" for m in MODELS for d in anchor_datasets()
-            for name in running_methods(d, anchor_methods()) for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
+    return [f for d in DATASETS for name in PLAN.anchor_methods(d) for f in table_and_figure(name, [d])]
 
 
 def error_diagnosis_targets():
-    """Predicted vs true confusion: anchor datasets with >= 3 classes (one class pair cannot be correlated)."""
-    names = [d for d in running("error_diagnosis", anchor_datasets()) if len(DATASETS[d].class_names) >= 3]
-    return [f"results/{kind}/{m}/{d}/error_diagnosis.{ext}" for m in MODELS for d in names
-            for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
+    return table_and_figure("error_diagnosis", PLAN.error_diagnosis())
 
 
 def figure_targets():
-    figures = expand("results/figures/{model}/{dataset}/{fig}.png", model=MODELS,
-                     dataset=running("taskspace", classification_datasets()), fig=["compression", "task_space"])
-    figures += expand("results/figures/{model}/{dataset}/decodability.png", model=MODELS,
-                      dataset=task_family_datasets())
-    figures += expand("results/figures/{model}/{dataset}/patching.png", model=MODELS, dataset=patching_datasets())
-    if config["icicl"]["enabled"]:
-        figures += expand("results/figures/{model}/{dataset}/icicl.png", model=MODELS,
-                          dataset=running("icicl", classification_datasets()))
-    if config["tsft"]["enabled"]:
-        figures += expand("results/figures/{model}/{dataset}/tsft.png", model=MODELS,
-                          dataset=running("tsft", classification_datasets()))
-    return figures
-
-
-CORPUS_KEYS = ("split", "max_tokens", "max_sentence_tokens", "seed")
-
-
-def toy_corpus():
-    """The dataset the toy LMs are trained on, or None."""
-    training = config["entropy"]["training"]
-    if not (config["entropy"]["enabled"] and training["enabled"]):
-        return None
-    return training["dataset"] or next(iter(config["entropy"]["datasets"]), None)
-
-
-def toy_lm_sizes():
-    return [size["name"] for size in config["entropy"]["training"]["sizes"]]
-
-
-def toy_lm_settings(size):
-    """What one toy LM's training and measures depend on: its size, the training, the binning, the corpus split."""
-    entropy = config["entropy"]
-    training = {k: v for k, v in entropy["training"].items() if k != "sizes"}
-    return {"size": next(s for s in entropy["training"]["sizes"] if s["name"] == size), "training": training,
-            **{k: entropy[k] for k in ("n_bins", "min_labels", "clip_quantile", "split")}}
+    return (paths("results/figures/{model}/{dataset}/{fig}.png", PLAN.taskspace(), fig=["compression", "task_space"])
+            + paths("results/figures/{model}/{dataset}/decodability.png", PLAN.decodability())
+            + paths("results/figures/{model}/{dataset}/patching.png", PLAN.patching())
+            + paths("results/figures/{model}/{dataset}/icicl.png", PLAN.icicl())
+            + paths("results/figures/{model}/{dataset}/tsft.png", PLAN.tsft()))
 
 
 def entropy_targets():
-    if not config["entropy"]["enabled"]:
-        return []
-    targets = [f"results/{kind}/{m}/{d}/entropy.{ext}" for m in MODELS for d in config["entropy"]["datasets"]
-               for kind, ext in (("metrics", "parquet"), ("figures", "png"))]
-    if toy_corpus():
-        targets += [f"results/metrics/toy/{toy_corpus()}/entropy_training.parquet",
-                    f"results/figures/toy/{toy_corpus()}/entropy_training.png"]
+    targets = table_and_figure("entropy", PLAN.entropy())
+    corpus = PLAN.toy_corpus()
+    if corpus:
+        targets += [f"results/metrics/toy/{corpus}/entropy_training.parquet",
+                    f"results/figures/toy/{corpus}/entropy_training.png"]
     return targets
 
 
 def atlas_tables(model, dataset):
-    """The layer-wise metric tables this config produces for one model × dataset (what the atlas draws)."""
-    names = []
-    if dataset in task_family_datasets():
-        names.append("decodability")
-    if dataset in running("taskspace", classification_datasets()):
-        names.append("compression")
-    if dataset in anchor_datasets():
-        names += running_methods(dataset, ["saliency", "aucroc", "isolation"])
-    if config["entropy"]["enabled"] and dataset in config["entropy"]["datasets"]:
-        names.append("entropy")
-    return [f"results/metrics/{model}/{dataset}/{name}.parquet" for name in names]
+    return [f"results/metrics/{model}/{dataset}/{name}.parquet" for name in PLAN.atlas_tables(dataset)]
 
 
 def atlas_inputs(wildcards):
@@ -261,22 +183,24 @@ def atlas_inputs(wildcards):
 
 def summary_tables():
     """Every table the headline summary reads: the atlas tables, ICL accuracy, re-weighting, IC-ICL, TS-FT."""
-    tables = [f for m in MODELS for d in DATASETS for f in atlas_tables(m, d)]
-    tables += expand("results/metrics/{model}/{dataset}/icl_accuracy.parquet", model=MODELS, dataset=DATASETS)
-    if config["anchors"]["reweighting"]["enabled"]:
-        tables += expand("results/metrics/{model}/{dataset}/reweighting.parquet", model=MODELS,
-                         dataset=running("reweighting", anchor_datasets()))
-    tables += expand("results/metrics/{model}/{dataset}/patching.parquet", model=MODELS, dataset=patching_datasets())
-    return tables + icicl_targets() + tsft_targets()
+    return ([f for m in MODELS for d in DATASETS for f in atlas_tables(m, d)]
+            + paths("results/metrics/{model}/{dataset}/icl_accuracy.parquet", DATASETS)
+            + paths("results/metrics/{model}/{dataset}/reweighting.parquet", PLAN.reweighting())
+            + paths("results/metrics/{model}/{dataset}/patching.parquet", PLAN.patching())
+            + icicl_targets() + tsft_targets())
+
+
+def atlas_datasets():
+    return [d for d in DATASETS if PLAN.atlas_tables(d)]
 
 
 def summary_targets():
-    return ([f"results/figures/{m}/{d}/layer_atlas.png" for m in MODELS for d in DATASETS if atlas_tables(m, d)]
-            + ["results/summary/headline.csv", "results/summary/peak_layers.csv"])
+    return paths("results/figures/{model}/{dataset}/layer_atlas.png", atlas_datasets()) + [
+        "results/summary/headline.csv", "results/summary/peak_layers.csv"]
 
 
 def toy_regression_targets():
-    if not config["toy_regression"]["enabled"]:
+    if not PLAN.toy_regression():
         return []
     return ["results/metrics/toy/regression/toy_regression.parquet", "results/figures/toy/regression/toy_regression.png"]
 

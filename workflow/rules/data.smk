@@ -5,8 +5,8 @@ rule prepare_dataset:
     output:
         "results/datasets/{dataset}.parquet",
     params:
-        identity=dataset_identity,
-        version=ICLSCOPE_VERSION,
+        settings=settings_of("prepare_dataset"),
+        code=code_of("prepare_dataset.py"),
     log:
         "logs/prepare_dataset/{dataset}.log",
     conda:

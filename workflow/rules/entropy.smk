@@ -10,9 +10,8 @@ rule token_states:
     output:
         "results/activations/{model}/{dataset}.tokens.h5",
     params:
-        identity=lambda wc: as_json({"model": MODELS[wc.model].identity(), "dtype": MODELS[wc.model].dtype,
-                                     "iclscope": ICLSCOPE_VERSION}),
-        corpus=lambda wc: as_json({k: config["entropy"][k] for k in CORPUS_KEYS}),
+        settings=settings_of("token_states"),
+        code=code_of("token_states.py"),
     log:
         "logs/token_states/{model}/{dataset}.log",
     conda:
@@ -20,9 +19,11 @@ rule token_states:
     cache: "omit-software"
     threads: 2
     resources:
-        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
+        mem_mb=model_mem_mb,
         runtime=lambda wc, attempt: 60 * attempt,
-        gpu=lambda wc: MODELS[wc.model].gpus,
+        gpu=model_gpus,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
     script:
         "../scripts/token_states.py"
 
@@ -34,7 +35,8 @@ rule entropy:
     output:
         "results/metrics/{model}/{dataset}/entropy.parquet",
     params:
-        settings=lambda wc: as_json(config["entropy"]),
+        settings=settings_of("entropy"),
+        code=code_of("entropy.py"),
     log:
         "logs/entropy/{model}/{dataset}.log",
     conda:
@@ -53,6 +55,8 @@ rule fig_entropy:
             category="Representations as language",
             subcategory="{model} / {dataset}",
         ),
+    params:
+        code=code_of("fig_entropy.py"),
     log:
         "logs/figures/{model}/{dataset}/entropy.log",
     conda:
@@ -79,7 +83,8 @@ rule toy_lm_entropy:
     wildcard_constraints:
         size="[^/]+",
     params:
-        settings=lambda wc: as_json(toy_lm_settings(wc.size)),
+        settings=settings_of("toy_lm_entropy"),
+        code=code_of("toy_lm_entropy.py"),
     log:
         "logs/toy_lm_entropy/{dataset}/{size}.log",
     conda:
@@ -94,9 +99,11 @@ rule toy_lm_entropy:
 rule toy_lm_entropy_table:
     """The sizes' training tables as one."""
     input:
-        lambda wc: expand("results/metrics/toy/{{dataset}}/entropy_training/{size}.parquet", size=toy_lm_sizes()),
+        lambda wc: expand("results/metrics/toy/{{dataset}}/entropy_training/{size}.parquet", size=PLAN.toy_lm_sizes()),
     output:
         "results/metrics/toy/{dataset}/entropy_training.parquet",
+    params:
+        code=code_of("toy_lm_entropy_table.py"),
     log:
         "logs/toy_lm_entropy/{dataset}/table.log",
     conda:
@@ -115,6 +122,8 @@ rule fig_entropy_training:
             category="Representations as language",
             subcategory="toy models / {dataset}",
         ),
+    params:
+        code=code_of("fig_entropy_training.py"),
     log:
         "logs/figures/toy/{dataset}/entropy_training.log",
     conda:

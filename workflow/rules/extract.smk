@@ -18,7 +18,8 @@ rule extract:
             else "results/activations/{model}/{dataset}.shards/{scatteritem}.h5"
         ),
     params:
-        identity=extract_identity,
+        settings=settings_of("extract"),
+        code=code_of("extract.py"),
         shard=lambda wc: "-of-".join(map(str, shard_of(wc))),
     log:
         (
@@ -31,9 +32,11 @@ rule extract:
     cache: "omit-software"
     threads: 2
     resources:
-        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
+        mem_mb=model_mem_mb,
         runtime=lambda wc, attempt: 60 * attempt,
-        gpu=lambda wc: MODELS[wc.model].gpus,
+        gpu=model_gpus,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
     script:
         "../scripts/extract.py"
 
@@ -46,6 +49,8 @@ if SHARDS > 1:
             gather.extract("results/activations/{{model}}/{{dataset}}.shards/{scatteritem}.h5"),
         output:
             "results/activations/{model}/{dataset}.h5",
+        params:
+            code=code_of("gather_activations.py"),
         log:
             "logs/gather_activations/{model}/{dataset}.log",
         conda:

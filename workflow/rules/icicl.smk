@@ -9,16 +9,18 @@ rule icicl:
         predictions="results/icicl/{model}/{dataset}/predictions.parquet",
         table="results/metrics/{model}/{dataset}/icicl.parquet",
     params:
-        settings=lambda wc: as_json({**config["icicl"], "word_k": config["anchors"]["word_k"]}),
-        prompts=lambda wc: as_json(DATASETS[wc.dataset].prompts.__dict__),
+        settings=settings_of("icicl"),
+        code=code_of("icicl.py"),
     log:
         "logs/icicl/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
-        gpu=lambda wc: MODELS[wc.model].gpus,
+        mem_mb=model_mem_mb,
+        gpu=model_gpus,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
     script:
         "../scripts/icicl.py"
 

@@ -16,9 +16,8 @@ rule layer_lora:
     wildcard_constraints:
         arm="first|last",
     params:
-        settings=lambda wc: as_json(config["layer_lora"]),
-        dataset=lambda wc: as_json({"identity": DATASETS[wc.dataset].identity(),
-                                    "prompts": DATASETS[wc.dataset].prompts.__dict__}),
+        settings=settings_of("layer_lora"),
+        code=code_of("layer_lora.py"),
         # outside the output directory, which Snakemake clears before a rerun: a killed job resumes
         checkpoint=lambda wc: f"results/layer_lora/{wc.model}/{wc.dataset}/{wc.arm}.resume",
     log:
@@ -27,9 +26,11 @@ rule layer_lora:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
+        mem_mb=model_mem_mb,
         runtime=lambda wc, attempt: 120 * attempt,
-        gpu=lambda wc: MODELS[wc.model].gpus,
+        gpu=model_gpus,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
     script:
         "../scripts/layer_lora.py"
 
@@ -41,7 +42,8 @@ rule layer_lora_prompts:
     output:
         temp("results/layer_lora/{model}/{dataset}/prompts.parquet"),
     params:
-        shots=lambda wc: config["layer_lora"]["shots"],
+        settings=settings_of("layer_lora_prompts"),
+        code=code_of("layer_lora_prompts.py"),
     log:
         "logs/layer_lora_prompts/{model}/{dataset}.log",
     conda:
@@ -60,7 +62,8 @@ rule layer_lora_extract:
     wildcard_constraints:
         arm="first|last",
     params:
-        identity=extract_identity,
+        settings=settings_of("extract"),
+        code=code_of("extract.py"),
         shard="1-of-1",
     log:
         "logs/layer_lora_extract/{model}/{dataset}/{arm}.log",
@@ -68,9 +71,11 @@ rule layer_lora_extract:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
+        mem_mb=model_mem_mb,
         runtime=lambda wc, attempt: 60 * attempt,
-        gpu=lambda wc: MODELS[wc.model].gpus,
+        gpu=model_gpus,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
     script:
         "../scripts/extract.py"
 
@@ -84,8 +89,9 @@ rule layer_lora_summary:
     output:
         "results/metrics/{model}/{dataset}/layer_lora.parquet",
     params:
+        settings=settings_of("layer_lora_summary"),
+        code=code_of("layer_lora_summary.py"),
         arms=LAYER_LORA_ARMS,
-        settings=lambda wc: as_json({"decodability": config["decodability"], "icl_accuracy": config["icl_accuracy"]}),
     log:
         "logs/layer_lora_summary/{model}/{dataset}.log",
     conda:
@@ -104,6 +110,8 @@ rule fig_layer_lora:
             category="Task decodability",
             subcategory="{model} / {dataset}",
         ),
+    params:
+        code=code_of("fig_layer_lora.py"),
     log:
         "logs/figures/{model}/{dataset}/layer_lora.log",
     conda:

@@ -6,7 +6,8 @@ rule icl_accuracy:
         table="results/metrics/{model}/{dataset}/icl_accuracy.parquet",
         predictions="results/predictions/{model}/{dataset}.parquet",
     params:
-        settings=lambda wc: as_json(config["icl_accuracy"]),
+        settings=settings_of("icl_accuracy"),
+        code=code_of("icl_accuracy.py"),
     log:
         "logs/icl_accuracy/{model}/{dataset}.log",
     conda:
@@ -22,7 +23,8 @@ rule decodability:
     output:
         "results/metrics/{model}/{dataset}/decodability.parquet",
     params:
-        settings=lambda wc: as_json(config["decodability"]),
+        settings=settings_of("decodability"),
+        code=code_of("decodability.py"),
     log:
         "logs/decodability/{model}/{dataset}.log",
     conda:
@@ -45,6 +47,8 @@ rule decodability_fit:
     output:
         points="results/metrics/{model}/{dataset}/decodability_fit_points.parquet",
         table="results/metrics/{model}/{dataset}/decodability_fit.parquet",
+    params:
+        code=code_of("decodability_fit.py"),
     log:
         "logs/decodability_fit/{model}/{dataset}.log",
     conda:
@@ -65,15 +69,17 @@ rule patching:
         table="results/metrics/{model}/{dataset}/patching.parquet",
         answers="results/patching/{model}/{dataset}/answers.parquet",
     params:
-        settings=lambda wc: as_json(config["patching"]),
-        max_new_tokens=config["extract"]["max_new_tokens"],
+        settings=settings_of("patching"),
+        code=code_of("patching.py"),
     log:
         "logs/patching/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
-        gpu=lambda wc: MODELS[wc.model].gpus,
+        mem_mb=model_mem_mb,
+        gpu=model_gpus,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
     script:
         "../scripts/patching.py"

@@ -3,8 +3,8 @@ rule prepare_model:
     output:
         directory("results/models/{model}"),
     params:
-        identity=model_identity,
-        version=ICLSCOPE_VERSION,
+        settings=settings_of("prepare_model"),
+        code=code_of("prepare_model.py"),
     log:
         "logs/prepare_model/{model}.log",
     conda:

@@ -6,7 +6,8 @@ rule build_prompts:
     output:
         "results/prompts/{model}/{dataset}.parquet",
     params:
-        prompts=lambda wc: as_json(DATASETS[wc.dataset].prompts.__dict__),
+        settings=settings_of("build_prompts"),
+        code=code_of("build_prompts.py"),
     log:
         "logs/build_prompts/{model}/{dataset}.log",
     conda:

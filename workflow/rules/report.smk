@@ -11,6 +11,8 @@ rule fig_compression:
             category="Task spaces (information bottleneck)",
             subcategory="{model} / {dataset}",
         ),
+    params:
+        code=code_of("fig_compression.py"),
     log:
         "logs/figures/{model}/{dataset}/compression.log",
     conda:
@@ -31,6 +33,8 @@ rule fig_task_space:
             category="Task spaces (information bottleneck)",
             subcategory="{model} / {dataset}",
         ),
+    params:
+        code=code_of("fig_task_space.py"),
     log:
         "logs/figures/{model}/{dataset}/task_space.log",
     conda:
@@ -49,6 +53,8 @@ rule fig_icicl:
             category="Task spaces (information bottleneck)",
             subcategory="{model} / {dataset}",
         ),
+    params:
+        code=code_of("fig_icicl.py"),
     log:
         "logs/figures/{model}/{dataset}/icicl.log",
     conda:
@@ -68,6 +74,8 @@ rule fig_tsft:
             category="Task spaces (information bottleneck)",
             subcategory="{model} / {dataset}",
         ),
+    params:
+        code=code_of("fig_tsft.py"),
     log:
         "logs/figures/{model}/{dataset}/tsft.log",
     conda:
@@ -87,6 +95,8 @@ rule fig_decodability:
             category="Task decodability",
             subcategory="{model} / {dataset}",
         ),
+    params:
+        code=code_of("fig_decodability.py"),
     log:
         "logs/figures/{model}/{dataset}/decodability.log",
     conda:
@@ -105,6 +115,8 @@ rule fig_patching:
             category="Task decodability",
             subcategory="{model} / {dataset}",
         ),
+    params:
+        code=code_of("fig_patching.py"),
     log:
         "logs/figures/{model}/{dataset}/patching.log",
     conda:
@@ -132,6 +144,8 @@ rule layer_atlas:
             category="Layer atlas",
             subcategory="{model} / {dataset}",
         ),
+    params:
+        code=code_of("layer_atlas.py"),
     log:
         "logs/layer_atlas/{model}/{dataset}.log",
     conda:
@@ -148,6 +162,8 @@ rule summary:
     output:
         headline=report("results/summary/headline.csv", caption="../report/summary.rst", category="Summary"),
         peaks=report("results/summary/peak_layers.csv", caption="../report/summary.rst", category="Summary"),
+    params:
+        code=code_of("summary.py"),
     log:
         "logs/summary.log",
     conda:

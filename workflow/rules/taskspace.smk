@@ -5,14 +5,16 @@ rule extract_anchors:
     output:
         "results/activations/{model}/{dataset}.anchors.h5",
     params:
-        carriers=lambda wc: as_json(config["taskspace"]["carriers"]),
-        label_words=lambda wc: as_json(DATASETS[wc.dataset].label_words),
+        settings=settings_of("extract_anchors"),
+        code=code_of("extract_anchors.py"),
     log:
         "logs/extract_anchors/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
     resources:
-        gpu=lambda wc: MODELS[wc.model].gpus,
+        gpu=model_gpus,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
     script:
         "../scripts/extract_anchors.py"
 
@@ -25,7 +27,8 @@ rule taskspace:
     output:
         "results/taskspace/{model}/{dataset}.h5",
     params:
-        settings=lambda wc: as_json({k: config["taskspace"][k] for k in ("var_threshold", "max_k")}),
+        settings=settings_of("taskspace"),
+        code=code_of("taskspace.py"),
     log:
         "logs/taskspace/{model}/{dataset}.log",
     conda:
@@ -41,6 +44,8 @@ rule compression:
         taskspace="results/taskspace/{model}/{dataset}.h5",
     output:
         "results/metrics/{model}/{dataset}/compression.parquet",
+    params:
+        code=code_of("compression.py"),
     log:
         "logs/compression/{model}/{dataset}.log",
     conda:

@@ -9,7 +9,8 @@ rule toy_regression:
         table="results/metrics/toy/regression/toy_regression.parquet",
         weights=directory("results/toy/regression/weights"),
     params:
-        settings=lambda wc: as_json(config["toy_regression"]),
+        settings=settings_of("toy_regression"),
+        code=code_of("toy_regression.py"),
     log:
         "logs/toy_regression.log",
     conda:
@@ -31,6 +32,8 @@ rule fig_toy_regression:
             category="Task decodability",
             subcategory="toy / regression",
         ),
+    params:
+        code=code_of("fig_toy_regression.py"),
     log:
         "logs/figures/toy_regression.log",
     conda:

@@ -7,17 +7,19 @@ rule tsft:
     output:
         directory("results/tsft/{model}/{dataset}/{arm}-seed{seed}"),
     params:
-        settings=lambda wc: as_json(config["tsft"]),
-        prompts=lambda wc: as_json(DATASETS[wc.dataset].prompts.__dict__),
+        settings=settings_of("tsft"),
+        code=code_of("tsft.py"),
     log:
         "logs/tsft/{model}/{dataset}/{arm}-seed{seed}.log",
     conda:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wc, attempt: MODELS[wc.model].mem_mb * attempt,
+        mem_mb=model_mem_mb,
         runtime=lambda wc, attempt: 120 * attempt,
-        gpu=lambda wc: MODELS[wc.model].gpus,
+        gpu=model_gpus,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
     script:
         "../scripts/tsft.py"
 
@@ -28,6 +30,8 @@ rule tsft_summary:
         lambda wc: tsft_runs(wc.model, wc.dataset),
     output:
         "results/metrics/{model}/{dataset}/tsft.parquet",
+    params:
+        code=code_of("tsft_summary.py"),
     log:
         "logs/tsft_summary/{model}/{dataset}.log",
     conda:

@@ -1,12 +1,11 @@
-from iclscope.config import DatasetSpec
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 from iclscope.models import load_tokenizer
 from iclscope.prompts import build_prompts
 from iclscope.tables import read_table, write_table
 
 log_to(snakemake.log[0], threads=snakemake.threads)
-name = snakemake.wildcards.dataset
 tokenizer, manifest = load_tokenizer(snakemake.input.model)
-spec = DatasetSpec.from_config(name, snakemake.config["datasets"][name])
+spec = job_of(snakemake).dataset()
 table, meta = build_prompts(read_table(snakemake.input.dataset), spec, tokenizer, manifest["context_length"])
 write_table(table, snakemake.output[0], {**meta, "model": snakemake.wildcards.model})

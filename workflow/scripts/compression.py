@@ -5,6 +5,6 @@ from iclscope.tables import write_table
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 table = compression_table(snakemake.input.activations, snakemake.input.taskspace, model=wc.model, dataset=wc.dataset)
-write_table(table, snakemake.output[0], {"taskspace": snakemake.config["taskspace"]})
+write_table(table, snakemake.output[0], {"source": snakemake.input.taskspace})
 best = table[table.metric == "decoding_accuracy"].sort_values("value").tail(3)
 log.info("best task decoding:\n%s", best.to_string())

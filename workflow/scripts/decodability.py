@@ -1,12 +1,13 @@
 import json
 
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 from iclscope.metric_tables import decodability_table
 from iclscope.tables import write_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
-settings = snakemake.config["decodability"]
+settings = job_of(snakemake)["decodability"]
 table, attrs = decodability_table(snakemake.input[0], model=wc.model, dataset=wc.dataset, **settings)
 write_table(table, snakemake.output[0], {"settings": settings, "prompts_sha256": attrs["prompts_sha256"]})
 log.info("peak layers: %s", json.dumps(attrs.get("peak_layers", {})))

@@ -1,11 +1,12 @@
 from iclscope.entropy import EntropySettings
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 from iclscope.metric_tables import entropy_table
 from iclscope.tables import write_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
-cfg = snakemake.config["entropy"]
+cfg = job_of(snakemake)["entropy"]
 settings = EntropySettings(n_bins=cfg["n_bins"], min_labels=cfg["min_labels"], clip_quantile=cfg["clip_quantile"])
 table = entropy_table(snakemake.input[0], model=wc.model, dataset=wc.dataset, settings=settings)
 write_table(table, snakemake.output[0], {"entropy": cfg})

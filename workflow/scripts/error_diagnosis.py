@@ -1,13 +1,14 @@
-from iclscope.config import ModelSpec
 from iclscope.error_diagnosis import ErrorDiagnosisSettings, run_error_diagnosis
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 from iclscope.tables import write_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
-s = snakemake.config["anchors"]["error_diagnosis"]
+job = job_of(snakemake)
+s = job["error_diagnosis"]
 table, info = run_error_diagnosis(snakemake.input.prompts, snakemake.input.activations, snakemake.input.model,
-                                  ModelSpec.from_config(wc.model, snakemake.config["models"][wc.model]),
+                                  job.model(),
                                   ErrorDiagnosisSettings(**s), dataset=wc.dataset)
 write_table(table, snakemake.output[0], {"error_diagnosis": s, **info})
 pooled = table[table.seed.isna()]

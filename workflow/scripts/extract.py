@@ -1,10 +1,10 @@
-from iclscope.config import ModelSpec
 from iclscope.extract import ExtractSettings, extract
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 
 log_to(snakemake.log[0], threads=snakemake.threads)
-name = snakemake.wildcards.model
+job = job_of(snakemake)
 shard = tuple(int(x) for x in snakemake.params.shard.split("-of-"))
 extract(snakemake.input.prompts, snakemake.input.model, snakemake.output[0],
-        ModelSpec.from_config(name, snakemake.config["models"][name]),
-        ExtractSettings.from_config(snakemake.config["extract"]), shard=shard)
+        job.model(),
+        ExtractSettings.from_config(job["extract"]), shard=shard)

@@ -1,19 +1,18 @@
 import pandas as pd
 
-from iclscope.config import DatasetSpec, ModelSpec
 from iclscope.icicl import ICICLSettings, evaluate_icicl
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 from iclscope.tables import metric_frame, read_table, write_table
 from iclscope.taskspace import read_task_spaces
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
-cfg = {k: v for k, v in snakemake.config["icicl"].items() if k != "enabled"}
-settings = ICICLSettings(**{k: v for k, v in cfg.items() if k != "task_space"}, task_space=cfg["task_space"],
-                         word_k=snakemake.config["anchors"]["word_k"])
+job = job_of(snakemake)
+settings = ICICLSettings(**job["icicl"], word_k=job["word_k"])
 per_example, summary, meta = evaluate_icicl(
-    read_table(snakemake.input.dataset), DatasetSpec.from_config(wc.dataset, snakemake.config["datasets"][wc.dataset]),
-    snakemake.input.model, ModelSpec.from_config(wc.model, snakemake.config["models"][wc.model]),
+    read_table(snakemake.input.dataset), job.dataset(),
+    snakemake.input.model, job.model(),
     read_task_spaces(snakemake.input.taskspace, settings.task_space), settings)
 write_table(per_example, snakemake.output.predictions, meta)
 # label_loyalty / word_loyalty: vs full_icl on the same input; draw: which Hidden_random draw hidden_random_top is

@@ -1,11 +1,12 @@
 from iclscope.icl import accuracy_table, predictions
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 from iclscope.tables import write_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 preds, attrs = predictions(snakemake.input[0])
-settings = snakemake.config["icl_accuracy"]
+settings = job_of(snakemake)["icl_accuracy"]
 table = accuracy_table(preds, attrs["kind"], settings["n_boot"], wc.model, wc.dataset)
 meta = {"settings": settings, "source": snakemake.input[0], "prompts_sha256": attrs["prompts_sha256"]}
 write_table(preds.assign(model=wc.model, dataset=wc.dataset), snakemake.output.predictions, meta)

@@ -1,13 +1,14 @@
 from iclscope.anchors import run_isolation
-from iclscope.config import ModelSpec
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 from iclscope.tables import write_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
-s = snakemake.config["anchors"]
+job = job_of(snakemake)
+s = job["anchors"]
 table, meta, _ = run_isolation(snakemake.input.prompts, snakemake.input.model,
-                               ModelSpec.from_config(wc.model, snakemake.config["models"][wc.model]),
+                               job.model(),
                                n_per_seed=s["isolation_prompts_per_seed"], ks=s["isolation_k"], word_k=s["word_k"],
                                dataset=wc.dataset)
 write_table(table, snakemake.output[0], {"anchors": s, **meta})

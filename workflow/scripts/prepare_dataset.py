@@ -1,9 +1,8 @@
-from iclscope.config import DatasetSpec
 from iclscope.datasets import prepare_dataset
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 from iclscope.tables import write_table
 
 log_to(snakemake.log[0], threads=snakemake.threads)
-name = snakemake.wildcards.dataset
-table, meta = prepare_dataset(DatasetSpec.from_config(name, snakemake.config["datasets"][name]))
+table, meta = prepare_dataset(job_of(snakemake).dataset())
 write_table(table, snakemake.output[0], meta)

@@ -1,7 +1,6 @@
-from iclscope.config import ModelSpec
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 from iclscope.models import prepare_model
 
 log_to(snakemake.log[0], threads=snakemake.threads)
-name = snakemake.wildcards.model
-prepare_model(ModelSpec.from_config(name, snakemake.config["models"][name]), snakemake.output[0])
+prepare_model(job_of(snakemake).model(), snakemake.output[0])

@@ -1,15 +1,16 @@
 import numpy as np
 
 from iclscope.anchors import run_reweighting
-from iclscope.config import ModelSpec
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 from iclscope.tables import atomic_path, commit, write_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
-s = snakemake.config["anchors"]["reweighting"]
+job = job_of(snakemake)
+s = job["reweighting"]
 table, betas, info = run_reweighting(snakemake.input.prompts, snakemake.input.model,
-                                     ModelSpec.from_config(wc.model, snakemake.config["models"][wc.model]),
+                                     job.model(),
                                      aux_per_class=s["aux_per_class"], epochs=s["epochs"], lr=s["lr"],
                                      n_test_per_seed=s["test_prompts_per_seed"], dataset=wc.dataset)
 tmp = atomic_path(snakemake.output.beta)

@@ -1,13 +1,14 @@
 from iclscope.anchors import run_saliency
-from iclscope.config import ModelSpec
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 from iclscope.tables import write_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
-settings = snakemake.config["anchors"]
+job = job_of(snakemake)
+settings = job["anchors"]
 per_example, table = run_saliency(snakemake.input.prompts, snakemake.input.model,
-                                  ModelSpec.from_config(wc.model, snakemake.config["models"][wc.model]),
+                                  job.model(),
                                   settings["saliency_prompts_per_seed"], dataset=wc.dataset)
 write_table(per_example, snakemake.output.examples, {"anchors": settings})
 write_table(table, snakemake.output.table, {"anchors": settings})

@@ -1,8 +1,9 @@
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 from iclscope.taskspace import build_task_spaces
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
-settings = snakemake.config["taskspace"]
+settings = job_of(snakemake)["taskspace"]
 summary = build_task_spaces(snakemake.input.activations, snakemake.input.anchors, snakemake.output[0],
                             var_threshold=settings["var_threshold"], max_k=settings["max_k"])
 log.info("task-space dimensions per layer: %s", summary)

@@ -1,11 +1,12 @@
-from iclscope.config import ModelSpec
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 from iclscope.token_states import extract_token_states
 
 log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
-cfg = snakemake.config["entropy"]
+job = job_of(snakemake)
+cfg = job["corpus"]
 extract_token_states(snakemake.input.dataset, snakemake.input.model, snakemake.output[0],
-                     ModelSpec.from_config(wc.model, snakemake.config["models"][wc.model]),
+                     job.model(),
                      max_tokens=cfg["max_tokens"], max_sentence_tokens=cfg["max_sentence_tokens"],
                      split=cfg["split"], seed=cfg["seed"])

@@ -1,20 +1,19 @@
-import json
 import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from iclscope.entropy import EntropySettings
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 from iclscope.models import load_tokenizer, model_dir_of, resolve_device
 from iclscope.tables import write_table
 from iclscope.toy_lm import ToySize, ToyTraining, token_stream, train_and_measure
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
-cfg = snakemake.config["entropy"]
-job = json.loads(snakemake.params.settings)  # this size's settings (common.smk: toy_lm_settings)
+job = job_of(snakemake).settings  # this size's settings (iclscope/jobs.py)
 size = ToySize(**job["size"])
-run = ToyTraining(**{k: v for k, v in job["training"].items() if k not in ("enabled", "dataset")})
+run = ToyTraining(**job["training"])
 settings = EntropySettings(n_bins=job["n_bins"], min_labels=job["min_labels"], clip_quantile=job["clip_quantile"])
 data = pd.read_parquet(snakemake.input.dataset)
 if job["split"] is not None and job["split"] in set(data["split"]):
@@ -29,7 +28,7 @@ table = train_and_measure(stream, size, run, settings, resolve_device("auto"), r
                           weights_dir=resume_dir / "weights")
 shutil.rmtree(snakemake.output.weights, ignore_errors=True)
 (resume_dir / "weights" / size.name).rename(snakemake.output.weights)
-write_table(table, snakemake.output.table, {"entropy": cfg, "tokens": int(len(stream))})
+write_table(table, snakemake.output.table, {"entropy": job, "tokens": int(len(stream))})
 last = table[(table.range == "minmax") & (table.label_type == "token")]
 last = last[last.layer == last["layer"].max()]
 log.info("last-layer token measures of %s by step:\n%s", size.name,

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from iclscope.jobs import job_of
 from iclscope.logs import log_to
 from iclscope.models import resolve_device
 from iclscope.synthetic import SparseRegressionTask
@@ -10,8 +11,8 @@ from iclscope.tables import write_table
 from iclscope.toy_regression import RegressionTraining, reference_rows, train_regression
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
-cfg = dict(snakemake.config["toy_regression"])
-cfg.pop("enabled")
+settings = job_of(snakemake)["toy_regression"]
+cfg = dict(settings)
 task = SparseRegressionTask(**{k: cfg.pop(k) for k in ("dim", "n_bases", "basis_size", "n_points", "noise_var")})
 run = RegressionTraining(**cfg)
 resume_dir = Path("results/toy/regression/resume")  # training state of a killed run
@@ -20,7 +21,7 @@ table = train_regression(task, run, resolve_device("auto"), resume_dir=resume_di
 table = pd.concat([table, pd.DataFrame(reference_rows(task))], ignore_index=True)
 shutil.rmtree(snakemake.output.weights, ignore_errors=True)
 weights.rename(snakemake.output.weights)
-write_table(table, snakemake.output.table, {"toy_regression": snakemake.config["toy_regression"]})
+write_table(table, snakemake.output.table, {"toy_regression": settings})
 log.info("test MSE by basis and step:\n%s", table[table.metric == "mse"].pivot_table(
     index="step", columns="task", values="value").round(4).to_string())
 log.info("basis decodability by layer and step:\n%s", table[table.metric == "decodability"].pivot_table(
