@@ -27,16 +27,81 @@ def test_binary_and_multiclass_match_sklearn():
     target3 = rng.integers(0, 3, 300)
     norm = feats3 / feats3.sum(1, keepdims=True)
     assert aucroc(feats3, target3) == pytest.approx(roc_auc_score(target3, norm, multi_class="ovo"))
-    # a class that is never predicted is dropped: 3 features, predictions only of classes 0 and 2
+    # a class that is never predicted is dropped: 3 features, predictions only of classes 0 and 2,
+    # scored by the raw attention of class 2 (the reference analysis does not renormalise the pair)
     target2 = np.where(target3 == 1, 0, target3)
-    sub = feats3[:, [0, 2]] / feats3[:, [0, 2]].sum(1, keepdims=True)
-    assert aucroc(feats3, target2) == pytest.approx(roc_auc_score(target2 == 2, sub[:, 1]))
+    assert aucroc(feats3, target2) == pytest.approx(roc_auc_score(target2 == 2, feats3[:, 2]))
     assert np.isnan(aucroc(feats, np.zeros(200, dtype=int)))
+
+
+def pair_count_auc(score, positive) -> float:
+    """AUC as the share of (positive, negative) pairs ranked the right way, ties half."""
+    pos, neg = score[positive], score[~positive]
+    return float(np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg]))
+
+
+def test_two_of_three_classes_predicted_scores_the_raw_attention_by_hand():
+    feats = np.array([[0.10, 0.0, 0.20],   # predicted 2: raw 0.20, renormalised 0.667
+                      [0.50, 0.0, 0.30],   # predicted 2: raw 0.30, renormalised 0.375
+                      [0.05, 0.0, 0.25],   # predicted 0: raw 0.25, renormalised 0.833
+                      [0.90, 0.0, 0.10]])  # predicted 0: raw 0.10, renormalised 0.100
+    target = np.array([2, 2, 0, 0])
+    assert aucroc(feats, target) == pytest.approx(0.75)  # pairs: 0.2<0.25, 0.2>0.1, 0.3>0.25, 0.3>0.1
+    assert pair_count_auc(feats[:, 2], target == 2) == 0.75
+    renormalised = feats[:, 2] / feats[:, [0, 2]].sum(1)
+    assert pair_count_auc(renormalised, target == 2) == 0.5  # what the renormalised pair would give
 
 
 def test_cumulative_share():
     share = cumulative_share(np.array([0.5, 0.6, 0.9, 0.5]))
     np.testing.assert_allclose(share, [0.0, 0.2, 1.0, 1.0])
+
+
+PER_SEED_AUC = np.array([[0.50, 0.90, 0.90],    # gains 0, .4, .4: own share 0, .5, 1
+                         [0.60, 0.45, 0.50],    # gains .1, -.05, 0: own total .05, share 2, 1, 1
+                         [np.nan] * 3])         # a seed whose prompts were all predicted as one class
+
+
+def test_r_l_is_the_share_of_the_seed_mean_auc_by_hand():
+    # mean AUC over the two scored seeds: .55, .675, .70 -> gains .05, .175, .20, total .425
+    expected = np.array([0.05, 0.225, 0.425]) / 0.425
+    np.testing.assert_allclose(cumulative_share(PER_SEED_AUC), expected)
+    mean_of_ratios = np.mean([cumulative_share(a) for a in PER_SEED_AUC[:2]], axis=0)
+    np.testing.assert_allclose(mean_of_ratios, [1.0, 0.75, 1.0])  # the per-seed definition, far off
+    assert np.isnan(cumulative_share(np.full((2, 3), np.nan))).all()
+
+
+def test_aucroc_table_gives_per_seed_aucroc_and_one_r_l_from_the_seed_mean(tmp_path):
+    import h5py
+
+    from iclscope.metric_tables import aucroc_table
+
+    rng = np.random.default_rng(3)
+    n, L, H = 40, 3, 2
+    seed = np.repeat([1, 2], n // 2)
+    pred = rng.integers(0, 2, n)
+    attn = rng.random((n, L, H, 2)).astype(np.float32)  # demo 0 of class 0, demo 1 of class 1
+    attn[:, 2, :, 1] += 0.5 * pred[:, None]  # the last layer's attention to class 1 follows the prediction
+    path = tmp_path / "a.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["complete"] = True
+        f.attrs["classes"] = ["neg", "pos"]
+        f["prompts/split"] = np.array(["test"] * n, dtype=h5py.string_dtype())
+        f["prompts/seed"] = seed
+        f["prompts/label_class"] = np.tile([0, 1], (n, 1))
+        f["attn/query_to_label"] = attn
+        f["logits/label"] = np.eye(2, dtype=np.float32)[pred]
+    table = aucroc_table(path, model="m", dataset="d")
+    auc = table[table.metric == "aucroc"].pivot(index="seed", columns="layer", values="value")
+    feats = attn.sum(2)  # [N, L, C]
+    for s in (1, 2):
+        for layer in range(L):
+            sel = seed == s
+            assert auc.loc[s, layer + 1] == pytest.approx(pair_count_auc(feats[sel, layer, 1], pred[sel] == 1))
+    share = table[table.metric == "aucroc_cumulative_share"].sort_values("layer")
+    assert share["seed"].isna().all() and list(share["layer"]) == [1, 2, 3]
+    gain = auc.to_numpy().mean(0) - 0.5
+    np.testing.assert_allclose(share["value"], np.cumsum(gain) / gain.sum())
 
 
 def test_ones_multiplier_saliency_equals_attention_times_its_gradient(prepared_tiny):

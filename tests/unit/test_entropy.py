@@ -13,6 +13,7 @@ from scipy.spatial.distance import jensenshannon
 from iclscope.entropy import (
     EntropySettings,
     Histograms,
+    bigram_token,
     discretise,
     frequent_values,
     js_divergence,
@@ -120,6 +121,124 @@ def test_pair_labels_are_distinct_per_pair_and_missing_at_sentence_starts():
     pairs = pair_labels(prev, ids)
     assert pairs[0] == -1 and pairs[3] == -1
     assert pairs[1] == pairs[4] and len({pairs[1], pairs[2]}) == 2
+
+
+def test_pair_labels_read_back_their_token():
+    prev = np.array([-1, 0, 7, 50_000, 3])
+    ids = np.array([4, 0, 50_000, 7, 3])
+    pairs = pair_labels(prev, ids)
+    np.testing.assert_array_equal(bigram_token(pairs), [-1, 0, 50_000, 7, 3])
+    assert len(set(pairs[1:].tolist())) == 4  # (0,0), (7,50000), (50000,7), (3,3) all distinct
+
+
+# The 10-token corpus x a y a x a y a x b (x=1, a=3, y=2, b=4), one dimension, 2 bins; the state
+# of each token is its bin. Left bigrams: xa ay ya ax xa ay ya ax xb (each twice, xb once).
+CORPUS_IDS = np.array([1, 3, 2, 3, 1, 3, 2, 3, 1, 4])
+CORPUS_PREV = np.array([-1, 1, 3, 2, 3, 1, 3, 2, 3, 1])
+CORPUS_BINS = np.array([0, 0, 1, 1, 0, 0, 0, 1, 1, 1], dtype=float)[:, None]
+
+
+def corpus_measures(min_labels=2):
+    labels = {"token": CORPUS_IDS, "bigram": pair_labels(CORPUS_PREV, CORPUS_IDS)}
+    rows = layer_measures(CORPUS_BINS, labels, EntropySettings(n_bins=2, min_labels=min_labels, clip_quantile=0))
+    return {r["label_type"]: r for r in rows}
+
+
+def test_bigram_measures_are_nested_under_the_token_by_hand():
+    """min_labels=2 keeps xa, ya (token a), ay (token y), ax (token x); xb (once) is dropped.
+    Bins: xa -> [0, 0], ya -> [1, 1], ay -> [1, 0], ax -> [0, 1]; overall five 0s and five 1s."""
+    m = corpus_measures()["bigram"]
+    assert m["information"] == pytest.approx(1.0)  # ln 2 / ln 2
+    assert m["n_label_values"] == 4 and m["n_label_groups"] == 3 and m["labelled_share"] == pytest.approx(0.8)
+    # H within token: a: mean(H(xa), H(ya)) = 0; y: H(ay) = ln 2; x: H(ax) = ln 2 -> mean over tokens 2/3 ln 2
+    # (the flat mean over the four bigrams would be 1/2 ln 2)
+    assert m["variation"] == pytest.approx(2 / 3)
+    assert m["regularity"] == pytest.approx(1 / 3)
+    assert m["regularity_ratio"] == pytest.approx(1 / 3)
+    # frequency weighting: Σ_x p(x) H(Y|x) = (2·0 + 2·0 + 2·ln 2 + 2·ln 2) / 8 — nesting does not change it
+    assert m["variation_frequency"] == pytest.approx(0.5)
+    assert m["regularity_frequency"] == pytest.approx(0.5)
+    # only token a has two bigrams: xa [2, 0] against ya [0, 2] is the full ln 2; y and x, with one
+    # bigram each, have nothing to be compared with and are left out
+    assert m["disentanglement"] == pytest.approx(math.log(2))
+    assert m["disentanglement_normalised"] == pytest.approx(1.0)
+
+
+def test_token_disentanglement_pools_only_the_retained_tokens_by_hand():
+    """min_labels=2 keeps x (bins 0 0 1), a (0 1 0 1), y (1 0); b (bin 1, once) is in neither side."""
+    m = corpus_measures()["token"]
+    assert "n_label_groups" not in m
+    hist = {"x": [2, 1], "a": [2, 2], "y": [1, 1]}
+    h = {k: brute_entropy([0] * v[0] + [1] * v[1]) for k, v in hist.items()}
+    assert m["variation"] == pytest.approx(np.mean(list(h.values())) / math.log(2))
+    retained = {"x": [3, 3], "a": [3, 2], "y": [4, 3]}  # the other retained tokens, pooled
+    expected = np.mean([jensenshannon(hist[k], retained[k]) ** 2 for k in hist])
+    assert m["disentanglement"] == pytest.approx(expected)
+    with_rare = {"x": [3, 4], "a": [3, 3], "y": [4, 4]}  # what pooling every other token would give
+    assert m["disentanglement"] != pytest.approx(np.mean([jensenshannon(hist[k], with_rare[k]) ** 2 for k in hist]))
+
+
+def test_a_single_retained_value_has_no_disentanglement():
+    states = np.array([[0.0], [1.0], [1.0], [0.0], [1.0]])
+    m = measures(states, np.array([5, 5, 5, 6, 7]), n_bins=2, min_labels=2)  # only 5 is retained
+    assert m["n_label_values"] == 1 and "disentanglement" not in m and "variation" in m
+
+
+def naive_measures(bins: np.ndarray, ids, prev, n_bins: int, min_labels: int) -> dict:
+    """The measures from dictionaries of token positions, one dimension at a time, without
+    iclscope's histograms: token labels flat; bigrams grouped as {token: {previous token: positions}}."""
+    def H(pos, j):
+        return brute_entropy([bins[i, j] for i in pos])
+
+    def hist(pos, j):
+        return np.bincount([bins[i, j] for i in pos], minlength=n_bins)
+
+    def jsd(a, b):
+        return jensenshannon(a, b) ** 2 if a.sum() and b.sum() else float("nan")
+
+    d = bins.shape[1]
+    info = np.mean([H(range(len(ids)), j) for j in range(d)])
+    tokens, nested = {}, {}
+    for i, (w, v) in enumerate(zip(ids, prev, strict=True)):
+        tokens.setdefault(w, []).append(i)
+        if v >= 0:
+            nested.setdefault(w, {}).setdefault(v, []).append(i)
+    flat_groups = [[pos for pos in tokens.values() if len(pos) >= min_labels]]
+    nested_groups = [[pos for pos in subs.values() if len(pos) >= min_labels] for subs in nested.values()]
+    out = {}
+    for name, groups in (("token", flat_groups), ("bigram", nested_groups)):
+        groups = [g for g in groups if g]
+        variation = np.mean([np.mean([np.mean([H(pos, j) for j in range(d)]) for pos in g]) for g in groups])
+        dis = []
+        for g in groups:
+            if len(g) < 2:
+                continue
+            per_value = []
+            for pos in g:
+                others = [i for other in g if other is not pos for i in other]
+                per_value.append(np.mean([jsd(hist(pos, j), hist(others, j)) for j in range(d)]))
+            dis.append(np.mean(per_value))
+        out[name] = {"information": info / math.log(n_bins), "variation": variation / math.log(n_bins),
+                     "regularity": (info - variation) / math.log(n_bins), "disentanglement": np.mean(dis)}
+    return out
+
+
+def test_measures_equal_a_naive_nested_implementation():
+    rng = np.random.default_rng(7)
+    ids = rng.choice(6, size=400, p=[0.3, 0.25, 0.2, 0.15, 0.07, 0.03])
+    ids[[10, 200, 333]] = 6  # a token below min_labels: in neither side of the token divergences
+    prev = np.concatenate([[-1], ids[:-1]])
+    prev[::25] = -1  # sentence starts: no left bigram
+    states = rng.normal(size=(400, 3)) + ids[:, None] * [0.5, 0.0, 0.2] + prev[:, None] * [0.0, 0.4, 0.2]
+    n_bins, min_labels = 5, 4
+    bins = discretise(states, states.min(0), states.max(0), n_bins)
+    expected = naive_measures(bins, ids, prev, n_bins, min_labels)
+    got = {r["label_type"]: r for r in layer_measures(
+        states, {"token": ids, "bigram": pair_labels(prev, ids)},
+        EntropySettings(n_bins=n_bins, min_labels=min_labels, clip_quantile=0))}
+    for label_type in ("token", "bigram"):
+        for name, value in expected[label_type].items():
+            assert got[label_type][name] == pytest.approx(value, rel=1e-10), (label_type, name)
 
 
 def test_bad_settings_name_the_key():

@@ -27,27 +27,36 @@ def class_attention(attn: np.ndarray, label_class: np.ndarray, n_classes: int) -
 def aucroc(features: np.ndarray, target: np.ndarray) -> float:
     """AUC of predicting `target` (the model's own predicted class) from per-class attention.
 
-    features [N, C]. Binary: AUC of the class-1 feature. Multi-class: features normalised to sum
-    1, one-vs-one macro AUC; classes never predicted are dropped (METHODS.md §3.4). NaN when fewer
-    than two classes are predicted.
+    features [N, C]; classes never predicted are dropped (docs/methods.md §3.4). With two classes
+    predicted (a binary task, or a multi-class task where only two occur) the score is the raw
+    attention of the higher of the two, not renormalised over the pair, as in the reference
+    analysis; with three or more, features are normalised to sum 1 over the predicted classes and
+    scored with the one-vs-one macro AUC. NaN when fewer than two classes are predicted.
     """
     present = np.unique(target)
     if len(present) < 2:
         return float("nan")
-    if features.shape[1] == 2:
-        return float(roc_auc_score(target == 1, features[:, 1]))
+    if len(present) == 2:
+        return float(roc_auc_score(target == present[1], features[:, present[1]]))
     f = features[:, present]
     f = f / np.clip(f.sum(1, keepdims=True), 1e-12, None)
     remap = {c: i for i, c in enumerate(present)}
     y = np.array([remap[t] for t in target])
-    if len(present) == 2:
-        return float(roc_auc_score(y == 1, f[:, 1]))
     return float(roc_auc_score(y, f, multi_class="ovo", average="macro"))
 
 
-def cumulative_share(auc_by_layer: np.ndarray) -> np.ndarray:
-    """R_l = Σ_{i≤l}(AUC_i − 0.5) / Σ_i(AUC_i − 0.5) (METHODS.md §3.4)."""
-    gain = np.nan_to_num(np.asarray(auc_by_layer, dtype=float) - 0.5)
+def cumulative_share(auc: np.ndarray) -> np.ndarray:
+    """R_l = Σ_{i≤l}(AUC_i − 0.5) / Σ_i(AUC_i − 0.5) (docs/methods.md §3.4), from AUC [L] or [S, L].
+
+    Per-seed AUCs [S, L] are averaged over seeds first (seeds with no AUC, NaN, left out), then
+    the share is taken, as the reference analysis does; a mean of per-seed shares would divide by
+    each seed's own total, which can be near zero. NaN everywhere when the total gain is zero.
+    """
+    auc = np.asarray(auc, dtype=float)
+    if auc.ndim == 2:
+        seen = ~np.isnan(auc)
+        auc = np.where(seen.any(0), np.where(seen, auc, 0).sum(0) / np.maximum(seen.sum(0), 1), np.nan)
+    gain = np.nan_to_num(auc - 0.5)
     total = gain.sum()
     return np.cumsum(gain) / total if total != 0 else np.full(len(gain), np.nan)
 

@@ -1,15 +1,29 @@
-"""Representations as language (Conklin & Smith 2024, METHODS.md §2): the dimension-wise entropy
+"""Representations as language (Conklin & Smith 2024, docs/methods.md §2): the dimension-wise entropy
 estimator H_dw and the four measures built on it.
 
 Every dimension of a set of states Y [N, d] is cut into `n_bins` equal-width bins between a lower
 and an upper bound (the dimension's min / max over the analysed set, or its `q` / `1 - q`
 quantiles with values outside clipped into the edge bins), so a state becomes d bin symbols.
 
-    H_dw(Y)    = (1/d) Σ_j H(b_j(Y))                                         information
-    H_dw(Y|X)  = mean over label values x with ≥ min_labels tokens of H_dw(Y | X = x)
-                 (uniform, as the reference code; or weighted by p(x): frequency)  variation
-    I(Y;X)     = H_dw(Y) − H_dw(Y|X)                                          regularity
-    D          = mean over x and j of JSD(b_j(Y | X = x) ‖ b_j(Y | X ≠ x))    disentanglement
+A label type is either flat (token id: one value per token) or nested (left bigram: each value
+(w_{i-1}, w_i) belongs to its token w_i, docs/methods.md §2.3). "Retained" values are those with
+≥ min_labels tokens; tokens with any other value count only in H_dw(Y).
+
+    H_dw(Y)    = (1/d) Σ_j H(b_j(Y))                                                    information
+    H_dw(Y|X)  flat:   mean over retained x of H_dw(Y | X = x)
+               nested: mean over tokens w of [mean over w's retained bigrams x of H_dw(Y | X = x)]
+               (uniform, as the reference code; or Σ_x p(x) H_dw(Y | X = x) over the retained
+               values: frequency, the same number for flat and nested)                   variation
+    I(Y;X)     = H_dw(Y) − H_dw(Y|X)                                                     regularity
+    D          flat:   mean over retained x and j of JSD(b_j(Y | X = x) ‖ b_j(Y | X = x', x' ≠ x))
+               nested: mean over tokens w of the same, x' running over w's other retained bigrams
+               (the same word in its other contexts), for tokens with ≥ 2 retained bigrams
+                                                                                         disentanglement
+
+The pool "x' ≠ x" holds only the retained values, as in the reference code: rare values are in
+neither side of the divergence. A flat label type with a single retained value, or a token with a
+single retained bigram, has nothing to be compared with and is left out of D (the reference code
+would score it 0.5·ln 2 per dimension, the divergence from an empty histogram).
 
 Entropies are natural-log plug-in estimates; information, variation and regularity are reported
 divided by log(n_bins) (the "efficiency" scale of the paper's figures, 1 = uniform use of all
@@ -87,12 +101,15 @@ class Histograms:
 
     `values` are the label values that are measured (those with ≥ min_labels tokens; known in
     advance because labels are token ids); tokens with other labels count only in the overall
-    histogram.
+    histogram. `parents` (aligned with `values`) makes the label type nested: value k belongs to
+    the group parents[k] (a bigram to its token), and variation and disentanglement are taken
+    within each group, then averaged over groups (docs/methods.md §2.3).
     """
 
-    def __init__(self, d: int, n_bins: int, values: np.ndarray):
+    def __init__(self, d: int, n_bins: int, values: np.ndarray, parents: np.ndarray | None = None):
         self.n_bins = n_bins
-        self.values = np.unique(np.asarray(values))  # sorted, for searchsorted
+        self.values, first = np.unique(np.asarray(values), return_index=True)  # sorted, for searchsorted
+        self.parents = None if parents is None else np.asarray(parents)[first]
         self.total = np.zeros((d, n_bins), dtype=np.int64)
         self.by_label = np.zeros((len(self.values), d, n_bins), dtype=np.int64)
         self.n_tokens = 0
@@ -111,12 +128,19 @@ class Histograms:
             self.by_label += np.bincount(flat, minlength=self.by_label.size).reshape(self.by_label.shape)
         self.n_tokens += n
 
+    def groups(self) -> list[np.ndarray]:
+        """Indices into `values` of each group: one group per parent, or one group of all values (flat)."""
+        if self.parents is None:
+            return [np.arange(len(self.values))]
+        order = np.argsort(self.parents, kind="stable")
+        return np.split(order, np.flatnonzero(np.diff(self.parents[order])) + 1)
+
     def measures(self) -> dict[str, float]:
         """The four measures (see the module docstring) and the bin occupancy."""
         log_b = np.log(self.n_bins)
         h_y = entropy(self.total)  # [d]
         n_k = self.by_label[:, 0, :].sum(axis=-1)  # [K] tokens per label value
-        h_cond = entropy(self.by_label)  # [K, d]
+        h_value = entropy(self.by_label).mean(axis=1)  # [K] H_dw(Y | X = x)
         out = {
             "information": float(h_y.mean() / log_b),
             "max_bin_share": float((self.total.max(axis=-1) / max(self.n_tokens, 1)).mean()),
@@ -127,17 +151,28 @@ class Histograms:
         }
         if len(n_k) == 0:
             return out
-        weights = n_k / n_k.sum()
-        variation = {"uniform": h_cond.mean(), "frequency": float(weights @ h_cond.mean(axis=1))}
+        groups = self.groups()
+        if self.parents is not None:
+            out["n_label_groups"] = float(len(groups))
+        # uniform: every retained value weighs the same within its group, every group the same
+        # (flat: one group); frequency: Σ_x p(x) H(Y | X = x), which nesting does not change
+        variation = {"uniform": float(np.mean([h_value[g].mean() for g in groups])),
+                     "frequency": float((n_k / n_k.sum()) @ h_value)}
         for name, value in variation.items():
             suffix = "" if name == "uniform" else "_frequency"
             out[f"variation{suffix}"] = float(value / log_b)
             out[f"regularity{suffix}"] = float((h_y.mean() - value) / log_b)
             out[f"regularity_ratio{suffix}"] = float((h_y.mean() - value) / h_y.mean()) if h_y.mean() > 0 else 0.0
-        rest = self.total[None] - self.by_label  # [K, d, B] counts of every other token
-        jsd = js_divergence(self.by_label.astype(np.float64), rest.astype(np.float64))  # [K, d]
-        out["disentanglement"] = float(jsd.mean())
-        out["disentanglement_normalised"] = float(jsd.mean() / LN2)
+        # each value against the pooled other retained values of its group
+        jsd = []
+        for g in groups:
+            if len(g) < 2:
+                continue
+            own = self.by_label[g].astype(np.float64)  # [k, d, B]
+            jsd.append(js_divergence(own, own.sum(axis=0) - own).mean())
+        if jsd:
+            out["disentanglement"] = float(np.mean(jsd))
+            out["disentanglement_normalised"] = float(np.mean(jsd) / LN2)
         return out
 
 
@@ -147,21 +182,27 @@ def frequent_values(labels: np.ndarray, min_count: int) -> np.ndarray:
     return values[counts >= min_count]
 
 
+NESTED = ("bigram",)  # label types whose values are pair_labels, nested under their token
+
+
 def layer_measures(states: np.ndarray, labels: dict[str, np.ndarray], settings: EntropySettings,
-                   chunk: int = 8192) -> list[dict]:
+                   chunk: int = 8192, nested: tuple[str, ...] = NESTED) -> list[dict]:
     """All measures of one layer: states [N, d] (any float dtype), labels {label_type: [N] int}.
 
-    Returns one dict per (range, label_type) with range ∈ {minmax, clipped} ("clipped" only when
-    clip_quantile > 0). The ranges need the whole layer; binning and counting go chunk by chunk.
+    Label types named in `nested` must hold `pair_labels` values; they are measured nested under
+    their token (docs/methods.md §2.3), the others flat. Returns one dict per (range, label_type)
+    with range ∈ {minmax, clipped} ("clipped" only when clip_quantile > 0). The ranges need the
+    whole layer; binning and counting go chunk by chunk.
     """
     ranges = {"minmax": bin_ranges(states)}
     if settings.clip_quantile > 0:
         ranges["clipped"] = bin_ranges(states, settings.clip_quantile)
+    retained = {name: frequent_values(lab, settings.min_labels) for name, lab in labels.items()}
     rows = []
     d = states.shape[1]
     for range_name, (lo, hi) in ranges.items():
-        hists = {name: Histograms(d, settings.n_bins, frequent_values(lab, settings.min_labels))
-                 for name, lab in labels.items()}
+        hists = {name: Histograms(d, settings.n_bins, values, bigram_token(values) if name in nested else None)
+                 for name, values in retained.items()}
         for start in range(0, len(states), chunk):
             bins = discretise(states[start:start + chunk], lo, hi, settings.n_bins)
             for name, lab in labels.items():
@@ -170,9 +211,23 @@ def layer_measures(states: np.ndarray, labels: dict[str, np.ndarray], settings: 
     return rows
 
 
+PAIR_SHIFT = 32  # a pair label is (previous token << 32) | token, so the token is its low 32 bits
+
+
 def pair_labels(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Left-bigram labels: one int per (previous token, token) pair; -1 where there is no previous token."""
+    """Left-bigram labels: one int per (previous token, token) pair; -1 where there is no previous token.
+
+    The encoding does not depend on the data (`bigram_token` reads the token back), so labels built
+    from different chunks or corpora agree.
+    """
     left = left.astype(np.int64)
     right = right.astype(np.int64)
-    base = int(max(right.max(initial=0), left.max(initial=0))) + 1
-    return np.where(left >= 0, left * base + right, -1)
+    if max(left.max(initial=0), right.max(initial=0)) >= 2**31:
+        raise ValueError("pair_labels: token ids must be below 2**31")
+    return np.where((left >= 0) & (right >= 0), (left << PAIR_SHIFT) | right, -1)
+
+
+def bigram_token(pairs: np.ndarray) -> np.ndarray:
+    """The token of each `pair_labels` value (its right element); -1 where there is no pair."""
+    pairs = np.asarray(pairs, dtype=np.int64)
+    return np.where(pairs >= 0, pairs & ((1 << PAIR_SHIFT) - 1), -1)

@@ -76,8 +76,12 @@ def compression_table(activations, task_spaces, *, model: str, dataset: str,
 
 
 def aucroc_table(activations, *, model: str, dataset: str) -> pd.DataFrame:
-    """AUCROC_l and R_l per layer and seed (METHODS.md §3.4) from the stored query->label attention;
-    the target is the model's own prediction, on test-split prompts."""
+    """AUCROC_l per layer and seed, and R_l per layer (docs/methods.md §3.4), from the stored
+    query->label attention; the target is the model's own prediction, on test-split prompts.
+
+    R_l is taken from AUCROC_l averaged over seeds, as the reference analysis does, so its rows
+    have no seed: one seed's Σ_i (AUCROC_i − 0.5) can be near zero and its ratio meaningless.
+    """
     from .anchors import aucroc, class_attention, cumulative_share
 
     rows = []
@@ -92,14 +96,13 @@ def aucroc_table(activations, *, model: str, dataset: str) -> pd.DataFrame:
         pred = f["logits/label"][test].argmax(1)
         feats = class_attention(attn, prompts["label_class"][test], n_classes)  # [N, L, C]
         seeds = prompts["seed"][test]
-        for seed in np.unique(seeds):
-            sel = seeds == seed
-            auc = np.array([aucroc(feats[sel, layer], pred[sel]) for layer in range(feats.shape[1])])
-            share = cumulative_share(auc)
-            for layer in range(feats.shape[1]):
-                rows += [{"layer": layer + 1, "seed": int(seed), "metric": "aucroc", "value": auc[layer]},
-                         {"layer": layer + 1, "seed": int(seed), "metric": "aucroc_cumulative_share",
-                          "value": share[layer]}]
+        auc = np.array([[aucroc(feats[seeds == seed, layer], pred[seeds == seed]) for layer in range(feats.shape[1])]
+                        for seed in np.unique(seeds)])  # [S, L]
+        for seed, by_layer in zip(np.unique(seeds), auc, strict=True):
+            rows += [{"layer": layer + 1, "seed": int(seed), "metric": "aucroc", "value": value}
+                     for layer, value in enumerate(by_layer)]
+        rows += [{"layer": layer + 1, "metric": "aucroc_cumulative_share", "value": value}
+                 for layer, value in enumerate(cumulative_share(auc))]
     return metric_frame(rows, model=model, dataset=dataset, family="anchors", position="query",
                         label_type="model_prediction")
 
@@ -138,7 +141,8 @@ def decodability_accuracy_fit(decodability: pd.DataFrame, accuracy: pd.DataFrame
 
 def entropy_table(token_states, *, model: str, dataset: str, settings: EntropySettings,
                   layers: list[int] | None = None) -> pd.DataFrame:
-    """The four representation measures per layer and label type (token id, left bigram).
+    """The four representation measures per layer and label type: token id (flat) and left bigram
+    (previous token, token), nested under its token (docs/methods.md §2.3).
 
     Reads one layer [N, d] of `/resid/tokens` at a time. Metrics from the min/max binning keep
     their names; those from the quantile-clipped binning end in `_clipped`.
