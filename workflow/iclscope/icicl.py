@@ -79,7 +79,7 @@ class ICICLSettings:
     retrieval: str = "similar"  # similar | random
     embed_layer: int | None = None  # None = middle layer
     inject_layer: int | None = None  # None = middle layer
-    task_space: str = "anchor"  # which task-space variant compresses
+    task_space: str = "class_mean"  # which task-space variant compresses
     warmup: int = 3
     repeats: int = 3
     seed: int = 42

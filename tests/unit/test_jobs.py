@@ -1,0 +1,214 @@
+"""The settings path (iclscope.jobs): complete and minimal job settings, code digests that follow
+imports and ignore comments, scripts that read only their params, defaults written once."""
+
+import ast
+import copy
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+from iclscope import jobs
+from iclscope.config import DatasetSpec, ModelSpec, PromptSpec, load_config, load_schema, validate_config
+from iclscope.entropy import EntropySettings
+from iclscope.error_diagnosis import ErrorDiagnosisSettings
+from iclscope.extract import ExtractSettings
+from iclscope.icicl import ICICLSettings
+from iclscope.layer_lora import LayerLoRASettings
+from iclscope.synthetic import SparseRegressionTask, TaggingSettings
+from iclscope.toy_lm import ToyTraining
+from iclscope.toy_regression import RegressionTraining
+from iclscope.tsft import TSFTSettings
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "workflow" / "scripts"
+DEFAULT = load_config(REPO / "config.yaml")
+MODEL = next(iter(DEFAULT["models"]))
+
+
+def job(rule, config=DEFAULT, **wc):
+    return jobs.settings(config, rule, {"model": MODEL, "dataset": "tweets", **wc})
+
+
+def changed(path: str, value) -> dict:
+    """The default config with one key (dotted path) changed, validated again."""
+    raw = copy.deepcopy(DEFAULT)
+    *parents, last = path.split(".")
+    node = raw
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    return validate_config(raw)
+
+
+# --- minimal keys: a method keys on what it reads and on nothing else
+
+@pytest.mark.parametrize(("key", "value", "reruns", "stays"), [
+    ("anchors.reweighting.epochs", 3, {"reweighting"}, {"saliency", "isolation", "error_diagnosis", "extract"}),
+    ("anchors.word_k", 3, {"isolation", "icicl"}, {"saliency", "reweighting", "extract"}),
+    ("anchors.saliency_prompts_per_seed", 5, {"saliency"}, {"isolation", "reweighting"}),
+    ("models.smollm2-135m.dtype", "bfloat16", {"extract", "saliency", "isolation", "reweighting", "extract_anchors",
+                                               "icicl", "tsft", "patching", "token_states", "error_diagnosis"},
+     {"prepare_model", "icl_accuracy", "taskspace"}),
+    ("models.smollm2-135m.batch_size", 3, set(), {"extract", "saliency", "icicl", "prepare_model"}),
+    ("tsft.lam", 0.9, {"tsft"}, {"icicl", "taskspace"}),
+    ("icicl.k", 2, {"icicl"}, {"tsft", "taskspace"}),
+    ("decodability.k", 3, {"decodability", "layer_lora_summary"}, {"icl_accuracy", "extract"}),
+    ("extract.shards", 2, set(), {"extract"}),
+    ("entropy.n_bins", 7, {"entropy", "toy_lm_entropy"}, {"token_states"}),
+])
+def test_a_key_reruns_exactly_the_methods_that_read_it(key, value, reruns, stays):
+    new = changed(key, value)
+    for rule in reruns | stays:
+        wc = {"size": "small", "arm": "space", "seed": "0"}
+        differs = jobs.settings(DEFAULT, rule, {"model": MODEL, "dataset": "tweets", **wc}) != jobs.settings(
+            new, rule, {"model": MODEL, "dataset": "tweets", **wc})
+        assert differs == (rule in reruns), (key, rule)
+
+
+def test_tsft_baseline_does_not_key_on_lambda():
+    new = changed("tsft.lam", 0.9)
+    assert job("tsft", arm="baseline", seed="0") == job("tsft", new, arm="baseline", seed="0")
+    assert job("tsft", arm="baseline", seed="0")["tsft"]["lam"] == 0.0
+    assert job("tsft", arm="space", seed="0") != job("tsft", new, arm="space", seed="0")
+
+
+def test_settings_are_complete_model_specs_with_defaults():
+    model = job("saliency")["model"]
+    for key in ("source", "revision", "dtype", "device", "device_map"):
+        assert key in model, key
+    assert not set(model) & set(jobs.RUNTIME_MODEL_KEYS)
+    spec = jobs.Job(job("icicl"), {"model": MODEL, "dataset": "tweets"}, {"batch_size": 3}).model()
+    assert (spec.batch_size, spec.dtype) == (3, DEFAULT["models"][MODEL]["dtype"])
+    assert jobs.Job(job("icicl"), {"model": MODEL, "dataset": "tweets"}).dataset().prompts.template
+
+
+def test_every_script_rule_of_the_workflow_has_settings_or_reads_only_inputs():
+    """A script that reads a config section must get it through RULE_SETTINGS (its rule's settings)."""
+    for script in SCRIPTS.glob("*.py"):
+        source = script.read_text()
+        if 'job_of(snakemake)' in source:
+            rule = script.stem
+            assert rule in jobs.RULE_SETTINGS or rule in ("extract",), script.name
+
+
+def test_no_script_reads_the_config():
+    offenders = [s.name for s in SCRIPTS.glob("*.py") if "snakemake.config" in s.read_text()]
+    assert offenders == []
+
+
+# --- code in the key
+
+def test_code_digest_follows_imports_transitively():
+    modules = jobs.package_modules(SCRIPTS / "extract.py")
+    assert {"extract", "capture", "models", "store", "config"} <= set(modules)
+    assert "plots" not in modules
+    assert "plots" in jobs.package_modules(SCRIPTS / "fig_saliency.py")
+    assert "capture" not in jobs.package_modules(SCRIPTS / "fig_saliency.py")
+
+
+def _package_copy(tmp_path) -> Path:
+    pkg = tmp_path / "iclscope"
+    shutil.copytree(jobs.PACKAGE_DIR, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    return pkg
+
+
+def _digest_in(pkg: Path, script: Path) -> str:
+    """The digest as a copy of the package at `pkg` computes it (a fresh import of jobs' functions)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("iclscope_copy", pkg / "__init__.py",
+                                                  submodule_search_locations=[str(pkg)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["iclscope_copy"] = module
+    try:
+        spec.loader.exec_module(module)
+        copy_jobs = importlib.import_module("iclscope_copy.jobs")
+        return copy_jobs.code_digest(script)
+    finally:
+        for name in [n for n in sys.modules if n.startswith("iclscope_copy")]:
+            del sys.modules[name]
+
+
+def test_comment_and_docstring_edits_keep_the_digest_code_edits_change_it(tmp_path):
+    pkg = _package_copy(tmp_path)
+    extract, figure = SCRIPTS / "extract.py", SCRIPTS / "fig_saliency.py"
+    before = (_digest_in(pkg, extract), _digest_in(pkg, figure))
+    capture = pkg / "capture.py"
+    text = capture.read_text()
+    tree = ast.parse(text)
+    doc = ast.get_docstring(tree)
+    capture.write_text(text.replace(doc.splitlines()[0], "A reworded first line.", 1) + "\n# a comment\n")
+    assert (_digest_in(pkg, extract), _digest_in(pkg, figure)) == before
+    capture.write_text(text + "\nEXTRA_CONSTANT = 1\n")
+    assert _digest_in(pkg, extract) != before[0]
+    assert _digest_in(pkg, figure) == before[1]  # a figure does not run the hook layer
+    capture.write_text(text)
+    (pkg / "plots.py").write_text((pkg / "plots.py").read_text() + "\nEXTRA_CONSTANT = 1\n")
+    assert _digest_in(pkg, figure) != before[1]
+    assert _digest_in(pkg, extract) == before[0]
+
+
+def test_code_digest_is_cheap_and_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, time; sys.path.insert(0, 'workflow'); t = time.perf_counter(); from iclscope import jobs; "
+            "from pathlib import Path; [jobs.code_digest(p) for p in Path('workflow/scripts').glob('*.py')]; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# --- defaults once: every settings dataclass default equals the schema's
+
+def _schema_defaults(node: dict, schema: dict) -> dict:
+    if "$ref" in node:
+        node = schema["$defs"][node["$ref"].split("/")[-1]]
+    return {k: v["default"] for k, v in node.get("properties", {}).items() if "default" in v}
+
+
+def _section(path: str) -> dict:
+    schema = load_schema()
+    node = {"properties": schema["properties"], "$defs": schema["$defs"]}
+    for part in path.split("."):
+        node = node["properties"][part] if not part.startswith("$") else schema["$defs"][part[1:]]
+    return _schema_defaults(node, schema)
+
+
+@pytest.mark.parametrize(("cls", "section"), [
+    (ModelSpec, "$model"), (PromptSpec, "$prompts"), (DatasetSpec, "$dataset"),
+    (ExtractSettings, "extract"), (ICICLSettings, "icicl"), (TSFTSettings, "tsft"),
+    (LayerLoRASettings, "layer_lora"), (ErrorDiagnosisSettings, "anchors.error_diagnosis"),
+    (EntropySettings, "entropy"), (ToyTraining, "entropy.training"),
+    (SparseRegressionTask, "toy_regression"), (RegressionTraining, "toy_regression"),
+])
+def test_settings_defaults_equal_the_schema(cls, section):
+    defaults = _section(section)
+    mismatched = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in defaults or f.name == "prompts":  # a nested spec, compared on its own
+            continue
+        if f.default is not dataclasses.MISSING:
+            mine = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            mine = f.default_factory()
+        else:
+            continue
+        theirs = defaults[f.name]
+        if (list(mine) if isinstance(mine, tuple) else mine) != theirs:
+            mismatched[f.name] = (mine, theirs)
+    assert mismatched == {}, f"{cls.__name__} defaults differ from the schema's (dataclass, schema): {mismatched}"
+
+
+def test_word_k_default_of_icicl_is_the_anchors_one():
+    assert ICICLSettings.__dataclass_fields__["word_k"].default == _section("anchors")["word_k"]
+
+
+def test_tagging_settings_defaults_equal_the_schema():
+    schema = load_schema()
+    tagging = schema["$defs"]["dataset"]["properties"].get("tagging", {})
+    defaults = tagging.get("default", {}) or _schema_defaults(tagging, schema)
+    for name, value in defaults.items():
+        assert getattr(TaggingSettings(), name) == value, name
