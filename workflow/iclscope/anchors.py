@@ -197,24 +197,28 @@ def isolation_edit(layers: set[int], rows: torch.Tensor):  # noqa: F821 - torch 
     return edit
 
 
-def random_rows_edit(layers: set[int], label: torch.Tensor, offsets: torch.Tensor, T: int, seed: int):  # noqa: F821
+def random_rows_edit(layers: set[int], label: torch.Tensor, offsets: torch.Tensor, T: int,  # noqa: F821
+                     seeds: list[int]):
     """Control: in `layers`, isolate as many random non-label rows as each prompt has label tokens,
-    drawn from its real positions before q − 1, re-drawn at every layer (as the authors' code does)."""
+    drawn from its real positions before q − 1, re-drawn at every layer (as the authors' code does).
+
+    Each prompt draws from its own generator (`seeds[b]`, e.g. from its prompt id) in its own
+    unpadded coordinates, so a prompt isolates the same rows whatever batch it is in."""
     import torch
 
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     B, K = label.shape
-    cols = torch.arange(T)
 
     def edit(layer: int, weights: torch.Tensor) -> torch.Tensor:
         if layer not in layers:
             return weights
         rows = torch.zeros(B, T, dtype=torch.bool)
         for b in range(B):
-            candidates = cols[(cols >= offsets[b]) & (cols < T - 2)]
+            start = int(offsets[b])
+            candidates = torch.arange(T - 2 - start) + start  # real positions before q - 1
             candidates = candidates[~torch.isin(candidates, label[b][label[b] >= 0].cpu())]
             n = int((label[b] >= 0).sum())
-            rows[b, candidates[torch.randperm(len(candidates), generator=gen)[:n]]] = True
+            rows[b, candidates[torch.randperm(len(candidates), generator=gens[b])[:n]]] = True
         return isolation_edit({layer}, rows.to(weights.device))(layer, weights)
 
     return edit
@@ -264,7 +268,8 @@ def run_isolation(prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 
             side, k, kind = cond
             layers = set(range(k)) if side == "first" else set(range(L - k, L)) if side == "last" else set()
             edit = (isolation_edit(layers, label_rows.to(device)) if kind == "label"
-                    else random_rows_edit(layers, label, offsets, T, seed + lo))
+                    else random_rows_edit(layers, label, offsets, T,
+                                          [seed * 1_000_003 + int(p) for p in batch["prompt_id"]]))
             with torch.inference_mode(), recording(net, Recorder(L, no_positions(len(batch), device), (), edit=edit)):
                 logits = net(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
             outputs[cond][0].extend(logits[:, label_ids].argmax(-1).tolist())
