@@ -64,3 +64,77 @@ def make_tiny_model(kind: str, out_dir: Path) -> Path:
     return out_dir
 
 
+
+
+# --------------------------------------------------------------------------- the support matrix
+# Tiny random configs (2 layers, d_model 32, vocab 400) of every architecture in the support
+# matrix (tests/unit/test_architectures.py). Sliding windows are shorter than the test prompts so
+# that they matter; soft-capping and scale overrides are set where an architecture has them.
+_COMMON = {"vocab_size": 400, "num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64,
+           "num_attention_heads": 4, "max_position_embeddings": 128}
+TINY_CONFIGS: dict[str, dict] = {
+    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128, "vocab_size": 400},
+    "gptj": {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128, "rotary_dim": 4, "vocab_size": 400},
+    "codegen": {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128, "n_ctx": 128, "rotary_dim": 4,
+                "vocab_size": 400},
+    "gpt_neo": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "max_position_embeddings": 128,
+                "attention_types": [[["global", "local"], 1]], "window_size": 4, "vocab_size": 400},
+    "gpt_neox": {**_COMMON},
+    "llama": {**_COMMON, "num_key_value_heads": 2},
+    "mistral": {**_COMMON, "num_key_value_heads": 2, "sliding_window": 4},
+    "mixtral": {**_COMMON, "num_key_value_heads": 2, "num_local_experts": 2, "num_experts_per_tok": 1,
+                "sliding_window": 4},
+    "qwen2": {**_COMMON, "num_key_value_heads": 2},
+    "qwen3": {**_COMMON, "num_key_value_heads": 2, "head_dim": 8},
+    "gemma": {**_COMMON, "num_key_value_heads": 2, "head_dim": 8},
+    "gemma2": {**_COMMON, "num_key_value_heads": 2, "head_dim": 8, "sliding_window": 4,
+               "attn_logit_softcapping": 0.5, "final_logit_softcapping": 30.0, "query_pre_attn_scalar": 4,
+               "initializer_range": 0.5},
+    "gemma3_text": {**_COMMON, "num_key_value_heads": 2, "head_dim": 8, "sliding_window": 4,
+                    "layer_types": ["sliding_attention", "full_attention"], "query_pre_attn_scalar": 4,
+                    "initializer_range": 0.2},
+    "phi3": {**_COMMON, "num_key_value_heads": 2},
+    "olmo2": {**_COMMON, "num_key_value_heads": 2},
+    "opt": {"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "word_embed_proj_dim": 32, "max_position_embeddings": 128, "vocab_size": 400},
+    "falcon": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 400,
+               "max_position_embeddings": 128},
+    "bloom": {"hidden_size": 32, "n_layer": 2, "n_head": 4, "vocab_size": 400, "initializer_range": 0.3},
+    "stablelm": {**_COMMON, "num_key_value_heads": 2},
+    "granite": {**_COMMON, "num_key_value_heads": 2, "attention_multiplier": 0.3, "residual_multiplier": 0.5,
+                "embedding_multiplier": 2.0, "logits_scaling": 1.5},
+    "gpt_oss": {**_COMMON, "num_key_value_heads": 2, "head_dim": 8, "num_local_experts": 2,
+                "num_experts_per_tok": 1, "sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"],
+                "initializer_range": 0.2},
+}
+
+
+def tiny_config(model_type: str, **overrides):
+    """A transformers config of `model_type` with the tiny sizes above (plus overrides)."""
+    from transformers import AutoConfig
+
+    ids = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": None}
+    return AutoConfig.for_model(model_type, **{**ids, **TINY_CONFIGS[model_type], **overrides})
+
+
+def make_tiny_arch(model_type: str, out_dir: Path, tokenizer_dir: Path | None = None, seed: int = 0,
+                   **overrides) -> Path:
+    """Save a random tiny causal LM of `model_type` (a key of TINY_CONFIGS) to out_dir, with the
+    tokenizer files of `tokenizer_dir` copied next to it (a GPT-2 kind one is trained when None)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if tokenizer_dir is None:
+        train_tokenizer("gpt2", out_dir)
+    else:
+        for f in Path(tokenizer_dir).iterdir():
+            if f.is_file():
+                shutil.copy(f, out_dir / f.name)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides), dtype=torch.float32)
+    model.save_pretrained(out_dir)
+    return out_dir

@@ -6,16 +6,33 @@ and anchor compression (iclscope.anchors) use the same attention function with a
 
 How it works
 ------------
-* Attention: an attention function registered with transformers' `AttentionInterface` under
-  the name "iclscope" (models are loaded with `attn_implementation="iclscope"`). It receives the
-  post-RoPE query/key/value states of every layer of every supported architecture (Llama, GPT-2,
-  … in transformers 5). Without an active `Recorder` it is plain SDPA. With one, it
-  additionally computes the *query row* of the attention matrix, softmax(q_q · Kᵀ / √d_head)
-  over all keys, and keeps the columns of the label tokens: O(T·d) per layer instead of the
-  O(T²·d) of a full eager attention matrix (DESIGN.md speed rules). With `qk_layer`, it keeps
-  that layer's query at the last position and keys at the label tokens (error diagnosis). With
-  an `edit`, the layer runs eager attention so the edit can change post-softmax weights before
-  they meet V.
+* Attention, one adapter layer for every architecture (`iclscope.architectures` says which
+  path an architecture takes, or why it is refused):
+  - "interface" architectures (Llama, GPT-2, Gemma, Qwen, … in transformers 5) call an attention
+    function from transformers' `AttentionInterface`; iclscope registers one under the name
+    "iclscope" (models are loaded with `attn_implementation="iclscope"`). It receives the
+    post-RoPE query/key/value states of every layer plus the architecture's own score
+    modifiers (`scaling`, `softcap`, attention sinks `s_aux`, `position_bias`; sliding windows
+    arrive inside the mask).
+  - "adapter" architectures (GPT-J, CodeGen, GPT-Neo, Falcon, Bloom) compute attention inline in
+    their attention module. `install_adapters` (run by `models.load_model`) swaps that module's
+    score/softmax step (`_attn`, or `forward` where the softmax is inline) for one that computes
+    the same thing and calls the same reads and edits: the model is loaded with eager attention
+    and ALiBi, local-window masks and the module's own scale are passed on as an additive bias.
+  Both paths end in `_observe` (reads) and `eager_attention` (edits), so every method sees the
+  same three things whatever the architecture:
+  - the *query row* of the attention matrix, softmax(q_q · Kᵀ · scaling [softcap] + bias + mask)
+    over all keys (with sinks when the model has them), keeping the columns of the label tokens:
+    O(T·d) per layer instead of the O(T²·d) of a full eager attention matrix (DESIGN.md speed
+    rules);
+  - with `qk_layer`, that layer's query at the last position and keys at the label tokens
+    (error diagnosis);
+  - with an `edit`, eager attention whose post-softmax weights (float32) the edit changes before
+    they meet V.
+  Without an active `Recorder` an interface model runs plain SDPA, or `eager_attention` when
+  SDPA cannot compute what the model does (soft-capping, attention sinks); an adapter model runs
+  its eager attention. Scores, softmax and edited weights are float32 whatever the model dtype;
+  the weights are cast to V's dtype only to meet V, as the models' own eager code does.
 * Residual stream: a forward pre-hook on the first decoder block (its input = embeddings,
   index 0) and a forward hook on every block (index l+1), gathering only the positions stored.
 
@@ -28,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -155,8 +173,12 @@ class Recorder:
 
     # -------------------------------------------------------------- attention
     def take_query_row(self, layer: int, query: torch.Tensor, key: torch.Tensor,
-                       attention_mask: torch.Tensor | None, scaling: float) -> None:
-        """query [B, H, Tq, dh], key [B, Hkv, Tk, dh] -> attention of the last query row to label columns."""
+                       attention_mask: torch.Tensor | None, scaling: float, *, softcap: float | None = None,
+                       bias: torch.Tensor | None = None, sinks: torch.Tensor | None = None) -> None:
+        """query [B, H, Tq, dh], key [B, Hkv, Tk, dh] -> attention of the last query row to label columns.
+
+        The row is computed as the model computes its attention (see `attention_scores`), in float32.
+        """
         label = self.positions.label
         B, H = query.shape[:2]
         K = label.shape[1]
@@ -164,11 +186,11 @@ class Recorder:
             self.attn = torch.full((B, self.n_layers, H, K), float("nan"), device=query.device)
         if K == 0:
             return
-        q = query[:, :, -1, :].float()  # [B, H, dh]
-        k = repeat_kv(key, H // key.shape[1]).float()  # [B, H, Tk, dh]
-        scores = torch.einsum("bhd,bhtd->bht", q, k) * scaling  # [B, H, Tk]
-        scores = scores + additive_row_mask(attention_mask, scores)
-        probs = scores.softmax(-1)
+        k = repeat_kv(key, H // key.shape[1])  # [B, H, Tk, dh]
+        row_bias = None if bias is None else bias[..., -1:, :]
+        scores = attention_scores(query[:, :, -1:, :], k, scaling, softcap=softcap, bias=row_bias)[:, :, 0]
+        scores = scores + additive_row_mask(attention_mask, scores)  # [B, H, Tk]
+        probs = softmax_with_sinks(scores[:, :, None], sinks)[:, :, 0]
         cols = label.clamp(min=0)[:, None, :].expand(-1, H, -1)  # [B, H, K]
         rows = torch.gather(probs, 2, cols).masked_fill((label < 0)[:, None, :], float("nan"))
         self.attn[:, layer] = rows
@@ -222,32 +244,193 @@ def full_mask(attention_mask: torch.Tensor | None, q_len: int, k_len: int, devic
     return attention_mask.float().clamp(min=low)
 
 
+def attention_scores(query: torch.Tensor, key: torch.Tensor, scaling: float, *, softcap: float | None = None,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Pre-mask scores, float32: (q · kᵀ) · scaling, soft-capped (softcap · tanh(s / softcap), Gemma-2),
+    plus an additive bias (ALiBi, position bias) broadcastable to [B, H, Tq, Tk].
+
+    query [B, H, Tq, dh], key [B, H, Tk, dh] (KV heads already repeated)."""
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if bias is not None:
+        scores = scores + bias.float()
+    return scores
+
+
+def softmax_with_sinks(scores: torch.Tensor, sinks: torch.Tensor | None = None) -> torch.Tensor:
+    """Float32 softmax over the last axis of masked scores [B, H, Tq, Tk]; with attention sinks
+    (one logit per head that takes probability mass and meets no value, GPT-OSS) the sink column
+    is appended before and dropped after the softmax."""
+    scores = scores.float()
+    if sinks is None:
+        return scores.softmax(-1)
+    sink = sinks.float().reshape(1, -1, 1, 1).expand(scores.shape[0], -1, scores.shape[2], 1)
+    return torch.cat([scores, sink], dim=-1).softmax(-1)[..., :-1]
+
+
+def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, scaling: float, *, softcap: float | None = None,
+                    bias: torch.Tensor | None = None, sinks: torch.Tensor | None = None, dropout: float = 0.0,
+                    edit: AttentionEdit | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one eager attention: (output [B, H, Tq, dv], weights [B, H, Tq, Tk]).
+
+    Scores and softmax in float32, then `edit` (when given) on the float32 post-softmax weights,
+    dropout as the module does in training, and the weights cast to V's dtype to meet V."""
+    n_rep = query.shape[1] // key.shape[1]
+    k, v = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
+    scores = attention_scores(query, k, scaling, softcap=softcap, bias=bias)
+    scores = scores + full_mask(attention_mask, query.shape[2], k.shape[2], query.device)
+    weights = softmax_with_sinks(scores, sinks)
+    if edit is not None:
+        weights = edit(layer_index(module), weights)
+    if dropout:
+        weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights.to(v.dtype), v), weights
+
+
+def layer_index(module: nn.Module) -> int | None:
+    """The 0-based block index an attention module was built with (`layer_idx`; GPT-Neo: `layer_id`)."""
+    layer = getattr(module, "layer_idx", None)
+    return getattr(module, "layer_id", None) if layer is None else layer
+
+
+def _observe(rec: Recorder | None, module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+             attention_mask: torch.Tensor | None, scaling: float, **modifiers) -> None:
+    """The reads of an active Recorder at one layer (query row; q/k at `qk_layer`)."""
+    if rec is None:
+        return
+    layer = layer_index(module)
+    if rec.read_attention:
+        rec.take_query_row(layer, query, key, attention_mask, scaling, **modifiers)
+    if rec.qk_layer is not None and rec.qk_layer == layer:
+        rec.take_qk(query, key)
+
+
 def iclscope_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                        attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                        **kwargs):
-    """SDPA, plus reads/edits when a Recorder is active (see module docstring)."""
+    """The AttentionInterface path: SDPA, plus reads/edits when a Recorder is active (module docstring).
+
+    `softcap` (Gemma-2), `s_aux` (attention sinks) and `position_bias` are applied as the
+    architecture's own eager attention applies them; SDPA runs only when it computes the same."""
     rec = _ACTIVE.get()
     scaling = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
-    layer = getattr(module, "layer_idx", None)
-    if rec is not None and rec.read_attention:
-        rec.take_query_row(layer, query, key, attention_mask, scaling)
-    if rec is not None and rec.qk_layer is not None and rec.qk_layer == layer:
-        rec.take_qk(query, key)
-    if rec is None or rec.edit is None:
+    softcap, sinks, position_bias = kwargs.get("softcap"), kwargs.get("s_aux"), kwargs.get("position_bias")
+    _observe(rec, module, query, key, attention_mask, scaling, softcap=softcap, bias=position_bias, sinks=sinks)
+    edit = rec.edit if rec is not None else None
+    if edit is None and softcap is None and sinks is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
-    # eager path so the edit sees post-softmax weights [B, H, Tq, Tk]
-    n_rep = query.shape[1] // key.shape[1]
-    k, v = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
-    scores = torch.matmul(query.float(), k.float().transpose(2, 3)) * scaling
-    scores = scores + full_mask(attention_mask, query.shape[2], k.shape[2], query.device)
-    weights = rec.edit(layer, scores.softmax(-1))
-    out = torch.matmul(weights.to(v.dtype), v).transpose(1, 2).contiguous()
-    return out, weights
+    out, weights = eager_attention(module, query, key, value, attention_mask, scaling, softcap=softcap,
+                                   bias=position_bias, sinks=sinks, dropout=dropout, edit=edit)
+    return out.transpose(1, 2).contiguous(), weights
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, iclscope_attention)
 AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+
+
+# --------------------------------------------------------------------------- adapters
+# Architectures whose attention does not go through AttentionInterface. Each adapter computes
+# exactly the module's own eager attention (same scale, bias, mask; tests/unit/test_architectures.py
+# checks it against `output_attentions` of the unadapted model) through `_adapted_attention`.
+def _adapted_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       attention_mask: torch.Tensor | None, scaling: float, *, bias: torch.Tensor | None = None,
+                       dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reads of the active Recorder, then the one eager attention with its edit: ([B, H, Tq, dv], weights)."""
+    rec = _ACTIVE.get()
+    _observe(rec, module, query, key, attention_mask, scaling, bias=bias)
+    out, weights = eager_attention(module, query, key, value, attention_mask, scaling, bias=bias, dropout=dropout,
+                                   edit=rec.edit if rec is not None else None)
+    return out, weights.to(value.dtype)
+
+
+def _rotary_attn(self, query, key, value, attention_mask=None):
+    """GPT-J / CodeGen `_attn`: softmax(q·kᵀ / √dh + mask) (CodeGen divides the mask too: masked
+    entries stay masked, kept ones get 0 either way)."""
+    return _adapted_attention(self, query, key, value, attention_mask, 1.0 / float(self.scale_attn),
+                              dropout=self.attn_dropout.p)
+
+
+def _gpt_neo_attn(self, query, key, value, attention_mask=None):
+    """GPT-Neo `_attn`: unscaled q·kᵀ, the module's causal (global) or banded (local window) mask, + mask."""
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    allowed = self.bias[:, :, k_len - q_len:k_len, :k_len]
+    window = torch.zeros(allowed.shape, device=query.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    mask = window if attention_mask is None else window + full_mask(attention_mask, q_len, k_len, query.device)
+    return _adapted_attention(self, query, key, value, mask, 1.0, dropout=self.attn_dropout.p)
+
+
+def _falcon_forward(self, hidden_states, alibi, attention_mask, position_ids=None, layer_past=None,
+                    use_cache=False, output_attentions=False, position_embeddings=None, **kwargs):
+    """FalconAttention.forward of transformers 5 (rotary; ALiBi Falcons are refused, see
+    iclscope.architectures) with the score/softmax step through `_adapted_attention`."""
+    from transformers.models.falcon.modeling_falcon import apply_rotary_pos_emb
+
+    if alibi is not None:
+        raise NotImplementedError("ALiBi Falcon (config.alibi=True) is not supported: see iclscope.architectures")
+    fused_qkv = self.query_key_value(hidden_states)
+    num_kv_heads = self.num_heads if self.new_decoder_architecture else self.num_kv_heads
+    query, key, value = self._split_heads(fused_qkv)
+    batch_size, query_length, _, _ = query.shape
+    query = query.transpose(1, 2).reshape(batch_size, self.num_heads, query_length, self.head_dim)
+    key = key.transpose(1, 2).reshape(batch_size, num_kv_heads, query_length, self.head_dim)
+    value = value.transpose(1, 2).reshape(batch_size, num_kv_heads, query_length, self.head_dim)
+    cos, sin = position_embeddings
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    if layer_past is not None:
+        key, value = layer_past.update(key, value, self.layer_idx)
+    out, weights = _adapted_attention(self, query, key, value, attention_mask, 1.0 / math.sqrt(self.head_dim))
+    out = out.permute(0, 2, 1, 3).reshape(batch_size, query_length, self.num_heads * self.head_dim)
+    return self.dense(out), weights
+
+
+def _bloom_forward(self, hidden_states, residual, alibi, attention_mask, layer_past=None, use_cache=False,
+                   output_attentions=False, **kwargs):
+    """BloomAttention.forward of transformers 5 with the score/softmax step through `_adapted_attention`:
+    scores = β·ALiBi + q·kᵀ/√dh (+ mask), ALiBi passed on as the additive bias [B, H, 1, Tk]."""
+    from transformers.models.bloom.modeling_bloom import dropout_add
+
+    batch_size, q_length, _ = hidden_states.shape
+    query, key, value = self._reshape(self.query_key_value(hidden_states))
+    if layer_past is not None:
+        key, value = layer_past.update(key, value, self.layer_idx)
+    bias = alibi.view(batch_size, self.num_heads, 1, -1) * self.beta
+    out, weights = _adapted_attention(self, query, key, value, attention_mask, self.inv_norm_factor, bias=bias,
+                                      dropout=self.attention_dropout.p)
+    context = self._merge_heads(out.flatten(0, 1))
+    if self.pretraining_tp > 1 and self.slow_but_exact:
+        slices = self.hidden_size / self.pretraining_tp
+        output = torch.zeros_like(context)
+        for i in range(self.pretraining_tp):
+            output = output + nn.functional.linear(context[:, :, int(i * slices):int((i + 1) * slices)],
+                                                   self.dense.weight[:, int(i * slices):int((i + 1) * slices)])
+    else:
+        output = self.dense(context)
+    return dropout_add(output, residual, self.hidden_dropout, self.training), weights
+
+
+# attention module class -> (method replaced on each instance, its adapted version)
+ADAPTERS: dict[str, tuple[str, Callable]] = {
+    "GPTJAttention": ("_attn", _rotary_attn),
+    "CodeGenAttention": ("_attn", _rotary_attn),
+    "GPTNeoSelfAttention": ("_attn", _gpt_neo_attn),
+    "FalconAttention": ("forward", _falcon_forward),
+    "BloomAttention": ("forward", _bloom_forward),
+}
+
+
+def install_adapters(model: nn.Module) -> int:
+    """Route the attention of an adapter architecture (loaded with eager attention) through the hook
+    layer; returns the number of attention modules adapted (0 for AttentionInterface models)."""
+    n = 0
+    for module in model.modules():
+        spec = ADAPTERS.get(type(module).__name__)
+        if spec is not None:
+            setattr(module, spec[0], types.MethodType(spec[1], module))
+            n += 1
+    return n
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -266,8 +449,11 @@ def residual_stream(model: nn.Module, **inputs) -> tuple[object, list[torch.Tens
     is the block's output itself, as in the /resid/* arrays of the activation file.
     """
     last = {}
-    handle = decoder_layers(model)[-1].register_forward_hook(
-        lambda _m, _a, out: last.setdefault("h", out[0] if isinstance(out, tuple) else out))
+
+    def keep_last(_module, _args, out) -> None:  # returns None: a hook's return value replaces the output
+        last["h"] = out[0] if isinstance(out, tuple) else out
+
+    handle = decoder_layers(model)[-1].register_forward_hook(keep_last)
     try:
         out = model(**inputs, output_hidden_states=True)
     finally:

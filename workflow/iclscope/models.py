@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .architectures import attention_hook, check_supported
 from .config import ConfigError, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,32 @@ def describe(config) -> dict:
         "n_kv_heads": int(getattr(text, "num_key_value_heads", None) or n_heads),
         "d_model": int(text.hidden_size),
         "vocab_size": int(text.vocab_size),
-        "context_length": int(getattr(text, "max_position_embeddings", None) or text.n_positions),
+        "context_length": context_length(text),
     }
+
+
+def check_model_config(config, name: str = "") -> None:
+    """Refuse an architecture the hook layer does not support (iclscope.architectures), naming the model."""
+    facts = describe(config)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    try:
+        check_supported(facts["architecture"], text.to_dict())
+    except ConfigError as exc:
+        raise ConfigError(f"model '{name}': {exc}" if name else str(exc)) from None
+
+
+# Position-free models (ALiBi: Bloom) have no trained context length in their config; this is
+# the length they were trained at (BLOOM: 2048 tokens), used to drop over-long prompts.
+ALIBI_CONTEXT = 2048
+
+
+def context_length(text) -> int:
+    """The longest input a config declares (max_position_embeddings, n_positions, seq_length)."""
+    for key in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(text, key, None)
+        if value:
+            return int(value)
+    return ALIBI_CONTEXT
 
 
 def prepare_model(spec: ModelSpec, out_dir: str | Path) -> dict:
@@ -142,6 +167,7 @@ def prepare_model(spec: ModelSpec, out_dir: str | Path) -> dict:
     source = resolve_source(spec)
     t0 = time.perf_counter()
     if source.gguf_file:
+        check_model_config(AutoConfig.from_pretrained(source.weights_dir, gguf_file=source.gguf_file), spec.name)
         log.info("de-quantising %s/%s to safetensors", source.weights_dir, source.gguf_file)
         weights_dir = out_dir / "weights"
         tokenizer = AutoTokenizer.from_pretrained(source.weights_dir, gguf_file=source.gguf_file)
@@ -161,6 +187,7 @@ def prepare_model(spec: ModelSpec, out_dir: str | Path) -> dict:
         config = AutoConfig.from_pretrained(weights_dir)
     else:
         config = AutoConfig.from_pretrained(source.weights_dir)
+        check_model_config(config, spec.name)  # before any work (digests of a 70B model take minutes)
         digest_of = weight_files(Path(source.weights_dir))
         if not digest_of:
             raise ConfigError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in {source.weights_dir}")
@@ -226,14 +253,22 @@ def load_model(model_dir: str | Path, *, device: str = "auto", dtype: str = "aut
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     manifest = read_manifest(model_dir)
+    adapt = attn_implementation == "iclscope" and attention_hook(manifest["architecture"]) == "adapter"
     if attn_implementation == "iclscope":
-        from . import capture  # noqa: F401  (registers the "iclscope" attention function)
+        from . import capture  # registers the "iclscope" attention function
+        if adapt:  # attention outside AttentionInterface: eager attention + capture's adapters
+            attn_implementation = "eager"
+    elif attn_implementation == "sdpa" and not _supports_sdpa(manifest["weights_path"]):
+        attn_implementation = "eager"  # GPT-J, Bloom, Gemma-2 (soft-capping), …: eager is what they compute
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     kwargs = {"dtype": torch_dtype, "attn_implementation": attn_implementation}
     if device_map == "auto":
         kwargs["device_map"] = "auto"
     model = AutoModelForCausalLM.from_pretrained(manifest["weights_path"], **kwargs)
+    if adapt and capture.install_adapters(model) == 0:
+        raise ConfigError(f"model '{manifest['name']}' ({manifest['architecture']}): no attention module to "
+                          "adapt was found; see iclscope.architectures")
     if device_map != "auto":
         model.to(device)
     model.eval()
@@ -242,6 +277,18 @@ def load_model(model_dir: str | Path, *, device: str = "auto", dtype: str = "aut
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model, tokenizer, manifest
+
+
+def _supports_sdpa(weights_path: str) -> bool:
+    """Whether transformers offers SDPA for this model's class (GPT-J, Bloom, Gemma-2 … do not)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    config = AutoConfig.from_pretrained(weights_path)
+    try:
+        return bool(getattr(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)], "_supports_sdpa", False))
+    except KeyError:
+        return True  # let from_pretrained say what is wrong
 
 
 def load_tokenizer(model_dir: str | Path):
