@@ -77,20 +77,23 @@ def forward(net, rec=None, **kw):
 
 @contextlib.contextmanager
 def softmax_hand_edit(pre=None, post=None):
-    """Patch torch's softmax while an unmodified eager model runs: the n-th 4-D softmax is layer n's
-    attention (MoE routers are 2-D); pre(layer, scores) / post(layer, probs) change it by hand."""
+    """Patch torch's softmax while an unmodified eager model runs on the PROMPTS batch: the n-th
+    softmax over [B, H, Tq, Tk] (or [B·H, Tq, Tk], XGLM) is layer n's attention (MoE routers are
+    2-D); pre(layer, scores) / post(layer, probs) change it by hand."""
     original = torch.nn.functional.softmax
     count = [0]
 
     def patched(input, dim=None, _stacklevel=3, dtype=None):
-        if input.ndim != 4:
+        if input.ndim not in (3, 4):
             return original(input, dim=dim, _stacklevel=_stacklevel, dtype=dtype)
+        shape = input.shape
+        input = input.reshape(len(PROMPTS), -1, *shape[-2:])
         layer = count[0]
         count[0] += 1
         if pre is not None:
             input = pre(layer, input)
         out = original(input, dim=dim, _stacklevel=_stacklevel, dtype=dtype)
-        return post(layer, out) if post is not None else out
+        return (post(layer, out) if post is not None else out).reshape(shape)
 
     torch.nn.functional.softmax = patched
     try:

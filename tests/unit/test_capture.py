@@ -76,3 +76,24 @@ def test_attention_edit_changes_the_output(model):
     other, _ = run(net, [[9, 9, 9, 9, 9, 40]], Recorder(manifest["n_layers"], empty_positions(1), (), edit=only_self))
     if net.config.model_type == "llama":  # GPT-2 adds absolute position embeddings, same here too
         torch.testing.assert_close(edited, other, rtol=1e-5, atol=1e-5)
+
+
+def test_residual_stream_leaves_the_output_alone(model):
+    """Its hook on the last block returns None: a returned value would replace the block's output
+    (GPT-J, Falcon: tuple outputs, whose first row then became the whole batch)."""
+    from iclscope.capture import residual_stream
+
+    net, _, manifest = model
+    ids, mask, pos = left_pad([[5, 17, 33, 8, 21, 40], [7, 7, 9, 40]], 0, "cpu")
+    with torch.no_grad():
+        plain = net(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        out, states = residual_stream(net, input_ids=ids, attention_mask=mask, position_ids=pos)
+    torch.testing.assert_close(out.logits, plain)
+    assert len(states) == manifest["n_layers"] + 1 and all(s.shape[:2] == ids.shape for s in states)
+
+
+def test_interface_models_need_no_adapter(model):
+    from iclscope.capture import install_adapters
+
+    net, _, _ = model
+    assert install_adapters(net) == 0

@@ -10,7 +10,8 @@ Each supported architecture takes one of two paths through iclscope.capture:
 * "interface": its attention modules call an AttentionInterface function; iclscope's
   ("iclscope") reads and edits it. Scale, soft-capping, sliding windows and attention sinks
   arrive as the function's arguments and are applied as the model's own eager attention does.
-* "adapter": its attention is computed inline (GPT-J, CodeGen, GPT-Neo, Falcon, Bloom); the
+* "adapter": its attention is computed inline (GPT-J, CodeGen, GPT-Neo, Falcon, Bloom, MPT,
+  XGLM); the
   model is loaded with eager attention and `capture.install_adapters` swaps the score/softmax
   step of each attention module for one that computes the same and calls the same reads/edits.
 
@@ -99,6 +100,8 @@ SUPPORT_TABLE: tuple[Support, ...] = (
                             "no single attention to reproduce; rotary Falcons (falcon-7b/40b/180b, Falcon 2) "
                             "are supported"),)),
     _adapter("BloomForCausalLM", "bloom", "adapter on BloomAttention.forward (eager; ALiBi as a score bias)"),
+    _adapter("MptForCausalLM", "mpt", "adapter on MptAttention.forward (eager; ALiBi position bias, clip_qkv)"),
+    _adapter("XGLMForCausalLM", "xglm", "adapter on XGLMAttention.forward (eager)"),
     # ---------------------------------------------------------------- same AttentionInterface path, not in the matrix
     *(_interface(arch, mt) for arch, mt in (
         ("PhiForCausalLM", "phi"), ("Qwen2MoeForCausalLM", "qwen2_moe"), ("Qwen3MoeForCausalLM", "qwen3_moe"),
@@ -129,8 +132,6 @@ SUPPORT_TABLE: tuple[Support, ...] = (
         ("MiniMaxForCausalLM", "minimax"), ("KimiLinearForCausalLM", "kimi_linear"),
         ("OlmoHybridForCausalLM", "olmo_hybrid"),
     )),
-    _refused("MptForCausalLM", "mpt", NO_ADAPTER + " (MptAttention: ALiBi with clip_qkv)"),
-    _refused("XGLMForCausalLM", "xglm", NO_ADAPTER + " (XGLMAttention)"),
     _refused("GPTNeoXJapaneseForCausalLM", "gpt_neox_japanese", NO_ADAPTER + " (GPTNeoXJapaneseAttention)"),
     _refused("CpmAntForCausalLM", "cpmant", NO_ADAPTER + " (CpmAntAttention, relative position bias)"),
     _refused("FuyuForCausalLM", "fuyu", "a multimodal model (image patches + text): iclscope reads text-only "

@@ -14,7 +14,7 @@ How it works
     post-RoPE query/key/value states of every layer plus the architecture's own score
     modifiers (`scaling`, `softcap`, attention sinks `s_aux`, `position_bias`; sliding windows
     arrive inside the mask).
-  - "adapter" architectures (GPT-J, CodeGen, GPT-Neo, Falcon, Bloom) compute attention inline in
+  - "adapter" architectures (GPT-J, CodeGen, GPT-Neo, Falcon, Bloom, MPT, XGLM) compute attention inline in
     their attention module. `install_adapters` (run by `models.load_model`) swaps that module's
     score/softmax step (`_attn`, or `forward` where the softmax is inline) for one that computes
     the same thing and calls the same reads and edits: the model is loaded with eager attention
@@ -411,6 +411,52 @@ def _bloom_forward(self, hidden_states, residual, alibi, attention_mask, layer_p
     return dropout_add(output, residual, self.hidden_dropout, self.training), weights
 
 
+def _mpt_forward(self, hidden_states, position_bias, past_key_values=None, attention_mask=None, **kwargs):
+    """MptAttention.forward of transformers 5: clip_qkv, softmax_scale, ALiBi `position_bias` [H, 1, S]
+    (sliced as MPT slices it) as the additive bias; MPT's boolean mask (True = masked) made additive."""
+    batch_size, seq_length = hidden_states.shape[:2]
+    mixed_qkv = self.Wqkv(hidden_states)
+    if self.clip_qkv:
+        mixed_qkv = mixed_qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
+    query, key, value = (x.reshape(batch_size, seq_length, self.n_heads, self.head_dim).transpose(1, 2)
+                         for x in mixed_qkv.chunk(3, dim=2))
+    if past_key_values is not None:
+        key, value = past_key_values.update(key, value, self.layer_idx)
+    query_length = seq_length if past_key_values is None else seq_length + past_key_values.get_seq_length()
+    bias = None
+    if position_bias is not None:
+        q0 = max(0, position_bias.size(1) - query_length)
+        k0 = max(0, position_bias.size(2) - key.shape[-2])
+        bias = position_bias[:, q0:, k0:][None]  # [1, H, 1|Tq, Tk]
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        attention_mask = torch.zeros(attention_mask.shape, device=query.device).masked_fill(
+            attention_mask, torch.finfo(torch.float32).min)
+    out, weights = _adapted_attention(self, query, key, value, attention_mask, self.softmax_scale, bias=bias,
+                                      dropout=self.attn_dropout_p)
+    out = out.permute(0, 2, 1, 3).reshape(batch_size, seq_length, -1)
+    return self.out_proj(out), weights
+
+
+def _xglm_forward(self, hidden_states, key_value_states=None, past_key_values=None, attention_mask=None,
+                  **kwargs):
+    """XGLMAttention.forward of transformers 5 (self-attention: XGLMForCausalLM has no cross-attention)
+    with the score/softmax step through `_adapted_attention`; the query scale passed as `scaling`."""
+    from transformers.cache_utils import EncoderDecoderCache
+
+    if key_value_states is not None:
+        raise NotImplementedError("iclscope adapts XGLM self-attention only")
+    bsz, tgt_len, _ = hidden_states.shape
+    query = self.q_proj(hidden_states).view(bsz, tgt_len, self.num_heads, self.head_dim).transpose(1, 2)
+    key = self.k_proj(hidden_states).view(bsz, tgt_len, -1, self.head_dim).transpose(1, 2)
+    value = self.v_proj(hidden_states).view(bsz, tgt_len, -1, self.head_dim).transpose(1, 2)
+    if past_key_values is not None:
+        cache = (past_key_values.self_attention_cache if isinstance(past_key_values, EncoderDecoderCache)
+                 else past_key_values)
+        key, value = cache.update(key, value, self.layer_idx)
+    out, weights = _adapted_attention(self, query, key, value, attention_mask, self.scaling, dropout=self.dropout)
+    return self.out_proj(out.transpose(1, 2).reshape(bsz, tgt_len, self.embed_dim)), weights
+
+
 # attention module class -> (method replaced on each instance, its adapted version)
 ADAPTERS: dict[str, tuple[str, Callable]] = {
     "GPTJAttention": ("_attn", _rotary_attn),
@@ -418,6 +464,8 @@ ADAPTERS: dict[str, tuple[str, Callable]] = {
     "GPTNeoSelfAttention": ("_attn", _gpt_neo_attn),
     "FalconAttention": ("forward", _falcon_forward),
     "BloomAttention": ("forward", _bloom_forward),
+    "MptAttention": ("forward", _mpt_forward),
+    "XGLMAttention": ("forward", _xglm_forward),
 }
 
 

@@ -149,8 +149,8 @@ ALIBI_CONTEXT = 2048
 
 
 def context_length(text) -> int:
-    """The longest input a config declares (max_position_embeddings, n_positions, seq_length)."""
-    for key in ("max_position_embeddings", "n_positions", "seq_length"):
+    """The longest input a config declares (max_position_embeddings, n_positions, max_seq_len, …)."""
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
         value = getattr(text, key, None)
         if value:
             return int(value)
