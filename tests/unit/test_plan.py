@@ -1,0 +1,52 @@
+"""Which methods run on which dataset (iclscope.plan): kinds, `methods:`, switches, and what
+each method needs (tasks, demonstrations, three or more classes)."""
+
+import copy
+from pathlib import Path
+
+from iclscope.config import load_config, validate_config
+from iclscope.plan import Plan
+
+DEFAULT = load_config(Path(__file__).resolve().parents[2] / "config.yaml")
+
+
+def plan_with(**changes) -> Plan:
+    raw = copy.deepcopy(DEFAULT)
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        node = raw
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return Plan(validate_config(raw))
+
+
+def test_default_plan():
+    plan = Plan(DEFAULT)
+    assert plan.classification() == ["tweets", "tweets3"]
+    assert plan.decodability() == ["words", "bitwise"] and plan.patching() == ["words", "bitwise"]
+    assert plan.taskspace() == plan.icicl() == plan.tsft() == ["tweets"]  # tweets3 runs error diagnosis only
+    assert plan.anchor_methods("tweets") == ["aucroc", "saliency", "isolation", "reweighting"]
+    assert plan.anchor_methods("tweets3") == [] and plan.error_diagnosis() == ["tweets3"]
+    assert plan.layer_lora() == ["words"]
+    assert plan.atlas_tables("tweets") == ["compression", "saliency", "aucroc", "isolation", "entropy"]
+    assert plan.atlas_tables("tweets3") == []
+    assert plan.toy_corpus() == "tweets" and plan.toy_regression()
+
+
+def test_switches_turn_families_off():
+    plan = plan_with(icicl__enabled=False, tsft__enabled=False, patching__enabled=False, entropy__enabled=False,
+                     anchors__reweighting__enabled=False, layer_lora__enabled=False)
+    assert plan.icicl() == plan.tsft() == plan.patching() == plan.entropy() == plan.layer_lora() == []
+    assert plan.toy_corpus() is None and plan.reweighting() == []
+    assert "reweighting" not in plan.anchor_methods("tweets") and "entropy" not in plan.atlas_tables("tweets")
+
+
+def test_methods_key_and_what_a_method_needs():
+    plan = plan_with(datasets__tweets3__methods=None, anchors__reweighting__enabled=False)
+    assert plan.error_diagnosis() == ["tweets3"] and "saliency" in plan.anchor_methods("tweets3")
+    zero_shot = plan_with(datasets__tweets__prompts={**DEFAULT["datasets"]["tweets"]["prompts"], "shots_per_class": 0})
+    assert zero_shot.anchor_methods("tweets") == []  # no demonstrations: no label positions to study
+    assert "tweets" in zero_shot.taskspace()
+    binary = plan_with(datasets__tweets3__classes={"negative": " negative", "positive": " positive"})
+    assert binary.error_diagnosis() == []  # one class pair cannot be correlated
