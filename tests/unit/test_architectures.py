@@ -55,7 +55,7 @@ def arch(request, tokenizer_dir, tmp_path_factory):
     prepare_model(spec, prepared)
     ours, _, manifest = load_model(prepared, device="cpu", dtype="float32", attn_implementation=ATTN_IMPLEMENTATION)
     ref, _, _ = load_model(prepared, device="cpu", dtype="float32", attn_implementation="eager")
-    return model_type, ours, ref, manifest
+    return model_type, ours, ref, manifest, prepared
 
 
 def note(model_type: str, check: str, a: torch.Tensor, b: torch.Tensor) -> float:
@@ -111,7 +111,7 @@ def label_rows(T: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- the matrix
 def test_residuals_label_logits_and_attention_rows_equal_eager(arch):
-    model_type, ours, ref, manifest = arch
+    model_type, ours, ref, manifest, _ = arch
     L = manifest["n_layers"]
     positions = Positions(LABEL, torch.zeros(2, 2, dtype=torch.long))
     rec = Recorder(L, positions, ("query", "label"), read_attention=True, qk_layer=L - 1)
@@ -143,7 +143,7 @@ def test_residuals_label_logits_and_attention_rows_equal_eager(arch):
 
 
 def test_isolation_equals_a_hand_masked_eager_forward(arch):
-    model_type, ours, ref, manifest = arch
+    model_type, ours, ref, manifest, _ = arch
     L = manifest["n_layers"]
     T = max(map(len, PROMPTS))
     rows = label_rows(T)
@@ -172,7 +172,7 @@ def test_isolation_equals_a_hand_masked_eager_forward(arch):
 
 
 def test_reweighting_equals_a_hand_scaled_eager_forward(arch):
-    model_type, ours, ref, manifest = arch
+    model_type, ours, ref, manifest, _ = arch
     L, H = manifest["n_layers"], manifest["n_heads"]
     beta = torch.randn(L, H, 3, generator=torch.Generator().manual_seed(1))
     rec = Recorder(L, Positions(LABEL[:, :0], torch.zeros(2, 2, dtype=torch.long)), (),
@@ -206,7 +206,7 @@ def test_kv_continuation_equals_the_full_prompt(arch):
     the rest of the prompt continued at its positions, = the full prompt's last logits."""
     from transformers import DynamicCache
 
-    model_type, ours, _, _ = arch
+    model_type, ours, _, _, _ = arch
     ids = torch.tensor([PROMPTS[0]])
     cut = 7
     with torch.no_grad():
@@ -252,6 +252,25 @@ def test_the_matrix_catches_a_path_that_drops_a_score_modifier(model_type, drop,
         attentions = ref(input_ids=ids, output_attentions=True).attentions
     expected = torch.stack([a[:, :, -1, LABEL[0]] for a in attentions], dim=1)  # [1, L, H, K]
     assert (rec.attn - expected).abs().max() > 1e-3
+
+
+def test_plain_load_and_error_diagnosis_reads(arch):
+    """`load_model` with its default (SDPA, eager where the class has none or SDPA cannot soft-cap:
+    token states) computes what eager does; error diagnosis's q/k come through the hook layer."""
+    from iclscope.error_diagnosis import query_and_label_keys
+
+    model_type, ours, ref, manifest, prepared = arch
+    plain, _, _ = load_model(prepared, device="cpu", dtype="float32")
+    with torch.no_grad():
+        ids, mask, pos = batch()
+        out, states = residual_stream(plain, input_ids=ids, attention_mask=mask, position_ids=pos)
+        ref_out, ref_states = residual_stream(ref, input_ids=ids, attention_mask=mask, position_ids=pos)
+    assert note(model_type, "plain_load", out.logits[:, -1], ref_out.logits[:, -1]) < ATOL * 10
+    assert note(model_type, "plain_load", states[-1][:, -1], ref_states[-1][:, -1]) < ATOL * 10
+    frame = pd.DataFrame({"input_ids": PROMPTS, "label_pos": [[2, 6, 9], [1, 4]], "n_tokens": [12, 9]})
+    q, k = query_and_label_keys(ours, frame, manifest["n_layers"] - 1, manifest["n_layers"], 0)
+    assert q.shape[0] == 2 and k.shape[:2] == (2, 3) and q.shape[1] == k.shape[2]
+    assert not pd.isna(q).any() and pd.isna(k[1, 2]).all() and not pd.isna(k[0]).any()
 
 
 # --------------------------------------------------------------------------- refusals

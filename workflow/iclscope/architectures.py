@@ -102,21 +102,27 @@ SUPPORT_TABLE: tuple[Support, ...] = (
     _adapter("BloomForCausalLM", "bloom", "adapter on BloomAttention.forward (eager; ALiBi as a score bias)"),
     _adapter("MptForCausalLM", "mpt", "adapter on MptAttention.forward (eager; ALiBi position bias, clip_qkv)"),
     _adapter("XGLMForCausalLM", "xglm", "adapter on XGLMAttention.forward (eager)"),
-    # ---------------------------------------------------------------- same AttentionInterface path, not in the matrix
-    *(_interface(arch, mt) for arch, mt in (
+    *(_interface(arch, mt, True) for arch, mt in (
         ("PhiForCausalLM", "phi"), ("Qwen2MoeForCausalLM", "qwen2_moe"), ("Qwen3MoeForCausalLM", "qwen3_moe"),
         ("OlmoForCausalLM", "olmo"), ("Olmo3ForCausalLM", "olmo3"), ("OlmoeForCausalLM", "olmoe"),
-        ("CohereForCausalLM", "cohere"), ("Cohere2ForCausalLM", "cohere2"), ("Starcoder2ForCausalLM", "starcoder2"),
+        ("CohereForCausalLM", "cohere"),
         ("GPTBigCodeForCausalLM", "gpt_bigcode"), ("PersimmonForCausalLM", "persimmon"),
         ("SmolLM3ForCausalLM", "smollm3"), ("GraniteMoeForCausalLM", "granitemoe"),
-        ("GraniteMoeSharedForCausalLM", "granitemoeshared"), ("MinistralForCausalLM", "ministral"),
-        ("HeliumForCausalLM", "helium"), ("GlmForCausalLM", "glm"), ("Glm4ForCausalLM", "glm4"),
-        ("NemotronForCausalLM", "nemotron"), ("ArceeForCausalLM", "arcee"), ("ApertusForCausalLM", "apertus"),
-        ("SeedOssForCausalLM", "seed_oss"), ("Exaone4ForCausalLM", "exaone4"), ("PhimoeForCausalLM", "phimoe"),
-        ("DeepseekV2ForCausalLM", "deepseek_v2"), ("DeepseekV3ForCausalLM", "deepseek_v3"),
-        ("HunYuanDenseV1ForCausalLM", "hunyuan_v1_dense"), ("JetMoeForCausalLM", "jetmoe"),
-        ("DbrxForCausalLM", "dbrx"), ("BioGptForCausalLM", "biogpt"), ("VaultGemmaForCausalLM", "vaultgemma"),
+        ("GraniteMoeSharedForCausalLM", "granitemoeshared"), ("HeliumForCausalLM", "helium"),
+        ("GlmForCausalLM", "glm"), ("Glm4ForCausalLM", "glm4"), ("NemotronForCausalLM", "nemotron"),
+        ("ArceeForCausalLM", "arcee"), ("ApertusForCausalLM", "apertus"), ("SeedOssForCausalLM", "seed_oss"),
+        ("Exaone4ForCausalLM", "exaone4"), ("PhimoeForCausalLM", "phimoe"),
+        ("HunYuanDenseV1ForCausalLM", "hunyuan_v1_dense"), ("BioGptForCausalLM", "biogpt"),
     )),
+    _interface("MinistralForCausalLM", "ministral", True, "AttentionInterface; sliding window in the mask"),
+    _interface("Cohere2ForCausalLM", "cohere2", True, "AttentionInterface; sliding window in the mask"),
+    _interface("Starcoder2ForCausalLM", "starcoder2", True, "AttentionInterface; sliding window in the mask"),
+    _interface("VaultGemmaForCausalLM", "vaultgemma", True,
+               "AttentionInterface; attention soft-capping applied in eager attention, sliding window in the mask"),
+    # ---------------------------------------------------------------- same AttentionInterface path, not in the matrix
+    _interface("DeepseekV2ForCausalLM", "deepseek_v2"),
+    _interface("DeepseekV3ForCausalLM", "deepseek_v3"),
+    _interface("DbrxForCausalLM", "dbrx"),
     # ---------------------------------------------------------------- refused
     _refused("FalconMambaForCausalLM", "falcon_mamba", NO_ATTENTION),
     _refused("MambaForCausalLM", "mamba", NO_ATTENTION),
@@ -134,6 +140,10 @@ SUPPORT_TABLE: tuple[Support, ...] = (
     )),
     _refused("GPTNeoXJapaneseForCausalLM", "gpt_neox_japanese", NO_ADAPTER + " (GPTNeoXJapaneseAttention)"),
     _refused("CpmAntForCausalLM", "cpmant", NO_ADAPTER + " (CpmAntAttention, relative position bias)"),
+    _refused("JetMoeForCausalLM", "jetmoe", "mixture-of-attention heads: each token's attention has "
+                                            "num_key_value_heads × num_experts_per_tok heads, not "
+                                            "num_attention_heads, so the per-head arrays (attention rows, β "
+                                            "[L, H, K]) do not fit"),
     _refused("FuyuForCausalLM", "fuyu", "a multimodal model (image patches + text): iclscope reads text-only "
                                         "causal LMs"),
     *(_refused(arch, mt, NOT_DECODER) for arch, mt in (
