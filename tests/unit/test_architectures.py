@@ -25,7 +25,15 @@ import torch
 
 from iclscope import architectures
 from iclscope.anchors import isolation_edit, reweighted_label_logits, reweighting_edit, saliency_matrices
-from iclscope.capture import ATTN_IMPLEMENTATION, Positions, Recorder, left_pad, recording, residual_stream
+from iclscope.capture import (
+    ATTN_IMPLEMENTATION,
+    Positions,
+    Recorder,
+    ResidualPatch,
+    left_pad,
+    recording,
+    residual_stream,
+)
 from iclscope.config import ConfigError, ModelSpec
 from iclscope.models import load_model, prepare_model
 from tiny_models import TINY_CONFIGS, make_tiny_arch, train_tokenizer
@@ -341,6 +349,15 @@ def test_every_stage_path_runs_in_every_dtype_with_float32_softmax(model_type, d
     assert diff <= tol + ATOL
     rows = rec.attn.nan_to_num(0).sum(-1)
     assert (rows <= 1 + 1e-5).all()
+    assert torch.isfinite(logits).all()
+    # residual patches (IC-ICL, task vectors, patching) and isolation in the model dtype
+    d = manifest["d_model"]
+    patch = ResidualPatch(1, torch.tensor([[3], [5]]), torch.ones(2, 1, d), mode="add")
+    rec = Recorder(L, Positions(LABEL[:, :0], torch.zeros(2, 2, dtype=torch.long)), (), patches=(patch,),
+                   edit=isolation_edit({0}, label_rows(max(map(len, PROMPTS)))))
+    with torch.no_grad():
+        patched = forward(net, rec).logits[:, -1]
+    assert torch.isfinite(patched).all() and (patched.float() - logits.float()).abs().max() > 0
     # losses and saliency products in float32
     sal = saliency_matrices(net, PROMPTS[0], 1, LABEL_IDS, L)
     assert sal.dtype.name == "float32" and math.isfinite(float(sal.sum())) and sal.sum() > 0
