@@ -285,7 +285,7 @@ def test_plain_load_and_error_diagnosis_reads(arch):
 def test_the_table_names_what_is_refused_and_why():
     assert architectures.check_supported("LlamaForCausalLM").hook == "interface"
     assert architectures.check_supported("bloom").hook == "adapter"
-    with pytest.raises(ConfigError, match=r"'MambaForCausalLM'.*no softmax attention.*LlamaForCausalLM"):
+    with pytest.raises(ConfigError, match=r"'MambaForCausalLM'.*no softmax attention.*verified.*LlamaForCausalLM"):
         architectures.check_supported("MambaForCausalLM")
     with pytest.raises(ConfigError, match=r"'FancyNewForCausalLM'.*not in iclscope's support table"):
         architectures.check_supported("FancyNewForCausalLM")

@@ -190,10 +190,11 @@ def check_supported(architecture: str, config: dict | None = None) -> Support:
                        if config is not None and config.get(key) == value), None)
         if reason is None:
             return row
-    supported = supported_names()
+    verified = [s.architecture for s in SUPPORT_TABLE if s.hook != "refused" and s.verified]
+    untested = [s.architecture for s in SUPPORT_TABLE if s.hook != "refused" and not s.verified]
     raise ConfigError(f"model architecture '{architecture}' is not supported by iclscope: {reason}. Supported "
-                      f"architectures (tests/unit/test_architectures.py verifies the first "
-                      f"{sum(s.verified for s in SUPPORT_TABLE)}): {', '.join(supported)}")
+                      f"(verified by tests/unit/test_architectures.py): {', '.join(verified)}; supported, untested: "
+                      f"{', '.join(untested)}")
 
 
 def attention_hook(architecture: str) -> str:

@@ -135,10 +135,10 @@ def describe(config) -> dict:
 
 def check_model_config(config, name: str = "") -> None:
     """Refuse an architecture the hook layer does not support (iclscope.architectures), naming the model."""
-    facts = describe(config)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    architecture = (getattr(config, "architectures", None) or text.architectures or [text.model_type])[0]
     try:
-        check_supported(facts["architecture"], text.to_dict())
+        check_supported(architecture, text.to_dict())
     except ConfigError as exc:
         raise ConfigError(f"model '{name}': {exc}" if name else str(exc)) from None
 
