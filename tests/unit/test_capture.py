@@ -97,3 +97,12 @@ def test_interface_models_need_no_adapter(model):
 
     net, _, _ = model
     assert install_adapters(net) == 0
+
+
+def test_an_edit_that_never_reaches_attention_raises(prepared_tiny):
+    """A model loaded without the iclscope attention must not silently ignore edits or reads."""
+    net, _, manifest = load_model(prepared_tiny[1], attn_implementation="eager")
+    rec = Recorder(manifest["n_layers"], empty_positions(1), (), edit=lambda layer, w: w * 0)
+    with pytest.raises(RuntimeError, match=r"did not reach iclscope's hook layer.*attn_implementation='iclscope'"):
+        run(net, [[5, 17, 33, 8]], rec)
+    run(net, [[5, 17, 33, 8]], Recorder(manifest["n_layers"], empty_positions(1), ("query",)))  # resid only: fine

@@ -134,6 +134,13 @@ class Recorder:
     resid: dict[str, torch.Tensor] = field(default_factory=dict)
     attn: torch.Tensor | None = None
     qk: tuple[torch.Tensor, torch.Tensor] | None = None  # (q [B, H, dh], k [B, K, H, dh]) of qk_layer
+    # layers whose attention reached the hook layer, and forward passes seen (the no-op guard of `recording`)
+    seen_layers: set = field(default_factory=set, repr=False)
+    forwards: int = field(default=0, repr=False)
+
+    @property
+    def uses_attention(self) -> bool:
+        return self.read_attention or self.edit is not None or self.qk_layer is not None
 
     # -------------------------------------------------------------- residual stream
     def take_resid(self, index: int, hidden: torch.Tensor) -> None:
@@ -301,6 +308,7 @@ def _observe(rec: Recorder | None, module: nn.Module, query: torch.Tensor, key: 
     if rec is None:
         return
     layer = layer_index(module)
+    rec.seen_layers.add(layer)
     if rec.read_attention:
         rec.take_query_row(layer, query, key, attention_mask, scaling, **modifiers)
     if rec.qk_layer is not None and rec.qk_layer == layer:
@@ -511,9 +519,19 @@ def residual_stream(model: nn.Module, **inputs) -> tuple[object, list[torch.Tens
 
 @contextlib.contextmanager
 def recording(model: nn.Module, recorder: Recorder):
-    """Install the residual hooks and make `recorder` the active one for the attention function."""
+    """Install the residual hooks and make `recorder` the active one for the attention function.
+
+    When the recorder reads or edits attention, a forward pass whose attention did not reach the
+    hook layer in every block (a model loaded without `attn_implementation="iclscope"`, an
+    attention module no adapter knows) raises instead of silently recording nothing / editing nothing.
+    """
     layers = decoder_layers(model)
     handles = []
+    if recorder.uses_attention:
+        def count(_module, _args):
+            recorder.forwards += 1
+
+        handles.append(layers[0].register_forward_pre_hook(count))
     if recorder.resid_names:
         handles.append(layers[0].register_forward_pre_hook(
             lambda _m, args, kwargs: recorder.take_resid(0, args[0] if args else kwargs["hidden_states"]),
@@ -532,6 +550,13 @@ def recording(model: nn.Module, recorder: Recorder):
         _ACTIVE.reset(token)
         for h in handles:
             h.remove()
+    missing = sorted(set(range(len(layers))) - recorder.seen_layers) if recorder.forwards else []
+    if missing:
+        raise RuntimeError(
+            f"the attention of {type(model).__name__} blocks {missing} did not reach iclscope's hook layer, so "
+            "attention reads/edits did nothing there: load the model with models.load_model(..., "
+            f"attn_implementation='{ATTN_IMPLEMENTATION}') (config._attn_implementation is "
+            f"{getattr(model.config, '_attn_implementation', None)!r}); see iclscope.architectures")
 
 
 def _patch_hook(patch: ResidualPatch):
