@@ -123,6 +123,13 @@ TINY_CONFIGS: dict[str, dict] = {
                   "num_experts_per_tok": 1},
     "olmoe": {**_COMMON, "num_key_value_heads": 2, "num_experts": 2, "num_experts_per_tok": 1},
     "phimoe": {**_COMMON, "num_key_value_heads": 2, "num_local_experts": 2, "num_experts_per_tok": 1},
+    **{mt: {**_COMMON, "num_key_value_heads": 4, "kv_lora_rank": 16, "q_lora_rank": None, "qk_rope_head_dim": 4,
+            "qk_nope_head_dim": 4, "v_head_dim": 8, "n_routed_experts": 2, "num_experts_per_tok": 1,
+            "moe_intermediate_size": 32, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1}
+       for mt in ("deepseek_v2", "deepseek_v3")},  # multi-head latent attention: q/k 8 wide, v 8 wide
+    "dbrx": {"d_model": 32, "n_heads": 4, "n_layers": 2, "max_seq_len": 128, "vocab_size": 400,
+             "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
+             "ffn_config": {"ffn_hidden_size": 64, "moe_num_experts": 2, "moe_top_k": 1}},
     "gpt_oss": {**_COMMON, "num_key_value_heads": 2, "head_dim": 8, "num_local_experts": 2,
                 "num_experts_per_tok": 1, "sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"],
                 "initializer_range": 0.2},

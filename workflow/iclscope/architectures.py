@@ -18,7 +18,8 @@ Each supported architecture takes one of two paths through iclscope.capture:
 `verified` marks the architectures of the support matrix (tests/unit/test_architectures.py):
 residuals, label logits, recorded attention rows, isolation and re-weighting edits and KV
 continuation checked against the unmodified model's eager forward on a tiny random model.
-The others on the interface path share the code path but are not in the matrix.
+A row with verified=False ("supported (untested)") would share a path without being in the matrix;
+today every supported row is verified.
 """
 
 from __future__ import annotations
@@ -119,10 +120,9 @@ SUPPORT_TABLE: tuple[Support, ...] = (
     _interface("Starcoder2ForCausalLM", "starcoder2", True, "AttentionInterface; sliding window in the mask"),
     _interface("VaultGemmaForCausalLM", "vaultgemma", True,
                "AttentionInterface; attention soft-capping applied in eager attention, sliding window in the mask"),
-    # ---------------------------------------------------------------- same AttentionInterface path, not in the matrix
-    _interface("DeepseekV2ForCausalLM", "deepseek_v2"),
-    _interface("DeepseekV3ForCausalLM", "deepseek_v3"),
-    _interface("DbrxForCausalLM", "dbrx"),
+    _interface("DeepseekV2ForCausalLM", "deepseek_v2", True, "AttentionInterface; multi-head latent attention"),
+    _interface("DeepseekV3ForCausalLM", "deepseek_v3", True, "AttentionInterface; multi-head latent attention"),
+    _interface("DbrxForCausalLM", "dbrx", True, "AttentionInterface; clip_qkv before the attention function"),
     # ---------------------------------------------------------------- refused
     _refused("FalconMambaForCausalLM", "falcon_mamba", NO_ATTENTION),
     _refused("MambaForCausalLM", "mamba", NO_ATTENTION),
@@ -192,9 +192,9 @@ def check_supported(architecture: str, config: dict | None = None) -> Support:
             return row
     verified = [s.architecture for s in SUPPORT_TABLE if s.hook != "refused" and s.verified]
     untested = [s.architecture for s in SUPPORT_TABLE if s.hook != "refused" and not s.verified]
+    also = f"; supported, untested: {', '.join(untested)}" if untested else ""
     raise ConfigError(f"model architecture '{architecture}' is not supported by iclscope: {reason}. Supported "
-                      f"(verified by tests/unit/test_architectures.py): {', '.join(verified)}; supported, untested: "
-                      f"{', '.join(untested)}")
+                      f"(verified by tests/unit/test_architectures.py): {', '.join(verified)}{also}")
 
 
 def attention_hook(architecture: str) -> str:
