@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,13 +17,15 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900, check: bool = True,
-              env: dict | None = None, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    """Run the repo's Snakefile in `workdir` (its config.yaml, results/, logs/); kill after `timeout` s.
+              env: dict | None = None, launcher: list[str] | None = None,
+              repo: Path = REPO) -> subprocess.CompletedProcess:
+    """Run the Snakefile of `repo` (this repository, or a copy from `checkout_copy`) in `workdir` (its
+    config.yaml, results/, logs/); kill after `timeout` s.
 
     `launcher` replaces the `snakemake` command (tests/cluster/snakemake_fast_status.py)."""
-    cmd = [*(launcher or [SNAKEMAKE]), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+    cmd = [*(launcher or [SNAKEMAKE]), "--snakefile", str(repo / "Snakefile"), "--directory", str(workdir),
            "--cores", "2", *args]
-    env = {**(env or os.environ), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "workflow")}
+    env = {**(env or os.environ), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo / "workflow")}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     try:
@@ -37,9 +40,19 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900, check: bool = True,
     return result
 
 
-def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+def checkout_copy(dest: Path) -> Path:
+    """A copy of the workflow (Snakefile, workflow/, profiles/) whose package a test may edit: a second
+    checkout of the lab, or the same one after a code change."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "Snakefile", dest / "Snakefile")
+    for name in ("workflow", "profiles"):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    return dest
+
+
+def planned_jobs(workdir: Path, *args: str, repo: Path = REPO) -> dict[str, int]:
     """Dry run; {rule: job count} from Snakemake's 'Job stats' table ({} when nothing to do)."""
-    out = snakemake(workdir, "-n", *args).stdout
+    out = snakemake(workdir, "-n", *args, repo=repo).stdout
     if "Nothing to be done" in out:
         return {}
     table = out.split("Job stats:", 1)[1]

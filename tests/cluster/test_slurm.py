@@ -23,7 +23,7 @@ import yaml
 
 from iclscope.lab_cache import entries as cache_entries
 from iclscope.lab_cache import is_sealed
-from snakemake_runner import REPO, planned_jobs, snakemake, write_config
+from snakemake_runner import REPO, checkout_copy, planned_jobs, snakemake, write_config
 from tiny_models import make_tiny_model
 
 pytestmark = pytest.mark.cluster
@@ -73,9 +73,9 @@ def checkout(lab, name: str, cfg: dict) -> Path:
     return work
 
 
-def on_slurm(lab, work: Path, *args: str, timeout: int = 600, check: bool = True):
+def on_slurm(lab, work: Path, *args: str, timeout: int = 600, check: bool = True, repo: Path = REPO):
     return snakemake(work, "--profile", str(REPO / "profiles" / "slurm"), *SITE, *FAST, *args,
-                     env=lab["env"], timeout=timeout, check=check, launcher=FAST_STATUS)
+                     env=lab["env"], timeout=timeout, check=check, launcher=FAST_STATUS, repo=repo)
 
 
 def rules_run(lab, since: float) -> dict[str, int]:
@@ -137,21 +137,43 @@ def extracted_into_cache(lab, work: Path) -> bool:
     return ran and Path(os.path.realpath(work / "results/activations/tiny/toy.h5")).parent == lab["cache"]
 
 
-@pytest.mark.parametrize("change", ["dtype", "template", "revision"])
+def edited_checkout(lab, name: str, edit) -> Path:
+    """A second checkout of the workflow whose hook layer (capture.py) is edited by `edit`."""
+    repo = checkout_copy(lab["root"] / f"{name}-repo")
+    capture = repo / "workflow" / "iclscope" / "capture.py"
+    capture.write_text(edit(capture.read_text()))
+    return repo
+
+
+@pytest.mark.parametrize("change", ["dtype", "template", "revision", "code"])
 def test_changed_extraction_inputs_miss_the_cache(lab, change):
-    cfg = config(lab)
+    cfg, repo = config(lab), REPO
     if change == "dtype":
         cfg["models"]["tiny"]["dtype"] = "bfloat16"
     elif change == "template":
         cfg["datasets"]["toy"]["prompts"]["template"] = "Text: {text}\nSentiment:{label}"
+    elif change == "code":  # the package code extraction runs changed: its activations may differ
+        repo = edited_checkout(lab, "carol-code", lambda text: text + "\n_CHANGED_HOOK_LAYER = True\n")
     else:  # the same hub model at two revisions (Pythia-style checkpoints): each its own entry
         tiny = {k: v for k, v in cfg["models"]["tiny"].items() if k != "path"}
         cfg["models"]["tiny"] = {**tiny, "source": "hub", "id": "iclscope-test/tiny", "revision": "main"}
         on_slurm(lab, checkout(lab, "carol-main", cfg), "activations")
         cfg["models"]["tiny"]["revision"] = "step1"
     work = checkout(lab, f"carol-{change}", cfg)
-    on_slurm(lab, work, "activations")
+    on_slurm(lab, work, "activations", repo=repo)
     assert extracted_into_cache(lab, work)  # a real forward pass ran, and its file was stored
+
+
+def test_a_comment_only_change_still_hits_the_cache(lab):
+    """Comments and docstrings are not code: the key (a digest of the normalised source) is unchanged."""
+    def reword(text):
+        first_doc = text.index('"""') + 3
+        return text[:first_doc] + "Reworded docstring. " + text[first_doc:] + "\n# a comment only\n"
+
+    work = checkout(lab, "dave-comment", config(lab))
+    on_slurm(lab, work, "activations", repo=edited_checkout(lab, "dave-comment", reword))
+    assert not extracted_into_cache(lab, work)
+    assert Path(os.path.realpath(work / "results/activations/tiny/toy.h5")).parent == lab["cache"]
 
 
 def test_two_checkouts_request_the_same_new_activations_at_once(lab):

@@ -52,6 +52,7 @@ def changed(path: str, value) -> dict:
                                                "icicl", "tsft", "patching", "token_states", "error_diagnosis"},
      {"prepare_model", "icl_accuracy", "taskspace"}),
     ("models.smollm2-135m.batch_size", 3, set(), {"extract", "saliency", "icicl", "prepare_model"}),
+    ("models.smollm2-135m.revision", "v2", set(), {"extract", "prepare_model"}),  # no revision in a wheel
     ("tsft.lam", 0.9, {"tsft"}, {"icicl", "taskspace"}),
     ("icicl.k", 2, {"icicl"}, {"tsft", "taskspace"}),
     ("decodability.k", 3, {"decodability", "layer_lora_summary"}, {"icl_accuracy", "extract"}),
@@ -76,8 +77,12 @@ def test_tsft_baseline_does_not_key_on_lambda():
 
 def test_settings_are_complete_model_specs_with_defaults():
     model = job("saliency")["model"]
-    for key in ("source", "revision", "dtype", "device", "device_map"):
+    for key in ("source", "package", "file", "dtype", "device", "device_map"):
         assert key in model, key
+    assert "revision" not in model  # a wheel's GGUF file has no revision
+    hub = validate_config({**DEFAULT, "models": {"m": {"source": "hub", "id": "org/m", "revision": "step1"}}})
+    assert jobs.model_settings(hub, "m") == {"source": "hub", "id": "org/m", "revision": "step1", "file": None,
+                                             "dtype": "auto", "device": "auto", "device_map": "none"}
     assert not set(model) & set(jobs.RUNTIME_MODEL_KEYS)
     spec = jobs.Job(job("icicl"), {"model": MODEL, "dataset": "tweets"}, {"batch_size": 3}).model()
     assert (spec.batch_size, spec.dtype) == (3, DEFAULT["models"][MODEL]["dtype"])

