@@ -137,3 +137,23 @@ def test_a_name_given_twice_is_an_error_not_a_silent_overwrite(tmp_path):
     with pytest.raises(ConfigError, match=r"the key 'words' appears twice in one mapping \(lines \d+ and \d+\)"):
         load_config(path)
     assert load_config(REPO / "config.yaml")["datasets"]["words"]["n_per_task"] == 200
+
+
+def test_an_unsupported_local_architecture_is_refused_at_validation(tmp_path):
+    """Before any job: the architecture is named, with the reason and the supported list."""
+    import json
+
+    from iclscope.config import load_config
+
+    model = tmp_path / "mamba"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["MambaForCausalLM"], "model_type": "mamba"}))
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    raw["models"] = {"mine": {"source": "local", "path": str(model)}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "models.mine.path" in message and "MambaForCausalLM" in message and "no softmax attention" in message
+    assert "LlamaForCausalLM" in message  # the supported list

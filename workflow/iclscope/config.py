@@ -103,6 +103,7 @@ def validate_config(raw: dict) -> dict:
     for name, spec in config["models"].items():
         try:
             ModelSpec.from_config(name, spec)
+            declared_architecture_check(name, spec)
         except ConfigError as exc:
             problems.append(str(exc))
     for name, spec in config["datasets"].items():
@@ -144,6 +145,27 @@ def validate_config(raw: dict) -> dict:
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return config
+
+
+def declared_architecture_check(name: str, spec: dict) -> None:
+    """Refuse a local model whose config.json declares an architecture iclscope cannot serve, before
+    any job (a hub model is checked by prepare_model, its first job, once its config is at hand)."""
+    if spec.get("source") != "local" or not spec.get("path"):
+        return
+    path = Path(spec["path"]).expanduser() / "config.json"
+    if not path.is_file():
+        return  # a GGUF file or a missing directory: prepare_model says which
+    try:
+        model_config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    architecture = (model_config.get("architectures") or [model_config.get("model_type") or "unknown"])[0]
+    from .architectures import check_supported
+
+    try:
+        check_supported(architecture, model_config)
+    except ConfigError as exc:
+        raise ConfigError(f"config key 'models.{name}.path' ({spec['path']}): {exc}") from None
 
 
 class _UniqueKeyLoader(_SafeLoader):
