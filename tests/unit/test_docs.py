@@ -133,3 +133,10 @@ def test_docs_name_no_internal_notes(path):
     text = path.read_text(encoding="utf-8")
     for name in ("METHODS.md", "DESIGN.md", "/work/shared"):
         assert name not in text, f"{path.relative_to(REPO)} mentions {name}; the docs must stand on their own"
+
+
+def test_architecture_table_is_generated_from_the_support_table():
+    from iclscope.architectures import markdown_table
+
+    assert markdown_table() in (DOCS / "architectures.md").read_text(), (
+        "docs/architectures.md is stale: regenerate its table with tests/architecture_table.py")
