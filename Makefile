@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv run test test-unit test-workflow test-cluster cluster-deps browser-deps lint bench report clean
+.PHONY: venv run test check test-unit test-workflow test-cluster cluster-deps browser-deps lint bench report clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,12 @@ test: venv cluster-deps browser-deps
 	$(BIN)/ruff check workflow tests
 	$(BIN)/snakemake --lint --cores 1 > /dev/null
 	$(BIN)/python -m pytest tests -x -q --durations=15
+
+# the fast loop (CONTRIBUTING.md): lint and the unit tests, no end-to-end run, no cluster
+check: venv
+	$(BIN)/ruff check workflow tests
+	$(BIN)/snakemake --lint --cores 1 > /dev/null
+	$(BIN)/python -m pytest tests/unit -x -q
 
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit -q

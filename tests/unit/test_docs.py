@@ -140,3 +140,12 @@ def test_architecture_table_is_generated_from_the_support_table():
 
     assert markdown_table() in (DOCS / "architectures.md").read_text(), (
         "docs/architectures.md is stale: regenerate its table with tests/architecture_table.py")
+
+
+def test_the_version_is_written_once_and_has_a_changelog_entry():
+    import iclscope
+
+    assert 'dynamic = ["version"]' in (REPO / "pyproject.toml").read_text()
+    assert "iclscope.__version__" in (REPO / "pyproject.toml").read_text()
+    first = next(line for line in (REPO / "CHANGELOG.md").read_text().splitlines() if line.startswith("## "))
+    assert first.startswith(f"## {iclscope.__version__} "), first

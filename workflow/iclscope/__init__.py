@@ -4,7 +4,8 @@ All logic lives in this package (pure functions over arrays and files, no Snakem
 workflow/scripts/*.py are thin adapters that call one function each.
 """
 
-__version__ = "0.1.0"
+# bump it as CONTRIBUTING.md says; CHANGELOG.md lists what each version changed
+__version__ = "0.2.0"
 
 
 def open(path, require_complete: bool = True):  # noqa: A001  (mirrors h5py.File / builtins.open on purpose)
