@@ -53,8 +53,8 @@ def test_icicl_arms_identity_space_equals_uncompressed(prepared_tiny):
     settings = ICICLSettings(k=2, pool_size=10, n_test=6, inject_layer=1, embed_layer=1, warmup=1, repeats=1,
                              random_draws=2, word_k=3)
     per_example, summary, meta = evaluate_icicl(frame(), SPEC, model_dir, spec_model, spaces, settings)
-    assert set(per_example["arm"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector",
-                                       "anchor_kv", "text_anchor", "hidden_random"}
+    assert set(per_example["arm"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_soft_pool", "icicl_identity",
+                                       "task_vector", "anchor_kv", "text_anchor", "hidden_random"}
     assert set(summary["arm"]) == set(per_example["arm"]) | {"hidden_random_top"}
     soft = per_example[per_example.arm == "icicl_soft"].reset_index()
     ident = per_example[per_example.arm == "icicl_identity"].reset_index()
@@ -62,7 +62,8 @@ def test_icicl_arms_identity_space_equals_uncompressed(prepared_tiny):
                                rtol=1e-5, atol=1e-5)
     tokens = summary.set_index("arm")["tokens"]
     assert tokens["icicl_soft"] < tokens["full_icl"] and tokens["task_vector"] == tokens["zero_shot"]
-    assert meta["pool_states_seconds"] > 0 and len(per_example) == 6 * (7 + 2)
+    assert meta["pool_states_seconds"] > 0 and len(per_example) == 6 * (8 + 2)
+    assert meta["pool_task_space_k"] == 1  # fitted on the pool's own states: C - 1 directions
     assert tokens["anchor_kv"] <= tokens["zero_shot"] and meta["anchor_kv_entries"] >= 2  # new tokens only
     assert tokens["zero_shot"] < tokens["text_anchor"] < tokens["full_icl"]
     by_arm = summary.set_index("arm")
@@ -211,3 +212,32 @@ def test_tsft_space_loss_gradient_flows(prepared_tiny, tmp_path, lam):
     assert la["ce"].iloc[0] == pytest.approx(lb["ce"].iloc[0], rel=1e-5)  # same start
     assert not np.allclose(la["space"].iloc[1:], lb["space"].iloc[1:])  # the space loss steered training
     assert a["lam"] == 0.0 and b["lam"] == 5.0
+
+
+def test_tsft_fits_its_space_on_the_zero_shot_training_states(prepared_tiny, tmp_path):
+    """space=None: the class means of the base model's own layer-l* states of the training rows
+    (what the loss shapes), computed here by a separate plain forward pass per row."""
+    import torch
+
+    from iclscope.models import load_model
+    from iclscope.prompts import label_token_ids
+    from iclscope.taskspace import fit_task_space
+    from iclscope.tsft import balanced_sample, fit_on_states, zero_shot_examples
+
+    spec_model, model_dir = prepared_tiny
+    net, tok, manifest = load_model(model_dir)
+    rows = balanced_sample(frame()[frame().split == "train"], ["negative", "positive"], 12, 0, "t")
+    examples = zero_shot_examples(tok, SPEC, rows)
+    label_ids = torch.as_tensor(label_token_ids(tok, SPEC.label_words, SPEC.prompts.template))
+    space = fit_on_states(net, tok, examples, label_ids, 1, manifest["n_layers"], ["negative", "positive"], 5, 0.9,
+                          None)
+    with torch.inference_mode():
+        states = [net(input_ids=torch.as_tensor([x["input_ids"]]), output_hidden_states=True).hidden_states[1][0, -1]
+                  for x in examples]
+    naive = fit_task_space(torch.stack(states).numpy(), [["negative", "positive"][x["gold"]] for x in examples],
+                           ["negative", "positive"], variant="naive", layer=1)
+    np.testing.assert_allclose(space.mean, naive.mean, atol=1e-5)
+    np.testing.assert_allclose(np.abs(space.basis), np.abs(naive.basis), atol=1e-4)  # up to sign
+    summary = train_tsft(frame(), SPEC, model_dir, spec_model, None,
+                         TSFTSettings(steps=1, batch_size=4, n_train=12, n_test=8, layer=1), tmp_path / "run")
+    assert summary["task_space_variant"] == "train_zero_shot" and summary["task_space_k"] == 1

@@ -63,7 +63,7 @@ from .prompts import (
     split_template,
     tokenize_pieces,
 )
-from .taskspace import TaskSpace, project, reconstruct
+from .taskspace import TaskSpace, fit_task_space, project, reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -303,10 +303,15 @@ def soft_prompt(tokenizer, spec: DatasetSpec, labels: list[str], query_text: str
 
 
 def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec, spaces: dict[int, TaskSpace],
-                   settings: ICICLSettings) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+                   settings: ICICLSettings, *, var_threshold: float = 0.9,
+                   max_k: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Run every arm on the same retrieved demonstrations. Returns (per-example rows, summary, meta).
 
-    df: the normalised dataset table; spaces: {layer: TaskSpace} of the chosen variant.
+    df: the normalised dataset table; spaces: {layer: TaskSpace} of the chosen variant (fitted on
+    the k-shot query states of train prompts). The arm `icicl_soft_pool` compresses with a space
+    fitted instead on the states it is applied to: the pool's own zero-shot states at the injection
+    layer (class means of the pool's labels, PCA-denoised with `var_threshold` / `max_k`, as the
+    task-space stage does), so the two arms show whether the fit distribution matters.
     """
     if spec.kind != "classification":
         raise ConfigError(f"IC-ICL needs a classification dataset; '{spec.name}' is {spec.kind}")
@@ -344,6 +349,9 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
                       settings.retrieval, settings.seed)
     h_pool = pool_states["query"][:, 1]  # [P, d] state at the demo's final position, layer l
     h_soft = reconstruct(project(h_pool, space), space)  # task-space compression
+    pool_space = fit_task_space(h_pool, pool["label"].astype(str).to_numpy(), classes, variant="pool_class_mean",
+                                layer=layer, var_threshold=var_threshold, max_k=max_k)
+    h_soft_pool = reconstruct(project(h_pool, pool_space), pool_space)  # fitted where it is applied
     pool_labels = pool["label"].tolist()
     pool_texts = pool["text"].tolist()
 
@@ -378,6 +386,8 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
             ("zero_shot", -1, zs_ids, partial(scorer.score, zs_ids)),
             ("full_icl", -1, full_ids, partial(scorer.score, full_ids)),
             ("icicl_soft", -1, soft_ids, partial(scorer.score, soft_ids, patches_for(slots, h_soft[demos]))),
+            ("icicl_soft_pool", -1, soft_ids,
+             partial(scorer.score, soft_ids, patches_for(slots, h_soft_pool[demos]))),
             ("icicl_identity", -1, soft_ids, partial(scorer.score, soft_ids, patches_for(slots, h_pool[demos]))),
             ("task_vector", -1, zs_ids, partial(scorer.score, zs_ids, patches_for([len(zs_ids) - 1], task_vec))),
             ("anchor_kv", -1, query_ids, partial(scorer.score_anchor_kv, anchor_kv, demos, query_ids)),
@@ -397,6 +407,7 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
     summary = summarise(per_example, classes)
     meta = {"settings": asdict(settings), "embed_layer": embed_layer, "inject_layer": layer,
             "task_space_variant": space.variant, "task_space_k": int(space.basis.shape[0]),
+            "pool_task_space_k": int(pool_space.k),
             "pool_states_seconds": round(pool_seconds, 3),
             "pool_states_seconds_per_demo": round(pool_seconds / len(pool), 4),
             "anchor_kv_build_seconds": round(anchor_kv.build_seconds, 3),

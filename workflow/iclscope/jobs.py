@@ -143,7 +143,7 @@ def _tsft(c, wc):
     tsft = _without(c["tsft"], "enabled", "seeds")
     if wc.get("arm") == "baseline":
         tsft = {**tsft, "lam": 0.0}
-    return {"tsft": tsft}
+    return {"tsft": tsft, "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}
 
 
 def _entropy(c, wc):
@@ -180,8 +180,8 @@ RULE_SETTINGS: dict[str, Callable[[dict, dict], dict]] = {
     "extract_anchors": _model_only(lambda c, wc: {
         "carriers": c["taskspace"]["carriers"], "label_words": list(c["datasets"][wc["dataset"]]["classes"].values())}),
     "taskspace": lambda c, wc: {"taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}},
-    "icicl": _model_dataset(lambda c, wc: {"icicl": _without(c["icicl"], "enabled"),
-                                           "word_k": c["anchors"]["word_k"]}),
+    "icicl": _model_dataset(lambda c, wc: {"icicl": _without(c["icicl"], "enabled"), "word_k": c["anchors"]["word_k"],
+                                           "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}),
     "tsft": _model_dataset(_tsft),
     "layer_lora": _model_dataset(lambda c, wc: {"layer_lora": _without(c["layer_lora"], "enabled")}),
     "layer_lora_prompts": lambda c, wc: {"dataset": dataset_settings(c, wc["dataset"]),

@@ -36,7 +36,7 @@ from .icl import macro_f1
 from .lora import attach_lora, train_loop, trainable_parameters
 from .models import load_model
 from .prompts import assemble, balanced_sample, label_token_ids, tokenize_pieces
-from .taskspace import TaskSpace
+from .taskspace import TaskSpace, fit_task_space
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,27 @@ def forward_batch(model, tokenizer, batch: list[dict], label_ids: torch.Tensor, 
     return out.logits[:, -1][:, label_ids].float(), rec.resid["query"][:, layer]
 
 
-def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec, space: TaskSpace,
-               settings: TSFTSettings, out_dir: str | Path, stop_after: int | None = None) -> dict:
+def fit_on_states(model, tokenizer, examples: list[dict], label_ids: torch.Tensor, layer: int, n_layers: int,
+                  classes: list[str], batch_size: int, var_threshold: float, max_k: int | None) -> TaskSpace:
+    """The class-mean task space fitted on `examples`' own layer-l* query states under `model` (the
+    distribution the space loss is applied to): one inference pass over the examples."""
+    states = []
+    with torch.inference_mode():
+        for lo in range(0, len(examples), batch_size):
+            _, h = forward_batch(model, tokenizer, examples[lo:lo + batch_size], label_ids, layer, n_layers)
+            states.append(h.float().cpu().numpy())  # [B, d]
+    labels = [classes[x["gold"]] for x in examples]
+    return fit_task_space(np.concatenate(states), labels, classes, variant="train_zero_shot", layer=layer,
+                          var_threshold=var_threshold, max_k=max_k)
+
+
+def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec, space: TaskSpace | None,
+               settings: TSFTSettings, out_dir: str | Path, stop_after: int | None = None, *,
+               var_threshold: float = 0.9, max_k: int | None = None) -> dict:
     """Fine-tune one arm (settings.lam) and evaluate it; writes adapter/, train_log.parquet, eval.parquet.
+
+    `space` None: the space is fitted on the base model's zero-shot states of the training rows
+    (`fit_on_states`), the states the loss is applied to, rather than on another distribution.
 
     The adapter loads back with `peft.PeftModel.from_pretrained(base_model, out_dir / "adapter")`.
 
@@ -126,12 +144,14 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
     device = next(base.parameters()).device
     classes = spec.class_names
     label_ids = torch.as_tensor(label_token_ids(tokenizer, spec.label_words, spec.prompts.template), device=device)
-    basis, mean, protos = space_tensors(space, device)
-
     train_rows = balanced_sample(df[df.split == "train"], classes, settings.n_train, settings.seed, "tsft train")
     test_rows = balanced_sample(df[df.split == "test"], classes, settings.n_test, settings.seed + 1, "tsft test")
     train = zero_shot_examples(tokenizer, spec, train_rows)
     test = zero_shot_examples(tokenizer, spec, test_rows)
+    if space is None:
+        space = fit_on_states(base, tokenizer, train, label_ids, layer, L, classes, model.batch_size, var_threshold,
+                              max_k)
+    basis, mean, protos = space_tensors(space, device)
 
     net = attach_lora(base, r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=settings.lr)
@@ -167,8 +187,8 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
     evaluation.to_parquet(out_dir / "eval.parquet")
     summary = {"lam": settings.lam, "seed": settings.seed, "layer": layer, "accuracy": float((gold == preds).mean()),
                "macro_f1": macro_f1(gold, preds, range(len(classes))), "train_seconds": round(train_seconds, 1),
-               "steps": settings.steps, "settings": asdict(settings),
-               "trainable_parameters": trainable_parameters(net)}
+               "steps": settings.steps, "settings": asdict(settings), "task_space_variant": space.variant,
+               "task_space_k": int(space.k), "trainable_parameters": trainable_parameters(net)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(checkpoint, ignore_errors=True)
     return summary

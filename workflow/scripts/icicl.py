@@ -13,7 +13,7 @@ settings = ICICLSettings(**job["icicl"], word_k=job["word_k"])
 per_example, summary, meta = evaluate_icicl(
     read_table(snakemake.input.dataset), job.dataset(),
     snakemake.input.model, job.model(),
-    read_task_spaces(snakemake.input.taskspace, settings.task_space), settings)
+    read_task_spaces(snakemake.input.taskspace, settings.task_space), settings, **job["taskspace"])
 write_table(per_example, snakemake.output.predictions, meta)
 # label_loyalty / word_loyalty: vs full_icl on the same input; draw: which Hidden_random draw hidden_random_top is
 rows = [{"metric": m, "task": r["arm"], "value": r[m]} for r in summary.to_dict("records")
