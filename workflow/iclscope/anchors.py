@@ -155,8 +155,7 @@ def run_saliency(prompts_path, model_dir, model, n_per_seed: int, *, dataset: st
 
     test, meta = anchor_prompts(prompts_path)
     picked = test.groupby("seed", sort=True).head(n_per_seed)
-    net, _, manifest = load_model(model_dir, device=model.device, dtype=model.dtype, device_map=model.device_map,
-                                  attn_implementation=ATTN_IMPLEMENTATION)
+    net, _, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     rows = []
     for rec in tqdm(list(picked.itertuples()), desc="saliency"):
         sal = saliency_matrices(net, rec.input_ids, int(rec.gold), meta["label_token_ids"], manifest["n_layers"])
@@ -249,8 +248,7 @@ def run_isolation(prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 
     test, meta = anchor_prompts(prompts_path)
     label_ids = meta["label_token_ids"]
     picked = test.groupby("seed", sort=True).head(n_per_seed).reset_index(drop=True)
-    net, tok, manifest = load_model(model_dir, device=model.device, dtype=model.dtype, device_map=model.device_map,
-                                    attn_implementation=ATTN_IMPLEMENTATION)
+    net, tok, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     L = manifest["n_layers"]
     device = next(net.parameters()).device
     conditions = [("none", 0, "label")] + [(side, k, kind) for side in ("first", "last") for k in ks
@@ -374,8 +372,7 @@ def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epoch
     train, _ = anchor_prompts(prompts_path, split="train")
     label_ids = meta["label_token_ids"]
     n_classes = len(label_ids)
-    net, tok, manifest = load_model(model_dir, device=model.device, dtype=model.dtype, device_map=model.device_map,
-                                    attn_implementation=ATTN_IMPLEMENTATION)
+    net, tok, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     net.requires_grad_(False)
     L, H = manifest["n_layers"], manifest["n_heads"]
     device = next(net.parameters()).device

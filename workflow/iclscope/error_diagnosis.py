@@ -222,8 +222,7 @@ def run_error_diagnosis(prompts_path, activations_path, model_dir, model, settin
     test, meta = anchor_prompts(prompts_path)
     classes = list(meta["classes"])
     check_classes(len(classes), dataset or meta.get("dataset", ""))
-    net, tok, manifest = load_model(model_dir, device=model.device, dtype=model.dtype, device_map=model.device_map,
-                                    attn_implementation=ATTN_IMPLEMENTATION)
+    net, tok, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     L = manifest["n_layers"]
     layer = settings.resolve_layer(L)
     probs = label_probabilities(read_label_logits(activations_path, test["prompt_id"].to_numpy()))

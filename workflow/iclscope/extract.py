@@ -157,8 +157,7 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
     lo, hi = shard_rows(len(table), *shard)
     table = table.iloc[lo:hi].reset_index(drop=True)
     n = len(table)
-    net, tokenizer, manifest = load_model(model_dir, device=model.device, dtype=model.dtype,
-                                          device_map=model.device_map, attn_implementation=ATTN_IMPLEMENTATION)
+    net, tokenizer, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     n_layers = manifest["n_layers"]
     generate = meta["kind"] == "generation"
     label_ids = meta["label_token_ids"]
@@ -240,8 +239,7 @@ def extract_anchor_states(model_dir: str | Path, model: ModelSpec, label_words: 
     Writes `/anchors/resid [C, m, L+1, d]` float32 (C label words x m carriers, state at the label
     word's last sub-token) and `/anchors/text [C, m]`. A handful of short prompts: seconds.
     """
-    net, tokenizer, manifest = load_model(model_dir, device=model.device, dtype=model.dtype,
-                                          device_map=model.device_map, attn_implementation=ATTN_IMPLEMENTATION)
+    net, tokenizer, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     records = carrier_prompts(tokenizer, carriers, label_words)
     device = next(net.parameters()).device
     states = []

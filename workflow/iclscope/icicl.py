@@ -315,8 +315,7 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
     """
     if spec.kind != "classification":
         raise ConfigError(f"IC-ICL needs a classification dataset; '{spec.name}' is {spec.kind}")
-    net, tokenizer, manifest = load_model(model_dir, device=model.device, dtype=model.dtype,
-                                          device_map=model.device_map, attn_implementation=ATTN_IMPLEMENTATION)
+    net, tokenizer, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     L = manifest["n_layers"]
     embed_layer = settings.embed_layer if settings.embed_layer is not None else L // 2
     layer = settings.inject_layer if settings.inject_layer is not None else L // 2

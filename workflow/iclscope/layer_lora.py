@@ -210,8 +210,7 @@ def train_layer_lora(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: Mode
     if spec.kind != "generation":
         raise ConfigError(f"layer_lora needs a generation task family; '{spec.name}' is {spec.kind}")
     torch.manual_seed(settings.seed)
-    base, tokenizer, manifest = load_model(model_dir, device=model.device, dtype=model.dtype,
-                                           device_map=model.device_map)
+    base, tokenizer, manifest = load_model(model_dir, model)
     L = manifest["n_layers"]
     n = n_adapted(settings, L)
     layers = adapter_layers(arm, n, L)

@@ -242,9 +242,13 @@ def resolve_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
-def load_model(model_dir: str | Path, *, device: str = "auto", dtype: str = "auto",
+def load_model(model_dir: str | Path, spec: ModelSpec | None = None, *, device: str = "auto", dtype: str = "auto",
                device_map: str = "none", attn_implementation: str = "sdpa"):
     """Load a prepared model and its tokenizer for inference: (model, tokenizer, manifest).
+
+    The one model loader of every model stage: `load_model(model_dir, spec)` takes device, dtype and
+    device_map from the job's ModelSpec (CUDA when present and `device: auto`, the same code on CPU);
+    the keywords serve tests and tools that have no spec.
 
     The tokenizer gets a pad token (EOS when it has none, as GPT-2 needs) and left padding:
     iclscope batches prompts left-padded with explicit position ids, so the query position
@@ -252,6 +256,8 @@ def load_model(model_dir: str | Path, *, device: str = "auto", dtype: str = "aut
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if spec is not None:
+        device, dtype, device_map = spec.device, spec.dtype, spec.device_map
     manifest = read_manifest(model_dir)
     adapt = attn_implementation == "iclscope" and attention_hook(manifest["architecture"]) == "adapter"
     if attn_implementation == "iclscope":

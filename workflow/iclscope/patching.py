@@ -128,8 +128,7 @@ def run_patching(prompts_path, activations_path, decodability_path, model_dir, m
     # the unpatched arm is the extraction's own greedy answers (same prompts, same decoding)
     stored = predictions(activations_path)[0].set_index("prompt_id")["pred"]
     answers = {"none": stored.loc[prompts["prompt_id"]].tolist(), **{name: [] for name in patches}}
-    net, tok, _ = load_model(model_dir, device=model.device, dtype=model.dtype, device_map=model.device_map,
-                             attn_implementation=ATTN_IMPLEMENTATION)
+    net, tok, _ = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     for lo in tqdm(range(0, len(prompts), model.batch_size), desc=f"patching layer {layer}"):
         batch = prompts.iloc[lo:lo + model.batch_size]
         for name, values in patches.items():

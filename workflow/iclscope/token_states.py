@@ -69,8 +69,7 @@ def extract_token_states(dataset_path: str | Path, model_dir: str | Path, out_pa
     table = pd.read_parquet(dataset_path)
     if split is not None and split in set(table["split"]):
         table = table[table["split"] == split]
-    net, tokenizer, manifest = load_model(model_dir, device=model.device, dtype=model.dtype,
-                                          device_map=model.device_map)
+    net, tokenizer, manifest = load_model(model_dir, model)
     corpus = build_corpus(table["text"].astype(str).tolist(), tokenizer, max_tokens, max_sentence_tokens, seed)
     lengths = np.array([len(c) for c in corpus])
     n, L1, d = int(lengths.sum()), manifest["n_layers"] + 1, manifest["d_model"]

@@ -137,8 +137,7 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
     if spec.kind != "classification":
         raise ConfigError(f"TS-FT needs a classification dataset; '{spec.name}' is {spec.kind}")
     torch.manual_seed(settings.seed)
-    base, tokenizer, manifest = load_model(model_dir, device=model.device, dtype=model.dtype,
-                                           device_map=model.device_map, attn_implementation=ATTN_IMPLEMENTATION)
+    base, tokenizer, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     L = manifest["n_layers"]
     layer = settings.layer if settings.layer is not None else L // 2
     device = next(base.parameters()).device
