@@ -105,7 +105,7 @@ def _boot_transformer_lens(model_dir: Path, tokenizer, dtype: torch.dtype):
 def run() -> list[dict]:
     from iclscope.config import ModelSpec
     from iclscope.extract import ExtractSettings, extract
-    from iclscope.models import load_model
+    from iclscope.loading import load_model
 
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     spec = ModelSpec.from_config(MODEL, cfg["models"][MODEL])

@@ -110,7 +110,7 @@ def test_ones_multiplier_saliency_equals_attention_times_its_gradient(prepared_t
     import torch.nn.functional as F
 
     from iclscope.anchors import saliency_matrices
-    from iclscope.models import load_model
+    from iclscope.loading import load_model
 
     _, model_dir = prepared_tiny
     ours, _, manifest = load_model(model_dir, attn_implementation="iclscope")
@@ -195,7 +195,7 @@ def test_reweighting_with_beta_zero_reproduces_vanilla_icl(prepared_tiny, tmp_pa
 
     from iclscope.anchors import anchor_prompts, reweighted_label_logits
     from iclscope.capture import left_pad
-    from iclscope.models import load_model
+    from iclscope.loading import load_model
 
     spec, model_dir = prepared_tiny
     ppath, _ = prompts_file(prepared_tiny, tmp_path, n_test=8)

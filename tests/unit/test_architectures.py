@@ -35,7 +35,8 @@ from iclscope.capture import (
     residual_stream,
 )
 from iclscope.config import ConfigError, ModelSpec
-from iclscope.models import load_model, prepare_model
+from iclscope.loading import load_model
+from iclscope.models import prepare_model
 from tiny_models import TINY_CONFIGS, make_tiny_arch, train_tokenizer
 
 ARCHS = list(TINY_CONFIGS)

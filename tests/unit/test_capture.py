@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from iclscope.capture import ATTN_IMPLEMENTATION, Positions, Recorder, ResidualPatch, left_pad, recording
-from iclscope.models import load_model
+from iclscope.loading import load_model
 
 
 @pytest.fixture(scope="module")

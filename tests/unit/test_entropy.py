@@ -20,8 +20,8 @@ from iclscope.entropy import (
     layer_measures,
     pair_labels,
 )
+from iclscope.loading import load_model
 from iclscope.metric_tables import entropy_table
-from iclscope.models import load_model
 from iclscope.store import IncompleteFileError, open_token_states, partial_path
 from iclscope.token_states import extract_token_states
 

@@ -121,7 +121,8 @@ def test_hook_query_and_keys_equal_q_proj_k_proj_with_rope(tmp_path):
 
     from iclscope.config import ModelSpec
     from iclscope.error_diagnosis import query_and_label_keys
-    from iclscope.models import load_model, prepare_model
+    from iclscope.loading import load_model
+    from iclscope.models import prepare_model
     from tiny_models import make_tiny_model
 
     source = make_tiny_model("llama", tmp_path / "llama")
@@ -166,7 +167,8 @@ def test_run_on_a_tiny_model_matches_independent_computations(prepared_tiny, tmp
     from iclscope.config import DatasetSpec, PromptSpec
     from iclscope.error_diagnosis import query_and_label_keys, run_error_diagnosis
     from iclscope.extract import ExtractSettings, extract
-    from iclscope.models import load_model, load_tokenizer
+    from iclscope.loading import load_model
+    from iclscope.models import load_tokenizer
     from iclscope.prompts import build_prompts
     from iclscope.store import open_activations
     from iclscope.tables import read_table, write_table

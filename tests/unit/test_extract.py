@@ -16,7 +16,8 @@ import torch
 from iclscope import extract as extract_mod
 from iclscope.config import DatasetSpec, PromptSpec
 from iclscope.extract import ExtractSettings, extract
-from iclscope.models import load_model, load_tokenizer
+from iclscope.loading import load_model
+from iclscope.models import load_tokenizer
 from iclscope.prompts import build_prompts
 from iclscope.store import IncompleteFileError, open_activations, partial_path, read_prompts
 from iclscope.tables import write_table

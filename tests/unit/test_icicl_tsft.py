@@ -99,7 +99,7 @@ def test_text_anchor_is_the_template_and_labels_without_input_text(prepared_tiny
 
 def tiny_anchor_kv(prepared_tiny, texts, labels, draws):
     from iclscope.icicl import AnchorKV, PromptScorer
-    from iclscope.models import load_model
+    from iclscope.loading import load_model
     from iclscope.prompts import label_token_ids
 
     net, tok, manifest = load_model(prepared_tiny[1], attn_implementation="iclscope")
@@ -157,7 +157,7 @@ def test_anchor_kv_keeping_every_position_reproduces_the_full_prompt(prepared_ti
     """With all demonstration tokens kept (not only anchors) and one demonstration at slot 0, the
     cached continuation equals feeding demonstration + query as one prompt."""
     from iclscope.icicl import AnchorKV, PromptScorer
-    from iclscope.models import load_model
+    from iclscope.loading import load_model
     from iclscope.prompts import assemble, label_token_ids, tokenize_pieces
 
     spec_model, model_dir = prepared_tiny
@@ -219,7 +219,7 @@ def test_tsft_fits_its_space_on_the_zero_shot_training_states(prepared_tiny, tmp
     (what the loss shapes), computed here by a separate plain forward pass per row."""
     import torch
 
-    from iclscope.models import load_model
+    from iclscope.loading import load_model
     from iclscope.prompts import label_token_ids
     from iclscope.taskspace import fit_task_space
     from iclscope.tsft import balanced_sample, fit_on_states, zero_shot_examples

@@ -23,8 +23,9 @@ from iclscope.layer_lora import (
     train_shots,
     training_examples,
 )
+from iclscope.loading import load_model
 from iclscope.lora import attach_lora, trainable_parameters
-from iclscope.models import load_model, load_tokenizer, prepare_model
+from iclscope.models import load_tokenizer, prepare_model
 from iclscope.prompts import build_prompts
 from iclscope.tables import write_table
 

@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from iclscope.config import ConfigError, ModelSpec
-from iclscope.models import load_model, prepare_model, read_manifest
+from iclscope.loading import load_model
+from iclscope.models import prepare_model, read_manifest
 
 
 def test_local_directory_manifest(prepared_tiny):

@@ -21,7 +21,7 @@ def test_task_states_are_leave_one_out_means():
 
 def test_patching_the_query_with_its_own_state_is_a_no_op(prepared_tiny):
     from iclscope.capture import left_pad, residual_stream
-    from iclscope.models import load_model
+    from iclscope.loading import load_model
 
     _, model_dir = prepared_tiny
     net, tok, manifest = load_model(model_dir, attn_implementation="iclscope")

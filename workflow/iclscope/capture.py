@@ -15,7 +15,7 @@ How it works
     modifiers (`scaling`, `softcap`, attention sinks `s_aux`, `position_bias`; sliding windows
     arrive inside the mask).
   - "adapter" architectures (GPT-J, CodeGen, GPT-Neo, Falcon, Bloom, MPT, XGLM) compute attention inline in
-    their attention module. `install_adapters` (run by `models.load_model`) swaps that module's
+    their attention module. `install_adapters` (run by `loading.load_model`) swaps that module's
     score/softmax step (`_attn`, or `forward` where the softmax is inline) for one that computes
     the same thing and calls the same reads and edits: the model is loaded with eager attention
     and ALiBi, local-window masks and the module's own scale are passed on as an additive bias.
@@ -554,7 +554,7 @@ def recording(model: nn.Module, recorder: Recorder):
     if missing:
         raise RuntimeError(
             f"the attention of {type(model).__name__} blocks {missing} did not reach iclscope's hook layer, so "
-            "attention reads/edits did nothing there: load the model with models.load_model(..., "
+            "attention reads/edits did nothing there: load the model with loading.load_model(..., "
             f"attn_implementation='{ATTN_IMPLEMENTATION}') (config._attn_implementation is "
             f"{getattr(model.config, '_attn_implementation', None)!r}); see iclscope.architectures")
 

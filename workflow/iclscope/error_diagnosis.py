@@ -216,7 +216,7 @@ def run_error_diagnosis(prompts_path, activations_path, model_dir, model, settin
 
     from .anchors import anchor_prompts
     from .capture import ATTN_IMPLEMENTATION
-    from .models import load_model
+    from .loading import load_model
     from .tables import metric_frame
 
     test, meta = anchor_prompts(prompts_path)

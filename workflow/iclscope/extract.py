@@ -28,7 +28,7 @@ from tqdm import tqdm
 from . import __version__
 from .capture import ATTN_IMPLEMENTATION, Positions, Recorder, left_pad, recording
 from .config import ModelSpec, stable_hash
-from .models import load_model
+from .loading import load_model
 from .prompts import carrier_prompts
 from .store import ActivationWriter, partial_path, shard_rows
 from .tables import iter_list_column, read_meta, read_table, removed_when_disk_full

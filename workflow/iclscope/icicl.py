@@ -50,7 +50,7 @@ from .anchors import jaccard_topk
 from .capture import ATTN_IMPLEMENTATION, Positions, Recorder, ResidualPatch, left_pad, no_positions, recording
 from .config import ConfigError, DatasetSpec, ModelSpec
 from .icl import macro_f1
-from .models import load_model
+from .loading import load_model
 from .prompts import (
     LABEL,
     LITERAL,
@@ -241,10 +241,15 @@ class AnchorKV:
     def layers(self, j: int, slot: int, draw: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer (K, V) [1, Hkv, n_kept, dh] of demonstration j at prompt slot `slot` (variant `draw`)."""
         if (j, slot) not in self._memo:
+            from transformers import DynamicCache
+
             t0 = time.perf_counter()
             ids = torch.as_tensor(np.asarray(self.records[j]["input_ids"])[None], dtype=torch.long, device=self.device)
             positions = (slot * self.stride + torch.arange(ids.shape[1], device=self.device))[None]
-            out = self.model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1)
+            # a cache without the model's config keeps every position at every layer (a sliding-window
+            # layer's own cache would drop all but the last window, and the kept positions with it)
+            out = self.model(input_ids=ids, position_ids=positions, past_key_values=DynamicCache(), use_cache=True,
+                             logits_to_keep=1)
             self._memo[(j, slot)] = {}
             for variant in self.variants:
                 keep = torch.as_tensor(self.kept(j, slot, variant), device=self.device)

@@ -36,8 +36,9 @@ import torch.nn.functional as F
 
 from .capture import left_pad
 from .config import ConfigError, DatasetSpec, ModelSpec
+from .loading import load_model
 from .lora import attach_lora, train_loop, trainable_parameters
-from .models import MANIFEST, describe, file_digest, load_model, weight_files
+from .models import MANIFEST, describe, file_digest, weight_files
 from .prompts import LABEL, SEPARATOR, Piece, assemble, tokenize_pieces
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ def mean_answer_loss(net, examples: list[dict], pad_id: int, batch_size: int) ->
 def save_merged(net, tokenizer, base_manifest: dict, out_dir: str | Path, name: str, lineage: dict) -> dict:
     """Merge the LoRA weights into the base weights (in place) and save a prepared model directory:
     `<out_dir>/weights/` (safetensors + tokenizer) and `<out_dir>/manifest.json` (written last).
-    Loads with `models.load_model(out_dir)`; about 2 × the parameters' bytes of disk (float32)."""
+    Loads with `loading.load_model(out_dir)`; about 2 × the parameters' bytes of disk (float32)."""
     out_dir = Path(out_dir)
     weights = out_dir / "weights"
     merged = net.merge_and_unload()

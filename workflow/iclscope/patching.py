@@ -96,7 +96,7 @@ def run_patching(prompts_path, activations_path, decodability_path, model_dir, m
     from tqdm import tqdm
 
     from .capture import ATTN_IMPLEMENTATION
-    from .models import load_model
+    from .loading import load_model
     from .store import open_activations, read_prompts
     from .tables import metric_frame, read_table
 

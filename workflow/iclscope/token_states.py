@@ -34,7 +34,7 @@ from . import __version__
 from .capture import left_pad, residual_stream
 from .config import ModelSpec, stable_hash
 from .extract import make_batches
-from .models import load_model
+from .loading import load_model
 from .store import partial_path
 from .tables import commit, removed_when_disk_full
 

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from .capture import ATTN_IMPLEMENTATION, Recorder, left_pad, no_positions, recording
 from .config import ConfigError, DatasetSpec, ModelSpec
 from .icl import macro_f1
+from .loading import load_model
 from .lora import attach_lora, train_loop, trainable_parameters
-from .models import load_model
 from .prompts import assemble, balanced_sample, label_token_ids, tokenize_pieces
 from .taskspace import TaskSpace, fit_task_space
 
