@@ -1,4 +1,4 @@
-"""Print iclscope's architecture support table as markdown (for the README).
+"""Print iclscope's architecture support table as markdown (docs/architectures.md).
 
     .venv/bin/python tests/architecture_table.py
 

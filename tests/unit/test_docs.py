@@ -149,3 +149,9 @@ def test_the_version_is_written_once_and_has_a_changelog_entry():
     assert "iclscope.__version__" in (REPO / "pyproject.toml").read_text()
     first = next(line for line in (REPO / "CHANGELOG.md").read_text().splitlines() if line.startswith("## "))
     assert first.startswith(f"## {iclscope.__version__} "), first
+
+
+def test_readme_is_short_and_states_one_cost():
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 100
+    assert "make run" in text and "make test" in text and "about 27 minutes" in text
