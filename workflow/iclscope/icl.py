@@ -1,8 +1,8 @@
 """ICL predictions and accuracy, read from an activation file (no model needed).
 
 Classification: the prediction is the argmax over the label words' first-token logits
-(METHODS.md §3.1). Generation: the greedy answer cut at the first newline, stripped, and
-compared for exact match with the expected answer (METHODS.md §4.7).
+(docs/methods.md §3.1). Generation: the greedy answer cut at the first newline, stripped, and
+compared for exact match with the expected answer (docs/methods.md §4.7).
 """
 
 from __future__ import annotations

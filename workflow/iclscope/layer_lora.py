@@ -1,4 +1,4 @@
-"""LoRA on the first n vs the last n transformer blocks (Han et al., METHODS.md §4.5).
+"""LoRA on the first n vs the last n transformer blocks (Han et al., docs/methods.md §4.5).
 
 One adapter per arm ("first": blocks 0..n-1, "last": blocks L-n..L-1, the same parameter
 budget) is fine-tuned on k-shot prompts of a generation task family, then merged into the

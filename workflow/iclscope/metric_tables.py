@@ -43,7 +43,7 @@ def decodability_table(path, *, model: str, dataset: str, k: int = 10, metrics=(
 
 def compression_table(activations, task_spaces, *, model: str, dataset: str,
                       positions=("query", "last_input", "content_mean")) -> pd.DataFrame:
-    """Compression diagnostics (METHODS.md §1.3) per task-space variant x layer x position type,
+    """Compression diagnostics (docs/methods.md §1.3) per task-space variant x layer x position type,
     on the test-split prompts: mean energy ratio, decoding accuracy by projection, plug-in
     I(Ĉ;Y) in nats and normalised by H(Y). Reads one layer of one position at a time."""
     from .taskspace import decode, energy_ratio, plugin_mutual_information, read_task_spaces

@@ -1,4 +1,4 @@
-"""Activation patching of task states (Han et al. 2024, METHODS.md §4.5).
+"""Activation patching of task states (Han et al. 2024, docs/methods.md §4.5).
 
 At one layer l, the residual state at the query position (where the answer starts) is replaced
 by (or added to) a *task state*: the mean layer-l query state of other prompts of a task, read

@@ -4,7 +4,7 @@ A prompt is a list of `Piece`s (template literal, demonstration text, label word
 query text). Their character spans are known while the string is built; after tokenizing the
 whole string once (natural tokenization, no boundary artefacts) the fast tokenizer's offset
 mapping turns each span into token positions. Positions are never found by searching token
-ids afterwards (METHODS.md §3.10).
+ids afterwards (docs/methods.md §3.10).
 
 Recorded per prompt (token indices into `input_ids`):
   query_pos    last prompt token: the position whose next-token logits give the prediction
@@ -15,11 +15,11 @@ Recorded per prompt (token indices into `input_ids`):
   query_span   [2] [start, end) tokens of the test input's text; its last token is the
                "last input token" position of the compression diagnostics
 
-Sampling (METHODS.md §3.1, classification): per seed, shuffle the train split with the seed and
+Sampling (docs/methods.md §3.1, classification): per seed, shuffle the train split with the seed and
 take the first `shots_per_class` rows of each class in shuffled order, the same demonstrations
 for every test prompt of that seed; `n_test` balanced test rows per seed, plus `n_train`
 labelled queries from the train split (split='train') for methods that fit or train on prompts. Generation families
-(METHODS.md §4.4): per seed the same test inputs for every task, fresh seeded demonstrations
+(docs/methods.md §4.4): per seed the same test inputs for every task, fresh seeded demonstrations
 from the task's train rows for each prompt.
 """
 
@@ -146,7 +146,7 @@ def _record(tokenizer, spec: DatasetSpec, demos: pd.DataFrame, query, demo_label
 
 
 def carrier_prompts(tokenizer, carriers: list[str], label_words: list[str]) -> list[dict]:
-    """Label-word anchor prompts (task-space variant A, METHODS.md §1.2): each carrier with each
+    """Label-word anchor prompts (task-space variant A, docs/methods.md §1.2): each carrier with each
     label word in its `{label}` slot; records the label word's *last* sub-token position."""
     out = []
     for c, word in enumerate(label_words):
@@ -248,7 +248,7 @@ def label_token_ids(tokenizer, label_words: list[str], template: str) -> list[in
 
     Tokenized in context (template text before the label slot + label word), not standalone:
     SentencePiece-style tokenizers give ' negative' alone a different first token than the
-    same word after 'Sentiment:' (METHODS.md §3.10).
+    same word after 'Sentiment:' (docs/methods.md §3.10).
     """
     _, between, _ = split_template(template)
     ids = []

@@ -1,6 +1,6 @@
 """The activation file: HDF5 layout, streaming writes, atomic commit, resume, reading.
 
-Layout (DESIGN.md "Files"; N prompts, L layers, d = d_model, H heads, K demonstrations,
+Layout (docs/outputs.md; N prompts, L layers, d = d_model, H heads, K demonstrations,
 C classes, k = top-k):
 
     attrs            schema_version, model_id, model_revision, model_sha, dtype, n_layers,

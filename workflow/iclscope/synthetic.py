@@ -1,4 +1,4 @@
-"""Task families (Han et al., METHODS.md §4.3–4.4 and §8).
+"""Task families (Han et al., docs/methods.md §4.3–4.4 and §8).
 
 Each family generator returns a DataFrame with `text` (input x), `label` (answer y) and `task`.
 Tasks of one family share their inputs, so only the demonstrations reveal the task.
@@ -218,7 +218,7 @@ def word_examples(vocabulary: Sequence[str], n_per_task: int, seed: int) -> pd.D
 
 @dataclass(frozen=True)
 class SparseRegressionTask:
-    """Mixture of sparse linear regressions (METHODS.md §4.3): y = w_Bᵀx + ε, basis B hidden.
+    """Mixture of sparse linear regressions (docs/methods.md §4.3): y = w_Bᵀx + ε, basis B hidden.
 
     x ~ N(0, I_dim); w ~ N(0, I_dim) masked to one of `n_bases` disjoint blocks of `basis_size`
     coordinates (chosen uniformly per sequence); ε ~ N(0, noise_var); `n_points` pairs per sequence.

@@ -1,6 +1,6 @@
 """Parquet tables with their run parameters in the schema metadata, written atomically.
 
-Metric tables are long format (DESIGN.md): one row per value with the columns of
+Metric tables are long format (docs/outputs.md): one row per value with the columns of
 `METRIC_COLUMNS`; `metric_frame` builds one so that every family writes the same shape.
 """
 

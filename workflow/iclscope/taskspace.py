@@ -1,6 +1,6 @@
 """Training-free task spaces and the compression diagnostics on them (Yang et al. 2025).
 
-A reconstruction (METHODS.md §1.2–1.3; the paper's construction is unknown, so every choice is
+A reconstruction (docs/methods.md §1.2–1.3; the paper's construction is unknown, so every choice is
 a parameter recorded with the space). Per layer:
 
   1. one vector per class: the mean of its *anchor* states (variant "anchor": the label word in
@@ -160,7 +160,7 @@ def build_task_spaces(activations, anchors, out_path, *, var_threshold: float = 
         with h5py.File(tmp, "w") as out:
             out.attrs.update(var_threshold=var_threshold, max_k=-1 if max_k is None else max_k,
                              classes=json.dumps(classes), n_layers=n_layers,
-                             source=str(activations), reconstruction="P1-reconstruction (METHODS.md §1.2)")
+                             source=str(activations), reconstruction="P1-reconstruction (docs/methods.md §1.2)")
             for layer in range(n_layers + 1):
                 if anchor_states is not None:
                     C, m = anchor_states.shape[:2]

@@ -1,4 +1,4 @@
-"""Per-token residual states over a fixed text corpus, for the entropy measures (METHODS.md §2).
+"""Per-token residual states over a fixed text corpus, for the entropy measures (docs/methods.md §2).
 
 File layout (N tokens of the corpus, L layers, d = d_model):
 

@@ -1,5 +1,5 @@
 """Small causal transformers trained from scratch, with the representation measures followed over
-training (METHODS.md §2.4-2.5: two phases; larger models end more compressed).
+training (docs/methods.md §2.4-2.5: two phases; larger models end more compressed).
 
 The corpus is a dataset's text column tokenised with the prepared model's tokenizer and mapped to
 its `vocab_size - 1` most frequent tokens (+ one UNK id, 0), so a toy model of a few hundred

@@ -1,11 +1,11 @@
-"""A small transformer trained from scratch on sparse linear regression (Han et al. 2024, METHODS.md §4.3).
+"""A small transformer trained from scratch on sparse linear regression (Han et al. 2024, docs/methods.md §4.3).
 
 Each sequence hides one of `n_bases` disjoint coordinate blocks (the task, "basis"); the model sees
 K pairs (x_i, y_i) and must predict every y_i from x_i and the pairs before it. Over training we
 follow what the paper follows: the test MSE of each basis (does one basis separate first?), the MSE
 after k in-context examples against the two least-squares references (basis known: r-dimensional
 regression; basis unknown: D-dimensional), and the decodability of the basis from the residual
-stream at the last demonstration's y (pair) token, where the paper reads it (METHODS.md §4.3: the
+stream at the last demonstration's y (pair) token, where the paper reads it (docs/methods.md §4.3: the
 y-token states at the K-th demonstration), per layer (leave-one-out k-NN, iclscope.decodability).
 
 Two encodings, both 2K tokens read in linearly to d_model, a GPT-2 body with learned positions and

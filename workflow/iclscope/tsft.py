@@ -1,6 +1,6 @@
 """TS-FT: LoRA fine-tuning with a task-space-guided loss, against the same run with λ = 0.
 
-A reconstruction of Yang et al. 2025 (METHODS.md §1.5). Per example:
+A reconstruction of Yang et al. 2025 (docs/methods.md §1.5). Per example:
 
     L = CE(label-restricted logits at the answer position, gold)
         + λ · [ −log softmax_c( cos(B (h_l*[q] − μ), â_c) / τ )[gold] ]
@@ -9,7 +9,7 @@ A reconstruction of Yang et al. 2025 (METHODS.md §1.5). Per example:
 frozen task space of layer l* (iclscope.taskspace) and h_l*[q] the residual
 state at the query position entering block l* (resid index l*). Only the answer position is
 scored (`logits_to_keep=1`): the 49k-vocabulary head is never applied elsewhere, which is what
-makes tens of steps affordable on a CPU (METHODS.md §8).
+makes tens of steps affordable on a CPU (docs/methods.md §8).
 
 Training is deterministic for a seed and resumable: every `checkpoint_every` steps the adapter,
 optimizer state and step are written atomically to `<out>/checkpoint/`; a rerun continues from
@@ -81,7 +81,7 @@ def space_loss(h: torch.Tensor, basis, mean, prototypes, gold: torch.Tensor, tau
                similarity: str = "distance") -> torch.Tensor:
     """h [B, d] -> mean over the batch of −log softmax_c(sim(B(h−μ), â_c)/τ)[gold].
 
-    similarity "cosine" is METHODS.md §1.5 as written; it is constant (±1) and has no gradient
+    similarity "cosine" is docs/methods.md §1.5 as written; it is constant (±1) and has no gradient
     when the space is one-dimensional, which every binary task gives (k ≤ C−1). "distance"
     (the default) uses −||z − â_c||² / mean_c ||â_c||², scale-free and smooth in any k.
     """

@@ -133,7 +133,7 @@ def tsft_targets():
 
 
 def layer_lora_targets():
-    """First-vs-last-layer LoRA (METHODS.md §4.5): table and figure per generation task family."""
+    """First-vs-last-layer LoRA (docs/methods.md §4.5): table and figure per generation task family."""
     return table_and_figure("layer_lora", PLAN.layer_lora())
 
 

@@ -1,4 +1,4 @@
-# Representations as language (METHODS.md §2): per-token residual states over a text corpus,
+# Representations as language (docs/methods.md §2): per-token residual states over a text corpus,
 # then information, variation, regularity and disentanglement per layer.
 
 

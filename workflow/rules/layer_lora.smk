@@ -1,4 +1,4 @@
-# LoRA on the first n vs the last n transformer layers (Han et al., METHODS.md §4.5), on the
+# LoRA on the first n vs the last n transformer layers (Han et al., docs/methods.md §4.5), on the
 # generation task families: train an arm, merge it into the weights (a temporary model
 # directory), run the dataset's prompts through the existing extraction, and compare task
 # decodability and ICL accuracy with the base model's activation file.

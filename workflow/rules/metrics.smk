@@ -17,7 +17,7 @@ rule icl_accuracy:
 
 
 rule decodability:
-    """Task decodability per layer (leave-one-out k-NN over query states, METHODS.md §4.2)."""
+    """Task decodability per layer (leave-one-out k-NN over query states, docs/methods.md §4.2)."""
     input:
         "results/activations/{model}/{dataset}.h5",
     output:

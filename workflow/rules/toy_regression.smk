@@ -1,4 +1,4 @@
-# A small transformer trained from scratch on sparse linear regression (METHODS.md §4.3): no
+# A small transformer trained from scratch on sparse linear regression (docs/methods.md §4.3): no
 # pretrained model, no dataset; CPU is enough for the default budget.
 
 
