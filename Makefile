@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv run test check test-unit test-workflow test-cluster cluster-deps browser-deps lint bench report clean
+.PHONY: venv run test check test-unit test-workflow test-cluster cluster-deps browser-deps lint bench gpu-check report clean
 
 venv: $(STAMP)
 
@@ -72,6 +72,10 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: venv $(BENCH_STAMP)
 	$(BIN)/python -m tests.benchmarks.run
+
+# the GPU path against CPU float32 in one short run (needs a CUDA build of torch and a GPU)
+gpu-check: venv
+	$(BIN)/python -m tests.benchmarks.gpu_check
 
 clean:
 	rm -rf results logs .snakemake
