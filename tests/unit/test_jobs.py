@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from iclscope import jobs
+from iclscope.anchor_compression import AnchorCompressionSettings
 from iclscope.config import DatasetSpec, ModelSpec, PromptSpec, load_config, load_schema, validate_config
 from iclscope.entropy import EntropySettings
 from iclscope.error_diagnosis import ErrorDiagnosisSettings
@@ -46,7 +47,8 @@ def changed(path: str, value) -> dict:
 
 @pytest.mark.parametrize(("key", "value", "reruns", "stays"), [
     ("anchors.reweighting.epochs", 3, {"reweighting"}, {"saliency", "isolation", "error_diagnosis", "extract"}),
-    ("anchors.word_k", 3, {"isolation", "icicl"}, {"saliency", "reweighting", "extract"}),
+    ("anchors.word_k", 3, {"isolation", "icicl", "anchor_compression"}, {"saliency", "reweighting", "extract"}),
+    ("anchors.compression.n_random_draws", 3, {"anchor_compression"}, {"isolation", "saliency", "icicl"}),
     ("anchors.saliency_prompts_per_seed", 5, {"saliency"}, {"isolation", "reweighting"}),
     ("models.smollm2-135m.dtype", "bfloat16", {"extract", "saliency", "isolation", "reweighting", "extract_anchors",
                                                "icicl", "tsft", "patching", "token_states", "error_diagnosis"},
@@ -186,6 +188,7 @@ def _section(path: str) -> dict:
     (ModelSpec, "$model"), (PromptSpec, "$prompts"), (DatasetSpec, "$dataset"),
     (ExtractSettings, "extract"), (ICICLSettings, "icicl"), (TSFTSettings, "tsft"),
     (LayerLoRASettings, "layer_lora"), (ErrorDiagnosisSettings, "anchors.error_diagnosis"),
+    (AnchorCompressionSettings, "anchors.compression"),
     (EntropySettings, "entropy"), (ToyTraining, "entropy.training"),
     (SparseRegressionTask, "toy_regression"), (RegressionTraining, "toy_regression"),
 ])
@@ -209,6 +212,7 @@ def test_settings_defaults_equal_the_schema(cls, section):
 
 def test_word_k_default_of_icicl_is_the_anchors_one():
     assert ICICLSettings.__dataclass_fields__["word_k"].default == _section("anchors")["word_k"]
+    assert AnchorCompressionSettings.__dataclass_fields__["word_k"].default == _section("anchors")["word_k"]
 
 
 def test_tagging_settings_defaults_equal_the_schema():

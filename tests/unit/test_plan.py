@@ -26,7 +26,7 @@ def test_default_plan():
     assert plan.classification() == ["tweets", "tweets3"]
     assert plan.decodability() == ["words", "bitwise"] and plan.patching() == ["words", "bitwise"]
     assert plan.taskspace() == plan.icicl() == plan.tsft() == ["tweets"]  # tweets3 runs error diagnosis only
-    assert plan.anchor_methods("tweets") == ["aucroc", "saliency", "isolation", "reweighting"]
+    assert plan.anchor_methods("tweets") == ["aucroc", "saliency", "isolation", "reweighting", "anchor_compression"]
     assert plan.anchor_methods("tweets3") == [] and plan.error_diagnosis() == ["tweets3"]
     assert plan.layer_lora() == ["words"]
     assert plan.atlas_tables("tweets") == ["compression", "saliency", "aucroc", "isolation", "entropy"]
@@ -36,10 +36,12 @@ def test_default_plan():
 
 def test_switches_turn_families_off():
     plan = plan_with(icicl__enabled=False, tsft__enabled=False, patching__enabled=False, entropy__enabled=False,
-                     anchors__reweighting__enabled=False, layer_lora__enabled=False)
+                     anchors__reweighting__enabled=False, layer_lora__enabled=False,
+                     anchors__compression__enabled=False)
     assert plan.icicl() == plan.tsft() == plan.patching() == plan.entropy() == plan.layer_lora() == []
     assert plan.toy_corpus() is None and plan.reweighting() == []
     assert "reweighting" not in plan.anchor_methods("tweets") and "entropy" not in plan.atlas_tables("tweets")
+    assert "anchor_compression" not in plan.anchor_methods("tweets")
 
 
 def test_methods_key_and_what_a_method_needs():

@@ -286,7 +286,7 @@ class PromptSpec:
 # The method families a dataset of each kind can run (its `methods:` key picks among them).
 METHODS_BY_KIND = {
     "classification": {"taskspace", "icicl", "tsft", "saliency", "isolation", "aucroc", "reweighting",
-                       "error_diagnosis", "decodability"},
+                       "anchor_compression", "error_diagnosis", "decodability"},
     "generation": {"decodability", "patching", "layer_lora"},
 }
 

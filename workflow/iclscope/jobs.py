@@ -191,6 +191,8 @@ RULE_SETTINGS: dict[str, Callable[[dict, dict], dict]] = {
     "saliency": _model_only(_anchors("saliency_prompts_per_seed")),
     "isolation": _model_only(_anchors("isolation_prompts_per_seed", "isolation_k", "word_k")),
     "reweighting": _model_only(lambda c, wc: {"reweighting": _without(c["anchors"]["reweighting"], "enabled")}),
+    "anchor_compression": _model_only(lambda c, wc: {
+        "compression": _without(c["anchors"]["compression"], "enabled"), "word_k": c["anchors"]["word_k"]}),
     "error_diagnosis": _model_only(lambda c, wc: {"error_diagnosis": c["anchors"]["error_diagnosis"]}),
     "token_states": _model_only(lambda c, wc: {"corpus": {k: c["entropy"][k] for k in CORPUS_KEYS}}),
     "entropy": _entropy,

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from .config import DatasetSpec, ModelSpec
 
-ANCHOR_METHODS = ("aucroc", "saliency", "isolation", "reweighting")
+ANCHOR_METHODS = ("aucroc", "saliency", "isolation", "reweighting", "anchor_compression")
+SWITCHED = {"reweighting": "reweighting", "anchor_compression": "compression"}  # method -> anchors.<key>.enabled
 LAYER_LORA_ARMS = ("first", "last")
 TSFT_ARMS = ("space", "baseline")
 
@@ -75,7 +76,8 @@ class Plan:
         """The anchor methods that run on `dataset` (none without demonstrations)."""
         if dataset not in self.with_demonstrations():
             return []
-        methods = [m for m in ANCHOR_METHODS if m != "reweighting" or self.config["anchors"]["reweighting"]["enabled"]]
+        anchors = self.config["anchors"]
+        methods = [m for m in ANCHOR_METHODS if m not in SWITCHED or anchors[SWITCHED[m]]["enabled"]]
         return [m for m in methods if self.datasets[dataset].runs(m)]
 
     def reweighting(self) -> list[str]:

@@ -273,6 +273,43 @@ def plot_isolation(table: pd.DataFrame, path) -> None:
         _save(fig, path)
 
 
+ANCHOR_COMPRESSION_ARMS = ("full_icl", "hidden_anchor", "text_anchor", "hidden_random", "hidden_random_top",
+                           "zero_shot")
+
+
+def plot_anchor_compression(table: pd.DataFrame, path) -> None:
+    """Per arm of anchor-only compression (docs/methods.md §3.7): accuracy, label and word loyalty against
+    full ICL (bars = mean over seeds, dots = seeds); tick labels carry tokens per example and the speed-up."""
+    wide = table.pivot_table(index=["label_type", "seed"], columns="metric", values="value")
+    arms = [a for a in ANCHOR_COMPRESSION_ARMS if a in wide.index.get_level_values(0)]
+    metrics = [("accuracy", "accuracy"), ("label_loyalty", "label loyalty"), ("word_loyalty", "word loyalty")]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(max(7.0, 1.5 * len(arms) + 2), 4.2))
+        width = 0.8 / len(metrics)
+        for i, (metric, label) in enumerate(metrics):
+            for j, arm in enumerate(arms):
+                v = wide.loc[arm, metric].dropna() if metric in wide else pd.Series(dtype=float)
+                x = j + (i - (len(metrics) - 1) / 2) * width
+                ax.bar(x, v.mean(), width=width, color=f"C{i}", label=label if j == 0 else None)
+                ax.plot(np.full(len(v), x), v, "k.", ms=3)
+        names = []
+        for arm in arms:
+            g = wide.loc[arm]
+            name = arm.replace("_", " ")
+            if "draw" in g and g["draw"].notna().any():
+                name += f"\n(draw {', '.join(str(int(d)) for d in g['draw'].dropna())})"
+            name += f"\n{g['tokens'].mean():.0f} tok" if "tokens" in g else ""
+            if "speedup_vs_full_icl" in g and g["speedup_vs_full_icl"].notna().any():
+                name += f", {g['speedup_vs_full_icl'].mean():.2f}×"
+            names.append(name)
+        ax.set_xticks(range(len(arms)), names, fontsize=7)
+        ax.set_ylim(0, 1.08)
+        ax.set_ylabel("share of test prompts / mean Jaccard")
+        ax.legend(ncol=3, loc="upper right")
+        fig.suptitle(_title(table, "Anchor-only context compression (vs full ICL)"))
+        _save(fig, path)
+
+
 def plot_reweighting(table: pd.DataFrame, path) -> None:
     """Accuracy and macro-F1 of vanilla vs re-weighted ICL (bars = mean, dots = seeds), and where the
     learnt β acts: mean |β| per layer."""

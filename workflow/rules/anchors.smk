@@ -220,3 +220,49 @@ rule fig_error_diagnosis:
         "../envs/iclscope.yaml"
     script:
         "../scripts/fig_error_diagnosis.py"
+
+
+rule anchor_compression:
+    """Anchor-only context compression in the paper's setting: the demonstrations run once, their KV kept
+    only at template, label and separator tokens, the query continuing that cache (Hidden_anchor),
+    against full ICL, Text_anchor, Hidden_random(-top) and zero-shot; accuracy, loyalties, speed-up."""
+    input:
+        prompts="results/prompts/{model}/{dataset}.parquet",
+        model="results/models/{model}.json",
+    output:
+        "results/metrics/{model}/{dataset}/anchor_compression.parquet",
+    params:
+        settings=settings_of("anchor_compression"),
+        code=code_of("anchor_compression.py"),
+    log:
+        "logs/anchor_compression/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    threads: 2
+    resources:
+        mem_mb=model_mem_mb,
+        gpu=model_gpus,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+    script:
+        "../scripts/anchor_compression.py"
+
+
+rule fig_anchor_compression:
+    input:
+        "results/metrics/{model}/{dataset}/anchor_compression.parquet",
+    output:
+        report(
+            "results/figures/{model}/{dataset}/anchor_compression.png",
+            caption="../report/anchor_compression.rst",
+            category="Label words as anchors",
+            subcategory="{model} / {dataset}",
+        ),
+    params:
+        code=code_of("fig_anchor_compression.py"),
+    log:
+        "logs/figures/{model}/{dataset}/anchor_compression.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/fig_anchor_compression.py"
