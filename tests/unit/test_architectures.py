@@ -277,7 +277,7 @@ def test_plain_load_and_error_diagnosis_reads(arch):
     assert note(model_type, "plain_load", out.logits[:, -1], ref_out.logits[:, -1]) < ATOL * 10
     assert note(model_type, "plain_load", states[-1][:, -1], ref_states[-1][:, -1]) < ATOL * 10
     frame = pd.DataFrame({"input_ids": PROMPTS, "label_pos": [[2, 6, 9], [1, 4]], "n_tokens": [12, 9]})
-    q, k = query_and_label_keys(ours, frame, manifest["n_layers"] - 1, manifest["n_layers"], 0)
+    q, k, _ = query_and_label_keys(ours, frame, manifest["n_layers"] - 1, manifest["n_layers"], 0)
     assert q.shape[0] == 2 and k.shape[:2] == (2, 3) and q.shape[1] == k.shape[2]
     assert not pd.isna(q).any() and pd.isna(k[1, 2]).all() and not pd.isna(k[0]).any()
 

@@ -115,7 +115,7 @@ def _rope(x, pos, theta):
 
 def test_hook_query_and_keys_equal_q_proj_k_proj_with_rope(tmp_path):
     """On a tiny GQA Llama (4 query heads, 2 KV heads), left-padded: the recorded last-position query
-    and label-column keys equal q_proj / k_proj outputs rotated by a hand-written RoPE at the real
+    and label-column keys equal q_proj / k_proj outputs (pre_rope), or those rotated by a hand-written RoPE at the real
     positions, the KV heads repeated to the query heads."""
     import torch
 
@@ -136,25 +136,28 @@ def test_hook_query_and_keys_equal_q_proj_k_proj_with_rope(tmp_path):
     batch = pd.DataFrame({"input_ids": [[5, 17, 33, 8, 21, 40, 11, 9], [7, 30, 12, 21, 6]],
                           "label_pos": [[1, 4], [3]], "n_tokens": [8, 5]})
     layer = 1
-    q, k = query_and_label_keys(net, batch, layer, 2, tok.pad_token_id)
-    assert q.shape == (2, H * dh) and k.shape == (2, 2, H * dh)
-    assert np.isnan(k[1, 1]).all()  # the second prompt has one demonstration
     outs = {}
     attn = net.model.layers[layer].self_attn
     hooks = [attn.q_proj.register_forward_hook(lambda m, a, o: outs.__setitem__("q", o)),
              attn.k_proj.register_forward_hook(lambda m, a, o: outs.__setitem__("k", o))]
-    for b, row in batch.iterrows():
-        ids = torch.as_tensor([row.input_ids])  # unpadded, positions 0..T-1
-        with torch.no_grad():
-            net(input_ids=ids)
-        T = ids.shape[1]
-        pos = torch.arange(T)[None]
-        q_ref = _rope(outs["q"].view(1, T, H, dh).transpose(1, 2), pos, theta)  # [1, H, T, dh]
-        k_ref = _rope(outs["k"].view(1, T, Hkv, dh).transpose(1, 2), pos, theta)  # [1, Hkv, T, dh]
-        np.testing.assert_allclose(q[b], q_ref[0, :, -1].reshape(-1).numpy(), rtol=1e-4, atol=1e-5)
-        for slot, p in enumerate(row.label_pos):
-            expected = k_ref[0, :, p].repeat_interleave(H // Hkv, dim=0).reshape(-1).numpy()
-            np.testing.assert_allclose(k[b, slot], expected, rtol=1e-4, atol=1e-5)
+    for qk in ("post_rope", "pre_rope"):  # pre_rope: the projections' outputs, no rotation
+        q, k, used = query_and_label_keys(net, batch, layer, 2, tok.pad_token_id, qk)
+        assert used == qk
+        assert q.shape == (2, H * dh) and k.shape == (2, 2, H * dh)
+        assert np.isnan(k[1, 1]).all()  # the second prompt has one demonstration
+        for b, row in batch.iterrows():
+            ids = torch.as_tensor([row.input_ids])  # unpadded, positions 0..T-1
+            with torch.no_grad():
+                net(input_ids=ids)
+            T = ids.shape[1]
+            pos = torch.arange(T)[None]
+            rotate = (lambda x, pos=pos: _rope(x, pos, theta)) if qk == "post_rope" else (lambda x: x)
+            q_ref = rotate(outs["q"].view(1, T, H, dh).transpose(1, 2))  # [1, H, T, dh]
+            k_ref = rotate(outs["k"].view(1, T, Hkv, dh).transpose(1, 2))  # [1, Hkv, T, dh]
+            np.testing.assert_allclose(q[b], q_ref[0, :, -1].reshape(-1).numpy(), rtol=1e-4, atol=1e-5)
+            for slot, p in enumerate(row.label_pos):
+                expected = k_ref[0, :, p].repeat_interleave(H // Hkv, dim=0).reshape(-1).numpy()
+                np.testing.assert_allclose(k[b, slot], expected, rtol=1e-4, atol=1e-5)
     for h in hooks:
         h.remove()
 
@@ -203,7 +206,7 @@ def test_run_on_a_tiny_model_matches_independent_computations(prepared_tiny, tmp
         assert true["neutral|neutral"] == 1.0 and true["positive|neutral"] == true["neutral|positive"]
         if seed is None:
             continue
-        q, k = query_and_label_keys(net, rows, 1, 2, tok.pad_token_id)
+        q, k, _ = query_and_label_keys(net, rows, 1, 2, tok.pad_token_id)
         lc = np.array(rows["label_class"].iloc[0])
         keys = k[0][np.argsort(lc)]  # one demonstration per class, identical for every prompt of a seed
         np.testing.assert_allclose(k[-1][np.argsort(lc)], keys, rtol=1e-4, atol=1e-5)

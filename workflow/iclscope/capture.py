@@ -131,6 +131,11 @@ class Recorder:
     patches: tuple[ResidualPatch, ...] = ()
     keep_grad: bool = False  # keep recorded states in the autograd graph (training losses on them)
     qk_layer: int | None = None  # 0-based block whose query/key states to keep (error diagnosis)
+    # "pre_rope": q/k as the projections output them, before any rotary embedding mixes in position
+    # (where the block has separate q/k projections); "post_rope": as attention multiplies them
+    qk_source: str = "post_rope"
+    qk_used: str | None = None  # which one was recorded ("pre_rope" | "post_rope"), set by the pass
+    projections: dict = field(default_factory=dict, repr=False)  # q/k projection outputs [B, T, H·dh]
     resid: dict[str, torch.Tensor] = field(default_factory=dict)
     attn: torch.Tensor | None = None
     qk: tuple[torch.Tensor, torch.Tensor] | None = None  # (q [B, H, dh], k [B, K, H, dh]) of qk_layer
@@ -312,6 +317,15 @@ def _observe(rec: Recorder | None, module: nn.Module, query: torch.Tensor, key: 
     if rec.read_attention:
         rec.take_query_row(layer, query, key, attention_mask, scaling, **modifiers)
     if rec.qk_layer is not None and rec.qk_layer == layer:
+        B, H, T, dh = query.shape
+        q_proj, k_proj = rec.projections.get("q"), rec.projections.get("k")
+        if (rec.qk_source == "pre_rope" and q_proj is not None and k_proj is not None
+                and q_proj.shape == (B, T, H * dh) and k_proj.shape == (B, T, key.shape[1] * dh)):
+            query = rec.projections["q"].view(B, T, H, dh).transpose(1, 2)
+            key = rec.projections["k"].view(B, T, key.shape[1], dh).transpose(1, 2)
+            rec.qk_used = "pre_rope"
+        else:
+            rec.qk_used = "post_rope"
         rec.take_qk(query, key)
 
 
@@ -539,6 +553,8 @@ def recording(model: nn.Module, recorder: Recorder):
         for i, layer in enumerate(layers):
             handles.append(layer.register_forward_hook(
                 lambda _m, _a, out, i=i: recorder.take_resid(i + 1, out[0] if isinstance(out, tuple) else out)))
+    if recorder.qk_layer is not None and recorder.qk_source == "pre_rope":
+        handles += _projection_hooks(layers[recorder.qk_layer], recorder.projections)
     for patch in recorder.patches:
         if not 0 <= patch.layer < len(layers):
             raise ValueError(f"patch layer {patch.layer} outside 0..{len(layers) - 1}")
@@ -557,6 +573,32 @@ def recording(model: nn.Module, recorder: Recorder):
             "attention reads/edits did nothing there: load the model with loading.load_model(..., "
             f"attn_implementation='{ATTN_IMPLEMENTATION}') (config._attn_implementation is "
             f"{getattr(model.config, '_attn_implementation', None)!r}); see iclscope.architectures")
+
+
+# separate query / key projections by name (Llama, Mistral, Qwen, Gemma, OLMo, GPT-J, …); a fused
+# projection (GPT-2's c_attn, GPT-NeoX's query_key_value) has none, and q/k are then read post-RoPE
+_PROJECTIONS = {"q": ("q_proj", "query", "q"), "k": ("k_proj", "key", "k")}
+
+
+def _projection_hooks(block: nn.Module, store: dict) -> list:
+    """Forward hooks keeping the outputs [B, T, H·dh] of one block's q and k projections in `store`."""
+    attention = next((m for m in block.children() if hasattr(m, "layer_idx") or "attn" in type(m).__name__.lower()
+                      or "attention" in type(m).__name__.lower()), None)
+    found = {}
+    for kind, names in _PROJECTIONS.items():
+        module = next((getattr(attention, n) for n in names
+                       if attention is not None and isinstance(getattr(attention, n, None), nn.Linear)), None)
+        if module is not None:
+            found[kind] = module
+    if set(found) != {"q", "k"}:
+        return []
+
+    def keep(kind):
+        def hook(_module, _args, out):
+            store[kind] = out.detach()
+        return hook
+
+    return [module.register_forward_hook(keep(kind)) for kind, module in found.items()]
 
 
 def _patch_hook(patch: ResidualPatch):

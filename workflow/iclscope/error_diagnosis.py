@@ -38,16 +38,23 @@ class ErrorDiagnosisSettings:
     layer: attention layer, 1-based as the `layer` column of every anchors table (None = block
     ⌊2L/3⌋, i.e. layer ⌊2L/3⌋ + 1; the paper's notebook uses block 32 of GPT2-XL's 48).
     n_components: M, the query principal directions kept (paper 10).
+    qk: "pre_rope" reads queries and keys as the q/k projections output them, before a rotary
+    embedding mixes position into them (the paper's GPT2-XL has none, so its PCA sees content
+    only); "post_rope" as attention multiplies them. Models without separate q/k projections (or
+    without rotary embeddings, where the two are the same) are read post-RoPE; the table says which.
     """
 
     layer: int | None = None
     n_components: int = 10
+    qk: str = "pre_rope"
 
     def __post_init__(self):
         if self.layer is not None and self.layer < 1:
             raise ValueError(f"anchors.error_diagnosis.layer is {self.layer}: use a layer in 1..L, or null")
         if self.n_components < 1:
             raise ValueError(f"anchors.error_diagnosis.n_components is {self.n_components}: use at least 1")
+        if self.qk not in ("pre_rope", "post_rope"):
+            raise ValueError(f"anchors.error_diagnosis.qk is {self.qk!r}: use pre_rope or post_rope")
 
     def resolve_layer(self, n_layers: int) -> int:
         """The 1-based layer for a model with `n_layers` blocks."""
@@ -160,10 +167,11 @@ def diagnose(queries: np.ndarray, keys: np.ndarray, probs: np.ndarray, gold: np.
 
 
 # --------------------------------------------------------------------------- model pass
-def query_and_label_keys(net, batch, layer: int, n_layers: int, pad_id: int):
+def query_and_label_keys(net, batch, layer: int, n_layers: int, pad_id: int, qk: str = "pre_rope"):
     """One left-padded forward pass over `batch` (prompt rows) keeping, at 0-based block `layer`, the
     query at the last position q [B, H·dh] and the keys at the label columns k [B, K, H·dh] (NaN
-    where a prompt has fewer demonstrations), via the iclscope attention function."""
+    where a prompt has fewer demonstrations), via the iclscope attention function; and which q/k were
+    read ("pre_rope" | "post_rope", see ErrorDiagnosisSettings.qk)."""
     import torch
 
     from .anchors import padded_label_columns
@@ -173,14 +181,14 @@ def query_and_label_keys(net, batch, layer: int, n_layers: int, pad_id: int):
     ids, mask, pos = left_pad(list(batch["input_ids"]), pad_id, device)
     label, _ = padded_label_columns(batch, ids.shape[1])
     positions = Positions(label.to(device), torch.zeros(len(batch), 2, dtype=torch.long, device=device))
-    rec = Recorder(n_layers, positions, (), qk_layer=layer)
+    rec = Recorder(n_layers, positions, (), qk_layer=layer, qk_source=qk)
     with torch.inference_mode(), recording(net, rec):
         net(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
     if rec.qk is None:
         raise RuntimeError("the iclscope attention function did not run: load the model with "
                            "attn_implementation='iclscope'")
     q, k = rec.qk  # [B, H, dh], [B, K, H, dh]
-    return q.flatten(1).cpu().numpy(), k.flatten(2).cpu().numpy()
+    return q.flatten(1).cpu().numpy(), k.flatten(2).cpu().numpy(), rec.qk_used
 
 
 def read_label_logits(activations_path, prompt_ids: np.ndarray) -> np.ndarray:
@@ -227,13 +235,14 @@ def run_error_diagnosis(prompts_path, activations_path, model_dir, model, settin
     layer = settings.resolve_layer(L)
     probs = label_probabilities(read_label_logits(activations_path, test["prompt_id"].to_numpy()))
     gold = test["gold"].to_numpy()
-    results, seed_of = {}, test["seed"].to_numpy()
+    results, seed_of, used = {}, test["seed"].to_numpy(), set()
     for seed in sorted(np.unique(seed_of)):
         rows = test[seed_of == seed]
         qs, ks, kc = [], [], []  # queries [B, D]; label-word keys [n, D] and their classes [n]
         for lo in tqdm(range(0, len(rows), model.batch_size), desc=f"error diagnosis seed {seed}"):
             batch = rows.iloc[lo:lo + model.batch_size]
-            q, k = query_and_label_keys(net, batch, layer - 1, L, tok.pad_token_id)
+            q, k, qk_used = query_and_label_keys(net, batch, layer - 1, L, tok.pad_token_id, settings.qk)
+            used.add(qk_used)
             qs.append(q)
             for b, lc in enumerate(batch["label_class"]):
                 ks.append(k[b, :len(lc)])
@@ -256,5 +265,6 @@ def run_error_diagnosis(prompts_path, activations_path, model_dir, model, settin
         out.append({"seed": seed, "metric": "query_explained_variance", "value": r["explained_variance"]})
     table = metric_frame(out, model=model.name, dataset=dataset, family="anchors", position="query", layer=layer)
     info = {"layer": layer, "n_layers": L, "n_components": settings.n_components, "classes": classes,
+            "qk": "/".join(sorted(used)), "qk_requested": settings.qk,
             "test_prompts": {str(s): int((seed_of == s).sum()) for s in np.unique(seed_of)}}
     return table, info
