@@ -61,6 +61,7 @@ def config(lab, **extract) -> dict:
                                          "n_test": 12, "n_train": 8}}},
         "extract": {"shards": 1, **extract},
         "icicl": {"enabled": False},
+        "anchors": {"compression": {"prompts_per_seed": 4, "n_random_draws": 2, "timing_repeats": 1}},
         "tsft": {"enabled": False},
         "toy_regression": {"enabled": False},
     }
@@ -87,10 +88,11 @@ def test_pipeline_runs_as_one_sbatch_job_per_rule_instance(lab):
     t0 = time.time()
     on_slurm(lab, work)
     jobs = lab["cluster"].jobs_by_rule(t0)
-    model_rules = {"extract", "extract_anchors", "saliency", "isolation", "reweighting"}
+    model_rules = {"extract", "extract_anchors", "saliency", "isolation", "reweighting", "anchor_compression"}
     expected = model_rules | {"prepare_model", "prepare_dataset", "build_prompts", "icl_accuracy", "taskspace",
                               "compression", "aucroc", "fig_compression", "fig_task_space", "fig_aucroc",
-                              "fig_saliency", "fig_isolation", "fig_reweighting", "layer_atlas", "summary"}
+                              "fig_saliency", "fig_isolation", "fig_reweighting", "fig_anchor_compression",
+                              "layer_atlas", "summary"}
     assert {r: len(v) for r, v in jobs.items()} == {rule: 1 for rule in expected}
     for rule, rows in jobs.items():
         assert all(r["State"] == "COMPLETED" for r in rows), rows

@@ -28,6 +28,7 @@ def small_config(model_dirs: dict) -> dict:
     cfg["anchors"]["error_diagnosis"].update(n_components=2)
     cfg["anchors"].update(isolation_k=[1], isolation_prompts_per_seed=4, saliency_prompts_per_seed=4)
     cfg["anchors"]["reweighting"].update(aux_per_class=3, epochs=1, test_prompts_per_seed=6)
+    cfg["anchors"]["compression"].update(prompts_per_seed=4, n_random_draws=2, timing_repeats=1, timing_warmup=0)
     cfg["layer_lora"].update(steps=2, batch_size=2, n_train=8, n_monitor=4, checkpoint_every=1, n_layers=1)
     cfg["decodability"].update(k=3, n_boot=10)
     cfg["icl_accuracy"].update(n_boot=10)
@@ -53,7 +54,8 @@ def run_dir(tmp_path_factory):
 @pytest.mark.parametrize("model", ["tiny-gptj", "tiny-gemma2", "tiny-llama-bf16"])
 def test_every_stage_produced_its_tables_and_figures(run_dir, model):
     for table in ("tweets/icl_accuracy", "tweets/saliency", "tweets/isolation", "tweets/reweighting",
-                  "tweets/aucroc", "tweets/compression", "tweets/icicl", "tweets/tsft", "tweets/entropy",
+                  "tweets/aucroc", "tweets/anchor_compression", "tweets/compression", "tweets/icicl", "tweets/tsft",
+                  "tweets/entropy",
                   "tweets3/error_diagnosis", "words/decodability", "words/patching", "words/layer_lora"):
         frame = pd.read_parquet(run_dir / f"results/metrics/{model}/{table}.parquet")
         assert len(frame) and frame["value"].notna().any(), table

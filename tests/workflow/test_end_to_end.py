@@ -34,6 +34,7 @@ def small_config() -> dict:
     cfg["layer_lora"].update(steps=2, batch_size=2, n_train=8, n_monitor=4, checkpoint_every=1)
     cfg["decodability"].update(k=5, n_boot=20)
     cfg["anchors"]["reweighting"].update(aux_per_class=3, epochs=1)
+    cfg["anchors"]["compression"].update(prompts_per_seed=3, n_random_draws=2, timing_repeats=1, timing_warmup=0)
     cfg["toy_regression"].update(steps=30, d_model=16, n_layers=2, n_heads=2, batch_size=16, n_checkpoints=4,
                                  n_test_per_basis=20, knn_k=5, save_every=10)
     cfg["icl_accuracy"].update(n_boot=20)
@@ -194,7 +195,8 @@ def test_rerun_does_nothing(run_dir, checkout):
 
 # --- the rerun matrix: one change at a time, the exact jobs a dry run plans -----------------------
 
-MODEL_STAGES = {"extract": 3, "extract_anchors": 1, "saliency": 1, "isolation": 1, "reweighting": 1, "icicl": 1,
+MODEL_STAGES = {"extract": 3, "extract_anchors": 1, "saliency": 1, "isolation": 1, "reweighting": 1,
+                "anchor_compression": 1, "icicl": 1,
                 "tsft": 2, "patching": 1, "token_states": 1, "error_diagnosis": 1, "layer_lora": 2,
                 "layer_lora_extract": 2}
 # what reads the activations, the task space and the other tables downstream of every model stage
@@ -203,8 +205,10 @@ DOWNSTREAM_OF_MODELS = {"layer_lora_prompts": 1, "icl_accuracy": 3, "decodabilit
                         "tsft_summary": 1, "fig_aucroc": 1, "fig_compression": 1, "fig_decodability": 1,
                         "fig_entropy": 1, "fig_error_diagnosis": 1, "fig_icicl": 1, "fig_isolation": 1,
                         "fig_layer_lora": 1, "fig_patching": 1, "fig_reweighting": 1, "fig_saliency": 1,
-                        "fig_task_space": 1, "fig_tsft": 1, "layer_atlas": 2, "summary": 1, "all": 1}
-FIGURES = {"fig_aucroc": 1, "fig_compression": 1, "fig_decodability": 1, "fig_entropy": 1, "fig_entropy_training": 1,
+                        "fig_task_space": 1, "fig_tsft": 1, "fig_anchor_compression": 1, "layer_atlas": 2,
+                        "summary": 1, "all": 1}
+FIGURES = {"fig_anchor_compression": 1, "fig_aucroc": 1, "fig_compression": 1, "fig_decodability": 1,
+           "fig_entropy": 1, "fig_entropy_training": 1,
            "fig_error_diagnosis": 1, "fig_icicl": 1, "fig_isolation": 1, "fig_layer_lora": 1, "fig_patching": 1,
            "fig_reweighting": 1, "fig_saliency": 1, "fig_task_space": 1, "fig_toy_regression": 1, "fig_tsft": 1,
            "layer_atlas": 2, "summary": 1, "all": 1}
@@ -259,6 +263,11 @@ RERUN_MATRIX = {
                                                   "all": 1}),
     "anchors.saliency_prompts_per_seed": (config_change("anchors.saliency_prompts_per_seed", 3), {
         "saliency": 1, "fig_saliency": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
+    "anchors.word_k": (config_change("anchors.word_k", 3), {  # word loyalty: isolation, IC-ICL, compression
+        "isolation": 1, "fig_isolation": 1, "icicl": 1, "fig_icicl": 1, "anchor_compression": 1,
+        "fig_anchor_compression": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
+    "anchors.compression.n_random_draws": (config_change("anchors.compression.n_random_draws", 3), {
+        "anchor_compression": 1, "fig_anchor_compression": 1, "all": 1}),
     "anchors.isolation_k": (config_change("anchors.isolation_k", [2]), {
         "isolation": 1, "fig_isolation": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
     "anchors.reweighting.epochs": (config_change("anchors.reweighting.epochs", 2), {
@@ -287,7 +296,7 @@ RERUN_MATRIX = {
                                   "aucroc": 1, "saliency": 1, "isolation": 1, "reweighting": 1, "fig_isolation": 1,
                                   "fig_reweighting": 1, "fig_compression": 1, "fig_task_space": 1, "fig_icicl": 1,
                                   "fig_tsft": 1, "fig_aucroc": 1, "fig_saliency": 1, "layer_atlas": 1,
-                                  "summary": 1, "all": 1}),
+                                  "anchor_compression": 1, "fig_anchor_compression": 1, "summary": 1, "all": 1}),
     "datasets.tweets3 file": (file_edit, {"prepare_dataset": 1, "build_prompts": 1, "extract": 1, "icl_accuracy": 1,
                                           "error_diagnosis": 1, "fig_error_diagnosis": 1, "summary": 1, "all": 1}),
     # package code: the hook layer, one method, the plots; a comment or docstring is no change
