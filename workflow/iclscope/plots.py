@@ -22,7 +22,7 @@ STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.t
 def _save(fig, path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # legends placed beside an axes stay inside the image
     plt.close(fig)
 
 
@@ -84,14 +84,19 @@ def plot_icicl(table: pd.DataFrame, path) -> None:
     wide = table.pivot_table(index="task", columns="metric", values="value")
     loyal = [m for m in ("label_loyalty", "word_loyalty") if m in wide]
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, 2 if loyal else 1, figsize=(11 if loyal else 5.5, 4), squeeze=False)
+        fig, axes = plt.subplots(1, 2 if loyal else 1, figsize=(13 if loyal else 7.5, 4.6), squeeze=False)
         ax = axes[0, 0]
-        for arm, row in wide.iterrows():
-            ax.scatter(row["seconds_per_example"] * 1000, row["accuracy"], s=40)
-            ax.annotate(f"{arm}\n{row['tokens']:.0f} tok", (row["seconds_per_example"] * 1000, row["accuracy"]),
-                        textcoords="offset points", xytext=(5, 3), fontsize=7)
+        # one marker and colour per arm, named in the legend: arms at the same accuracy and speed
+        # (icicl_soft / text_anchor, zero_shot / task_vector) would print their labels over each other
+        markers = "osD^vP*Xph<>"
+        for i, (arm, row) in enumerate(wide.iterrows()):
+            ax.scatter(row["seconds_per_example"] * 1000, row["accuracy"], s=90 - 5 * i,
+                       marker=markers[i % len(markers)],
+                       facecolors="none", edgecolors=plt.cm.tab10(i % 10), linewidths=1.6,
+                       label=f"{arm} ({row['tokens']:.0f} tok)")
         ax.set_xlabel("median wall-clock per example (ms, batch 1)")
         ax.set_ylabel("accuracy")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         if loyal:
             arms = wide.sort_values("label_loyalty", ascending=False).index
             names = [f"{a} (draw {wide.loc[a, 'draw']:.0f})" if "draw" in wide and pd.notna(wide.loc[a, "draw"])
