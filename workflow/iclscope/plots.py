@@ -495,30 +495,28 @@ ATLAS_PANELS = [
 
 
 def plot_layer_atlas(curves: pd.DataFrame, peaks: pd.DataFrame, path, title: str) -> None:
-    """Every layer-wise curve on one relative-depth axis, peaks starred; empty panels say 'not run'."""
+    """Every layer-wise curve on one relative-depth axis, peaks starred; only the panels that have
+    curves (a generation dataset has decodability only: one panel, not three empty ones)."""
+    panels = [(panel, [n for n in names if (curves.curve == n).any()]) for panel, names in ATLAS_PANELS]
+    panels = [(panel, names) for panel, names in panels if names]
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(ATLAS_PANELS), figsize=(17, 3.6), sharex=True)
-        for ax, (panel, names) in zip(axes, ATLAS_PANELS, strict=True):
-            shown = 0
+        fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.4 * max(len(panels), 1) + 0.8, 3.6),
+                                 sharex=True, squeeze=False)
+        for ax, (panel, names) in zip(axes[0], panels, strict=False):
             for name in names:
                 g = curves[curves.curve == name].sort_values("depth")
-                if g.empty:
-                    continue
                 line, = ax.plot(g["depth"], g["value"], marker="." if name.startswith("isolation") else None,
                                 label=name)
                 peak = peaks[peaks.curve == name].iloc[0]
-                if not np.isfinite(peak["depth"]):
-                    continue
-                ax.plot([peak["depth"]], [peak["value"]], marker="*", ms=11, color=line.get_color())
-                ax.axvline(peak["depth"], color=line.get_color(), lw=0.7, ls=":")
-                shown += 1
-            if shown:
-                ax.legend(loc="best")
-            else:
-                ax.text(0.5, 0.5, "not run for this\nmodel × dataset", ha="center", va="center",
-                        transform=ax.transAxes, color="grey")
+                if np.isfinite(peak["depth"]):
+                    ax.plot([peak["depth"]], [peak["value"]], marker="*", ms=11, color=line.get_color())
+                    ax.axvline(peak["depth"], color=line.get_color(), lw=0.7, ls=":")
+            ax.legend(loc="best")
             ax.set_title(panel)
             ax.set_xlabel("relative depth (layer / L)")
             ax.set_xlim(0, 1)
+        if not panels:
+            axes[0, 0].text(0.5, 0.5, "no layer-wise table for this model × dataset", ha="center", va="center",
+                            transform=axes[0, 0].transAxes, color="grey")
         fig.suptitle(title + "  (★ = peak; isolation: lowest loyalty; information: lowest)")
         _save(fig, path)
