@@ -10,7 +10,7 @@ import yaml
 from snakemake_runner import REPO, snakemake, write_config
 from tiny_models import make_tiny_arch
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 MODELS = {"tiny-gptj": ("gptj", {"n_positions": 1024}),
           "tiny-gemma2": ("gemma2", {"max_position_embeddings": 1024, "sliding_window": 16}),
           "tiny-llama": ("llama", {"max_position_embeddings": 1024})}
@@ -47,7 +47,7 @@ def run_dir(tmp_path_factory):
     work = root / "run"
     work.mkdir()
     write_config(work, small_config(dirs))
-    snakemake(work, "--profile", str(REPO / "profiles" / "local"), timeout=1500)
+    snakemake(work, "--profile", str(REPO / "profiles" / "local"), timeout=2400)
     return work
 
 

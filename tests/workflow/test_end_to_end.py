@@ -17,7 +17,7 @@ from iclscope.store import open_activations, read_prompts
 from iclscope.tables import read_meta
 from snakemake_runner import REPO, checkout_copy, planned_jobs, snakemake, write_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the module's run is set up inside its first test
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]  # the module's run is set up inside its first test
 
 
 def small_config() -> dict:
@@ -69,7 +69,7 @@ def run_dir(tmp_path_factory, checkout):
     work = tmp_path_factory.mktemp("e2e")
     write_config(work, small_config())
     write_tweets3(work / "data" / "tweets3.csv")
-    snakemake(work, "--profile", str(REPO / "profiles" / "local"), timeout=1200, repo=checkout,
+    snakemake(work, "--profile", str(REPO / "profiles" / "local"), timeout=2400, repo=checkout,
               env={**os.environ, "HF_TOKEN": HUB_TOKEN, "HUGGING_FACE_HUB_TOKEN": HUB_TOKEN})
     return work
 
