@@ -135,8 +135,10 @@ def prefix_kv(net, prefix_ids) -> list[tuple]:
 
     device = next(net.parameters()).device
     ids = torch.as_tensor([list(prefix_ids)], dtype=torch.long, device=device)
-    with torch.inference_mode():
-        out = net(input_ids=ids, use_cache=True, logits_to_keep=1)
+    from transformers import DynamicCache
+
+    with torch.inference_mode():  # a cache without the config keeps every position (no sliding-window cut)
+        out = net(input_ids=ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
     return [(layer.keys.clone(), layer.values.clone()) for layer in out.past_key_values.layers]
 
 
@@ -146,7 +148,7 @@ def pruned_cache(net, kv: list[tuple], keep):
     from transformers import DynamicCache
 
     idx = torch.as_tensor(list(keep), dtype=torch.long, device=kv[0][0].device)
-    cache = DynamicCache(config=net.config)
+    cache = DynamicCache()  # full layers: a sliding-window layer's cache would drop kept entries
     for layer, (k, v) in enumerate(kv):
         cache.update(k.index_select(2, idx), v.index_select(2, idx), layer)
     return cache
