@@ -144,8 +144,8 @@ def test_taskspace_icicl_tsft_tables(run_dir):
     icicl = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/icicl.parquet")
     tokens = icicl[icicl.metric == "tokens"].set_index("task")["value"]
     assert tokens["icicl_soft"] < tokens["full_icl"]
-    assert set(icicl["task"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector", "anchor_kv",
-                                  "text_anchor", "hidden_random", "hidden_random_top"}
+    assert set(icicl["task"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_soft_pool", "icicl_identity",
+                                  "task_vector", "anchor_kv", "text_anchor", "hidden_random", "hidden_random_top"}
     assert tokens["anchor_kv"] < tokens["full_icl"]
     loyal = icicl[icicl.metric == "label_loyalty"].set_index("task")["value"]
     assert loyal["full_icl"] == 1 and loyal.between(0, 1).all()
