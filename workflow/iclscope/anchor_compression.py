@@ -133,22 +133,23 @@ def prefix_kv(net, prefix_ids) -> list[tuple]:
     """Per layer (K, V) [1, Hkv, T, dh] of the demonstration part, one full-attention forward pass."""
     import torch
 
+    from .capture import full_kv_cache
+
     device = next(net.parameters()).device
     ids = torch.as_tensor([list(prefix_ids)], dtype=torch.long, device=device)
-    from transformers import DynamicCache
-
-    with torch.inference_mode():  # a cache without the config keeps every position (no sliding-window cut)
-        out = net(input_ids=ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+    with torch.inference_mode():
+        out = net(input_ids=ids, past_key_values=full_kv_cache(), use_cache=True, logits_to_keep=1)
     return [(layer.keys.clone(), layer.values.clone()) for layer in out.past_key_values.layers]
 
 
 def pruned_cache(net, kv: list[tuple], keep):
     """A fresh DynamicCache holding only the entries `keep` (positions into the prefix) of `kv`."""
     import torch
-    from transformers import DynamicCache
+
+    from .capture import full_kv_cache
 
     idx = torch.as_tensor(list(keep), dtype=torch.long, device=kv[0][0].device)
-    cache = DynamicCache()  # full layers: a sliding-window layer's cache would drop kept entries
+    cache = full_kv_cache()
     for layer, (k, v) in enumerate(kv):
         cache.update(k.index_select(2, idx), v.index_select(2, idx), layer)
     return cache

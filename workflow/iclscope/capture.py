@@ -55,6 +55,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .config import ConfigError
+
 ATTN_IMPLEMENTATION = "iclscope"
 _ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("iclscope_recorder", default=None)
 
@@ -391,7 +393,8 @@ def _falcon_forward(self, hidden_states, alibi, attention_mask, position_ids=Non
     from transformers.models.falcon.modeling_falcon import apply_rotary_pos_emb
 
     if alibi is not None:
-        raise NotImplementedError("ALiBi Falcon (config.alibi=True) is not supported: see iclscope.architectures")
+        # unreachable through load_model: architectures.check_supported refuses ALiBi Falcons up front
+        raise ConfigError("ALiBi Falcon (config.alibi=True) is refused: see iclscope.architectures")
     fused_qkv = self.query_key_value(hidden_states)
     num_kv_heads = self.num_heads if self.new_decoder_architecture else self.num_kv_heads
     query, key, value = self._split_heads(fused_qkv)
@@ -466,7 +469,8 @@ def _xglm_forward(self, hidden_states, key_value_states=None, past_key_values=No
     from transformers.cache_utils import EncoderDecoderCache
 
     if key_value_states is not None:
-        raise NotImplementedError("iclscope adapts XGLM self-attention only")
+        # XGLMForCausalLM builds no cross-attention; a module that does is not a causal LM's
+        raise ConfigError("iclscope adapts XGLM self-attention only (XGLMForCausalLM has no cross-attention)")
     bsz, tgt_len, _ = hidden_states.shape
     query = self.q_proj(hidden_states).view(bsz, tgt_len, self.num_heads, self.head_dim).transpose(1, 2)
     key = self.k_proj(hidden_states).view(bsz, tgt_len, -1, self.head_dim).transpose(1, 2)
@@ -610,6 +614,15 @@ def _patch_hook(patch: ResidualPatch):
         return args, {**kwargs, "hidden_states": patch.apply(kwargs["hidden_states"])}
 
     return hook
+
+
+def full_kv_cache():
+    """An empty KV cache that keeps every position at every layer. Built from the model's config, a
+    sliding-window layer's cache keeps only its last window, and anchor KV (entries kept by position,
+    iclscope.icicl, iclscope.anchor_compression) would lose the entries it keeps."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
 
 
 def left_pad(sequences: list, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

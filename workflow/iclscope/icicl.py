@@ -47,7 +47,16 @@ import torch
 from tqdm import tqdm
 
 from .anchors import jaccard_topk
-from .capture import ATTN_IMPLEMENTATION, Positions, Recorder, ResidualPatch, left_pad, no_positions, recording
+from .capture import (
+    ATTN_IMPLEMENTATION,
+    Positions,
+    Recorder,
+    ResidualPatch,
+    full_kv_cache,
+    left_pad,
+    no_positions,
+    recording,
+)
 from .config import ConfigError, DatasetSpec, ModelSpec
 from .icl import macro_f1
 from .loading import load_model
@@ -241,14 +250,10 @@ class AnchorKV:
     def layers(self, j: int, slot: int, draw: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer (K, V) [1, Hkv, n_kept, dh] of demonstration j at prompt slot `slot` (variant `draw`)."""
         if (j, slot) not in self._memo:
-            from transformers import DynamicCache
-
             t0 = time.perf_counter()
             ids = torch.as_tensor(np.asarray(self.records[j]["input_ids"])[None], dtype=torch.long, device=self.device)
             positions = (slot * self.stride + torch.arange(ids.shape[1], device=self.device))[None]
-            # a cache without the model's config keeps every position at every layer (a sliding-window
-            # layer's own cache would drop all but the last window, and the kept positions with it)
-            out = self.model(input_ids=ids, position_ids=positions, past_key_values=DynamicCache(), use_cache=True,
+            out = self.model(input_ids=ids, position_ids=positions, past_key_values=full_kv_cache(), use_cache=True,
                              logits_to_keep=1)
             self._memo[(j, slot)] = {}
             for variant in self.variants:
@@ -260,12 +265,10 @@ class AnchorKV:
 
     def cache_for(self, demos, draw: int | None = None) -> tuple[object, int]:
         """A DynamicCache holding the kept KV of `demos` in prompt order, and the query's first position."""
-        from transformers import DynamicCache
-
         if draw not in self.variants:
             raise ValueError(f"AnchorKV built with random_draws={len(self.variants) - 1}; no draw {draw}")
         parts = [self.layers(int(j), slot, draw) for slot, j in enumerate(demos)]
-        cache = DynamicCache(config=self.model.config)
+        cache = full_kv_cache()
         for layer in range(len(parts[0])):
             cache.update(torch.cat([p[layer][0] for p in parts], dim=2), torch.cat([p[layer][1] for p in parts], dim=2),
                          layer)
