@@ -5,7 +5,6 @@ import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
 from iclscope.decodability import (
-    bootstrap_interval,
     decodability,
     decodability_by_layer,
     decodability_per_class,
@@ -13,6 +12,7 @@ from iclscope.decodability import (
     pairwise_decodability,
     peak_layer,
 )
+from iclscope.stats import bootstrap_mean
 
 
 def sklearn_loo(X, y, k, metric):
@@ -81,7 +81,7 @@ def test_bad_inputs():
         decodability(np.zeros((5, 2)), [0] * 5, k=2)
     with pytest.raises(ValueError, match="k=5"):
         decodability(np.zeros((5, 2)), [0, 1, 0, 1, 0], k=5)
-    assert np.isnan(bootstrap_interval([], 10)[0])
+    assert np.isnan(bootstrap_mean([], 10)[0])
 
 
 def test_decodability_accuracy_fit_reads_the_peak_layer_and_drops_null():

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .stats import bootstrap_mean
+
 BLOCK = 1024
 
 
@@ -88,16 +90,6 @@ def pairwise_decodability(X: np.ndarray, y, k: int = 10, metric: str = "euclidea
     return labels, M
 
 
-def bootstrap_interval(correct, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of a boolean array (resampling points)."""
-    correct = np.asarray(correct, dtype=float)
-    if n_boot <= 0 or len(correct) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = correct[rng.integers(0, len(correct), (n_boot, len(correct)))].mean(1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
-
-
 def decodability_by_layer(H: np.ndarray, y, k: int = 10, metrics=("euclidean", "cosine"), n_boot: int = 200,
                           seed: int = 0) -> pd.DataFrame:
     """H [n, L+1, d] -> long table: layer, metric_space, task ('all' or a task), value, ci_low, ci_high."""
@@ -107,12 +99,12 @@ def decodability_by_layer(H: np.ndarray, y, k: int = 10, metrics=("euclidean", "
         X = np.asarray(H[:, layer], dtype=np.float64)
         for metric in metrics:
             correct = knn_loo_predict(X, y, k, metric) == y
-            lo, hi = bootstrap_interval(correct, n_boot, seed=seed)
+            lo, hi = bootstrap_mean(correct, n_boot, seed=seed)
             rows.append({"layer": layer, "metric_space": metric, "task": "all", "value": correct.mean(),
                          "ci_low": lo, "ci_high": hi})
             for label in np.unique(y):
                 sel = y == label
-                lo, hi = bootstrap_interval(correct[sel], n_boot, seed=seed)
+                lo, hi = bootstrap_mean(correct[sel], n_boot, seed=seed)
                 rows.append({"layer": layer, "metric_space": metric, "task": str(label),
                              "value": correct[sel].mean(), "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)

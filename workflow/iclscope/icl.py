@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .stats import bootstrap_mean
 from .store import open_activations, read_prompts
 from .tables import metric_frame
 
@@ -43,15 +44,6 @@ def predictions(path) -> tuple[pd.DataFrame, dict]:
             df["pred"] = [clean_generation(t) for t in f["generation/text"].asstr()[()]]
             df["correct"] = exact_match(df["pred"], df["answer"])
     return df, {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in attrs.items()}
-
-
-def bootstrap_mean(values: np.ndarray, n_boot: int, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (nan, nan when n_boot == 0)."""
-    if n_boot == 0 or len(values) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
 
 
 def macro_f1(gold: np.ndarray, pred: np.ndarray, labels) -> float:

@@ -1,0 +1,87 @@
+"""Paired accuracy statistics: McNemar's exact test by hand, the bootstrap interval, several seeds."""
+
+from math import comb
+
+import numpy as np
+import pytest
+
+from iclscope.stats import bootstrap_mean, mcnemar_exact, paired_difference
+
+
+def naive_mcnemar(b: int, c: int) -> float:
+    """Two-sided exact McNemar, written out: 2 · Σ_{i ≤ min(b, c)} C(n, i) / 2^n, capped at 1."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(comb(n, i) for i in range(min(b, c) + 1)) / 2**n)
+
+
+@pytest.mark.parametrize("b, c", [(0, 0), (1, 0), (5, 5), (9, 2), (2, 9), (30, 12), (0, 17)])
+def test_mcnemar_exact_matches_the_binomial_sum(b, c):
+    assert mcnemar_exact(b, c) == pytest.approx(naive_mcnemar(b, c), rel=1e-9)
+
+
+def test_paired_difference_counts_discordant_pairs_and_tests_them():
+    # 20 inputs: both right on 8, a only on 9, b only on 2, both wrong on 1
+    a = np.array([1] * 8 + [1] * 9 + [0] * 2 + [0])
+    b = np.array([1] * 8 + [0] * 9 + [1] * 2 + [0])
+    r = paired_difference(a, b, n_boot=2000, seed=1)
+    assert (r.a_only, r.b_only, r.n_inputs, r.n_seeds) == (9, 2, 20, 1)
+    assert r.accuracy_a == pytest.approx(17 / 20) and r.accuracy_b == pytest.approx(10 / 20)
+    assert r.diff == pytest.approx(7 / 20)
+    assert r.p_value == pytest.approx(naive_mcnemar(9, 2)) and r.test == "mcnemar_exact"
+    assert r.diff_lo < r.diff < r.diff_hi
+    # the interval resamples inputs: its width is about 4 standard errors of the mean difference
+    d = a - b
+    se = d.std() / np.sqrt(len(d))
+    assert 2.5 * se < r.diff_hi - r.diff_lo < 5.5 * se
+
+
+def test_identical_arms_have_no_difference():
+    a = np.array([1, 0, 1, 1, 0])
+    r = paired_difference(a, a, n_boot=100)
+    assert r.diff == 0 and r.diff_lo == 0 and r.diff_hi == 0 and r.p_value == 1.0
+
+
+def test_pairing_is_what_makes_a_small_difference_resolvable():
+    # b is a right on 196 of 200 inputs, plus 4 more; a paired test sees 4 discordant pairs, all one way
+    rng = np.random.default_rng(0)
+    b = (rng.random(200) < 0.6).astype(int)
+    a = b.copy()
+    a[np.flatnonzero(b == 0)[:8]] = 1  # a fixes 8 of b's errors and breaks none
+    r = paired_difference(a, b, n_boot=2000)
+    assert r.diff == pytest.approx(8 / 200)
+    assert r.diff_lo > 0  # the paired interval excludes 0 ...
+    lo_a, _ = bootstrap_mean(a, 2000)
+    _, hi_b = bootstrap_mean(b, 2000)
+    assert lo_a < hi_b  # ... although the two unpaired intervals overlap
+    assert r.p_value == pytest.approx(naive_mcnemar(8, 0))
+
+
+def test_several_seeds_use_the_sign_flip_test_and_widen_the_interval():
+    rng = np.random.default_rng(3)
+    base = (rng.random((3, 150)) < 0.7).astype(int)
+    a = base.copy()
+    a[0, :30] = 1  # the gain comes from one seed only
+    r = paired_difference(a, base, n_boot=1000, n_perm=4000)
+    assert r.n_seeds == 3 and r.test == "sign_flip"
+    assert r.diff == pytest.approx((a - base).mean())
+    one_seed = paired_difference(a[0], base[0], n_boot=1000)
+    assert (r.diff_hi - r.diff_lo) > 0 and r.diff_lo < r.diff < r.diff_hi
+    assert one_seed.diff > r.diff
+    # no difference at all: the randomisation p-value is 1
+    assert paired_difference(base, base, n_boot=10, n_perm=200).p_value == 1.0
+
+
+def test_sign_flip_with_one_seed_agrees_with_mcnemar():
+    a = np.array([1] * 12 + [0] * 3 + [1] * 10)
+    b = np.array([0] * 12 + [1] * 3 + [1] * 10)
+    exact = paired_difference(a, b, n_boot=0).p_value
+    # the same pairs written as two identical seeds go through the randomisation test
+    flip = paired_difference(np.stack([a, a]), np.stack([b, b]), n_boot=0, n_perm=20_000, seed=5).p_value
+    assert flip == pytest.approx(exact, abs=0.01)
+
+
+def test_mismatched_arms_are_refused():
+    with pytest.raises(ValueError, match="different shapes"):
+        paired_difference(np.ones(3), np.ones(4))

@@ -1,0 +1,96 @@
+"""Intervals and paired tests for accuracies (docs/methods.md §7).
+
+Everything here is numpy/scipy over 0/1 correctness arrays, so it is cheap (microseconds to a
+few milliseconds per call) and can be recomputed from any predictions table.
+
+- `bootstrap_mean`: percentile interval of one arm's accuracy (resampling inputs).
+- `paired_difference`: two arms scored on the *same* inputs: the accuracy difference a − b, a
+  percentile bootstrap interval that resamples inputs (and seeds, for [seed, input] arrays),
+  and a p-value: McNemar's exact test for one seed (the two-sided binomial test on the
+  discordant pairs, as `statsmodels.stats.contingency_tables.mcnemar(exact=True)` computes it),
+  its randomisation generalisation (sign flips of each input's seed-averaged difference) for several.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.stats import binomtest
+
+
+def bootstrap_mean(values, n_boot: int, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` [n] (nan, nan when n_boot == 0 or n == 0)."""
+    values = np.asarray(values, dtype=float)
+    if n_boot <= 0 or len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts b (a right, b wrong) and c (a wrong, b right):
+    min(1, 2 · P[Binomial(b + c, 1/2) ≤ min(b, c)]); 1.0 when there is no discordant pair."""
+    n = int(b) + int(c)
+    if n == 0:
+        return 1.0
+    return float(binomtest(min(int(b), int(c)), n, 0.5, alternative="two-sided").pvalue)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Arm a against arm b on the same inputs (accuracies in [0, 1])."""
+
+    accuracy_a: float
+    accuracy_b: float
+    diff: float  # accuracy_a − accuracy_b
+    diff_lo: float  # percentile bootstrap interval of diff (nan when n_boot == 0)
+    diff_hi: float
+    p_value: float  # McNemar exact (one seed) or sign-flip randomisation (several seeds)
+    test: str  # "mcnemar_exact" | "sign_flip"
+    n_inputs: int
+    n_seeds: int
+    a_only: int  # discordant pairs: a right and b wrong (summed over seeds)
+    b_only: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired_difference(a, b, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                      n_perm: int = 10_000) -> PairedDifference:
+    """a, b: correctness of two arms on the same inputs, [n_inputs] or [n_seeds, n_inputs] (0/1 or bool).
+
+    The interval resamples inputs with replacement (and, for several seeds, seeds as well: a
+    two-level bootstrap, so seed-to-seed variation widens it). The p-value tests "no difference":
+    with one seed McNemar's exact test; with several, the sign of each input's seed-averaged
+    difference is flipped at random `n_perm` times (for one seed this is McNemar's test again).
+    """
+    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
+    if a.shape != b.shape:
+        raise ValueError(f"paired_difference: arms have different shapes {a.shape} and {b.shape}")
+    S, N = a.shape
+    if N == 0:
+        raise ValueError("paired_difference: no inputs")
+    d = a - b  # [S, N]
+    a_only, b_only = int((d > 0).sum()), int((d < 0).sum())
+    lo = hi = float("nan")
+    rng = np.random.default_rng(seed)
+    if n_boot > 0:
+        cols = rng.integers(0, N, (n_boot, N))
+        if S == 1:
+            diffs = d[0][cols].mean(1)
+        else:
+            rows = rng.integers(0, S, (n_boot, S))
+            diffs = np.array([d[r][:, c].mean() for r, c in zip(rows, cols, strict=True)])
+        lo, hi = float(np.quantile(diffs, alpha / 2)), float(np.quantile(diffs, 1 - alpha / 2))
+    if S == 1:
+        p, test = mcnemar_exact(a_only, b_only), "mcnemar_exact"
+    else:
+        per_input = d.mean(0)  # [N]
+        observed = abs(per_input.sum())
+        signs = rng.choice((-1.0, 1.0), (n_perm, N))
+        extreme = (np.abs(signs @ per_input) >= observed - 1e-12).sum()
+        p, test = float((extreme + 1) / (n_perm + 1)), "sign_flip"
+    return PairedDifference(float(a.mean()), float(b.mean()), float(d.mean()), lo, hi, p, test, N, S, a_only, b_only)
