@@ -66,12 +66,12 @@ def test_isolation_and_reweighting_tables_do_not_depend_on_the_batch(prepared_ti
 
 def test_icicl_arms_do_not_depend_on_the_batch(prepared_tiny):
     spec, model_dir = prepared_tiny
-    settings = ICICLSettings(k=2, pool_size=12, n_test=8, inject_layer=1, embed_layer=1, warmup=0, repeats=1,
-                             random_draws=1, word_k=3)
+    settings = ICICLSettings(k=2, pool_size=12, n_test=8, n_timed=2, inject_layer=1, embed_layer=1, warmup=0,
+                             repeats=1, random_draws=1, word_k=3, task_space="class_mean", n_boot=0)
     logits = {}
     for bs in BATCHES:
-        per_example, _, _ = evaluate_icicl(frame(), SPEC, model_dir, at_batch(spec, bs), {1: identity_space(32, 1)},
-                                           settings)
+        spaces = {"class_mean": {1: identity_space(32, 1)}}
+        per_example, _, _ = evaluate_icicl(frame(), SPEC, model_dir, at_batch(spec, bs), spaces, settings)
         per_example = per_example.sort_values(["arm", "test_row", "draw"], na_position="first").reset_index(drop=True)
         logits[bs] = per_example
     for bs in BATCHES[1:]:

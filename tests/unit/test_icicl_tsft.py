@@ -1,14 +1,26 @@
 """IC-ICL arms and TS-FT on tiny random models (mechanics, not accuracy)."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from iclscope.config import DatasetSpec, PromptSpec
-from iclscope.icicl import ICICLSettings, add_loyalty, evaluate_icicl, retrieve, soft_prompt, text_anchor_prompt
+from iclscope.config import ConfigError, DatasetSpec, PromptSpec
+from iclscope.icicl import (
+    ICICLSettings,
+    SweepGrid,
+    add_loyalty,
+    evaluate_icicl,
+    paired_table,
+    retrieve,
+    soft_prompt,
+    sweep_icicl,
+    text_anchor_prompt,
+)
 from iclscope.models import load_tokenizer
+from iclscope.stats import paired_difference
 from iclscope.taskspace import TaskSpace
 from iclscope.tsft import TSFTSettings, train_tsft
 
@@ -46,14 +58,22 @@ def test_soft_prompt_has_one_slot_per_demo(prepared_tiny):
     assert tok.decode(ids[slots[1]:]).count("Sentiment") == 2  # label line of demo 2 + the query
 
 
+def test_soft_prompt_without_label_line_is_slots_then_query(prepared_tiny):
+    tok, _ = load_tokenizer(prepared_tiny[1])
+    ids, slots = soft_prompt(tok, SPEC, ["negative", "positive"], "I love it", label_line=False)
+    with_line, _ = soft_prompt(tok, SPEC, ["negative", "positive"], "I love it")
+    assert slots == [slots[0], slots[0] + 1] and tok.decode(ids[slots[1] + 1:]).count("Sentiment") == 1
+    assert len(ids) < len(with_line)
+
+
 def test_icicl_arms_identity_space_equals_uncompressed(prepared_tiny):
     spec_model, model_dir = prepared_tiny
     d = 32
-    spaces = {1: identity_space(d, 1)}
-    settings = ICICLSettings(k=2, pool_size=10, n_test=6, inject_layer=1, embed_layer=1, warmup=1, repeats=1,
-                             random_draws=2, word_k=3)
+    spaces = {"class_mean": {1: identity_space(d, 1)}}
+    settings = ICICLSettings(k=2, pool_size=10, n_test=6, n_timed=3, inject_layer=1, embed_layer=1, warmup=1,
+                             repeats=1, random_draws=2, word_k=3, task_space="class_mean", n_boot=50)
     per_example, summary, meta = evaluate_icicl(frame(), SPEC, model_dir, spec_model, spaces, settings)
-    assert set(per_example["arm"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_soft_pool", "icicl_identity",
+    assert set(per_example["arm"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_identity",
                                        "task_vector", "anchor_kv", "text_anchor", "hidden_random"}
     assert set(summary["arm"]) == set(per_example["arm"]) | {"hidden_random_top"}
     soft = per_example[per_example.arm == "icicl_soft"].reset_index()
@@ -62,12 +82,18 @@ def test_icicl_arms_identity_space_equals_uncompressed(prepared_tiny):
                                rtol=1e-5, atol=1e-5)
     tokens = summary.set_index("arm")["tokens"]
     assert tokens["icicl_soft"] < tokens["full_icl"] and tokens["task_vector"] == tokens["zero_shot"]
-    assert meta["pool_states_seconds"] > 0 and len(per_example) == 6 * (8 + 2)
-    assert meta["pool_task_space_k"] == 1  # fitted on the pool's own states: C - 1 directions
+    assert meta["pool_states_seconds"] > 0 and len(per_example) == 6 * (7 + 2)
+    assert meta["n_test"] == 6 and meta["n_timed"] == 3
+    # accuracy on every input, seconds on the timed sample only (the same inputs in every arm)
+    assert per_example.groupby("arm")["timed"].sum().eq(3 * per_example.groupby("arm")["draw"].nunique()).all()
+    assert per_example["seconds"].notna().eq(per_example["timed"]).all()
+    timed_rows = per_example[per_example.timed].groupby("arm")["test_row"].apply(frozenset)
+    assert timed_rows.nunique() == 1
     assert tokens["anchor_kv"] <= tokens["zero_shot"] and meta["anchor_kv_entries"] >= 2  # new tokens only
     assert tokens["zero_shot"] < tokens["text_anchor"] < tokens["full_icl"]
     by_arm = summary.set_index("arm")
     assert by_arm.loc["full_icl", "label_loyalty"] == 1 and by_arm.loc["full_icl", "word_loyalty"] == 1
+    assert (by_arm["accuracy_lo"] <= by_arm["accuracy"]).all() and (by_arm["accuracy"] <= by_arm["accuracy_hi"]).all()
     assert (per_example["top_ids"].map(len) == 3).all()
     # hidden_random_top is the draw with the best label loyalty; hidden_random is the mean of the draws
     hr = per_example[per_example.arm == "hidden_random"]
@@ -75,6 +101,83 @@ def test_icicl_arms_identity_space_equals_uncompressed(prepared_tiny):
     assert by_arm.loc["hidden_random_top", "label_loyalty"] == per_draw.max()
     assert per_draw[by_arm.loc["hidden_random_top", "draw"]] == per_draw.max()
     assert by_arm.loc["hidden_random", "accuracy"] == pytest.approx(hr.groupby("draw")["correct"].mean().mean())
+    # the pool space is fitted on the pool's own states: C - 1 directions
+    pooled = ICICLSettings(**{**settings.__dict__, "task_space": "pool", "random_draws": 1})
+    _, _, pool_meta = evaluate_icicl(frame(), SPEC, model_dir, spec_model, {}, pooled)
+    assert pool_meta["task_space_k"] == 1 and pool_meta["task_space_variant"] == "pool_last"
+
+
+def test_batched_arms_equal_one_prompt_at_a_time(prepared_tiny):
+    """score_many (left padding, soft-token slots shifted) and score_many_on_anchor_kv (padded, masked
+    caches) give the readouts of the batch-1 path the timing uses, for prompts of different lengths."""
+    from iclscope.icicl import AnchorKV, ICICLRun
+
+    spec_model, model_dir = prepared_tiny
+    settings = ICICLSettings(k=2, pool_size=10, inject_layer=1, embed_layer=1, random_draws=1, word_k=3)
+    run = ICICLRun(frame(), SPEC, model_dir, spec_model, settings)
+    rows = run.test_rows.iloc[:7]
+    inputs = run.inputs(rows)
+    h = run.state_vectors(1, "label")
+    kv = AnchorKV(run.net, run.tokenizer, SPEC, run.pool_texts, run.pool_labels, 1, 0)
+    queries = run.query_ids(inputs)
+    run.scorer.batch_size = 3
+    for prompts in (run.full_prompts(inputs), run.soft_prompts(inputs, h, True), run.task_vector_prompts(inputs, h)):
+        assert len({len(p.ids) for p in prompts}) > 1  # padding happens
+        batched = run.scorer.score_many(prompts, 1)
+        for p, b in zip(prompts, batched, strict=True):
+            one = run.scorer.score(p, 1)
+            np.testing.assert_allclose(b.label_logits, one.label_logits, rtol=1e-4, atol=1e-4)
+    for draw in (None, 0):
+        batched = run.scorer.score_many_on_anchor_kv(kv, inputs.demos, queries, draw)
+        for demos, q, b in zip(inputs.demos, queries, batched, strict=True):
+            one = run.scorer.score_anchor_kv(kv, demos, q, draw)
+            np.testing.assert_allclose(b.label_logits, one.label_logits, rtol=1e-4, atol=1e-4)
+            assert b.top_ids.tolist() == one.top_ids.tolist()
+
+
+def test_sweep_scores_every_setting_on_train_rows_only(prepared_tiny):
+    spec_model, model_dir = prepared_tiny
+    df = frame(120)
+    df = df[df.split == "train"]  # no test split at all: the sweep cannot read a test input
+    settings = ICICLSettings(k=2, pool_size=10, embed_layer=1, n_boot=20)
+    grid = SweepGrid(depths=(0.5,), states=("last", "label"), task_spaces=("pool", "class_mean", "identity"),
+                     label_line=(True, False), n_val=8)
+    spaces = {"class_mean": {1: identity_space(32, 1)}}
+    table, meta = sweep_icicl(df, SPEC, model_dir, spec_model, spaces, settings, grid)
+    soft = table[table.arm == "icicl_soft"]
+    assert len(soft) == 1 * 2 * 3 * 2 and set(table.arm) == {"zero_shot", "full_icl", "icicl_soft"}
+    assert table["chosen"].sum() == 1 and soft["chosen"].any()
+    best = soft[soft.chosen].iloc[0]
+    assert best["accuracy"] == soft["accuracy"].max()
+    assert best["tokens"] == soft[soft.accuracy == best["accuracy"]]["tokens"].min()
+    assert (table["n_val"] == 8).all() and meta["chosen"]["layer"] == 1
+    # identity and the identity-basis class_mean space give the same soft tokens
+    a = soft[(soft.task_space == "identity")].set_index(["state", "label_line"])["accuracy"]
+    b = soft[(soft.task_space == "class_mean")].set_index(["state", "label_line"])["accuracy"]
+    pd.testing.assert_series_equal(a, b)
+
+
+def test_paired_table_is_paired_difference_per_arm():
+    rng = np.random.default_rng(0)
+    rows = []
+    for arm, draws in (("full_icl", [-1]), ("zero_shot", [-1]), ("icicl_soft", [-1]), ("hidden_random", [0, 1])):
+        for d in draws:
+            for t in range(30):
+                rows.append({"test_row": t, "arm": arm, "draw": d, "correct": bool(rng.random() < 0.7),
+                             "label_loyal": bool(rng.random() < 0.5)})
+    pe = pd.DataFrame(rows)
+    table = paired_table(pe, n_boot=200, seed=3).set_index(["arm", "reference"])
+    col = lambda arm, draw=-1: pe[(pe.arm == arm) & (pe.draw == draw)].sort_values("test_row")["correct"]  # noqa: E731
+    direct = paired_difference(col("zero_shot"), col("full_icl"), n_boot=200, seed=3)
+    assert table.loc[("zero_shot", "full_icl"), "diff"] == direct.diff
+    assert table.loc[("zero_shot", "full_icl"), "p_value"] == direct.p_value
+    assert table.loc[("icicl_soft", "zero_shot"), "diff"] == pytest.approx(col("icicl_soft").mean()
+                                                                           - col("zero_shot").mean())
+    both = table.loc[("hidden_random", "full_icl")]
+    assert both["n_seeds"] == 2 and both["test"] == "sign_flip"
+    top = pe[pe.arm == "hidden_random"].groupby("draw")["label_loyal"].mean().idxmax()
+    assert table.loc[("hidden_random_top", "full_icl"), "diff"] == pytest.approx(col("hidden_random", top).mean()
+                                                                                 - col("full_icl").mean())
 
 
 def test_loyalty_against_full_icl_matches_a_direct_computation():
@@ -181,20 +284,125 @@ def test_tsft_resumes_to_the_same_loss_curve(prepared_tiny, tmp_path):
     basis = np.linalg.qr(rng.normal(size=(32, 2)))[0].T[:1]
     space = TaskSpace(basis=basis, mean=np.zeros(32), prototypes=np.array([[1.0], [-1.0]]), explained_var=np.ones(1),
                       classes=("negative", "positive"), variant="class_mean", layer=1)
-    settings = TSFTSettings(steps=6, batch_size=4, n_train=16, n_test=8, checkpoint_every=2, layer=1, lam=0.5)
+    settings = TSFTSettings(steps=7, batch_size=4, n_train=16, n_val=6, n_test=8, checkpoint_every=2, eval_every=3,
+                            layer=1, lam=0.5, lr=1e-2)
     full = train_tsft(frame(), SPEC, model_dir, spec_model, space, settings, tmp_path / "full")
-    assert train_tsft(frame(), SPEC, model_dir, spec_model, space, settings, tmp_path / "killed", stop_after=3) == {
-        "stopped_at": 3}
-    assert (tmp_path / "killed" / "checkpoint" / "trainer_state.pt").exists()  # step 2 checkpoint
+    assert train_tsft(frame(), SPEC, model_dir, spec_model, space, settings, tmp_path / "killed", stop_after=5) == {
+        "stopped_at": 5}
+    assert (tmp_path / "killed" / "checkpoint" / "trainer_state.pt").exists()  # step 4 checkpoint
     resumed = train_tsft(frame(), SPEC, model_dir, spec_model, space, settings, tmp_path / "killed")
     a = pd.read_parquet(tmp_path / "full" / "train_log.parquet")
     b = pd.read_parquet(tmp_path / "killed" / "train_log.parquet")
-    assert list(b["step"]) == list(range(1, 7))
+    assert list(b["step"]) == list(range(1, 8))
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
     assert resumed["accuracy"] == full["accuracy"]
     assert (tmp_path / "full" / "adapter" / "adapter_config.json").exists()
     assert json.loads((tmp_path / "full" / "summary.json").read_text())["lam"] == 0.5
     assert a["space"].notna().all() and (a["space"] > 0).all()
+    # the held-out curve: step 0, every eval_every steps and the last step; the resumed run reproduces it
+    ea = pd.read_parquet(tmp_path / "full" / "eval_log.parquet")
+    eb = pd.read_parquet(tmp_path / "killed" / "eval_log.parquet")
+    assert list(ea["step"]) == list(eb["step"]) == [0, 3, 6, 7]
+    np.testing.assert_allclose(ea[["ce", "space", "accuracy"]], eb[["ce", "space", "accuracy"]], rtol=1e-5)
+    assert not np.allclose(ea["ce"].iloc[0], ea["ce"].iloc[-1])  # the adapter moved the held-out loss
+    assert full["heldout_ce_start"] == ea["ce"].iloc[0] and full["heldout_ce_end"] == ea["ce"].iloc[-1]
+
+
+def test_tsft_held_out_losses_are_those_of_the_validation_rows(prepared_tiny, tmp_path):
+    """Step 0 of the eval log is the base model (LoRA B = 0) on the n_val validation rows, computed
+    here one prompt at a time with a plain forward pass; the validation rows are train-split rows
+    that are not training rows."""
+    import torch
+    import torch.nn.functional as F
+
+    from iclscope.loading import load_model
+    from iclscope.prompts import label_token_ids
+    from iclscope.tsft import tsft_rows, zero_shot_examples
+
+    spec_model, model_dir = prepared_tiny
+    space = identity_space(32, 1)
+    settings = TSFTSettings(steps=2, batch_size=4, n_train=16, n_val=6, n_test=8, layer=1, eval_every=1, lam=0.5)
+    summary = train_tsft(frame(), SPEC, model_dir, spec_model, space, settings, tmp_path / "run")
+    log = pd.read_parquet(tmp_path / "run" / "eval_log.parquet")
+    assert list(log["step"]) == [0, 1, 2]
+    train_rows, val_rows, _ = tsft_rows(frame(), SPEC, settings)
+    assert set(val_rows["split"]) == {"train"} and not set(val_rows["row_id"]) & set(train_rows["row_id"])
+    assert sorted(summary["val_rows"]) == sorted(val_rows["row_id"])
+    net, tok, _ = load_model(model_dir)
+    ids = torch.as_tensor(label_token_ids(tok, SPEC.label_words, SPEC.prompts.template))
+    with torch.inference_mode():
+        ce = [F.cross_entropy(net(input_ids=torch.as_tensor([x["input_ids"]])).logits[0, -1, ids][None],
+                              torch.as_tensor([x["gold"]])).item() for x in zero_shot_examples(tok, SPEC, val_rows)]
+    assert log["ce"].iloc[0] == pytest.approx(np.mean(ce), rel=1e-4)
+
+
+def test_tsft_test_and_validation_prompts_do_not_depend_on_the_run_seed():
+    from iclscope.tsft import tsft_rows
+
+    rows = {seed: tsft_rows(frame(), SPEC, TSFTSettings(n_train=12, n_val=6, n_test=8, seed=seed)) for seed in (0, 7)}
+    (train0, val0, test0), (train7, val7, test7) = rows[0], rows[7]
+    assert list(test0["row_id"]) == list(test7["row_id"]) and list(val0["row_id"]) == list(val7["row_id"])
+    assert list(train0["row_id"]) != list(train7["row_id"])  # training rows follow the seed
+    other = dataclasses.replace(SPEC, seed=1)
+    assert list(tsft_rows(frame(), other, TSFTSettings(n_train=12, n_val=6, n_test=8))[2]["row_id"]) != list(
+        test0["row_id"])  # ... the test rows the dataset's seed
+    with pytest.raises(ConfigError, match="n_val"):
+        tsft_rows(frame(), SPEC, TSFTSettings(n_val=1))
+
+
+def _fake_run(directory, arm, seed, correct, test_rows, steps=(0, 5, 10)):
+    directory.mkdir(parents=True)
+    summary = {"lam": 0.5 if arm == "space" else 0.0, "seed": seed, "layer": 3, "accuracy": float(np.mean(correct)),
+               "macro_f1": 0.5, "test_ce": 0.6, "train_seconds": 12.0, "eval_seconds": 2.0}
+    (directory / "summary.json").write_text(json.dumps(summary))
+    pd.DataFrame({"step": list(steps), "ce": np.linspace(0.9, 0.4, len(steps)) + seed,
+                  "space": np.linspace(2.0, 1.0, len(steps)), "accuracy": np.linspace(0.5, 0.7, len(steps)),
+                  "seconds": 0.5}).to_parquet(directory / "eval_log.parquet")
+    pd.DataFrame({"step": range(1, steps[-1] + 1), "loss": 1.0, "ce": 0.5, "space": 1.0}).to_parquet(
+        directory / "train_log.parquet")
+    pd.DataFrame({"test_row": test_rows, "gold": 0, "pred": 0, "correct": np.asarray(correct, bool)}).to_parquet(
+        directory / "eval.parquet")
+    return directory
+
+
+def test_tsft_summary_table_pairs_the_arms_over_prompts_and_seeds(tmp_path):
+    from iclscope.stats import paired_difference
+    from iclscope.tsft_report import summary_table
+
+    rng = np.random.default_rng(3)
+    test_rows = np.arange(100, 130)
+    correct = {(arm, seed): rng.random(30) < p for arm, p in (("space", 0.75), ("baseline", 0.55)) for seed in (0, 1)}
+    dirs = []
+    for (arm, seed), c in correct.items():
+        order = rng.permutation(30) if arm == "space" else np.arange(30)  # the pairing goes by test row
+        dirs.append(_fake_run(tmp_path / f"{arm}-seed{seed}", arm, seed, c[order], test_rows[order]))
+    table = summary_table(dirs, model="m", dataset="d", n_boot=500)
+    gain = table[table.task == "space-baseline"]
+    pooled = gain[gain.seed.isna()].set_index("metric")
+    direct = paired_difference(np.stack([correct[("space", s)] for s in (0, 1)]),
+                               np.stack([correct[("baseline", s)] for s in (0, 1)]), n_boot=500, seed=0)
+    assert pooled.loc["gain", "value"] == pytest.approx(direct.diff)
+    assert (pooled.loc["gain_lo", "value"], pooled.loc["gain_hi", "value"]) == pytest.approx(
+        (direct.diff_lo, direct.diff_hi))
+    assert (pooled.loc["gain", "ci_low"], pooled.loc["gain", "ci_high"]) == pytest.approx(
+        (direct.diff_lo, direct.diff_hi))
+    assert pooled.loc["p_value", "value"] == pytest.approx(direct.p_value)
+    assert (pooled.loc["wins", "value"], pooled.loc["losses", "value"], pooled.loc["n_paired", "value"]) == (
+        direct.a_only, direct.b_only, 60)
+    for seed in (0, 1):
+        one = gain[gain.seed == seed].set_index("metric")["value"]
+        d = paired_difference(correct[("space", seed)], correct[("baseline", seed)], n_boot=500, seed=0)
+        assert one["gain"] == pytest.approx(d.diff) and one["p_value"] == pytest.approx(d.p_value)
+        assert d.test == "mcnemar_exact"
+    per_arm = table[table.task == "space"].set_index(["metric", "seed"])["value"]
+    assert per_arm[("heldout_ce_start", 1)] == pytest.approx(1.9) and per_arm[("heldout_ce_end", 1)] == pytest.approx(
+        1.4)
+    assert per_arm[("accuracy", 0)] == pytest.approx(correct[("space", 0)].mean())
+    # a run that scored other test prompts cannot be paired
+    _fake_run(tmp_path / "odd", "space", 2, correct[("space", 0)], test_rows + 1)
+    _fake_run(tmp_path / "odd-base", "baseline", 2, correct[("baseline", 0)], test_rows)
+    with pytest.raises(ValueError, match="other test prompts"):
+        summary_table(dirs + [tmp_path / "odd", tmp_path / "odd-base"], model="m", dataset="d", n_boot=10)
 
 
 @pytest.mark.parametrize("lam", [0.0])
@@ -203,7 +411,7 @@ def test_tsft_space_loss_gradient_flows(prepared_tiny, tmp_path, lam):
     spec_model, model_dir = prepared_tiny
     space = TaskSpace(basis=np.eye(32)[:1], mean=np.zeros(32), prototypes=np.array([[1.0], [-1.0]]),
                       explained_var=np.ones(1), classes=("negative", "positive"), variant="class_mean", layer=1)
-    base = TSFTSettings(steps=3, batch_size=4, n_train=16, n_test=8, layer=1, lam=lam, lr=1e-2)
+    base = TSFTSettings(steps=3, batch_size=4, n_train=16, n_val=6, n_test=8, layer=1, lam=lam, lr=1e-2)
     with_space = TSFTSettings(**{**base.__dict__, "lam": 5.0})
     a = train_tsft(frame(), SPEC, model_dir, spec_model, space, base, tmp_path / "a")
     b = train_tsft(frame(), SPEC, model_dir, spec_model, space, with_space, tmp_path / "b")
@@ -239,5 +447,5 @@ def test_tsft_fits_its_space_on_the_zero_shot_training_states(prepared_tiny, tmp
     np.testing.assert_allclose(space.mean, naive.mean, atol=1e-5)
     np.testing.assert_allclose(np.abs(space.basis), np.abs(naive.basis), atol=1e-4)  # up to sign
     summary = train_tsft(frame(), SPEC, model_dir, spec_model, None,
-                         TSFTSettings(steps=1, batch_size=4, n_train=12, n_test=8, layer=1), tmp_path / "run")
+                         TSFTSettings(steps=1, batch_size=4, n_train=12, n_val=6, n_test=8, layer=1), tmp_path / "run")
     assert summary["task_space_variant"] == "train_zero_shot" and summary["task_space_k"] == 1

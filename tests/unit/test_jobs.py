@@ -15,7 +15,7 @@ from iclscope.config import DatasetSpec, ModelSpec, PromptSpec, load_config, loa
 from iclscope.entropy import EntropySettings
 from iclscope.error_diagnosis import ErrorDiagnosisSettings
 from iclscope.extract import ExtractSettings
-from iclscope.icicl import ICICLSettings
+from iclscope.icicl import ICICLSettings, SweepGrid
 from iclscope.layer_lora import LayerLoRASettings
 from iclscope.synthetic import SparseRegressionTask, TaggingSettings
 from iclscope.toy_lm import ToyTraining
@@ -186,7 +186,8 @@ def _section(path: str) -> dict:
 
 @pytest.mark.parametrize(("cls", "section"), [
     (ModelSpec, "$model"), (PromptSpec, "$prompts"), (DatasetSpec, "$dataset"),
-    (ExtractSettings, "extract"), (ICICLSettings, "icicl"), (TSFTSettings, "tsft"),
+    (ExtractSettings, "extract"), (ICICLSettings, "icicl"), (SweepGrid, "icicl.sweep"),
+    (TSFTSettings, "tsft"),
     (LayerLoRASettings, "layer_lora"), (ErrorDiagnosisSettings, "anchors.error_diagnosis"),
     (AnchorCompressionSettings, "anchors.compression"),
     (EntropySettings, "entropy"), (ToyTraining, "entropy.training"),

@@ -180,9 +180,17 @@ RULE_SETTINGS: dict[str, Callable[[dict, dict], dict]] = {
     "extract_anchors": _model_only(lambda c, wc: {
         "carriers": c["taskspace"]["carriers"], "label_words": list(c["datasets"][wc["dataset"]]["classes"].values())}),
     "taskspace": lambda c, wc: {"taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}},
-    "icicl": _model_dataset(lambda c, wc: {"icicl": _without(c["icicl"], "enabled"), "word_k": c["anchors"]["word_k"],
+    "icicl": _model_dataset(lambda c, wc: {"icicl": _without(c["icicl"], "enabled", "sweep"),
+                                           "word_k": c["anchors"]["word_k"],
                                            "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}),
+    # the sweep varies layer / state / task space / label line itself: those four keys are not its settings
+    "icicl_sweep": _model_dataset(lambda c, wc: {
+        "icicl": _without(c["icicl"], "enabled", "sweep", "inject_layer", "state", "task_space", "label_line",
+                          "n_test", "n_timed", "warmup", "repeats", "random_draws"),
+        "sweep": _without(c["icicl"]["sweep"], "enabled"), "word_k": c["anchors"]["word_k"],
+        "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}),
     "tsft": _model_dataset(_tsft),
+    "tsft_summary": lambda c, wc: {"n_boot": c["icl_accuracy"]["n_boot"]},
     "layer_lora": _model_dataset(lambda c, wc: {"layer_lora": _without(c["layer_lora"], "enabled")}),
     "layer_lora_prompts": lambda c, wc: {"dataset": dataset_settings(c, wc["dataset"]),
                                          "shots": c["layer_lora"]["shots"]},
@@ -190,7 +198,8 @@ RULE_SETTINGS: dict[str, Callable[[dict, dict], dict]] = {
                                          "n_boot": c["icl_accuracy"]["n_boot"]},
     "saliency": _model_only(_anchors("saliency_prompts_per_seed")),
     "isolation": _model_only(_anchors("isolation_prompts_per_seed", "isolation_k", "word_k")),
-    "reweighting": _model_only(lambda c, wc: {"reweighting": _without(c["anchors"]["reweighting"], "enabled")}),
+    "reweighting": _model_only(lambda c, wc: {"reweighting": _without(c["anchors"]["reweighting"], "enabled"),
+                                              "n_boot": c["icl_accuracy"]["n_boot"]}),
     "anchor_compression": _model_only(lambda c, wc: {
         "compression": _without(c["anchors"]["compression"], "enabled"), "word_k": c["anchors"]["word_k"]}),
     "error_diagnosis": _model_only(lambda c, wc: {"error_diagnosis": c["anchors"]["error_diagnosis"]}),

@@ -63,6 +63,10 @@ class Plan:
     def icicl(self) -> list[str]:
         return self.running("icicl", self.classification()) if self.enabled("icicl") else []
 
+    def icicl_sweep(self) -> list[str]:
+        """The validation sweep runs in the default target only when icicl.sweep.enabled (its own target always)."""
+        return self.icicl() if self.config["icicl"]["sweep"]["enabled"] else []
+
     def tsft(self) -> list[str]:
         return self.running("tsft", self.classification()) if self.enabled("tsft") else []
 

@@ -79,64 +79,154 @@ def plot_task_space(states: np.ndarray, gold: np.ndarray, classes: list[str], sp
 
 
 def plot_icicl(table: pd.DataFrame, path) -> None:
-    """Left: accuracy against seconds per example, one point per arm (same retrieved demonstrations).
-    Right: label and word loyalty of every arm against full-text ICL (when the table has them)."""
+    """Left: accuracy (95 % bootstrap interval) against seconds per example, one marker per arm.
+    Middle: each arm's accuracy minus full-text ICL's on the same inputs, paired bootstrap
+    interval, McNemar p in the label. Right: label and word loyalty against full-text ICL."""
     wide = table.pivot_table(index="task", columns="metric", values="value")
+    ci = table[table.metric == "accuracy"].set_index("task")[["ci_low", "ci_high"]]
+    diff = table[table.metric == "accuracy_diff_vs_full_icl"].set_index("task")
+    p = table[table.metric == "p_value_vs_full_icl"].set_index("task")["value"]
     loyal = [m for m in ("label_loyalty", "word_loyalty") if m in wide]
+    panels = 1 + (len(diff) > 0) + bool(loyal)
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, 2 if loyal else 1, figsize=(13 if loyal else 7.5, 4.6), squeeze=False)
+        fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.8), squeeze=False)
         ax = axes[0, 0]
         # one marker and colour per arm, named in the legend: arms at the same accuracy and speed
-        # (icicl_soft / text_anchor, zero_shot / task_vector) would print their labels over each other
+        # would print their labels over each other
         markers = "osD^vP*Xph<>"
         for i, (arm, row) in enumerate(wide.iterrows()):
-            ax.scatter(row["seconds_per_example"] * 1000, row["accuracy"], s=90 - 5 * i,
-                       marker=markers[i % len(markers)],
-                       facecolors="none", edgecolors=plt.cm.tab10(i % 10), linewidths=1.6,
-                       label=f"{arm} ({row['tokens']:.0f} tok)")
-        ax.set_xlabel("median wall-clock per example (ms, batch 1)")
-        ax.set_ylabel("accuracy")
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+            colour = plt.cm.tab10(i % 10)
+            x = row["seconds_per_example"] * 1000
+            if arm in ci.index and ci.loc[arm].notna().all():
+                ax.errorbar(x, row["accuracy"], yerr=[[row["accuracy"] - ci.at[arm, "ci_low"]],
+                                                      [ci.at[arm, "ci_high"] - row["accuracy"]]],
+                            color=colour, alpha=0.5, capsize=2, lw=1)
+            ax.scatter(x, row["accuracy"], s=90 - 5 * i, marker=markers[i % len(markers)], facecolors="none",
+                       edgecolors=colour, linewidths=1.6, label=f"{arm} ({row['tokens']:.0f} tok)")
+        n = int(wide["n"].max()) if "n" in wide else None
+        ax.set_xlabel("median wall-clock per example (ms, batch 1, timed sample)")
+        ax.set_ylabel("accuracy" + (f" ({n} test inputs, 95 % CI)" if n else ""))
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.15), ncol=2, frameon=False)
+        col = 1
+        if len(diff):
+            ax = axes[0, col]
+            col += 1
+            order = diff.sort_values("value").index
+            y = np.arange(len(order))
+            d = diff.loc[order]
+            ax.errorbar(d["value"], y, xerr=[d["value"] - d["ci_low"], d["ci_high"] - d["value"]], fmt="o",
+                        color="C0", capsize=3)
+            ax.axvline(0, color="k", lw=0.8)
+            ax.set_yticks(y, [f"{a}  (p = {p.get(a, np.nan):.2g})" for a in order])
+            ax.set_xlabel("accuracy − full-text ICL's, same inputs (paired 95 % CI)")
         if loyal:
+            ax = axes[0, col]
             arms = wide.sort_values("label_loyalty", ascending=False).index
             names = [f"{a} (draw {wide.loc[a, 'draw']:.0f})" if "draw" in wide and pd.notna(wide.loc[a, "draw"])
                      else a for a in arms]
             width = 0.8 / len(loyal)
             for i, m in enumerate(loyal):
-                axes[0, 1].bar(np.arange(len(arms)) + (i - (len(loyal) - 1) / 2) * width, wide.loc[arms, m],
-                               width=width, label=m.replace("_", " "))
-            axes[0, 1].set_xticks(range(len(arms)), names, rotation=35, ha="right")
-            axes[0, 1].set_ylabel("agreement with full-text ICL")
-            axes[0, 1].set_ylim(0, 1.05)
-            axes[0, 1].legend()
+                ax.bar(np.arange(len(arms)) + (i - (len(loyal) - 1) / 2) * width, wide.loc[arms, m],
+                       width=width, label=m.replace("_", " "))
+            ax.set_xticks(range(len(arms)), names, rotation=35, ha="right")
+            ax.set_ylabel("agreement with full-text ICL")
+            ax.set_ylim(0, 1.05)
+            ax.legend()
         fig.suptitle(_title(table, "IC-ICL and anchor-only compression vs full-text ICL"))
         _save(fig, path)
 
 
-def plot_tsft(curves: dict[str, pd.DataFrame], summary: pd.DataFrame, path) -> None:
-    """Training loss (CE and space loss) per step for every run, and test accuracy per arm and seed."""
+def plot_icicl_sweep(table: pd.DataFrame, path) -> None:
+    """IC-ICL's validation accuracy per setting: rows = demonstration state × task space, columns =
+    injection layer × label line; the chosen setting outlined; zero-shot / full ICL in the title."""
+    soft = table[table.arm == "icicl_soft"].copy()
+    soft["row"] = soft["state"] + " · " + soft["task_space"]
+    soft["col"] = "L" + soft["layer"].astype(int).astype(str) + np.where(soft["label_line"], " +label", " no label")
+    rows = list(dict.fromkeys(soft["row"]))
+    cols = list(dict.fromkeys(soft.sort_values(["label_line", "layer"], ascending=[False, True])["col"]))
+    grid = soft.pivot_table(index="row", columns="col", values="accuracy").reindex(index=rows, columns=cols)
+    ref = table[table.arm != "icicl_soft"].set_index("arm")["accuracy"]
+    with plt.rc_context({**STYLE, "axes.grid": False}):
+        fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 3, 0.42 * len(rows) + 1.8))
+        image = ax.imshow(grid.to_numpy(float), cmap="viridis", aspect="auto")
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                v = grid.iat[i, j]
+                if pd.notna(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if v < np.nanmean(grid.to_numpy(float)) else "black")
+        chosen = soft[soft["chosen"]]
+        if len(chosen):
+            i, j = rows.index(chosen["row"].iat[0]), cols.index(chosen["col"].iat[0])
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+        ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+        ax.set_yticks(range(len(rows)), rows)
+        fig.colorbar(image, ax=ax, label=f"validation accuracy ({int(soft['n_val'].iat[0])} inputs)")
+        refs = ", ".join(f"{a} {v:.2f}" for a, v in ref.items())
+        ax.set_title(f"IC-ICL validation sweep (red: chosen) — {refs}", fontsize=9)
+        _save(fig, path)
+
+
+def plot_tsft(runs: dict, summary: pd.DataFrame, path, smooth: int = 5) -> None:
+    """TS-FT against its λ = 0 baseline. `runs`: {(arm, seed): {"eval_log", "train_log", ...}}
+    (iclscope.tsft_report.read_runs); `summary`: the tsft metric table.
+
+    Left two panels: the held-out (validation) label cross-entropy and space loss by step, per arm
+    the mean over seeds (thick) and each seed (thin); the training cross-entropy only as a running
+    mean of `smooth` batches (dotted). Then test accuracy per arm (bar = mean, dots = seeds) and the
+    paired gain space − baseline with its bootstrap interval, per seed and pooled, p-value in the title.
+    """
+    colour = {"space": "C0", "baseline": "C1"}
+    arms = [a for a in ("space", "baseline") if any(arm == a for arm, _ in runs)]
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-        for name, curve in sorted(curves.items()):
-            ls = "-" if name.startswith("space") else "--"
-            axes[0].plot(curve["step"], curve["ce"], ls=ls, label=name)
-            axes[1].plot(curve["step"], curve["space"], ls=ls, label=name)
-        axes[0].set_ylabel("cross-entropy (label words)")
-        axes[1].set_ylabel("space loss")
+        fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), gridspec_kw={"width_ratios": [1.3, 1.3, 0.8, 0.9]})
+        for arm in arms:
+            logs = [r["eval_log"].sort_values("step") for (a, _), r in sorted(runs.items()) if a == arm]
+            for ax, column in ((axes[0], "ce"), (axes[1], "space")):
+                for log in logs:
+                    ax.plot(log["step"], log[column], color=colour[arm], lw=0.8, alpha=0.4)
+                mean = pd.concat(logs).groupby("step")[column].mean()
+                ax.plot(mean.index, mean.values, color=colour[arm], lw=2, marker=".",
+                        label=f"{arm}, held-out (mean of {len(logs)} seed{'s' * (len(logs) > 1)})")
+            train = pd.concat([r["train_log"].sort_values("step").assign(
+                ce=lambda t: t["ce"].rolling(smooth, min_periods=1).mean()) for (a, _), r in runs.items() if a == arm])
+            train = train.groupby("step")["ce"].mean()
+            axes[0].plot(train.index, train.values, color=colour[arm], ls=":", lw=1,
+                         label=f"{arm}, training (running mean of {smooth} batches)")
+        axes[0].set_ylabel("label cross-entropy")
+        axes[1].set_ylabel("space loss (held-out)")
         for ax in axes[:2]:
             ax.set_xlabel("step")
-        axes[0].legend()
+        axes[0].legend(fontsize=7)
         acc = summary[summary.metric == "accuracy"]
-        arms = sorted(acc["task"].unique())
         for i, arm in enumerate(arms):
-            vals = acc[acc.task == arm].sort_values("seed")
-            axes[2].bar(i + np.linspace(-0.2, 0.2, len(vals)), vals["value"], width=0.35 / max(1, len(vals)),
-                        label=arm)
+            v = acc[acc.task == arm]["value"]
+            axes[2].bar(i, v.mean(), color=colour[arm], width=0.6)
+            axes[2].plot(np.full(len(v), i), v, "k.", ms=5)
         axes[2].set_xticks(range(len(arms)), arms)
-        axes[2].set_ylabel("test accuracy (per seed)")
-        low = acc["value"].min()
-        axes[2].set_ylim(max(0, low - 0.1), min(1, acc["value"].max() + 0.05))
-        fig.suptitle(_title(summary, "TS-FT vs the λ = 0 baseline"))
+        axes[2].set_ylabel("test accuracy (bar: mean, dots: seeds)")
+        if len(acc):
+            axes[2].set_ylim(max(0, acc["value"].min() - 0.1), min(1, acc["value"].max() + 0.05))
+        gain = summary[(summary.task == "space-baseline") & (summary.metric == "gain")].copy()
+        title = _title(summary, "TS-FT vs the λ = 0 baseline")
+        if len(gain):
+            gain["label"] = [("pooled" if pd.isna(s) else f"seed {int(s)}") for s in gain["seed"]]
+            gain = pd.concat([gain[gain.seed.notna()].sort_values("seed"), gain[gain.seed.isna()]])
+            x = np.arange(len(gain))
+            err = np.array([gain["value"] - gain["ci_low"], gain["ci_high"] - gain["value"]]) * 100
+            axes[3].errorbar(x, gain["value"] * 100, yerr=np.nan_to_num(err), fmt="o", color="k", capsize=3)
+            axes[3].axhline(0, color="grey", lw=0.8)
+            axes[3].set_xticks(x, gain["label"])
+            axes[3].set_xlim(-0.6, len(gain) - 0.4)
+            axes[3].set_ylabel("accuracy gain, space − baseline (points)")
+            pooled = summary[(summary.task == "space-baseline") & summary.seed.isna()].set_index("metric")["value"]
+            if {"gain", "gain_lo", "gain_hi", "p_value"} <= set(pooled.index):
+                lo, hi = pooled["gain_lo"] * 100, pooled["gain_hi"] * 100
+                title += (f"\npooled gain {pooled['gain'] * 100:+.1f} points, 95 % interval [{lo:+.1f}, {hi:+.1f}], "
+                          f"p = {pooled['p_value']:.2g}")
+        else:
+            axes[3].set_axis_off()
+        fig.suptitle(title)
         _save(fig, path)
 
 
@@ -317,7 +407,7 @@ def plot_anchor_compression(table: pd.DataFrame, path) -> None:
 
 def plot_reweighting(table: pd.DataFrame, path) -> None:
     """Accuracy and macro-F1 of vanilla vs re-weighted ICL (bars = mean, dots = seeds), and where the
-    learnt β acts: mean |β| per layer."""
+    learnt β acts: mean |β| per layer; the paired accuracy gain pooled over seeds (interval, p) in the title."""
     with plt.rc_context(STYLE):
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [1, 1.6]})
         arms = ["vanilla", "reweighted"]
@@ -337,7 +427,12 @@ def plot_reweighting(table: pd.DataFrame, path) -> None:
         right.set_xlabel("layer")
         right.set_ylabel("mean |β| over heads and demonstrations")
         right.legend()
-        fig.suptitle(_title(table, "Anchor re-weighting"))
+        title = _title(table, "Anchor re-weighting")
+        gain = table[(table.label_type == "reweighted-vanilla") & table.seed.isna()].set_index("metric")["value"]
+        if {"gain", "gain_lo", "gain_hi", "p_value"} <= set(gain.index):  # the paired gain, pooled over seeds
+            title += (f"\naccuracy gain over vanilla {gain['gain'] * 100:+.1f} points, 95 % interval "
+                      f"[{gain['gain_lo'] * 100:+.1f}, {gain['gain_hi'] * 100:+.1f}], p = {gain['p_value']:.2g}")
+        fig.suptitle(title)
         _save(fig, path)
 
 

@@ -123,6 +123,13 @@ def icicl_targets():
     return paths("results/metrics/{model}/{dataset}/icicl.parquet", PLAN.icicl())
 
 
+def icicl_sweep_targets(datasets=None):
+    """IC-ICL's validation sweep (docs/methods.md §1.4): table and figure; in `all` when icicl.sweep.enabled."""
+    datasets = PLAN.icicl_sweep() if datasets is None else datasets
+    return (paths("results/icicl/{model}/{dataset}/sweep.parquet", datasets)
+            + paths("results/figures/{model}/{dataset}/icicl_sweep.png", datasets))
+
+
 def tsft_runs(model, dataset):
     return expand("results/tsft/{model}/{dataset}/{arm}-seed{seed}", model=model, dataset=dataset,
                   arm=TSFT_ARMS, seed=PLAN.tsft_seeds())
@@ -206,8 +213,8 @@ def toy_regression_targets():
 
 
 def all_targets():
-    return (activation_targets() + metric_targets() + taskspace_targets() + icicl_targets() + tsft_targets()
-            + layer_lora_targets() + figure_targets() + anchor_targets() + error_diagnosis_targets() + entropy_targets()
+    return (activation_targets() + metric_targets() + taskspace_targets() + icicl_targets() + icicl_sweep_targets()
+            + tsft_targets() + layer_lora_targets() + figure_targets() + anchor_targets() + error_diagnosis_targets() + entropy_targets()
             + toy_regression_targets() + summary_targets())
 
 

@@ -29,3 +29,35 @@ rule icicl_all:
     """Named target: every IC-ICL evaluation."""
     input:
         icicl_targets(),
+
+
+rule icicl_sweep:
+    """IC-ICL's reconstruction choices (injection layer, demonstration state, task space, label line)
+    scored on a validation split of the train data: the table the icicl defaults are chosen from."""
+    input:
+        model="results/models/{model}.json",
+        dataset="results/datasets/{dataset}.parquet",
+        taskspace="results/taskspace/{model}/{dataset}.h5",
+    output:
+        "results/icicl/{model}/{dataset}/sweep.parquet",
+    params:
+        settings=settings_of("icicl_sweep"),
+        code=code_of("icicl_sweep.py"),
+    log:
+        "logs/icicl_sweep/{model}/{dataset}.log",
+    conda:
+        "../envs/iclscope.yaml"
+    threads: 2
+    resources:
+        mem_mb=model_mem_mb,
+        gpu=model_gpus,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+    script:
+        "../scripts/icicl_sweep.py"
+
+
+rule icicl_sweep_all:
+    """Named target: IC-ICL's validation sweep on every dataset IC-ICL runs on."""
+    input:
+        icicl_sweep_targets(PLAN.running("icicl", PLAN.classification())),

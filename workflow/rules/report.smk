@@ -63,6 +63,26 @@ rule fig_icicl:
         "../scripts/fig_icicl.py"
 
 
+rule fig_icicl_sweep:
+    input:
+        "results/icicl/{model}/{dataset}/sweep.parquet",
+    output:
+        report(
+            "results/figures/{model}/{dataset}/icicl_sweep.png",
+            caption="../report/icicl_sweep.rst",
+            category="Task spaces (information bottleneck)",
+            subcategory="{model} / {dataset}",
+        ),
+    params:
+        code=code_of("fig_icicl_sweep.py"),
+    log:
+        "logs/figures/{model}/{dataset}/icicl_sweep.log",
+    conda:
+        "../envs/iclscope.yaml"
+    script:
+        "../scripts/fig_icicl_sweep.py"
+
+
 rule fig_tsft:
     input:
         summary="results/metrics/{model}/{dataset}/tsft.parquet",
