@@ -70,6 +70,6 @@ def test_tables_are_read_from_a_metric_directory_and_headline_fills_what_exists(
                        model="m", dataset="d")
     write_table(acc, tmp_path / "icl_accuracy.parquet")
     assert set(read_tables(tmp_path)) == {"decodability", "saliency", "isolation"}
-    h = headline(tmp_path, "m", "d")
+    h = headline(sorted(tmp_path.glob("*.parquet")), "m", "d")
     assert h["icl_accuracy"] == 0.6 and h["peak_decodability_layer"] == 6
     assert np.isnan(h["icicl_speedup"]) and np.isnan(h["tsft_gain"])

@@ -11,13 +11,21 @@ import pytest
 
 from iclscope import jobs
 from iclscope.anchor_compression import AnchorCompressionSettings
-from iclscope.config import DatasetSpec, ModelSpec, PromptSpec, load_config, load_schema, validate_config
+from iclscope.config import (
+    DatasetSpec,
+    ModelSpec,
+    PromptSpec,
+    TaggingSettings,
+    load_config,
+    load_schema,
+    validate_config,
+)
 from iclscope.entropy import EntropySettings
 from iclscope.error_diagnosis import ErrorDiagnosisSettings
 from iclscope.extract import ExtractSettings
 from iclscope.icicl import ICICLSettings, SweepGrid
 from iclscope.layer_lora import LayerLoRASettings
-from iclscope.synthetic import SparseRegressionTask, TaggingSettings
+from iclscope.synthetic import SparseRegressionTask
 from iclscope.toy_lm import ToyTraining
 from iclscope.toy_regression import RegressionTraining
 from iclscope.tsft import TSFTSettings

@@ -65,7 +65,7 @@ def test_a_sealed_entry_can_be_read_but_not_changed_by_another_user(shared_dir):
 SNAKEFILE = """
 import sys
 sys.path.insert(0, {workflow!r})
-from iclscope.lab_cache import seal_entries_when_stored
+include: {rules!r}
 seal_entries_when_stored()
 
 rule all:
@@ -85,7 +85,9 @@ rule make_model:
 
 def run_cached(work: Path, cache_dir: Path, value: int) -> None:
     work.mkdir(exist_ok=True)
-    (work / "Snakefile").write_text(SNAKEFILE.format(workflow=str(REPO / "workflow"), value=value))
+    (work / "Snakefile").write_text(SNAKEFILE.format(workflow=str(REPO / "workflow"),
+                                                         rules=str(REPO / "workflow" / "rules" / "lab_cache.smk"),
+                                                         value=value))
     env = {**os.environ, "SNAKEMAKE_OUTPUT_CACHE": str(cache_dir)}
     result = subprocess.run([SNAKEMAKE, "--cores", "1", "--cache", "make_table", "make_model"], cwd=work, env=env,
                             capture_output=True, text=True, timeout=300)

@@ -38,8 +38,10 @@ def small_config() -> dict:
     cfg["toy_regression"].update(steps=30, d_model=16, n_layers=2, n_heads=2, batch_size=16, n_checkpoints=4,
                                  n_test_per_basis=20, knn_k=5, save_every=10)
     cfg["icl_accuracy"].update(n_boot=20)
-    cfg["icicl"].update(pool_size=16, n_test=6, warmup=1)
-    cfg["tsft"].update(steps=3, n_train=16, n_test=16, seeds=[0], checkpoint_every=2)
+    cfg["icicl"].update(pool_size=16, n_test=6, n_timed=2, warmup=1, n_boot=50)
+    cfg["icicl"]["sweep"].update(enabled=True, n_val=4, depths=[0.5], states=["last", "label"],
+                                 task_spaces=["pool", "identity"], label_line=[True])
+    cfg["tsft"].update(steps=3, n_train=16, n_val=8, n_test=16, seeds=[0], checkpoint_every=2, eval_every=2)
     cfg["entropy"].update(max_tokens=600, n_bins=10)
     cfg["entropy"]["training"].update(steps=20, batch_size=4, seq_len=16, vocab_size=200, eval_windows=8,
                                       n_checkpoints=4, sizes=[{"name": "xs", "d_model": 16, "n_layers": 1,
@@ -144,14 +146,34 @@ def test_taskspace_icicl_tsft_tables(run_dir):
     icicl = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/icicl.parquet")
     tokens = icicl[icicl.metric == "tokens"].set_index("task")["value"]
     assert tokens["icicl_soft"] < tokens["full_icl"]
-    assert set(icicl["task"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_soft_pool", "icicl_identity",
-                                  "task_vector", "anchor_kv", "text_anchor", "hidden_random", "hidden_random_top"}
+    arms = {"zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector", "anchor_kv", "text_anchor",
+            "hidden_random", "hidden_random_top"}
+    assert set(icicl["task"]) == arms
+    # every arm against full ICL on the same inputs: the difference inside its paired interval, a p-value
+    diff = icicl[icicl.metric == "accuracy_diff_vs_full_icl"].set_index("task")
+    assert set(diff.index) == arms - {"full_icl"}
+    assert ((diff["ci_low"] <= diff["value"] + 1e-12) & (diff["value"] <= diff["ci_high"] + 1e-12)).all()
+    assert icicl[icicl.metric.str.startswith("p_value_vs_")]["value"].between(0, 1).all()
+    assert {"accuracy_diff_vs_icicl_identity", "accuracy_diff_vs_task_vector",
+            "accuracy_diff_vs_anchor_kv"} <= set(icicl[icicl.task == "icicl_soft"]["metric"])
+    sweep = pd.read_parquet(run_dir / "results/icicl/smollm2-135m/tweets/sweep.parquet")
+    assert len(sweep[sweep.arm == "icicl_soft"]) == 2 * 2 and sweep["chosen"].sum() == 1
+    assert (run_dir / "results/figures/smollm2-135m/tweets/icicl_sweep.png").stat().st_size > 10_000
     assert tokens["anchor_kv"] < tokens["full_icl"]
     loyal = icicl[icicl.metric == "label_loyalty"].set_index("task")["value"]
     assert loyal["full_icl"] == 1 and loyal.between(0, 1).all()
     tsft = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/tsft.parquet")
     assert set(tsft[tsft.metric == "accuracy"]["task"]) == {"space", "baseline"}
     assert (run_dir / "results/tsft/smollm2-135m/tweets/space-seed0/adapter/adapter_config.json").exists()
+    held_out = pd.read_parquet(run_dir / "results/tsft/smollm2-135m/tweets/space-seed0/eval_log.parquet")
+    assert list(held_out["step"]) == [0, 2, 3] and held_out["ce"].notna().all()
+    assert {"heldout_ce_start", "heldout_ce_end", "heldout_space_end", "test_ce"} <= set(tsft["metric"])
+    pooled = tsft[(tsft.task == "space-baseline") & tsft.seed.isna()].set_index("metric")["value"]
+    assert {"gain", "gain_lo", "gain_hi", "p_value", "wins", "losses"} <= set(pooled.index)
+    assert pooled["gain_lo"] <= pooled["gain_hi"] and 0 < pooled["p_value"] <= 1
+    rew = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/reweighting.parquet")
+    rew_gain = rew[(rew.label_type == "reweighted-vanilla") & (rew.metric == "gain")]
+    assert rew_gain["seed"].isna().sum() == 1 and rew_gain["seed"].notna().sum() == 2  # per seed + pooled
     sal = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/saliency.parquet")
     rel = sal[sal.metric.str.endswith("_relative")].groupby("layer")["value"].sum()
     assert np.allclose(rel.to_numpy(), 2.0)  # three relative flows sum to 1 per layer and seed (2 seeds)
@@ -196,20 +218,22 @@ def test_rerun_does_nothing(run_dir, checkout):
 # --- the rerun matrix: one change at a time, the exact jobs a dry run plans -----------------------
 
 MODEL_STAGES = {"extract": 3, "extract_anchors": 1, "saliency": 1, "isolation": 1, "reweighting": 1,
-                "anchor_compression": 1, "icicl": 1,
+                "anchor_compression": 1, "icicl": 1, "icicl_sweep": 1,
                 "tsft": 2, "patching": 1, "token_states": 1, "error_diagnosis": 1, "layer_lora": 2,
                 "layer_lora_extract": 2}
 # what reads the activations, the task space and the other tables downstream of every model stage
 DOWNSTREAM_OF_MODELS = {"layer_lora_prompts": 1, "icl_accuracy": 3, "decodability": 1, "decodability_fit": 1,
                         "taskspace": 1, "compression": 1, "aucroc": 1, "entropy": 1, "layer_lora_summary": 1,
                         "tsft_summary": 1, "fig_aucroc": 1, "fig_compression": 1, "fig_decodability": 1,
-                        "fig_entropy": 1, "fig_error_diagnosis": 1, "fig_icicl": 1, "fig_isolation": 1,
+                        "fig_entropy": 1, "fig_error_diagnosis": 1, "fig_icicl": 1, "fig_icicl_sweep": 1,
+                        "fig_isolation": 1,
                         "fig_layer_lora": 1, "fig_patching": 1, "fig_reweighting": 1, "fig_saliency": 1,
                         "fig_task_space": 1, "fig_tsft": 1, "fig_anchor_compression": 1, "layer_atlas": 2,
                         "summary": 1, "all": 1}
 FIGURES = {"fig_anchor_compression": 1, "fig_aucroc": 1, "fig_compression": 1, "fig_decodability": 1,
            "fig_entropy": 1, "fig_entropy_training": 1,
-           "fig_error_diagnosis": 1, "fig_icicl": 1, "fig_isolation": 1, "fig_layer_lora": 1, "fig_patching": 1,
+           "fig_error_diagnosis": 1, "fig_icicl": 1, "fig_icicl_sweep": 1, "fig_isolation": 1, "fig_layer_lora": 1,
+           "fig_patching": 1,
            "fig_reweighting": 1, "fig_saliency": 1, "fig_task_space": 1, "fig_toy_regression": 1, "fig_tsft": 1,
            "layer_atlas": 2, "summary": 1, "all": 1}
 # the toy models use the hook layer too (their residual stream is read through it)
@@ -252,13 +276,19 @@ RERUN_MATRIX = {
     "decodability.k": (config_change("decodability.k", 3), {
         "decodability": 1, "decodability_fit": 1, "fig_decodability": 1, "patching": 1, "fig_patching": 1,
         "layer_lora_summary": 1, "fig_layer_lora": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
-    "icl_accuracy.n_boot": (config_change("icl_accuracy.n_boot", 7), {
+    "icl_accuracy.n_boot": (config_change("icl_accuracy.n_boot", 7), {  # + the paired gains' intervals
         "icl_accuracy": 3, "decodability_fit": 1, "fig_decodability": 1, "layer_lora_summary": 1,
-        "fig_layer_lora": 1, "summary": 1, "all": 1}),
+        "fig_layer_lora": 1, "tsft_summary": 1, "fig_tsft": 1, "reweighting": 1, "fig_reweighting": 1,
+        "summary": 1, "all": 1}),
     "taskspace.var_threshold": (config_change("taskspace.var_threshold", 0.8), {
         "taskspace": 1, "compression": 1, "fig_compression": 1, "fig_task_space": 1, "icicl": 1, "fig_icicl": 1,
-        "tsft": 2, "tsft_summary": 1, "fig_tsft": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
-    "icicl.k": (config_change("icicl.k", 2), {"icicl": 1, "fig_icicl": 1, "summary": 1, "all": 1}),
+        "icicl_sweep": 1, "fig_icicl_sweep": 1, "tsft": 2, "tsft_summary": 1, "fig_tsft": 1, "layer_atlas": 1,
+        "summary": 1, "all": 1}),
+    "icicl.k": (config_change("icicl.k", 2), {"icicl": 1, "fig_icicl": 1, "icicl_sweep": 1, "fig_icicl_sweep": 1,
+                                              "summary": 1, "all": 1}),
+    # a setting the sweep varies itself is no key of the sweep
+    "icicl.inject_layer": (config_change("icicl.inject_layer", 10), {"icicl": 1, "fig_icicl": 1, "summary": 1,
+                                                                     "all": 1}),
     "tsft.lam": (config_change("tsft.lam", 0.9), {"tsft": 1, "tsft_summary": 1, "fig_tsft": 1, "summary": 1,
                                                   "all": 1}),
     "anchors.saliency_prompts_per_seed": (config_change("anchors.saliency_prompts_per_seed", 3), {
@@ -292,7 +322,8 @@ RERUN_MATRIX = {
     # a dataset's template and its file
     "datasets.tweets.template": (config_change("datasets.tweets.prompts.template", "Text: {text}\nSentiment:{label}"),
                                  {"build_prompts": 1, "extract": 1, "extract_anchors": 0, "icl_accuracy": 1,
-                                  "taskspace": 1, "compression": 1, "icicl": 1, "tsft": 2, "tsft_summary": 1,
+                                  "taskspace": 1, "compression": 1, "icicl": 1, "icicl_sweep": 1,
+                                  "fig_icicl_sweep": 1, "tsft": 2, "tsft_summary": 1,
                                   "aucroc": 1, "saliency": 1, "isolation": 1, "reweighting": 1, "fig_isolation": 1,
                                   "fig_reweighting": 1, "fig_compression": 1, "fig_task_space": 1, "fig_icicl": 1,
                                   "fig_tsft": 1, "fig_aucroc": 1, "fig_saliency": 1, "layer_atlas": 1,

@@ -97,9 +97,11 @@ def read_tables(directory: str | Path) -> dict[str, pd.DataFrame]:
             if (directory / f"{name}.parquet").exists()}
 
 
-def headline(metric_dir: str | Path, model: str, dataset: str) -> dict:
-    """Headline numbers of one model × dataset (NaN where a family was not run)."""
-    tables = {p.stem: pd.read_parquet(p) for p in Path(metric_dir).glob("*.parquet")}
+def headline(table_paths, model: str, dataset: str) -> dict:
+    """Headline numbers of one model × dataset from its metric tables `table_paths` (named
+    <family>.parquet; NaN where a family was not run). Paired differences come with their
+    interval and p-value (iclscope.stats)."""
+    tables = {Path(p).stem: pd.read_parquet(p) for p in table_paths}
     out = {"model": model, "dataset": dataset}
 
     def mean(name, metric, **filters):
@@ -110,6 +112,17 @@ def headline(metric_dir: str | Path, model: str, dataset: str) -> dict:
         for column, value in filters.items():
             t = t[t[column] == value]
         return float(t["value"].mean()) if len(t) else np.nan
+
+    def paired(name, key, metric, p_metric, **filters):
+        """{key, key_lo, key_hi, key_p}: a paired difference row, its interval and its p-value."""
+        t = tables.get(name)
+        row = None if t is None else t[t.metric == metric]
+        for column, value in filters.items():
+            row = None if row is None else row[row[column] == value]
+        if row is None or len(row) != 1:
+            return {key: np.nan, f"{key}_lo": np.nan, f"{key}_hi": np.nan, f"{key}_p": np.nan}
+        return {key: float(row["value"].iat[0]), f"{key}_lo": float(row["ci_low"].iat[0]),
+                f"{key}_hi": float(row["ci_high"].iat[0]), f"{key}_p": mean(name, p_metric, **filters)}
 
     acc = tables.get("icl_accuracy")
     if acc is not None:
@@ -124,6 +137,8 @@ def headline(metric_dir: str | Path, model: str, dataset: str) -> dict:
             out["peak_decodability"] = float(curve.max())
     out["icicl_accuracy"] = mean("icicl", "accuracy", task="icicl_soft")
     out["full_icl_accuracy"] = mean("icicl", "accuracy", task="full_icl")
+    out.update(paired("icicl", "icicl_minus_full_icl", "accuracy_diff_vs_full_icl", "p_value_vs_full_icl",
+                      task="icicl_soft"))
     out["icicl_speedup"] = mean("icicl", "speedup_vs_full_icl", task="icicl_soft")
     out["anchor_kv_speedup"] = mean("icicl", "speedup_vs_full_icl", task="anchor_kv")
     out["tsft_gain"] = mean("tsft", "gain")

@@ -64,7 +64,8 @@ def inspect(path: str | Path, out=sys.stdout) -> int:
 
 def prompt_count(spec: dict) -> int | None:
     """Prompts a dataset entry will produce (None when it depends on the data, e.g. a task column)."""
-    from .synthetic import BITWISE_TASKS, WORD_TASKS, TaggingSettings
+    from .config import TaggingSettings
+    from .synthetic import BITWISE_TASKS, WORD_TASKS
 
     p = spec["prompts"]
     if spec["kind"] == "classification":

@@ -123,6 +123,17 @@ def validate_config(raw: dict) -> dict:
             problems.append(f"config key 'datasets.{name}.prompts.n_train' is {prompts.get('n_train', 0)}, but anchor "
                             f"re-weighting fits on anchors.reweighting.aux_per_class={reweighting['aux_per_class']} "
                             f"train prompts per class: set n_train >= {needed}, or anchors.reweighting.enabled: false")
+    tsft = config["tsft"]
+    for name, spec in config["datasets"].items() if tsft["enabled"] else []:
+        classes = spec.get("classes") or {}
+        if spec.get("kind", "classification") != "classification" or (
+                spec.get("methods") is not None and "tsft" not in spec["methods"]):
+            continue
+        for key in ("n_train", "n_val", "n_test"):
+            if tsft[key] < len(classes):
+                problems.append(f"config key 'tsft.{key}' is {tsft[key]}, fewer than the {len(classes)} classes of "
+                                f"dataset '{name}' (TS-FT draws them balanced over the classes): raise it, or "
+                                "tsft.enabled: false")
     for name in config["entropy"]["datasets"] if config["entropy"]["enabled"] else []:
         if name not in config["datasets"]:
             problems.append(f"config key 'entropy.datasets' names '{name}', which is not in datasets "
@@ -291,6 +302,45 @@ METHODS_BY_KIND = {
 }
 
 
+POS_TASK_TAGS = {
+    "upos": {"Noun": ("NOUN",), "Adjective": ("ADJ",), "Verb": ("VERB",), "Adverb": ("ADV",),
+             "Preposition": ("ADP",), "Pronoun": ("PRON",)},
+    "xpos": {"Noun": ("NN*",), "Adjective": ("JJ*",), "Verb": ("VB*",), "Adverb": ("RB*",),
+             "Preposition": ("IN",), "Pronoun": ("PRP*",)},
+}
+@dataclass(frozen=True)
+class TaggingSettings:
+    """`datasets.<name>.tagging` of the POS family.
+
+    tags: which tag set the sentences carry (CoNLL-U: upos = column 4, xpos = column 5) and so
+    the default task mapping; tags_column / tokens_column: the columns of a hub or save_to_disk
+    table (tags_column null = the value of `tags`); tasks: task -> tag patterns (fnmatch, 'NN*'),
+    null = Han et al.'s six tasks for that tag set. A sentence is kept when it has a word for
+    every task; Null is added to the tasks.
+    """
+
+    tags: str = "upos"
+    tokens_column: str = "tokens"
+    tags_column: str | None = None
+    tasks: dict | None = None
+    task_tags: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.tags not in POS_TASK_TAGS:
+            raise ValueError(f"tagging.tags is {self.tags!r}; use one of {sorted(POS_TASK_TAGS)}")
+        tasks = POS_TASK_TAGS[self.tags] if self.tasks is None else self.tasks
+        if not tasks or "Null" in tasks:
+            raise ValueError(f"tagging.tasks must name at least one task and not 'Null' (added by itself), got {tasks}")
+        for task, patterns in tasks.items():
+            if isinstance(patterns, str) or not patterns or not all(isinstance(p, str) and p for p in patterns):
+                raise ValueError(f"tagging.tasks.{task}: give a non-empty list of tags, got {patterns!r}")
+        object.__setattr__(self, "task_tags", {str(t): tuple(p) for t, p in tasks.items()})
+
+    @property
+    def column(self) -> str:
+        return self.tags_column or self.tags
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """One entry of `datasets:` (source, columns, classes) plus its PromptSpec."""
@@ -338,8 +388,6 @@ class DatasetSpec:
             raise ConfigError(f"config key '{key}.path' / '{key}.id': the pos source reads exactly one of a "
                               "CoNLL-U file or save_to_disk directory (path) and a hub dataset (id)")
         if self.source == "pos":
-            from .synthetic import TaggingSettings
-
             try:
                 TaggingSettings(**self.tagging)
             except (TypeError, ValueError) as exc:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError, DatasetSpec
+from .config import ConfigError, DatasetSpec, TaggingSettings
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def load_pos(spec: DatasetSpec, report: DatasetReport) -> pd.DataFrame:
     from . import synthetic
 
     try:
-        tagging = synthetic.TaggingSettings(**spec.tagging)
+        tagging = TaggingSettings(**spec.tagging)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config key 'datasets.{spec.name}.tagging': {exc}") from None
     if spec.id:

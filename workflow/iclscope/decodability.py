@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from .stats import bootstrap_mean
+from .store import open_activations, read_prompts
+from .tables import metric_frame
 
 BLOCK = 1024
 
@@ -114,3 +116,31 @@ def peak_layer(df: pd.DataFrame) -> int:
     """The layer of highest overall ('all') decodability in a decodability_by_layer table (first if tied)."""
     overall = df[df["task"] == "all"].sort_values("layer")
     return int(overall.loc[overall["value"].idxmax(), "layer"])
+
+
+def decodability_table(path, *, model: str, dataset: str, k: int = 10, metrics=("euclidean", "cosine"),
+                       n_boot: int = 200, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """Task decodability per layer at the query position, per (seed, shots) prompt set.
+
+    Reads /resid/query [N, L+1, d] one prompt set at a time (memory: that set's states).
+    """
+    frames, peaks = [], {}
+    with open_activations(path) as f:
+        prompts = read_prompts(f)
+        attrs = {k_: (v.tolist() if hasattr(v, "tolist") else v) for k_, v in f.attrs.items()}
+        groups = pd.DataFrame({"seed": prompts["seed"], "shots": prompts["shots"]}).groupby(["seed", "shots"])
+        for (s, shots), g in groups:
+            idx = np.sort(g.index.to_numpy())
+            states = f["resid/query"][idx].astype(np.float32)  # [n, L+1, d]
+            tasks = prompts["task"][idx]
+            df = decodability_by_layer(states, tasks, k=k, metrics=tuple(metrics), n_boot=n_boot, seed=seed)
+            peaks[f"seed={s},shots={shots}"] = {m: int(peak_layer(df[df.metric_space == m]))
+                                                 for m in df.metric_space.unique()}
+            df = df.assign(seed=int(s), shots=int(shots))
+            frames.append(df)
+    rows = pd.concat(frames, ignore_index=True)
+    rows = rows.assign(metric="decodability_" + rows.pop("metric_space"))
+    table = metric_frame(rows.to_dict("records"), model=model, dataset=dataset, family="decodability",
+                         position="query", label_type="task")
+    attrs["peak_layers"] = peaks
+    return table, attrs

@@ -187,7 +187,7 @@ RULE_SETTINGS: dict[str, Callable[[dict, dict], dict]] = {
     "icicl_sweep": _model_dataset(lambda c, wc: {
         "icicl": _without(c["icicl"], "enabled", "sweep", "inject_layer", "state", "task_space", "label_line",
                           "n_test", "n_timed", "warmup", "repeats", "random_draws"),
-        "sweep": _without(c["icicl"]["sweep"], "enabled"), "word_k": c["anchors"]["word_k"],
+        "sweep": _without(c["icicl"]["sweep"], "enabled"),
         "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}),
     "tsft": _model_dataset(_tsft),
     "tsft_summary": lambda c, wc: {"n_boot": c["icl_accuracy"]["n_boot"]},

@@ -8,7 +8,8 @@ new entries can still be added and an entry replaced as a whole (an atomic renam
 stores them); only the bytes of a stored entry are frozen. Output symlinks into the cache are not
 affected: Snakemake never treats a symlink as protected, so reruns replace them as usual.
 
-No torch / h5py here: imported at Snakefile parse time.
+No torch / h5py / Snakemake here: imported at Snakefile parse time. The hook that calls `seal` on
+every stored entry is in the workflow (workflow/rules/lab_cache.smk), not in this package.
 """
 
 from __future__ import annotations
@@ -54,24 +55,3 @@ def entries(cache_dir: str | Path) -> list[Path]:
     """The stored entries of a cache directory: everything but Snakemake's in-flight temp dirs and
     hidden files."""
     return sorted(p for p in Path(cache_dir).iterdir() if not p.name.startswith(("tmp", ".")))
-
-
-def seal_entries_when_stored() -> None:
-    """Make Snakemake's local output cache seal each entry right after storing it.
-
-    Called from the Snakefile (workflow/rules/common.smk) when --cache is on, so it runs in the
-    main process and in every SLURM job (where the slurm executor stores the entry). Idempotent.
-    """
-    from snakemake.caching.local import OutputFileCache
-
-    if getattr(OutputFileCache.store, "iclscope_seals", False):
-        return
-    store_world_writable = OutputFileCache.store
-
-    async def store(self, job):
-        await store_world_writable(self, job)
-        for _output, cachefile in await self.get_outputfiles_and_cachefiles(job):
-            seal(cachefile)
-
-    store.iclscope_seals = True
-    OutputFileCache.store = store

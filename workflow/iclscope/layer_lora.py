@@ -4,7 +4,7 @@ One adapter per arm ("first": blocks 0..n-1, "last": blocks L-n..L-1, the same p
 budget) is fine-tuned on k-shot prompts of a generation task family, then merged into the
 weights and saved as a model directory with a manifest like `prepare_model` writes; the
 existing `extract()` then runs the dataset's prompts through it, and the existing decodability
-(iclscope.metric_tables) and accuracy (iclscope.icl) code measure it against the base model.
+(iclscope.decodability) and accuracy (iclscope.icl) code measure it against the base model.
 
 Training data: `n_train` prompts built from the *train* split with the dataset's template,
 k = `shots` (default: the smallest shot count >= 1 of its prompt sets), tasks taken in turn, the demonstrations
@@ -228,7 +228,7 @@ def train_layer_lora(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: Mode
         loss, n_tokens = answer_loss(net, batch, pad)
         return loss, {"answer_tokens": n_tokens}
 
-    log_rows, seconds, end = train_loop(
+    log_rows, seconds, end, _ = train_loop(
         net, optimizer, train, loss_fn, steps=settings.steps, batch_size=settings.batch_size, seed=settings.seed,
         checkpoint_every=settings.checkpoint_every, checkpoint=checkpoint, stop_after=stop_after,
         desc=f"lora {arm} {n} of {L} layers")
@@ -261,8 +261,8 @@ def summary_table(base_activations, runs: dict[str, tuple[str | Path, str | Path
 
     `runs` maps arm -> (run directory, activation file of its merged model).
     """
+    from .decodability import decodability_table
     from .icl import accuracy_table, predictions
-    from .metric_tables import decodability_table
     from .tables import metric_frame
 
     frames, acc_of, peak_of = [], {}, {}

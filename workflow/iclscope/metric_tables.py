@@ -7,38 +7,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .decodability import decodability_by_layer, peak_layer
 from .entropy import EntropySettings, layer_measures, pair_labels
 from .store import open_activations, open_token_states, read_prompts
 from .tables import metric_frame
-
-
-def decodability_table(path, *, model: str, dataset: str, k: int = 10, metrics=("euclidean", "cosine"),
-                       n_boot: int = 200, seed: int = 0) -> tuple[pd.DataFrame, dict]:
-    """Task decodability per layer at the query position, per (seed, shots) prompt set.
-
-    Reads /resid/query [N, L+1, d] one prompt set at a time (memory: that set's states).
-    """
-    frames, peaks = [], {}
-    with open_activations(path) as f:
-        prompts = read_prompts(f)
-        attrs = {k_: (v.tolist() if hasattr(v, "tolist") else v) for k_, v in f.attrs.items()}
-        groups = pd.DataFrame({"seed": prompts["seed"], "shots": prompts["shots"]}).groupby(["seed", "shots"])
-        for (s, shots), g in groups:
-            idx = np.sort(g.index.to_numpy())
-            states = f["resid/query"][idx].astype(np.float32)  # [n, L+1, d]
-            tasks = prompts["task"][idx]
-            df = decodability_by_layer(states, tasks, k=k, metrics=tuple(metrics), n_boot=n_boot, seed=seed)
-            peaks[f"seed={s},shots={shots}"] = {m: int(peak_layer(df[df.metric_space == m]))
-                                                 for m in df.metric_space.unique()}
-            df = df.assign(seed=int(s), shots=int(shots))
-            frames.append(df)
-    rows = pd.concat(frames, ignore_index=True)
-    rows = rows.assign(metric="decodability_" + rows.pop("metric_space"))
-    table = metric_frame(rows.to_dict("records"), model=model, dataset=dataset, family="decodability",
-                         position="query", label_type="task")
-    attrs["peak_layers"] = peaks
-    return table, attrs
 
 
 def compression_table(activations, task_spaces, *, model: str, dataset: str,

@@ -18,10 +18,12 @@ import fnmatch
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+
+from .config import POS_TASK_TAGS
 
 BITWISE_TASKS = ("AND", "NAND", "OR", "NOR", "XOR", "XNOR", "Null")
 WORD_TASKS = ("first_letter", "last_letter", "uppercase", "repeat", "reverse", "capitalise", "Null")
@@ -65,46 +67,7 @@ def bitwise_examples(n_per_task: int, seed: int, n_bits: int = 5) -> pd.DataFram
 
 
 # Han et al.'s six tags: UPOS names, or Penn Treebank tags (PTB data, CoNLL-U column 5 of English UD)
-POS_TASK_TAGS = {
-    "upos": {"Noun": ("NOUN",), "Adjective": ("ADJ",), "Verb": ("VERB",), "Adverb": ("ADV",),
-             "Preposition": ("ADP",), "Pronoun": ("PRON",)},
-    "xpos": {"Noun": ("NN*",), "Adjective": ("JJ*",), "Verb": ("VB*",), "Adverb": ("RB*",),
-             "Preposition": ("IN",), "Pronoun": ("PRP*",)},
-}
 POS_TASKS = (*POS_TASK_TAGS["upos"], "Null")
-
-
-@dataclass(frozen=True)
-class TaggingSettings:
-    """`datasets.<name>.tagging` of the POS family.
-
-    tags: which tag set the sentences carry (CoNLL-U: upos = column 4, xpos = column 5) and so
-    the default task mapping; tags_column / tokens_column: the columns of a hub or save_to_disk
-    table (tags_column null = the value of `tags`); tasks: task -> tag patterns (fnmatch, 'NN*'),
-    null = Han et al.'s six tasks for that tag set. A sentence is kept when it has a word for
-    every task; Null is added to the tasks.
-    """
-
-    tags: str = "upos"
-    tokens_column: str = "tokens"
-    tags_column: str | None = None
-    tasks: dict | None = None
-    task_tags: dict = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self):
-        if self.tags not in POS_TASK_TAGS:
-            raise ValueError(f"tagging.tags is {self.tags!r}; use one of {sorted(POS_TASK_TAGS)}")
-        tasks = POS_TASK_TAGS[self.tags] if self.tasks is None else self.tasks
-        if not tasks or "Null" in tasks:
-            raise ValueError(f"tagging.tasks must name at least one task and not 'Null' (added by itself), got {tasks}")
-        for task, patterns in tasks.items():
-            if isinstance(patterns, str) or not patterns or not all(isinstance(p, str) and p for p in patterns):
-                raise ValueError(f"tagging.tasks.{task}: give a non-empty list of tags, got {patterns!r}")
-        object.__setattr__(self, "task_tags", {str(t): tuple(p) for t, p in tasks.items()})
-
-    @property
-    def column(self) -> str:
-        return self.tags_column or self.tags
 
 
 def tag_matches(tag: str | None, patterns: Sequence[str]) -> bool:

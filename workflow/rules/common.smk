@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from iclscope.config import ConfigError, DatasetSpec, ModelSpec, check_unique_keys, validate_config  # noqa: E402
 from iclscope import jobs  # noqa: E402
 from iclscope.plan import LAYER_LORA_ARMS, TSFT_ARMS, Plan  # noqa: E402
-from iclscope.lab_cache import seal_entries_when_stored  # noqa: E402
 
 try:
     for _configfile in workflow.configfiles:
@@ -23,6 +22,8 @@ except ConfigError as error:
 config.clear()
 config.update(_validated)
 
+include: "lab_cache.smk"
+
 if getattr(workflow.workflow_settings, "cache", None):
     if not os.environ.get("SNAKEMAKE_OUTPUT_CACHE"):
         raise WorkflowError(
@@ -31,7 +32,7 @@ if getattr(workflow.workflow_settings, "cache", None):
             "export SNAKEMAKE_OUTPUT_CACHE=/shared/lab/iclscope-cache (README: 'Sharing activations'); a "
             "directory of your own works too"
         )
-    seal_entries_when_stored()  # entries are read-only once written (iclscope/lab_cache.py)
+    seal_entries_when_stored()  # entries are read-only once written (lab_cache.smk)
 
 
 

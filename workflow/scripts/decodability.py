@@ -1,8 +1,8 @@
 import json
 
+from iclscope.decodability import decodability_table
 from iclscope.jobs import job_of
 from iclscope.logs import log_to
-from iclscope.metric_tables import decodability_table
 from iclscope.tables import write_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)

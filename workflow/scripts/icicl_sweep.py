@@ -6,7 +6,7 @@ from iclscope.taskspace import read_task_spaces
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 job = job_of(snakemake)
-settings = ICICLSettings(**job["icicl"], word_k=job["word_k"])
+settings = ICICLSettings(**job["icicl"])  # word loyalty is not scored: word_k is no key
 grid = SweepGrid(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["sweep"].items()})
 spaces = {v: read_task_spaces(snakemake.input.taskspace, v) for v in grid.task_spaces if v in ("class_mean", "anchor")}
 table, meta = sweep_icicl(read_table(snakemake.input.dataset), job.dataset(), snakemake.input.model, job.model(),

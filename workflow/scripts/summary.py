@@ -7,7 +7,9 @@ from iclscope.logs import log_to
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 pairs = sorted({(Path(p).parent.parent.name, Path(p).parent.name) for p in snakemake.input.peaks})
-table = pd.DataFrame([headline(f"results/metrics/{m}/{d}", m, d) for m, d in pairs])
+tables = {pair: [p for p in snakemake.input.tables if (Path(p).parent.parent.name, Path(p).parent.name) == pair]
+          for pair in pairs}  # only this job's inputs: never a table left over from another configuration
+table = pd.DataFrame([headline(tables[m, d], m, d) for m, d in pairs])
 table.to_csv(snakemake.output.headline, index=False, float_format="%.4g")
 peaks = pd.concat([pd.read_parquet(p) for p in snakemake.input.peaks], ignore_index=True)
 peaks.pivot_table(index=["model", "dataset"], columns="curve", values="layer").to_csv(
