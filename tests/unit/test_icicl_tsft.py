@@ -449,3 +449,38 @@ def test_tsft_fits_its_space_on_the_zero_shot_training_states(prepared_tiny, tmp
     summary = train_tsft(frame(), SPEC, model_dir, spec_model, None,
                          TSFTSettings(steps=1, batch_size=4, n_train=12, n_val=6, n_test=8, layer=1), tmp_path / "run")
     assert summary["task_space_variant"] == "train_zero_shot" and summary["task_space_k"] == 1
+
+
+def test_icicl_table_and_figures_from_constructed_results(tmp_path):
+    """The metric table carries every arm's accuracy interval and paired rows; both figures render."""
+    from iclscope.icicl import metric_table, summarise
+    from iclscope.plots import plot_icicl, plot_icicl_sweep
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for arm, draws in (("full_icl", [-1]), ("zero_shot", [-1]), ("icicl_soft", [-1]), ("icicl_identity", [-1]),
+                       ("task_vector", [-1]), ("anchor_kv", [-1]), ("hidden_random", [0, 1])):
+        for d in draws:
+            for t in range(40):
+                gold = t % 2
+                pred = gold if rng.random() < 0.75 else 1 - gold
+                rows.append({"test_row": t, "arm": arm, "draw": d, "gold": gold, "pred": pred, "correct": pred == gold,
+                             "tokens": 10, "timed": t < 5, "seconds": 0.01 * (1 + (arm == "full_icl")) if t < 5
+                             else np.nan, "top_ids": [1, 2, 3 + pred]})
+    per_example = add_loyalty(pd.DataFrame(rows))
+    table = metric_table(summarise(per_example, ["negative", "positive"], 100), paired_table(per_example, 100),
+                         model="m", dataset="d", layer=3)
+    acc = table[table.metric == "accuracy"].set_index("task")
+    assert (acc["ci_low"] <= acc["value"]).all() and (acc["value"] <= acc["ci_high"]).all()
+    assert table[table.metric == "speedup_vs_full_icl"].set_index("task").at["icicl_soft", "value"] == 2
+    assert set(table[table.metric == "accuracy_diff_vs_full_icl"]["task"]) == {
+        "zero_shot", "icicl_soft", "icicl_identity", "task_vector", "anchor_kv", "hidden_random", "hidden_random_top"}
+    plot_icicl(table, tmp_path / "icicl.png")
+    sweep = pd.DataFrame([{"arm": "zero_shot", "accuracy": 0.6, "n_val": 8}, {"arm": "full_icl", "accuracy": 0.9}]
+                         + [{"arm": "icicl_soft", "layer": layer, "state": st, "task_space": sp, "label_line": ll,
+                             "accuracy": rng.random(), "tokens": 20 - 5 * (not ll), "n_val": 8, "chosen": False}
+                            for layer in (2, 3) for st in ("last", "label") for sp in ("pool", "identity")
+                            for ll in (True, False)])
+    sweep.loc[5, "chosen"] = True
+    plot_icicl_sweep(sweep, tmp_path / "sweep.png")
+    assert (tmp_path / "icicl.png").stat().st_size > 10_000 and (tmp_path / "sweep.png").stat().st_size > 10_000

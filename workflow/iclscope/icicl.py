@@ -775,3 +775,23 @@ def paired_table(per_example: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -
         b = np.repeat(b, len(a), axis=0) if len(b) == 1 and len(a) > 1 else b
         rows.append({"arm": arm, "reference": ref, **paired_difference(a, b, n_boot=n_boot, seed=seed).as_dict()})
     return pd.DataFrame(rows)
+
+
+SUMMARY_METRICS = ("accuracy", "macro_f1", "label_loyalty", "word_loyalty", "tokens", "seconds_per_example",
+                   "speedup_vs_full_icl", "time_reduction_vs_full_icl", "draw", "n")
+
+
+def metric_table(summary: pd.DataFrame, paired: pd.DataFrame, *, model: str, dataset: str, layer: int) -> pd.DataFrame:
+    """The long-format IC-ICL table: per arm (`task`) the summary metrics (accuracy with its interval in
+    ci_low / ci_high; `draw` = which Hidden_random draw hidden_random_top is), and per paired comparison
+    `accuracy_diff_vs_<reference>` (interval in ci_low / ci_high) and `p_value_vs_<reference>`."""
+    from .tables import metric_frame
+
+    rows = [{"metric": m, "task": r["arm"], "value": r[m],
+             **({"ci_low": r["accuracy_lo"], "ci_high": r["accuracy_hi"]} if m == "accuracy" else {})}
+            for r in summary.to_dict("records") for m in SUMMARY_METRICS if not pd.isna(r[m])]
+    for r in paired.to_dict("records"):
+        rows += [{"metric": f"accuracy_diff_vs_{r['reference']}", "task": r["arm"], "value": r["diff"],
+                  "ci_low": r["diff_lo"], "ci_high": r["diff_hi"]},
+                 {"metric": f"p_value_vs_{r['reference']}", "task": r["arm"], "value": r["p_value"]}]
+    return metric_frame(rows, model=model, dataset=dataset, family="icicl", position="query", layer=layer)

@@ -84,10 +84,12 @@ def plot_icicl(table: pd.DataFrame, path) -> None:
     interval, McNemar p in the label. Right: label and word loyalty against full-text ICL."""
     wide = table.pivot_table(index="task", columns="metric", values="value")
     ci = table[table.metric == "accuracy"].set_index("task")[["ci_low", "ci_high"]]
-    diff = table[table.metric == "accuracy_diff_vs_full_icl"].set_index("task")
-    p = table[table.metric == "p_value_vs_full_icl"].set_index("task")["value"]
+    diffs = table[table.metric.str.startswith("accuracy_diff_vs_")].assign(
+        reference=lambda t: t.metric.str.removeprefix("accuracy_diff_vs_"))
+    p_values = table[table.metric.str.startswith("p_value_vs_")].assign(
+        reference=lambda t: t.metric.str.removeprefix("p_value_vs_")).set_index(["task", "reference"])["value"]
     loyal = [m for m in ("label_loyalty", "word_loyalty") if m in wide]
-    panels = 1 + (len(diff) > 0) + bool(loyal)
+    panels = 1 + (len(diffs) > 0) + bool(loyal)
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.8), squeeze=False)
         ax = axes[0, 0]
@@ -108,17 +110,21 @@ def plot_icicl(table: pd.DataFrame, path) -> None:
         ax.set_ylabel("accuracy" + (f" ({n} test inputs, 95 % CI)" if n else ""))
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.15), ncol=2, frameon=False)
         col = 1
-        if len(diff):
+        if len(diffs):
+            # every arm against full ICL (sorted), then icicl_soft against its other references
             ax = axes[0, col]
             col += 1
-            order = diff.sort_values("value").index
-            y = np.arange(len(order))
-            d = diff.loc[order]
-            ax.errorbar(d["value"], y, xerr=[d["value"] - d["ci_low"], d["ci_high"] - d["value"]], fmt="o",
-                        color="C0", capsize=3)
+            d = pd.concat([diffs[diffs.reference == "full_icl"].sort_values("value"),
+                           diffs[diffs.reference != "full_icl"].sort_values("value")])
+            y = np.arange(len(d))[::-1]
+            colours = np.where(d["reference"] == "full_icl", "C0", "C1")
+            for yi, (_, r), c in zip(y, d.iterrows(), colours, strict=True):
+                ax.errorbar(r["value"], yi, xerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]], fmt="o",
+                            color=c, capsize=3)
             ax.axvline(0, color="k", lw=0.8)
-            ax.set_yticks(y, [f"{a}  (p = {p.get(a, np.nan):.2g})" for a in order])
-            ax.set_xlabel("accuracy − full-text ICL's, same inputs (paired 95 % CI)")
+            ax.set_yticks(y, [f"{r.task} − {r.reference}  (p = {p_values.get((r.task, r.reference), np.nan):.2g})"
+                              for r in d.itertuples()], fontsize=7)
+            ax.set_xlabel("accuracy difference on the same inputs (paired 95 % CI)")
         if loyal:
             ax = axes[0, col]
             arms = wide.sort_values("label_loyalty", ascending=False).index
