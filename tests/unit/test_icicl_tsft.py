@@ -10,6 +10,7 @@ import pytest
 from iclscope.config import ConfigError, DatasetSpec, PromptSpec
 from iclscope.icicl import (
     ICICLSettings,
+    Prompt,
     SweepGrid,
     add_loyalty,
     evaluate_icicl,
@@ -253,7 +254,7 @@ def test_hidden_random_forced_onto_the_label_reproduces_anchor_kv(prepared_tiny)
     full = [int(t) for t in kv.records[0]["input_ids"]] + query
     with torch.inference_mode():
         logits = scorer.model(input_ids=torch.as_tensor([full])).logits[0, -1]
-    assert scorer.score(full).top_ids.tolist() == logits.topk(4).indices.tolist()
+    assert scorer.score(Prompt(full)).top_ids.tolist() == logits.topk(4).indices.tolist()
 
 
 def test_anchor_kv_keeping_every_position_reproduces_the_full_prompt(prepared_tiny):
@@ -273,7 +274,7 @@ def test_anchor_kv_keeping_every_position_reproduces_the_full_prompt(prepared_ti
     cache, _ = kv.cache_for([0])
     cached = scorer.score_on_cache(query, cache, kv.stride).label_logits
     full = [int(t) for t in kv.records[0]["input_ids"]] + query  # the same tokens as one prompt
-    np.testing.assert_allclose(cached, scorer.score(full).label_logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(cached, scorer.score(Prompt(full)).label_logits, rtol=1e-4, atol=1e-4)
     one_piece = tokenize_pieces(tok, assemble(SPEC.prompts.template, "\n", [("I love it", " positive")], "so rude"))
     assert one_piece["text"].endswith("so rude\nSentiment:")
 
