@@ -1,6 +1,7 @@
 """AUCROC_l on constructed inputs matches scikit-learn; R_l; per-class attention sums."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -231,8 +232,45 @@ def test_reweighting_training_lowers_the_aux_loss_and_scores_both_arms(prepared_
     acc = table[table.metric == "accuracy"].pivot(index="seed", columns="label_type", values="value")
     assert list(acc.columns) == ["reweighted", "vanilla"] and acc.notna().all().all()
     assert info["test_prompts"] == 8
+    gain = table[table.label_type == "reweighted-vanilla"]
+    per_seed = gain[gain.metric == "gain"].dropna(subset=["seed"]).set_index("seed")["value"]
+    np.testing.assert_allclose(per_seed.sort_index(), (acc["reweighted"] - acc["vanilla"]).sort_index(), atol=1e-12)
+    pooled = gain[gain.seed.isna()].set_index("metric")["value"]
+    assert pooled["gain"] == pytest.approx((acc["reweighted"] - acc["vanilla"]).mean())
+    assert pooled["n_paired"] == 8 and 0 <= pooled["p_value"] <= 1
     with pytest.raises(ValueError, match="n_train"):
         run_reweighting(ppath, model_dir, spec, aux_per_class=3, epochs=1, lr=0.1, n_test_per_seed=2, dataset="d")
+
+
+def test_reweighting_gain_rows_are_paired_differences_per_seed_and_pooled():
+    from iclscope.anchors import reweighting_gain_rows
+    from iclscope.stats import paired_difference
+
+    rng = np.random.default_rng(0)
+    correct = {s: (rng.random(40) < 0.55, rng.random(40) < 0.75) for s in (42, 43, 44)}
+    rows = pd.DataFrame(reweighting_gain_rows(correct, n_boot=300))
+    assert set(rows["label_type"]) == {"reweighted-vanilla"}
+    for seed, (vanilla, reweighted) in correct.items():
+        one = rows[rows.seed == seed].set_index("metric")["value"]
+        direct = paired_difference(reweighted, vanilla, n_boot=300, seed=0)
+        assert (one["gain"], one["gain_lo"], one["gain_hi"], one["p_value"]) == pytest.approx(
+            (direct.diff, direct.diff_lo, direct.diff_hi, direct.p_value))
+        assert (one["wins"], one["losses"]) == (direct.a_only, direct.b_only)
+    pooled = rows[rows.seed.isna()].set_index("metric")
+    direct = paired_difference(np.stack([r for _, r in correct.values()]), np.stack([v for v, _ in correct.values()]),
+                               n_boot=300, seed=0)
+    assert pooled.loc["gain", "value"] == pytest.approx(direct.diff) and direct.test == "sign_flip"
+    assert (pooled.loc["gain", "ci_low"], pooled.loc["gain", "ci_high"]) == pytest.approx(
+        (direct.diff_lo, direct.diff_hi))
+    assert pooled.loc["p_value", "value"] == pytest.approx(direct.p_value) and pooled.loc["n_paired", "value"] == 120
+    # seeds with different numbers of prompts are pooled as one flat set of pairs
+    uneven = {42: correct[42], 43: (correct[43][0][:30], correct[43][1][:30])}
+    flat = pd.DataFrame(reweighting_gain_rows(uneven, n_boot=0))
+    flat = flat[flat.seed.isna()].set_index("metric")["value"]
+    direct = paired_difference(np.concatenate([correct[42][1], correct[43][1][:30]]),
+                               np.concatenate([correct[42][0], correct[43][0][:30]]), n_boot=0)
+    assert flat["gain"] == pytest.approx(direct.diff) and flat["p_value"] == pytest.approx(direct.p_value)
+    assert np.isnan(flat["gain_lo"])  # n_boot = 0: no interval
 
 
 def spec_layers(model_dir):

@@ -76,6 +76,19 @@ def test_reweighting_needs_enough_train_prompts_per_class():
     validate_config(cfg)  # not needed when re-weighting is off
 
 
+def test_tsft_held_out_and_test_prompts_cover_every_class():
+    def three_classes_with_tsft(c, **tsft):
+        c["datasets"]["tweets3"]["methods"] = ["tsft"]
+        c["tsft"].update(tsft)
+
+    msg = broken(lambda c: three_classes_with_tsft(c, n_val=2))
+    assert "tsft.n_val" in msg and "3 classes" in msg and "tweets3" in msg
+    assert "tsft.eval_every" in broken(lambda c: c["tsft"].update(eval_every=0))
+    cfg = copy.deepcopy(DEFAULT)
+    three_classes_with_tsft(cfg, n_val=2, enabled=False)
+    validate_config(cfg)  # not needed when TS-FT is off
+
+
 def test_toy_regression_shapes_are_checked_before_any_job():
     msg = broken(lambda c: c["toy_regression"].update(d_model=30, n_heads=4, n_bases=5))
     assert "toy_regression.d_model" in msg and "toy_regression.dim" in msg

@@ -33,7 +33,7 @@ def small_config(model_dirs: dict) -> dict:
     cfg["decodability"].update(k=3, n_boot=10)
     cfg["icl_accuracy"].update(n_boot=10)
     cfg["icicl"].update(pool_size=12, n_test=6, warmup=0, repeats=1, random_draws=1)
-    cfg["tsft"].update(steps=2, n_train=8, n_test=8, batch_size=4, seeds=[0], checkpoint_every=2)
+    cfg["tsft"].update(steps=2, n_train=8, n_val=4, n_test=8, batch_size=4, seeds=[0], checkpoint_every=2)
     cfg["entropy"].update(max_tokens=300, n_bins=6)
     cfg["entropy"]["training"]["enabled"] = False
     cfg["toy_regression"]["enabled"] = False

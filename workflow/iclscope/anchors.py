@@ -350,14 +350,38 @@ def fit_reweighting(net, aux, label_ids, shape: tuple[int, int, int], *, epochs:
     return beta.detach().cpu(), epoch_loss
 
 
+def reweighting_gain_rows(correct: dict[int, tuple[np.ndarray, np.ndarray]], n_boot: int) -> list[dict]:
+    """Paired rows re-weighted − vanilla (iclscope.stats.paired_rows, label_type `reweighted-vanilla`) from
+    {seed: (vanilla correct [n], re-weighted correct [n])} on each seed's test prompts: per seed (McNemar's
+    exact test) and, with seed empty, pooled over the seeds. Pooled, the seeds' prompts are the columns of a
+    [seed, prompt] array (each seed has its own demonstrations and test prompts, so the interval resamples
+    seeds as well as prompts and the sign-flip test flips per column); seeds with unequal numbers of
+    prompts are pooled as one flat set of pairs instead."""
+    from .stats import paired_difference, paired_rows
+
+    rows, common = [], {"label_type": "reweighted-vanilla"}
+    for seed, (vanilla, reweighted) in sorted(correct.items()):
+        rows += paired_rows(paired_difference(reweighted, vanilla, n_boot=n_boot, seed=0), **common, seed=seed)
+    if correct:
+        vanilla = [v for _, (v, _) in sorted(correct.items())]
+        reweighted = [r for _, (_, r) in sorted(correct.items())]
+        if len({len(v) for v in vanilla}) == 1:
+            pooled = paired_difference(np.stack(reweighted), np.stack(vanilla), n_boot=n_boot, seed=0)
+        else:
+            pooled = paired_difference(np.concatenate(reweighted), np.concatenate(vanilla), n_boot=n_boot, seed=0)
+        rows += paired_rows(pooled, **common, seed=None)
+    return rows
+
+
 def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epochs: int, lr: float,
-                    n_test_per_seed: int | None, dataset: str):
+                    n_test_per_seed: int | None, dataset: str, n_boot: int = 1000):
     """Anchor re-weighting against vanilla ICL on the same test prompts, per seed (docs/methods.md §3.6).
 
     Per seed: β is fitted on `aux_per_class` train-split prompts per class (they share the seed's
     demonstrations and never reuse one), then both arms, β = 0 (vanilla) and the fitted β, predict
     the test prompts. Returns (metric table: accuracy / macro_f1 / label_loss per arm in `label_type`,
-    and beta_abs_mean per layer; {seed: β [L, H, K]}; meta with the loss per epoch).
+    the paired gain re-weighted − vanilla per seed and pooled (`reweighting_gain_rows`, `n_boot`
+    bootstrap resamples), and beta_abs_mean per layer; {seed: β [L, H, K]}; meta with the loss per epoch).
     """
     import torch
     import torch.nn.functional as F
@@ -376,7 +400,7 @@ def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epoch
     net.requires_grad_(False)
     L, H = manifest["n_layers"], manifest["n_heads"]
     device = next(net.parameters()).device
-    rows, betas, losses, n_tested = [], {}, {}, 0
+    rows, betas, losses, n_tested, correct = [], {}, {}, 0, {}
     for seed, seed_test in test.groupby("seed", sort=True):
         aux = train[train.seed == seed].groupby("gold", sort=True).head(aux_per_class)
         per_class = aux.groupby("gold").size().reindex(range(n_classes), fill_value=0)
@@ -392,6 +416,7 @@ def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epoch
         picked = seed_test if n_test_per_seed is None else seed_test.head(n_test_per_seed)
         n_tested += len(picked)
         gold = torch.tensor(picked["gold"].tolist())
+        arm_correct = []
         for arm, b in (("vanilla", torch.zeros_like(beta)), ("reweighted", beta)):
             logits = []
             for lo in tqdm(range(0, len(picked), model.batch_size), desc=f"re-weighting seed {seed} {arm}"):
@@ -400,12 +425,15 @@ def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epoch
                                                           b.to(device), L, tok.pad_token_id).cpu())
             logits = torch.cat(logits)
             pred = logits.argmax(-1).numpy()
+            arm_correct.append(pred == gold.numpy())
             common = {"seed": int(seed), "label_type": arm}
             rows += [{**common, "metric": "accuracy", "value": float((pred == gold.numpy()).mean())},
                      {**common, "metric": "macro_f1", "value": macro_f1(gold.numpy(), pred, range(n_classes))},
                      {**common, "metric": "label_loss", "value": float(F.cross_entropy(logits, gold))}]
+        correct[int(seed)] = tuple(arm_correct)
         rows += [{"seed": int(seed), "layer": layer + 1, "label_type": "reweighted", "metric": "beta_abs_mean",
                   "value": float(np.abs(betas[int(seed)][layer]).mean())} for layer in range(L)]
+    rows += reweighting_gain_rows(correct, n_boot)
     info = {"aux_per_class": aux_per_class, "epochs": epochs, "lr": lr, "test_prompts": n_tested,
             "train_loss_per_epoch": losses}
     return metric_frame(rows, model=model.name, dataset=dataset, family="anchors", position="query"), betas, info

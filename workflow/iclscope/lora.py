@@ -4,8 +4,12 @@ resumable training loop.
 
 Determinism: batch order depends on (seed, epoch) and dropout masks on (seed, step) only, so a
 run killed after a checkpoint and rerun reproduces the loss curve of an uninterrupted run.
-Every `checkpoint_every` steps the adapter, optimizer state, step and log are written atomically
+Every `checkpoint_every` steps the adapter, optimizer state, step and logs are written atomically
 to `<checkpoint>/` (a sibling `.partial` directory renamed into place).
+
+An optional held-out evaluation (`evaluate`) runs at step 0 and every `eval_every` steps and after
+the last step, with the adapter in eval mode (no dropout) and no effect on the training RNG; its
+rows are checkpointed with the training log, so a resumed run reproduces them too.
 """
 
 from __future__ import annotations
@@ -60,40 +64,64 @@ def trainable_parameters(net) -> int:
     return int(sum(p.numel() for p in net.parameters() if p.requires_grad))
 
 
-def save_checkpoint(model, optimizer, step: int, log_rows: list, directory: Path) -> None:
+def save_checkpoint(model, optimizer, step: int, log_rows: list, directory: Path, eval_rows: list = ()) -> None:
     tmp = directory.with_name(directory.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "trainer_state.pt")
     (tmp / "train_log.json").write_text(json.dumps(log_rows))
+    (tmp / "eval_log.json").write_text(json.dumps(list(eval_rows)))
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)
 
 
-def load_checkpoint(model, optimizer, directory: Path, device) -> tuple[int, list]:
-    """Restore adapter and optimizer from `directory` when it holds a checkpoint: (next step, log rows)."""
+def load_checkpoint(model, optimizer, directory: Path, device) -> tuple[int, list, list]:
+    """Restore adapter and optimizer from `directory` when it holds a checkpoint:
+    (next step, training log rows, evaluation rows)."""
     from peft import set_peft_model_state_dict
     from peft.utils import load_peft_weights
 
     if not (directory / "trainer_state.pt").exists():
-        return 0, []
+        return 0, [], []
     set_peft_model_state_dict(model, load_peft_weights(str(directory), device=str(device)))
     state = torch.load(directory / "trainer_state.pt", map_location=device)
     optimizer.load_state_dict(state["optimizer"])
     log.info("resuming at step %d from %s", int(state["step"]), directory)
-    return int(state["step"]), json.loads((directory / "train_log.json").read_text())
+    evals = directory / "eval_log.json"
+    return (int(state["step"]), json.loads((directory / "train_log.json").read_text()),
+            json.loads(evals.read_text()) if evals.exists() else [])
+
+
+def eval_steps(steps: int, eval_every: int) -> list[int]:
+    """The steps after which the held-out evaluation runs: 0, every `eval_every`, and the last."""
+    return sorted({0, steps, *range(eval_every, steps, eval_every)})
 
 
 def train_loop(net, optimizer, examples: list, loss_fn: Callable[[list], tuple[torch.Tensor, dict]], *,
                steps: int, batch_size: int, seed: int, checkpoint_every: int, checkpoint: Path,
-               stop_after: int | None = None, desc: str = "lora") -> tuple[list[dict], float, int]:
+               stop_after: int | None = None, desc: str = "lora", evaluate: Callable[[], dict] | None = None,
+               eval_every: int = 1) -> tuple[list[dict], float, int, list[dict]]:
     """Run steps [resumed step, steps) of `loss_fn(batch) -> (loss, {name: float})`; returns
-    (log rows {step, loss, **extra}, seconds, last step run). `stop_after` ends early (tests: a kill)."""
+    (log rows {step, loss, **extra}, seconds, last step run, evaluation rows {step, seconds, **evaluate()}).
+    `evaluate()` (held-out losses of the current adapter) runs at the steps of `eval_steps`;
+    `stop_after` ends early (tests: a kill)."""
     device = next(p for p in net.parameters() if p.requires_grad).device
-    start, log_rows = load_checkpoint(net, optimizer, checkpoint, device)
+    start, log_rows, eval_rows = load_checkpoint(net, optimizer, checkpoint, device)
+    due = set(eval_steps(steps, eval_every)) if evaluate is not None else set()
+
+    def run_eval(step: int) -> None:
+        t = time.perf_counter()
+        net.eval()
+        with torch.inference_mode():
+            values = evaluate()
+        net.train()
+        eval_rows.append({"step": step, **values, "seconds": time.perf_counter() - t})
+
     n_batches = max(1, len(examples) // batch_size)
     t0 = time.perf_counter()
     net.train()
+    if start == 0 and 0 in due:
+        run_eval(0)
     end = steps if stop_after is None else min(steps, stop_after)
     for step in tqdm(range(start, end), desc=desc, initial=start, total=steps):
         epoch, b = divmod(step, n_batches)
@@ -105,6 +133,8 @@ def train_loop(net, optimizer, examples: list, loss_fn: Callable[[list], tuple[t
         loss.backward()
         optimizer.step()
         log_rows.append({"step": step + 1, "loss": loss.item(), **extra})
+        if step + 1 in due:
+            run_eval(step + 1)
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            save_checkpoint(net, optimizer, step + 1, log_rows, checkpoint)
-    return log_rows, time.perf_counter() - t0, end
+            save_checkpoint(net, optimizer, step + 1, log_rows, checkpoint, eval_rows)
+    return log_rows, time.perf_counter() - t0, end, eval_rows

@@ -1,4 +1,4 @@
-"""Intervals and paired tests for accuracies (docs/methods.md §7).
+"""Intervals and paired tests for accuracies (docs/methods.md §0.4).
 
 Everything here is numpy/scipy over 0/1 correctness arrays, so it is cheap (microseconds to a
 few milliseconds per call) and can be recomputed from any predictions table.
@@ -9,6 +9,7 @@ few milliseconds per call) and can be recomputed from any predictions table.
   and a p-value: McNemar's exact test for one seed (the two-sided binomial test on the
   discordant pairs, as `statsmodels.stats.contingency_tables.mcnemar(exact=True)` computes it),
   its randomisation generalisation (sign flips of each input's seed-averaged difference) for several.
+- `paired_rows`: a paired difference as rows of a long-format metric table (docs/outputs.md).
 """
 
 from __future__ import annotations
@@ -94,3 +95,17 @@ def paired_difference(a, b, *, n_boot: int = 1000, seed: int = 0, alpha: float =
         extreme = (np.abs(signs @ per_input) >= observed - 1e-12).sum()
         p, test = float((extreme + 1) / (n_perm + 1)), "sign_flip"
     return PairedDifference(float(a.mean()), float(b.mean()), float(d.mean()), lo, hi, p, test, N, S, a_only, b_only)
+
+
+PAIRED_METRICS = ("gain", "gain_lo", "gain_hi", "p_value", "wins", "losses", "n_paired")
+
+
+def paired_rows(pair: PairedDifference, **common) -> list[dict]:
+    """Metric-table rows of `pair` (arm a − arm b), each with the columns `common`: `gain` = diff (its
+    interval also in ci_low / ci_high), `gain_lo`, `gain_hi`, `p_value`, `wins` (a right, b wrong),
+    `losses` (a wrong, b right) and `n_paired` (inputs × seeds)."""
+    values = (pair.diff, pair.diff_lo, pair.diff_hi, pair.p_value, pair.a_only, pair.b_only,
+              pair.n_inputs * pair.n_seeds)
+    return [{**common, "metric": name, "value": float(v),
+             **({"ci_low": pair.diff_lo, "ci_high": pair.diff_hi} if name == "gain" else {})}
+            for name, v in zip(PAIRED_METRICS, values, strict=True)]

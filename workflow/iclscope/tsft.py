@@ -11,10 +11,17 @@ state at the query position entering block l* (resid index l*). Only the answer 
 scored (`logits_to_keep=1`): the 49k-vocabulary head is never applied elsewhere, which is what
 makes tens of steps affordable on a CPU (docs/methods.md §8).
 
+Rows (docs/methods.md §1.5): the `n_test` test prompts and the `n_val` validation prompts are
+drawn with the dataset's seed, so they are the same for every run seed and arm (the arms pair over
+prompts and seeds); the `n_train` training prompts are drawn with the run seed from the train
+split without the validation rows. The held-out label cross-entropy and space loss of the
+validation prompts are evaluated at step 0, every `eval_every` steps and at the end
+(`eval_log.parquet`): the loss curve, where the per-step training losses are single batches.
+
 Training is deterministic for a seed and resumable: every `checkpoint_every` steps the adapter,
-optimizer state and step are written atomically to `<out>/checkpoint/`; a rerun continues from
-there and, because batch order and dropout are derived from (seed, step), reproduces the loss
-curve of an uninterrupted run.
+optimizer state, step and both logs are written atomically to `<out>/checkpoint/`; a rerun
+continues from there and, because batch order and dropout are derived from (seed, step),
+reproduces the training and evaluation logs of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -54,13 +61,17 @@ class TSFTSettings:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     n_train: int = 240
+    n_val: int = 64  # held-out train-split prompts (disjoint from the training rows) of the loss curve
     n_test: int = 200
+    eval_every: int = 10  # held-out evaluation every this many steps (and at step 0 and at the end)
     checkpoint_every: int = 10
     seed: int = 0
 
     def __post_init__(self):
         if self.lam < 0 or self.tau <= 0:
             raise ConfigError(f"tsft: lam must be >= 0 and tau > 0 (got {self.lam}, {self.tau})")
+        if self.eval_every < 1:
+            raise ConfigError(f"tsft.eval_every must be >= 1 (got {self.eval_every})")
 
 
 def zero_shot_examples(tokenizer, spec: DatasetSpec, rows: pd.DataFrame) -> list[dict]:
@@ -120,10 +131,45 @@ def fit_on_states(model, tokenizer, examples: list[dict], label_ids: torch.Tenso
                           var_threshold=var_threshold, max_k=max_k)
 
 
+def held_out_losses(model, tokenizer, examples: list[dict], label_ids: torch.Tensor, layer: int, n_layers: int,
+                    space: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tau: float, similarity: str,
+                    batch_size: int) -> dict:
+    """Mean label cross-entropy, space loss and accuracy of `examples` under `model` as it is (call in
+    inference mode, eval mode): {"ce", "space", "accuracy"}, each averaged over the examples."""
+    basis, mean, protos = space
+    ce = sp = correct = 0.0
+    for lo in range(0, len(examples), batch_size):
+        batch = examples[lo:lo + batch_size]
+        gold = torch.as_tensor([x["gold"] for x in batch], device=label_ids.device)
+        logits, h = forward_batch(model, tokenizer, batch, label_ids, layer, n_layers)
+        ce += F.cross_entropy(logits, gold, reduction="sum").item()
+        sp += space_loss(h, basis, mean, protos, gold, tau, similarity).item() * len(batch)
+        correct += (logits.argmax(-1) == gold).sum().item()
+    n = len(examples)
+    return {"ce": ce / n, "space": sp / n, "accuracy": correct / n}
+
+
+def tsft_rows(df: pd.DataFrame, spec: DatasetSpec, settings: TSFTSettings):
+    """(train, validation, test) rows. Test and validation rows are drawn with the dataset's seed
+    (`spec.seed`): the same for every run seed and arm. Training rows are drawn with the run seed
+    from the train split without the validation rows."""
+    classes = spec.class_names
+    if min(settings.n_val, settings.n_train, settings.n_test) < len(classes):
+        raise ConfigError(f"tsft: n_train, n_val and n_test must each be >= the {len(classes)} classes of dataset "
+                          f"'{spec.name}' (got {settings.n_train}, {settings.n_val}, {settings.n_test})")
+    train_split = df[df.split == "train"]
+    val_rows = balanced_sample(train_split, classes, settings.n_val, spec.seed, "tsft validation (tsft.n_val)")
+    rest = train_split[~train_split["row_id"].isin(val_rows["row_id"])]
+    train_rows = balanced_sample(rest, classes, settings.n_train, settings.seed, "tsft train (tsft.n_train)")
+    test_rows = balanced_sample(df[df.split == "test"], classes, settings.n_test, spec.seed, "tsft test (tsft.n_test)")
+    return train_rows, val_rows, test_rows
+
+
 def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec, space: TaskSpace | None,
                settings: TSFTSettings, out_dir: str | Path, stop_after: int | None = None, *,
                var_threshold: float = 0.9, max_k: int | None = None) -> dict:
-    """Fine-tune one arm (settings.lam) and evaluate it; writes adapter/, train_log.parquet, eval.parquet.
+    """Fine-tune one arm (settings.lam) and evaluate it; writes adapter/, train_log.parquet,
+    eval_log.parquet (held-out losses by step), eval.parquet (test predictions), summary.json.
 
     `space` None: the space is fitted on the base model's zero-shot states of the training rows
     (`fit_on_states`), the states the loss is applied to, rather than on another distribution.
@@ -143,9 +189,9 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
     device = next(base.parameters()).device
     classes = spec.class_names
     label_ids = torch.as_tensor(label_token_ids(tokenizer, spec.label_words, spec.prompts.template), device=device)
-    train_rows = balanced_sample(df[df.split == "train"], classes, settings.n_train, settings.seed, "tsft train")
-    test_rows = balanced_sample(df[df.split == "test"], classes, settings.n_test, settings.seed + 1, "tsft test")
+    train_rows, val_rows, test_rows = tsft_rows(df, spec, settings)
     train = zero_shot_examples(tokenizer, spec, train_rows)
+    val = sorted(zero_shot_examples(tokenizer, spec, val_rows), key=lambda x: len(x["input_ids"]))  # less padding
     test = zero_shot_examples(tokenizer, spec, test_rows)
     if space is None:
         space = fit_on_states(base, tokenizer, train, label_ids, layer, L, classes, model.batch_size, var_threshold,
@@ -163,54 +209,42 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
         sp = space_loss(h, basis, mean, protos, gold, settings.tau, settings.similarity)
         return ce + settings.lam * sp, {"ce": ce.item(), "space": sp.item()}
 
-    log_rows, train_seconds, end = train_loop(
+    def evaluate():
+        return held_out_losses(net, tokenizer, val, label_ids, layer, L, (basis, mean, protos), settings.tau,
+                               settings.similarity, model.batch_size)
+
+    log_rows, loop_seconds, end, eval_rows = train_loop(
         net, optimizer, train, loss_fn, steps=settings.steps, batch_size=settings.batch_size, seed=settings.seed,
         checkpoint_every=settings.checkpoint_every, checkpoint=checkpoint, stop_after=stop_after,
-        desc=f"ts-ft λ={settings.lam}")
+        desc=f"ts-ft λ={settings.lam}", evaluate=evaluate, eval_every=settings.eval_every)
     if end < settings.steps:
         return {"stopped_at": end}
 
     net.eval()
-    preds = []
+    preds, test_ce = [], 0.0
     with torch.inference_mode():
         for lo in range(0, len(test), model.batch_size):
             batch = test[lo:lo + model.batch_size]
             logits, _ = forward_batch(net, tokenizer, batch, label_ids, layer, L)
+            gold_b = torch.as_tensor([x["gold"] for x in batch], device=device)
+            test_ce += F.cross_entropy(logits, gold_b, reduction="sum").item()
             preds.extend(logits.argmax(-1).tolist())
     gold = np.array([x["gold"] for x in test])
     preds = np.array(preds)
     net.save_pretrained(out_dir / "adapter")
     pd.DataFrame(log_rows).to_parquet(out_dir / "train_log.parquet")
+    pd.DataFrame(eval_rows).to_parquet(out_dir / "eval_log.parquet")
     evaluation = pd.DataFrame({"test_row": test_rows["row_id"].to_numpy(), "gold": gold, "pred": preds,
                                "correct": gold == preds})
     evaluation.to_parquet(out_dir / "eval.parquet")
+    eval_seconds = float(sum(r["seconds"] for r in eval_rows))
     summary = {"lam": settings.lam, "seed": settings.seed, "layer": layer, "accuracy": float((gold == preds).mean()),
-               "macro_f1": macro_f1(gold, preds, range(len(classes))), "train_seconds": round(train_seconds, 1),
+               "macro_f1": macro_f1(gold, preds, range(len(classes))), "test_ce": test_ce / len(test),
+               "heldout_ce_start": eval_rows[0]["ce"], "heldout_ce_end": eval_rows[-1]["ce"],
+               "train_seconds": round(loop_seconds - eval_seconds, 1), "eval_seconds": round(eval_seconds, 1),
                "steps": settings.steps, "settings": asdict(settings), "task_space_variant": space.variant,
-               "task_space_k": int(space.k), "trainable_parameters": trainable_parameters(net)}
+               "task_space_k": int(space.k), "trainable_parameters": trainable_parameters(net),
+               "val_rows": [int(i) for i in val_rows["row_id"]]}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(checkpoint, ignore_errors=True)
     return summary
-
-
-def summary_table(run_dirs: list[str | Path], *, model: str, dataset: str) -> pd.DataFrame:
-    """Long-format accuracy / macro-F1 / final losses per arm and seed, plus gain = space − baseline."""
-    from .tables import metric_frame
-
-    rows, acc = [], {}
-    for d in map(Path, run_dirs):
-        s = json.loads((d / "summary.json").read_text())
-        arm = "space" if s["lam"] > 0 else "baseline"
-        curve = pd.read_parquet(d / "train_log.parquet")
-        acc[(arm, s["seed"])] = s["accuracy"]
-        common = {"task": arm, "seed": s["seed"], "layer": s["layer"]}
-        rows += [{**common, "metric": "accuracy", "value": s["accuracy"]},
-                 {**common, "metric": "macro_f1", "value": s["macro_f1"]},
-                 {**common, "metric": "final_ce", "value": float(curve["ce"].iloc[-1])},
-                 {**common, "metric": "final_space_loss", "value": float(curve["space"].iloc[-1])},
-                 {**common, "metric": "train_seconds", "value": s["train_seconds"]}]
-    for (arm, seed), value in acc.items():
-        if arm == "space" and ("baseline", seed) in acc:
-            rows.append({"task": "space-baseline", "seed": seed, "metric": "gain",
-                         "value": value - acc[("baseline", seed)]})
-    return metric_frame(rows, model=model, dataset=dataset, family="tsft", position="query")

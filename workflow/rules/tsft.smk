@@ -25,12 +25,14 @@ rule tsft:
 
 
 rule tsft_summary:
-    """TS-FT against its lambda = 0 baseline: accuracy per seed, gain, training curves."""
+    """TS-FT against its lambda = 0 baseline: accuracy and held-out losses per arm and seed, the paired
+    gain space - baseline over the test prompts (per seed and pooled) with its interval and p-value."""
     input:
         lambda wc: tsft_runs(wc.model, wc.dataset),
     output:
         "results/metrics/{model}/{dataset}/tsft.parquet",
     params:
+        settings=settings_of("tsft_summary"),
         code=code_of("tsft_summary.py"),
     log:
         "logs/tsft_summary/{model}/{dataset}.log",
