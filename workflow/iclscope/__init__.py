@@ -5,7 +5,7 @@ workflow/scripts/*.py are thin adapters that call one function each.
 """
 
 # bump it as CONTRIBUTING.md says; CHANGELOG.md lists what each version changed
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def open(path, require_complete: bool = True):  # noqa: A001  (mirrors h5py.File / builtins.open on purpose)

@@ -436,8 +436,9 @@ def plot_reweighting(table: pd.DataFrame, path) -> None:
         title = _title(table, "Anchor re-weighting")
         gain = table[(table.label_type == "reweighted-vanilla") & table.seed.isna()].set_index("metric")["value"]
         if {"gain", "gain_lo", "gain_hi", "p_value"} <= set(gain.index):  # the paired gain, pooled over seeds
-            title += (f"\naccuracy gain over vanilla {gain['gain'] * 100:+.1f} points, 95 % interval "
-                      f"[{gain['gain_lo'] * 100:+.1f}, {gain['gain_hi'] * 100:+.1f}], p = {gain['p_value']:.2g}")
+            title += (f"\npaired accuracy gain over vanilla, pooled over seeds: {gain['gain'] * 100:+.1f} points, "
+                      f"95 % interval [{gain['gain_lo'] * 100:+.1f}, {gain['gain_hi'] * 100:+.1f}], "
+                      f"p = {gain['p_value']:.2g}")
         fig.suptitle(title)
         _save(fig, path)
 
