@@ -238,6 +238,10 @@ def test_reweighting_training_lowers_the_aux_loss_and_scores_both_arms(prepared_
     pooled = gain[gain.seed.isna()].set_index("metric")["value"]
     assert pooled["gain"] == pytest.approx((acc["reweighted"] - acc["vanilla"]).mean())
     assert pooled["n_paired"] == 8 and 0 <= pooled["p_value"] <= 1
+    from iclscope.plots import plot_reweighting
+
+    plot_reweighting(table, tmp_path / "reweighting.png")  # the pooled gain goes into the title
+    assert (tmp_path / "reweighting.png").stat().st_size > 0
     with pytest.raises(ValueError, match="n_train"):
         run_reweighting(ppath, model_dir, spec, aux_per_class=3, epochs=1, lr=0.1, n_test_per_seed=2, dataset="d")
 

@@ -399,6 +399,11 @@ def test_tsft_summary_table_pairs_the_arms_over_prompts_and_seeds(tmp_path):
     assert per_arm[("heldout_ce_start", 1)] == pytest.approx(1.9) and per_arm[("heldout_ce_end", 1)] == pytest.approx(
         1.4)
     assert per_arm[("accuracy", 0)] == pytest.approx(correct[("space", 0)].mean())
+    from iclscope.plots import plot_tsft
+    from iclscope.tsft_report import read_runs
+
+    plot_tsft(read_runs(dirs), table, tmp_path / "tsft.png")  # the figure renders from these tables
+    assert (tmp_path / "tsft.png").stat().st_size > 0
     # a run that scored other test prompts cannot be paired
     _fake_run(tmp_path / "odd", "space", 2, correct[("space", 0)], test_rows + 1)
     _fake_run(tmp_path / "odd-base", "baseline", 2, correct[("baseline", 0)], test_rows)
