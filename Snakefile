@@ -25,6 +25,7 @@ include: "workflow/rules/layer_lora.smk"
 include: "workflow/rules/anchors.smk"
 include: "workflow/rules/entropy.smk"
 include: "workflow/rules/toy_regression.smk"
+include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
 
 

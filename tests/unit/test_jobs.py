@@ -119,8 +119,8 @@ def test_code_digest_follows_imports_transitively():
     modules = jobs.package_modules(SCRIPTS / "extract.py")
     assert {"extract", "capture", "models", "store", "config"} <= set(modules)
     assert "plots" not in modules
-    assert "plots" in jobs.package_modules(SCRIPTS / "fig_saliency.py")
-    assert "capture" not in jobs.package_modules(SCRIPTS / "fig_saliency.py")
+    assert "plots" in jobs.package_modules(SCRIPTS / "figure.py")
+    assert "capture" not in jobs.package_modules(SCRIPTS / "figure.py")
 
 
 def _package_copy(tmp_path) -> Path:
@@ -149,7 +149,7 @@ def _digest_in(pkg: Path, script: Path) -> str:
 
 def test_comment_and_docstring_edits_keep_the_digest_code_edits_change_it(tmp_path):
     pkg = _package_copy(tmp_path)
-    extract, figure = SCRIPTS / "extract.py", SCRIPTS / "fig_saliency.py"
+    extract, figure = SCRIPTS / "extract.py", SCRIPTS / "figure.py"
     before = (_digest_in(pkg, extract), _digest_in(pkg, figure))
     capture = pkg / "capture.py"
     text = capture.read_text()

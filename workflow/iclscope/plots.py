@@ -622,3 +622,23 @@ def plot_layer_atlas(curves: pd.DataFrame, peaks: pd.DataFrame, path, title: str
                             transform=axes[0, 0].transAxes, color="grey")
         fig.suptitle(title + "  (★ = peak; isolation: lowest loyalty; information: lowest)")
         _save(fig, path)
+
+
+# ---------------------------------------------------------------------------- one entry point
+def draw(figure: str, inputs: dict, path) -> None:
+    """Figure `figure` (a row of workflow/rules/figures.smk) from its input files, by name: "table"
+    for the figures of one metric table, the named inputs of the others."""
+    from .tables import read_table
+
+    if figure == "task_space":
+        task_space_figure(inputs["activations"], inputs["taskspace"], read_table(inputs["compression"]), path)
+    elif figure == "tsft":
+        from .tsft_report import read_runs
+
+        plot_tsft(read_runs(inputs["runs"]), read_table(inputs["summary"]), path)
+    elif figure == "decodability":
+        plot_decodability(read_table(inputs["decodability"]), read_table(inputs["accuracy"]), path)
+    elif callable(globals().get(f"plot_{figure}")) and set(inputs) == {"table"}:
+        globals()[f"plot_{figure}"](read_table(inputs["table"]), path)
+    else:
+        raise ValueError(f"no figure {figure!r} with inputs {sorted(inputs)} (workflow/rules/figures.smk)")

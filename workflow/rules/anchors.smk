@@ -14,26 +14,6 @@ rule aucroc:
         "../scripts/aucroc.py"
 
 
-rule fig_aucroc:
-    input:
-        "results/metrics/{model}/{dataset}/aucroc.parquet",
-    output:
-        report(
-            "results/figures/{model}/{dataset}/aucroc.png",
-            caption="../report/aucroc.rst",
-            category="Label words as anchors",
-            subcategory="{model} / {dataset}",
-        ),
-    params:
-        code=code_of("fig_aucroc.py"),
-    log:
-        "logs/figures/{model}/{dataset}/aucroc.log",
-    conda:
-        "../envs/iclscope.yaml"
-    script:
-        "../scripts/fig_aucroc.py"
-
-
 rule anchors:
     """Named target: every label-anchor metric and figure."""
     input:
@@ -65,26 +45,6 @@ rule saliency:
         "../scripts/saliency.py"
 
 
-rule fig_saliency:
-    input:
-        "results/metrics/{model}/{dataset}/saliency.parquet",
-    output:
-        report(
-            "results/figures/{model}/{dataset}/saliency.png",
-            caption="../report/saliency.rst",
-            category="Label words as anchors",
-            subcategory="{model} / {dataset}",
-        ),
-    params:
-        code=code_of("fig_saliency.py"),
-    log:
-        "logs/figures/{model}/{dataset}/saliency.log",
-    conda:
-        "../envs/iclscope.yaml"
-    script:
-        "../scripts/fig_saliency.py"
-
-
 rule isolation:
     """Label / word loyalty with label words (or random tokens) isolated in the first or last k layers."""
     input:
@@ -107,26 +67,6 @@ rule isolation:
         max_batch_tokens=max_batch_tokens,
     script:
         "../scripts/isolation.py"
-
-
-rule fig_isolation:
-    input:
-        "results/metrics/{model}/{dataset}/isolation.parquet",
-    output:
-        report(
-            "results/figures/{model}/{dataset}/isolation.png",
-            caption="../report/isolation.rst",
-            category="Label words as anchors",
-            subcategory="{model} / {dataset}",
-        ),
-    params:
-        code=code_of("fig_isolation.py"),
-    log:
-        "logs/figures/{model}/{dataset}/isolation.log",
-    conda:
-        "../envs/iclscope.yaml"
-    script:
-        "../scripts/fig_isolation.py"
 
 
 rule reweighting:
@@ -153,26 +93,6 @@ rule reweighting:
         max_batch_tokens=max_batch_tokens,
     script:
         "../scripts/reweighting.py"
-
-
-rule fig_reweighting:
-    input:
-        "results/metrics/{model}/{dataset}/reweighting.parquet",
-    output:
-        report(
-            "results/figures/{model}/{dataset}/reweighting.png",
-            caption="../report/reweighting.rst",
-            category="Label words as anchors",
-            subcategory="{model} / {dataset}",
-        ),
-    params:
-        code=code_of("fig_reweighting.py"),
-    log:
-        "logs/figures/{model}/{dataset}/reweighting.log",
-    conda:
-        "../envs/iclscope.yaml"
-    script:
-        "../scripts/fig_reweighting.py"
 
 
 rule error_diagnosis:
@@ -202,26 +122,6 @@ rule error_diagnosis:
         "../scripts/error_diagnosis.py"
 
 
-rule fig_error_diagnosis:
-    input:
-        "results/metrics/{model}/{dataset}/error_diagnosis.parquet",
-    output:
-        report(
-            "results/figures/{model}/{dataset}/error_diagnosis.png",
-            caption="../report/error_diagnosis.rst",
-            category="Label words as anchors",
-            subcategory="{model} / {dataset}",
-        ),
-    params:
-        code=code_of("fig_error_diagnosis.py"),
-    log:
-        "logs/figures/{model}/{dataset}/error_diagnosis.log",
-    conda:
-        "../envs/iclscope.yaml"
-    script:
-        "../scripts/fig_error_diagnosis.py"
-
-
 rule anchor_compression:
     """Anchor-only context compression in the paper's setting: the demonstrations run once, their KV kept
     only at template, label and separator tokens, the query continuing that cache (Hidden_anchor),
@@ -246,23 +146,3 @@ rule anchor_compression:
         max_batch_tokens=max_batch_tokens,
     script:
         "../scripts/anchor_compression.py"
-
-
-rule fig_anchor_compression:
-    input:
-        "results/metrics/{model}/{dataset}/anchor_compression.parquet",
-    output:
-        report(
-            "results/figures/{model}/{dataset}/anchor_compression.png",
-            caption="../report/anchor_compression.rst",
-            category="Label words as anchors",
-            subcategory="{model} / {dataset}",
-        ),
-    params:
-        code=code_of("fig_anchor_compression.py"),
-    log:
-        "logs/figures/{model}/{dataset}/anchor_compression.log",
-    conda:
-        "../envs/iclscope.yaml"
-    script:
-        "../scripts/fig_anchor_compression.py"

@@ -35,7 +35,6 @@ if getattr(workflow.workflow_settings, "cache", None):
     seal_entries_when_stored()  # entries are read-only once written (lab_cache.smk)
 
 
-
 def check_writable(directory: Path) -> None:
     """Stop before any job when outputs could not be written (read-only mount, no permission)."""
     probe = directory / f".iclscope-write-probe-{os.getpid()}"

@@ -45,26 +45,6 @@ rule entropy:
         "../scripts/entropy.py"
 
 
-rule fig_entropy:
-    input:
-        "results/metrics/{model}/{dataset}/entropy.parquet",
-    output:
-        report(
-            "results/figures/{model}/{dataset}/entropy.png",
-            caption="../report/entropy.rst",
-            category="Representations as language",
-            subcategory="{model} / {dataset}",
-        ),
-    params:
-        code=code_of("fig_entropy.py"),
-    log:
-        "logs/figures/{model}/{dataset}/entropy.log",
-    conda:
-        "../envs/iclscope.yaml"
-    script:
-        "../scripts/fig_entropy.py"
-
-
 rule measures:
     """Named target: the entropy measures and their figures."""
     input:
@@ -110,23 +90,3 @@ rule toy_lm_entropy_table:
         "../envs/iclscope.yaml"
     script:
         "../scripts/toy_lm_entropy_table.py"
-
-
-rule fig_entropy_training:
-    input:
-        "results/metrics/toy/{dataset}/entropy_training.parquet",
-    output:
-        report(
-            "results/figures/toy/{dataset}/entropy_training.png",
-            caption="../report/entropy_training.rst",
-            category="Representations as language",
-            subcategory="toy models / {dataset}",
-        ),
-    params:
-        code=code_of("fig_entropy_training.py"),
-    log:
-        "logs/figures/toy/{dataset}/entropy_training.log",
-    conda:
-        "../envs/iclscope.yaml"
-    script:
-        "../scripts/fig_entropy_training.py"

@@ -100,26 +100,6 @@ rule layer_lora_summary:
         "../scripts/layer_lora_summary.py"
 
 
-rule fig_layer_lora:
-    input:
-        "results/metrics/{model}/{dataset}/layer_lora.parquet",
-    output:
-        report(
-            "results/figures/{model}/{dataset}/layer_lora.png",
-            caption="../report/layer_lora.rst",
-            category="Task decodability",
-            subcategory="{model} / {dataset}",
-        ),
-    params:
-        code=code_of("fig_layer_lora.py"),
-    log:
-        "logs/figures/{model}/{dataset}/layer_lora.log",
-    conda:
-        "../envs/iclscope.yaml"
-    script:
-        "../scripts/fig_layer_lora.py"
-
-
 rule layer_lora_all:
     """Named target: the first-vs-last-layer LoRA comparison of every generation task family."""
     input:

@@ -20,23 +20,3 @@ rule toy_regression:
         runtime=lambda wc, attempt: 60 * attempt,
     script:
         "../scripts/toy_regression.py"
-
-
-rule fig_toy_regression:
-    input:
-        "results/metrics/toy/regression/toy_regression.parquet",
-    output:
-        report(
-            "results/figures/toy/regression/toy_regression.png",
-            caption="../report/toy_regression.rst",
-            category="Task decodability",
-            subcategory="toy / regression",
-        ),
-    params:
-        code=code_of("fig_toy_regression.py"),
-    log:
-        "logs/figures/toy_regression.log",
-    conda:
-        "../envs/iclscope.yaml"
-    script:
-        "../scripts/fig_toy_regression.py"

@@ -1,6 +1,0 @@
-from iclscope.logs import log_to
-from iclscope.plots import plot_icicl
-from iclscope.tables import read_table
-
-log_to(snakemake.log[0], threads=snakemake.threads)
-plot_icicl(read_table(snakemake.input[0]), snakemake.output[0])
