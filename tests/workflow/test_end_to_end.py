@@ -188,6 +188,10 @@ def test_taskspace_icicl_tsft_tables(run_dir):
     assert (run_dir / "results/figures/smollm2-135m/tweets/layer_atlas.png").stat().st_size > 10_000
     head = pd.read_csv(run_dir / "results/summary/headline.csv").set_index("dataset")
     assert head.loc["tweets", "icicl_speedup"] > 1 and head.loc["words", "peak_decodability_layer"] >= 0
+    # paired headline numbers come with their interval and p-value
+    paired = [f"{k}{s}" for k in ("icicl_minus_full_icl", "tsft_gain", "reweighting_gain")
+              for s in ("", "_lo", "_hi", "_p")]
+    assert np.isfinite(head.loc["tweets", paired].to_numpy(float)).all()
 
 
 def test_entropy_measures(run_dir):

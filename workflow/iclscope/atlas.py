@@ -110,7 +110,7 @@ def headline(table_paths, model: str, dataset: str) -> dict:
             return np.nan
         t = t[t.metric == metric]
         for column, value in filters.items():
-            t = t[t[column] == value]
+            t = t[t[column].isna()] if value is None else t[t[column] == value]
         return float(t["value"].mean()) if len(t) else np.nan
 
     def paired(name, key, metric, p_metric, **filters):
@@ -118,7 +118,8 @@ def headline(table_paths, model: str, dataset: str) -> dict:
         t = tables.get(name)
         row = None if t is None else t[t.metric == metric]
         for column, value in filters.items():
-            row = None if row is None else row[row[column] == value]
+            if row is not None:
+                row = row[row[column].isna()] if value is None else row[row[column] == value]
         if row is None or len(row) != 1:
             return {key: np.nan, f"{key}_lo": np.nan, f"{key}_hi": np.nan, f"{key}_p": np.nan}
         return {key: float(row["value"].iat[0]), f"{key}_lo": float(row["ci_low"].iat[0]),
@@ -141,9 +142,10 @@ def headline(table_paths, model: str, dataset: str) -> dict:
                       task="icicl_soft"))
     out["icicl_speedup"] = mean("icicl", "speedup_vs_full_icl", task="icicl_soft")
     out["anchor_kv_speedup"] = mean("icicl", "speedup_vs_full_icl", task="anchor_kv")
-    out["tsft_gain"] = mean("tsft", "gain")
+    # paired gains pooled over seeds (seed empty), with their interval and p-value
+    out.update(paired("tsft", "tsft_gain", "gain", "p_value", task="space-baseline", seed=None))
     out["patching_positive_delta"] = mean("patching", "delta_accuracy", label_type="positive")
     out["patching_negative_delta"] = mean("patching", "delta_accuracy", label_type="negative")
-    out["reweighting_gain"] = (mean("reweighting", "accuracy", label_type="reweighted")
-                               - mean("reweighting", "accuracy", label_type="vanilla"))
+    out.update(paired("reweighting", "reweighting_gain", "gain", "p_value", label_type="reweighted-vanilla",
+                      seed=None))
     return out
