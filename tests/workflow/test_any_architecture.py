@@ -32,7 +32,9 @@ def small_config(model_dirs: dict) -> dict:
     cfg["layer_lora"].update(steps=2, batch_size=2, n_train=8, n_monitor=4, checkpoint_every=1, n_layers=1)
     cfg["decodability"].update(k=3, n_boot=10)
     cfg["icl_accuracy"].update(n_boot=10)
-    cfg["icicl"].update(pool_size=12, n_test=6, warmup=0, repeats=1, random_draws=1)
+    # inject_layer null: the middle of each tiny model (the default run's 10 is SmolLM2's chosen layer)
+    cfg["icicl"].update(pool_size=12, n_test=6, n_timed=2, warmup=0, repeats=1, random_draws=1, inject_layer=None,
+                        n_boot=50)
     cfg["tsft"].update(steps=2, n_train=8, n_val=4, n_test=8, batch_size=4, seeds=[0], checkpoint_every=2)
     cfg["entropy"].update(max_tokens=300, n_bins=6)
     cfg["entropy"]["training"]["enabled"] = False
