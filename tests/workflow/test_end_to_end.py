@@ -282,8 +282,7 @@ RERUN_MATRIX = {
         "layer_lora_summary": 1, "fig_layer_lora": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
     "icl_accuracy.n_boot": (config_change("icl_accuracy.n_boot", 7), {  # + the paired gains' intervals
         "icl_accuracy": 3, "decodability_fit": 1, "fig_decodability": 1, "layer_lora_summary": 1,
-        "fig_layer_lora": 1, "tsft_summary": 1, "fig_tsft": 1, "reweighting": 1, "fig_reweighting": 1,
-        "summary": 1, "all": 1}),
+        "fig_layer_lora": 1, "tsft_summary": 1, "fig_tsft": 1, "summary": 1, "all": 1}),
     "taskspace.var_threshold": (config_change("taskspace.var_threshold", 0.8), {
         "taskspace": 1, "compression": 1, "fig_compression": 1, "fig_task_space": 1, "icicl": 1, "fig_icicl": 1,
         "icicl_sweep": 1, "fig_icicl_sweep": 1, "tsft": 2, "tsft_summary": 1, "fig_tsft": 1, "layer_atlas": 1,

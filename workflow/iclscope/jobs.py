@@ -198,8 +198,7 @@ RULE_SETTINGS: dict[str, Callable[[dict, dict], dict]] = {
                                          "n_boot": c["icl_accuracy"]["n_boot"]},
     "saliency": _model_only(_anchors("saliency_prompts_per_seed")),
     "isolation": _model_only(_anchors("isolation_prompts_per_seed", "isolation_k", "word_k")),
-    "reweighting": _model_only(lambda c, wc: {"reweighting": _without(c["anchors"]["reweighting"], "enabled"),
-                                              "n_boot": c["icl_accuracy"]["n_boot"]}),
+    "reweighting": _model_only(lambda c, wc: {"reweighting": _without(c["anchors"]["reweighting"], "enabled")}),
     "anchor_compression": _model_only(lambda c, wc: {
         "compression": _without(c["anchors"]["compression"], "enabled"), "word_k": c["anchors"]["word_k"]}),
     "error_diagnosis": _model_only(lambda c, wc: {"error_diagnosis": c["anchors"]["error_diagnosis"]}),

@@ -13,12 +13,12 @@ table, betas, info = run_reweighting(snakemake.input.prompts, snakemake.input.mo
                                      job.model(),
                                      aux_per_class=s["aux_per_class"], epochs=s["epochs"], lr=s["lr"],
                                      n_test_per_seed=s["test_prompts_per_seed"], dataset=wc.dataset,
-                                     n_boot=job["n_boot"])
+                                     n_boot=s["n_boot"])
 tmp = atomic_path(snakemake.output.beta)
 with open(tmp, "wb") as fh:  # beta [layer, head, demonstration] per seed
     np.savez(fh, **{f"seed_{seed}": beta for seed, beta in betas.items()})
 commit(tmp, snakemake.output.beta)
-write_table(table, snakemake.output.table, {"reweighting": s, "n_boot": job["n_boot"], **info})
+write_table(table, snakemake.output.table, {"reweighting": s, **info})
 log.info("train loss per epoch: %s", info["train_loss_per_epoch"])
 arms = table[table.layer.isna() & table.label_type.isin(["vanilla", "reweighted"])]
 log.info("re-weighting vs vanilla ICL:\n%s", arms.pivot_table(
