@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .timing import timed
+
 ARMS = ("full_icl", "hidden_anchor", "text_anchor", "hidden_random", "zero_shot")
 
 
@@ -177,22 +179,6 @@ def plain_logits(net, ids, logits_to_keep: int = 1):
     with torch.inference_mode():
         return net(input_ids=torch.as_tensor([list(ids)], dtype=torch.long, device=device),
                    logits_to_keep=logits_to_keep).logits[0]
-
-
-def timed(run, repeats: int, device) -> tuple[object, float]:
-    """(result of the last `run()`, median wall-clock seconds over `repeats` calls); CUDA synchronised."""
-    import torch
-
-    times, result = [], None
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        result = run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return result, float(np.median(times))
 
 
 # --------------------------------------------------------------------------- summary (pure)

@@ -104,22 +104,23 @@ def headline(table_paths, model: str, dataset: str) -> dict:
     tables = {Path(p).stem: pd.read_parquet(p) for p in table_paths}
     out = {"model": model, "dataset": dataset}
 
-    def mean(name, metric, **filters):
+    def rows(name, metric, **filters) -> pd.DataFrame | None:
+        """Rows of table `name` with `metric` and every column == value (None = empty); None without the table."""
         t = tables.get(name)
         if t is None:
-            return np.nan
+            return None
         t = t[t.metric == metric]
         for column, value in filters.items():
             t = t[t[column].isna()] if value is None else t[t[column] == value]
-        return float(t["value"].mean()) if len(t) else np.nan
+        return t
+
+    def mean(name, metric, **filters):
+        t = rows(name, metric, **filters)
+        return float(t["value"].mean()) if t is not None and len(t) else np.nan
 
     def paired(name, key, metric, p_metric, **filters):
         """{key, key_lo, key_hi, key_p}: a paired difference row, its interval and its p-value."""
-        t = tables.get(name)
-        row = None if t is None else t[t.metric == metric]
-        for column, value in filters.items():
-            if row is not None:
-                row = row[row[column].isna()] if value is None else row[row[column] == value]
+        row = rows(name, metric, **filters)
         if row is None or len(row) != 1:
             return {key: np.nan, f"{key}_lo": np.nan, f"{key}_hi": np.nan, f"{key}_p": np.nan}
         return {key: float(row["value"].iat[0]), f"{key}_lo": float(row["ci_low"].iat[0]),

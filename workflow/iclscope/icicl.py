@@ -85,11 +85,10 @@ from .prompts import (
 )
 from .stats import bootstrap_mean, paired_difference
 from .taskspace import TaskSpace, fit_task_space, project, reconstruct
+from .timing import timed
 
 log = logging.getLogger(__name__)
 
-ARMS = ("zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector", "anchor_kv", "text_anchor",
-        "hidden_random")  # + hidden_random_top in the summary: the best of the hidden_random draws
 STATES = ("last", "label", "mean")  # which state of a demonstration becomes its soft token
 TASK_SPACES = ("pool", "class_mean", "anchor")  # + "identity" in the sweep: no compression
 # the paired comparisons beside "every arm against full_icl" (arm, reference)
@@ -309,19 +308,6 @@ class PromptScorer:
             for i, r in zip(idx, self.readouts(logits[:, -1]), strict=True):
                 out[i] = r
         return out
-
-    def timed(self, run, repeats: int = 1) -> tuple[Readout, float]:
-        """`run()` -> Readout; returns it and the median wall-clock seconds over `repeats` calls."""
-        times = []
-        for _ in range(repeats):
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            result = run()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        return result, float(np.median(times))
 
 
 class AnchorKV:
@@ -625,7 +611,7 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
 
     # the §3.8 protocol on a fixed sample: batch 1, no padding, warm-up, median of `repeats`
     n = len(tests)
-    timed = np.sort(np.random.default_rng(settings.seed + 7).choice(n, min(settings.n_timed, n), replace=False))
+    sample = np.sort(np.random.default_rng(settings.seed + 7).choice(n, min(settings.n_timed, n), replace=False))
 
     def runner(arm: str, draw: int, i: int):
         if arm in prompts:
@@ -633,11 +619,11 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
         return partial(scorer.score_anchor_kv, anchor_kv, inputs.demos[i], queries[i], None if draw < 0 else draw)
 
     for _ in range(settings.warmup):
-        scorer.score(prompts["full_icl"][timed[0]])
+        scorer.score(prompts["full_icl"][sample[0]])
     seconds = {}
-    for i in tqdm(timed, desc="timing (batch 1)"):
+    for i in tqdm(sample, desc="timing (batch 1)"):
         for arm, draw in readouts:
-            seconds[(arm, draw, i)] = scorer.timed(runner(arm, draw, i), settings.repeats)[1]
+            seconds[(arm, draw, i)] = timed(runner(arm, draw, i), settings.repeats, scorer.device)[1]
 
     rows = []
     for (arm, draw), outs in readouts.items():
@@ -656,7 +642,7 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
     meta = {"settings": asdict(settings), "embed_layer": run.embed_layer, "inject_layer": layer,
             "task_space_variant": space.variant if space else "identity",
             "task_space_k": int(space.k) if space else int(h.shape[1]),
-            "n_test": n, "n_timed": len(timed), "pool_states_seconds": round(run.pool_seconds, 3),
+            "n_test": n, "n_timed": len(sample), "pool_states_seconds": round(run.pool_seconds, 3),
             "pool_states_seconds_per_demo": round(run.pool_seconds / len(run.pool), 4),
             "anchor_kv_build_seconds": round(anchor_kv.build_seconds, 3),
             "anchor_kv_entries": len(anchor_kv._memo), "anchor_kv_stride": anchor_kv.stride,

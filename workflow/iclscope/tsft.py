@@ -131,22 +131,26 @@ def fit_on_states(model, tokenizer, examples: list[dict], label_ids: torch.Tenso
                           var_threshold=var_threshold, max_k=max_k)
 
 
-def held_out_losses(model, tokenizer, examples: list[dict], label_ids: torch.Tensor, layer: int, n_layers: int,
-                    space: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tau: float, similarity: str,
-                    batch_size: int) -> dict:
-    """Mean label cross-entropy, space loss and accuracy of `examples` under `model` as it is (call in
-    inference mode, eval mode): {"ce", "space", "accuracy"}, each averaged over the examples."""
+def evaluate_examples(model, tokenizer, examples: list[dict], label_ids: torch.Tensor, layer: int, n_layers: int,
+                      space: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tau: float, similarity: str,
+                      batch_size: int) -> dict:
+    """`examples` under `model` as it is (call in inference mode, eval mode), batched in their order:
+    {"ce", "space", "accuracy"} averaged over the examples and "pred" [n] (argmax over the labels).
+    The held-out curve and the test evaluation both read it."""
     basis, mean, protos = space
-    ce = sp = correct = 0.0
+    ce = sp = 0.0
+    preds = []
     for lo in range(0, len(examples), batch_size):
         batch = examples[lo:lo + batch_size]
         gold = torch.as_tensor([x["gold"] for x in batch], device=label_ids.device)
         logits, h = forward_batch(model, tokenizer, batch, label_ids, layer, n_layers)
         ce += F.cross_entropy(logits, gold, reduction="sum").item()
         sp += space_loss(h, basis, mean, protos, gold, tau, similarity).item() * len(batch)
-        correct += (logits.argmax(-1) == gold).sum().item()
+        preds.extend(logits.argmax(-1).tolist())
     n = len(examples)
-    return {"ce": ce / n, "space": sp / n, "accuracy": correct / n}
+    pred = np.array(preds)
+    return {"ce": ce / n, "space": sp / n, "accuracy": float((pred == [x["gold"] for x in examples]).mean()),
+            "pred": pred}
 
 
 def tsft_rows(df: pd.DataFrame, spec: DatasetSpec, settings: TSFTSettings):
@@ -209,28 +213,22 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
         sp = space_loss(h, basis, mean, protos, gold, settings.tau, settings.similarity)
         return ce + settings.lam * sp, {"ce": ce.item(), "space": sp.item()}
 
-    def evaluate():
-        return held_out_losses(net, tokenizer, val, label_ids, layer, L, (basis, mean, protos), settings.tau,
-                               settings.similarity, model.batch_size)
+    def evaluate(examples):
+        return evaluate_examples(net, tokenizer, examples, label_ids, layer, L, (basis, mean, protos), settings.tau,
+                                 settings.similarity, model.batch_size)
 
     log_rows, loop_seconds, end, eval_rows = train_loop(
         net, optimizer, train, loss_fn, steps=settings.steps, batch_size=settings.batch_size, seed=settings.seed,
         checkpoint_every=settings.checkpoint_every, checkpoint=checkpoint, stop_after=stop_after,
-        desc=f"ts-ft λ={settings.lam}", evaluate=evaluate, eval_every=settings.eval_every)
+        desc=f"ts-ft λ={settings.lam}", evaluate=lambda: {k: v for k, v in evaluate(val).items() if k != "pred"},
+        eval_every=settings.eval_every)
     if end < settings.steps:
         return {"stopped_at": end}
 
     net.eval()
-    preds, test_ce = [], 0.0
     with torch.inference_mode():
-        for lo in range(0, len(test), model.batch_size):
-            batch = test[lo:lo + model.batch_size]
-            logits, _ = forward_batch(net, tokenizer, batch, label_ids, layer, L)
-            gold_b = torch.as_tensor([x["gold"] for x in batch], device=device)
-            test_ce += F.cross_entropy(logits, gold_b, reduction="sum").item()
-            preds.extend(logits.argmax(-1).tolist())
-    gold = np.array([x["gold"] for x in test])
-    preds = np.array(preds)
+        tested = evaluate(test)
+    gold, preds = np.array([x["gold"] for x in test]), tested["pred"]
     net.save_pretrained(out_dir / "adapter")
     pd.DataFrame(log_rows).to_parquet(out_dir / "train_log.parquet")
     pd.DataFrame(eval_rows).to_parquet(out_dir / "eval_log.parquet")
@@ -239,7 +237,7 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
     evaluation.to_parquet(out_dir / "eval.parquet")
     eval_seconds = float(sum(r["seconds"] for r in eval_rows))
     summary = {"lam": settings.lam, "seed": settings.seed, "layer": layer, "accuracy": float((gold == preds).mean()),
-               "macro_f1": macro_f1(gold, preds, range(len(classes))), "test_ce": test_ce / len(test),
+               "macro_f1": macro_f1(gold, preds, range(len(classes))), "test_ce": tested["ce"],
                "heldout_ce_start": eval_rows[0]["ce"], "heldout_ce_end": eval_rows[-1]["ce"],
                "train_seconds": round(loop_seconds - eval_seconds, 1), "eval_seconds": round(eval_seconds, 1),
                "steps": settings.steps, "settings": asdict(settings), "task_space_variant": space.variant,
