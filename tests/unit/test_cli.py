@@ -5,9 +5,9 @@ import shutil
 
 import h5py
 
+from iclscope.atomic import partial_path
 from iclscope.cli import inspect
 from iclscope.extract import ExtractSettings, extract
-from iclscope.store import partial_path
 
 
 def test_inspect_complete_partial_and_broken(prepared_tiny, tmp_path):

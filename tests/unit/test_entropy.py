@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
 
+from iclscope.atomic import partial_path
 from iclscope.entropy import (
     EntropySettings,
     Histograms,
@@ -22,7 +23,7 @@ from iclscope.entropy import (
 )
 from iclscope.loading import load_model
 from iclscope.metric_tables import entropy_table
-from iclscope.store import IncompleteFileError, open_token_states, partial_path
+from iclscope.store import IncompleteFileError, open_token_states
 from iclscope.token_states import extract_token_states
 
 

@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from iclscope import extract as extract_mod
+from iclscope.atomic import partial_path
 from iclscope.config import DatasetSpec, PromptSpec
 from iclscope.extract import ExtractSettings, extract
 from iclscope.loading import load_model
 from iclscope.models import load_tokenizer
 from iclscope.prompts import build_prompts
-from iclscope.store import IncompleteFileError, open_activations, partial_path, read_prompts
+from iclscope.store import IncompleteFileError, open_activations, read_prompts
 from iclscope.tables import write_table
 
 WORDS = ["cat", "dog", "bird", "fun", "car", "crew", "plot", "late", "love", "rude", "great", "flight"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,12 +25,13 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
+from .atomic import partial_path, removed_when_disk_full, written
 from .capture import ATTN_IMPLEMENTATION, Positions, Recorder, left_pad, recording
 from .config import ModelSpec, stable_hash
 from .loading import load_model
 from .prompts import carrier_prompts
-from .store import ActivationWriter, partial_path, shard_rows
-from .tables import iter_list_column, read_meta, read_table, removed_when_disk_full
+from .store import ActivationWriter, shard_rows
+from .tables import iter_list_column, read_meta, read_table
 
 log = logging.getLogger(__name__)
 
@@ -255,15 +255,12 @@ def extract_anchor_states(model_dir: str | Path, model: ModelSpec, label_words: 
         states.append(rec.resid["label"][:, 0].cpu().numpy())  # [b, L+1, d]
     C, m = len(label_words), len(carriers)
     resid = np.concatenate(states).reshape(C, m, manifest["n_layers"] + 1, manifest["d_model"])
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(out_path)
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("anchors/resid", data=resid.astype(np.float32))
-        f.create_dataset("anchors/text", data=np.array([r["text"] for r in records], dtype=object).reshape(C, m),
-                         dtype=h5py.string_dtype("utf-8"))
-        f.attrs.update(model_id=model.name, model_sha=manifest["weights_sha256"], label_words=list(label_words),
-                       carriers=list(carriers), n_layers=manifest["n_layers"], d_model=manifest["d_model"],
-                       complete=True)
-    os.replace(tmp, out_path)
+    with written(out_path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("anchors/resid", data=resid.astype(np.float32))
+            f.create_dataset("anchors/text", data=np.array([r["text"] for r in records], dtype=object).reshape(C, m),
+                             dtype=h5py.string_dtype("utf-8"))
+            f.attrs.update(model_id=model.name, model_sha=manifest["weights_sha256"], label_words=list(label_words),
+                           carriers=list(carriers), n_layers=manifest["n_layers"], d_model=manifest["d_model"],
+                           complete=True)
     return {"classes": C, "carriers": m}

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from .atomic import written
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,11 @@ def trainable_parameters(net) -> int:
 
 
 def save_checkpoint(model, optimizer, step: int, log_rows: list, directory: Path, eval_rows: list = ()) -> None:
-    tmp = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "trainer_state.pt")
-    (tmp / "train_log.json").write_text(json.dumps(log_rows))
-    (tmp / "eval_log.json").write_text(json.dumps(list(eval_rows)))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
+    with written(directory) as tmp:
+        model.save_pretrained(tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "trainer_state.pt")
+        (tmp / "train_log.json").write_text(json.dumps(log_rows))
+        (tmp / "eval_log.json").write_text(json.dumps(list(eval_rows)))
 
 
 def load_checkpoint(model, optimizer, directory: Path, device) -> tuple[int, list, list]:

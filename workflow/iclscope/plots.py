@@ -15,14 +15,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .atomic import written  # noqa: E402
+
 STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
          "axes.spines.right": False, "font.size": 9, "legend.fontsize": 8, "legend.frameon": False}
 
 
 def _save(fig, path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")  # legends placed beside an axes stay inside the image
+    with written(path) as tmp:  # legends placed beside an axes stay inside the image
+        fig.savefig(tmp, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
 
 

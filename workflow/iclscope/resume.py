@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .atomic import written
 
 log = logging.getLogger(__name__)
 
 
 def save_state(path: Path, digest: str, **state) -> None:
     """Write {digest, **state} (tensors, state dicts, numpy RNG states, lists) atomically to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save({"digest": digest, **state}, tmp)
-    os.replace(tmp, path)
+    with written(path) as tmp:
+        torch.save({"digest": digest, **state}, tmp)
 
 
 def load_state(path: Path | None, digest: str, device="cpu") -> dict | None:

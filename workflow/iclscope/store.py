@@ -34,6 +34,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .atomic import commit, partial_path, written
+
 SCHEMA_VERSION = 1
 CHUNK_ROWS = 64
 STR = h5py.string_dtype("utf-8")
@@ -41,10 +43,6 @@ STR = h5py.string_dtype("utf-8")
 
 class IncompleteFileError(RuntimeError):
     """An activation file is partial, truncated or corrupt."""
-
-
-def partial_path(path: str | Path) -> Path:
-    return Path(f"{path}.partial")
 
 
 def _compression(name: str) -> dict:
@@ -160,12 +158,7 @@ class ActivationWriter:
         self.file.attrs["complete"] = True
         self.file.flush()
         self.file.close()
-        fd = os.open(self.tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self.tmp, self.path)
+        commit(self.tmp, self.path)
 
     def close(self) -> None:
         if self.file.id.valid:
@@ -221,25 +214,24 @@ def gather_shards(shard_paths: list[str | Path], out_path: str | Path) -> None:
         if len(digests) != 1:
             raise ValueError("shards were extracted from different prompts or with different parameters")
         n = rows[-1][1]
-        tmp = partial_path(out_path)
-        with h5py.File(tmp, "w") as out:
-            out.attrs.update(dict(shards[0].attrs))
-            out.attrs.update(rows=[0, n], n_done=n, shards=len(shards), complete=False)
-            names = []
-            shards[0].visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-            for name in names:
-                first = shards[0][name]
-                if name.startswith("prompts/"):
-                    data = np.concatenate([f[name][()] for f in shards])
-                    out.create_dataset(name, data=data, dtype=first.dtype)
-                    continue
-                layout = h5py.VirtualLayout(shape=(n, *first.shape[1:]), dtype=first.dtype)
-                for f, (lo, hi) in zip(shards, rows, strict=True):
-                    rel = os.path.relpath(f.filename, out_path.parent)
-                    layout[lo:hi] = h5py.VirtualSource(rel, name, shape=(hi - lo, *first.shape[1:]))
-                out.create_virtual_dataset(name, layout, fillvalue=first.fillvalue)
-            out.attrs["complete"] = True
-        os.replace(tmp, out_path)
+        with written(out_path) as tmp:
+            with h5py.File(tmp, "w") as out:
+                out.attrs.update(dict(shards[0].attrs))
+                out.attrs.update(rows=[0, n], n_done=n, shards=len(shards), complete=False)
+                names = []
+                shards[0].visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+                for name in names:
+                    first = shards[0][name]
+                    if name.startswith("prompts/"):
+                        data = np.concatenate([f[name][()] for f in shards])
+                        out.create_dataset(name, data=data, dtype=first.dtype)
+                        continue
+                    layout = h5py.VirtualLayout(shape=(n, *first.shape[1:]), dtype=first.dtype)
+                    for f, (lo, hi) in zip(shards, rows, strict=True):
+                        rel = os.path.relpath(f.filename, out_path.parent)
+                        layout[lo:hi] = h5py.VirtualSource(rel, name, shape=(hi - lo, *first.shape[1:]))
+                    out.create_virtual_dataset(name, layout, fillvalue=first.fillvalue)
+                out.attrs["complete"] = True
     finally:
         for f in shards:
             f.close()

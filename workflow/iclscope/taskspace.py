@@ -137,9 +137,8 @@ def build_task_spaces(activations, anchors, out_path, *, var_threshold: float = 
     class_mean: from query states of the train-split prompts of the activation file (labelled
     prompts the evaluation never sees). Reads one layer at a time.
     """
-    import os
-
-    from .store import open_activations, partial_path, read_prompts
+    from .atomic import written
+    from .store import open_activations, read_prompts
 
     out_path = str(out_path)
     summary = {}
@@ -156,26 +155,25 @@ def build_task_spaces(activations, anchors, out_path, *, var_threshold: float = 
         if "anchor" in variants:
             with h5py.File(anchors) as f:
                 anchor_states = f["anchors/resid"][()]  # [C, m, L+1, d]
-        tmp = partial_path(out_path)
-        with h5py.File(tmp, "w") as out:
-            out.attrs.update(var_threshold=var_threshold, max_k=-1 if max_k is None else max_k,
-                             classes=json.dumps(classes), n_layers=n_layers,
-                             source=str(activations), reconstruction="P1-reconstruction (docs/methods.md §1.2)")
-            for layer in range(n_layers + 1):
-                if anchor_states is not None:
-                    C, m = anchor_states.shape[:2]
-                    X = anchor_states[:, :, layer].reshape(C * m, -1)
-                    space = fit_task_space(X, np.repeat(classes, m), classes, variant="anchor", layer=layer,
-                                           var_threshold=var_threshold, max_k=max_k)
-                    write_task_space(out.create_group(f"anchor/L{layer}"), space)
-                    summary.setdefault("anchor_k", []).append(space.k)
-                if "class_mean" in variants:
-                    X = act["resid/query"][np.sort(train), layer].astype(np.float64)
-                    space = fit_task_space(X, gold, classes, variant="class_mean", layer=layer,
-                                           var_threshold=var_threshold, max_k=max_k)
-                    write_task_space(out.create_group(f"class_mean/L{layer}"), space)
-                    summary.setdefault("class_mean_k", []).append(space.k)
-        os.replace(tmp, out_path)
+        with written(out_path) as tmp:
+            with h5py.File(tmp, "w") as out:
+                out.attrs.update(var_threshold=var_threshold, max_k=-1 if max_k is None else max_k,
+                                 classes=json.dumps(classes), n_layers=n_layers,
+                                 source=str(activations), reconstruction="P1-reconstruction (docs/methods.md §1.2)")
+                for layer in range(n_layers + 1):
+                    if anchor_states is not None:
+                        C, m = anchor_states.shape[:2]
+                        X = anchor_states[:, :, layer].reshape(C * m, -1)
+                        space = fit_task_space(X, np.repeat(classes, m), classes, variant="anchor", layer=layer,
+                                               var_threshold=var_threshold, max_k=max_k)
+                        write_task_space(out.create_group(f"anchor/L{layer}"), space)
+                        summary.setdefault("anchor_k", []).append(space.k)
+                    if "class_mean" in variants:
+                        X = act["resid/query"][np.sort(train), layer].astype(np.float64)
+                        space = fit_task_space(X, gold, classes, variant="class_mean", layer=layer,
+                                               var_threshold=var_threshold, max_k=max_k)
+                        write_task_space(out.create_group(f"class_mean/L{layer}"), space)
+                        summary.setdefault("class_mean_k", []).append(space.k)
     return summary
 
 

@@ -31,12 +31,11 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
+from .atomic import written
 from .capture import left_pad, residual_stream
 from .config import ModelSpec, stable_hash
 from .extract import make_batches
 from .loading import load_model
-from .store import partial_path
-from .tables import commit, removed_when_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +75,10 @@ def extract_token_states(dataset_path: str | Path, model_dir: str | Path, out_pa
     if n < 100:
         raise ValueError(f"entropy corpus from {dataset_path}: only {n} tokens; the measures need thousands "
                          "(raise entropy.max_tokens or use a dataset with more text)")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(out_path)
     dtype_name = str(next(net.parameters()).dtype).removeprefix("torch.")
     device = next(net.parameters()).device
     t0 = time.perf_counter()
-    with removed_when_disk_full(tmp, out_path):
+    with written(out_path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs.update({"model_id": model.name, "model_sha": manifest["weights_sha256"], "dtype": dtype_name,
                             "n_layers": L1 - 1, "d_model": d, "dataset": str(dataset_path),
@@ -113,7 +109,6 @@ def extract_token_states(dataset_path: str | Path, model_dir: str | Path, out_pa
             for name, values in columns.items():
                 f.create_dataset(f"tokens/{name}", data=values)
             f.attrs["complete"] = True
-        commit(tmp, out_path)
     seconds = time.perf_counter() - t0
     summary = {"sentences": len(corpus), "tokens": n, "seconds": round(seconds, 1),
                "tokens_per_second": round(n / seconds, 1)}

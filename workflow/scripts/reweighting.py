@@ -1,9 +1,10 @@
 import numpy as np
 
 from iclscope.anchors import run_reweighting
+from iclscope.atomic import written
 from iclscope.jobs import job_of
 from iclscope.logs import log_to
-from iclscope.tables import atomic_path, commit, write_table
+from iclscope.tables import write_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
@@ -14,10 +15,8 @@ table, betas, info = run_reweighting(snakemake.input.prompts, snakemake.input.mo
                                      aux_per_class=s["aux_per_class"], epochs=s["epochs"], lr=s["lr"],
                                      n_test_per_seed=s["test_prompts_per_seed"], dataset=wc.dataset,
                                      n_boot=s["n_boot"])
-tmp = atomic_path(snakemake.output.beta)
-with open(tmp, "wb") as fh:  # beta [layer, head, demonstration] per seed
+with written(snakemake.output.beta) as tmp, open(tmp, "wb") as fh:  # beta [layer, head, demonstration] per seed
     np.savez(fh, **{f"seed_{seed}": beta for seed, beta in betas.items()})
-commit(tmp, snakemake.output.beta)
 write_table(table, snakemake.output.table, {"reweighting": s, **info})
 log.info("train loss per epoch: %s", info["train_loss_per_epoch"])
 arms = table[table.layer.isna() & table.label_type.isin(["vanilla", "reweighted"])]
