@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/architecture_table.py
 
-Generated from iclscope.architectures.SUPPORT_TABLE: "supported" rows are verified by
+Generated from iclscope.core.architectures.SUPPORT_TABLE: "supported" rows are verified by
 tests/unit/test_architectures.py on tiny random models; "supported (untested)" rows take the same
 AttentionInterface path without being in that matrix; "refused" rows fail at prepare_model.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from iclscope.architectures import markdown_table  # noqa: E402
+from iclscope.core.architectures import markdown_table  # noqa: E402
 
 if __name__ == "__main__":
     print(markdown_table())

@@ -22,8 +22,8 @@ def tiny_model_dir(request, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_tiny(tiny_model_dir, tmp_path_factory):
     """(ModelSpec, prepared model dir) of the tiny model, loaded through `source: local`."""
-    from iclscope.config import ModelSpec
-    from iclscope.models import prepare_model
+    from iclscope.core.config import ModelSpec
+    from iclscope.model.models import prepare_model
 
     spec = ModelSpec(name=f"tiny-{tiny_model_dir.name}", source="local", path=str(tiny_model_dir), batch_size=3,
                      max_batch_tokens=512)

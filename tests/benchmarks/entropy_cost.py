@@ -14,7 +14,7 @@ SIZES = (2_500, 10_000, 40_000)
 
 
 def run() -> list[dict]:
-    from iclscope.entropy import EntropySettings, layer_measures
+    from iclscope.methods.entropy.measures import EntropySettings, layer_measures
 
     rng = np.random.default_rng(0)
     settings = EntropySettings()

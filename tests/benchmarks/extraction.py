@@ -3,7 +3,7 @@ extraction, on the same prompts, model, batch and dtype, in one run; then the HD
 
 - body forward: `model(input_ids, attention_mask, position_ids, logits_to_keep=1)`, SDPA, no hooks,
   no writing, the same length-sorted batches: the compute any extraction must do;
-- iclscope: `iclscope.extract.extract` end to end (everything the layout stores, written to disk);
+- iclscope: `iclscope.model.extract.extract` end to end (everything the layout stores, written to disk);
 - naive: what users write by hand: one prompt at a time, `output_hidden_states=True`,
   `output_attentions=True` (eager attention), full-vocabulary logits, one h5py write per prompt;
 - TransformerLens 4: `TransformerBridge.boot_transformers(model_dir)` + `run_with_cache`, one
@@ -32,8 +32,8 @@ N_PROMPTS = 48
 
 
 def _prompts(tmp: Path):
-    from iclscope.prompts import prompts_digest
-    from iclscope.tables import read_meta, read_table, write_table
+    from iclscope.core.tables import read_meta, read_table, write_table
+    from iclscope.model.prompts import prompts_digest
 
     src = REPO / f"results/prompts/{MODEL}/tweets.parquet"
     table = read_table(src)
@@ -47,8 +47,8 @@ def _prompts(tmp: Path):
 
 
 def _body_forward(model, tokenizer, table, spec) -> None:
-    from iclscope.capture import left_pad
-    from iclscope.extract import make_batches
+    from iclscope.model.capture import left_pad
+    from iclscope.model.extract import make_batches
 
     device = next(model.parameters()).device
     lengths = table["n_tokens"].to_numpy()
@@ -92,7 +92,7 @@ def _transformer_lens(bridge, table) -> list[dict]:
 
 def _boot_transformer_lens(model_dir: Path, tokenizer, dtype: torch.dtype):
     """TransformerLens's bridge over the prepared model's Hugging Face weights, or None when not installed."""
-    from iclscope.models import read_manifest
+    from iclscope.model.models import read_manifest
 
     try:
         from transformer_lens.model_bridge import TransformerBridge
@@ -103,9 +103,9 @@ def _boot_transformer_lens(model_dir: Path, tokenizer, dtype: torch.dtype):
 
 
 def run() -> list[dict]:
-    from iclscope.config import ModelSpec
-    from iclscope.extract import ExtractSettings, extract
-    from iclscope.loading import load_model
+    from iclscope.core.config import ModelSpec
+    from iclscope.model.extract import ExtractSettings, extract
+    from iclscope.model.loading import load_model
 
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     spec = ModelSpec.from_config(MODEL, cfg["models"][MODEL])

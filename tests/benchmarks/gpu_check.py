@@ -75,11 +75,11 @@ def compare_tables(work: Path) -> pd.DataFrame:
 
 
 def extraction_speed(work: Path) -> pd.DataFrame:
-    from iclscope.capture import left_pad
-    from iclscope.config import ModelSpec
-    from iclscope.extract import ExtractSettings, extract, make_batches
-    from iclscope.loading import load_model
-    from iclscope.tables import read_table
+    from iclscope.core.config import ModelSpec
+    from iclscope.core.tables import read_table
+    from iclscope.model.capture import left_pad
+    from iclscope.model.extract import ExtractSettings, extract, make_batches
+    from iclscope.model.loading import load_model
 
     cfg = reduced_config()
     spec = ModelSpec.from_config("smollm2-cuda", cfg["models"]["smollm2-cuda"])

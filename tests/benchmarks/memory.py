@@ -1,6 +1,6 @@
 """Peak memory of extraction as the number of prompts grows (N = 200, 2,000, 10,000).
 
-Each N runs `iclscope.extract.extract` in a fresh process (peak RSS: VmHWM), on a tiny
+Each N runs `iclscope.model.extract.extract` in a fresh process (peak RSS: VmHWM), on a tiny
 random Llama model so that 10,000 prompts take seconds on CPU: what grows with N is the
 prompt table, the HDF5 writer and the batching, not the model. The ratio to N = 200 must stay
 within 10 %.
@@ -25,8 +25,8 @@ WORDS = "good bad fine awful great poor lovely dull happy sad".split()
 CHILD = """
 import json, sys
 sys.path.insert(0, {workflow!r})
-from iclscope.config import ModelSpec
-from iclscope.extract import ExtractSettings, extract
+from iclscope.core.config import ModelSpec
+from iclscope.model.extract import ExtractSettings, extract
 spec = ModelSpec(name="tiny", source="local", path={model!r}, batch_size=16, max_batch_tokens=4096)
 summary = extract({prompts!r}, {prepared!r}, {out!r}, spec, ExtractSettings())
 # VmHWM: this process's peak RSS (getrusage's ru_maxrss would include the parent's, inherited over fork)
@@ -38,8 +38,8 @@ print(json.dumps(summary))
 
 def _prepared_tiny(tmp: Path):
     sys.path.insert(0, str(REPO / "tests"))
-    from iclscope.config import ModelSpec
-    from iclscope.models import load_tokenizer, prepare_model
+    from iclscope.core.config import ModelSpec
+    from iclscope.model.models import load_tokenizer, prepare_model
     from tiny_models import make_tiny_model
 
     raw = make_tiny_model("llama", tmp / "tiny")
@@ -49,9 +49,9 @@ def _prepared_tiny(tmp: Path):
 
 
 def _prompts(tokenizer, manifest, n: int, path: Path) -> None:
-    from iclscope.config import DatasetSpec, PromptSpec
-    from iclscope.prompts import build_prompts, prompts_digest
-    from iclscope.tables import write_table
+    from iclscope.core.config import DatasetSpec, PromptSpec
+    from iclscope.core.tables import write_table
+    from iclscope.model.prompts import build_prompts, prompts_digest
 
     rng = np.random.default_rng(0)
     rows = [{"row_id": i, "text": " ".join(rng.choice(WORDS, 12)), "label": ["negative", "positive"][i % 2],

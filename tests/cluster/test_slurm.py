@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
-from iclscope.lab_cache import entries as cache_entries
-from iclscope.lab_cache import is_sealed
+from iclscope.core.lab_cache import entries as cache_entries
+from iclscope.core.lab_cache import is_sealed
 from snakemake_runner import REPO, checkout_copy, planned_jobs, snakemake, write_config
 from tiny_models import make_tiny_model
 
@@ -142,7 +142,7 @@ def extracted_into_cache(lab, work: Path) -> bool:
 def edited_checkout(lab, name: str, edit) -> Path:
     """A second checkout of the workflow whose hook layer (capture.py) is edited by `edit`."""
     repo = checkout_copy(lab["root"] / f"{name}-repo")
-    capture = repo / "workflow" / "iclscope" / "capture.py"
+    capture = repo / "workflow" / "iclscope" / "model" / "capture.py"
     capture.write_text(edit(capture.read_text()))
     return repo
 

@@ -1,4 +1,4 @@
-"""Anchor-only context compression in the paper's setting (iclscope.anchor_compression, docs/methods.md §3.7):
+"""Anchor-only context compression in the paper's setting (iclscope.methods.anchors.compression, docs/methods.md §3.7):
 the query continuing the pruned demonstration cache equals a full forward pass of the whole prompt in
 which the query's attention to the non-kept demonstration tokens is masked out (a hand-built 4-D mask,
 eager attention); keeping every position gives the full prompt back; Text_anchor is exactly the
@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from iclscope.anchor_compression import (
+from iclscope.core.config import DatasetSpec, PromptSpec
+from iclscope.core.tables import write_table
+from iclscope.methods.anchors.compression import (
     AnchorCompressionSettings,
     continue_on_cache,
     demo_end,
@@ -22,12 +24,10 @@ from iclscope.anchor_compression import (
     text_anchor_ids,
     text_positions,
 )
-from iclscope.capture import ATTN_IMPLEMENTATION
-from iclscope.config import DatasetSpec, PromptSpec
-from iclscope.loading import load_model
-from iclscope.models import load_tokenizer
-from iclscope.prompts import build_prompts
-from iclscope.tables import write_table
+from iclscope.model.capture import ATTN_IMPLEMENTATION
+from iclscope.model.loading import load_model
+from iclscope.model.models import load_tokenizer
+from iclscope.model.prompts import build_prompts
 
 WORDS = ["cat", "dog", "bird", "fun", "car", "crew", "plot", "late", "love", "rude", "great", "flight"]
 CLASSES = {"negative": " negative", "neutral": " neutral", "positive": " positive"}
@@ -179,7 +179,7 @@ def test_run_anchor_compression_table(prepared_tiny, tmp_path):
     assert (anchor["tokens"] < full["tokens"]).all() and anchor["speedup_vs_full_icl"].gt(0).all()
     assert per_example.groupby("arm").size().to_dict() == {"full_icl": 4, "hidden_anchor": 4, "text_anchor": 4,
                                                            "hidden_random": 12, "zero_shot": 4}
-    from iclscope.plots import plot_anchor_compression
+    from iclscope.report.plots import plot_anchor_compression
 
     plot_anchor_compression(table, tmp_path / "anchor_compression.png")
     assert (tmp_path / "anchor_compression.png").stat().st_size > 0

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from iclscope.anchors import aucroc, class_attention, cumulative_share
+from iclscope.methods.anchors.measures import aucroc, class_attention, cumulative_share
 
 
 def test_class_attention_sums_heads_and_same_class_demos():
@@ -75,7 +75,7 @@ def test_r_l_is_the_share_of_the_seed_mean_auc_by_hand():
 def test_aucroc_table_gives_per_seed_aucroc_and_one_r_l_from_the_seed_mean(tmp_path):
     import h5py
 
-    from iclscope.metric_tables import aucroc_table
+    from iclscope.report.metric_tables import aucroc_table
 
     rng = np.random.default_rng(3)
     n, L, H = 40, 3, 2
@@ -110,8 +110,8 @@ def test_ones_multiplier_saliency_equals_attention_times_its_gradient(prepared_t
     import torch
     import torch.nn.functional as F
 
-    from iclscope.anchors import saliency_matrices
-    from iclscope.loading import load_model
+    from iclscope.methods.anchors.saliency import saliency_matrices
+    from iclscope.model.loading import load_model
 
     _, model_dir = prepared_tiny
     ours, _, manifest = load_model(model_dir, attn_implementation="iclscope")
@@ -128,7 +128,7 @@ def test_ones_multiplier_saliency_equals_attention_times_its_gradient(prepared_t
 
 
 def test_saliency_flow_index_sets():
-    from iclscope.anchors import relative_flows, saliency_flows
+    from iclscope.methods.anchors.measures import relative_flows, saliency_flows
 
     T = 6
     sal = np.arange(T * T, dtype=float).reshape(1, T, T)  # value = 6 i + j
@@ -144,7 +144,7 @@ def test_saliency_flow_index_sets():
 def test_isolated_rows_attend_only_to_themselves_and_k0_changes_nothing():
     import torch
 
-    from iclscope.anchors import isolation_edit
+    from iclscope.methods.anchors.isolation import isolation_edit
 
     w = torch.rand(2, 3, 6, 6).tril()
     w = w / w.sum(-1, keepdim=True)
@@ -162,7 +162,8 @@ def test_isolated_rows_attend_only_to_themselves_and_k0_changes_nothing():
 def test_isolation_run_on_a_tiny_model(prepared_tiny, tmp_path):
     from test_extract import prompts_file
 
-    from iclscope.anchors import jaccard_topk, run_isolation
+    from iclscope.methods.anchors.isolation import run_isolation
+    from iclscope.methods.anchors.measures import jaccard_topk
 
     spec, model_dir = prepared_tiny
     ppath, _ = prompts_file(prepared_tiny, tmp_path, n_test=8)
@@ -175,7 +176,7 @@ def test_isolation_run_on_a_tiny_model(prepared_tiny, tmp_path):
 def test_reweighting_scales_only_the_query_row_label_columns_without_renormalising():
     import torch
 
-    from iclscope.anchors import reweighting_edit
+    from iclscope.methods.anchors.reweighting import reweighting_edit
 
     w = torch.rand(2, 3, 5, 7).softmax(-1)  # [B, H, Tq, Tk], Tq < Tk as with a KV cache
     beta = torch.randn(4, 3, 2)  # [L, H, K]
@@ -194,9 +195,10 @@ def test_reweighting_with_beta_zero_reproduces_vanilla_icl(prepared_tiny, tmp_pa
     import torch
     from test_extract import prompts_file
 
-    from iclscope.anchors import anchor_prompts, reweighted_label_logits
-    from iclscope.capture import left_pad
-    from iclscope.loading import load_model
+    from iclscope.methods.anchors.prompts import anchor_prompts
+    from iclscope.methods.anchors.reweighting import reweighted_label_logits
+    from iclscope.model.capture import left_pad
+    from iclscope.model.loading import load_model
 
     spec, model_dir = prepared_tiny
     ppath, _ = prompts_file(prepared_tiny, tmp_path, n_test=8)
@@ -219,7 +221,7 @@ def test_reweighting_training_lowers_the_aux_loss_and_scores_both_arms(prepared_
     auxiliary prompts is an error that names the key to raise."""
     from test_extract import prompts_file
 
-    from iclscope.anchors import run_reweighting
+    from iclscope.methods.anchors.reweighting import run_reweighting
 
     spec, model_dir = prepared_tiny
     ppath, _ = prompts_file(prepared_tiny, tmp_path, n_test=8, n_train=4)
@@ -238,7 +240,7 @@ def test_reweighting_training_lowers_the_aux_loss_and_scores_both_arms(prepared_
     pooled = gain[gain.seed.isna()].set_index("metric")["value"]
     assert pooled["gain"] == pytest.approx((acc["reweighted"] - acc["vanilla"]).mean())
     assert pooled["n_paired"] == 8 and 0 <= pooled["p_value"] <= 1
-    from iclscope.plots import plot_reweighting
+    from iclscope.report.plots import plot_reweighting
 
     plot_reweighting(table, tmp_path / "reweighting.png")  # the pooled gain goes into the title
     assert (tmp_path / "reweighting.png").stat().st_size > 0
@@ -247,8 +249,8 @@ def test_reweighting_training_lowers_the_aux_loss_and_scores_both_arms(prepared_
 
 
 def test_reweighting_gain_rows_are_paired_differences_per_seed_and_pooled():
-    from iclscope.anchors import reweighting_gain_rows
-    from iclscope.stats import paired_difference
+    from iclscope.core.stats import paired_difference
+    from iclscope.methods.anchors.reweighting import reweighting_gain_rows
 
     rng = np.random.default_rng(0)
     correct = {s: (rng.random(40) < 0.55, rng.random(40) < 0.75) for s in (42, 43, 44)}
@@ -278,12 +280,12 @@ def test_reweighting_gain_rows_are_paired_differences_per_seed_and_pooled():
 
 
 def spec_layers(model_dir):
-    from iclscope.models import load_tokenizer
+    from iclscope.model.models import load_tokenizer
 
     return load_tokenizer(model_dir)[1]["n_layers"]
 
 
 def spec_heads(model_dir):
-    from iclscope.models import load_tokenizer
+    from iclscope.model.models import load_tokenizer
 
     return load_tokenizer(model_dir)[1]["n_heads"]

@@ -1,5 +1,5 @@
 """The support matrix: every architecture iclscope supports, on a tiny random model, read and
-edited through the hook layer (iclscope.capture), against the unmodified model's own eager forward.
+edited through the hook layer (iclscope.model.capture), against the unmodified model's own eager forward.
 
 Per architecture (2 layers, d_model 32, vocab 400, a left-padded batch of two prompts):
 * residual stream and label logits equal a plain eager forward;
@@ -11,7 +11,7 @@ Per architecture (2 layers, d_model 32, vocab 400, a left-padded batch of two pr
 * saliency gradients flow (ones multiplier, float32);
 * a KV cache rebuilt as anchor KV builds it, continued with the rest of the prompt, gives the
   full prompt's logits.
-Plus the refusals of iclscope.architectures and the dtype paths (float32 / bfloat16 / float16).
+Plus the refusals of iclscope.core.architectures and the dtype paths (float32 / bfloat16 / float16).
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ import pandas as pd
 import pytest
 import torch
 
-from iclscope import architectures
-from iclscope.anchors import isolation_edit, reweighted_label_logits, reweighting_edit, saliency_matrices
-from iclscope.capture import (
+from iclscope.core import architectures
+from iclscope.core.config import ConfigError, ModelSpec
+from iclscope.methods.anchors.isolation import isolation_edit
+from iclscope.methods.anchors.reweighting import reweighted_label_logits, reweighting_edit
+from iclscope.methods.anchors.saliency import saliency_matrices
+from iclscope.model.capture import (
     ATTN_IMPLEMENTATION,
     Positions,
     Recorder,
@@ -34,9 +37,8 @@ from iclscope.capture import (
     recording,
     residual_stream,
 )
-from iclscope.config import ConfigError, ModelSpec
-from iclscope.loading import load_model
-from iclscope.models import prepare_model
+from iclscope.model.loading import load_model
+from iclscope.model.models import prepare_model
 from tiny_models import TINY_CONFIGS, make_tiny_arch, train_tokenizer
 
 ARCHS = list(TINY_CONFIGS)
@@ -266,7 +268,7 @@ def test_the_matrix_catches_a_path_that_drops_a_score_modifier(model_type, drop,
 def test_plain_load_and_error_diagnosis_reads(arch):
     """`load_model` with its default (SDPA, eager where the class has none or SDPA cannot soft-cap:
     token states) computes what eager does; error diagnosis's q/k come through the hook layer."""
-    from iclscope.error_diagnosis import query_and_label_keys
+    from iclscope.methods.anchors.error_diagnosis import query_and_label_keys
 
     model_type, ours, ref, manifest, prepared = arch
     plain, _, _ = load_model(prepared, device="cpu", dtype="float32")
@@ -311,7 +313,7 @@ def test_architectures_imports_no_torch():
     import subprocess
     import sys
 
-    code = "import sys; import iclscope.architectures; print('torch' in sys.modules)"
+    code = "import sys; import iclscope.core.architectures; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

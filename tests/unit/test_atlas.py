@@ -3,9 +3,9 @@
 import numpy as np
 import pandas as pd
 
-from iclscope.atlas import atlas_curves, headline, peak_layers, read_tables
-from iclscope.plots import plot_layer_atlas
-from iclscope.tables import metric_frame, write_table
+from iclscope.core.tables import metric_frame, write_table
+from iclscope.report.atlas import atlas_curves, headline, peak_layers, read_tables
+from iclscope.report.plots import plot_layer_atlas
 
 L = 10
 

@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from iclscope.atomic import commit, partial_path, removed_when_disk_full, written
+from iclscope.core.atomic import commit, partial_path, removed_when_disk_full, written
 
 
 def test_written_renames_a_whole_file_into_place(tmp_path):

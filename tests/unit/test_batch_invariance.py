@@ -1,4 +1,4 @@
-"""Batch size is not a rerun key (iclscope/jobs.py passes it as a resource), so it must not change
+"""Batch size is not a rerun key (iclscope/core/jobs.py passes it as a resource), so it must not change
 a number: on the tiny Llama and GPT-2 models, left-padded batches of 1, 3 and 16 prompts give the
 same activations (residual stream, query-to-label attention, label logits) and the same tables of
 every model stage that batches (extraction, isolation, re-weighting, IC-ICL) within fp32 tolerance."""
@@ -11,9 +11,10 @@ import pytest
 from test_extract import prompts_file
 from test_icicl_tsft import SPEC, frame, identity_space
 
-from iclscope.anchors import run_isolation, run_reweighting
-from iclscope.extract import ExtractSettings, extract
-from iclscope.icicl import ICICLSettings, evaluate_icicl
+from iclscope.methods.anchors.isolation import run_isolation
+from iclscope.methods.anchors.reweighting import run_reweighting
+from iclscope.methods.taskspace.icicl import ICICLSettings, evaluate_icicl
+from iclscope.model.extract import ExtractSettings, extract
 
 BATCHES = (1, 3, 16)
 TOL = {"rtol": 1e-4, "atol": 1e-4}

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from iclscope.capture import ATTN_IMPLEMENTATION, Positions, Recorder, ResidualPatch, left_pad, recording
-from iclscope.loading import load_model
+from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, ResidualPatch, left_pad, recording
+from iclscope.model.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_attention_edit_changes_the_output(model):
 def test_residual_stream_leaves_the_output_alone(model):
     """Its hook on the last block returns None: a returned value would replace the block's output
     (GPT-J, Falcon: tuple outputs, whose first row then became the whole batch)."""
-    from iclscope.capture import residual_stream
+    from iclscope.model.capture import residual_stream
 
     net, _, manifest = model
     ids, mask, pos = left_pad([[5, 17, 33, 8, 21, 40], [7, 7, 9, 40]], 0, "cpu")
@@ -93,7 +93,7 @@ def test_residual_stream_leaves_the_output_alone(model):
 
 
 def test_interface_models_need_no_adapter(model):
-    from iclscope.capture import install_adapters
+    from iclscope.model.capture import install_adapters
 
     net, _, _ = model
     assert install_adapters(net) == 0

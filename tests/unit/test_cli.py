@@ -5,9 +5,9 @@ import shutil
 
 import h5py
 
-from iclscope.atomic import partial_path
 from iclscope.cli import inspect
-from iclscope.extract import ExtractSettings, extract
+from iclscope.core.atomic import partial_path
+from iclscope.model.extract import ExtractSettings, extract
 
 
 def test_inspect_complete_partial_and_broken(prepared_tiny, tmp_path):
@@ -45,7 +45,7 @@ def test_estimate_matches_the_real_file_and_works_from_the_config_alone(prepared
     from test_extract import prompts_file
 
     from iclscope.cli import activation_bytes, estimate
-    from iclscope.config import load_config
+    from iclscope.core.config import load_config
 
     spec, model_dir = prepared_tiny
     ppath, table = prompts_file(prepared_tiny, tmp_path)
@@ -121,7 +121,7 @@ def test_open_reads_named_arrays_lazily(prepared_tiny, tmp_path):
     from test_extract import prompts_file
 
     import iclscope
-    from iclscope.store import IncompleteFileError
+    from iclscope.core.store import IncompleteFileError
 
     spec, model_dir = prepared_tiny
     ppath, table = prompts_file(prepared_tiny, tmp_path)
@@ -153,7 +153,7 @@ def test_costs_sums_what_each_finished_job_logged(tmp_path, capsys):
     from iclscope.cli import main as cli_main
 
     logs = tmp_path / "logs"
-    job = ("import sys; sys.path.insert(0, {src!r}); from iclscope.logs import log_to; log_to({log!r}); "
+    job = ("import sys; sys.path.insert(0, {src!r}); from iclscope.core.logs import log_to; log_to({log!r}); "
            "sum(i * i for i in range(3_000_000))")
     src = str(Path(__file__).resolve().parents[2] / "workflow")
     for log in ("extract/m/a.log", "extract/m/b.log", "figures/m/a/x.log", "summary.log"):
@@ -178,7 +178,7 @@ def test_a_job_uses_the_threads_its_rule_declares(tmp_path):
 
     src = str(Path(__file__).resolve().parents[2] / "workflow")
     job = (f"import sys; sys.path.insert(0, {src!r}); import torch; torch.set_num_threads(2); "
-           f"from iclscope.logs import log_to; log_to({str(tmp_path / 'job.log')!r}, threads=1); "
+           f"from iclscope.core.logs import log_to; log_to({str(tmp_path / 'job.log')!r}, threads=1); "
            "import os; print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])")
     out = subprocess.run([sys.executable, "-c", job], check=True, capture_output=True, text=True).stdout
     assert out.split() == ["1", "1"]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from iclscope.config import ConfigError, DatasetSpec, validate_config
+from iclscope.core.config import ConfigError, DatasetSpec, validate_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -141,7 +141,7 @@ def test_methods_must_apply_to_the_dataset_kind():
 
 
 def test_a_name_given_twice_is_an_error_not_a_silent_overwrite(tmp_path):
-    from iclscope.config import load_config
+    from iclscope.core.config import load_config
 
     text = (REPO / "config.yaml").read_text()
     block = text[text.index("  words:\n"):text.index("\n\n", text.index("  words:\n"))]
@@ -156,7 +156,7 @@ def test_an_unsupported_local_architecture_is_refused_at_validation(tmp_path):
     """Before any job: the architecture is named, with the reason and the supported list."""
     import json
 
-    from iclscope.config import load_config
+    from iclscope.core.config import load_config
 
     model = tmp_path / "mamba"
     model.mkdir()

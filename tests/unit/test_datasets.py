@@ -5,8 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from iclscope.config import ConfigError, DatasetSpec, PromptSpec
-from iclscope.datasets import DatasetReport, decode_lines, prepare_dataset
+from iclscope.core.config import ConfigError, DatasetSpec, PromptSpec
+from iclscope.data.datasets import DatasetReport, decode_lines, prepare_dataset
 
 PROMPTS = PromptSpec(template="Tweet: {text}\nSentiment:{label}")
 CLASSES = {"negative": " negative", "positive": " positive"}
@@ -276,7 +276,7 @@ def test_pos_errors_name_the_key_and_the_tags(tmp_path):
 
 
 def test_pos_table_builds_4_shot_prompts(tmp_path):
-    from iclscope.prompts import build_prompts
+    from iclscope.model.prompts import build_prompts
     from tiny_models import train_tokenizer
 
     df, _ = prepare_dataset(pos_spec(35))

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
-from iclscope.decodability import (
+from iclscope.core.stats import bootstrap_mean
+from iclscope.methods.decodability.knn import (
     decodability,
     decodability_by_layer,
     decodability_per_class,
@@ -12,7 +13,6 @@ from iclscope.decodability import (
     pairwise_decodability,
     peak_layer,
 )
-from iclscope.stats import bootstrap_mean
 
 
 def sklearn_loo(X, y, k, metric):
@@ -87,7 +87,7 @@ def test_bad_inputs():
 def test_decodability_accuracy_fit_reads_the_peak_layer_and_drops_null():
     import pandas as pd
 
-    from iclscope.metric_tables import decodability_accuracy_fit
+    from iclscope.report.metric_tables import decodability_accuracy_fit
 
     dec, acc = [], []
     for layer in range(3):

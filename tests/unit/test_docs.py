@@ -136,7 +136,7 @@ def test_docs_name_no_internal_notes(path):
 
 
 def test_architecture_table_is_generated_from_the_support_table():
-    from iclscope.architectures import markdown_table
+    from iclscope.core.architectures import markdown_table
 
     assert markdown_table() in (DOCS / "architectures.md").read_text(), (
         "docs/architectures.md is stale: regenerate its table with tests/architecture_table.py")

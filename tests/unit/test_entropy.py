@@ -10,8 +10,9 @@ import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
 
-from iclscope.atomic import partial_path
-from iclscope.entropy import (
+from iclscope.core.atomic import partial_path
+from iclscope.core.store import IncompleteFileError, open_token_states
+from iclscope.methods.entropy.measures import (
     EntropySettings,
     Histograms,
     bigram_token,
@@ -21,10 +22,9 @@ from iclscope.entropy import (
     layer_measures,
     pair_labels,
 )
-from iclscope.loading import load_model
-from iclscope.metric_tables import entropy_table
-from iclscope.store import IncompleteFileError, open_token_states
-from iclscope.token_states import extract_token_states
+from iclscope.model.loading import load_model
+from iclscope.model.token_states import extract_token_states
+from iclscope.report.metric_tables import entropy_table
 
 
 def measures(states, labels, n_bins=4, min_labels=1, **kw):
@@ -295,8 +295,8 @@ def test_partial_token_state_file_is_refused(tmp_path):
 
 
 def test_toy_lm_learns_the_corpus_and_is_measured_at_log_spaced_steps(prepared_tiny):
-    from iclscope.models import load_tokenizer
-    from iclscope.toy_lm import ToySize, ToyTraining, token_stream, train_and_measure
+    from iclscope.methods.entropy.toy_lm import ToySize, ToyTraining, token_stream, train_and_measure
+    from iclscope.model.models import load_tokenizer
 
     tokenizer, _ = load_tokenizer(prepared_tiny[1])
     texts = [f"the {w} sat on the {v} mat" for w in ("cat", "dog", "bird", "crew") for v in ("red", "big")] * 40
@@ -314,8 +314,8 @@ def test_toy_lm_learns_the_corpus_and_is_measured_at_log_spaced_steps(prepared_t
 
 
 def test_toy_lm_training_killed_midway_resumes_to_the_same_numbers(prepared_tiny, tmp_path):
-    from iclscope.models import load_tokenizer
-    from iclscope.toy_lm import ToySize, ToyTraining, token_stream, train_and_measure
+    from iclscope.methods.entropy.toy_lm import ToySize, ToyTraining, token_stream, train_and_measure
+    from iclscope.model.models import load_tokenizer
 
     tokenizer, _ = load_tokenizer(prepared_tiny[1])
     texts = [f"a {w} saw the {v} one" for w in ("cat", "dog", "owl") for v in ("red", "big", "old")] * 30

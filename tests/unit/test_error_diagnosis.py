@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from iclscope.error_diagnosis import (
+from iclscope.methods.anchors.error_diagnosis import (
     ErrorDiagnosisSettings,
     check_classes,
     diagnose,
@@ -84,7 +84,7 @@ def test_pair_correlations_over_the_upper_triangle():
 def test_fewer_than_three_classes_is_a_clear_error(prepared_tiny, tmp_path):
     from test_extract import prompts_file
 
-    from iclscope.error_diagnosis import run_error_diagnosis
+    from iclscope.methods.anchors.error_diagnosis import run_error_diagnosis
 
     with pytest.raises(ValueError, match="at least 3 classes"):
         check_classes(2, "tweets")
@@ -119,10 +119,10 @@ def test_hook_query_and_keys_equal_q_proj_k_proj_with_rope(tmp_path):
     positions, the KV heads repeated to the query heads."""
     import torch
 
-    from iclscope.config import ModelSpec
-    from iclscope.error_diagnosis import query_and_label_keys
-    from iclscope.loading import load_model
-    from iclscope.models import prepare_model
+    from iclscope.core.config import ModelSpec
+    from iclscope.methods.anchors.error_diagnosis import query_and_label_keys
+    from iclscope.model.loading import load_model
+    from iclscope.model.models import prepare_model
     from tiny_models import make_tiny_model
 
     source = make_tiny_model("llama", tmp_path / "llama")
@@ -167,14 +167,14 @@ def test_run_on_a_tiny_model_matches_independent_computations(prepared_tiny, tmp
     label logits; the predicted confusion equals the pure functions on the hook's q/k; pooled rows."""
     from test_extract import WORDS
 
-    from iclscope.config import DatasetSpec, PromptSpec
-    from iclscope.error_diagnosis import query_and_label_keys, run_error_diagnosis
-    from iclscope.extract import ExtractSettings, extract
-    from iclscope.loading import load_model
-    from iclscope.models import load_tokenizer
-    from iclscope.prompts import build_prompts
-    from iclscope.store import open_activations
-    from iclscope.tables import read_table, write_table
+    from iclscope.core.config import DatasetSpec, PromptSpec
+    from iclscope.core.store import open_activations
+    from iclscope.core.tables import read_table, write_table
+    from iclscope.methods.anchors.error_diagnosis import query_and_label_keys, run_error_diagnosis
+    from iclscope.model.extract import ExtractSettings, extract
+    from iclscope.model.loading import load_model
+    from iclscope.model.models import load_tokenizer
+    from iclscope.model.prompts import build_prompts
 
     spec, model_dir = prepared_tiny
     tokenizer, manifest = load_tokenizer(model_dir)
@@ -219,7 +219,7 @@ def test_run_on_a_tiny_model_matches_independent_computations(prepared_tiny, tmp
         corr = got.set_index("metric")["value"]
         assert corr["confusion_pairs"] == 3
     plot_path = tmp_path / "fig.png"
-    from iclscope.plots import plot_error_diagnosis
+    from iclscope.report.plots import plot_error_diagnosis
 
     plot_error_diagnosis(read_table_roundtrip(out, tmp_path, write_table, read_table), plot_path)
     assert plot_path.stat().st_size > 0

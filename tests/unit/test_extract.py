@@ -13,15 +13,15 @@ import pandas as pd
 import pytest
 import torch
 
-from iclscope import extract as extract_mod
-from iclscope.atomic import partial_path
-from iclscope.config import DatasetSpec, PromptSpec
-from iclscope.extract import ExtractSettings, extract
-from iclscope.loading import load_model
-from iclscope.models import load_tokenizer
-from iclscope.prompts import build_prompts
-from iclscope.store import IncompleteFileError, open_activations, read_prompts
-from iclscope.tables import write_table
+from iclscope.core.atomic import partial_path
+from iclscope.core.config import DatasetSpec, PromptSpec
+from iclscope.core.store import IncompleteFileError, open_activations, read_prompts
+from iclscope.core.tables import write_table
+from iclscope.model import extract as extract_mod
+from iclscope.model.extract import ExtractSettings, extract
+from iclscope.model.loading import load_model
+from iclscope.model.models import load_tokenizer
+from iclscope.model.prompts import build_prompts
 
 WORDS = ["cat", "dog", "bird", "fun", "car", "crew", "plot", "late", "love", "rude", "great", "flight"]
 
@@ -158,8 +158,8 @@ def test_disk_full_during_extraction_leaves_no_file_and_names_the_fix(prepared_t
     out = small_disk / "act.h5"
     child = f"""
 import errno, sys
-from iclscope.config import ModelSpec
-from iclscope.extract import ExtractSettings, extract
+from iclscope.core.config import ModelSpec
+from iclscope.model.extract import ExtractSettings, extract
 try:
     extract({str(ppath)!r}, {str(model_dir)!r}, {str(out)!r}, ModelSpec.from_config({spec.name!r}, {{"source": "local",
             "path": {str(model_dir)!r}}}), ExtractSettings(store_dtype="float32", compression=None))
@@ -190,7 +190,7 @@ def test_truncated_file_is_reported_with_its_name(tmp_path):
 
 
 def test_gathered_shards_read_like_one_file(prepared_tiny, tmp_path):
-    from iclscope.store import gather_shards, shard_rows
+    from iclscope.core.store import gather_shards, shard_rows
 
     spec, model_dir = prepared_tiny
     ppath, table = prompts_file(prepared_tiny, tmp_path, n_test=10)
@@ -230,7 +230,7 @@ def test_gathered_shards_read_like_one_file(prepared_tiny, tmp_path):
 
 
 def test_streamed_token_ids_equal_the_table_from_any_row(tmp_path):
-    from iclscope.tables import iter_list_column
+    from iclscope.core.tables import iter_list_column
 
     rows = [np.arange(i % 7 + 1, dtype=np.int32) + i for i in range(1000)]
     write_table(pd.DataFrame({"input_ids": rows}), tmp_path / "t.parquet")

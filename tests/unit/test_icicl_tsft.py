@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iclscope.config import ConfigError, DatasetSpec, PromptSpec
-from iclscope.icicl import (
+from iclscope.core.config import ConfigError, DatasetSpec, PromptSpec
+from iclscope.core.stats import paired_difference
+from iclscope.methods.taskspace.icicl import (
     ICICLSettings,
     Prompt,
     SweepGrid,
@@ -20,10 +21,9 @@ from iclscope.icicl import (
     sweep_icicl,
     text_anchor_prompt,
 )
-from iclscope.models import load_tokenizer
-from iclscope.stats import paired_difference
-from iclscope.taskspace import TaskSpace
-from iclscope.tsft import TSFTSettings, train_tsft
+from iclscope.methods.taskspace.space import TaskSpace
+from iclscope.methods.taskspace.tsft import TSFTSettings, train_tsft
+from iclscope.model.models import load_tokenizer
 
 WORDS = ["cat", "dog", "bird", "fun", "car", "crew", "plot", "late", "love", "rude", "great", "flight"]
 
@@ -111,7 +111,7 @@ def test_icicl_arms_identity_space_equals_uncompressed(prepared_tiny):
 def test_batched_arms_equal_one_prompt_at_a_time(prepared_tiny):
     """score_many (left padding, soft-token slots shifted) and score_many_on_anchor_kv (padded, masked
     caches) give the readouts of the batch-1 path the timing uses, for prompts of different lengths."""
-    from iclscope.icicl import AnchorKV, ICICLRun
+    from iclscope.methods.taskspace.icicl import AnchorKV, ICICLRun
 
     spec_model, model_dir = prepared_tiny
     settings = ICICLSettings(k=2, pool_size=10, inject_layer=1, embed_layer=1, random_draws=1, word_k=3)
@@ -202,9 +202,9 @@ def test_text_anchor_is_the_template_and_labels_without_input_text(prepared_tiny
 
 
 def tiny_anchor_kv(prepared_tiny, texts, labels, draws):
-    from iclscope.icicl import AnchorKV, PromptScorer
-    from iclscope.loading import load_model
-    from iclscope.prompts import label_token_ids
+    from iclscope.methods.taskspace.icicl import AnchorKV, PromptScorer
+    from iclscope.model.loading import load_model
+    from iclscope.model.prompts import label_token_ids
 
     net, tok, manifest = load_model(prepared_tiny[1], attn_implementation="iclscope")
     kv = AnchorKV(net, tok, SPEC, texts, labels, random_draws=draws, seed=3)
@@ -260,9 +260,9 @@ def test_hidden_random_forced_onto_the_label_reproduces_anchor_kv(prepared_tiny)
 def test_anchor_kv_keeping_every_position_reproduces_the_full_prompt(prepared_tiny):
     """With all demonstration tokens kept (not only anchors) and one demonstration at slot 0, the
     cached continuation equals feeding demonstration + query as one prompt."""
-    from iclscope.icicl import AnchorKV, PromptScorer
-    from iclscope.loading import load_model
-    from iclscope.prompts import assemble, label_token_ids, tokenize_pieces
+    from iclscope.methods.taskspace.icicl import AnchorKV, PromptScorer
+    from iclscope.model.loading import load_model
+    from iclscope.model.prompts import assemble, label_token_ids, tokenize_pieces
 
     spec_model, model_dir = prepared_tiny
     net, tok, manifest = load_model(model_dir, attn_implementation="iclscope")
@@ -316,9 +316,9 @@ def test_tsft_held_out_losses_are_those_of_the_validation_rows(prepared_tiny, tm
     import torch
     import torch.nn.functional as F
 
-    from iclscope.loading import load_model
-    from iclscope.prompts import label_token_ids
-    from iclscope.tsft import tsft_rows, zero_shot_examples
+    from iclscope.methods.taskspace.tsft import tsft_rows, zero_shot_examples
+    from iclscope.model.loading import load_model
+    from iclscope.model.prompts import label_token_ids
 
     spec_model, model_dir = prepared_tiny
     space = identity_space(32, 1)
@@ -338,7 +338,7 @@ def test_tsft_held_out_losses_are_those_of_the_validation_rows(prepared_tiny, tm
 
 
 def test_tsft_test_and_validation_prompts_do_not_depend_on_the_run_seed():
-    from iclscope.tsft import tsft_rows
+    from iclscope.methods.taskspace.tsft import tsft_rows
 
     rows = {seed: tsft_rows(frame(), SPEC, TSFTSettings(n_train=12, n_val=6, n_test=8, seed=seed)) for seed in (0, 7)}
     (train0, val0, test0), (train7, val7, test7) = rows[0], rows[7]
@@ -367,8 +367,8 @@ def _fake_run(directory, arm, seed, correct, test_rows, steps=(0, 5, 10)):
 
 
 def test_tsft_summary_table_pairs_the_arms_over_prompts_and_seeds(tmp_path):
-    from iclscope.stats import paired_difference
-    from iclscope.tsft_report import summary_table
+    from iclscope.core.stats import paired_difference
+    from iclscope.methods.taskspace.tsft_report import summary_table
 
     rng = np.random.default_rng(3)
     test_rows = np.arange(100, 130)
@@ -399,8 +399,8 @@ def test_tsft_summary_table_pairs_the_arms_over_prompts_and_seeds(tmp_path):
     assert per_arm[("heldout_ce_start", 1)] == pytest.approx(1.9) and per_arm[("heldout_ce_end", 1)] == pytest.approx(
         1.4)
     assert per_arm[("accuracy", 0)] == pytest.approx(correct[("space", 0)].mean())
-    from iclscope.plots import plot_tsft
-    from iclscope.tsft_report import read_runs
+    from iclscope.methods.taskspace.tsft_report import read_runs
+    from iclscope.report.plots import plot_tsft
 
     plot_tsft(read_runs(dirs), table, tmp_path / "tsft.png")  # the figure renders from these tables
     assert (tmp_path / "tsft.png").stat().st_size > 0
@@ -433,10 +433,10 @@ def test_tsft_fits_its_space_on_the_zero_shot_training_states(prepared_tiny, tmp
     (what the loss shapes), computed here by a separate plain forward pass per row."""
     import torch
 
-    from iclscope.loading import load_model
-    from iclscope.prompts import label_token_ids
-    from iclscope.taskspace import fit_task_space
-    from iclscope.tsft import balanced_sample, fit_on_states, zero_shot_examples
+    from iclscope.methods.taskspace.space import fit_task_space
+    from iclscope.methods.taskspace.tsft import balanced_sample, fit_on_states, zero_shot_examples
+    from iclscope.model.loading import load_model
+    from iclscope.model.prompts import label_token_ids
 
     spec_model, model_dir = prepared_tiny
     net, tok, manifest = load_model(model_dir)
@@ -459,8 +459,8 @@ def test_tsft_fits_its_space_on_the_zero_shot_training_states(prepared_tiny, tmp
 
 def test_icicl_table_and_figures_from_constructed_results(tmp_path):
     """The metric table carries every arm's accuracy interval and paired rows; both figures render."""
-    from iclscope.icicl import metric_table, summarise
-    from iclscope.plots import plot_icicl, plot_icicl_sweep
+    from iclscope.methods.taskspace.icicl import metric_table, summarise
+    from iclscope.report.plots import plot_icicl, plot_icicl_sweep
 
     rng = np.random.default_rng(1)
     rows = []

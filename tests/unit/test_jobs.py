@@ -1,4 +1,4 @@
-"""The settings path (iclscope.jobs): complete and minimal job settings, code digests that follow
+"""The settings path (iclscope.core.jobs): complete and minimal job settings, code digests that follow
 imports and ignore comments, scripts that read only their params, defaults written once."""
 
 import ast
@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from iclscope import jobs
-from iclscope.anchor_compression import AnchorCompressionSettings
-from iclscope.config import (
+from iclscope.core import jobs
+from iclscope.core.config import (
     DatasetSpec,
     ModelSpec,
     PromptSpec,
@@ -20,15 +19,16 @@ from iclscope.config import (
     load_schema,
     validate_config,
 )
-from iclscope.entropy import EntropySettings
-from iclscope.error_diagnosis import ErrorDiagnosisSettings
-from iclscope.extract import ExtractSettings
-from iclscope.icicl import ICICLSettings, SweepGrid
-from iclscope.layer_lora import LayerLoRASettings
-from iclscope.synthetic import SparseRegressionTask
-from iclscope.toy_lm import ToyTraining
-from iclscope.toy_regression import RegressionTraining
-from iclscope.tsft import TSFTSettings
+from iclscope.data.synthetic import SparseRegressionTask
+from iclscope.methods.anchors.compression import AnchorCompressionSettings
+from iclscope.methods.anchors.error_diagnosis import ErrorDiagnosisSettings
+from iclscope.methods.decodability.layer_lora import LayerLoRASettings
+from iclscope.methods.decodability.toy_regression import RegressionTraining
+from iclscope.methods.entropy.measures import EntropySettings
+from iclscope.methods.entropy.toy_lm import ToyTraining
+from iclscope.methods.taskspace.icicl import ICICLSettings, SweepGrid
+from iclscope.methods.taskspace.tsft import TSFTSettings
+from iclscope.model.extract import ExtractSettings
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "workflow" / "scripts"
@@ -117,10 +117,11 @@ def test_no_script_reads_the_config():
 
 def test_code_digest_follows_imports_transitively():
     modules = jobs.package_modules(SCRIPTS / "extract.py")
-    assert {"extract", "capture", "models", "store", "config"} <= set(modules)
-    assert "plots" not in modules
-    assert "plots" in jobs.package_modules(SCRIPTS / "figure.py")
-    assert "capture" not in jobs.package_modules(SCRIPTS / "figure.py")
+    assert {"model.extract", "model.capture", "model.models", "core.store", "core.config"} <= set(modules)
+    assert {"", "core", "model"} <= set(modules)  # the __init__ of every package on the way
+    assert "report.plots" not in modules
+    assert "report.plots" in jobs.package_modules(SCRIPTS / "figure.py")
+    assert "model.capture" not in jobs.package_modules(SCRIPTS / "figure.py")
 
 
 def _package_copy(tmp_path) -> Path:
@@ -140,7 +141,7 @@ def _digest_in(pkg: Path, script: Path) -> str:
     sys.modules["iclscope_copy"] = module
     try:
         spec.loader.exec_module(module)
-        copy_jobs = importlib.import_module("iclscope_copy.jobs")
+        copy_jobs = importlib.import_module("iclscope_copy.core.jobs")
         return copy_jobs.code_digest(script)
     finally:
         for name in [n for n in sys.modules if n.startswith("iclscope_copy")]:
@@ -151,7 +152,7 @@ def test_comment_and_docstring_edits_keep_the_digest_code_edits_change_it(tmp_pa
     pkg = _package_copy(tmp_path)
     extract, figure = SCRIPTS / "extract.py", SCRIPTS / "figure.py"
     before = (_digest_in(pkg, extract), _digest_in(pkg, figure))
-    capture = pkg / "capture.py"
+    capture = pkg / "model" / "capture.py"
     text = capture.read_text()
     tree = ast.parse(text)
     doc = ast.get_docstring(tree)
@@ -161,7 +162,7 @@ def test_comment_and_docstring_edits_keep_the_digest_code_edits_change_it(tmp_pa
     assert _digest_in(pkg, extract) != before[0]
     assert _digest_in(pkg, figure) == before[1]  # a figure does not run the hook layer
     capture.write_text(text)
-    (pkg / "plots.py").write_text((pkg / "plots.py").read_text() + "\nEXTRA_CONSTANT = 1\n")
+    (pkg / "report" / "plots.py").write_text((pkg / "report" / "plots.py").read_text() + "\nEXTRA_CONSTANT = 1\n")
     assert _digest_in(pkg, figure) != before[1]
     assert _digest_in(pkg, extract) == before[0]
 
@@ -170,7 +171,8 @@ def test_code_digest_is_cheap_and_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, time; sys.path.insert(0, 'workflow'); t = time.perf_counter(); from iclscope import jobs; "
+    code = ("import sys, time; sys.path.insert(0, 'workflow'); t = time.perf_counter(); "
+            "from iclscope.core import jobs; "
             "from pathlib import Path; [jobs.code_digest(p) for p in Path('workflow/scripts').glob('*.py')]; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

@@ -1,4 +1,4 @@
-"""Lab cache entries are read-only once written (iclscope/lab_cache.py).
+"""Lab cache entries are read-only once written (iclscope/core/lab_cache.py).
 
 Root ignores permission bits, so what another lab member may do is checked as `nobody`, in
 directories outside pytest's tmp_path (which only root can enter).
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from iclscope.cli import cache
-from iclscope.lab_cache import entries, is_sealed, seal
+from iclscope.core.lab_cache import entries, is_sealed, seal
 from snakemake_runner import REPO, SNAKEMAKE
 
 

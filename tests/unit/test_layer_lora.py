@@ -1,4 +1,4 @@
-"""First-n vs last-n layer LoRA (iclscope.layer_lora) on tiny random models: which blocks get
+"""First-n vs last-n layer LoRA (iclscope.methods.decodability.layer_lora) on tiny random models: which blocks get
 adapters, the answer-token loss mask, training, merging, resume, and the summary table."""
 
 import json
@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iclscope.config import ConfigError, DatasetSpec, ModelSpec, PromptSpec
-from iclscope.extract import ExtractSettings, extract
-from iclscope.layer_lora import (
+from iclscope.core.config import ConfigError, DatasetSpec, ModelSpec, PromptSpec
+from iclscope.core.tables import write_table
+from iclscope.methods.decodability.layer_lora import (
     LayerLoRASettings,
     adapter_layers,
     answer_loss,
@@ -23,11 +23,11 @@ from iclscope.layer_lora import (
     train_shots,
     training_examples,
 )
-from iclscope.loading import load_model
-from iclscope.lora import attach_lora, trainable_parameters
-from iclscope.models import load_tokenizer, prepare_model
-from iclscope.prompts import build_prompts
-from iclscope.tables import write_table
+from iclscope.model.extract import ExtractSettings, extract
+from iclscope.model.loading import load_model
+from iclscope.model.lora import attach_lora, trainable_parameters
+from iclscope.model.models import load_tokenizer, prepare_model
+from iclscope.model.prompts import build_prompts
 
 WORDS = ["cat", "dog", "bird", "fun", "car", "crew", "plot", "late", "love", "rude", "great", "flight", "movie", "so"]
 TASKS = {"reverse": lambda w: w[::-1], "first": lambda w: w[0], "repeat": lambda w: f"{w} {w}",
@@ -180,7 +180,7 @@ def test_resume_after_a_kill_reproduces_the_run(prepared_tiny, tmp_path):
 
 
 def test_summary_table_compares_arms_with_base(prepared_tiny, tmp_path):
-    from iclscope.plots import plot_layer_lora
+    from iclscope.report.plots import plot_layer_lora
 
     spec_model, model_dir = prepared_tiny
     tokenizer, manifest = load_tokenizer(model_dir)

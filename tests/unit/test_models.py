@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from iclscope.config import ConfigError, ModelSpec
-from iclscope.loading import load_model
-from iclscope.models import prepare_model, read_manifest
+from iclscope.core.config import ConfigError, ModelSpec
+from iclscope.model.loading import load_model
+from iclscope.model.models import prepare_model, read_manifest
 
 
 def test_local_directory_manifest(prepared_tiny):

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from iclscope.patching import choose_layer, patched_generate, task_states
+from iclscope.methods.decodability.patching import choose_layer, patched_generate, task_states
 
 
 def test_task_states_are_leave_one_out_means():
@@ -20,8 +20,8 @@ def test_task_states_are_leave_one_out_means():
 
 
 def test_patching_the_query_with_its_own_state_is_a_no_op(prepared_tiny):
-    from iclscope.capture import left_pad, residual_stream
-    from iclscope.loading import load_model
+    from iclscope.model.capture import left_pad, residual_stream
+    from iclscope.model.loading import load_model
 
     _, model_dir = prepared_tiny
     net, tok, manifest = load_model(model_dir, attn_implementation="iclscope")
@@ -61,10 +61,10 @@ def test_layer_is_the_decodability_peak_inside_the_blocks():
 def test_patching_run_on_tiny_activations(prepared_tiny, tmp_path):
     from test_extract import prompts_file
 
-    from iclscope.extract import ExtractSettings, extract
-    from iclscope.icl import predictions
-    from iclscope.patching import run_patching
-    from iclscope.tables import read_meta, read_table, write_table
+    from iclscope.core.tables import read_meta, read_table, write_table
+    from iclscope.methods.decodability.patching import run_patching
+    from iclscope.methods.icl import predictions
+    from iclscope.model.extract import ExtractSettings, extract
 
     spec, model_dir = prepared_tiny
     ppath, _ = prompts_file(prepared_tiny, tmp_path, "generation")

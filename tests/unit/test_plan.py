@@ -1,11 +1,11 @@
-"""Which methods run on which dataset (iclscope.plan): kinds, `methods:`, switches, and what
+"""Which methods run on which dataset (iclscope.core.plan): kinds, `methods:`, switches, and what
 each method needs (tasks, demonstrations, three or more classes)."""
 
 import copy
 from pathlib import Path
 
-from iclscope.config import load_config, validate_config
-from iclscope.plan import Plan
+from iclscope.core.config import load_config, validate_config
+from iclscope.core.plan import Plan
 
 DEFAULT = load_config(Path(__file__).resolve().parents[2] / "config.yaml")
 

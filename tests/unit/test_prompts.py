@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from iclscope.config import ConfigError, DatasetSpec, PromptSpec
-from iclscope.prompts import build_prompts, split_template
+from iclscope.core.config import ConfigError, DatasetSpec, PromptSpec
+from iclscope.model.prompts import build_prompts, split_template
 from tiny_models import train_tokenizer
 
 

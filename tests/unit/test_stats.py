@@ -5,7 +5,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from iclscope.stats import bootstrap_mean, mcnemar_exact, paired_difference
+from iclscope.core.stats import bootstrap_mean, mcnemar_exact, paired_difference
 
 
 def naive_mcnemar(b: int, c: int) -> float:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from iclscope.synthetic import (
+from iclscope.data.synthetic import (
     BITWISE_TASKS,
     WORD_TASKS,
     SparseRegressionTask,
@@ -45,7 +45,7 @@ def test_word_tasks_exact_answers_and_null_differs():
     expected = {"first_letter": "c", "last_letter": "t", "uppercase": "CAT", "repeat": "cat cat",
                 "reverse": "tac", "capitalise": "Cat"}
     for task, answer in expected.items():
-        from iclscope.synthetic import apply_word_task
+        from iclscope.data.synthetic import apply_word_task
         assert apply_word_task(task, "cat") == answer
     assert list(df["task"].unique()) == list(WORD_TASKS)
     null = df[df.task == "Null"]

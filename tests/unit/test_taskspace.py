@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from iclscope.taskspace import (
+from iclscope.methods.taskspace.space import (
     decode,
     energy_ratio,
     fit_task_space,

@@ -5,8 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
-from iclscope.synthetic import SparseRegressionTask
-from iclscope.toy_regression import RegressionTraining, RegressionTransformer, reference_rows, train_regression
+from iclscope.data.synthetic import SparseRegressionTask
+from iclscope.methods.decodability.toy_regression import (
+    RegressionTraining,
+    RegressionTransformer,
+    reference_rows,
+    train_regression,
+)
 
 TASK = SparseRegressionTask(dim=8, n_bases=2, basis_size=2, n_points=6, noise_var=0.01)
 RUN = RegressionTraining(d_model=32, n_layers=2, n_heads=2, steps=120, batch_size=32, lr=3e-3, n_checkpoints=4,
@@ -81,7 +86,7 @@ def test_killed_training_resumes_to_the_same_numbers(tmp_path):
 
 
 def test_figure_draws_from_the_table(tmp_path):
-    from iclscope.plots import plot_toy_regression
+    from iclscope.report.plots import plot_toy_regression
 
     run = RegressionTraining(**{**RUN.__dict__, "steps": 20})
     table = pd.concat([train_regression(TASK, run), pd.DataFrame(reference_rows(TASK, n_sequences=50))],

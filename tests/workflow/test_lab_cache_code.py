@@ -1,5 +1,5 @@
 """The lab cache keys on code: a change to the package code an extraction runs misses the cache
-and stores a new entry; a comment- or docstring-only change hits the old one (iclscope/jobs.py).
+and stores a new entry; a comment- or docstring-only change hits the old one (iclscope/core/jobs.py).
 The real workflow with Snakemake's --cache, on a tiny local model, three checkouts of one lab."""
 
 import os
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from iclscope.lab_cache import entries
+from iclscope.core.lab_cache import entries
 from snakemake_runner import checkout_copy, snakemake, write_config
 from tiny_models import make_tiny_model
 
@@ -39,7 +39,7 @@ def extract_in(root: Path, name: str, edit=None) -> Path:
     """A checkout (optionally with its capture.py edited) extracts TARGET with --cache extract."""
     repo = checkout_copy(root / f"{name}-repo")
     if edit:
-        capture = repo / "workflow" / "iclscope" / "capture.py"
+        capture = repo / "workflow" / "iclscope" / "model" / "capture.py"
         capture.write_text(edit(capture.read_text()))
     work = root / name
     work.mkdir()

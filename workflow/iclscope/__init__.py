@@ -10,6 +10,6 @@ __version__ = "0.3.0"
 
 def open(path, require_complete: bool = True):  # noqa: A001  (mirrors h5py.File / builtins.open on purpose)
     """Open an activation or token-state file lazily: `iclscope.open(path)["resid/query"][:, 15]`."""
-    from .store import ActivationFile
+    from iclscope.core.store import ActivationFile
 
     return ActivationFile(path, require_complete)

@@ -19,8 +19,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import lab_cache
-from .store import IncompleteFileError, open_activations
+from iclscope.core import lab_cache
+from iclscope.core.store import IncompleteFileError, open_activations
 
 
 def _fmt_bytes(n: float) -> str:
@@ -64,8 +64,8 @@ def inspect(path: str | Path, out=sys.stdout) -> int:
 
 def prompt_count(spec: dict) -> int | None:
     """Prompts a dataset entry will produce (None when it depends on the data, e.g. a task column)."""
-    from .config import TaggingSettings
-    from .synthetic import BITWISE_TASKS, WORD_TASKS
+    from iclscope.core.config import TaggingSettings
+    from iclscope.data.synthetic import BITWISE_TASKS, WORD_TASKS
 
     p = spec["prompts"]
     if spec["kind"] == "classification":
@@ -77,7 +77,7 @@ def prompt_count(spec: dict) -> int | None:
 
 
 def activation_bytes(n: int, manifest: dict, max_demos: int, n_classes: int, cfg: dict) -> int:
-    """Uncompressed size of one activation file (iclscope.store layout)."""
+    """Uncompressed size of one activation file (iclscope.core.store layout)."""
     L, d, H = manifest["n_layers"], manifest["d_model"], manifest["n_heads"]
     itemsize = np.dtype(cfg["extract"]["store_dtype"]).itemsize
     resid = n * (L + 1) * d * itemsize * (3 + max_demos)  # query, last_input, content_mean + label per demo
@@ -94,7 +94,7 @@ def estimate(config_path: str | Path = "config.yaml", results: str | Path = "res
     """
     import pandas as pd
 
-    from .config import ConfigError, load_config
+    from iclscope.core.config import ConfigError, load_config
 
     try:
         cfg = load_config(config_path)
@@ -202,7 +202,7 @@ COST_LINE = re.compile(r"cost: wall ([\d.]+) s, cpu ([\d.]+) s, peak rss (\d+) M
 
 
 def job_costs(logs_dir: str | Path) -> list[dict]:
-    """The cost line each finished job wrote last in its log (iclscope.logs.log_cost), one row per log.
+    """The cost line each finished job wrote last in its log (iclscope.core.logs.log_cost), one row per log.
 
     'stage' is the log's first directory under logs/ (the rule, or 'figures'); a log with no cost
     line (a job still running, or killed) is left out.

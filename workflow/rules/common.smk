@@ -1,5 +1,5 @@
 # Shared glue: config validation (before any job), wildcard constraints, target lists (from
-# iclscope.plan) and each job's params (from iclscope.jobs: its settings and its code digest).
+# iclscope.core.plan) and each job's params (from iclscope.core.jobs: its settings and its code digest).
 # No torch / transformers / HDF5 here: this file is parsed on every call and every SLURM job.
 import json
 import os
@@ -9,9 +9,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from iclscope.config import ConfigError, DatasetSpec, ModelSpec, check_unique_keys, validate_config  # noqa: E402
-from iclscope import jobs  # noqa: E402
-from iclscope.plan import LAYER_LORA_ARMS, TSFT_ARMS, Plan  # noqa: E402
+from iclscope.core.config import ConfigError, DatasetSpec, ModelSpec, check_unique_keys, validate_config  # noqa: E402
+from iclscope.core import jobs  # noqa: E402
+from iclscope.core.plan import LAYER_LORA_ARMS, TSFT_ARMS, Plan  # noqa: E402
 
 try:
     for _configfile in workflow.configfiles:
@@ -71,7 +71,7 @@ wildcard_constraints:
 
 
 def settings_of(rule):
-    """params.settings of `rule`'s jobs: the complete settings of the job (iclscope/jobs.py)."""
+    """params.settings of `rule`'s jobs: the complete settings of the job (iclscope/core/jobs.py)."""
     return lambda wc: jobs.as_json(jobs.settings(config, rule, wc))
 
 
@@ -103,7 +103,7 @@ def local_source(wildcards):
     return [path] if path and Path(path).expanduser().is_file() else []
 
 
-# --- target lists (which datasets run what: iclscope/plan.py)
+# --- target lists (which datasets run what: iclscope/core/plan.py)
 
 
 def paths(pattern, datasets, **more):

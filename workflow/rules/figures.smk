@@ -1,5 +1,5 @@
 # Every figure: one row of FIGURES, one generated rule `fig_<name>`, one script (scripts/figure.py),
-# which draws it with iclscope.plots.draw(<name>, inputs, png). A figure reads only its inputs; the
+# which draws it with iclscope.report.plots.draw(<name>, inputs, png). A figure reads only its inputs; the
 # caption of the HTML report is workflow/report/<name>.rst.
 
 TASK_SPACES = "Task spaces (information bottleneck)"

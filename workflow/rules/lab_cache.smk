@@ -1,10 +1,10 @@
 # The lab cache ($SNAKEMAKE_OUTPUT_CACHE): every entry read-only once Snakemake has stored it.
 # Snakemake stores entries world-writable (0666 / 0777, hard-coded in
 # snakemake.caching.local.OutputFileCache.set_permissions); this wraps its private `store` so each
-# entry is sealed (iclscope.lab_cache.seal) right after. It lives here, in the workflow, because the
+# entry is sealed (iclscope.core.lab_cache.seal) right after. It lives here, in the workflow, because the
 # iclscope package imports no Snakemake; docs/cluster.md explains the set-up.
 
-from iclscope.lab_cache import seal as _seal_entry  # noqa: E402
+from iclscope.core.lab_cache import seal as _seal_entry  # noqa: E402
 
 
 def seal_entries_when_stored():

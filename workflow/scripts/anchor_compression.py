@@ -1,7 +1,7 @@
-from iclscope.anchor_compression import AnchorCompressionSettings, run_anchor_compression
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
-from iclscope.tables import write_table
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.core.tables import write_table
+from iclscope.methods.anchors.compression import AnchorCompressionSettings, run_anchor_compression
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 job = job_of(snakemake)

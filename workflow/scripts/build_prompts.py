@@ -1,8 +1,8 @@
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
-from iclscope.models import load_tokenizer
-from iclscope.prompts import build_prompts
-from iclscope.tables import read_table, write_table
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.core.tables import read_table, write_table
+from iclscope.model.models import load_tokenizer
+from iclscope.model.prompts import build_prompts
 
 log_to(snakemake.log[0], threads=snakemake.threads)
 tokenizer, manifest = load_tokenizer(snakemake.input.model)

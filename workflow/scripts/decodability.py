@@ -1,9 +1,9 @@
 import json
 
-from iclscope.decodability import decodability_table
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
-from iclscope.tables import write_table
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.core.tables import write_table
+from iclscope.methods.decodability.knn import decodability_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards

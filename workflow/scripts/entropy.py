@@ -1,8 +1,8 @@
-from iclscope.entropy import EntropySettings
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
-from iclscope.metric_tables import entropy_table
-from iclscope.tables import write_table
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.core.tables import write_table
+from iclscope.methods.entropy.measures import EntropySettings
+from iclscope.report.metric_tables import entropy_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards

@@ -1,6 +1,6 @@
-from iclscope.extract import ExtractSettings, extract
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.model.extract import ExtractSettings, extract
 
 log_to(snakemake.log[0], threads=snakemake.threads)
 job = job_of(snakemake)

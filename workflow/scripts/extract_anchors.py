@@ -1,6 +1,6 @@
-from iclscope.extract import extract_anchor_states
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.model.extract import extract_anchor_states
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards

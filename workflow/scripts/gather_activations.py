@@ -1,5 +1,5 @@
-from iclscope.logs import log_to
-from iclscope.store import gather_shards
+from iclscope.core.logs import log_to
+from iclscope.core.store import gather_shards
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 gather_shards(list(snakemake.input), snakemake.output[0])

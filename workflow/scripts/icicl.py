@@ -1,8 +1,8 @@
-from iclscope.icicl import ICICLSettings, evaluate_icicl, metric_table, paired_table
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
-from iclscope.tables import read_table, write_table
-from iclscope.taskspace import read_task_spaces
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.core.tables import read_table, write_table
+from iclscope.methods.taskspace.icicl import ICICLSettings, evaluate_icicl, metric_table, paired_table
+from iclscope.methods.taskspace.space import read_task_spaces
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards

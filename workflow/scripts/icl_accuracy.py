@@ -1,7 +1,7 @@
-from iclscope.icl import accuracy_table, predictions
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
-from iclscope.tables import write_table
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.core.tables import write_table
+from iclscope.methods.icl import accuracy_table, predictions
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards

@@ -1,10 +1,10 @@
 import json
 from pathlib import Path
 
-from iclscope.atlas import atlas_curves, peak_layers, read_tables
-from iclscope.logs import log_to
-from iclscope.plots import plot_layer_atlas
-from iclscope.tables import write_table
+from iclscope.core.logs import log_to
+from iclscope.core.tables import write_table
+from iclscope.report.atlas import atlas_curves, peak_layers, read_tables
+from iclscope.report.plots import plot_layer_atlas
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards

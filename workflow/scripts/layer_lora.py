@@ -1,7 +1,7 @@
-from iclscope.jobs import job_of
-from iclscope.layer_lora import LayerLoRASettings, train_layer_lora
-from iclscope.logs import log_to
-from iclscope.tables import read_table
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.core.tables import read_table
+from iclscope.methods.decodability.layer_lora import LayerLoRASettings, train_layer_lora
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards

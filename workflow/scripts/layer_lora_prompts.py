@@ -1,6 +1,6 @@
-from iclscope.jobs import job_of
-from iclscope.layer_lora import prompts_at_shots, train_shots
-from iclscope.logs import log_to
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.methods.decodability.layer_lora import prompts_at_shots, train_shots
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 job = job_of(snakemake)

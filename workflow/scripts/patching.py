@@ -1,7 +1,7 @@
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
-from iclscope.patching import run_patching
-from iclscope.tables import write_table
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.core.tables import write_table
+from iclscope.methods.decodability.patching import run_patching
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards

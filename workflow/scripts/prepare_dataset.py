@@ -1,7 +1,7 @@
-from iclscope.datasets import prepare_dataset
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
-from iclscope.tables import write_table
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.core.tables import write_table
+from iclscope.data.datasets import prepare_dataset
 
 log_to(snakemake.log[0], threads=snakemake.threads)
 table, meta = prepare_dataset(job_of(snakemake).dataset())

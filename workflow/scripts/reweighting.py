@@ -1,10 +1,10 @@
 import numpy as np
 
-from iclscope.anchors import run_reweighting
-from iclscope.atomic import written
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
-from iclscope.tables import write_table
+from iclscope.core.atomic import written
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.core.tables import write_table
+from iclscope.methods.anchors.reweighting import run_reweighting
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards

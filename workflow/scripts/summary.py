@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from iclscope.atlas import headline
-from iclscope.logs import log_to
+from iclscope.core.logs import log_to
+from iclscope.report.atlas import headline
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 pairs = sorted({(Path(p).parent.parent.name, Path(p).parent.name) for p in snakemake.input.peaks})

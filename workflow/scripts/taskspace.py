@@ -1,6 +1,6 @@
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
-from iclscope.taskspace import build_task_spaces
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.methods.taskspace.space import build_task_spaces
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 settings = job_of(snakemake)["taskspace"]

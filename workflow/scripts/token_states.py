@@ -1,6 +1,6 @@
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
-from iclscope.token_states import extract_token_states
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.model.token_states import extract_token_states
 
 log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards

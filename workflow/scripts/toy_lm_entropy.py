@@ -3,15 +3,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from iclscope.entropy import EntropySettings
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
-from iclscope.models import load_tokenizer, model_dir_of, resolve_device
-from iclscope.tables import write_table
-from iclscope.toy_lm import ToySize, ToyTraining, token_stream, train_and_measure
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.core.tables import write_table
+from iclscope.methods.entropy.measures import EntropySettings
+from iclscope.methods.entropy.toy_lm import ToySize, ToyTraining, token_stream, train_and_measure
+from iclscope.model.models import load_tokenizer, model_dir_of, resolve_device
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
-job = job_of(snakemake).settings  # this size's settings (iclscope/jobs.py)
+job = job_of(snakemake).settings  # this size's settings (iclscope/core/jobs.py)
 size = ToySize(**job["size"])
 run = ToyTraining(**job["training"])
 settings = EntropySettings(n_bins=job["n_bins"], min_labels=job["min_labels"], clip_quantile=job["clip_quantile"])

@@ -1,7 +1,7 @@
 import pandas as pd
 
-from iclscope.logs import log_to
-from iclscope.tables import read_meta, read_table, write_table
+from iclscope.core.logs import log_to
+from iclscope.core.tables import read_meta, read_table, write_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 table = pd.concat([read_table(path) for path in snakemake.input], ignore_index=True)

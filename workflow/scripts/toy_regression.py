@@ -3,12 +3,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
-from iclscope.models import resolve_device
-from iclscope.synthetic import SparseRegressionTask
-from iclscope.tables import write_table
-from iclscope.toy_regression import RegressionTraining, reference_rows, train_regression
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.core.tables import write_table
+from iclscope.data.synthetic import SparseRegressionTask
+from iclscope.methods.decodability.toy_regression import RegressionTraining, reference_rows, train_regression
+from iclscope.model.models import resolve_device
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 settings = job_of(snakemake)["toy_regression"]

@@ -1,13 +1,13 @@
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
-from iclscope.tables import read_table
-from iclscope.taskspace import read_task_spaces
-from iclscope.tsft import TSFTSettings, train_tsft
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.core.tables import read_table
+from iclscope.methods.taskspace.space import read_task_spaces
+from iclscope.methods.taskspace.tsft import TSFTSettings, train_tsft
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 job = job_of(snakemake)
-cfg = {k: v for k, v in job["tsft"].items() if k != "task_space"}  # the baseline arm's lam is 0 (iclscope/jobs.py)
+cfg = {k: v for k, v in job["tsft"].items() if k != "task_space"}  # the baseline arm's lam is 0 (iclscope/core/jobs.py)
 variant = job["tsft"]["task_space"]  # train_zero_shot: fitted inside train_tsft on the states it shapes
 spaces = read_task_spaces(snakemake.input.taskspace, "class_mean" if variant == "train_zero_shot" else variant)
 cfg["layer"] = cfg["layer"] if cfg["layer"] is not None else max(spaces) // 2  # resid index L // 2

