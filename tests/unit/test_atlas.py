@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 
 from iclscope.core.tables import metric_frame, write_table
-from iclscope.report.atlas import atlas_curves, headline, peak_layers, read_tables
+from iclscope.report.atlas import atlas_curves, headline, model_atlas, peak_layers, read_tables
 from iclscope.report.plots import plot_layer_atlas
 
 L = 10
@@ -63,13 +63,31 @@ def test_a_curve_without_finite_values_has_no_peak_and_still_draws(tmp_path):
     assert (tmp_path / "atlas.png").stat().st_size > 10_000
 
 
-def test_tables_are_read_from_a_metric_directory_and_headline_fills_what_exists(tmp_path):
+def test_tables_are_read_from_the_given_paths_and_headline_fills_what_exists(tmp_path):
+    directory = tmp_path / "m" / "d"
     for name, table in tables().items():
-        write_table(table, tmp_path / f"{name}.parquet")
+        write_table(table, directory / f"{name}.parquet")
     acc = metric_frame([{"metric": "accuracy", "task": "all", "seed": s, "value": v} for s, v in ((1, 0.5), (2, 0.7))],
                        model="m", dataset="d")
-    write_table(acc, tmp_path / "icl_accuracy.parquet")
-    assert set(read_tables(tmp_path)) == {"decodability", "saliency", "isolation"}
-    h = headline(sorted(tmp_path.glob("*.parquet")), "m", "d")
+    write_table(acc, directory / "icl_accuracy.parquet")
+    given = sorted(directory.glob("*.parquet"))
+    write_table(tables()["saliency"], directory / "aucroc.parquet")  # in the directory, not given: never read
+    read = read_tables(given)
+    assert list(read) == ["d"] and set(read["d"]) == {"decodability", "saliency", "isolation"}
+    h = headline(given, "m", "d")
     assert h["icl_accuracy"] == 0.6 and h["peak_decodability_layer"] == 6
     assert np.isnan(h["icicl_speedup"]) and np.isnan(h["tsft_gain"])
+
+
+def test_one_atlas_per_model_holds_every_datasets_curves(tmp_path):
+    """A classification dataset's saliency and a generation dataset's decodability share one figure:
+    each curve keeps its dataset, its own peak, and no panel is empty."""
+    both = {"cls": {"saliency": tables()["saliency"]}, "gen": {"decodability": tables()["decodability"]}}
+    curves = model_atlas(both, L)
+    assert set(map(tuple, curves[["dataset", "curve"]].drop_duplicates().to_numpy())) == {
+        ("cls", "S_wp"), ("cls", "S_pq"), ("gen", "decodability")}
+    peaks = peak_layers(curves).set_index(["dataset", "curve"])
+    assert peaks.loc[("gen", "decodability"), "layer"] == 6 and peaks.loc[("cls", "S_pq"), "layer"] == L
+    plot_layer_atlas(curves, peak_layers(curves), tmp_path / "atlas.png", "test")
+    assert (tmp_path / "atlas.png").stat().st_size > 10_000
+    assert model_atlas({}, L).empty and model_atlas({"d": {}}, L).empty

@@ -182,10 +182,10 @@ def test_taskspace_icicl_tsft_tables(run_dir):
     for fig in ("compression", "task_space", "icicl", "tsft", "aucroc", "saliency", "isolation"):
         assert (run_dir / f"results/figures/smollm2-135m/tweets/{fig}.png").stat().st_size > 10_000, fig
     assert (run_dir / "results/figures/smollm2-135m/words/decodability.png").exists()
-    peaks = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/peak_layers.parquet").set_index("curve")
+    peaks = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/peak_layers.parquet").set_index("curve")
     assert {"task-space decoding", "S_wp", "S_pq", "AUCROC_l", "information"} <= set(peaks.index)
     assert peaks["depth"].between(0, 1).all()
-    assert (run_dir / "results/figures/smollm2-135m/tweets/layer_atlas.png").stat().st_size > 10_000
+    assert (run_dir / "results/figures/smollm2-135m/layer_atlas.png").stat().st_size > 10_000
     head = pd.read_csv(run_dir / "results/summary/headline.csv").set_index("dataset")
     assert head.loc["tweets", "icicl_speedup"] > 1 and head.loc["words", "peak_decodability_layer"] >= 0
     # paired headline numbers come with their interval and p-value
@@ -232,14 +232,14 @@ DOWNSTREAM_OF_MODELS = {"layer_lora_prompts": 1, "icl_accuracy": 3, "decodabilit
                         "fig_entropy": 1, "fig_error_diagnosis": 1, "fig_icicl": 1, "fig_icicl_sweep": 1,
                         "fig_isolation": 1,
                         "fig_layer_lora": 1, "fig_patching": 1, "fig_reweighting": 1, "fig_saliency": 1,
-                        "fig_task_space": 1, "fig_tsft": 1, "fig_anchor_compression": 1, "layer_atlas": 2,
+                        "fig_task_space": 1, "fig_tsft": 1, "fig_anchor_compression": 1, "layer_atlas": 1,
                         "summary": 1, "all": 1}
 FIGURES = {"fig_anchor_compression": 1, "fig_aucroc": 1, "fig_compression": 1, "fig_decodability": 1,
            "fig_entropy": 1, "fig_entropy_training": 1,
            "fig_error_diagnosis": 1, "fig_icicl": 1, "fig_icicl_sweep": 1, "fig_isolation": 1, "fig_layer_lora": 1,
            "fig_patching": 1,
            "fig_reweighting": 1, "fig_saliency": 1, "fig_task_space": 1, "fig_toy_regression": 1, "fig_tsft": 1,
-           "layer_atlas": 2, "summary": 1, "all": 1}
+           "layer_atlas": 1, "summary": 1, "all": 1}
 # the toy models use the hook layer too (their residual stream is read through it)
 TOYS = {"toy_lm_entropy": 1, "toy_lm_entropy_table": 1, "fig_entropy_training": 1, "toy_regression": 1,
         "fig_toy_regression": 1}

@@ -185,7 +185,8 @@ def atlas_tables(model, dataset):
 
 
 def atlas_inputs(wildcards):
-    return atlas_tables(wildcards.model, wildcards.dataset)
+    """The layer-wise tables of every dataset of one model (one atlas per model)."""
+    return [f for d in DATASETS for f in atlas_tables(wildcards.model, d)]
 
 
 def summary_tables():
@@ -197,12 +198,13 @@ def summary_tables():
             + icicl_targets() + tsft_targets())
 
 
-def atlas_datasets():
-    return [d for d in DATASETS if PLAN.atlas_tables(d)]
+def atlas_targets(pattern):
+    """`pattern` for every model with a layer-wise table on some dataset."""
+    return [pattern.format(model=m) for m in MODELS if any(atlas_tables(m, d) for d in DATASETS)]
 
 
 def summary_targets():
-    return paths("results/figures/{model}/{dataset}/layer_atlas.png", atlas_datasets()) + [
+    return atlas_targets("results/figures/{model}/layer_atlas.png") + [
         "results/summary/headline.csv", "results/summary/peak_layers.csv"]
 
 

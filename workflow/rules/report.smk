@@ -8,22 +8,22 @@ rule figures:
 
 
 rule layer_atlas:
-    """Every layer-wise curve of one model × dataset on a relative-depth axis, with peak layers."""
+    """Every layer-wise curve of one model, each of its datasets', on relative-depth axes, with peak layers."""
     input:
         tables=atlas_inputs,
         manifest="results/models/{model}.json",
     output:
-        peaks="results/metrics/{model}/{dataset}/peak_layers.parquet",
+        peaks="results/metrics/{model}/peak_layers.parquet",
         figure=report(
-            "results/figures/{model}/{dataset}/layer_atlas.png",
+            "results/figures/{model}/layer_atlas.png",
             caption="../report/layer_atlas.rst",
             category="Layer atlas",
-            subcategory="{model} / {dataset}",
+            subcategory="{model}",
         ),
     params:
         code=code_of("layer_atlas.py"),
     log:
-        "logs/layer_atlas/{model}/{dataset}.log",
+        "logs/layer_atlas/{model}.log",
     conda:
         "../envs/iclscope.yaml"
     script:
@@ -34,7 +34,7 @@ rule summary:
     """Headline numbers and peak layers across every model × dataset."""
     input:
         tables=summary_tables(),
-        peaks=[f"results/metrics/{m}/{d}/peak_layers.parquet" for m in MODELS for d in DATASETS if atlas_tables(m, d)],
+        peaks=atlas_targets("results/metrics/{model}/peak_layers.parquet"),
     output:
         headline=report("results/summary/headline.csv", caption="../report/summary.rst", category="Summary"),
         peaks=report("results/summary/peak_layers.csv", caption="../report/summary.rst", category="Summary"),

@@ -1,9 +1,10 @@
-"""The layer atlas: every layer-wise curve of the four method families of one model × dataset on
-one relative-depth axis, with each curve's peak layer; and the headline summary across runs.
+"""The layer atlas: every layer-wise curve of the four method families of one model, for each of
+its datasets, on one relative-depth axis, with each curve's peak layer; and the headline summary
+across runs.
 
-Built from metric tables alone (no model, no activations). A family that was not run for a
-model × dataset is simply absent. Relative depth = layer / L for curves over the residual
-stream (index 0 = embeddings, L = last block) and over blocks (1..L).
+Built from the metric tables a job is given (no model, no activations, no directory listing). A
+family that was not run for a model × dataset is simply absent. Relative depth = layer / L for
+curves over the residual stream (index 0 = embeddings, L = last block) and over blocks (1..L).
 
 Curves (name: table, selection, mean over seeds / tasks):
 
@@ -73,28 +74,44 @@ def atlas_curves(tables: dict[str, pd.DataFrame], n_layers: int) -> pd.DataFrame
 
 
 def peak_layers(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per curve: the layer (and depth) of its maximum; for isolation, the window where loyalty is lowest.
+    """Per curve (per dataset and curve when `curves` has a dataset column): the layer (and depth) of
+    its maximum; for isolation and information, of its minimum.
 
     A curve with no finite value (e.g. AUCROC when the model predicts one class only) gets NaNs.
     """
+    keys = ["dataset", "curve"] if "dataset" in curves else ["curve"]
     rows = []
-    for name, g in curves.groupby("curve", sort=False):
+    for key, g in curves.groupby(keys, sort=False):
+        name = key[-1]
         lowest = name.startswith("isolation") or name == "information"
+        row = dict(zip(keys, key, strict=True)) | {"peak": "min" if lowest else "max"}
         if g["value"].isna().all():
-            rows.append({"curve": name, "peak": "min" if lowest else "max", "layer": np.nan, "depth": np.nan,
-                         "value": np.nan})
+            rows.append(row | {"layer": np.nan, "depth": np.nan, "value": np.nan})
             continue
         i = g["value"].idxmin() if lowest else g["value"].idxmax()
-        rows.append({"curve": name, "peak": "min" if lowest else "max", "layer": float(g.loc[i, "layer"]),
-                     "depth": float(g.loc[i, "depth"]), "value": float(g.loc[i, "value"])})
-    return pd.DataFrame(rows)
+        rows.append(row | {"layer": float(g.loc[i, "layer"]), "depth": float(g.loc[i, "depth"]),
+                           "value": float(g.loc[i, "value"])})
+    return pd.DataFrame(rows, columns=[*keys, "peak", "layer", "depth", "value"])
 
 
-def read_tables(directory: str | Path) -> dict[str, pd.DataFrame]:
-    """The metric tables of one model × dataset directory that the atlas uses, by stem."""
-    directory = Path(directory)
-    return {name: pd.read_parquet(directory / f"{name}.parquet") for name in TABLES
-            if (directory / f"{name}.parquet").exists()}
+def read_tables(table_paths) -> dict[str, dict[str, pd.DataFrame]]:
+    """{dataset: {family: table}} of the atlas's tables among `table_paths`
+    (`results/metrics/<model>/<dataset>/<family>.parquet`); other tables are ignored."""
+    out: dict[str, dict[str, pd.DataFrame]] = {}
+    for path in map(Path, table_paths):
+        if path.stem in TABLES:
+            out.setdefault(path.parent.name, {})[path.stem] = pd.read_parquet(path)
+    return out
+
+
+def model_atlas(tables: dict[str, dict[str, pd.DataFrame]], n_layers: int) -> pd.DataFrame:
+    """Long table: dataset, curve, layer, depth, value; every dataset's curves (`read_tables`)."""
+    parts = [atlas_curves(by_family, n_layers).assign(dataset=dataset) for dataset, by_family in tables.items()]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=["dataset", "curve", "layer", "depth", "value"])
+    out = pd.concat(parts, ignore_index=True)
+    return out[["dataset", "curve", "layer", "depth", "value"]]
 
 
 def headline(table_paths, model: str, dataset: str) -> dict:

@@ -599,28 +599,37 @@ ATLAS_PANELS = [
 
 
 def plot_layer_atlas(curves: pd.DataFrame, peaks: pd.DataFrame, path, title: str) -> None:
-    """Every layer-wise curve on one relative-depth axis, peaks starred; only the panels that have
-    curves (a generation dataset has decodability only: one panel, not three empty ones)."""
+    """Every layer-wise curve on one relative-depth axis, peaks starred, one panel per question.
+
+    `curves` / `peaks` may hold several datasets (a `dataset` column, `model_atlas`): one line style
+    per dataset, the dataset named in the legend. Only panels that have curves are drawn (a
+    generation dataset alone has decodability only: one panel, not three empty ones)."""
+    if "dataset" not in curves:
+        curves, peaks = curves.assign(dataset=""), peaks.assign(dataset="")
+    datasets = list(dict.fromkeys(curves["dataset"]))
+    styles = dict(zip(datasets, ["-", "--", "-.", ":"] * len(datasets), strict=False))
     panels = [(panel, [n for n in names if (curves.curve == n).any()]) for panel, names in ATLAS_PANELS]
     panels = [(panel, names) for panel, names in panels if names]
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.4 * max(len(panels), 1) + 0.8, 3.6),
                                  sharex=True, squeeze=False)
         for ax, (panel, names) in zip(axes[0], panels, strict=False):
-            for name in names:
-                g = curves[curves.curve == name].sort_values("depth")
-                line, = ax.plot(g["depth"], g["value"], marker="." if name.startswith("isolation") else None,
-                                label=name)
-                peak = peaks[peaks.curve == name].iloc[0]
-                if np.isfinite(peak["depth"]):
-                    ax.plot([peak["depth"]], [peak["value"]], marker="*", ms=11, color=line.get_color())
-                    ax.axvline(peak["depth"], color=line.get_color(), lw=0.7, ls=":")
+            for colour, name in enumerate(names):
+                for dataset, g in curves[curves.curve == name].groupby("dataset", sort=False):
+                    g = g.sort_values("depth")
+                    label = f"{name} · {dataset}" if len(datasets) > 1 else name
+                    line, = ax.plot(g["depth"], g["value"], ls=styles[dataset], color=f"C{colour}",
+                                    marker="." if name.startswith("isolation") else None, label=label)
+                    peak = peaks[(peaks.curve == name) & (peaks.dataset == dataset)].iloc[0]
+                    if np.isfinite(peak["depth"]):
+                        ax.plot([peak["depth"]], [peak["value"]], marker="*", ms=11, color=line.get_color())
+                        ax.axvline(peak["depth"], color=line.get_color(), lw=0.7, ls=":")
             ax.legend(loc="best")
             ax.set_title(panel)
             ax.set_xlabel("relative depth (layer / L)")
             ax.set_xlim(0, 1)
         if not panels:
-            axes[0, 0].text(0.5, 0.5, "no layer-wise table for this model × dataset", ha="center", va="center",
+            axes[0, 0].text(0.5, 0.5, "no layer-wise table for this model", ha="center", va="center",
                             transform=axes[0, 0].transAxes, color="grey")
         fig.suptitle(title + "  (★ = peak; isolation: lowest loyalty; information: lowest)")
         _save(fig, path)
