@@ -624,7 +624,7 @@ def plot_layer_atlas(curves: pd.DataFrame, peaks: pd.DataFrame, path, title: str
                     if np.isfinite(peak["depth"]):
                         ax.plot([peak["depth"]], [peak["value"]], marker="*", ms=11, color=line.get_color())
                         ax.axvline(peak["depth"], color=line.get_color(), lw=0.7, ls=":")
-            ax.legend(loc="best")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)  # below the x label: never over a curve
             ax.set_title(panel)
             ax.set_xlabel("relative depth (layer / L)")
             ax.set_xlim(0, 1)
