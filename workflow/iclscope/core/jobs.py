@@ -10,7 +10,7 @@ and never looks at the config. Two consequences, both promised to users:
   method's settings with the schema's defaults filled in; nothing of another method.
 * **Code is in the key.** `code_digest` hashes the iclscope modules a script imports, followed
   transitively through the package, as normalised source (docstrings and comments dropped), so
-  an edit to `capture.py` reruns extraction and misses the lab cache, while a comment does not.
+  an edit to `model/capture.py` reruns extraction and misses the lab cache, while a comment does not.
 
 What does not change results (inference batch size, token budget, GPUs, memory) stays out of
 the key: rules pass it as `resources` (`runtime(config, model)`), which Snakemake neither

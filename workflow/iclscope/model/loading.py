@@ -1,7 +1,7 @@
 """The one model loader of every model stage: a prepared model (iclscope.model.models) onto its device.
 
 Apart from `models` (resolving and preparing weights, which no attention code changes) because
-loading for a reading or editing stage goes through the hook layer: a change to `capture.py`
+loading for a reading or editing stage goes through the hook layer: a change to `model/capture.py`
 reruns what loads a model, not what prepares one (iclscope.core.jobs keys each job on the code its
 script imports).
 """
