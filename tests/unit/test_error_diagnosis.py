@@ -53,6 +53,19 @@ def test_key_features_match_an_independent_svd():
         query_directions(queries[:3], 5)
 
 
+def test_query_directions_are_the_exact_svd_at_a_real_models_size():
+    """300 queries of dimension 576 (SmolLM2's default run): scikit-learn's default solver is
+    randomized there, unseeded; the directions must be the exact SVD's, the same on every call."""
+    rng = np.random.default_rng(1)
+    queries = rng.normal(size=(300, 576)) @ rng.normal(size=(576, 576))
+    directions, spread = query_directions(queries, 10)
+    _, s, vt = np.linalg.svd(queries - queries.mean(0), full_matrices=False)
+    np.testing.assert_allclose(spread, s[:10], rtol=1e-9)
+    np.testing.assert_allclose(np.abs(directions), np.abs(vt[:10]), atol=1e-9)
+    again, _ = query_directions(queries, 10)
+    np.testing.assert_array_equal(directions, again)
+
+
 def test_true_confusion_matches_sklearn():
     rng = np.random.default_rng(1)
     gold = rng.integers(0, 4, 300)

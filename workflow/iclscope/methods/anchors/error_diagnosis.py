@@ -85,12 +85,15 @@ def check_classes(n_classes: int, dataset: str = "") -> None:
 # --------------------------------------------------------------------------- pure measures
 def query_directions(queries: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
     """queries [N, D] -> (directions v [M, D] (orthonormal rows), spread σ [M]) of the centred queries
-    (scikit-learn PCA; σ = its singular_values_)."""
+    (scikit-learn PCA; σ = its singular_values_).
+
+    The exact SVD (`svd_solver="full"`, O(N·D·min(N, D))): scikit-learn's default picks a randomized
+    solver without a seed for N or D > 500, so the same queries gave different directions."""
     n, d = queries.shape
     if n_components > min(n, d):
         raise ValueError(f"anchors.error_diagnosis.n_components is {n_components}, but PCA of {n} query vectors "
                          f"of dimension {d} has at most {min(n, d)} components: lower it or use more test prompts")
-    pca = PCA(n_components=n_components).fit(np.asarray(queries, dtype=np.float64))
+    pca = PCA(n_components=n_components, svd_solver="full").fit(np.asarray(queries, dtype=np.float64))
     return pca.components_, pca.singular_values_
 
 
