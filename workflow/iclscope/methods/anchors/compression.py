@@ -266,7 +266,6 @@ def run_anchor_compression(prompts_path, model_dir, model, *, settings: AnchorCo
     example, cache entries included), context_tokens (what precedes the query part), and for the timed
     arms seconds_per_example and speedup_vs_full_icl; hidden_random_top also carries its `draw`.
     """
-
     s = settings or AnchorCompressionSettings()
     test, meta = anchor_prompts(prompts_path)
     label_ids = [int(t) for t in meta["label_token_ids"]]

@@ -220,7 +220,6 @@ def run_error_diagnosis(prompts_path, activations_path, model_dir, model, settin
     (diagonal included, 1); metric confusion_pearson / confusion_spearman / confusion_pairs /
     query_explained_variance; `seed` null = pooled; `layer` 1-based.
     """
-
     test, meta = anchor_prompts(prompts_path)
     classes = list(meta["classes"])
     check_classes(len(classes), dataset or meta.get("dataset", ""))

@@ -12,9 +12,7 @@ import torch
 from tqdm import tqdm
 
 from iclscope.core.tables import metric_frame
-from iclscope.methods.anchors.measures import (
-    jaccard_topk,
-)
+from iclscope.methods.anchors.measures import jaccard_topk
 from iclscope.methods.anchors.prompts import anchor_prompts, padded_label_columns
 from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, left_pad, no_positions, recording
 from iclscope.model.loading import load_model
@@ -25,7 +23,6 @@ def isolation_edit(layers: set[int], rows: torch.Tensor):
 
     Post-softmax equivalent of the authors' pre-softmax −10000 on columns < p (docs/methods.md §0.3).
     """
-
     def edit(layer: int, weights: torch.Tensor) -> torch.Tensor:
         if layer not in layers:
             return weights
@@ -72,7 +69,6 @@ def run_isolation(prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 
     `label_type` = isolated rows (label | random); `layer` = k, the number of layers isolated.
     Batched with left padding; eager attention in every condition, the baseline included.
     """
-
     test, meta = anchor_prompts(prompts_path)
     label_ids = meta["label_token_ids"]
     picked = test.groupby("seed", sort=True).head(n_per_seed).reset_index(drop=True)

@@ -12,7 +12,6 @@ def padded_label_columns(batch, T: int):
 
     `batch` rows carry label_pos (unpadded positions) and n_tokens; T is the padded length.
     """
-
     offsets = torch.as_tensor(T - batch["n_tokens"].to_numpy())
     K = int(batch["label_pos"].map(len).max())
     label = torch.full((len(batch), K), -1, dtype=torch.long)
@@ -23,7 +22,6 @@ def padded_label_columns(batch, T: int):
 
 def anchor_prompts(prompts_path, split: str = "test"):
     """(prompt rows of `split` that have label positions, prompts metadata)."""
-
     table = read_table(prompts_path)
     rows = table[(table.split == split) & (table["label_pos"].map(len) > 0)]
     return rows, read_meta(prompts_path)

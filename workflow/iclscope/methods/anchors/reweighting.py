@@ -27,7 +27,6 @@ def reweighting_edit(beta: torch.Tensor, label: torch.Tensor):
     Differentiable in beta. Cost: one [B, H, Tk] row per layer on top of eager attention.
     `label` must be on the attention's device.
     """
-
     def edit(layer: int, weights: torch.Tensor) -> torch.Tensor:
         B, H, _, Tk = weights.shape
         factor = torch.exp(beta[layer]).to(weights.dtype)[None].expand(B, H, -1)  # [B, H, K]
@@ -110,7 +109,6 @@ def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epoch
     the paired gain re-weighted − vanilla per seed and pooled (`reweighting_gain_rows`, `n_boot`
     bootstrap resamples), and beta_abs_mean per layer; {seed: β [L, H, K]}; meta with the loss per epoch).
     """
-
     test, meta = anchor_prompts(prompts_path)
     train, _ = anchor_prompts(prompts_path, split="train")
     label_ids = meta["label_token_ids"]

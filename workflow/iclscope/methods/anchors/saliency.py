@@ -12,10 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from iclscope.core.tables import metric_frame
-from iclscope.methods.anchors.measures import (
-    relative_flows,
-    saliency_flows,
-)
+from iclscope.methods.anchors.measures import relative_flows, saliency_flows
 from iclscope.methods.anchors.prompts import anchor_prompts
 from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, no_positions, recording
 from iclscope.model.loading import load_model
@@ -29,7 +26,6 @@ def saliency_matrices(model, input_ids, gold: int, label_ids, n_layers: int) -> 
     (the authors' method), through the attention edit of iclscope.model.capture: one forward and one
     backward pass with eager attention, memory O(L·H·T²).
     """
-
     device = next(model.parameters()).device
     multipliers: dict[int, torch.Tensor] = {}
 
@@ -53,7 +49,6 @@ def run_saliency(prompts_path, model_dir, model, n_per_seed: int, *, dataset: st
     Returns (per-example rows: prompt_id, seed, layer, s_wp, s_pq, s_ww; long-format metric table
     with the per-layer means over examples and their relative sizes, per seed).
     """
-
     test, meta = anchor_prompts(prompts_path)
     picked = test.groupby("seed", sort=True).head(n_per_seed)
     net, _, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
