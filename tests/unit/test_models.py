@@ -36,7 +36,8 @@ def test_hub_id_from_offline_cache(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     spec = ModelSpec(name="tiny-hub", source="hub", id="iclscope-test/tiny", revision="main")
     manifest = prepare_model(spec, tmp_path / "prepared")
-    assert manifest["weights_dir"] == str(snapshot) and manifest["revision"] == "main"
+    assert manifest["hub"]["commit"] == commit and manifest["revision"] == "main"
+    assert read_manifest(tmp_path / "prepared")["weights_path"] == str(snapshot)
     assert json.loads((tmp_path / "prepared" / "manifest.json").read_text())["n_layers"] == 2
     load_model(tmp_path / "prepared")
 

@@ -41,15 +41,15 @@ def load_model(model_dir: str | Path, spec: ModelSpec | None = None, *, device: 
         attn_implementation = "eager"  # GPT-J, Bloom, Gemma-2 (soft-capping), …: eager is what they compute
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    kwargs = {"dtype": torch_dtype, "attn_implementation": attn_implementation}
-    if device_map == "auto":
-        kwargs["device_map"] = "auto"
+    # weights go straight from the (memory-mapped) files to their device, in the config's dtype: the
+    # model is built on the meta device and each tensor is materialised where the map puts it, so a
+    # GPU node never holds a whole-model copy in host RAM (never `model.to(device)` after loading)
+    kwargs = {"dtype": torch_dtype, "attn_implementation": attn_implementation,
+              "device_map": "auto" if device_map == "auto" else {"": device}}
     model = AutoModelForCausalLM.from_pretrained(manifest["weights_path"], **kwargs)
     if adapt and capture.install_adapters(model) == 0:
         raise ConfigError(f"model '{manifest['name']}' ({manifest['architecture']}): no attention module to "
                           "adapt was found; see iclscope.core.architectures")
-    if device_map != "auto":
-        model.to(device)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(manifest["weights_path"])
     if tokenizer.pad_token_id is None:

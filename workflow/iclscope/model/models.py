@@ -38,6 +38,7 @@ class ModelSource:
     weights_dir: str
     gguf_file: str | None
     revision: str | None
+    commit: str | None = None  # a hub snapshot's commit sha (the name of its snapshot directory)
 
 
 def find_wheel_gguf(package: str, file: str | None) -> tuple[Path, str]:
@@ -85,19 +86,32 @@ def resolve_source(spec: ModelSpec) -> ModelSource:
                               "it must be a directory saved with save_pretrained")
         return ModelSource(str(path), None, None)
     # hub: resolve to the local snapshot (downloads when online; HF_HUB_OFFLINE=1 uses the cache)
+    directory = hub_snapshot(spec.id, spec.revision, spec.file)
+    gguf = _pick_gguf(Path(directory), spec.file, spec.id) if spec.file else None
+    return ModelSource(directory, gguf, spec.revision, commit=Path(directory).name)
+
+
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]
+
+
+def hub_snapshot(repo_id: str, revision: str | None, file: str | None = None) -> str:
+    """The local snapshot directory of a hub model at `revision` (a branch, tag or commit sha):
+    downloaded when online, from the Hugging Face cache when HF_HUB_OFFLINE=1. Safetensors when the
+    model has them; a model published only as `*.bin` (PyTorch pickles) gets those instead."""
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt"] + ([spec.file] if spec.file else [])
+    patterns = HUB_PATTERNS + ([file] if file else [])
     try:
-        directory = snapshot_download(spec.id, revision=spec.revision, allow_patterns=patterns)
+        directory = snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
+        if not file and not any(p.suffix == ".safetensors" for p in Path(directory).iterdir()):
+            directory = snapshot_download(repo_id, revision=revision, allow_patterns=[*patterns, "*.bin"])
     except Exception as exc:  # noqa: BLE001 - re-raised with the fix
         raise ConfigError(
-            f"model '{spec.id}' (revision {spec.revision}) could not be found on the hub or in the local "
+            f"model '{repo_id}' (revision {revision}) could not be found on the hub or in the local "
             f"cache ({type(exc).__name__}: {exc}). On a machine without internet, download it on a "
             "login node first or use source: local"
         ) from exc
-    gguf = _pick_gguf(Path(directory), spec.file, spec.id) if spec.file else None
-    return ModelSource(directory, gguf, spec.revision)
+    return directory
 
 
 def file_digest(paths: list[Path], chunk: int = 1 << 22) -> str:
@@ -191,13 +205,17 @@ def prepare_model(spec: ModelSpec, out_dir: str | Path) -> dict:
         digest_of = weight_files(Path(source.weights_dir))
         if not digest_of:
             raise ConfigError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in {source.weights_dir}")
-        weights_location = os.path.abspath(source.weights_dir)
+        # a hub snapshot is found again at load time from (id, commit) in the local HF cache: the
+        # manifest names no directory of this machine (HF_HOME differs between users and nodes)
+        weights_location = None if spec.source == "hub" else os.path.abspath(source.weights_dir)
     manifest = {
         "name": spec.name,
         "source": spec.identity(),
         "weights_dir": weights_location,
         "weights_sha256": file_digest(digest_of),
         "revision": source.revision,
+        **({"hub": {"id": spec.id, "revision": spec.revision, "commit": source.commit, "file": spec.file}}
+           if spec.source == "hub" else {}),
         **describe(config),
         "prepare_seconds": round(time.perf_counter() - t0, 2),
     }
@@ -219,9 +237,23 @@ def model_dir_of(path: str | Path) -> Path:
 def read_manifest(model_dir: str | Path) -> dict:
     model_dir = model_dir_of(model_dir)
     manifest = json.loads((model_dir / MANIFEST).read_text())
+    if manifest.get("weights_dir") is None and "hub" in manifest:
+        manifest["weights_path"] = hub_weights_path(manifest["hub"])
+        return manifest
     weights = Path(manifest["weights_dir"])
     manifest["weights_path"] = str(weights if weights.is_absolute() else model_dir / weights)
     return manifest
+
+
+def hub_weights_path(hub: dict) -> str:
+    """This machine's snapshot directory of the hub model a manifest names ({id, revision, commit}):
+    looked up in the local Hugging Face cache at the recorded commit, downloaded there when missing."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(hub["id"], "config.json", revision=hub["commit"])
+    if isinstance(cached, str):
+        return str(Path(cached).parent)
+    return hub_snapshot(hub["id"], hub["commit"], hub.get("file"))
 
 
 def resolve_device(device: str = "auto") -> str:
