@@ -388,6 +388,11 @@ def test_tsft_summary_table_pairs_the_arms_over_prompts_and_seeds(tmp_path):
     assert (pooled.loc["gain", "ci_low"], pooled.loc["gain", "ci_high"]) == pytest.approx(
         (direct.diff_lo, direct.diff_hi))
     assert pooled.loc["p_value", "value"] == pytest.approx(direct.p_value)
+    # Holm over the table's three paired tests (two seeds and the pooled one)
+    from iclscope.core.stats import holm
+
+    raw = gain[gain.metric == "p_value"]["value"].to_numpy()
+    np.testing.assert_allclose(gain[gain.metric == "p_holm"]["value"].to_numpy(), holm(raw))
     assert (pooled.loc["wins", "value"], pooled.loc["losses", "value"], pooled.loc["n_paired", "value"]) == (
         direct.a_only, direct.b_only, 60)
     for seed in (0, 1):

@@ -5,7 +5,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from iclscope.core.stats import bootstrap_mean, mcnemar_exact, paired_difference
+from iclscope.core.stats import bootstrap_mean, holm, mcnemar_exact, paired_difference, with_holm
 
 
 def naive_mcnemar(b: int, c: int) -> float:
@@ -85,3 +85,53 @@ def test_sign_flip_with_one_seed_agrees_with_mcnemar():
 def test_mismatched_arms_are_refused():
     with pytest.raises(ValueError, match="different shapes"):
         paired_difference(np.ones(3), np.ones(4))
+
+
+# Holm by hand: sort ascending, multiply the i-th smallest (1-based) by m − i + 1, cap at 1, running maximum.
+# [0.01, 0.04, 0.03, 0.005]: sorted 0.005, 0.01, 0.03, 0.04 -> 4·0.005 = 0.02, 3·0.01 = 0.03,
+# 2·0.03 = 0.06, 1·0.04 = 0.04 -> running max 0.02, 0.03, 0.06, 0.06 (back in input order below).
+HOLM_CASES = [
+    ([0.01, 0.04, 0.03, 0.005], [0.03, 0.06, 0.06, 0.02]),
+    ([0.6, 0.3, 0.9], [1.0, 0.9, 1.0]),  # 3·0.3 = 0.9, 2·0.6 = 1.2 -> 1, 0.9 -> max 1
+    ([0.5, np.nan, 0.2], [0.5, np.nan, 0.4]),  # NaN = not tested: m = 2
+    ([0.034], [0.034]),  # a family of one is not adjusted
+    ([0.02, 0.02, 0.5], [0.06, 0.06, 0.5]),  # ties: 3·0.02, max(0.06, 2·0.02), max(0.06, 0.5)
+]
+
+
+@pytest.mark.parametrize("raw, expected", HOLM_CASES)
+def test_holm_matches_hand_computed_values(raw, expected):
+    np.testing.assert_allclose(holm(raw), expected, rtol=0, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("raw, expected", HOLM_CASES)
+def test_holm_matches_statsmodels_when_installed(raw, expected):
+    multitest = pytest.importorskip("statsmodels.stats.multitest", reason="statsmodels is not a dependency")
+    raw = np.asarray(raw, dtype=float)
+    ok = ~np.isnan(raw)
+    np.testing.assert_allclose(holm(raw)[ok], multitest.multipletests(raw[ok], method="holm")[1], atol=1e-12)
+
+
+def test_holm_is_never_below_the_raw_p_and_keeps_the_order():
+    raw = np.random.default_rng(0).uniform(0, 0.2, 12)
+    adj = holm(raw)
+    assert (adj >= raw).all() and (adj <= 1).all()
+    order = np.argsort(raw)
+    assert (np.diff(adj[order]) >= 0).all()
+
+
+def test_holm_refuses_values_outside_the_unit_interval():
+    with pytest.raises(ValueError, match="p-values"):
+        holm([0.5, 1.2])
+
+
+def test_with_holm_adds_one_adjusted_row_per_p_value_row():
+    rows = [{"metric": "gain", "value": 0.1, "seed": 1}, {"metric": "p_value", "value": 0.01, "seed": 1},
+            {"metric": "p_value", "value": 0.04, "seed": None}]
+    out = with_holm(rows)
+    adjusted = [r for r in out if r["metric"] == "p_holm"]
+    assert [(r["seed"], r["value"]) for r in adjusted] == [(1, 0.02), (None, 0.04)]
+    prefixed = with_holm([{"metric": "p_value_vs_full_icl", "value": 0.01, "task": "a"},
+                          {"metric": "p_value_vs_zero_shot", "value": 0.03, "task": "a"}], "p_value_", "p_holm_")
+    assert {r["metric"]: r["value"] for r in prefixed if r["metric"].startswith("p_holm_")} == pytest.approx(
+        {"p_holm_vs_full_icl": 0.02, "p_holm_vs_zero_shot": 0.03})

@@ -190,8 +190,10 @@ def test_taskspace_icicl_tsft_tables(run_dir):
     assert head.loc["tweets", "icicl_speedup"] > 1 and head.loc["words", "peak_decodability_layer"] >= 0
     # paired headline numbers come with their interval and p-value
     paired = [f"{k}{s}" for k in ("icicl_minus_full_icl", "tsft_gain", "reweighting_gain")
-              for s in ("", "_lo", "_hi", "_p")]
+              for s in ("", "_lo", "_hi", "_p", "_p_raw")]
     assert np.isfinite(head.loc["tweets", paired].to_numpy(float)).all()
+    for k in ("icicl_minus_full_icl", "tsft_gain", "reweighting_gain"):  # the headline p is Holm-adjusted
+        assert head.loc["tweets", f"{k}_p"] >= head.loc["tweets", f"{k}_p_raw"]
 
 
 def test_entropy_measures(run_dir):

@@ -10,6 +10,9 @@ few milliseconds per call) and can be recomputed from any predictions table.
   discordant pairs, as `statsmodels.stats.contingency_tables.mcnemar(exact=True)` computes it),
   its randomisation generalisation (sign flips of each input's seed-averaged difference) for several.
 - `paired_rows`: a paired difference as rows of a long-format metric table (docs/outputs.md).
+- `holm` / `with_holm`: Holm's step-down adjustment of a family of p-values (family-wise error
+  rate, valid under any dependence between the tests); the family is the paired tests of one
+  comparison table (docs/methods.md §0.4).
 """
 
 from __future__ import annotations
@@ -95,6 +98,42 @@ def paired_difference(a, b, *, n_boot: int = 1000, seed: int = 0, alpha: float =
         extreme = (np.abs(signs @ per_input) >= observed - 1e-12).sum()
         p, test = float((extreme + 1) / (n_perm + 1)), "sign_flip"
     return PairedDifference(float(a.mean()), float(b.mean()), float(d.mean()), lo, hi, p, test, N, S, a_only, b_only)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-adjusted p-values [m] of a family of raw p-values [m] (NaN = not tested: kept NaN, not counted).
+
+    With the m tested p-values sorted ascending, p_(1) ≤ … ≤ p_(m), the adjusted value of p_(i) is
+    max_{j ≤ i} min(1, (m − j + 1) · p_(j)) (Holm 1979; as statsmodels' multipletests(method="holm")).
+    Rejecting where the adjusted value is ≤ α controls the family-wise error rate at α whatever the
+    dependence between the tests. Ties share one adjusted value.
+    """
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1:
+        raise ValueError(f"holm: need a 1-D array of p-values, got shape {p.shape}")
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError(f"holm: p-values must lie in [0, 1], got {p[(p < 0) | (p > 1)]}")
+    out = np.full(len(p), np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    m = len(tested)
+    if m == 0:
+        return out
+    order = tested[np.argsort(p[tested], kind="stable")]
+    stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(stepped)
+    return out
+
+
+def with_holm(rows: list[dict], p_metric: str = "p_value", adjusted: str = "p_holm") -> list[dict]:
+    """`rows` (long-format metric rows) plus, for every row whose metric is `p_metric` (or, when
+    `p_metric` ends in "_", starts with it), a copy with metric `adjusted` (+ the same suffix) holding
+    its Holm-adjusted value; the family is every such row of `rows` (one comparison table)."""
+    prefix = p_metric.endswith("_")
+    picked = [r for r in rows if (r["metric"].startswith(p_metric) if prefix else r["metric"] == p_metric)]
+    adj = holm([r["value"] for r in picked])
+    extra = [{**r, "metric": adjusted + r["metric"][len(p_metric):] if prefix else adjusted, "value": float(v)}
+             for r, v in zip(picked, adj, strict=True)]
+    return list(rows) + extra
 
 
 PAIRED_METRICS = ("gain", "gain_lo", "gain_hi", "p_value", "wins", "losses", "n_paired")

@@ -117,7 +117,7 @@ def model_atlas(tables: dict[str, dict[str, pd.DataFrame]], n_layers: int) -> pd
 def headline(table_paths, model: str, dataset: str) -> dict:
     """Headline numbers of one model × dataset from its metric tables `table_paths` (named
     <family>.parquet; NaN where a family was not run). Paired differences come with their
-    interval and p-value (iclscope.core.stats)."""
+    interval, their Holm-adjusted p-value (`<key>_p`) and the raw one (`<key>_p_raw`; iclscope.core.stats)."""
     tables = {Path(p).stem: pd.read_parquet(p) for p in table_paths}
     out = {"model": model, "dataset": dataset}
 
@@ -136,12 +136,15 @@ def headline(table_paths, model: str, dataset: str) -> dict:
         return float(t["value"].mean()) if t is not None and len(t) else np.nan
 
     def paired(name, key, metric, p_metric, **filters):
-        """{key, key_lo, key_hi, key_p}: a paired difference row, its interval and its p-value."""
+        """{key, key_lo, key_hi, key_p, key_p_raw}: a paired difference row, its interval, its Holm-adjusted
+        p-value (the family: the paired tests of its table; the headline reports this one) and the raw one."""
         row = rows(name, metric, **filters)
         if row is None or len(row) != 1:
-            return {key: np.nan, f"{key}_lo": np.nan, f"{key}_hi": np.nan, f"{key}_p": np.nan}
+            return {key: np.nan, f"{key}_lo": np.nan, f"{key}_hi": np.nan, f"{key}_p": np.nan, f"{key}_p_raw": np.nan}
         return {key: float(row["value"].iat[0]), f"{key}_lo": float(row["ci_low"].iat[0]),
-                f"{key}_hi": float(row["ci_high"].iat[0]), f"{key}_p": mean(name, p_metric, **filters)}
+                f"{key}_hi": float(row["ci_high"].iat[0]),
+                f"{key}_p": mean(name, p_metric.replace("p_value", "p_holm", 1), **filters),
+                f"{key}_p_raw": mean(name, p_metric, **filters)}
 
     acc = tables.get("icl_accuracy")
     if acc is not None:

@@ -88,8 +88,10 @@ def plot_icicl(table: pd.DataFrame, path) -> None:
     ci = table[table.metric == "accuracy"].set_index("task")[["ci_low", "ci_high"]]
     diffs = table[table.metric.str.startswith("accuracy_diff_vs_")].assign(
         reference=lambda t: t.metric.str.removeprefix("accuracy_diff_vs_"))
-    p_values = table[table.metric.str.startswith("p_value_vs_")].assign(
-        reference=lambda t: t.metric.str.removeprefix("p_value_vs_")).set_index(["task", "reference"])["value"]
+    p_kind = "p_holm_vs_" if table.metric.str.startswith("p_holm_vs_").any() else "p_value_vs_"  # adjusted if any
+    p_values = table[table.metric.str.startswith(p_kind)].assign(
+        reference=lambda t: t.metric.str.removeprefix(p_kind)).set_index(["task", "reference"])["value"]
+    p_name = "p_Holm" if p_kind == "p_holm_vs_" else "p"
     loyal = [m for m in ("label_loyalty", "word_loyalty") if m in wide]
     panels = 1 + (len(diffs) > 0) + bool(loyal)
     with plt.rc_context(STYLE):
@@ -124,8 +126,9 @@ def plot_icicl(table: pd.DataFrame, path) -> None:
                 ax.errorbar(r["value"], yi, xerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]], fmt="o",
                             color=c, capsize=3)
             ax.axvline(0, color="k", lw=0.8)
-            ax.set_yticks(y, [f"{r.task} − {r.reference}  (p = {p_values.get((r.task, r.reference), np.nan):.2g})"
-                              for r in d.itertuples()], fontsize=7)
+            ax.set_yticks(y, [f"{r.task} − {r.reference}  ({p_name} = "
+                              f"{p_values.get((r.task, r.reference), np.nan):.2g})" for r in d.itertuples()],
+                          fontsize=7)
             ax.set_xlabel("accuracy difference on the same inputs (paired 95 % CI)")
         if loyal:
             ax = axes[0, col]

@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from iclscope.core.stats import paired_difference, paired_rows, with_holm
 from iclscope.core.tables import metric_frame
 from iclscope.core.timing import timed
 from iclscope.methods.anchors.measures import jaccard_topk
@@ -219,6 +220,36 @@ def summarise(per_example, n_classes: int) -> list[dict]:
     return rows
 
 
+# the paired comparisons of the table (arm, reference): every arm against full_icl, and the paper's
+# question, whether the label tokens' KV (hidden_anchor) beats the same budget as text or random tokens
+PAIRS = (("hidden_anchor", "full_icl"), ("text_anchor", "full_icl"), ("hidden_random", "full_icl"),
+         ("zero_shot", "full_icl"), ("hidden_anchor", "text_anchor"), ("hidden_anchor", "hidden_random"))
+
+
+def correct_matrix(per_example: pd.DataFrame, arm: str) -> np.ndarray:
+    """[n_draws, n_prompts] 0/1 correctness of `arm` over every seed's prompts (by seed, prompt_id);
+    one row but for hidden_random (one per draw)."""
+    g = per_example[per_example.arm == arm].assign(correct=lambda d: (d["pred"] == d["gold"]).astype(float))
+    return g.pivot_table(index="draw", columns=["seed", "prompt_id"], values="correct", aggfunc="first").to_numpy()
+
+
+def paired_summary(per_example: pd.DataFrame, n_boot: int = 1000) -> list[dict]:
+    """Metric rows of the paired accuracy differences `PAIRS` pooled over seeds (label_type
+    '<arm>-<reference>', seed empty; iclscope.core.stats.paired_rows): the prompts of every seed are the
+    pairs (McNemar's exact test; against hidden_random's draws, the sign-flip test), each p-value with its
+    Holm-adjusted value `p_holm` beside it (the family: the paired tests of this table)."""
+    rows = []
+    arms = set(per_example["arm"])
+    for arm, ref in PAIRS:
+        if arm not in arms or ref not in arms:
+            continue
+        a, b = correct_matrix(per_example, arm), correct_matrix(per_example, ref)
+        a, b = (np.repeat(a, len(b), axis=0) if len(a) == 1 < len(b) else a,
+                np.repeat(b, len(a), axis=0) if len(b) == 1 < len(a) else b)
+        rows += paired_rows(paired_difference(a, b, n_boot=n_boot, seed=0), label_type=f"{arm}-{ref}", seed=None)
+    return with_holm(rows)
+
+
 # --------------------------------------------------------------------------- the stage
 def score_prompt(net, rec: dict, kv: list[tuple], random_sets: list[list[int]], label_ids: list[int],
                  s: AnchorCompressionSettings) -> list[dict]:
@@ -290,7 +321,7 @@ def run_anchor_compression(prompts_path, model_dir, model, *, settings: AnchorCo
             draws[key] = [random_kept_positions(rec, rng)[0] for _ in range(s.n_random_draws)]
         rows += score_prompt(net, rec, prefixes[key], draws[key], label_ids, s)
     per_example = pd.DataFrame(rows)
-    metric_rows = summarise(per_example, len(label_ids)) if rows else []
+    metric_rows = summarise(per_example, len(label_ids)) + paired_summary(per_example) if rows else []
     info = {"prompts": len(records), "seeds": sorted({int(r["seed"]) for r in records}), "word_k": s.word_k,
             "n_random_draws": s.n_random_draws, "timing_repeats": s.timing_repeats,
             "timing_warmup": s.timing_warmup, "demonstration_passes": len(prefixes),

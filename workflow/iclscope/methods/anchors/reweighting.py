@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from iclscope.core.stats import paired_difference, paired_rows
+from iclscope.core.stats import paired_difference, paired_rows, with_holm
 from iclscope.core.tables import metric_frame
 from iclscope.methods.anchors.prompts import anchor_prompts, padded_label_columns
 from iclscope.methods.icl import macro_f1
@@ -83,7 +83,8 @@ def reweighting_gain_rows(correct: dict[int, tuple[np.ndarray, np.ndarray]], n_b
     exact test) and, with seed empty, pooled over the seeds. Pooled, the seeds' prompts are the columns of a
     [seed, prompt] array (each seed has its own demonstrations and test prompts, so the interval resamples
     seeds as well as prompts and the sign-flip test flips per column); seeds with unequal numbers of
-    prompts are pooled as one flat set of pairs instead."""
+    prompts are pooled as one flat set of pairs instead. Every p-value has its Holm-adjusted value beside
+    it (metric `p_holm`; the family: these per-seed and pooled tests, the only paired tests of the table)."""
 
     rows, common = [], {"label_type": "reweighted-vanilla"}
     for seed, (vanilla, reweighted) in sorted(correct.items()):
@@ -96,7 +97,7 @@ def reweighting_gain_rows(correct: dict[int, tuple[np.ndarray, np.ndarray]], n_b
         else:
             pooled = paired_difference(np.concatenate(reweighted), np.concatenate(vanilla), n_boot=n_boot, seed=0)
         rows += paired_rows(pooled, **common, seed=None)
-    return rows
+    return with_holm(rows)
 
 
 def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epochs: int, lr: float,

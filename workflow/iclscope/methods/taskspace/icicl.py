@@ -57,7 +57,7 @@ import torch
 from tqdm import tqdm
 
 from iclscope.core.config import ConfigError, DatasetSpec, ModelSpec
-from iclscope.core.stats import bootstrap_mean, paired_difference
+from iclscope.core.stats import bootstrap_mean, holm, paired_difference
 from iclscope.core.timing import timed
 from iclscope.methods.anchors.measures import jaccard_topk
 from iclscope.methods.icl import macro_f1
@@ -750,7 +750,8 @@ def correctness(per_example: pd.DataFrame, arm: str) -> np.ndarray:
 def paired_table(per_example: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Accuracy differences on the same inputs, with a paired bootstrap interval and a p-value
     (McNemar exact; over Hidden_random draws, the sign-flip test): every arm against full_icl,
-    and icicl_soft against `PAIRS`' references. One row per (arm, reference)."""
+    and icicl_soft against `PAIRS`' references. One row per (arm, reference); `p_holm` is the
+    Holm-adjusted p-value, the family being every paired test of this table (iclscope.core.stats.holm)."""
     arms = [a for a in dict.fromkeys(per_example["arm"]) if a != "full_icl"]
     if "hidden_random" in arms:
         arms.insert(arms.index("hidden_random") + 1, "hidden_random_top")
@@ -760,7 +761,9 @@ def paired_table(per_example: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -
         a, b = correctness(per_example, arm), correctness(per_example, ref)
         b = np.repeat(b, len(a), axis=0) if len(b) == 1 and len(a) > 1 else b
         rows.append({"arm": arm, "reference": ref, **paired_difference(a, b, n_boot=n_boot, seed=seed).as_dict()})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out["p_holm"] = holm(out["p_value"].to_numpy()) if len(out) else []
+    return out
 
 
 SUMMARY_METRICS = ("accuracy", "macro_f1", "label_loyalty", "word_loyalty", "tokens", "seconds_per_example",
@@ -770,7 +773,8 @@ SUMMARY_METRICS = ("accuracy", "macro_f1", "label_loyalty", "word_loyalty", "tok
 def metric_table(summary: pd.DataFrame, paired: pd.DataFrame, *, model: str, dataset: str, layer: int) -> pd.DataFrame:
     """The long-format IC-ICL table: per arm (`task`) the summary metrics (accuracy with its interval in
     ci_low / ci_high; `draw` = which Hidden_random draw hidden_random_top is), and per paired comparison
-    `accuracy_diff_vs_<reference>` (interval in ci_low / ci_high) and `p_value_vs_<reference>`."""
+    `accuracy_diff_vs_<reference>` (interval in ci_low / ci_high), `p_value_vs_<reference>` (raw) and
+    `p_holm_vs_<reference>` (Holm-adjusted over the table's paired tests)."""
     from iclscope.core.tables import metric_frame
 
     rows = [{"metric": m, "task": r["arm"], "value": r[m],
@@ -779,5 +783,6 @@ def metric_table(summary: pd.DataFrame, paired: pd.DataFrame, *, model: str, dat
     for r in paired.to_dict("records"):
         rows += [{"metric": f"accuracy_diff_vs_{r['reference']}", "task": r["arm"], "value": r["diff"],
                   "ci_low": r["diff_lo"], "ci_high": r["diff_hi"]},
-                 {"metric": f"p_value_vs_{r['reference']}", "task": r["arm"], "value": r["p_value"]}]
+                 {"metric": f"p_value_vs_{r['reference']}", "task": r["arm"], "value": r["p_value"]},
+                 {"metric": f"p_holm_vs_{r['reference']}", "task": r["arm"], "value": r["p_holm"]}]
     return metric_frame(rows, model=model, dataset=dataset, family="icicl", position="query", layer=layer)

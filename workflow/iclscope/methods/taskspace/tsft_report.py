@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from iclscope.core.stats import paired_difference, paired_rows
+from iclscope.core.stats import paired_difference, paired_rows, with_holm
 
 
 def read_runs(run_dirs: list[str | Path]) -> dict[tuple[str, int], dict]:
@@ -44,7 +44,8 @@ def summary_table(run_dirs: list[str | Path], *, model: str, dataset: str, n_boo
     training and of evaluation; then the paired difference space − baseline in accuracy over the
     test prompts (task `space-baseline`, `paired_rows`): per seed (McNemar's exact test) and, with
     seed empty, pooled over the seeds that have both arms ([seed, prompt] pairs, a sign-flip test
-    over prompts when there are several seeds; iclscope.core.stats.paired_difference)."""
+    over prompts when there are several seeds; iclscope.core.stats.paired_difference), each p-value
+    beside its Holm-adjusted value `p_holm` (the family: the per-seed and pooled tests of this table)."""
     from iclscope.core.tables import metric_frame
 
     runs = read_runs(run_dirs)
@@ -67,4 +68,4 @@ def summary_table(run_dirs: list[str | Path], *, model: str, dataset: str, n_boo
         for i, seed in enumerate(seeds):
             rows += paired_rows(paired_difference(space[i], baseline[i], n_boot=n_boot, seed=0), **common, seed=seed)
         rows += paired_rows(paired_difference(space, baseline, n_boot=n_boot, seed=0), **common, seed=None)
-    return metric_frame(rows, model=model, dataset=dataset, family="tsft", position="query")
+    return metric_frame(with_holm(rows), model=model, dataset=dataset, family="tsft", position="query")
