@@ -6,7 +6,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# config.yaml is the default run. A --configfile stands alone instead of being merged into it (an
+# example config plans exactly its own models and datasets); an overlay names config.yaml first:
+#   snakemake --configfile config.yaml my-overlay.yaml
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -11,12 +11,14 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from iclscope.core.config import ConfigError, DatasetSpec, ModelSpec, check_unique_keys, validate_config  # noqa: E402
 from iclscope.core import jobs  # noqa: E402
+from iclscope.core.layers import check_all as check_layer_settings  # noqa: E402
 from iclscope.core.plan import LAYER_LORA_ARMS, TSFT_ARMS, Plan  # noqa: E402
 
 try:
     for _configfile in workflow.configfiles:
         check_unique_keys(_configfile)
     _validated = validate_config(config)
+    check_layer_settings(_validated)  # every layer setting against every model's depth, before any job
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 config.clear()

@@ -99,7 +99,9 @@ def validate_config(raw: dict) -> dict:
     if errors:
         lines = sorted({_describe(e) for e in errors})
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines))
-    problems = []
+    from iclscope.core.layers import check_shares
+
+    problems = check_shares(config)
     for name, spec in config["models"].items():
         try:
             ModelSpec.from_config(name, spec)
@@ -243,6 +245,7 @@ class ModelSpec:
     max_batch_tokens: int = 8192
     gpus: int = 1
     mem_mb: int = 8000
+    layers: dict = field(default_factory=dict, compare=False)  # absolute layer overrides (core/layers.py)
 
     def __post_init__(self):
         needed = {"wheel": "package", "hub": "id", "local": "path"}[self.source]

@@ -29,7 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from iclscope.core import layers
 from iclscope.core.config import DatasetSpec, ModelSpec
+from iclscope.core.model_config import model_depth
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PACKAGE = PACKAGE_DIR.name
@@ -151,6 +153,24 @@ def _without(section: dict, *keys: str) -> dict:
     return {k: v for k, v in section.items() if k not in keys}
 
 
+def model_layers(config: dict, model: str) -> dict:
+    """Every layer setting resolved to `model`'s absolute layers (iclscope.core.layers): the depth
+    shares and the model's own overrides, read against its depth (config.json, no weights)."""
+    return layers.resolve(config, model, model_depth(ModelSpec.from_config(model, config["models"][model])))
+
+
+def _layered(c: dict, wc: dict, prefix: str, section: dict) -> dict:
+    """`section` (the config at `prefix`) with its layer settings replaced by the model's absolute layers:
+    what the job runs with, so two shares that resolve to the same layer share their results."""
+    resolved = model_layers(c, wc["model"])
+    out = dict(section)
+    for key, layer in resolved.items():
+        head, _, name = key.rpartition(".")
+        if head == prefix and name in out:
+            out[name] = layer
+    return out
+
+
 def _extract(c, wc):
     return {"model": model_settings(c, wc["model"]), "extract": _without(c["extract"], "shards")}
 
@@ -169,6 +189,7 @@ def _tsft(c, wc):
     tsft = _without(c["tsft"], "enabled", "seeds")
     if wc.get("arm") == "baseline":
         tsft = {**tsft, "lam": 0.0}
+    tsft = _layered(c, wc, "tsft", tsft)
     return {"tsft": tsft, "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}
 
 
@@ -201,33 +222,37 @@ RULE_SETTINGS: dict[str, Callable[[dict, dict], dict]] = {
     "layer_lora_extract": _extract,
     "icl_accuracy": lambda c, wc: {"icl_accuracy": c["icl_accuracy"]},
     "decodability": lambda c, wc: {"decodability": c["decodability"]},
-    "patching": _model_only(lambda c, wc: {"patching": _without(c["patching"], "enabled"),
+    "patching": _model_only(lambda c, wc: {"patching": _layered(c, wc, "patching", _without(c["patching"], "enabled")),
                                            "max_new_tokens": c["extract"]["max_new_tokens"]}),
     "extract_anchors": _model_only(lambda c, wc: {
         "carriers": c["taskspace"]["carriers"], "label_words": list(c["datasets"][wc["dataset"]]["classes"].values())}),
     "taskspace": lambda c, wc: {"taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}},
-    "icicl": _model_dataset(lambda c, wc: {"icicl": _without(c["icicl"], "enabled", "sweep"),
+    "icicl": _model_dataset(lambda c, wc: {"icicl": _layered(c, wc, "icicl", _without(c["icicl"], "enabled", "sweep")),
                                            "word_k": c["anchors"]["word_k"],
                                            "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}),
     # the sweep varies layer / state / task space / label line itself: those four keys are not its settings
     "icicl_sweep": _model_dataset(lambda c, wc: {
-        "icicl": _without(c["icicl"], "enabled", "sweep", "inject_layer", "state", "task_space", "label_line",
-                          "n_test", "n_timed", "warmup", "repeats", "random_draws"),
+        "icicl": _layered(c, wc, "icicl", _without(
+            c["icicl"], "enabled", "sweep", "inject_layer", "state", "task_space", "label_line", "n_test", "n_timed",
+            "warmup", "repeats", "random_draws")),
         "sweep": _without(c["icicl"]["sweep"], "enabled"),
         "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}),
     "tsft": _model_dataset(_tsft),
     "tsft_summary": lambda c, wc: {"n_boot": c["icl_accuracy"]["n_boot"]},
-    "layer_lora": _model_dataset(lambda c, wc: {"layer_lora": _without(c["layer_lora"], "enabled")}),
+    "layer_lora": _model_dataset(lambda c, wc: {"layer_lora": _layered(c, wc, "layer_lora",
+                                                                       _without(c["layer_lora"], "enabled"))}),
     "layer_lora_prompts": lambda c, wc: {"dataset": dataset_settings(c, wc["dataset"]),
                                          "shots": c["layer_lora"]["shots"]},
     "layer_lora_summary": lambda c, wc: {"decodability": c["decodability"],
                                          "n_boot": c["icl_accuracy"]["n_boot"]},
     "saliency": _model_only(_anchors("saliency_prompts_per_seed")),
-    "isolation": _model_only(_anchors("isolation_prompts_per_seed", "isolation_k", "word_k")),
+    "isolation": _model_only(lambda c, wc: {"anchors": _layered(c, wc, "anchors", {
+        k: c["anchors"][k] for k in ("isolation_prompts_per_seed", "isolation_k", "word_k")})}),
     "reweighting": _model_only(lambda c, wc: {"reweighting": _without(c["anchors"]["reweighting"], "enabled")}),
     "anchor_compression": _model_only(lambda c, wc: {
         "compression": _without(c["anchors"]["compression"], "enabled"), "word_k": c["anchors"]["word_k"]}),
-    "error_diagnosis": _model_only(lambda c, wc: {"error_diagnosis": c["anchors"]["error_diagnosis"]}),
+    "error_diagnosis": _model_only(lambda c, wc: {"error_diagnosis": _layered(
+        c, wc, "anchors.error_diagnosis", c["anchors"]["error_diagnosis"])}),
     "token_states": _model_only(lambda c, wc: {"corpus": {k: c["entropy"][k] for k in CORPUS_KEYS}}),
     "entropy": _entropy,
     "toy_lm_entropy": _toy_lm,
