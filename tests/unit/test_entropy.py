@@ -20,6 +20,9 @@ from iclscope.methods.entropy.measures import (
     frequent_values,
     js_divergence,
     layer_measures,
+    neighbour_bigram_labels,
+    neighbour_bigram_token,
+    next_from_prev,
     pair_labels,
 )
 from iclscope.model.loading import load_model
@@ -240,6 +243,65 @@ def test_measures_equal_a_naive_nested_implementation():
     for label_type in ("token", "bigram"):
         for name, value in expected[label_type].items():
             assert got[label_type][name] == pytest.approx(value, rel=1e-10), (label_type, name)
+
+
+# Four sentences "A B" | "C B" | "A B" | "B A" (A=1, B=2, C=3), one dimension, 2 bins, each token's
+# state its bin: A 0 | C 1, B 1 | A 0, B 1 | B 0, A 1 (the first B is bin 0).
+H_IDS = np.array([1, 2, 3, 2, 1, 2, 2, 1])
+H_PREV = np.array([-1, 1, -1, 3, -1, 1, -1, 2])
+H_BINS = np.array([0, 0, 1, 1, 0, 1, 0, 1], dtype=float)[:, None]
+
+
+def test_bigram_disentanglement_as_hcoxec_h_computes_it_by_hand():
+    """min_labels = 1, so every bigram is retained. ln 2 = 0.693147, H(1/3, 2/3) = ln 3 − 2/3 ln 2.
+
+    iclscope's left bigrams ("bigram"): token B has (A,B) bins {0, 1} -> [1, 1] and (C,B) -> [0, 1];
+    JSD([½, ½], [0, 1]) = H(¼, ¾) − ½ ln 2 = 0.215762 for each; A has only (B,A) and C none, so they are
+    left out: D = 0.215762.
+    hcoxec/h ("bigram_h", every bigram containing the token, nested under it):
+      B: (A,B) [1, 1], (C,B) [0, 1], right (B,A) [1, 0]. (A,B) against [1, 1] -> 0; (C,B) against [2, 1]
+         and (B,A) against [1, 2] -> H(1/3, 2/3) − ½ H(1/3, 2/3) = ½ H(1/3, 2/3) = 0.318257 each;
+         mean 2/3 · 0.318257 = 0.212171.
+      A: right (A,B) bins {0, 0} -> [2, 0], left (B,A) -> [0, 1]: disjoint, ln 2 each: 0.693147.
+      C: only (C,B): a single bigram, which the reference scores ½ ln 2 = 0.346574.
+      D = (0.212171 + 0.693147 + 0.346574) / 3 = 0.417297.
+    """
+    nxt = next_from_prev(H_IDS, H_PREV)
+    np.testing.assert_array_equal(nxt, [2, -1, 2, -1, 2, -1, 1, -1])
+    labels = {"bigram": pair_labels(H_PREV, H_IDS), "bigram_h": neighbour_bigram_labels(H_IDS, H_PREV, nxt)}
+    rows = layer_measures(H_BINS, labels, EntropySettings(n_bins=2, min_labels=1, clip_quantile=0))
+    got = {r["label_type"]: r for r in rows}
+    ln2, h13 = math.log(2), math.log(3) - 2 / 3 * math.log(2)
+    left = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) - 0.5 * ln2
+    assert got["bigram"]["disentanglement"] == pytest.approx(left) == pytest.approx(0.215762, abs=1e-6)
+    reference = (2 / 3 * 0.5 * h13 + ln2 + 0.5 * ln2) / 3
+    assert got["bigram_h"]["disentanglement"] == pytest.approx(reference) == pytest.approx(0.417297, abs=1e-6)
+    assert got["bigram_h"]["n_label_groups"] == 3 and got["bigram"]["n_label_groups"] == 2
+    # the two conventions differ by 0.2015 nats on this corpus
+    assert got["bigram_h"]["disentanglement"] - got["bigram"]["disentanglement"] == pytest.approx(0.201535, abs=1e-6)
+
+
+def test_bigram_h_counts_a_repeated_pair_twice_as_the_reference_lists_it():
+    """'C C C': the middle C is in (C,C) as its left and as its right bigram, so (C,C) holds 4 entries
+    from 3 tokens (the reference appends the position once per bigram): retained at min_labels = 4, the
+    single bigram of C scores ½ ln 2; bins 0, 1, 0 -> entries [2, 2] -> variation H = ln 2 (1 in units of ln B)."""
+    ids, prev = np.array([3, 3, 3]), np.array([-1, 3, 3])
+    labels = neighbour_bigram_labels(ids, prev, next_from_prev(ids, prev))
+    assert labels[1, 0] == labels[1, 1] == labels[0, 1] == labels[2, 0]
+    np.testing.assert_array_equal(neighbour_bigram_token(labels), [[-1, 3], [3, 3], [3, -1]])
+    m = layer_measures(np.array([[0.0], [1.0], [0.0]]), {"bigram_h": labels},
+                       EntropySettings(n_bins=2, min_labels=4, clip_quantile=0))[0]
+    assert m["disentanglement"] == pytest.approx(0.5 * math.log(2)) and m["variation"] == pytest.approx(1.0)
+    assert m["labelled_share"] == pytest.approx(4 / 3)  # entries per token, not tokens
+
+
+def test_right_bigrams_are_nested_under_their_left_token():
+    ids, prev = np.array([5, 7, 7, 2**31 - 1]), np.array([-1, 5, 7, 7])
+    labels = neighbour_bigram_labels(ids, prev, next_from_prev(ids, prev))
+    np.testing.assert_array_equal(neighbour_bigram_token(labels), [[-1, 5], [7, 7], [7, 7], [2**31 - 1, -1]])
+    assert len({int(v) for v in labels.ravel() if v >= 0}) == 5  # (5,7)R, (5,7)L, (7,7), (7,big)R, (7,big)L
+    with pytest.raises(ValueError, match="sentence order"):
+        next_from_prev(np.array([1, 2]), np.array([-1, 9]))
 
 
 def test_bad_settings_name_the_key():

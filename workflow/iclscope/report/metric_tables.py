@@ -9,7 +9,13 @@ from tqdm import tqdm
 
 from iclscope.core.store import open_activations, open_token_states, read_prompts
 from iclscope.core.tables import metric_frame
-from iclscope.methods.entropy.measures import EntropySettings, layer_measures, pair_labels
+from iclscope.methods.entropy.measures import (
+    EntropySettings,
+    layer_measures,
+    neighbour_bigram_labels,
+    next_from_prev,
+    pair_labels,
+)
 
 
 def compression_table(activations, task_spaces, *, model: str, dataset: str,
@@ -112,15 +118,17 @@ def decodability_accuracy_fit(decodability: pd.DataFrame, accuracy: pd.DataFrame
 
 def entropy_table(token_states, *, model: str, dataset: str, settings: EntropySettings,
                   layers: list[int] | None = None) -> pd.DataFrame:
-    """The four representation measures per layer and label type: token id (flat) and left bigram
-    (previous token, token), nested under its token (docs/methods.md §2.3).
+    """The four representation measures per layer and label type: token id (flat), left bigram
+    (previous token, token) nested under its token, and `bigram_h`, both neighbouring bigrams nested
+    under the token as hcoxec/h labels them (docs/methods.md §2.3).
 
     Reads one layer [N, d] of `/resid/tokens` at a time. Metrics from the min/max binning keep
     their names; those from the quantile-clipped binning end in `_clipped`.
     """
     with open_token_states(token_states) as f:
         ids, prev = f["tokens/id"][()], f["tokens/prev"][()]
-        labels = {"token": ids, "bigram": pair_labels(prev, ids)}
+        labels = {"token": ids, "bigram": pair_labels(prev, ids),
+                  "bigram_h": neighbour_bigram_labels(ids, prev, next_from_prev(ids, prev))}
         n_layers = f.attrs["n_layers"]
         rows = []
         for layer in tqdm(layers if layers is not None else range(n_layers + 1), desc="entropy", unit="layer"):

@@ -25,6 +25,12 @@ neither side of the divergence. A flat label type with a single retained value, 
 single retained bigram, has nothing to be compared with and is left out of D (the reference code
 would score it 0.5·ln 2 per dimension, the divergence from an empty histogram).
 
+Two bigram conventions (docs/methods.md §2.3): "bigram" (iclscope's, for causal LMs) labels a token
+by its left bigram only and leaves single-bigram tokens out of D; "bigram_h" is hcoxec/h's
+(`get_token_labels`, `nested_conditional_counts`, `disentanglement`): a token is counted under every
+bigram that contains it, left (w_{i−1}, w_i) and right (w_i, w_{i+1}), nested under the token, and
+a token with a single retained bigram scores 0.5·ln 2.
+
 Entropies are natural-log plug-in estimates; information, variation and regularity are reported
 divided by log(n_bins) (the "efficiency" scale of the paper's figures, 1 = uniform use of all
 bins), disentanglement in nats (range [0, ln 2]) and divided by ln 2.
@@ -106,8 +112,9 @@ class Histograms:
     within each group, then averaged over groups (docs/methods.md §2.3).
     """
 
-    def __init__(self, d: int, n_bins: int, values: np.ndarray, parents: np.ndarray | None = None):
-        self.n_bins = n_bins
+    def __init__(self, d: int, n_bins: int, values: np.ndarray, parents: np.ndarray | None = None,
+                 score_singletons: bool = False):
+        self.n_bins, self.score_singletons = n_bins, score_singletons
         self.values, first = np.unique(np.asarray(values), return_index=True)  # sorted, for searchsorted
         self.parents = None if parents is None else np.asarray(parents)[first]
         self.total = np.zeros((d, n_bins), dtype=np.int64)
@@ -115,17 +122,20 @@ class Histograms:
         self.n_tokens = 0
 
     def update(self, bins: np.ndarray, labels: np.ndarray) -> None:
-        """Add bins [n, d] uint8 with their labels [n]."""
+        """Add bins [n, d] uint8 with their labels [n], or [n, m]: m labels per token (−1 = none), the
+        token counted once in the overall histogram and once under each of its labels (twice under a
+        label it holds twice, as the reference code's position lists do)."""
         n, d = bins.shape
         B = self.n_bins
         cell = np.arange(d, dtype=np.int64) * B + bins  # [n, d] flat (dim, bin) index
         self.total += np.bincount(cell.ravel(), minlength=d * B).reshape(d, B)
-        k = np.searchsorted(self.values, labels)
-        keep = (k < len(self.values)) & (self.values[np.minimum(k, len(self.values) - 1)] == labels) \
-            if len(self.values) else np.zeros(n, dtype=bool)
-        if keep.any():
-            flat = (k[keep, None] * (d * B) + cell[keep]).ravel()
-            self.by_label += np.bincount(flat, minlength=self.by_label.size).reshape(self.by_label.shape)
+        for column in np.asarray(labels).reshape(n, -1).T:
+            k = np.searchsorted(self.values, column)
+            keep = (k < len(self.values)) & (self.values[np.minimum(k, len(self.values) - 1)] == column) \
+                if len(self.values) else np.zeros(n, dtype=bool)
+            if keep.any():
+                flat = (k[keep, None] * (d * B) + cell[keep]).ravel()
+                self.by_label += np.bincount(flat, minlength=self.by_label.size).reshape(self.by_label.shape)
         self.n_tokens += n
 
     def groups(self) -> list[np.ndarray]:
@@ -167,6 +177,8 @@ class Histograms:
         jsd = []
         for g in groups:
             if len(g) < 2:
+                if self.score_singletons:  # the reference code's divergence from an empty histogram
+                    jsd.append(0.5 * LN2)
                 continue
             own = self.by_label[g].astype(np.float64)  # [k, d, B]
             jsd.append(js_divergence(own, own.sum(axis=0) - own).mean())
@@ -182,15 +194,19 @@ def frequent_values(labels: np.ndarray, min_count: int) -> np.ndarray:
     return values[counts >= min_count]
 
 
-NESTED = ("bigram",)  # label types whose values are pair_labels, nested under their token
+# nested label types: how their values map to their group (a token). "bigram": pair_labels, the left
+# bigram under its token (iclscope's convention for causal LMs); "bigram_h": neighbour_bigram_labels,
+# each token under both its left and right bigram, as hcoxec/h computes it (docs/methods.md §2.3)
+NESTED = {"bigram": lambda values: bigram_token(values), "bigram_h": lambda values: neighbour_bigram_token(values)}
+SINGLETONS_SCORED = ("bigram_h",)  # a group with one retained value scores 0.5 ln 2, as in hcoxec/h
 
 
 def layer_measures(states: np.ndarray, labels: dict[str, np.ndarray], settings: EntropySettings,
-                   chunk: int = 8192, nested: tuple[str, ...] = NESTED) -> list[dict]:
+                   chunk: int = 8192, nested=NESTED) -> list[dict]:
     """All measures of one layer: states [N, d] (any float dtype), labels {label_type: [N] int}.
 
-    Label types named in `nested` must hold `pair_labels` values; they are measured nested under
-    their token (docs/methods.md §2.3), the others flat. Returns one dict per (range, label_type)
+    Label types named in `nested` ({name: value -> token}) are measured nested under their token
+    (docs/methods.md §2.3), the others flat; labels may be [N, m] (m labels per token, `Histograms.update`). Returns one dict per (range, label_type)
     with range ∈ {minmax, clipped} ("clipped" only when clip_quantile > 0). The ranges need the
     whole layer; binning and counting go chunk by chunk.
     """
@@ -201,7 +217,8 @@ def layer_measures(states: np.ndarray, labels: dict[str, np.ndarray], settings: 
     rows = []
     d = states.shape[1]
     for range_name, (lo, hi) in ranges.items():
-        hists = {name: Histograms(d, settings.n_bins, values, bigram_token(values) if name in nested else None)
+        hists = {name: Histograms(d, settings.n_bins, values, nested[name](values) if name in nested else None,
+                                  score_singletons=name in SINGLETONS_SCORED)
                  for name, values in retained.items()}
         for start in range(0, len(states), chunk):
             bins = discretise(states[start:start + chunk], lo, hi, settings.n_bins)
@@ -231,3 +248,41 @@ def bigram_token(pairs: np.ndarray) -> np.ndarray:
     """The token of each `pair_labels` value (its right element); -1 where there is no pair."""
     pairs = np.asarray(pairs, dtype=np.int64)
     return np.where(pairs >= 0, pairs & ((1 << PAIR_SHIFT) - 1), -1)
+
+
+RIGHT = 1 << 31  # marks a right bigram (token, next) of neighbour_bigram_labels: token ids are below 2**31
+
+
+def next_from_prev(ids: np.ndarray, prev: np.ndarray) -> np.ndarray:
+    """The id of the token to the right of each token [N] (−1 at a sentence end), from tokens stored
+    sentence by sentence in order with their left neighbour `prev` (−1 at a sentence start)."""
+    ids, prev = np.asarray(ids, dtype=np.int64), np.asarray(prev, dtype=np.int64)
+    nxt = np.full(len(ids), -1, dtype=np.int64)
+    if len(ids) > 1:
+        continues = prev[1:] >= 0
+        if np.any(prev[1:][continues] != ids[:-1][continues]):
+            raise ValueError("next_from_prev: tokens are not stored in sentence order (prev[i+1] != id[i])")
+        nxt[:-1] = np.where(continues, ids[1:], -1)
+    return nxt
+
+
+def neighbour_bigram_labels(ids: np.ndarray, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    """[N, 2] the labels hcoxec/h gives a token w_i (`get_token_labels`, code/model.py): every bigram
+    that contains it, nested under w_i: its left bigram (w_{i−1}, w_i) and its right bigram
+    (w_i, w_{i+1}); −1 where there is no neighbour. A bigram is one value per (pair, token it is
+    nested under): the left form is pair_labels(w_{i−1}, w_i); the right form sets bit 31
+    (`RIGHT`) unless w_i = w_{i+1}, where (w, w) is the same value either way (the reference keys a
+    token's bigrams by the pair, so a middle w of "w w w" is listed twice under (w, w))."""
+    ids = np.asarray(ids, dtype=np.int64)
+    left = pair_labels(np.asarray(prev), ids)
+    right = pair_labels(ids, np.asarray(nxt))
+    right = np.where((right >= 0) & (ids != np.asarray(nxt)), right | RIGHT, right)
+    return np.stack([left, right], axis=1)
+
+
+def neighbour_bigram_token(values: np.ndarray) -> np.ndarray:
+    """The token each `neighbour_bigram_labels` value is nested under; −1 where there is no pair."""
+    values = np.asarray(values, dtype=np.int64)
+    right = (values & RIGHT) != 0
+    token = np.where(right, values >> PAIR_SHIFT, values & (RIGHT - 1))
+    return np.where(values >= 0, token, -1)
