@@ -207,8 +207,9 @@ def layer_measures(states: np.ndarray, labels: dict[str, np.ndarray], settings: 
 
     Label types named in `nested` ({name: value -> token}) are measured nested under their token
     (docs/methods.md §2.3), the others flat; labels may be [N, m] (m labels per token,
-    `Histograms.update`). Returns one dict per (range, label_type) with range ∈ {minmax, clipped} ("clipped" only when clip_quantile > 0). The ranges need the
-    whole layer; binning and counting go chunk by chunk.
+    `Histograms.update`). Returns one dict per (range, label_type) with range ∈ {minmax, clipped}
+    ("clipped" only when clip_quantile > 0). The ranges need the whole layer; binning and counting go
+    chunk by chunk.
     """
     ranges = {"minmax": bin_ranges(states)}
     if settings.clip_quantile > 0:
