@@ -37,10 +37,7 @@ rule saliency:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=model_mem_mb,
-        gpu=model_gpus,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
+        **model_stage_resources("saliency"),
     script:
         "../scripts/saliency.py"
 
@@ -61,10 +58,7 @@ rule isolation:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=model_mem_mb,
-        gpu=model_gpus,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
+        **model_stage_resources("isolation"),
     script:
         "../scripts/isolation.py"
 
@@ -87,10 +81,7 @@ rule reweighting:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=model_mem_mb,
-        gpu=model_gpus,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
+        **model_stage_resources("reweighting"),
     script:
         "../scripts/reweighting.py"
 
@@ -114,10 +105,7 @@ rule error_diagnosis:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=model_mem_mb,
-        gpu=model_gpus,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
+        **model_stage_resources("error_diagnosis"),
     script:
         "../scripts/error_diagnosis.py"
 
@@ -140,9 +128,6 @@ rule anchor_compression:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=model_mem_mb,
-        gpu=model_gpus,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
+        **model_stage_resources("anchor_compression"),
     script:
         "../scripts/anchor_compression.py"

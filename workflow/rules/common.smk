@@ -1,6 +1,7 @@
 # Shared glue: config validation (before any job), wildcard constraints, target lists (from
 # iclscope.core.plan) and each job's params (from iclscope.core.jobs: its settings and its code digest).
 # No torch / transformers / HDF5 here: this file is parsed on every call and every SLURM job.
+import errno
 import json
 import os
 import re
@@ -11,6 +12,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from iclscope.core.config import ConfigError, DatasetSpec, ModelSpec, check_unique_keys, validate_config  # noqa: E402
 from iclscope.core import jobs  # noqa: E402
+from iclscope.core import resources as res  # noqa: E402
 from iclscope.core.layers import check_all as check_layer_settings  # noqa: E402
 from iclscope.core.plan import LAYER_LORA_ARMS, TSFT_ARMS, Plan  # noqa: E402
 
@@ -82,12 +84,72 @@ def code_of(script):
     return jobs.code_digest(SCRIPTS / script)
 
 
-def model_mem_mb(wc, attempt):
-    return MODELS[wc.model].mem_mb * attempt
+# --- resources: every job's memory, GPUs and runtime, from the model's config.json and the job's
+# work (iclscope/core/resources.py). Partitions, account and GPU type: profiles/slurm/config.yaml.
 
 
-def model_gpus(wc):
-    return MODELS[wc.model].gpus
+def _prompt_stats(path):
+    """(prompts, mean tokens, longest, demos per prompt) of a prompts table: two columns, no pandas."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    table = pq.read_table(path, columns=[c for c in ("n_tokens", "label_pos") if c in names])
+    tokens = table.column("n_tokens").to_pylist() if "n_tokens" in names else [128]
+    demos = max((len(x or []) for x in table.column("label_pos").to_pylist()), default=0) if "label_pos" in names else 0
+    return table.num_rows, sum(tokens) / max(1, len(tokens)), max(tokens, default=128), demos
+
+
+def _stage_resources(stage, wc, input, attempt):
+    spec = config["models"][wc.model]
+    manifest = f"results/models/{wc.model}.json"
+    arch = res.read_architecture(spec, manifest)
+    if arch is None:
+        if manifest in input:  # not prepared yet: Snakemake evaluates again at submission (TBD until then)
+            raise FileNotFoundError(errno.ENOENT, "model not prepared yet", manifest)
+        return res.fallback(stage, attempt, spec["mem_mb"], spec["gpus"])
+    dataset = config["datasets"].get(getattr(wc, "dataset", None)) or {}
+    prompts = getattr(input, "prompts", None) or (
+        f"results/prompts/{wc.model}/{wc.dataset}.parquet" if hasattr(wc, "dataset") else None)
+    n, mean, longest, demos = 0, 128.0, 192, 0
+    if prompts and Path(prompts).exists():
+        n, mean, longest, demos = _prompt_stats(prompts)
+    elif prompts and prompts in input:
+        raise FileNotFoundError(errno.ENOENT, "prompts not built yet", prompts)
+    work = res.Work(n_prompts=n, tokens_per_prompt=mean, max_tokens=longest, batch_size=spec["batch_size"],
+                    max_batch_tokens=spec["max_batch_tokens"], n_classes=len(dataset.get("classes") or {}),
+                    n_demos=demos, generation=dataset.get("kind") == "generation")
+    return res.model_stage(stage, arch, spec["dtype"], work, config, dataset, attempt=attempt,
+                           device=spec["device"], gpus=spec["gpus"], mem_mb=spec["mem_mb"])
+
+
+def model_stage_resources(stage):
+    """`resources:` of a model stage (use as `**model_stage_resources("extract")`): host memory, GPUs,
+    runtime from the model and the job's prompts, x attempt; batch size and token budget pass through."""
+
+    def field(name):
+        return lambda wc, input, attempt: getattr(_stage_resources(stage, wc, input, attempt), name)
+
+    return dict(mem_mb=field("mem_mb"), runtime=field("runtime"), gpu=field("gpus"),
+                batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+
+
+            n = pq.read_metadata(prompts).num_rows
+        return res.cpu_stage(stage, arch, n, config, attempt, copies)
+def cpu_stage_resources(stage, copies=None):
+    """`resources:` of a CPU stage of one model x dataset: memory scaled by d_model, layers and prompts."""
+
+    def compute(wc, attempt):
+        model = getattr(wc, "model", None)
+        spec = config["models"].get(model)
+        arch = res.read_architecture(spec, f"results/models/{model}.json") if spec else None
+        prompts = Path(f"results/prompts/{model}/{getattr(wc, 'dataset', '')}.parquet")
+        n = None
+        if prompts.exists():
+            import pyarrow.parquet as pq
+
+
+    return dict(mem_mb=lambda wc, attempt: compute(wc, attempt).mem_mb,
+                runtime=lambda wc, attempt: compute(wc, attempt).runtime)
 
 
 def batch_size(wc):

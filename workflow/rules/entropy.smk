@@ -19,11 +19,7 @@ rule token_states:
     cache: "omit-software"
     threads: 2
     resources:
-        mem_mb=model_mem_mb,
-        runtime=lambda wc, attempt: 60 * attempt,
-        gpu=model_gpus,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
+        **model_stage_resources("token_states"),
     script:
         "../scripts/token_states.py"
 
@@ -41,6 +37,8 @@ rule entropy:
         "logs/entropy/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
+    resources:
+        **cpu_stage_resources("entropy"),
     script:
         "../scripts/entropy.py"
 

@@ -32,11 +32,7 @@ rule extract:
     cache: "omit-software"
     threads: 2
     resources:
-        mem_mb=model_mem_mb,
-        runtime=lambda wc, attempt: 60 * attempt,
-        gpu=model_gpus,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
+        **model_stage_resources("extract"),
     script:
         "../scripts/extract.py"
 

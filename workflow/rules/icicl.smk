@@ -17,10 +17,7 @@ rule icicl:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=model_mem_mb,
-        gpu=model_gpus,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
+        **model_stage_resources("icicl"),
     script:
         "../scripts/icicl.py"
 
@@ -49,10 +46,7 @@ rule icicl_sweep:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=model_mem_mb,
-        gpu=model_gpus,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
+        **model_stage_resources("icicl_sweep"),
     script:
         "../scripts/icicl_sweep.py"
 

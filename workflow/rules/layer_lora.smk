@@ -26,11 +26,7 @@ rule layer_lora:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=model_mem_mb,
-        runtime=lambda wc, attempt: 120 * attempt,
-        gpu=model_gpus,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
+        **model_stage_resources("layer_lora"),
     script:
         "../scripts/layer_lora.py"
 
@@ -71,11 +67,7 @@ rule layer_lora_extract:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=model_mem_mb,
-        runtime=lambda wc, attempt: 60 * attempt,
-        gpu=model_gpus,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
+        **model_stage_resources("layer_lora_extract"),
     script:
         "../scripts/extract.py"
 

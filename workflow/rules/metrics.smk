@@ -29,6 +29,8 @@ rule decodability:
         "logs/decodability/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
+    resources:
+        **cpu_stage_resources("decodability"),
     script:
         "../scripts/decodability.py"
 
@@ -77,9 +79,6 @@ rule patching:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=model_mem_mb,
-        gpu=model_gpus,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
+        **model_stage_resources("patching"),
     script:
         "../scripts/patching.py"

@@ -12,9 +12,7 @@ rule extract_anchors:
     conda:
         "../envs/iclscope.yaml"
     resources:
-        gpu=model_gpus,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
+        **model_stage_resources("extract_anchors"),
     script:
         "../scripts/extract_anchors.py"
 
@@ -34,6 +32,8 @@ rule taskspace:
     conda:
         "../envs/iclscope.yaml"
     script:
+    resources:
+        **cpu_stage_resources("taskspace"),
         "../scripts/taskspace.py"
 
 
@@ -51,6 +51,8 @@ rule compression:
     conda:
         "../envs/iclscope.yaml"
     script:
+    resources:
+        **cpu_stage_resources("compression"),
         "../scripts/compression.py"
 
 

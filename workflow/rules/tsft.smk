@@ -15,11 +15,7 @@ rule tsft:
         "../envs/iclscope.yaml"
     threads: 2
     resources:
-        mem_mb=model_mem_mb,
-        runtime=lambda wc, attempt: 120 * attempt,
-        gpu=model_gpus,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
+        **model_stage_resources("tsft"),
     script:
         "../scripts/tsft.py"
 

@@ -243,8 +243,8 @@ class ModelSpec:
     device_map: str = "none"
     batch_size: int = 16
     max_batch_tokens: int = 8192
-    gpus: int = 1
-    mem_mb: int = 8000
+    gpus: int | None = None      # None: derived per job (iclscope.core.resources)
+    mem_mb: int | None = None
     layers: dict = field(default_factory=dict, compare=False)  # absolute layer overrides (core/layers.py)
 
     def __post_init__(self):
