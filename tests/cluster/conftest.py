@@ -18,6 +18,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "slurm-local.sh"
 STATE_DIR = os.environ.get("ICLSCOPE_SLURM_DIR", "/tmp/iclscope-slurm")
+CPU_PARTITION, GPU_PARTITION = "debug", "gpu"  # the tests' --default-resources; profiles/slurm's GPU partition
 
 
 class Cluster:
@@ -37,7 +38,7 @@ class Cluster:
         return [tuple(line.split("|")) for line in out.splitlines() if line.strip()]
 
     def sacct(self, since: float, fields=("JobID", "JobName", "Comment", "State", "AllocTRES", "Start", "End",
-                                          "ReqMem", "ExitCode")) -> list[dict]:
+                                          "ReqMem", "ExitCode", "Partition")) -> list[dict]:
         """Allocations (no steps) submitted since the epoch time `since`, one dict per job."""
         start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 1))
         out = subprocess.run(["sacct", "-X", "--parsable2", "--noheader", "-S", start, "-o", ",".join(fields)],
@@ -61,8 +62,10 @@ def _script(*args: str, env: dict) -> subprocess.CompletedProcess:
 def slurm_cluster():
     if os.geteuid() != 0:
         pytest.fail("the cluster tests start slurmd/slurmctld and need root (make test runs as root in CI)")
-    # two fake GPUs, so that two GPU jobs (extraction shards) can run side by side on 2 cores
-    env = {**os.environ, "SLURM_LOCAL_DIR": STATE_DIR, "SLURM_LOCAL_INSTALL": "0", "SLURM_LOCAL_GPUS": "2"}
+    # two fake GPUs, so that two GPU jobs (extraction shards) can run side by side on 2 cores; a CPU
+    # partition (debug, the default) and a GPU partition (gpu, profiles/slurm's set-resources) on the one node
+    env = {**os.environ, "SLURM_LOCAL_DIR": STATE_DIR, "SLURM_LOCAL_INSTALL": "0", "SLURM_LOCAL_GPUS": "2",
+           "SLURM_LOCAL_PARTITION": CPU_PARTITION, "SLURM_LOCAL_GPU_PARTITION": GPU_PARTITION}
     started = _script("start", env=env)
     if started.returncode != 0:
         pytest.fail(f"could not start the local SLURM cluster (run `make cluster-deps` first):\n"

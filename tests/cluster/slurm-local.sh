@@ -37,6 +37,8 @@
 #   SLURM_LOCAL_GPUS=1                 fake GPUs (gres gpu, char devices made by mknod,
 #                                      major 1 minor 3 = /dev/null); 0 = none
 #   SLURM_LOCAL_PARTITION=debug        the one (default) partition
+#   SLURM_LOCAL_GPU_PARTITION=         a second partition on the same node for GPU jobs
+#                                      (e.g. gpu); empty: only SLURM_LOCAL_PARTITION
 #   SLURM_LOCAL_MEM_MB=                node RealMemory; default 90% of what slurmd -C sees
 #   SLURM_LOCAL_LINK_ETC=1             symlink /etc/slurm/slurm.conf to our conf; needed
 #                                      by snakemake (its slurm-jobstep drops SLURM_CONF
@@ -53,6 +55,7 @@ DIR=${SLURM_LOCAL_DIR:-/tmp/slurm-local}
 ACCOUNTING=${SLURM_LOCAL_ACCOUNTING:-1}
 GPUS=${SLURM_LOCAL_GPUS:-1}
 PARTITION=${SLURM_LOCAL_PARTITION:-debug}
+GPU_PARTITION=${SLURM_LOCAL_GPU_PARTITION:-}
 LINK_ETC=${SLURM_LOCAL_LINK_ETC:-1}
 AUTO_INSTALL=${SLURM_LOCAL_INSTALL:-1}
 CTLD_PORT=${SLURM_LOCAL_CTLD_PORT:-6817}
@@ -206,6 +209,9 @@ $gres_types
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus Boards=$boards SocketsPerBoard=$spb CoresPerSocket=$cps ThreadsPerCore=$tpc RealMemory=$mem$gres_line State=UNKNOWN
 PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+  if [ -n "$GPU_PARTITION" ]; then
+    echo "PartitionName=$GPU_PARTITION Nodes=ALL Default=NO MaxTime=INFINITE State=UP" >> "$CONF"
+  fi
   if [ "$GPUS" -gt 0 ]; then
     local i files=() chardevs=(/dev/null /dev/zero /dev/full /dev/urandom /dev/random)
     mkdir -p "$DIR/dev"
