@@ -292,8 +292,8 @@ RERUN_MATRIX = {
         "summary": 1, "all": 1}),
     "icicl.k": (config_change("icicl.k", 2), {"icicl": 1, "fig_icicl": 1, "icicl_sweep": 1, "fig_icicl_sweep": 1,
                                               "summary": 1, "all": 1}),
-    # a setting the sweep varies itself is no key of the sweep
-    "icicl.inject_layer": (config_change("icicl.inject_layer", 0.4), {  # layer 10 -> 12 of 30"icicl": 1, "fig_icicl": 1, "summary": 1,
+    # a setting the sweep varies itself is no key of the sweep (0.4: layer 12 of 30 instead of 10)
+    "icicl.inject_layer": (config_change("icicl.inject_layer", 0.4), {"icicl": 1, "fig_icicl": 1, "summary": 1,
                                                                      "all": 1}),
     "tsft.lam": (config_change("tsft.lam", 0.9), {"tsft": 1, "tsft_summary": 1, "fig_tsft": 1, "summary": 1,
                                                   "all": 1}),

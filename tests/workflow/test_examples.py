@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from hub_cache import config_only_cache
+
 from iclscope.core.config import validate_config
 from iclscope.core.plan import Plan
 from snakemake_runner import REPO, SNAKEMAKE
