@@ -102,10 +102,11 @@ class ResidualPatch:
 
     def apply(self, hidden: torch.Tensor) -> torch.Tensor:
         B, T, d = hidden.shape
-        valid = self.positions >= 0
-        rows = torch.arange(B, device=hidden.device)[:, None].expand_as(self.positions)[valid]
-        cols = self.positions[valid]
-        values = self.values.to(hidden.dtype)[valid]
+        positions = self.positions.to(hidden.device)  # the block's device (a model over several devices)
+        valid = positions >= 0
+        rows = torch.arange(B, device=hidden.device)[:, None].expand_as(positions)[valid]
+        cols = positions[valid]
+        values = self.values.to(hidden.device, hidden.dtype)[valid]
         hidden = hidden.clone()
         if self.mode == "replace":
             hidden[rows, cols] = values
@@ -121,8 +122,10 @@ class Recorder:
     """What to read during one forward pass, and where the results land.
 
     resid names: "query", "last_input", "content_mean", "label". Results after the pass:
-      resid[name]  [B, L+1, d] (label: [B, K, L+1, d]) float32, on the model's device
-      attn         [B, L, H, K] float32 (NaN where label == -1)
+      resid[name]  [B, L+1, d] (label: [B, K, L+1, d]) float32, on the device of `positions`
+      attn         [B, L, H, K] float32 (NaN where label == -1), on the device of `positions`
+    A model over several devices (device_map, accelerate's dispatch) hands each block's states over
+    on that block's device: positions go to it, results come back to the positions' device.
     """
 
     n_layers: int
@@ -155,19 +158,20 @@ class Recorder:
         B, T, d = hidden.shape
         if not self.keep_grad:
             hidden = hidden.detach()
+        positions = self.positions.to(hidden.device)
         for name in self.resid_names:
             if name == "query":
                 value = hidden[:, -1, :]
             elif name == "last_input":
-                col = (self.positions.query_span[:, 1] - 1).clamp(min=0)
+                col = (positions.query_span[:, 1] - 1).clamp(min=0)
                 value = hidden[torch.arange(B, device=hidden.device), col]
             elif name == "content_mean":
-                start, end = self.positions.query_span[:, :1], self.positions.query_span[:, 1:]
+                start, end = positions.query_span[:, :1], positions.query_span[:, 1:]
                 cols = torch.arange(T, device=hidden.device)[None, :]
                 mask = (cols >= start) & (cols < end)  # [B, T]; where() keeps NaNs of pad rows out
                 value = torch.where(mask[:, :, None], hidden, 0).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
             elif name == "label":
-                label = self.positions.label
+                label = positions.label
                 if label.shape[1] == 0:
                     continue
                 idx = label.clamp(min=0)
@@ -179,11 +183,11 @@ class Recorder:
             if store is None:
                 K = self.positions.label.shape[1]
                 shape = (B, K, self.n_layers + 1, d) if name == "label" else (B, self.n_layers + 1, d)
-                store = self.resid[name] = torch.zeros(shape, dtype=torch.float32, device=hidden.device)
+                store = self.resid[name] = torch.zeros(shape, dtype=torch.float32, device=self.positions.label.device)
             if name == "label":
-                store[:, :, index] = value.float()
+                store[:, :, index] = value.float().to(store.device)
             else:
-                store[:, index] = value.float()
+                store[:, index] = value.float().to(store.device)
 
     # -------------------------------------------------------------- attention
     def take_query_row(self, layer: int, query: torch.Tensor, key: torch.Tensor,
@@ -193,11 +197,11 @@ class Recorder:
 
         The row is computed as the model computes its attention (see `attention_scores`), in float32.
         """
-        label = self.positions.label
+        label = self.positions.label.to(query.device)
         B, H = query.shape[:2]
         K = label.shape[1]
         if self.attn is None:
-            self.attn = torch.full((B, self.n_layers, H, K), float("nan"), device=query.device)
+            self.attn = torch.full((B, self.n_layers, H, K), float("nan"), device=self.positions.label.device)
         if K == 0:
             return
         k = repeat_kv(key, H // key.shape[1])  # [B, H, Tk, dh]
@@ -207,13 +211,13 @@ class Recorder:
         probs = softmax_with_sinks(scores[:, :, None], sinks)[:, :, 0]
         cols = label.clamp(min=0)[:, None, :].expand(-1, H, -1)  # [B, H, K]
         rows = torch.gather(probs, 2, cols).masked_fill((label < 0)[:, None, :], float("nan"))
-        self.attn[:, layer] = rows
+        self.attn[:, layer] = rows.to(self.attn.device)
 
     def take_qk(self, query: torch.Tensor, key: torch.Tensor) -> None:
         """query [B, H, Tq, dh], key [B, Hkv, Tk, dh] (post-RoPE, as attention uses them) -> self.qk:
         the last position's query [B, H, dh] and the label columns' keys [B, K, H, dh], KV heads
         repeated to H as attention does (GQA); float32, NaN where label == -1."""
-        label = self.positions.label  # [B, K]
+        label = self.positions.label.to(key.device)  # [B, K]
         H, dh = query.shape[1], query.shape[-1]
         q = query[:, :, -1, :].detach().float()
         cols = label.clamp(min=0)[:, None, :, None].expand(-1, key.shape[1], -1, dh)  # [B, Hkv, K, dh]
@@ -505,6 +509,20 @@ def install_adapters(model: nn.Module) -> int:
             setattr(module, spec[0], types.MethodType(spec[1], module))
             n += 1
     return n
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where a model's inputs (token ids, masks, positions) go: the device its input embedding runs on.
+
+    One device: that of its weights. A model over several devices (`device_map: auto`, accelerate's
+    dispatch) runs each block where the map puts it and brings the outputs back to the inputs' device;
+    an offloaded embedding (weights on "meta" until used) runs on its dispatch hook's execution device.
+    Every model stage places its inputs here, never at `next(model.parameters()).device`."""
+    embedding = model.get_input_embeddings()
+    execution = getattr(getattr(embedding, "_hf_hook", None), "execution_device", None)
+    if execution is not None:
+        return torch.device(f"cuda:{execution}" if isinstance(execution, int) else execution)
+    return embedding.weight.device
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -29,7 +29,7 @@ from iclscope.core.atomic import partial_path, removed_when_disk_full, written
 from iclscope.core.config import ModelSpec, stable_hash
 from iclscope.core.store import ActivationWriter, shard_rows
 from iclscope.core.tables import iter_list_column, read_meta, read_table
-from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, left_pad, recording
+from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, input_device, left_pad, recording
 from iclscope.model.loading import load_model
 from iclscope.model.prompts import carrier_prompts
 
@@ -111,7 +111,7 @@ def greedy_continue(model, past, first: torch.Tensor, mask: torch.Tensor, positi
 def run_batch(model, tokenizer, rows: dict, settings: ExtractSettings, n_layers: int,
               label_token_ids: list[int], generate: bool) -> dict[str, np.ndarray]:
     """One forward pass over a batch of prompts; returns the stored arrays for those rows."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids, mask, pos_ids = left_pad(rows["input_ids"], tokenizer.pad_token_id, device)
     T = ids.shape[1]
     offset = torch.as_tensor(T - rows["n_tokens"], device=device)[:, None]  # left padding shift
@@ -241,7 +241,7 @@ def extract_anchor_states(model_dir: str | Path, model: ModelSpec, label_words: 
     """
     net, tokenizer, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     records = carrier_prompts(tokenizer, carriers, label_words)
-    device = next(net.parameters()).device
+    device = input_device(net)
     states = []
     for lo in range(0, len(records), model.batch_size):
         batch = records[lo:lo + model.batch_size]

@@ -55,9 +55,27 @@ def attach_lora(model, *, r: int, alpha: int, dropout: float, layers: Sequence[i
     transformer blocks ("all-linear"), or only on those of the blocks in `layers` (0-based)."""
     from peft import LoraConfig, get_peft_model
 
+    check_trainable_placement(model)
     targets = "all-linear" if layers is None else block_linear_modules(model, layers)
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
+
+
+def check_trainable_placement(model) -> None:
+    """Refuse to train adapters on a model whose weights are offloaded (device_map put blocks on "cpu" or
+    "disk" beside accelerators: their weights sit on the meta device and are loaded only for each forward
+    pass, where neither an adapter nor its optimizer state can live). A model over several GPUs, every
+    block resident on one of them, trains through the same dispatch hooks."""
+    from iclscope.core.config import ConfigError
+
+    placed = getattr(model, "hf_device_map", None) or {}
+    offloaded = sorted(name for name, p in model.named_parameters() if p.device.type == "meta")
+    if offloaded or "disk" in placed.values():
+        where = sorted({str(d) for d in placed.values()})
+        raise ConfigError(
+            f"LoRA training needs every weight resident on a device, but device_map placed the model on {where} "
+            f"and {len(offloaded)} weights are offloaded (e.g. {offloaded[:2]}): give the job enough GPU memory "
+            "for the whole model (more GPUs: models.<name>.gpus) so that nothing is offloaded to cpu or disk")
 
 
 def trainable_parameters(net) -> int:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from iclscope import __version__
 from iclscope.core.atomic import written
 from iclscope.core.config import ModelSpec, stable_hash
-from iclscope.model.capture import left_pad, residual_stream
+from iclscope.model.capture import input_device, left_pad, residual_stream
 from iclscope.model.extract import make_batches
 from iclscope.model.loading import load_model
 
@@ -76,7 +76,7 @@ def extract_token_states(dataset_path: str | Path, model_dir: str | Path, out_pa
         raise ValueError(f"entropy corpus from {dataset_path}: only {n} tokens; the measures need thousands "
                          "(raise entropy.max_tokens or use a dataset with more text)")
     dtype_name = str(next(net.parameters()).dtype).removeprefix("torch.")
-    device = next(net.parameters()).device
+    device = input_device(net)
     t0 = time.perf_counter()
     with written(out_path) as tmp:
         with h5py.File(tmp, "w") as f:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -47,11 +48,11 @@ from tqdm import tqdm
 
 from iclscope.core.stats import paired_difference, paired_rows, with_holm
 from iclscope.core.tables import metric_frame
-from iclscope.core.timing import timed
+from iclscope.core.timing import interleaved, speedup, tokens_per_second
 from iclscope.methods.anchors.measures import jaccard_topk
 from iclscope.methods.anchors.prompts import anchor_prompts
 from iclscope.methods.icl import macro_f1
-from iclscope.model.capture import ATTN_IMPLEMENTATION, full_kv_cache
+from iclscope.model.capture import ATTN_IMPLEMENTATION, full_kv_cache, input_device
 from iclscope.model.loading import load_model
 
 ARMS = ("full_icl", "hidden_anchor", "text_anchor", "hidden_random", "zero_shot")
@@ -142,7 +143,7 @@ def zero_shot_ids(rec) -> list[int]:
 # --------------------------------------------------------------------------- model passes
 def prefix_kv(net, prefix_ids) -> list[tuple]:
     """Per layer (K, V) [1, Hkv, T, dh] of the demonstration part, one full-attention forward pass."""
-    device = next(net.parameters()).device
+    device = input_device(net)
     ids = torch.as_tensor([list(prefix_ids)], dtype=torch.long, device=device)
     with torch.inference_mode():
         out = net(input_ids=ids, past_key_values=full_kv_cache(), use_cache=True, logits_to_keep=1)
@@ -151,16 +152,16 @@ def prefix_kv(net, prefix_ids) -> list[tuple]:
 
 def pruned_cache(net, kv: list[tuple], keep):
     """A fresh DynamicCache holding only the entries `keep` (positions into the prefix) of `kv`."""
-    idx = torch.as_tensor(list(keep), dtype=torch.long, device=kv[0][0].device)
+    idx = torch.as_tensor(list(keep), dtype=torch.long)
     cache = full_kv_cache()
-    for layer, (k, v) in enumerate(kv):
-        cache.update(k.index_select(2, idx), v.index_select(2, idx), layer)
+    for layer, (k, v) in enumerate(kv):  # each layer's entries on its own device (a model over several)
+        cache.update(k.index_select(2, idx.to(k.device)), v.index_select(2, idx.to(v.device)), layer)
     return cache
 
 
 def continue_on_cache(net, cache, query_ids, start: int, logits_to_keep: int = 1):
     """Logits [Tq', V] of `query_ids` at positions start.. continuing `cache` (it is extended in place)."""
-    device = next(net.parameters()).device
+    device = input_device(net)
     ids = torch.as_tensor([list(query_ids)], dtype=torch.long, device=device)
     positions = torch.arange(start, start + ids.shape[1], device=device)[None]
     mask = torch.ones(1, cache.get_seq_length() + ids.shape[1], dtype=torch.long, device=device)
@@ -172,15 +173,25 @@ def continue_on_cache(net, cache, query_ids, start: int, logits_to_keep: int = 1
 
 def plain_logits(net, ids, logits_to_keep: int = 1):
     """Logits [T', V] of one unpadded prompt from position 0."""
-    device = next(net.parameters()).device
+    device = input_device(net)
     with torch.inference_mode():
         return net(input_ids=torch.as_tensor([list(ids)], dtype=torch.long, device=device),
                    logits_to_keep=logits_to_keep).logits[0]
 
 
 # --------------------------------------------------------------------------- summary (pure)
-def _measures(d, ref, full_time: float, n_classes: int) -> dict:
-    """Accuracy, macro-F1, loyalties against full_icl (rows `ref`, by prompt id), tokens, timing of rows `d`."""
+def _rounds(d) -> np.ndarray:
+    """Seconds [n_prompts, rounds] of rows `d` (`seconds_repeats`; the one column `seconds` without it)."""
+    if "seconds_repeats" in d:
+        return np.stack([np.asarray(v, dtype=float) for v in d["seconds_repeats"]])
+    return d[["seconds"]].to_numpy(float)
+
+
+def _measures(d, ref, n_classes: int, n_boot: int = 1000) -> dict:
+    """Accuracy, macro-F1, loyalties against full_icl (rows `ref`, by prompt id), tokens, and for timed rows
+    the seconds per example (median over prompts of each prompt's median round), the speed-up vs full_icl
+    (median over prompts of the per-prompt median of the rounds' ratios) with its bootstrap interval over
+    prompts (`speedup_lo`, `speedup_hi`; iclscope.core.timing) and tokens per second."""
     r = ref.loc[d["prompt_id"]]
     gold, pred = d["gold"].to_numpy(), d["pred"].to_numpy()
     out = {"accuracy": float((pred == gold).mean()), "macro_f1": macro_f1(gold, pred, range(n_classes)),
@@ -188,8 +199,11 @@ def _measures(d, ref, full_time: float, n_classes: int) -> dict:
            "word_loyalty": float(jaccard_topk(list(d["top_ids"]), list(r["top_ids"])).mean()),
            "tokens": float(d["tokens"].mean()), "context_tokens": float(d["context_tokens"].mean())}
     if d["seconds"].notna().any():
-        sec = float(d["seconds"].median())
-        out |= {"seconds_per_example": sec, "speedup_vs_full_icl": full_time / sec}
+        t = d[d["seconds"].notna()]
+        arm, full = _rounds(t), _rounds(ref.loc[t["prompt_id"]])
+        est, lo, hi = speedup(full, arm, n_boot, seed=0)
+        out |= {"seconds_per_example": float(np.median(np.median(arm, axis=1))), "speedup_vs_full_icl": est,
+                "speedup_lo": lo, "speedup_hi": hi, "tokens_per_second": tokens_per_second(t["tokens"], arm)}
     return out
 
 
@@ -197,20 +211,23 @@ def summarise(per_example, n_classes: int) -> list[dict]:
     """Metric rows per seed and arm from the per-example rows (docs/methods.md §3.7 / §3.8).
 
     per_example: prompt_id, seed, arm, draw (-1 but for hidden_random), gold, pred, top_ids,
-    tokens, context_tokens, seconds (NaN when not timed). Loyalties are against full_icl on the
-    same prompt; hidden_random is the mean over draws, hidden_random_top the draw with the best
-    label loyalty (the lowest draw on ties), its index as metric `draw`.
+    tokens, context_tokens, seconds (NaN when not timed; its interleaved rounds in seconds_repeats).
+    Loyalties are against full_icl on the same prompt; hidden_random is the mean over draws,
+    hidden_random_top the draw with the best label loyalty (the lowest draw on ties), its index as
+    metric `draw`. Timed arms: seconds_per_example, speedup_vs_full_icl (its interval over the seed's
+    prompts in ci_low / ci_high) and tokens_per_second (`_measures`).
     """
     rows = []
     for seed, g in per_example.groupby("seed", sort=True):
         ref = g[g.arm == "full_icl"].set_index("prompt_id")
-        full_time = float(ref["seconds"].median())
         for arm, d in g.groupby("arm", sort=False):
             if arm != "hidden_random":
-                rows += [{"seed": int(seed), "label_type": arm, "metric": k, "value": v}
-                         for k, v in _measures(d, ref, full_time, n_classes).items()]
+                m = _measures(d, ref, n_classes)
+                ci = {"ci_low": m.pop("speedup_lo"), "ci_high": m.pop("speedup_hi")} if "speedup_lo" in m else {}
+                rows += [{"seed": int(seed), "label_type": arm, "metric": k, "value": v,
+                          **(ci if k == "speedup_vs_full_icl" else {})} for k, v in m.items()]
                 continue
-            draws = {int(k): _measures(dd, ref, full_time, n_classes) for k, dd in d.groupby("draw", sort=True)}
+            draws = {int(k): _measures(dd, ref, n_classes) for k, dd in d.groupby("draw", sort=True)}
             mean = pd.DataFrame(draws.values()).mean().to_dict()
             rows += [{"seed": int(seed), "label_type": "hidden_random", "metric": k, "value": float(v)}
                      for k, v in mean.items()]
@@ -255,36 +272,34 @@ def score_prompt(net, rec: dict, kv: list[tuple], random_sets: list[list[int]], 
                  s: AnchorCompressionSettings) -> list[dict]:
     """Every arm on one prompt (batch 1); `kv` = its demonstration part's per-layer KV, `random_sets` =
     the Hidden_random kept sets of its seed. One row per arm (per draw for hidden_random)."""
-    device = next(net.parameters()).device
+    device = input_device(net)
     ids = [int(t) for t in rec["input_ids"]]
     split, keep = demo_end(rec), kept_positions(rec)
     query = ids[split:]
     rows = []
 
-    def add(arm, logits, tokens, context, seconds=float("nan"), draw=-1):
+    def add(arm, logits, tokens, context, seconds=None, draw=-1):
         last = logits[-1].float()
         rows.append({"prompt_id": int(rec["prompt_id"]), "seed": int(rec["seed"]), "gold": int(rec["gold"]),
                      "arm": arm, "draw": draw, "pred": int(last[label_ids].argmax()),
                      "top_ids": last.topk(s.word_k).indices.tolist(), "tokens": tokens, "context_tokens": context,
-                     "seconds": seconds})
+                     "seconds": float(np.median(seconds)) if seconds else float("nan"), "seconds_repeats": seconds})
 
-    out, sec = timed(lambda: plain_logits(net, ids), s.timing_repeats, device)
-    add("full_icl", out, len(ids), split, sec)
-    times = []  # a forward pass extends its cache: a fresh one per repeat, built outside the timing
-    for _ in range(s.timing_repeats):
-        cache = pruned_cache(net, kv, keep)
-        out, t = timed(lambda c=cache: continue_on_cache(net, c, query, split), 1, device)
-        times.append(t)
-    add("hidden_anchor", out, len(keep) + len(query), len(keep), float(np.median(times)))
-    text_ids = text_anchor_ids(rec)
-    out, sec = timed(lambda: plain_logits(net, text_ids), s.timing_repeats, device)
-    add("text_anchor", out, len(text_ids), len(text_ids) - len(query), sec)
+    text_ids, zs = text_anchor_ids(rec), zero_shot_ids(rec)
+    # the timed arms in interleaved rounds (iclscope.core.timing); a forward pass extends its cache, so
+    # hidden_anchor gets a fresh pruned cache per round, built before the clock starts
+    prepare = {"full_icl": lambda: partial(plain_logits, net, ids),
+               "hidden_anchor": lambda: partial(continue_on_cache, net, pruned_cache(net, kv, keep), query, split),
+               "text_anchor": lambda: partial(plain_logits, net, text_ids),
+               "zero_shot": lambda: partial(plain_logits, net, zs)}
+    out, seconds = interleaved(prepare, s.timing_repeats, device)
+    add("full_icl", out["full_icl"], len(ids), split, seconds["full_icl"])
+    add("hidden_anchor", out["hidden_anchor"], len(keep) + len(query), len(keep), seconds["hidden_anchor"])
+    add("text_anchor", out["text_anchor"], len(text_ids), len(text_ids) - len(query), seconds["text_anchor"])
     for d, kept in enumerate(random_sets):
         add("hidden_random", continue_on_cache(net, pruned_cache(net, kv, kept), query, split),
             len(kept) + len(query), len(kept), draw=d)
-    zs = zero_shot_ids(rec)
-    out, sec = timed(lambda: plain_logits(net, zs), s.timing_repeats, device)
-    add("zero_shot", out, len(zs), len(zs) - len(query), sec)
+    add("zero_shot", out["zero_shot"], len(zs), len(zs) - len(query), seconds["zero_shot"])
     return rows
 
 
@@ -303,7 +318,7 @@ def run_anchor_compression(prompts_path, model_dir, model, *, settings: AnchorCo
     picked = test.groupby("seed", sort=True).head(s.prompts_per_seed) if s.prompts_per_seed is not None else test
     records = [r._asdict() for r in picked.sort_values(["seed", "prompt_id"]).itertuples(index=False)]
     net, _, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
-    device = next(net.parameters()).device
+    device = input_device(net)
     prefixes: dict[tuple, list] = {}  # demonstration part -> per-layer KV (one pass per seed)
     draws: dict[tuple, list[list[int]]] = {}  # demonstration part -> Hidden_random kept set per draw
     build_seconds = 0.0

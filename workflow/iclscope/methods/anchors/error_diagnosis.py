@@ -36,7 +36,7 @@ from iclscope.core.store import open_activations
 from iclscope.core.tables import metric_frame
 from iclscope.methods.anchors.measures import aucroc
 from iclscope.methods.anchors.prompts import anchor_prompts, padded_label_columns
-from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, left_pad, recording
+from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, input_device, left_pad, recording
 from iclscope.model.loading import load_model
 
 
@@ -179,7 +179,7 @@ def query_and_label_keys(net, batch, layer: int, n_layers: int, pad_id: int, qk:
     query at the last position q [B, H·dh] and the keys at the label columns k [B, K, H·dh] (NaN
     where a prompt has fewer demonstrations), via the iclscope attention function; and which q/k were
     read ("pre_rope" | "post_rope", see ErrorDiagnosisSettings.qk)."""
-    device = next(net.parameters()).device
+    device = input_device(net)
     ids, mask, pos = left_pad(list(batch["input_ids"]), pad_id, device)
     label, _ = padded_label_columns(batch, ids.shape[1])
     positions = Positions(label.to(device), torch.zeros(len(batch), 2, dtype=torch.long, device=device))

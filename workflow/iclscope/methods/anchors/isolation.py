@@ -14,7 +14,7 @@ from tqdm import tqdm
 from iclscope.core.tables import metric_frame
 from iclscope.methods.anchors.measures import jaccard_topk
 from iclscope.methods.anchors.prompts import anchor_prompts, padded_label_columns
-from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, left_pad, no_positions, recording
+from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, input_device, left_pad, no_positions, recording
 from iclscope.model.loading import load_model
 
 
@@ -28,7 +28,7 @@ def isolation_edit(layers: set[int], rows: torch.Tensor):
             return weights
         Tq, Tk = weights.shape[-2:]
         eye = torch.eye(Tk, dtype=weights.dtype, device=weights.device)[Tk - Tq:]  # [Tq, Tk]
-        iso = rows[:, -Tq:][:, None, :, None]  # [B, 1, Tq, 1]
+        iso = rows[:, -Tq:].to(weights.device)[:, None, :, None]  # [B, 1, Tq, 1], on the layer's device
         return torch.where(iso, eye[None, None], weights)
 
     return edit
@@ -74,7 +74,7 @@ def run_isolation(prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 
     picked = test.groupby("seed", sort=True).head(n_per_seed).reset_index(drop=True)
     net, tok, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     L = manifest["n_layers"]
-    device = next(net.parameters()).device
+    device = input_device(net)
     conditions = [("none", 0, "label")] + [(side, k, kind) for side in ("first", "last") for k in ks
                                            for kind in ("label", "random")]
     outputs: dict[tuple, tuple[list, list]] = {c: ([], []) for c in conditions}

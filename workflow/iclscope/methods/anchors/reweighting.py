@@ -14,7 +14,7 @@ from iclscope.core.stats import paired_difference, paired_rows, with_holm
 from iclscope.core.tables import metric_frame
 from iclscope.methods.anchors.prompts import anchor_prompts, padded_label_columns
 from iclscope.methods.icl import macro_f1
-from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, left_pad, no_positions, recording
+from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, input_device, left_pad, no_positions, recording
 from iclscope.model.loading import load_model
 
 
@@ -29,9 +29,10 @@ def reweighting_edit(beta: torch.Tensor, label: torch.Tensor):
     """
     def edit(layer: int, weights: torch.Tensor) -> torch.Tensor:
         B, H, _, Tk = weights.shape
-        factor = torch.exp(beta[layer]).to(weights.dtype)[None].expand(B, H, -1)  # [B, H, K]
-        factor = factor.masked_fill((label < 0)[:, None, :], 1.0)
-        cols = label.clamp(min=0)[:, None, :].expand(B, H, -1)  # [B, H, K]
+        here = label.to(weights.device)  # the layer's device (a model over several devices)
+        factor = torch.exp(beta[layer]).to(weights.device, weights.dtype)[None].expand(B, H, -1)  # [B, H, K]
+        factor = factor.masked_fill((here < 0)[:, None, :], 1.0)
+        cols = here.clamp(min=0)[:, None, :].expand(B, H, -1)  # [B, H, K]
         scale = torch.ones(B, H, Tk, dtype=weights.dtype, device=weights.device).scatter(2, cols, factor)
         return torch.cat([weights[:, :, :-1], weights[:, :, -1:] * scale[:, :, None]], dim=2)  # only row q
 
@@ -57,7 +58,7 @@ def fit_reweighting(net, aux, label_ids, shape: tuple[int, int, int], *, epochs:
     of the label-restricted logits against gold, Adam, batch 1, `epochs` passes in a seeded shuffled
     order; model weights frozen. Returns (β on the CPU, loss per epoch)."""
 
-    device = next(net.parameters()).device
+    device = input_device(net)
     beta = torch.zeros(shape, device=device, requires_grad=True)
     opt = torch.optim.Adam([beta], lr=lr, betas=(0.9, 0.999))
     gen = torch.Generator().manual_seed(seed)
@@ -117,7 +118,7 @@ def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epoch
     net, tok, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     net.requires_grad_(False)
     L, H = manifest["n_layers"], manifest["n_heads"]
-    device = next(net.parameters()).device
+    device = input_device(net)
     rows, betas, losses, n_tested, correct = [], {}, {}, 0, {}
     for seed, seed_test in test.groupby("seed", sort=True):
         aux = train[train.seed == seed].groupby("gold", sort=True).head(aux_per_class)

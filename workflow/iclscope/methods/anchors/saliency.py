@@ -14,7 +14,7 @@ from tqdm import tqdm
 from iclscope.core.tables import metric_frame
 from iclscope.methods.anchors.measures import relative_flows, saliency_flows
 from iclscope.methods.anchors.prompts import anchor_prompts
-from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, no_positions, recording
+from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, input_device, no_positions, recording
 from iclscope.model.loading import load_model
 
 
@@ -26,7 +26,7 @@ def saliency_matrices(model, input_ids, gold: int, label_ids, n_layers: int) -> 
     (the authors' method), through the attention edit of iclscope.model.capture: one forward and one
     backward pass with eager attention, memory O(L·H·T²).
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     multipliers: dict[int, torch.Tensor] = {}
 
     def ones_multiplier(layer: int, weights: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ def saliency_matrices(model, input_ids, gold: int, label_ids, n_layers: int) -> 
         logits = model(input_ids=ids, logits_to_keep=1).logits[0, -1, list(label_ids)].float()
         loss = F.cross_entropy(logits[None], torch.as_tensor([gold], device=device))
         grads = torch.autograd.grad(loss, [multipliers[layer] for layer in range(n_layers)])
-    return torch.stack([g[0].sum(0).abs() for g in grads]).float().cpu().numpy()
+    return torch.stack([g[0].sum(0).abs().float().cpu() for g in grads]).numpy()  # layers on their devices
 
 
 def run_saliency(prompts_path, model_dir, model, n_per_seed: int, *, dataset: str):

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from iclscope.core.config import ConfigError, DatasetSpec, ModelSpec
-from iclscope.model.capture import left_pad
+from iclscope.model.capture import input_device, left_pad
 from iclscope.model.loading import load_model
 from iclscope.model.lora import attach_lora, train_loop, trainable_parameters
 from iclscope.model.models import MANIFEST, describe, file_digest, weight_files
@@ -158,7 +158,7 @@ def answer_loss(net, batch: list[dict], pad_id: int) -> tuple[torch.Tensor, int]
     (m = the longest answer) reach the vocabulary head. logits [B, m, V] at positions T-m-1..T-2
     predict tokens T-m..T-1; in row b only its last n_answer[b] targets count.
     """
-    device = next(net.parameters()).device
+    device = input_device(net)
     ids, mask, pos = left_pad([b["input_ids"] for b in batch], pad_id, device)  # [B, T]
     m = max(b["n_answer"] for b in batch)
     logits = net(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=m + 1).logits[:, :-1]

@@ -20,7 +20,7 @@ import torch
 
 from iclscope.methods.decodability.knn import peak_layer
 from iclscope.methods.icl import clean_generation, exact_match, predictions
-from iclscope.model.capture import Recorder, ResidualPatch, left_pad, no_positions, recording
+from iclscope.model.capture import Recorder, ResidualPatch, input_device, left_pad, no_positions, recording
 from iclscope.model.extract import greedy_continue
 
 NULL_TASK = "Null"
@@ -53,7 +53,7 @@ def patched_generate(net, tokenizer, n_layers: int, input_ids: list, layer: int,
     only; the generated tokens then attend to the patched prompt through the KV cache.
     Returns (first-token logits [B, V], decoded answers).
     """
-    device = next(net.parameters()).device
+    device = input_device(net)
     ids, mask, pos = left_pad(input_ids, tokenizer.pad_token_id, device)
     B, T = ids.shape
     patches = ()

@@ -58,7 +58,7 @@ from tqdm import tqdm
 
 from iclscope.core.config import ConfigError, DatasetSpec, ModelSpec
 from iclscope.core.stats import bootstrap_mean, holm, paired_difference
-from iclscope.core.timing import timed
+from iclscope.core.timing import interleaved, speedup, tokens_per_second
 from iclscope.methods.anchors.measures import jaccard_topk
 from iclscope.methods.icl import macro_f1
 from iclscope.methods.taskspace.space import TaskSpace, fit_task_space, project, reconstruct
@@ -68,6 +68,7 @@ from iclscope.model.capture import (
     Recorder,
     ResidualPatch,
     full_kv_cache,
+    input_device,
     left_pad,
     no_positions,
     recording,
@@ -109,7 +110,7 @@ class ICICLSettings:
     task_space: str = "pool"  # pool | class_mean | anchor
     label_line: bool = True  # the soft token is followed by its label line as text
     warmup: int = 3
-    repeats: int = 3
+    repeats: int = 5  # interleaved timing rounds (iclscope.core.timing)
     seed: int = 42
     random_draws: int = 3  # Hidden_random draws (paper 20); each costs one short forward per test input
     word_k: int = 5  # word loyalty: top-k vocabulary tokens (the anchors.word_k config key)
@@ -195,7 +196,7 @@ class PromptScorer:
                  batch_size: int = 16, max_batch_tokens: int = 4096):
         self.model, self.tokenizer, self.label_ids, self.n_layers = model, tokenizer, label_ids, n_layers
         self.word_k, self.batch_size, self.max_batch_tokens = word_k, batch_size, max_batch_tokens
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
 
     def readouts(self, logits: torch.Tensor) -> list[Readout]:
         """logits [B, V] of the last positions -> one Readout per row."""
@@ -329,7 +330,7 @@ class AnchorKV:
     def __init__(self, model, tokenizer, spec: DatasetSpec, texts: list[str], labels: list[str],
                  random_draws: int = 0, seed: int = 0):
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         label_word = dict(zip(spec.class_names, spec.label_words, strict=True))
         self.records = [tokenize_pieces(tokenizer, demo_pieces(spec, t, label_word[lab]))
                         for t, lab in zip(texts, labels, strict=True)]
@@ -371,8 +372,9 @@ class AnchorKV:
                              logits_to_keep=1)
             self._memo[(j, slot)] = {}
             for variant in self.variants:
-                keep = torch.as_tensor(self.kept(j, slot, variant), device=self.device)
-                self._memo[(j, slot)][variant] = [(layer.keys[:, :, keep].clone(), layer.values[:, :, keep].clone())
+                keep = torch.as_tensor(self.kept(j, slot, variant))  # to each layer's device (several devices)
+                self._memo[(j, slot)][variant] = [(layer.keys[:, :, keep.to(layer.keys.device)].clone(),
+                                                   layer.values[:, :, keep.to(layer.values.device)].clone())
                                                   for layer in out.past_key_values.layers]
             self.build_seconds += time.perf_counter() - t0
         return self._memo[(j, slot)][draw]
@@ -609,7 +611,9 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
     for arm, key, draw in draws:
         readouts[(arm, key)] = scorer.score_many_on_anchor_kv(anchor_kv, inputs.demos, queries, draw, desc=arm)
 
-    # the §3.8 protocol on a fixed sample: batch 1, no padding, warm-up, median of `repeats`
+    # the §3.8 protocol on a fixed sample: batch 1, no padding, warm-up, `repeats` interleaved rounds of
+    # every arm per input (iclscope.core.timing). Hidden_random's draws all keep as many cache entries,
+    # so draw 0 is timed for them all.
     n = len(tests)
     sample = np.sort(np.random.default_rng(settings.seed + 7).choice(n, min(settings.n_timed, n), replace=False))
 
@@ -621,9 +625,11 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
     for _ in range(settings.warmup):
         scorer.score(prompts["full_icl"][sample[0]])
     seconds = {}
+    timed_arms = [(arm, draw) for arm, draw in readouts if arm != "hidden_random" or draw == 0]
     for i in tqdm(sample, desc="timing (batch 1)"):
-        for arm, draw in readouts:
-            seconds[(arm, draw, i)] = timed(runner(arm, draw, i), settings.repeats, scorer.device)[1]
+        _, got = interleaved({key: partial(runner, *key, i) for key in timed_arms}, settings.repeats, scorer.device)
+        for (arm, draw), values in got.items():
+            seconds[(arm, draw, i)] = values
 
     rows = []
     for (arm, draw), outs in readouts.items():
@@ -633,7 +639,9 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
             tokens = len(arm_prompts[i].ids) if arm_prompts else len(queries[i])
             rows.append({"test_row": int(q.row_id), "arm": arm, "draw": draw, "gold": int(inputs.gold[i]),
                          "pred": pred, "correct": pred == inputs.gold[i], "tokens": tokens,
-                         "timed": (arm, draw, i) in seconds, "seconds": seconds.get((arm, draw, i), np.nan),
+                         "timed": (arm, draw, i) in seconds,
+                         "seconds": float(np.median(seconds[(arm, draw, i)])) if (arm, draw, i) in seconds else np.nan,
+                         "seconds_repeats": seconds.get((arm, draw, i)),
                          "demo_rows": [int(run.pool["row_id"].iat[j]) for j in inputs.demos[i]],
                          "top_ids": out.top_ids.tolist(),
                          **{f"logit_{c}": float(v) for c, v in zip(run.classes, out.label_logits, strict=True)}})
@@ -642,7 +650,10 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
     meta = {"settings": asdict(settings), "embed_layer": run.embed_layer, "inject_layer": layer,
             "task_space_variant": space.variant if space else "identity",
             "task_space_k": int(space.k) if space else int(h.shape[1]),
-            "n_test": n, "n_timed": len(sample), "pool_states_seconds": round(run.pool_seconds, 3),
+            "n_test": n, "n_timed": len(sample), "timing": {
+                "protocol": "batch 1, warm-up, interleaved rounds (docs/methods.md §3.8)", "rounds": settings.repeats,
+                "timed_arms": [f"{a}" if d < 0 else f"{a}[draw {d}]" for a, d in timed_arms]},
+            "pool_states_seconds": round(run.pool_seconds, 3),
             "pool_states_seconds_per_demo": round(run.pool_seconds / len(run.pool), 4),
             "anchor_kv_build_seconds": round(anchor_kv.build_seconds, 3),
             "anchor_kv_entries": len(anchor_kv._memo), "anchor_kv_stride": anchor_kv.stride,
@@ -708,22 +719,49 @@ def best_random_draw(per_example: pd.DataFrame) -> int:
     return int(loyal.index[np.argmax(loyal.to_numpy())])
 
 
+def timed_seconds(g: pd.DataFrame) -> pd.DataFrame:
+    """The timed rows of `g` by test_row: per round seconds [n_timed, repeats] as columns 0..R-1
+    (`seconds_repeats`; one column of `seconds` for rows without it), and tokens."""
+    t = g[g["timed"]].drop_duplicates("test_row").set_index("test_row").sort_index()
+    reps = (np.stack(t["seconds_repeats"].map(np.asarray).to_list()) if "seconds_repeats" in t and len(t)
+            else t[["seconds"]].to_numpy(float))
+    return pd.DataFrame(reps, index=t.index).assign(tokens=t["tokens"])
+
+
+def timing_row(g: pd.DataFrame, full: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """Seconds per example (median over the timed inputs of each input's median round), the speed-up
+    vs full_icl with its bootstrap interval over inputs (iclscope.core.timing.speedup, rounds paired),
+    the time reduction 1 − 1/speed-up, and tokens per second."""
+    arm = timed_seconds(g)
+    ref = full.loc[full.index.intersection(arm.index)]
+    arm = arm.loc[ref.index]
+    rounds = [c for c in arm.columns if c != "tokens"]
+    if not len(arm):
+        return {k: np.nan for k in ("seconds_per_example", "speedup_vs_full_icl", "speedup_lo", "speedup_hi",
+                                    "time_reduction_vs_full_icl", "tokens_per_second")}
+    est, lo, hi = speedup(ref[rounds].to_numpy(), arm[rounds].to_numpy(), n_boot, seed)
+    return {"seconds_per_example": float(np.median(np.median(arm[rounds].to_numpy(), axis=1))),
+            "speedup_vs_full_icl": est, "speedup_lo": lo, "speedup_hi": hi,
+            "time_reduction_vs_full_icl": 1 - 1 / est,
+            "tokens_per_second": tokens_per_second(arm["tokens"].to_numpy(), arm[rounds].to_numpy())}
+
+
 def summarise(per_example: pd.DataFrame, classes: list[str], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per arm: accuracy with its bootstrap interval, macro-F1, label / word loyalty vs full_icl, mean
-    tokens, median seconds per example over the timed sample, speed-up vs full_icl on that sample.
-    hidden_random: the mean over its draws; hidden_random_top: the draw with the best label
-    loyalty, named in `draw`."""
-    full_time = per_example.loc[per_example.arm == "full_icl", "seconds"].median()
+    tokens, and on the timed sample (`timing_row`): seconds per example, the median speed-up vs
+    full_icl over inputs with its interval, tokens per second. hidden_random: the mean over its
+    draws; hidden_random_top: the draw with the best label loyalty, named in `draw` (both timed by
+    the draws' common timing, draw 0)."""
+    full = timed_seconds(per_example[per_example.arm == "full_icl"])
+    hr = per_example[per_example.arm == "hidden_random"]
 
     def row(arm: str, g: pd.DataFrame, draw: float = np.nan) -> dict:
         lo, hi = bootstrap_mean(g["correct"].to_numpy(), n_boot, seed)
-        seconds = g["seconds"].median()
+        timing = timing_row(hr if arm.startswith("hidden_random") else g, full, n_boot, seed)
         return {"arm": arm, "accuracy": g["correct"].mean(), "accuracy_lo": lo, "accuracy_hi": hi,
                 "macro_f1": macro_f1(g["gold"].to_numpy(), g["pred"].to_numpy(), range(len(classes))),
                 "label_loyalty": g["label_loyal"].mean(), "word_loyalty": g["word_loyalty"].mean(),
-                "tokens": g["tokens"].mean(), "seconds_per_example": seconds,
-                "speedup_vs_full_icl": full_time / seconds,
-                "time_reduction_vs_full_icl": 1 - seconds / full_time, "draw": draw, "n": len(g)}
+                "tokens": g["tokens"].mean(), **timing, "draw": draw, "n": len(g)}
 
     out = []
     for arm, g in per_example.groupby("arm", sort=False):
@@ -767,18 +805,20 @@ def paired_table(per_example: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -
 
 
 SUMMARY_METRICS = ("accuracy", "macro_f1", "label_loyalty", "word_loyalty", "tokens", "seconds_per_example",
-                   "speedup_vs_full_icl", "time_reduction_vs_full_icl", "draw", "n")
+                   "speedup_vs_full_icl", "time_reduction_vs_full_icl", "tokens_per_second", "draw", "n")
+INTERVALS = {"accuracy": ("accuracy_lo", "accuracy_hi"), "speedup_vs_full_icl": ("speedup_lo", "speedup_hi")}
 
 
 def metric_table(summary: pd.DataFrame, paired: pd.DataFrame, *, model: str, dataset: str, layer: int) -> pd.DataFrame:
     """The long-format IC-ICL table: per arm (`task`) the summary metrics (accuracy with its interval in
-    ci_low / ci_high; `draw` = which Hidden_random draw hidden_random_top is), and per paired comparison
+    ci_low / ci_high; `speedup_vs_full_icl` with its interval over the timed inputs in ci_low / ci_high;
+    `tokens_per_second`; `draw` = which Hidden_random draw hidden_random_top is), and per paired comparison
     `accuracy_diff_vs_<reference>` (interval in ci_low / ci_high), `p_value_vs_<reference>` (raw) and
     `p_holm_vs_<reference>` (Holm-adjusted over the table's paired tests)."""
     from iclscope.core.tables import metric_frame
 
     rows = [{"metric": m, "task": r["arm"], "value": r[m],
-             **({"ci_low": r["accuracy_lo"], "ci_high": r["accuracy_hi"]} if m == "accuracy" else {})}
+             **({"ci_low": r[INTERVALS[m][0]], "ci_high": r[INTERVALS[m][1]]} if m in INTERVALS else {})}
             for r in summary.to_dict("records") for m in SUMMARY_METRICS if not pd.isna(r[m])]
     for r in paired.to_dict("records"):
         rows += [{"metric": f"accuracy_diff_vs_{r['reference']}", "task": r["arm"], "value": r["diff"],

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from iclscope.core.config import ConfigError, DatasetSpec, ModelSpec
 from iclscope.methods.icl import macro_f1
 from iclscope.methods.taskspace.space import TaskSpace, fit_task_space
-from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, left_pad, no_positions, recording
+from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, input_device, left_pad, no_positions, recording
 from iclscope.model.loading import load_model
 from iclscope.model.lora import attach_lora, train_loop, trainable_parameters
 from iclscope.model.prompts import assemble, balanced_sample, label_token_ids, tokenize_pieces
@@ -190,7 +190,7 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
     base, tokenizer, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     L = manifest["n_layers"]
     layer = settings.layer if settings.layer is not None else L // 2
-    device = next(base.parameters()).device
+    device = input_device(base)
     classes = spec.class_names
     label_ids = torch.as_tensor(label_token_ids(tokenizer, spec.label_words, spec.prompts.template), device=device)
     train_rows, val_rows, test_rows = tsft_rows(df, spec, settings)
