@@ -164,8 +164,19 @@ def test_hidden_random_replaces_exactly_the_label_tokens_entries(prepared_tiny, 
 def test_run_anchor_compression_table(prepared_tiny, tmp_path):
     spec, model_dir = prepared_tiny
     path, _ = three_demo_prompts(prepared_tiny, tmp_path)
-    settings = AnchorCompressionSettings(prompts_per_seed=2, n_random_draws=3, timing_repeats=1, timing_warmup=0)
+    settings = AnchorCompressionSettings(prompts_per_seed=2, n_random_draws=3, timing_repeats=2, timing_warmup=0)
     table, info, per_example = run_anchor_compression(path, model_dir, spec, settings=settings, dataset="d3")
+    timed_rows = per_example[per_example.seconds.notna()]
+    assert set(timed_rows.arm) == {"full_icl", "hidden_anchor", "text_anchor", "zero_shot"}
+    assert timed_rows["seconds_repeats"].map(len).eq(2).all()  # two interleaved rounds per prompt
+    speed = table[(table.metric == "speedup_vs_full_icl") & table.seed.notna()]
+    assert speed[["ci_low", "ci_high"]].notna().all().all() and (speed.ci_low <= speed.ci_high).all()
+    assert table[table.metric == "tokens_per_second"]["value"].gt(0).all()
+    # timed_per_seed: the first prompt of each seed timed, the other scored in one untimed pass, same predictions
+    one = AnchorCompressionSettings(**{**settings.__dict__, "timed_per_seed": 1})
+    _, _, part = run_anchor_compression(path, model_dir, spec, settings=one, dataset="d3")
+    assert part[part.seconds.notna()].groupby("arm").size().eq(2).all()  # two seeds x one prompt
+    assert part["pred"].tolist() == per_example["pred"].tolist()
     assert info["prompts"] == 4 and info["demonstration_passes"] == 2  # one demonstration pass per seed
     wide = table.pivot_table(index=["seed", "label_type"], columns="metric", values="value")
     assert set(wide.index.get_level_values(1)) == {"full_icl", "hidden_anchor", "text_anchor", "hidden_random",

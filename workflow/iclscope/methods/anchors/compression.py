@@ -65,6 +65,7 @@ class AnchorCompressionSettings:
     n_random_draws: int = 20
     timing_repeats: int = 5
     timing_warmup: int = 2
+    timed_per_seed: int | None = None  # prompts per seed timed (the first ones); None = every prompt
     word_k: int = 5
 
     def __post_init__(self):
@@ -72,6 +73,8 @@ class AnchorCompressionSettings:
             raise ValueError(f"anchors.compression.prompts_per_seed is {self.prompts_per_seed}: use >= 1 or null")
         if self.n_random_draws < 1:
             raise ValueError(f"anchors.compression.n_random_draws is {self.n_random_draws}: need at least one draw")
+        if self.timed_per_seed is not None and self.timed_per_seed < 1:
+            raise ValueError(f"anchors.compression.timed_per_seed is {self.timed_per_seed}: use >= 1 or null")
         if self.timing_repeats < 1 or self.timing_warmup < 0:
             raise ValueError("anchors.compression: timing_repeats must be >= 1 and timing_warmup >= 0")
         if self.word_k < 1:
@@ -269,9 +272,10 @@ def paired_summary(per_example: pd.DataFrame, n_boot: int = 1000) -> list[dict]:
 
 # --------------------------------------------------------------------------- the stage
 def score_prompt(net, rec: dict, kv: list[tuple], random_sets: list[list[int]], label_ids: list[int],
-                 s: AnchorCompressionSettings) -> list[dict]:
+                 s: AnchorCompressionSettings, timed: bool = True) -> list[dict]:
     """Every arm on one prompt (batch 1); `kv` = its demonstration part's per-layer KV, `random_sets` =
-    the Hidden_random kept sets of its seed. One row per arm (per draw for hidden_random)."""
+    the Hidden_random kept sets of its seed. One row per arm (per draw for hidden_random). `timed`: the
+    timed arms run `timing_repeats` interleaved rounds and keep their seconds; else one untimed round."""
     device = input_device(net)
     ids = [int(t) for t in rec["input_ids"]]
     split, keep = demo_end(rec), kept_positions(rec)
@@ -292,7 +296,8 @@ def score_prompt(net, rec: dict, kv: list[tuple], random_sets: list[list[int]], 
                "hidden_anchor": lambda: partial(continue_on_cache, net, pruned_cache(net, kv, keep), query, split),
                "text_anchor": lambda: partial(plain_logits, net, text_ids),
                "zero_shot": lambda: partial(plain_logits, net, zs)}
-    out, seconds = interleaved(prepare, s.timing_repeats, device)
+    out, seconds = interleaved(prepare, s.timing_repeats if timed else 1, device)
+    seconds = seconds if timed else dict.fromkeys(seconds)
     add("full_icl", out["full_icl"], len(ids), split, seconds["full_icl"])
     add("hidden_anchor", out["hidden_anchor"], len(keep) + len(query), len(keep), seconds["hidden_anchor"])
     add("text_anchor", out["text_anchor"], len(text_ids), len(text_ids) - len(query), seconds["text_anchor"])
@@ -325,7 +330,8 @@ def run_anchor_compression(prompts_path, model_dir, model, *, settings: AnchorCo
     for _ in range(s.timing_warmup if records else 0):
         plain_logits(net, [int(t) for t in records[0]["input_ids"]])
     rows = []
-    for rec in tqdm(records, desc="anchor compression"):
+    rank = picked.sort_values(["seed", "prompt_id"]).groupby("seed").cumcount().to_numpy()  # index within its seed
+    for rec, i in zip(tqdm(records, desc="anchor compression"), rank, strict=True):
         ids = [int(t) for t in rec["input_ids"]]
         key = tuple(ids[:demo_end(rec)])
         if key not in prefixes:
@@ -334,11 +340,13 @@ def run_anchor_compression(prompts_path, model_dir, model, *, settings: AnchorCo
             build_seconds += time.perf_counter() - t0
             rng = np.random.default_rng(int(rec["seed"]))  # drawn once per demonstration set, as the reference
             draws[key] = [random_kept_positions(rec, rng)[0] for _ in range(s.n_random_draws)]
-        rows += score_prompt(net, rec, prefixes[key], draws[key], label_ids, s)
+        rows += score_prompt(net, rec, prefixes[key], draws[key], label_ids, s,
+                             timed=s.timed_per_seed is None or i < s.timed_per_seed)
     per_example = pd.DataFrame(rows)
     metric_rows = summarise(per_example, len(label_ids)) + paired_summary(per_example) if rows else []
     info = {"prompts": len(records), "seeds": sorted({int(r["seed"]) for r in records}), "word_k": s.word_k,
             "n_random_draws": s.n_random_draws, "timing_repeats": s.timing_repeats,
+            "timed_per_seed": s.timed_per_seed, "timing": "interleaved rounds (iclscope.core.timing)",
             "timing_warmup": s.timing_warmup, "demonstration_passes": len(prefixes),
             "demonstration_pass_seconds": round(build_seconds, 4), "device": str(device),
             "dtype": str(next(net.parameters()).dtype), "n_layers": manifest["n_layers"],
