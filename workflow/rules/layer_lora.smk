@@ -18,8 +18,6 @@ rule layer_lora:
     params:
         settings=settings_of("layer_lora"),
         code=code_of("layer_lora.py"),
-        # outside the output directory, which Snakemake clears before a rerun: a killed job resumes
-        checkpoint=lambda wc: f"results/layer_lora/{wc.model}/{wc.dataset}/{wc.arm}.resume",
     log:
         "logs/layer_lora/{model}/{dataset}/{arm}.log",
     conda:

@@ -1,5 +1,6 @@
 from iclscope.core.jobs import job_of
 from iclscope.core.logs import log_to
+from iclscope.core.resume import checkpoint_dir
 from iclscope.core.tables import read_table
 from iclscope.methods.decodability.layer_lora import LayerLoRASettings, train_layer_lora
 
@@ -11,5 +12,8 @@ summary = train_layer_lora(read_table(snakemake.input.dataset),
                            job.dataset(),
                            snakemake.input.model, job.model(),
                            settings, wc.arm, snakemake.output.run, merged_dir=snakemake.output.merged,
-                           checkpoint_dir=snakemake.params.checkpoint)
+                           # outside the output directories, keyed by settings + code: a retry resumes,
+                           # a change of settings starts over
+                           checkpoint_dir=checkpoint_dir("layer_lora", job.wildcards, snakemake.params.settings,
+                                                         snakemake.params.code))
 log.info("layer LoRA %s: %s", wc.arm, summary)

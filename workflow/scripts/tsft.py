@@ -1,5 +1,6 @@
 from iclscope.core.jobs import job_of
 from iclscope.core.logs import log_to
+from iclscope.core.resume import checkpoint_dir
 from iclscope.core.tables import read_table
 from iclscope.methods.taskspace.space import read_task_spaces
 from iclscope.methods.taskspace.tsft import TSFTSettings, train_tsft
@@ -16,5 +17,8 @@ summary = train_tsft(read_table(snakemake.input.dataset),
                      job.dataset(),
                      snakemake.input.model, job.model(),
                      None if variant == "train_zero_shot" else spaces[settings.layer], settings, snakemake.output[0],
-                     **job["taskspace"])
+                     **job["taskspace"],
+                     # outside the output directory (Snakemake deletes it before a retry), keyed by settings + code
+                     checkpoint_dir=checkpoint_dir("tsft", job.wildcards, snakemake.params.settings,
+                                                   snakemake.params.code))
 log.info("TS-FT %s: %s", wc.arm, summary)

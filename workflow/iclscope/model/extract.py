@@ -108,6 +108,19 @@ def greedy_continue(model, past, first: torch.Tensor, mask: torch.Tensor, positi
     return torch.stack(tokens, dim=1)
 
 
+def check_finite(arrays: dict[str, np.ndarray], model_dtype: str) -> None:
+    """Residual states and logits must be finite: an inf/NaN there is the model's own overflow (float16
+    above 65504), never stored silently. (Attention rows are NaN by design where a prompt has fewer
+    demonstrations; a value float16 cannot *store* is the writer's OverflowError, core.store.)"""
+    for name, values in arrays.items():
+        if name.startswith(("resid/", "logits/")) and values.dtype.kind == "f" and not np.isfinite(values).all():
+            where = np.argwhere(~np.isfinite(values))[0]
+            layer = f" at layer index {where[-2]}" if name.startswith("resid/") and values.ndim >= 3 else ""
+            raise FloatingPointError(
+                f"{name}: the {model_dtype} forward pass produced non-finite values{layer}; float16 overflows above "
+                "65504: run this model with dtype: bfloat16 or float32 (models.<name>.dtype)")
+
+
 def run_batch(model, tokenizer, rows: dict, settings: ExtractSettings, n_layers: int,
               label_token_ids: list[int], generate: bool) -> dict[str, np.ndarray]:
     """One forward pass over a batch of prompts; returns the stored arrays for those rows."""
@@ -132,6 +145,7 @@ def run_batch(model, tokenizer, rows: dict, settings: ExtractSettings, n_layers:
         result["logits/label"] = logits[:, label_token_ids].cpu().numpy()
     result["logits/topk_ids"] = top.indices.int().cpu().numpy()
     result["logits/topk_values"] = top.values.cpu().numpy()
+    check_finite(result, str(out.logits.dtype).removeprefix("torch."))
     if generate:
         tokens = greedy_continue(model, out.past_key_values, logits.argmax(-1), mask, pos_ids,
                                  settings.max_new_tokens).cpu().numpy()

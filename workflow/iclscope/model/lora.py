@@ -101,7 +101,6 @@ def load_checkpoint(model, optimizer, directory: Path, device) -> tuple[int, lis
     set_peft_model_state_dict(model, load_peft_weights(str(directory), device=str(device)))
     state = torch.load(directory / "trainer_state.pt", map_location=device)
     optimizer.load_state_dict(state["optimizer"])
-    log.info("resuming at step %d from %s", int(state["step"]), directory)
     evals = directory / "eval_log.json"
     return (int(state["step"]), json.loads((directory / "train_log.json").read_text()),
             json.loads(evals.read_text()) if evals.exists() else [])
@@ -122,6 +121,9 @@ def train_loop(net, optimizer, examples: list, loss_fn: Callable[[list], tuple[t
     `stop_after` ends early (tests: a kill)."""
     device = next(p for p in net.parameters() if p.requires_grad).device
     start, log_rows, eval_rows = load_checkpoint(net, optimizer, checkpoint, device)
+    if start:
+        log.info("resuming at step %d of %d from the checkpoint %s: steps 1..%d are not redone", start, steps,
+                 checkpoint, start)
     due = set(eval_steps(steps, eval_every)) if evaluate is not None else set()
 
     def run_eval(step: int) -> None:

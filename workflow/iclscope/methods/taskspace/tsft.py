@@ -19,9 +19,10 @@ validation prompts are evaluated at step 0, every `eval_every` steps and at the 
 (`eval_log.parquet`): the loss curve, where the per-step training losses are single batches.
 
 Training is deterministic for a seed and resumable: every `checkpoint_every` steps the adapter,
-optimizer state, step and both logs are written atomically to `<out>/checkpoint/`; a rerun
-continues from there and, because batch order and dropout are derived from (seed, step),
-reproduces the training and evaluation logs of an uninterrupted run.
+optimizer state, step and both logs are written atomically to `checkpoint_dir` (Snakemake jobs:
+outside the output directory, keyed by the job's settings, iclscope.core.resume.checkpoint_dir;
+default `<out>/checkpoint/`); a rerun continues from there and, because batch order and dropout are
+derived from (seed, step), reproduces the training and evaluation logs of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def tsft_rows(df: pd.DataFrame, spec: DatasetSpec, settings: TSFTSettings):
 
 def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec, space: TaskSpace | None,
                settings: TSFTSettings, out_dir: str | Path, stop_after: int | None = None, *,
-               var_threshold: float = 0.9, max_k: int | None = None) -> dict:
+               var_threshold: float = 0.9, max_k: int | None = None, checkpoint_dir: str | Path | None = None) -> dict:
     """Fine-tune one arm (settings.lam) and evaluate it; writes adapter/, train_log.parquet,
     eval_log.parquet (held-out losses by step), eval.parquet (test predictions), summary.json.
 
@@ -204,7 +205,7 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
 
     net = attach_lora(base, r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=settings.lr)
-    checkpoint = out_dir / "checkpoint"
+    checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / "checkpoint"
 
     def loss_fn(batch):
         gold = torch.as_tensor([x["gold"] for x in batch], device=device)
