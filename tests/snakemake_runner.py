@@ -50,9 +50,9 @@ def checkout_copy(dest: Path) -> Path:
     return dest
 
 
-def planned_jobs(workdir: Path, *args: str, repo: Path = REPO) -> dict[str, int]:
+def planned_jobs(workdir: Path, *args: str, repo: Path = REPO, env: dict | None = None) -> dict[str, int]:
     """Dry run; {rule: job count} from Snakemake's 'Job stats' table ({} when nothing to do)."""
-    out = snakemake(workdir, "-n", *args, repo=repo).stdout
+    out = snakemake(workdir, "-n", *args, repo=repo, env=env).stdout
     if "Nothing to be done" in out:
         return {}
     table = out.split("Job stats:", 1)[1]

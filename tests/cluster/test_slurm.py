@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
-from iclscope.core.lab_cache import entries as cache_entries
-from iclscope.core.lab_cache import is_sealed
+from iclscope.core.lab_store import entries as cache_entries
+from iclscope.core.lab_store import is_sealed
 from snakemake_runner import REPO, checkout_copy, planned_jobs, snakemake, write_config
 from tiny_models import make_tiny_model
 

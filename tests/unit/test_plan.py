@@ -52,3 +52,13 @@ def test_methods_key_and_what_a_method_needs():
     assert "tweets" in zero_shot.taskspace()
     binary = plan_with(datasets__tweets3__classes={"negative": " negative", "positive": " positive"})
     assert binary.error_diagnosis() == []  # one class pair cannot be correlated
+
+
+def test_toy_training_threads_follow_the_width():
+    """The default toys (d_model 32-128) train on one thread; a paper-size toy gets threads by width."""
+    plan = Plan(DEFAULT)
+    assert [plan.toy_threads(s) for s in plan.toy_lm_sizes()] == [1, 1, 1] and plan.toy_threads() == 1
+    wide = plan_with(entropy__training__sizes=[{"name": "paper", "d_model": 512, "n_layers": 4, "n_heads": 8},
+                                               {"name": "huge", "d_model": 4096, "n_layers": 2, "n_heads": 8}],
+                     toy_regression__d_model=256)
+    assert wide.toy_threads("paper") == 4 and wide.toy_threads("huge") == 8 and wide.toy_threads() == 2

@@ -1,10 +1,11 @@
-"""`iclscope` command line: look inside activation files, estimate a run, browse the lab cache.
+"""`iclscope` command line: look inside activation files, estimate a run, browse the lab store.
 
     iclscope inspect results/activations/smollm2-135m/tweets.h5
     iclscope inspect results/activations/smollm2-135m/tweets.h5.partial   # how far a killed job got
     iclscope estimate [config.yaml]        # prompts, tokens, disk, GPU-hours before launching
-    iclscope cache ls | du                 # what is in $SNAKEMAKE_OUTPUT_CACHE
-    iclscope cache seal                    # make entries stored before iclscope sealed them read-only
+    iclscope store key results/activations/smollm2-135m/tweets.h5   # its key in the lab store
+    iclscope store ls | verify             # entries of $ICLSCOPE_STORE; checksums
+    iclscope store gc --older-than 90      # what removing old entries would orphan (--yes removes)
     iclscope costs [logs]                 # wall / CPU seconds and memory per stage of a run
 """
 
@@ -19,7 +20,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from iclscope.core import lab_cache
 from iclscope.core.store import IncompleteFileError, open_activations
 
 
@@ -140,62 +140,87 @@ def estimate(config_path: str | Path = "config.yaml", results: str | Path = "res
     return 0
 
 
-def cache_entries(cache: str | Path) -> list[dict]:
-    """What each entry of a Snakemake output cache holds, read from the entry itself."""
-    rows = []
-    for entry in lab_cache.entries(cache):
-        files = [p for p in entry.rglob("*") if p.is_file()] if entry.is_dir() else [entry]
-        size = sum(p.stat().st_size for p in files)
-        kind, what = "other", ""
-        if entry.is_dir() and (entry / "manifest.json").exists():
-            manifest = json.loads((entry / "manifest.json").read_text())
-            kind = "model"
-            what = f"{manifest.get('name')} ({manifest.get('architecture')}, {manifest.get('n_layers')} layers)"
-        elif entry.is_file() and h5py.is_hdf5(entry):
-            with h5py.File(entry, "r") as f:
-                a = f.attrs
-                kind = "token states" if "resid/tokens" in f else "activations"
-                what = f"{a.get('model_id', '?')} / {Path(str(a.get('dataset', '?'))).stem}"
-                if not a.get("complete", False):
-                    what += "  INCOMPLETE"
-        elif entry.is_file() and entry.read_bytes()[:4] == b"PAR1":
-            kind = "table"
-        rows.append({"entry": entry.name, "kind": kind, "bytes": size, "what": what,
-                     "modified": entry.stat().st_mtime, "read_only": lab_cache.is_sealed(entry)})
-    return rows
+def _parse_size(text: str) -> int:
+    """'500G', '2T', '800M', '1024' -> bytes."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)i?B?\s*", text, re.I)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (e.g. 500G)")
+    unit = m.group(2).upper()
+    return int(float(m.group(1)) * (1024 ** ("KMGT".index(unit) + 1) if unit else 1))
 
 
-def cache(command: str, cache_dir: str | None = None, out=sys.stdout) -> int:
-    """`ls`: one line per cache entry (kind, size, what); `du`: totals per kind; `seal`: remove the
-    write bits of every entry (entries stored by iclscope are sealed already; older ones are not)."""
+def store_command(action: str, store: str | None = None, path: str | None = None, config: str = "config.yaml",
+                  older_than_days: float | None = None, model: str | None = None, max_size: str | None = None,
+                  yes: bool = False, out=sys.stdout) -> int:
+    """`iclscope store key|ls|verify|gc|rm` (iclscope.core.lab_store); returns the exit status."""
     import datetime as dt
-    import os
 
-    cache_dir = cache_dir or os.environ.get("SNAKEMAKE_OUTPUT_CACHE")
-    if not cache_dir or not Path(cache_dir).is_dir():
-        print("error: no cache directory: set SNAKEMAKE_OUTPUT_CACHE or pass --dir", file=out)
+    from iclscope.core import lab_store
+    from iclscope.core.config import ConfigError, load_config
+
+    if action == "key":
+        try:
+            recipes = lab_store.Recipes(load_config(config))
+            kind, wc = recipes.product_of(path)
+        except (ConfigError, lab_store.StoreError) as exc:
+            print(f"error: {exc}", file=out)
+            return 2
+        print(recipes.key(kind, wc), file=out)
+        return 0
+    root = Path(store) if store else lab_store.configured_store()
+    if root is None or not root.is_dir():
+        print(f"error: no store directory: set {lab_store.ENV} or pass --store", file=out)
         return 2
-    if command == "seal":
-        changed = {entry.name: lab_cache.seal(entry) for entry in lab_cache.entries(cache_dir)}
-        print(f"sealed {sum(n > 0 for n in changed.values())} of {len(changed)} entries read-only "
-              f"({sum(changed.values())} paths changed) in {cache_dir}", file=out)
+    if action == "rm":
+        entry = root / (path or "")
+        if not path or not lab_store.KEY_RE.match(path) or not entry.is_dir():
+            print(f"error: no entry {path!r} in {root}", file=out)
+            return 2
+        if not lab_store.remove(entry):
+            print(f"error: {entry} is being linked right now; try again", file=out)
+            return 1
+        print(f"removed {entry}", file=out)
         return 0
-    rows = cache_entries(cache_dir)
-    if command == "ls":
+    if action == "ls":
+        rows = lab_store.listing(root)
+        print(f"{'key':<12} {'stage':<18} {'model':<20} {'dataset':<16} {'size':>10}  {'last use':<16} user", file=out)
         for r in rows:
-            when = dt.datetime.fromtimestamp(r["modified"]).strftime("%Y-%m-%d %H:%M")
-            writable = "" if r["read_only"] else "  WRITABLE (iclscope cache seal)"
-            print(f"{r['entry'][:16]}  {r['kind']:<13} {_fmt_bytes(r['bytes']):>10}  {when}  {r['what']}{writable}",
-                  file=out)
+            when = dt.datetime.fromtimestamp(r["last_use"]).strftime("%Y-%m-%d %H:%M")
+            flag = "" if r["sealed"] else "  WRITABLE"
+            print(f"{r['key'][:12]} {r['stage']:<18} {r['model']:<20} {r['dataset']:<16} {_fmt_bytes(r['bytes']):>10}"
+                  f"  {when:<16} {r['user']}{flag}", file=out)
+        print(f"{len(rows)} entries, {_fmt_bytes(sum(r['bytes'] for r in rows))} in {root}", file=out)
         return 0
-    kinds: dict[str, list[int]] = {}
-    for r in rows:
-        kinds.setdefault(r["kind"], []).append(r["bytes"])
-    for kind, sizes in sorted(kinds.items()):
-        print(f"{kind:<13} {len(sizes):>5} entries {_fmt_bytes(sum(sizes)):>12}", file=out)
-    print(f"{'total':<13} {len(rows):>5} entries {_fmt_bytes(sum(r['bytes'] for r in rows)):>12}  ({cache_dir})",
-          file=out)
-    return 0
+    if action == "verify":
+        problems = [p for entry in lab_store.entries(root) for p in lab_store.verify(entry)]
+        for p in problems:
+            print(p, file=out)
+        print(f"{len(lab_store.entries(root))} entries checked, {len(problems)} problems", file=out)
+        return 1 if problems else 0
+    if action == "gc":
+        if older_than_days is None and model is None and max_size is None:
+            print("error: say what to remove: --older-than DAYS, --model NAME and/or --max-size SIZE", file=out)
+            return 2
+        chosen = lab_store.gc_candidates(root, older_than_days, model, _parse_size(max_size) if max_size else None)
+        freed = 0
+        for r in chosen:
+            verb = "removing" if yes else "would remove"
+            print(f"{verb} {r['key']} ({r['stage']}, {r['model']} / {r['dataset']}, {_fmt_bytes(r['bytes'])})",
+                  file=out)
+            for result, how in r["orphans"]:
+                effect = "keeps its bytes (hard link), recomputed when next planned" if how == "hardlink" \
+                    else "becomes a dangling symlink"
+                print(f"    orphans {result}: {effect}", file=out)
+            if yes:
+                if lab_store.remove(r["entry"]):
+                    freed += r["bytes"]
+                else:
+                    print(f"    skipped: a workflow is linking {r['key']} right now", file=out)
+        print(f"{'freed' if yes else 'would free'} {_fmt_bytes(freed if yes else sum(r['bytes'] for r in chosen))}"
+              + ("" if yes else " (dry run: add --yes to remove)"), file=out)
+        return 0
+    print(f"error: unknown store action {action!r}", file=out)
+    return 2
 
 
 COST_LINE = re.compile(r"cost: wall ([\d.]+) s, cpu ([\d.]+) s, peak rss (\d+) MB")
@@ -247,9 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config", nargs="?", default="config.yaml")
     p.add_argument("--results", default="results")
     p.add_argument("--tflops", type=float, default=50.0, help="sustained GPU throughput assumed (default 50)")
-    p = sub.add_parser("cache", help="entries of the lab cache ($SNAKEMAKE_OUTPUT_CACHE)")
-    p.add_argument("action", choices=["ls", "du", "seal"])
-    p.add_argument("--dir", default=None)
+    p = sub.add_parser("store", help="the lab store ($ICLSCOPE_STORE): key, ls, verify, gc, rm")
+    p.add_argument("action", choices=["key", "ls", "verify", "gc", "rm"])
+    p.add_argument("path", nargs="?", help="key: an output path (results/...); rm: an entry's key")
+    p.add_argument("--store", default=None, help="the store directory (default: $ICLSCOPE_STORE)")
+    p.add_argument("--config", default="config.yaml", help="key: the config (default config.yaml)")
+    p.add_argument("--older-than", type=float, default=None, metavar="DAYS", help="gc: unused for DAYS")
+    p.add_argument("--model", default=None, help="gc: every entry of this model")
+    p.add_argument("--max-size", default=None, help="gc: least recently used first until the store holds SIZE")
+    p.add_argument("--yes", action="store_true", help="gc: remove (default: only say what would go)")
     p = sub.add_parser("costs", help="wall / CPU seconds and peak memory per stage, from the jobs' logs")
     p.add_argument("logs", nargs="?", default="logs")
     args = parser.parse_args(argv)
@@ -259,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         return estimate(args.config, args.results, args.tflops)
     if args.command == "costs":
         return costs(args.logs)
-    return cache(args.action, args.dir)
+    return store_command(args.action, args.store, args.path, args.config, args.older_than, args.model,
+                         args.max_size, args.yes)
 
 
 if __name__ == "__main__":

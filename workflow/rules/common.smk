@@ -26,18 +26,6 @@ except ConfigError as error:
 config.clear()
 config.update(_validated)
 
-include: "lab_cache.smk"
-
-if getattr(workflow.workflow_settings, "cache", None):
-    if not os.environ.get("SNAKEMAKE_OUTPUT_CACHE"):
-        raise WorkflowError(
-            "--cache (profiles/slurm sets it for prepare_model, prepare_dataset and extract) needs the "
-            "environment variable SNAKEMAKE_OUTPUT_CACHE: the lab's shared cache directory, e.g. "
-            "export SNAKEMAKE_OUTPUT_CACHE=/shared/lab/iclscope-cache (README: 'Sharing activations'); a "
-            "directory of your own works too"
-        )
-    seal_entries_when_stored()  # entries are read-only once written (lab_cache.smk)
-
 
 def check_writable(directory: Path) -> None:
     """Stop before any job when outputs could not be written (read-only mount, no permission)."""
@@ -161,7 +149,7 @@ def max_batch_tokens(wc):
 
 
 def local_source(wildcards):
-    """A local dataset file is an input: editing it reruns prepare_dataset (and changes its cache key).
+    """A local dataset file is an input: editing it reruns prepare_dataset (and changes its store key).
     (A save_to_disk directory is left out: Snakemake would compare only the directory's mtime.)"""
     path = DATASETS[wildcards.dataset].path
     return [path] if path and Path(path).expanduser().is_file() else []

@@ -7,10 +7,10 @@ rule prepare_dataset:
     params:
         settings=settings_of("prepare_dataset"),
         code=code_of("prepare_dataset.py"),
+        store=store_of("prepare_dataset"),
     log:
         "logs/prepare_dataset/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
-    cache: "omit-software"
     script:
         "../scripts/prepare_dataset.py"

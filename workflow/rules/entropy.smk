@@ -12,11 +12,11 @@ rule token_states:
     params:
         settings=settings_of("token_states"),
         code=code_of("token_states.py"),
+        store=store_of("token_states"),
     log:
         "logs/token_states/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
-    cache: "omit-software"
     threads: 2
     resources:
         **model_stage_resources("token_states"),
@@ -51,7 +51,8 @@ rule measures:
 
 rule toy_lm_entropy:
     """One small GPT-2 trained from scratch on the corpus; loss and the four measures over training.
-    One job per size: each is single-threaded, so two run side by side on two cores."""
+    One job per size: small ones are single-threaded (two run side by side on two cores), wide ones
+    get threads by width (iclscope.core.plan.toy_threads)."""
     input:
         dataset="results/datasets/{dataset}.parquet",
         tokenizer=lambda wc: f"results/models/{next(iter(MODELS))}.json",
@@ -67,7 +68,7 @@ rule toy_lm_entropy:
         "logs/toy_lm_entropy/{dataset}/{size}.log",
     conda:
         "../envs/iclscope.yaml"
-    threads: 1  # small models run no faster on two threads (measured: slower), so it runs beside another job
+    threads: lambda wc: PLAN.toy_threads(wc.size)
     resources:
         runtime=lambda wc, attempt: 60 * attempt,
     script:

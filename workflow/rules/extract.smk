@@ -21,6 +21,7 @@ rule extract:
         settings=settings_of("extract"),
         code=code_of("extract.py"),
         shard=lambda wc: "-of-".join(map(str, shard_of(wc))),
+        store=store_of("extract"),
     log:
         (
             "logs/extract/{model}/{dataset}.log"
@@ -29,7 +30,6 @@ rule extract:
         ),
     conda:
         "../envs/iclscope.yaml"
-    cache: "omit-software"
     threads: 2
     resources:
         **model_stage_resources("extract"),
@@ -47,6 +47,7 @@ if SHARDS > 1:
             "results/activations/{model}/{dataset}.h5",
         params:
             code=code_of("gather_activations.py"),
+            store=store_of("gather_activations"),
         log:
             "logs/gather_activations/{model}/{dataset}.log",
         conda:

@@ -5,11 +5,11 @@ rule prepare_model:
     params:
         settings=settings_of("prepare_model"),
         code=code_of("prepare_model.py"),
+        store=store_of("prepare_model"),
     log:
         "logs/prepare_model/{model}.log",
     conda:
         "../envs/iclscope.yaml"
-    cache: "omit-software"
     resources:
         mem_mb=4000,
     script:

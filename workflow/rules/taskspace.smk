@@ -7,6 +7,7 @@ rule extract_anchors:
     params:
         settings=settings_of("extract_anchors"),
         code=code_of("extract_anchors.py"),
+        store=store_of("extract_anchors"),
     log:
         "logs/extract_anchors/{model}/{dataset}.log",
     conda:

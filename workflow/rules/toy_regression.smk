@@ -15,7 +15,7 @@ rule toy_regression:
         "logs/toy_regression.log",
     conda:
         "../envs/iclscope.yaml"
-    threads: 1  # small models run no faster on two threads (measured: slower), so it runs beside another job
+    threads: PLAN.toy_threads()  # 1 for small models (no faster on two threads), more for wide ones
     resources:
         runtime=lambda wc, attempt: 60 * attempt,
     script:

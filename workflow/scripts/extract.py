@@ -1,4 +1,5 @@
 from iclscope.core.jobs import job_of
+from iclscope.core.lab_store import publish_job
 from iclscope.core.logs import log_to
 from iclscope.model.extract import ExtractSettings, extract
 
@@ -8,3 +9,4 @@ shard = tuple(int(x) for x in snakemake.params.shard.split("-of-"))
 extract(snakemake.input.prompts, snakemake.input.model, snakemake.output[0],
         job.model(),
         ExtractSettings.from_config(job["extract"]), shard=shard)
+publish_job(snakemake)  # into the lab store ($ICLSCOPE_STORE), when there is one

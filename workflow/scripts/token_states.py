@@ -1,4 +1,5 @@
 from iclscope.core.jobs import job_of
+from iclscope.core.lab_store import publish_job
 from iclscope.core.logs import log_to
 from iclscope.model.token_states import extract_token_states
 
@@ -10,3 +11,4 @@ extract_token_states(snakemake.input.dataset, snakemake.input.model, snakemake.o
                      job.model(),
                      max_tokens=cfg["max_tokens"], max_sentence_tokens=cfg["max_sentence_tokens"],
                      split=cfg["split"], seed=cfg["seed"])
+publish_job(snakemake)  # into the lab store ($ICLSCOPE_STORE), when there is one

@@ -43,6 +43,9 @@ LOAD_KEYS = ("dtype", "device", "device_map")
 # DatasetSpec fields that decide which targets exist, not what a job computes
 PLANNING_DATASET_KEYS = ("methods",)
 CORPUS_KEYS = ("split", "max_tokens", "max_sentence_tokens", "seed")
+# package modules a script may run that never change what it computes: publishing into the lab
+# store (iclscope.core.lab_store) happens after the output is written
+NOT_PRODUCT_CODE = frozenset({"core.lab_store"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,7 +111,7 @@ def package_modules(script: str | Path) -> list[str]:
     seen, todo = set(), set(_parsed(Path(script).resolve())[1]) | {""}
     while todo:
         name = todo.pop()
-        if name not in seen:
+        if name not in seen and name not in NOT_PRODUCT_CODE:
             seen.add(name)
             todo |= _parsed(_module_file(name))[1]
     return sorted(seen)

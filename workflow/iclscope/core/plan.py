@@ -19,6 +19,14 @@ LAYER_LORA_ARMS = ("first", "last")
 TSFT_ARMS = ("space", "baseline")
 
 
+def toy_threads(d_model: int) -> int:
+    """Threads for training a toy transformer of width d_model: one up to 128 (measured: the default
+    sizes, d_model 32-128, run no faster on two threads than on one, so two jobs share two cores),
+    then one per 128 dimensions up to 8 (a paper-size toy, d_model 512-1024 at 40k steps, is
+    matmul-bound). Snakemake caps a rule's threads at the cores it was given."""
+    return 1 if d_model <= 128 else min(8, d_model // 128)
+
+
 class Plan:
     def __init__(self, config: dict):
         self.config = config
@@ -107,6 +115,15 @@ class Plan:
 
     def toy_regression(self) -> bool:
         return self.enabled("toy_regression")
+
+    def toy_threads(self, size: str | None = None) -> int:
+        """CPU threads of a toy training job: of the toy LM `size` (by name), or of the regression
+        transformer (None). Their scripts hand the rule's `threads` to torch (core.logs.log_to) and
+        train on CUDA when the job was given a GPU (model.models.resolve_device)."""
+        if size is None:
+            return toy_threads(self.config["toy_regression"]["d_model"])
+        sizes = {s["name"]: s for s in self.config["entropy"]["training"]["sizes"]}
+        return toy_threads(sizes[size]["d_model"])
 
     def atlas_tables(self, dataset: str) -> list[str]:
         """The layer-wise metric tables of one model × dataset (what the layer atlas draws)."""

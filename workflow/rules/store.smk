@@ -1,0 +1,156 @@
+# The lab store (iclscope.core.lab_store; docs/cluster.md, "The lab store"): a product whose recipe
+# key is stored is linked into results/ by a local rule before any job is scheduled, so a fully
+# stored plan submits no cluster job; a miss falls through to the rule that computes it, whose
+# job publishes its output into the store. The store is $ICLSCOPE_STORE; without it there are no
+# link rules and every product is computed as before.
+#
+# A link rule has the params of its computing rule and, as input, those of the computing rule's
+# inputs that exist already: the metadata Snakemake records for a result are then the same
+# whichever of the two made it, so linking never reruns anything downstream.
+from iclscope.core import lab_store  # noqa: E402
+
+STORE = lab_store.configured_store()
+STORE_RECIPES = lab_store.Recipes(config)
+
+
+def store_of(rule):
+    """params.store of `rule`'s jobs (and of its link rule): the recipe key of the product and its recipe."""
+    return lambda wc: STORE_RECIPES.param(rule, wc)
+
+
+def stored(rule, output, inputs=lambda wc: []):
+    """Input function of the link rule of `rule` making `output`: on a hit, the computing rule's
+    `inputs` that exist already; on a miss, the absent entry, so that Snakemake takes the computing
+    rule (also when `output` is already the entry, made and published by the computing rule). A
+    damaged entry raises lab_store.DamagedEntry, which Snakemake prints (naming the entry and how to
+    remove it) before it falls back to the computing rule."""
+
+    def entry_or_miss(wc):
+        param = STORE_RECIPES.param(rule, wc)
+        if lab_store.link_wanted(STORE, param, output.format(**dict(wc.items()))) is None:
+            return lab_store.miss_path(STORE, param)
+        return [p for p in inputs(wc) if os.path.exists(p)]
+
+    return entry_or_miss
+
+
+EXTRACT_OUTPUT = ("results/activations/{model}/{dataset}.h5" if SHARDS == 1
+                  else "results/activations/{model}/{dataset}.shards/{scatteritem}.h5")
+
+if STORE is not None:
+
+    rule link_prepare_model:
+        """Link a stored prepared model."""
+        input:
+            stored("prepare_model", "results/models/{model}"),
+        output:
+            directory("results/models/{model}"),
+        params:
+            settings=settings_of("prepare_model"),
+            code=code_of("prepare_model.py"),
+            store=store_of("prepare_model"),
+        log:
+            "logs/store/prepare_model/{model}.log",
+        localrule: True
+        run:
+            lab_store.link_job(STORE, params.store, output[0], log[0])
+
+    rule link_prepare_dataset:
+        """Link a stored prepared dataset."""
+        input:
+            stored("prepare_dataset", "results/datasets/{dataset}.parquet", local_source),
+        output:
+            "results/datasets/{dataset}.parquet",
+        params:
+            settings=settings_of("prepare_dataset"),
+            code=code_of("prepare_dataset.py"),
+            store=store_of("prepare_dataset"),
+        log:
+            "logs/store/prepare_dataset/{dataset}.log",
+        localrule: True
+        run:
+            lab_store.link_job(STORE, params.store, output[0], log[0])
+
+    rule link_extract:
+        """Link a stored activation file (or one shard of it)."""
+        input:
+            stored("extract", EXTRACT_OUTPUT, lambda wc: [f"results/prompts/{wc.model}/{wc.dataset}.parquet",
+                                          f"results/models/{wc.model}.json"]),
+        output:
+            EXTRACT_OUTPUT,
+        params:
+            settings=settings_of("extract"),
+            code=code_of("extract.py"),
+            shard=lambda wc: "-of-".join(map(str, shard_of(wc))),
+            store=store_of("extract"),
+        log:
+            (
+                "logs/store/extract/{model}/{dataset}.log"
+                if SHARDS == 1
+                else "logs/store/extract/{model}/{dataset}.{scatteritem}.log"
+            ),
+        localrule: True
+        run:
+            lab_store.link_job(STORE, params.store, output[0], log[0])
+
+    ruleorder: link_prepare_model > prepare_model
+    ruleorder: link_prepare_dataset > prepare_dataset
+    ruleorder: link_extract > extract
+
+    if SHARDS > 1:
+
+        rule link_gather_activations:
+            """Link a stored gathered activation file (its shards are linked by link_extract)."""
+            input:
+                stored("gather_activations", "results/activations/{model}/{dataset}.h5", lambda wc: [
+                    f"results/activations/{wc.model}/{wc.dataset}.shards/{i}-of-{SHARDS}.h5"
+                    for i in range(1, SHARDS + 1)]),
+            output:
+                "results/activations/{model}/{dataset}.h5",
+            params:
+                code=code_of("gather_activations.py"),
+                store=store_of("gather_activations"),
+            log:
+                "logs/store/gather_activations/{model}/{dataset}.log",
+            localrule: True
+            run:
+                lab_store.link_job(STORE, params.store, output[0], log[0])
+
+        ruleorder: link_gather_activations > gather_activations
+
+    rule link_token_states:
+        """Link stored token states."""
+        input:
+            stored("token_states", "results/activations/{model}/{dataset}.tokens.h5",
+                   lambda wc: [f"results/datasets/{wc.dataset}.parquet", f"results/models/{wc.model}.json"]),
+        output:
+            "results/activations/{model}/{dataset}.tokens.h5",
+        params:
+            settings=settings_of("token_states"),
+            code=code_of("token_states.py"),
+            store=store_of("token_states"),
+        log:
+            "logs/store/token_states/{model}/{dataset}.log",
+        localrule: True
+        run:
+            lab_store.link_job(STORE, params.store, output[0], log[0])
+
+    rule link_extract_anchors:
+        """Link stored anchor states."""
+        input:
+            stored("extract_anchors", "results/activations/{model}/{dataset}.anchors.h5",
+                   lambda wc: [f"results/models/{wc.model}.json"]),
+        output:
+            "results/activations/{model}/{dataset}.anchors.h5",
+        params:
+            settings=settings_of("extract_anchors"),
+            code=code_of("extract_anchors.py"),
+            store=store_of("extract_anchors"),
+        log:
+            "logs/store/extract_anchors/{model}/{dataset}.log",
+        localrule: True
+        run:
+            lab_store.link_job(STORE, params.store, output[0], log[0])
+
+    ruleorder: link_token_states > token_states
+    ruleorder: link_extract_anchors > extract_anchors
