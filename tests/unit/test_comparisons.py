@@ -4,21 +4,7 @@ constructed per-example results (no model): IC-ICL, anchor compression, re-weigh
 import numpy as np
 import pandas as pd
 import pytest
-
-from iclscope.core.stats import holm
-
-
-def assert_adjusted(table: pd.DataFrame, keys: list[str]) -> None:
-    """Every raw p-value row (metric p_value…) has a p_holm… row with the same keys, the Holm value of
-    the table's raw p-values (one family per table), never below the raw one."""
-    raw = table[table.metric.str.startswith("p_value")]
-    assert len(raw), "the table has no paired test"
-    adj = table[table.metric.str.startswith("p_holm")].assign(
-        metric=lambda t: t.metric.str.replace("p_holm", "p_value", n=1))
-    merged = raw.merge(adj, on=keys + ["metric"], how="left", suffixes=("", "_holm"))
-    assert merged["value_holm"].notna().all(), f"no adjusted p for {merged[merged.value_holm.isna()][keys]}"
-    np.testing.assert_allclose(merged["value_holm"], holm(merged["value"].to_numpy()), atol=1e-12)
-    assert (merged["value_holm"] >= merged["value"] - 1e-12).all()
+from comparisons import assert_adjusted, assert_arm_settings
 
 
 def fake_icicl(rng, arms=("full_icl", "zero_shot", "icicl_soft", "icicl_identity", "task_vector", "anchor_kv")):
@@ -78,3 +64,37 @@ def test_reweighting_rows_have_adjusted_p_values():
     out["seed"] = out["seed"].astype(float)  # merge on an empty seed (pooled)
     assert_adjusted(out, ["label_type", "seed"])
     assert (out.metric == "p_holm").sum() == 4  # three seeds and the pooled test
+
+
+def test_icicl_meta_states_every_arms_settings_and_the_tuning_budget():
+    from iclscope.methods.taskspace.icicl import ICICLSettings, SweepGrid, arm_settings, tuning_budget
+
+    settings = ICICLSettings(task_vector_layer=7, task_vector_state="mean", anchor_keep="label")
+    grid = SweepGrid()
+    meta = {"arm_settings": arm_settings(settings, 10, 7, 30), "tuning": tuning_budget(grid, 30)}
+    arms = ["zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector", "anchor_kv", "text_anchor",
+            "hidden_random"]
+    assert_arm_settings(meta, arms)
+    assert meta["arm_settings"]["task_vector"] == {"k": 4, "retrieval": "similar", "pool_size": 200, "layer": 7,
+                                                   "depth": 0.233, "state": "mean"}
+    assert meta["arm_settings"]["anchor_kv"]["keep"] == "label"
+    # the default grid on a 30-layer model: IC-ICL 3 layers x 3 states x 4 spaces x 2 = 72 settings; the task
+    # vector 24 evenly spaced layers x 3 states = 72 (29 layers would be 87); anchor_kv its 2 kept sets
+    t = meta["tuning"]
+    assert [t[a]["settings_scored"] for a in ("icicl_soft", "task_vector", "anchor_kv")] == [72, 72, 2]
+    assert t["task_vector"]["grid"]["layer"][0] == 1 and t["task_vector"]["grid"]["layer"][-1] == 29
+    assert {v["validation_inputs"] for v in t.values()} == {200}
+    with pytest.raises(AssertionError, match="without their settings"):
+        assert_arm_settings({**meta, "arm_settings": {k: v for k, v in meta["arm_settings"].items()
+                                                      if k != "task_vector"}}, arms)
+    with pytest.raises(AssertionError):
+        assert_arm_settings({**meta, "tuning": None}, arms)
+
+
+def test_task_vector_layers_fill_the_budget_evenly():
+    from iclscope.methods.taskspace.icicl import task_vector_layers
+
+    assert task_vector_layers(10, 72, 3) == list(range(1, 10))  # every layer fits
+    layers = task_vector_layers(30, 72, 3)
+    assert len(layers) == 24 and layers == sorted(set(layers)) and layers[0] == 1 and layers[-1] == 29
+    assert task_vector_layers(30, 2, 3) == [1]  # at least one layer

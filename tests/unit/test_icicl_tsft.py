@@ -73,7 +73,11 @@ def test_icicl_arms_identity_space_equals_uncompressed(prepared_tiny):
     spaces = {"class_mean": {1: identity_space(d, 1)}}
     settings = ICICLSettings(k=2, pool_size=10, n_test=6, n_timed=3, inject_layer=1, embed_layer=1, warmup=1,
                              repeats=2, random_draws=2, word_k=3, task_space="class_mean", n_boot=50)
-    per_example, summary, meta = evaluate_icicl(frame(), SPEC, model_dir, spec_model, spaces, settings)
+    per_example, summary, meta = evaluate_icicl(frame(), SPEC, model_dir, spec_model, spaces, settings,
+                                                grid=SweepGrid(depths=(0.5,), n_val=8))
+    from comparisons import assert_arm_settings
+
+    assert_arm_settings(meta, set(per_example["arm"]))
     assert set(per_example["arm"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_identity",
                                        "task_vector", "anchor_kv", "text_anchor", "hidden_random"}
     assert set(summary["arm"]) == set(per_example["arm"]) | {"hidden_random_top"}
@@ -150,8 +154,21 @@ def test_sweep_scores_every_setting_on_train_rows_only(prepared_tiny):
     spaces = {"class_mean": {1: identity_space(32, 1)}}
     table, meta = sweep_icicl(df, SPEC, model_dir, spec_model, spaces, settings, grid)
     soft = table[table.arm == "icicl_soft"]
-    assert len(soft) == 1 * 2 * 3 * 2 and set(table.arm) == {"zero_shot", "full_icl", "icicl_soft"}
-    assert table["chosen"].sum() == 1 and soft["chosen"].any()
+    assert len(soft) == 1 * 2 * 3 * 2 and set(table.arm) == {"zero_shot", "full_icl", "icicl_soft", "task_vector",
+                                                              "anchor_kv"}
+    # every tuned arm: its whole grid within IC-ICL's budget (12), on the same validation inputs, one chosen
+    # (the tiny model has 2 layers: the task vector's only candidate layer is 1, with 2 states)
+    assert meta["tuning"]["icicl_soft"]["settings_scored"] == 12 == meta["tuning"]["task_vector"]["budget"]
+    assert len(table[table.arm == "task_vector"]) == meta["tuning"]["task_vector"]["settings_scored"] == 2
+    assert set(table[table.arm == "anchor_kv"]["keep"]) == {"anchors", "label"}
+    assert table.groupby("arm")["chosen"].sum().to_dict() == {"zero_shot": 0, "full_icl": 0, "icicl_soft": 1,
+                                                               "task_vector": 1, "anchor_kv": 1}
+    assert (table["n_val"] == 8).all()
+    assert set(meta["chosen_by_arm"]["task_vector"]) == {"task_vector_layer", "task_vector_state",
+                                                         "validation_accuracy"}
+    assert meta["chosen_by_arm"]["anchor_kv"]["anchor_keep"] in ("anchors", "label")
+    kv = table[table.arm == "anchor_kv"].set_index("keep")["tokens"]
+    assert kv["label"] < kv["anchors"]  # the label token alone keeps fewer cache entries
     best = soft[soft.chosen].iloc[0]
     assert best["accuracy"] == soft["accuracy"].max()
     assert best["tokens"] == soft[soft.accuracy == best["accuracy"]]["tokens"].min()

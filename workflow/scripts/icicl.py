@@ -1,7 +1,7 @@
 from iclscope.core.jobs import job_of
 from iclscope.core.logs import log_to
 from iclscope.core.tables import read_table, write_table
-from iclscope.methods.taskspace.icicl import ICICLSettings, evaluate_icicl, metric_table, paired_table
+from iclscope.methods.taskspace.icicl import ICICLSettings, SweepGrid, evaluate_icicl, metric_table, paired_table
 from iclscope.methods.taskspace.space import read_task_spaces
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
@@ -11,9 +11,10 @@ settings = ICICLSettings(**job["icicl"], word_k=job["word_k"])
 spaces = {v: read_task_spaces(snakemake.input.taskspace, v) for v in (settings.task_space,) if v != "pool"}
 per_example, summary, meta = evaluate_icicl(
     read_table(snakemake.input.dataset), job.dataset(), snakemake.input.model, job.model(), spaces, settings,
-    **job["taskspace"])
+    **job["taskspace"], grid=SweepGrid(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["sweep"].items()}))
 paired = paired_table(per_example, settings.n_boot, settings.seed)
 write_table(per_example, snakemake.output.predictions, meta)
-write_table(metric_table(summary, paired, model=wc.model, dataset=wc.dataset, layer=meta["inject_layer"]),
+write_table(metric_table(summary, paired, model=wc.model, dataset=wc.dataset, layer=meta["inject_layer"],
+                         arm_layers={"task_vector": meta["arm_settings"]["task_vector"]["layer"]}),
             snakemake.output.table, meta)
 log.info("IC-ICL summary:\n%s\npaired:\n%s\n%s", summary.to_string(), paired.to_string(), meta)

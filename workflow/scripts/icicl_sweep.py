@@ -12,4 +12,5 @@ spaces = {v: read_task_spaces(snakemake.input.taskspace, v) for v in grid.task_s
 table, meta = sweep_icicl(read_table(snakemake.input.dataset), job.dataset(), snakemake.input.model, job.model(),
                           spaces, settings, grid, **job["taskspace"])
 write_table(table, snakemake.output[0], meta)
-log.info("IC-ICL validation sweep:\n%s\nchosen: %s", table.to_string(), meta["chosen"])
+log.info("IC-ICL validation sweep:\n%s\nchosen per arm: %s\nbudget: %s", table.to_string(), meta["chosen_by_arm"],
+         meta["tuning"])

@@ -231,13 +231,14 @@ RULE_SETTINGS: dict[str, Callable[[dict, dict], dict]] = {
         "carriers": c["taskspace"]["carriers"], "label_words": list(c["datasets"][wc["dataset"]]["classes"].values())}),
     "taskspace": lambda c, wc: {"taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}},
     "icicl": _model_dataset(lambda c, wc: {"icicl": _layered(c, wc, "icicl", _without(c["icicl"], "enabled", "sweep")),
+                                           "sweep": _without(c["icicl"]["sweep"], "enabled"),  # the stated budget
                                            "word_k": c["anchors"]["word_k"],
                                            "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}),
     # the sweep varies layer / state / task space / label line itself: those four keys are not its settings
     "icicl_sweep": _model_dataset(lambda c, wc: {
         "icicl": _layered(c, wc, "icicl", _without(
             c["icicl"], "enabled", "sweep", "inject_layer", "state", "task_space", "label_line", "n_test", "n_timed",
-            "warmup", "repeats", "random_draws")),
+            "warmup", "repeats", "random_draws", "task_vector_layer", "task_vector_state", "anchor_keep")),
         "sweep": _without(c["icicl"]["sweep"], "enabled"),
         "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}),
     "tsft": _model_dataset(_tsft),

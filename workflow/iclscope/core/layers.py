@@ -73,6 +73,8 @@ LAYER_SETTINGS: tuple[LayerSetting, ...] = (
                  meaning="residual index where soft tokens / task vectors are written"),
     LayerSetting("icicl.embed_layer", "residual", 0, lambda L: L, lambda L: L // 2,
                  meaning="residual index of the retrieval embedding"),
+    LayerSetting("icicl.task_vector_layer", "residual", 1, lambda L: L - 1, None,
+                 meaning="residual index the task vector is written at; null = icicl.inject_layer"),
     LayerSetting("tsft.layer", "residual", 1, lambda L: L, lambda L: L // 2,
                  meaning="l*, the residual index of the space loss"),
     LayerSetting("patching.layer", "residual", 1, lambda L: L - 1, None,

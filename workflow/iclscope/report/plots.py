@@ -156,7 +156,10 @@ def plot_icicl_sweep(table: pd.DataFrame, path) -> None:
     rows = list(dict.fromkeys(soft["row"]))
     cols = list(dict.fromkeys(soft.sort_values(["label_line", "layer"], ascending=[False, True])["col"]))
     grid = soft.pivot_table(index="row", columns="col", values="accuracy").reindex(index=rows, columns=cols)
-    ref = table[table.arm != "icicl_soft"].set_index("arm")["accuracy"]
+    ref = table[table.arm.isin(["zero_shot", "full_icl"])].set_index("arm")["accuracy"]
+    if "chosen" in table:  # the other tuned arms at their chosen settings (task_vector, anchor_kv)
+        tuned = table[table.chosen & ~table.arm.isin(["icicl_soft"])].set_index("arm")["accuracy"]
+        ref = pd.concat([ref, tuned.rename(lambda a: f"{a} (tuned)")])
     with plt.rc_context({**STYLE, "axes.grid": False}):
         fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 3, 0.42 * len(rows) + 1.8))
         image = ax.imshow(grid.to_numpy(float), cmap="viridis", aspect="auto")

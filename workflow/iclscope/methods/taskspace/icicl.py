@@ -91,6 +91,8 @@ from iclscope.model.prompts import (
 log = logging.getLogger(__name__)
 
 STATES = ("last", "label", "mean")  # which state of a demonstration becomes its soft token
+# anchor_kv's kept set: template + separator + label tokens (the paper's anchors), or the label tokens alone
+ANCHOR_KEEP = ("anchors", "label")
 TASK_SPACES = ("pool", "class_mean", "anchor")  # + "identity" in the sweep: no compression
 # the paired comparisons beside "every arm against full_icl" (arm, reference)
 PAIRS = (("icicl_soft", "icicl_identity"), ("icicl_soft", "task_vector"), ("icicl_soft", "anchor_kv"),
@@ -115,8 +117,16 @@ class ICICLSettings:
     random_draws: int = 3  # Hidden_random draws (paper 20); each costs one short forward per test input
     word_k: int = 5  # word loyalty: top-k vocabulary tokens (the anchors.word_k config key)
     n_boot: int = 1000  # bootstrap resamples of the paired intervals
+    # the other arms' own settings (chosen by `sweep_icicl` on the validation split, as IC-ICL's)
+    task_vector_layer: int | None = None  # residual index the task vector is written at; None = inject_layer
+    task_vector_state: str | None = None  # the demonstrations' state it averages; None = `state`
+    anchor_keep: str = "anchors"  # anchor_kv's kept set (ANCHOR_KEEP)
 
     def __post_init__(self):
+        if self.task_vector_state is not None and self.task_vector_state not in STATES:
+            raise ConfigError(f"icicl.task_vector_state: {self.task_vector_state!r}; use one of {STATES} or null")
+        if self.anchor_keep not in ANCHOR_KEEP:
+            raise ConfigError(f"icicl.anchor_keep: {self.anchor_keep!r}; use one of {ANCHOR_KEEP}")
         if self.random_draws < 1:
             raise ConfigError(f"icicl.random_draws: {self.random_draws}; need at least one Hidden_random draw")
         if self.word_k < 1:
@@ -328,8 +338,10 @@ class AnchorKV:
     """
 
     def __init__(self, model, tokenizer, spec: DatasetSpec, texts: list[str], labels: list[str],
-                 random_draws: int = 0, seed: int = 0):
-        self.model, self.tokenizer, self.spec = model, tokenizer, spec
+                 random_draws: int = 0, seed: int = 0, keep: str = "anchors"):
+        if keep not in ANCHOR_KEEP:
+            raise ConfigError(f"icicl.anchor_keep: {keep!r}; use one of {ANCHOR_KEEP}")
+        self.model, self.tokenizer, self.spec, self.keep = model, tokenizer, spec, keep
         self.device = input_device(model)
         label_word = dict(zip(spec.class_names, spec.label_words, strict=True))
         self.records = [tokenize_pieces(tokenizer, demo_pieces(spec, t, label_word[lab]))
@@ -343,11 +355,12 @@ class AnchorKV:
         self.build_seconds = 0.0
 
     def kept(self, j: int, slot: int, draw: int | None = None) -> list[int]:
-        """Kept token positions of demonstration j: BOS (slot 0 only), template and separator tokens,
-        and its label token (draw None) or, for Hidden_random draw d, `random_position(j, d)` instead."""
+        """Kept token positions of demonstration j: BOS (slot 0 only), template and separator tokens
+        (`keep` "anchors"; not with "label"), and its label token (draw None) or, for Hidden_random
+        draw d, `random_position(j, d)` instead."""
         rec = self.records[j]
         chosen = rec["label_pos"] if draw is None else [self.random_position(j, draw)]
-        keep = sorted(set(rec["format_pos"]) | set(chosen))
+        keep = sorted((set(rec["format_pos"]) if self.keep == "anchors" else set()) | set(chosen))
         return ([0] if self.bos and slot == 0 else []) + [p for p in keep if p >= self.bos]
 
     def random_position(self, j: int, draw: int) -> int:
@@ -484,7 +497,10 @@ class ICICLRun:
         self.inject_layer = settings.inject_layer if settings.inject_layer is not None else L // 2
         if not 0 < self.inject_layer < L:
             raise ConfigError(f"icicl.inject_layer {self.inject_layer}: need a residual index in 1..{L - 1}")
-        self.layers = sorted(set(layers_of(L) if layers_of else [self.inject_layer]))
+        self.tv_layer = settings.task_vector_layer if settings.task_vector_layer is not None else self.inject_layer
+        if not 0 < self.tv_layer < L:
+            raise ConfigError(f"icicl.task_vector_layer {self.tv_layer}: need a residual index in 1..{L - 1}")
+        self.layers = sorted(set(layers_of(L) if layers_of else [self.inject_layer, self.tv_layer]))
         self.classes = spec.class_names
         self.label_word = dict(zip(self.classes, spec.label_words, strict=True))
         label_ids = label_token_ids(self.tokenizer, spec.label_words, spec.prompts.template)
@@ -578,14 +594,64 @@ class ICICLRun:
                 for t in inputs.rows["text"]]
 
 
+def arm_settings(settings: ICICLSettings, inject_layer: int, tv_layer: int, n_layers: int) -> dict[str, dict]:
+    """Every arm's settings as it ran (the table's metadata, docs/methods.md §1.4): the arms with
+    settings (icicl_soft, icicl_identity, task_vector, anchor_kv, and hidden_random, anchor_kv's
+    cache with its label KV swapped) and the shared retrieval of every arm."""
+    shared = {"k": settings.k, "retrieval": settings.retrieval, "pool_size": settings.pool_size}
+    soft = {"inject_layer": inject_layer, "depth": round(inject_layer / n_layers, 3), "state": settings.state,
+            "label_line": settings.label_line}
+    return {"zero_shot": {}, "full_icl": shared,
+            "icicl_soft": {**shared, **soft, "task_space": settings.task_space},
+            "icicl_identity": {**shared, **soft, "task_space": "identity"},
+            "task_vector": {**shared, "layer": tv_layer, "depth": round(tv_layer / n_layers, 3),
+                            "state": settings.task_vector_state or settings.state},
+            "anchor_kv": {**shared, "keep": settings.anchor_keep},
+            "text_anchor": shared,
+            "hidden_random": {**shared, "keep": settings.anchor_keep, "draws": settings.random_draws}}
+
+
+TUNED_ARMS = ("icicl_soft", "task_vector", "anchor_kv")  # the arms with settings, tuned alike by `sweep_icicl`
+
+
+def task_vector_layers(n_layers: int, budget: int, n_states: int) -> list[int]:
+    """The task vector's candidate layers: every residual index 1..L−1, or, when layers × states would
+    exceed `budget` settings, budget // n_states of them evenly spaced (first and last kept)."""
+    every = list(range(1, n_layers))
+    n = max(1, min(len(every), budget // max(n_states, 1)))
+    if n >= len(every):
+        return every
+    return sorted({every[round(i)] for i in np.linspace(0, len(every) - 1, n)})
+
+
+def tuning_budget(grid: SweepGrid, n_layers: int) -> dict[str, dict]:
+    """Per tuned arm, its candidate grid and how many settings the sweep scores, all on the same
+    `grid.n_val` validation inputs (train rows outside the pool): the budget B is IC-ICL's grid
+    (layers × states × task spaces × label line); the task vector gets B settings of its own grid
+    (layer × state; every layer while that fits), anchor_kv its whole grid (its kept sets, fewer than B)."""
+    soft = {"layer": grid.layers(n_layers), "state": list(grid.states), "task_space": list(grid.task_spaces),
+            "label_line": list(grid.label_line)}
+    budget = int(np.prod([len(v) for v in soft.values()]))
+    tv = {"layer": task_vector_layers(n_layers, budget, len(grid.states)), "state": list(grid.states)}
+    anchor = {"keep": list(ANCHOR_KEEP)}
+    out = {}
+    for arm, candidates in (("icicl_soft", soft), ("task_vector", tv), ("anchor_kv", anchor)):
+        out[arm] = {"grid": candidates, "settings_scored": int(np.prod([len(v) for v in candidates.values()])),
+                    "budget": budget, "validation_inputs": grid.n_val,
+                    "split": "train rows outside the retrieval pool"}
+    return out
+
+
 def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
                    spaces: Mapping[str, Mapping[int, TaskSpace]], settings: ICICLSettings, *,
-                   var_threshold: float = 0.9, max_k: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+                   var_threshold: float = 0.9, max_k: int | None = None,
+                   grid: SweepGrid | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Run every arm on the same retrieved demonstrations of the test inputs.
 
     spaces: {variant: {layer: TaskSpace}} holding at least `settings.task_space` unless that is
     "pool" (fitted here). Returns (per-example rows, summary per arm, meta); `paired_table` turns
-    the per-example rows into the paired comparisons.
+    the per-example rows into the paired comparisons. meta["arm_settings"] states every arm's
+    settings, meta["tuning"] the sweep's budget per tuned arm (`tuning_budget` of `grid`).
     """
     run = ICICLRun(df, spec, model_dir, model, settings, var_threshold=var_threshold, max_k=max_k)
     scorer, layer = run.scorer, run.inject_layer
@@ -595,14 +661,17 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
     inputs = run.inputs(tests)
     h = run.state_vectors(layer, settings.state)
     h_soft, space = run.compressed(layer, settings.state, settings.task_space, spaces)
+    tv_state = settings.task_vector_state or settings.state
     prompts = {"zero_shot": run.zero_shot_prompts(inputs), "full_icl": run.full_prompts(inputs),
                "icicl_soft": run.soft_prompts(inputs, h_soft, settings.label_line),
                "icicl_identity": run.soft_prompts(inputs, h, settings.label_line),
-               "task_vector": run.task_vector_prompts(inputs, h), "text_anchor": run.text_anchor_prompts(inputs)}
-    readouts = {(arm, -1): scorer.score_many(p, layer, desc=arm) for arm, p in prompts.items()}
+               "task_vector": run.task_vector_prompts(inputs, run.state_vectors(run.tv_layer, tv_state)),
+               "text_anchor": run.text_anchor_prompts(inputs)}
+    at = {"task_vector": run.tv_layer}  # the layer each arm's states are written at (others: inject_layer)
+    readouts = {(arm, -1): scorer.score_many(p, at.get(arm, layer), desc=arm) for arm, p in prompts.items()}
 
     anchor_kv = AnchorKV(run.net, run.tokenizer, spec, run.pool_texts, run.pool_labels, settings.random_draws,
-                         settings.seed)
+                         settings.seed, settings.anchor_keep)
     queries = run.query_ids(inputs)
     for slot in range(settings.k):  # one-time compression of every demonstration used, outside any timing
         for j in np.unique(inputs.demos[:, slot]):
@@ -619,7 +688,7 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
 
     def runner(arm: str, draw: int, i: int):
         if arm in prompts:
-            return partial(scorer.score, prompts[arm][i], layer)
+            return partial(scorer.score, prompts[arm][i], at.get(arm, layer))
         return partial(scorer.score_anchor_kv, anchor_kv, inputs.demos[i], queries[i], None if draw < 0 else draw)
 
     for _ in range(settings.warmup):
@@ -658,18 +727,27 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
             "anchor_kv_build_seconds": round(anchor_kv.build_seconds, 3),
             "anchor_kv_entries": len(anchor_kv._memo), "anchor_kv_stride": anchor_kv.stride,
             "retrieval_embedding_seconds_per_example": round(inputs.embed_seconds, 4), "word_k": settings.word_k,
-            "reconstruction": "P1-reconstruction (Yang et al. 2025, docs/methods.md §1.4)"}
+            "reconstruction": "P1-reconstruction (Yang et al. 2025, docs/methods.md §1.4)",
+            "arm_settings": arm_settings(settings, layer, run.tv_layer, run.n_layers),
+            "tuning": tuning_budget(grid, run.n_layers) if grid is not None else None}
     return per_example, summary, meta
 
 
 def sweep_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
                 spaces: Mapping[str, Mapping[int, TaskSpace]], settings: ICICLSettings, grid: SweepGrid, *,
                 var_threshold: float = 0.9, max_k: int | None = None) -> tuple[pd.DataFrame, dict]:
-    """icicl_soft's validation accuracy for every setting of `grid` (injection layer × state ×
-    task space × label line), on `grid.n_val` train-split inputs outside the pool: no test input
-    is read. Cost: one batched pass over the inputs per setting. Returns (table, meta); the row
-    marked `chosen` is the best (ties: fewer tokens, then grid order)."""
-    run = ICICLRun(df, spec, model_dir, model, settings, grid.layers, var_threshold=var_threshold, max_k=max_k)
+    """The validation accuracy of every tuned arm's candidate settings (`tuning_budget`): icicl_soft
+    over `grid` (injection layer × state × task space × label line), the task vector over layer ×
+    state, anchor_kv over its kept sets, all on the same `grid.n_val` train-split inputs outside
+    the pool: no test input is read. Cost: one batched pass over the inputs per setting. Returns
+    (table, meta); per tuned arm the row marked `chosen` is its best (ties: fewer tokens, then grid
+    order); meta["chosen_by_arm"] holds the chosen settings (the icicl config keys), meta["tuning"]
+    the budget."""
+    def layers_of(L: int) -> list[int]:
+        return sorted(set(grid.layers(L)) | set(tuning_budget(grid, L)["task_vector"]["grid"]["layer"]))
+
+    run = ICICLRun(df, spec, model_dir, model, settings, layers_of, var_threshold=var_threshold, max_k=max_k)
+    budget = tuning_budget(grid, run.n_layers)
     val = balanced_sample(run.train_rest, run.classes, grid.n_val, settings.seed + 2,
                           f"dataset '{spec.name}' train split outside the pool (icicl.sweep.n_val)")
     inputs = run.inputs(val)
@@ -683,7 +761,7 @@ def sweep_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec
 
     rows = [scored(run.zero_shot_prompts(inputs), None, arm="zero_shot"),
             scored(run.full_prompts(inputs), None, arm="full_icl")]
-    for layer in run.layers:
+    for layer in budget["icicl_soft"]["grid"]["layer"]:
         for state in grid.states:
             for variant in grid.task_spaces:
                 vectors, space = run.compressed(layer, state, variant, spaces)
@@ -692,13 +770,38 @@ def sweep_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec
                                        layer=layer, depth=round(layer / run.n_layers, 3), state=state,
                                        task_space=variant, label_line=label_line,
                                        space_k=int(space.k) if space else int(vectors.shape[1])))
+    for layer in budget["task_vector"]["grid"]["layer"]:
+        for state in grid.states:
+            rows.append(scored(run.task_vector_prompts(inputs, run.state_vectors(layer, state)), layer,
+                               arm="task_vector", layer=layer, depth=round(layer / run.n_layers, 3), state=state))
+    queries = run.query_ids(inputs)
+    for keep in budget["anchor_kv"]["grid"]["keep"]:
+        kv = AnchorKV(run.net, run.tokenizer, spec, run.pool_texts, run.pool_labels, 0, settings.seed, keep)
+        outs = run.scorer.score_many_on_anchor_kv(kv, inputs.demos, queries, None, desc=f"anchor_kv {keep}")
+        correct = np.array([o.label_logits.argmax() for o in outs]) == inputs.gold
+        lo, hi = bootstrap_mean(correct, settings.n_boot, settings.seed)
+        tokens = np.mean([len(q) + kv.kept_length(d) for q, d in zip(queries, inputs.demos, strict=True)])
+        rows.append({"arm": "anchor_kv", "keep": keep, "accuracy": correct.mean(), "ci_low": lo, "ci_high": hi,
+                     "tokens": float(tokens), "n_val": len(val)})
     table = pd.DataFrame(rows)
-    soft = table[table.arm == "icicl_soft"]
-    best = soft.sort_values(["accuracy", "tokens"], ascending=[False, True], kind="stable").index[0]
-    table["chosen"] = table.index == best
-    chosen = {k: table.at[best, k] for k in ("layer", "state", "task_space", "label_line")}
+    table["chosen"] = False
+    keys = {"icicl_soft": ("layer", "state", "task_space", "label_line"), "task_vector": ("layer", "state"),
+            "anchor_kv": ("keep",)}
+    config_key = {("task_vector", "layer"): "task_vector_layer", ("task_vector", "state"): "task_vector_state",
+                  ("anchor_kv", "keep"): "anchor_keep", ("icicl_soft", "layer"): "inject_layer"}
+    chosen_by_arm = {}
+    for arm in TUNED_ARMS:
+        cands = table[table.arm == arm]
+        best = cands.sort_values(["accuracy", "tokens"], ascending=[False, True], kind="stable").index[0]
+        table.loc[best, "chosen"] = True
+        chosen_by_arm[arm] = {config_key.get((arm, k), k): (v.item() if hasattr(v, "item") else v)
+                              for k, v in ((k, table.at[best, k]) for k in keys[arm])}
+        chosen_by_arm[arm]["validation_accuracy"] = float(table.at[best, "accuracy"])
+    soft_best = table[(table.arm == "icicl_soft") & table.chosen].index[0]
+    chosen = {k: table.at[soft_best, k] for k in ("layer", "state", "task_space", "label_line")}
     meta = {"grid": asdict(grid), "n_layers": run.n_layers, "validation_rows": len(val),
             "chosen": {k: (v.item() if hasattr(v, "item") else v) for k, v in chosen.items()},
+            "chosen_by_arm": chosen_by_arm, "tuning": budget,
             "pool_states_seconds": round(run.pool_seconds, 3)}
     return table, meta
 
@@ -809,12 +912,14 @@ SUMMARY_METRICS = ("accuracy", "macro_f1", "label_loyalty", "word_loyalty", "tok
 INTERVALS = {"accuracy": ("accuracy_lo", "accuracy_hi"), "speedup_vs_full_icl": ("speedup_lo", "speedup_hi")}
 
 
-def metric_table(summary: pd.DataFrame, paired: pd.DataFrame, *, model: str, dataset: str, layer: int) -> pd.DataFrame:
+def metric_table(summary: pd.DataFrame, paired: pd.DataFrame, *, model: str, dataset: str, layer: int,
+                 arm_layers: Mapping[str, int] | None = None) -> pd.DataFrame:
     """The long-format IC-ICL table: per arm (`task`) the summary metrics (accuracy with its interval in
     ci_low / ci_high; `speedup_vs_full_icl` with its interval over the timed inputs in ci_low / ci_high;
     `tokens_per_second`; `draw` = which Hidden_random draw hidden_random_top is), and per paired comparison
     `accuracy_diff_vs_<reference>` (interval in ci_low / ci_high), `p_value_vs_<reference>` (raw) and
-    `p_holm_vs_<reference>` (Holm-adjusted over the table's paired tests)."""
+    `p_holm_vs_<reference>` (Holm-adjusted over the table's paired tests). `layer` is the injection
+    layer, or an arm's own from `arm_layers` (the task vector's)."""
     from iclscope.core.tables import metric_frame
 
     rows = [{"metric": m, "task": r["arm"], "value": r[m],
@@ -825,4 +930,5 @@ def metric_table(summary: pd.DataFrame, paired: pd.DataFrame, *, model: str, dat
                   "ci_low": r["diff_lo"], "ci_high": r["diff_hi"]},
                  {"metric": f"p_value_vs_{r['reference']}", "task": r["arm"], "value": r["p_value"]},
                  {"metric": f"p_holm_vs_{r['reference']}", "task": r["arm"], "value": r["p_holm"]}]
-    return metric_frame(rows, model=model, dataset=dataset, family="icicl", position="query", layer=layer)
+    rows = [{**r, "layer": (arm_layers or {}).get(r["task"], layer)} for r in rows]
+    return metric_frame(rows, model=model, dataset=dataset, family="icicl", position="query")
