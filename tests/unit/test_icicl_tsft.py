@@ -164,8 +164,9 @@ def test_sweep_scores_every_setting_on_train_rows_only(prepared_tiny):
     assert table.groupby("arm")["chosen"].sum().to_dict() == {"zero_shot": 0, "full_icl": 0, "icicl_soft": 1,
                                                                "task_vector": 1, "anchor_kv": 1}
     assert (table["n_val"] == 8).all()
-    assert set(meta["chosen_by_arm"]["task_vector"]) == {"task_vector_layer", "task_vector_state",
+    assert set(meta["chosen_by_arm"]["task_vector"]) == {"task_vector_layer", "task_vector_state", "resid_index",
                                                          "validation_accuracy"}
+    assert meta["chosen_by_arm"]["task_vector"]["task_vector_layer"] == 0.5  # layer 1 of 2, as a depth share
     assert meta["chosen_by_arm"]["anchor_kv"]["anchor_keep"] in ("anchors", "label")
     kv = table[table.arm == "anchor_kv"].set_index("keep")["tokens"]
     assert kv["label"] < kv["anchors"]  # the label token alone keeps fewer cache entries

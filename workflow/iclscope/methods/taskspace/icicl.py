@@ -794,8 +794,12 @@ def sweep_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec
         cands = table[table.arm == arm]
         best = cands.sort_values(["accuracy", "tokens"], ascending=[False, True], kind="stable").index[0]
         table.loc[best, "chosen"] = True
-        chosen_by_arm[arm] = {config_key.get((arm, k), k): (v.item() if hasattr(v, "item") else v)
+        # config values: a layer as its depth share (what config.yaml takes), the absolute layer beside it
+        chosen_by_arm[arm] = {config_key.get((arm, k), k): (float(table.at[best, "depth"]) if k == "layer" else
+                                                            (v.item() if hasattr(v, "item") else v))
                               for k, v in ((k, table.at[best, k]) for k in keys[arm])}
+        if "layer" in keys[arm]:
+            chosen_by_arm[arm]["resid_index"] = int(table.at[best, "layer"])
         chosen_by_arm[arm]["validation_accuracy"] = float(table.at[best, "accuracy"])
     soft_best = table[(table.arm == "icicl_soft") & table.chosen].index[0]
     chosen = {k: table.at[soft_best, k] for k in ("layer", "state", "task_space", "label_line")}
