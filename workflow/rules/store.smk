@@ -5,39 +5,19 @@
 # link rules and every product is computed as before.
 #
 # A link rule has the params of its computing rule and, as input, those of the computing rule's
-# inputs that exist already: the metadata Snakemake records for a result are then the same
-# whichever of the two made it, so linking never reruns anything downstream.
+# inputs that exist already; a result made by the computing job (and published) stays with the
+# computing rule (lab_store.Links.input_of), so that what Snakemake recorded for it still holds and
+# a stored result never reruns anything downstream.
 from iclscope.core import lab_store  # noqa: E402
 
-STORE = lab_store.configured_store()
-STORE_RECIPES = lab_store.Recipes(config)
-
-
-def store_of(rule):
-    """params.store of `rule`'s jobs (and of its link rule): the recipe key of the product and its recipe."""
-    return lambda wc: STORE_RECIPES.param(rule, wc)
-
-
-def stored(rule, output, inputs=lambda wc: []):
-    """Input function of the link rule of `rule` making `output`: on a hit, the computing rule's
-    `inputs` that exist already; on a miss, the absent entry, so that Snakemake takes the computing
-    rule (also when `output` is already the entry, made and published by the computing rule). A
-    damaged entry raises lab_store.DamagedEntry, which Snakemake prints (naming the entry and how to
-    remove it) before it falls back to the computing rule."""
-
-    def entry_or_miss(wc):
-        param = STORE_RECIPES.param(rule, wc)
-        if lab_store.link_wanted(STORE, param, output.format(**dict(wc.items()))) is None:
-            return lab_store.miss_path(STORE, param)
-        return [p for p in inputs(wc) if os.path.exists(p)]
-
-    return entry_or_miss
-
+STORE = lab_store.Links(config, lab_store.configured_store())
+store_of = STORE.params_of  # params.store of a computing rule and of its link rule
+stored = STORE.input_of  # the input function of a link rule
 
 EXTRACT_OUTPUT = ("results/activations/{model}/{dataset}.h5" if SHARDS == 1
                   else "results/activations/{model}/{dataset}.shards/{scatteritem}.h5")
 
-if STORE is not None:
+if STORE.store is not None:
 
     rule link_prepare_model:
         """Link a stored prepared model."""
@@ -53,7 +33,7 @@ if STORE is not None:
             "logs/store/prepare_model/{model}.log",
         localrule: True
         run:
-            lab_store.link_job(STORE, params.store, output[0], log[0])
+            STORE.link(params.store, output[0], log[0])
 
     rule link_prepare_dataset:
         """Link a stored prepared dataset."""
@@ -69,7 +49,7 @@ if STORE is not None:
             "logs/store/prepare_dataset/{dataset}.log",
         localrule: True
         run:
-            lab_store.link_job(STORE, params.store, output[0], log[0])
+            STORE.link(params.store, output[0], log[0])
 
     rule link_extract:
         """Link a stored activation file (or one shard of it)."""
@@ -91,7 +71,7 @@ if STORE is not None:
             ),
         localrule: True
         run:
-            lab_store.link_job(STORE, params.store, output[0], log[0])
+            STORE.link(params.store, output[0], log[0])
 
     ruleorder: link_prepare_model > prepare_model
     ruleorder: link_prepare_dataset > prepare_dataset
@@ -114,7 +94,7 @@ if STORE is not None:
                 "logs/store/gather_activations/{model}/{dataset}.log",
             localrule: True
             run:
-                lab_store.link_job(STORE, params.store, output[0], log[0])
+                STORE.link(params.store, output[0], log[0])
 
         ruleorder: link_gather_activations > gather_activations
 
@@ -133,7 +113,7 @@ if STORE is not None:
             "logs/store/token_states/{model}/{dataset}.log",
         localrule: True
         run:
-            lab_store.link_job(STORE, params.store, output[0], log[0])
+            STORE.link(params.store, output[0], log[0])
 
     rule link_extract_anchors:
         """Link stored anchor states."""
@@ -150,7 +130,7 @@ if STORE is not None:
             "logs/store/extract_anchors/{model}/{dataset}.log",
         localrule: True
         run:
-            lab_store.link_job(STORE, params.store, output[0], log[0])
+            STORE.link(params.store, output[0], log[0])
 
     ruleorder: link_token_states > token_states
     ruleorder: link_extract_anchors > extract_anchors

@@ -830,3 +830,35 @@ def miss_path(store: Path, param: str) -> str:
     """What a link rule's input function returns when the computing rule should make the product:
     a path that never exists and that no rule makes, so Snakemake drops the link rule (quietly)."""
     return str(Path(store) / f"{json.loads(param)['key']}.not-linked")
+
+
+class Links:
+    """What workflow/rules/store.smk asks at parse and DAG time, for one validated config."""
+
+    def __init__(self, config: dict, store: Path | None):
+        self.recipes = Recipes(config)
+        self.store = store
+
+    def params_of(self, rule: str) -> Callable:
+        """params.store of `rule`'s jobs (and of its link rule): the product's key and recipe."""
+        return lambda wc: self.recipes.param(rule, wc)
+
+    def input_of(self, rule: str, output: str, inputs: Callable = lambda wc: []) -> Callable:
+        """Input function of the link rule of `rule` making `output` (a pattern): on a hit, the
+        computing rule's `inputs` that exist already (so Snakemake records the same inputs whichever
+        rule made the result); otherwise a path no rule makes, so that Snakemake takes the computing
+        rule: on a miss, and when `output` is already the entry, made and published by the
+        computing job. A damaged entry raises DamagedEntry, which Snakemake prints (naming the
+        entry and how to remove it) before it falls back to the computing rule."""
+
+        def entry_or_miss(wc):
+            param = self.recipes.param(rule, wc)
+            if link_wanted(self.store, param, output.format(**dict(wc.items()))) is None:
+                return miss_path(self.store, param)
+            return [p for p in inputs(wc) if os.path.exists(p)]
+
+        return entry_or_miss
+
+    def link(self, param: str, output: str, log_path: str | None = None) -> str:
+        return link_job(self.store, param, output, log_path)
+
