@@ -5,7 +5,15 @@ from math import comb
 import numpy as np
 import pytest
 
-from iclscope.core.stats import bootstrap_mean, holm, mcnemar_exact, paired_difference, with_holm
+from iclscope.core.stats import (
+    bootstrap_mean,
+    holm,
+    mcnemar_exact,
+    paired_difference,
+    pooled_rows,
+    stratified_paired_difference,
+    with_holm,
+)
 
 
 def naive_mcnemar(b: int, c: int) -> float:
@@ -135,3 +143,46 @@ def test_with_holm_adds_one_adjusted_row_per_p_value_row():
                           {"metric": "p_value_vs_zero_shot", "value": 0.03, "task": "a"}], "p_value_", "p_holm_")
     assert {r["metric"]: r["value"] for r in prefixed if r["metric"].startswith("p_holm_")} == pytest.approx(
         {"p_holm_vs_full_icl": 0.02, "p_holm_vs_zero_shot": 0.03})
+
+
+def test_stratified_pooling_by_hand():
+    """Dataset A: a right and b wrong on 5 of 6 inputs (+5/6); dataset B: b right and a wrong on 1 of 2 (−1/2).
+    Pooled over inputs: (5 − 1) / 8 = 0.5; equal weights: (5/6 − 1/2) / 2 = 1/6. McNemar on the summed
+    discordant pairs 5 and 1: 2 · P[Bin(6, ½) ≤ 1] = 2 · 7/64 = 0.21875."""
+    strata = {"A": ([1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0]), "B": ([0, 1], [1, 1])}
+    pooled = stratified_paired_difference(strata, n_boot=200)
+    assert pooled.diff == pytest.approx(0.5) and (pooled.a_only, pooled.b_only, pooled.n_inputs) == (5, 1, 8)
+    assert pooled.p_value == pytest.approx(14 / 64) and pooled.test == "mcnemar_exact"
+    assert pooled.accuracy_a == pytest.approx(6 / 8) and pooled.accuracy_b == pytest.approx(2 / 8)
+    equal = stratified_paired_difference(strata, weights="equal", n_boot=200, n_perm=2000)
+    assert equal.diff == pytest.approx(1 / 6) and equal.test == "stratified_sign_flip"
+
+
+def test_stratified_bootstrap_keeps_each_dataset_whole():
+    """Dataset A: every difference +1 (3 inputs); B: every difference 0 (1 input). Resampling within each
+    dataset, every replicate is exactly 3/4; an unstratified bootstrap over the 4 inputs would spread."""
+    strata = {"A": ([1, 1, 1], [0, 0, 0]), "B": ([1], [1])}
+    pooled = stratified_paired_difference(strata, n_boot=500, seed=3)
+    assert pooled.diff == pooled.diff_lo == pooled.diff_hi == pytest.approx(0.75)
+    flat = paired_difference([1, 1, 1, 1], [0, 0, 0, 1], n_boot=500, seed=3)
+    assert flat.diff == pytest.approx(0.75) and flat.diff_hi - flat.diff_lo > 0.2
+
+
+def test_one_stratum_is_the_plain_paired_difference():
+    rng = np.random.default_rng(5)
+    a, b = rng.random(60) < 0.7, rng.random(60) < 0.6
+    one = stratified_paired_difference({"x": (a, b)}, n_boot=0)
+    plain = paired_difference(a, b, n_boot=0)
+    assert (one.diff, one.p_value, one.a_only, one.b_only) == (plain.diff, plain.p_value, plain.a_only, plain.b_only)
+
+
+def test_pooled_rows_are_per_dataset_and_pooled_with_holm():
+    rng = np.random.default_rng(6)
+    strata = {name: (rng.random(40) < 0.75, rng.random(40) < 0.6) for name in ("tweets", "tweets3", "words")}
+    rows = pooled_rows(strata, n_boot=100, task="icicl_soft-full_icl")
+    p = {r["dataset"]: r["value"] for r in rows if r["metric"] == "p_value"}
+    adj = {r["dataset"]: r["value"] for r in rows if r["metric"] == "p_holm"}
+    assert set(p) == set(adj) == {"tweets", "tweets3", "words", "pooled"}
+    np.testing.assert_allclose([adj[k] for k in p], holm([p[k] for k in p]))
+    with pytest.raises(ValueError, match="stratum 'bad'"):
+        stratified_paired_difference({"bad": ([1, 0], [1])})

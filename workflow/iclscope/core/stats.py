@@ -10,6 +10,9 @@ few milliseconds per call) and can be recomputed from any predictions table.
   discordant pairs, as `statsmodels.stats.contingency_tables.mcnemar(exact=True)` computes it),
   its randomisation generalisation (sign flips of each input's seed-averaged difference) for several.
 - `paired_rows`: a paired difference as rows of a long-format metric table (docs/outputs.md).
+- `stratified_paired_difference`: the same comparison on several datasets (strata) pooled: the
+  bootstrap resamples inputs within each dataset (each keeps its size), the test flips signs within
+  each dataset (for one seed: McNemar's exact test on the summed discordant pairs).
 - `holm` / `with_holm`: Holm's step-down adjustment of a family of p-values (family-wise error
   rate, valid under any dependence between the tests); the family is the paired tests of one
   comparison table (docs/methods.md §0.4).
@@ -98,6 +101,78 @@ def paired_difference(a, b, *, n_boot: int = 1000, seed: int = 0, alpha: float =
         extreme = (np.abs(signs @ per_input) >= observed - 1e-12).sum()
         p, test = float((extreme + 1) / (n_perm + 1)), "sign_flip"
     return PairedDifference(float(a.mean()), float(b.mean()), float(d.mean()), lo, hi, p, test, N, S, a_only, b_only)
+
+
+def _boot_stratum(d: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_boot] bootstrap means of the differences d [S, N] of one stratum: inputs resampled, and seeds
+    too when S > 1 (the two-level bootstrap of `paired_difference`)."""
+    S, N = d.shape
+    cols = rng.integers(0, N, (n_boot, N))
+    if S == 1:
+        return d[0][cols].mean(1)
+    rows = rng.integers(0, S, (n_boot, S))
+    return np.array([d[r][:, c].mean() for r, c in zip(rows, cols, strict=True)])
+
+
+def stratified_paired_difference(strata: dict, *, weights: str = "inputs", n_boot: int = 1000, seed: int = 0,
+                                 alpha: float = 0.05, n_perm: int = 10_000) -> PairedDifference:
+    """Arms a and b pooled over several datasets: strata {name: (a, b)}, each pair as `paired_difference`
+    takes it ([n_inputs] or [n_seeds, n_inputs], the seeds of one stratum shared by both arms).
+
+    The pooled difference is Σ_s w_s · diff_s with w_s ∝ the stratum's inputs (`weights="inputs"`: the
+    difference over all inputs together) or w_s = 1 / #strata (`"equal"`: every dataset counts alike).
+    The interval is a stratified paired bootstrap: each replicate resamples inputs (and seeds) *within*
+    each stratum, keeping its size, so the mix of datasets never changes. The p-value tests "no
+    difference" with signs flipped within strata (each input's seed-averaged difference); with one seed
+    everywhere and input weights that is McNemar's exact test on the summed discordant pairs, used as such.
+    accuracy_a / accuracy_b are weighted the same way; n_inputs is the total, n_seeds the largest.
+    """
+    if not strata:
+        raise ValueError("stratified_paired_difference: no strata")
+    if weights not in ("inputs", "equal"):
+        raise ValueError(f"stratified_paired_difference: weights {weights!r}; use 'inputs' or 'equal'")
+    ds, accs = [], []
+    for name, (a, b) in strata.items():
+        a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
+        if a.shape != b.shape or a.shape[1] == 0:
+            raise ValueError(f"stratified_paired_difference: stratum {name!r} has arms of shapes {a.shape}, {b.shape}")
+        ds.append(a - b)
+        accs.append((a.mean(), b.mean()))
+    n = np.array([d.shape[1] for d in ds], dtype=float)
+    w = n / n.sum() if weights == "inputs" else np.full(len(ds), 1 / len(ds))
+    diff = float(sum(wi * d.mean() for wi, d in zip(w, ds, strict=True)))
+    a_only, b_only = int(sum((d > 0).sum() for d in ds)), int(sum((d < 0).sum() for d in ds))
+    rng = np.random.default_rng(seed)
+    lo = hi = float("nan")
+    if n_boot > 0:
+        boots = sum(wi * _boot_stratum(d, n_boot, rng) for wi, d in zip(w, ds, strict=True))
+        lo, hi = float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2))
+    one_seed = all(d.shape[0] == 1 for d in ds)
+    if one_seed and weights == "inputs":
+        p, test = mcnemar_exact(a_only, b_only), "mcnemar_exact"
+    else:
+        per_input = [d.mean(0) for d in ds]  # [N_s] each
+        coef = np.concatenate([np.full(len(x), wi / len(x)) * x for wi, x in zip(w, per_input, strict=True)])
+        observed = abs(coef.sum())
+        signs = rng.choice((-1.0, 1.0), (n_perm, len(coef)))
+        extreme = (np.abs(signs @ coef) >= observed - 1e-12).sum()
+        p, test = float((extreme + 1) / (n_perm + 1)), "stratified_sign_flip"
+    acc_a = float(sum(wi * x for wi, (x, _) in zip(w, accs, strict=True)))
+    acc_b = float(sum(wi * y for wi, (_, y) in zip(w, accs, strict=True)))
+    return PairedDifference(acc_a, acc_b, diff, lo, hi, p, test, int(n.sum()), max(d.shape[0] for d in ds),
+                            a_only, b_only)
+
+
+def pooled_rows(strata: dict, n_boot: int = 1000, weights: str = "inputs", **common) -> list[dict]:
+    """Metric rows (`paired_rows`) of a − b per dataset (column `dataset` = the stratum's name) and pooled
+    over them (`dataset` "pooled", `stratified_paired_difference`), each p-value with its Holm-adjusted
+    value (the family: these per-dataset and pooled tests)."""
+    rows = []
+    for name, (a, b) in strata.items():
+        rows += paired_rows(paired_difference(a, b, n_boot=n_boot, seed=0), **common, dataset=name)
+    pooled = stratified_paired_difference(strata, weights=weights, n_boot=n_boot, seed=0)
+    rows += paired_rows(pooled, **common, dataset="pooled")
+    return with_holm(rows)
 
 
 def holm(p_values) -> np.ndarray:
