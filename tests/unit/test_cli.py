@@ -38,81 +38,29 @@ def test_inspect_complete_partial_and_broken(prepared_tiny, tmp_path):
     assert inspect(broken, buf) == 2 and "broken.h5" in buf.getvalue()
 
 
-def test_estimate_matches_the_real_file_and_works_from_the_config_alone(prepared_tiny, tmp_path):
-    import json
-
-    import yaml
+def test_store_ls_and_verify_name_what_each_entry_holds(prepared_tiny, tmp_path):
     from test_extract import prompts_file
 
-    from iclscope.cli import activation_bytes, estimate
-    from iclscope.core.config import load_config
+    from iclscope.cli import store_command
+    from iclscope.core import lab_store
 
     spec, model_dir = prepared_tiny
-    ppath, table = prompts_file(prepared_tiny, tmp_path)
-    settings = ExtractSettings(compression="none")
-    extract(ppath, model_dir, tmp_path / "act.h5", spec, settings)
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    cfg = {"models": {"tiny": {"source": "local", "path": "x"}},
-           "datasets": {"d": {"source": "local", "path": "x.csv", "classes": {"negative": " negative",
-                                                                               "positive": " positive"},
-                              "prompts": {"template": "Tweet: {text}\nSentiment:{label}", "seeds": [1, 2],
-                                          "n_test": 4}}},
-           "extract": {"compression": "none"}, "anchors": {"reweighting": {"enabled": False}}}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    K = int(table["label_pos"].map(len).max())
-    predicted = activation_bytes(len(table), manifest, K, 2, load_config(tmp_path / "config.yaml"))
-    with h5py.File(tmp_path / "act.h5") as f:
-        stored = sum(f[n].size * f[n].dtype.itemsize for n in ("resid/query", "resid/last_input",
-                                                                  "resid/content_mean", "resid/label",
-                                                                  "attn/query_to_label", "logits/label",
-                                                                  "logits/topk_ids", "logits/topk_values"))
-    assert predicted == stored
-
-    buf = io.StringIO()  # no prepared model or prompts under results/: counts from the config, sizes '?'
-    assert estimate(tmp_path / "config.yaml", tmp_path / "results", out=buf) == 0
-    line = next(row for row in buf.getvalue().splitlines() if row.startswith("tiny"))
-    assert line.split()[2] == "8" and "?" in line and "results/models/tiny.json" in buf.getvalue()
-
-    results = tmp_path / "results"
-    (results / "models").mkdir(parents=True)
-    (results / "models" / "tiny.json").write_text(json.dumps(manifest))
-    (results / "prompts" / "tiny").mkdir(parents=True)
-    shutil.copy(ppath, results / "prompts" / "tiny" / "d.parquet")
-    buf = io.StringIO()
-    assert estimate(tmp_path / "config.yaml", results, out=buf) == 0
-    line = next(row for row in buf.getvalue().splitlines() if row.startswith("tiny"))
-    assert line.split()[3] == str(int(table["n_tokens"].sum())) and "?" not in line
-
-    (tmp_path / "bad.yaml").write_text("models: {}\n")
-    buf = io.StringIO()
-    assert estimate(tmp_path / "bad.yaml", out=buf) == 2 and "datasets" in buf.getvalue()
-
-
-def test_cache_ls_and_du_name_what_each_entry_holds(prepared_tiny, tmp_path):
-    from test_extract import prompts_file
-
-    from iclscope.cli import cache
-
-    spec, model_dir = prepared_tiny
-    store = tmp_path / "cache"
+    store = tmp_path / "store"
     store.mkdir()
     ppath, _ = prompts_file(prepared_tiny, tmp_path)
-    extract(ppath, model_dir, store / "a1b2c3", spec, ExtractSettings())
-    shutil.copytree(model_dir, store / "d4e5f6")
-    shutil.copy(ppath, store / "0a0b0c")
-    partial = store / "ffee00"
-    shutil.copy(store / "a1b2c3", partial)
-    with h5py.File(partial, "r+") as f:
-        f.attrs["complete"] = False
+    extract(ppath, model_dir, tmp_path / "d.h5", spec, ExtractSettings())
+    recipe = {"format": 1, "product": "extract", "wildcards": {"model": "tiny", "dataset": "d"}, "settings": {},
+              "code": "0", "script": "0", "upstream": {}}
+    entry = lab_store.publish(store, recipe, tmp_path / "d.h5")
+    lab_store.publish(store, {**recipe, "product": "prepare_model", "wildcards": {"model": "tiny"}}, model_dir)
     buf = io.StringIO()
-    assert cache("ls", str(store), out=buf) == 0
-    lines = {line.split()[0]: line for line in buf.getvalue().splitlines()}
-    assert "activations" in lines["a1b2c3"] and spec.name in lines["a1b2c3"]
-    assert "model" in lines["d4e5f6"] and "table" in lines["0a0b0c"] and "INCOMPLETE" in lines["ffee00"]
-    buf = io.StringIO()
-    assert cache("du", str(store), out=buf) == 0
-    assert "activations       2 entries" in buf.getvalue() and "total             4 entries" in buf.getvalue()
-    assert cache("ls", str(tmp_path / "missing"), out=io.StringIO()) == 2
+    assert store_command("ls", store=str(store), out=buf) == 0
+    lines = {line.split()[0]: line for line in buf.getvalue().splitlines()[1:-1]}
+    assert lines[entry.name[:12]].split()[1:4] == ["extract", "tiny", "d"]
+    assert "2 entries" in buf.getvalue() and "WRITABLE" not in buf.getvalue()
+    assert store_command("verify", store=str(store), out=io.StringIO()) == 0
+    assert store_command("ls", store=str(tmp_path / "missing"), out=io.StringIO()) == 2
+    assert store_command("gc", store=str(store), out=io.StringIO()) == 2  # says what to remove
 
 
 def test_open_reads_named_arrays_lazily(prepared_tiny, tmp_path):

@@ -2,7 +2,7 @@
 
     iclscope inspect results/activations/smollm2-135m/tweets.h5
     iclscope inspect results/activations/smollm2-135m/tweets.h5.partial   # how far a killed job got
-    iclscope estimate [config.yaml]        # prompts, tokens, disk, GPU-hours before launching
+    iclscope estimate [config.yaml]        # bytes, GPU-hours, host / GPU memory per stage, before launching
     iclscope store key results/activations/smollm2-135m/tweets.h5   # its key in the lab store
     iclscope store ls | verify             # entries of $ICLSCOPE_STORE; checksums
     iclscope store gc --older-than 90      # what removing old entries would orphan (--yes removes)
@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -62,82 +61,12 @@ def inspect(path: str | Path, out=sys.stdout) -> int:
     return 0 if complete else 1
 
 
-def prompt_count(spec: dict) -> int | None:
-    """Prompts a dataset entry will produce (None when it depends on the data, e.g. a task column)."""
-    from iclscope.core.config import TaggingSettings
-    from iclscope.data.synthetic import BITWISE_TASKS, WORD_TASKS
+def estimate(config_path: str | Path = "config.yaml", results: str | Path = "results",
+             model_configs: dict[str, str] | None = None, use_outputs: bool = True, out=sys.stdout) -> int:
+    """Bytes, GPU-hours, host and GPU memory per model stage of a config (iclscope.report.estimate)."""
+    from iclscope.report import estimate as planned
 
-    p = spec["prompts"]
-    if spec["kind"] == "classification":
-        return len(p["seeds"]) * (p["n_test"] + p["n_train"])
-    tasks = {"bitwise": len(BITWISE_TASKS), "words": len(WORD_TASKS)}.get(spec["source"])
-    if spec["source"] == "pos":
-        tasks = len(TaggingSettings(**spec.get("tagging", {})).task_tags) + 1  # + Null
-    return None if tasks is None else len(p["seeds"]) * len(p["shots"]) * tasks * p["n_test"]
-
-
-def activation_bytes(n: int, manifest: dict, max_demos: int, n_classes: int, cfg: dict) -> int:
-    """Uncompressed size of one activation file (iclscope.core.store layout)."""
-    L, d, H = manifest["n_layers"], manifest["d_model"], manifest["n_heads"]
-    itemsize = np.dtype(cfg["extract"]["store_dtype"]).itemsize
-    resid = n * (L + 1) * d * itemsize * (3 + max_demos)  # query, last_input, content_mean + label per demo
-    return resid + n * L * H * max_demos * 4 + n * n_classes * 4 + n * cfg["extract"]["topk"] * 8
-
-
-def estimate(config_path: str | Path = "config.yaml", results: str | Path = "results", tflops: float = 50.0,
-             out=sys.stdout) -> int:
-    """Per model × dataset: prompts, tokens, disk of each HDF5 file, rough GPU-hours; printed before any work.
-
-    Exact where the run's own files exist (prepared model manifest, built prompts), else from the
-    config alone ('?' where that is not enough). GPU-hours = 2 · parameters · tokens FLOPs at
-    `tflops` sustained (parameters ≈ 12 · L · d² + vocab · d).
-    """
-    import pandas as pd
-
-    from iclscope.core.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(config_path)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=out)
-        return 2
-    results = Path(results)
-    print(f"{'model':<24} {'dataset':<16} {'prompts':>8} {'tokens':>10} {'activations':>12} {'GPU-h':>7}", file=out)
-    total_bytes, total_hours = 0, 0.0
-    for model in cfg["models"]:
-        manifest_path = results / "models" / f"{model}.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-        for name, spec in cfg["datasets"].items():
-            prompts = results / "prompts" / model / f"{name}.parquet"
-            classes = len(spec.get("classes") or [])
-            n, tokens, demos = prompt_count(spec), None, spec["prompts"]["shots_per_class"] * classes
-            if prompts.exists():
-                table = pd.read_parquet(prompts, columns=["n_tokens", "label_pos"])
-                n, tokens, demos = len(table), int(table["n_tokens"].sum()), int(table["label_pos"].map(len).max())
-            size = hours = None
-            if manifest and n is not None:
-                size = activation_bytes(n, manifest, demos, classes, cfg)
-                total_bytes += size
-                if tokens:
-                    L, d = manifest["n_layers"], manifest["d_model"]
-                    params = 12 * L * d**2 + manifest["vocab_size"] * d
-                    hours = 2 * params * tokens / (tflops * 1e12) / 3600
-                    total_hours += hours
-            print(f"{model:<24} {name:<16} {n if n is not None else '?':>8} {tokens or '?':>10} "
-                  f"{_fmt_bytes(size) if size is not None else '?':>12} "
-                  f"{f'{hours:.2g}' if hours is not None else '?':>7}", file=out)
-        if manifest and cfg["entropy"]["enabled"]:
-            for name in cfg["entropy"]["datasets"]:
-                size = cfg["entropy"]["max_tokens"] * (manifest["n_layers"] + 1) * manifest["d_model"] * 2
-                total_bytes += size
-                print(f"{model:<24} {name + ' (tokens)':<16} {'-':>8} {cfg['entropy']['max_tokens']:>10} "
-                      f"{_fmt_bytes(size):>12} {'':>7}", file=out)
-        if manifest is None:
-            print(f"  ({model}: sizes need results/models/{model}.json; run `snakemake results/models/{model}.json`)",
-                  file=out)
-    print(f"total: {_fmt_bytes(total_bytes)} of HDF5 (uncompressed), ~{total_hours:.2f} GPU-hours of forward passes "
-          f"at {tflops:g} TFLOP/s ('?' rows not counted)", file=out)
-    return 0
+    return planned.estimate(config_path, results, model_configs, use_outputs, out)
 
 
 def _parse_size(text: str) -> int:
@@ -268,10 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="datasets, shapes, dtypes, provenance, complete or not")
     p.add_argument("file")
-    p = sub.add_parser("estimate", help="prompts, tokens, disk and GPU-hours of a config, before running it")
+    p = sub.add_parser("estimate", help="bytes, GPU-hours, host and GPU memory per model stage, before running")
     p.add_argument("config", nargs="?", default="config.yaml")
     p.add_argument("--results", default="results")
-    p.add_argument("--tflops", type=float, default=50.0, help="sustained GPU throughput assumed (default 50)")
+    p.add_argument("--model-config", action="append", default=[], metavar="MODEL=PATH",
+                   help="a model's config.json when it is not downloaded yet (repeatable)")
     p = sub.add_parser("store", help="the lab store ($ICLSCOPE_STORE): key, ls, verify, gc, rm")
     p.add_argument("action", choices=["key", "ls", "verify", "gc", "rm"])
     p.add_argument("path", nargs="?", help="key: an output path (results/...); rm: an entry's key")
@@ -287,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "inspect":
         return inspect(args.file)
     if args.command == "estimate":
-        return estimate(args.config, args.results, args.tflops)
+        return estimate(args.config, args.results, dict(item.split("=", 1) for item in args.model_config))
     if args.command == "costs":
         return costs(args.logs)
     return store_command(args.action, args.store, args.path, args.config, args.older_than, args.model,

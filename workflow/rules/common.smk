@@ -121,8 +121,6 @@ def model_stage_resources(stage):
                 batch_size=batch_size, max_batch_tokens=max_batch_tokens)
 
 
-            n = pq.read_metadata(prompts).num_rows
-        return res.cpu_stage(stage, arch, n, config, attempt, copies)
 def cpu_stage_resources(stage, copies=None):
     """`resources:` of a CPU stage of one model x dataset: memory scaled by d_model, layers and prompts."""
 
@@ -135,6 +133,8 @@ def cpu_stage_resources(stage, copies=None):
         if prompts.exists():
             import pyarrow.parquet as pq
 
+            n = pq.read_metadata(prompts).num_rows
+        return res.cpu_stage(stage, arch, n, config, attempt, copies)
 
     return dict(mem_mb=lambda wc, attempt: compute(wc, attempt).mem_mb,
                 runtime=lambda wc, attempt: compute(wc, attempt).runtime)

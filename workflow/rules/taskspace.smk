@@ -32,9 +32,9 @@ rule taskspace:
         "logs/taskspace/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
-    script:
     resources:
         **cpu_stage_resources("taskspace"),
+    script:
         "../scripts/taskspace.py"
 
 
@@ -51,9 +51,9 @@ rule compression:
         "logs/compression/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
-    script:
     resources:
         **cpu_stage_resources("compression"),
+    script:
         "../scripts/compression.py"
 
 

@@ -271,6 +271,7 @@ class Passes:
     single_tokens: float = 0
     full_logits: bool = True
     train_batch_tokens: int = 0
+    train_seq: int = 0
 
 
 def _seeds(dataset: dict) -> int:
@@ -286,14 +287,15 @@ def stage_passes(stage: str, work: Work, cfg: dict, dataset: dict | None = None)
     if stage in ("extract", "layer_lora_extract"):
         gen = cfg.get("extract", {}).get("max_new_tokens", 0) if work.generation else 0
         return Passes(forward=n * (s + gen), full_logits=False)
-    if stage == "extract_anchors":   # one pass per prompt and carrier sentence
-        return Passes(forward=n * max(1, len(cfg.get("taskspace", {}).get("carriers", [1]))) * s, full_logits=False)
+    if stage == "extract_anchors":   # one short pass per label word and carrier sentence
+        carriers = len(cfg.get("taskspace", {}).get("carriers", [1]))
+        return Passes(forward=max(1, work.n_classes) * carriers * 16, full_logits=False)
     if stage == "token_states":      # the entropy corpus, sentence by sentence
         e = cfg.get("entropy", {})
         return Passes(forward=e.get("max_tokens", 10000) * 1.5, full_logits=False)
     if stage == "saliency":          # forward + backward to the attention maps, per prompt
         m = min(n, a.get("saliency_prompts_per_seed", 30) * seeds)
-        return Passes(backward=m * s, train_batch_tokens=work.longest)
+        return Passes(backward=m * s, train_batch_tokens=work.longest, train_seq=work.longest)
     if stage == "isolation":         # per k, first / last layers, label words / random tokens, + vanilla
         m = min(n, a.get("isolation_prompts_per_seed", 30) * seeds)
         return Passes(forward=m * s * (4 * len(a.get("isolation_k", [1, 3, 5, 7])) + 1))
@@ -301,11 +303,11 @@ def stage_passes(stage: str, work: Work, cfg: dict, dataset: dict | None = None)
         r = a.get("reweighting", {})
         aux = r.get("aux_per_class", 4) * max(work.n_classes, 1) * seeds
         test = min(n, (r.get("test_prompts_per_seed") or n) * seeds)
-        return Passes(forward=2 * test * s, backward=r.get("epochs", 10) * aux * s,
-                      train_batch_tokens=work.batch_tokens)
+        return Passes(forward=2 * test * s, backward=r.get("epochs", 10) * aux * s,  # Adam on β, batch 1
+                      train_batch_tokens=work.longest, train_seq=work.longest)
     if stage == "error_diagnosis":
         return Passes(forward=n * s)
-    if stage == "anchor_compression":  # batch-1: full, Text_anchor, Hidden_anchor, random(-top) draws, zero-shot; timing
+    if stage == "anchor_compression":  # batch 1: full, Text/Hidden_anchor, random(-top) draws, zero-shot; timing
         c = a.get("compression", {})
         m = min(n, (c.get("prompts_per_seed") or n) * seeds)
         per_prompt = 5 + 2 * c.get("n_random_draws", 20) + 2 * (c.get("timing_repeats", 5) + c.get("timing_warmup", 2))
@@ -321,16 +323,18 @@ def stage_passes(stage: str, work: Work, cfg: dict, dataset: dict | None = None)
         combos = (len(sw.get("depths", [1])) * len(sw.get("states", [1])) * len(sw.get("task_spaces", [1]))
                   * len(sw.get("label_line", [1])))
         return Passes(forward=sw.get("n_val", 200) * combos * s)
-    if stage == "tsft":              # LoRA training steps, held-out curve, test evaluation; one job per arm x seed
+    if stage == "tsft":  # LoRA steps on zero-shot examples (one demonstration long), held-out curve, test
         t = cfg.get("tsft", {})
+        one = s / (work.n_demos + 1)
         evals = t.get("steps", 30) // max(1, t.get("eval_every", 10)) * t.get("n_val", 64) + t.get("n_test", 200)
-        return Passes(forward=(evals + t.get("n_train", 240)) * s, backward=t.get("steps", 30) * t.get("batch_size", 8) * s,
-                      trains=True, train_batch_tokens=int(t.get("batch_size", 8) * work.longest))
+        batch = t.get("batch_size", 8)
+        return Passes(forward=(evals + t.get("n_train", 240)) * one, backward=t.get("steps", 30) * batch * one,
+                      trains=True, train_batch_tokens=math.ceil(batch * one * 1.5), train_seq=math.ceil(one * 1.5))
     if stage == "layer_lora":
         t = cfg.get("layer_lora", {})
         monitor = t.get("steps", 24) // max(1, t.get("checkpoint_every", 8)) * t.get("n_monitor", 48)
-        return Passes(forward=monitor * s, backward=t.get("steps", 24) * t.get("batch_size", 8) * s,
-                      trains=True, train_batch_tokens=int(t.get("batch_size", 8) * work.longest))
+        return Passes(forward=monitor * s, backward=t.get("steps", 24) * t.get("batch_size", 8) * s, trains=True,
+                      train_batch_tokens=int(t.get("batch_size", 8) * work.longest), train_seq=work.longest)
     if stage == "patching":          # the query's state patched in at every layer
         return Passes(forward=n * s * 2)
     raise KeyError(f"no resource model for stage '{stage}'; known: {sorted(MODEL_STAGES)}")
@@ -381,8 +385,8 @@ def working_set_bytes(arch: Architecture, work: Work, passes: Passes, dtype_byte
     logits = (T if passes.full_logits else work.batch_size) * arch.vocab * 4
     backward = 0.0
     if passes.backward:
-        Tt = passes.train_batch_tokens or T
-        backward = Tt * L * (34 * d + 5 * arch.n_heads * seq) * dtype_bytes / 2
+        Tt, seq_t = passes.train_batch_tokens or T, passes.train_seq or seq
+        backward = Tt * L * (34 * d + 5 * arch.n_heads * seq_t) * dtype_bytes / 2
         logits += Tt * arch.vocab * 4 * 2  # logits and their gradient
     return forward + logits + backward
 
