@@ -4,6 +4,7 @@ imports and ignore comments, scripts that read only their params, defaults writt
 import ast
 import copy
 import dataclasses
+import re
 import shutil
 from pathlib import Path
 
@@ -165,6 +166,21 @@ def test_comment_and_docstring_edits_keep_the_digest_code_edits_change_it(tmp_pa
     (pkg / "report" / "plots.py").write_text((pkg / "report" / "plots.py").read_text() + "\nEXTRA_CONSTANT = 1\n")
     assert _digest_in(pkg, figure) != before[1]
     assert _digest_in(pkg, extract) == before[0]
+
+
+def test_a_version_bump_reruns_nothing(tmp_path):
+    """The version is provenance, not code: bumping it keeps every digest; any other edit of the
+    package's __init__ (every script runs it) changes them all."""
+    pkg = _package_copy(tmp_path)
+    scripts = [SCRIPTS / "extract.py", SCRIPTS / "figure.py"]
+    before = [_digest_in(pkg, s) for s in scripts]
+    init = pkg / "__init__.py"
+    text = init.read_text()
+    assert '__version__ = "' in text
+    init.write_text(re.sub(r'__version__ = "[^"]+"', '__version__ = "99.0.0"', text))
+    assert [_digest_in(pkg, s) for s in scripts] == before
+    init.write_text(text + "\nEXTRA_CONSTANT = 1\n")
+    assert all(_digest_in(pkg, s) != b for s, b in zip(scripts, before, strict=True))
 
 
 def test_code_digest_is_cheap_and_imports_no_torch():

@@ -4,8 +4,9 @@ All logic lives in this package (pure functions over arrays and files, no Snakem
 workflow/scripts/*.py are thin adapters that call one function each.
 """
 
-# bump it as CONTRIBUTING.md says; CHANGELOG.md lists what each version changed
-__version__ = "0.3.0"
+# bump it as CONTRIBUTING.md says; CHANGELOG.md lists what each version changed. It is not part of
+# any job's code digest (iclscope.core.jobs): a release alone reruns nothing.
+__version__ = "0.4.0"
 
 
 def open(path, require_complete: bool = True):  # noqa: A001  (mirrors h5py.File / builtins.open on purpose)

@@ -94,10 +94,20 @@ def _imported(path: Path, tree: ast.AST) -> set[str]:
     return found
 
 
+def _without_version(tree: ast.Module) -> ast.Module:
+    """The module without `__version__ = ...`: a release changes no result, so it reruns nothing
+    (files record the version as provenance; CONTRIBUTING.md says when it is bumped)."""
+    tree.body = [node for node in tree.body if not (
+        isinstance(node, (ast.Assign, ast.AnnAssign))
+        and any(isinstance(t, ast.Name) and t.id == "__version__"
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])))]
+    return tree
+
+
 @functools.cache
 def _parsed(path: Path) -> tuple[str, frozenset[str]]:
     """(normalised source, package modules it imports, with the sub-packages they run) of one file."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = _without_version(ast.parse(path.read_text(), filename=str(path)))
     modules = set()
     for module in _imported(path, tree):
         parts = module.split(".") if module else []
@@ -121,9 +131,10 @@ def package_modules(script: str | Path) -> list[str]:
 def code_digest(script: str | Path) -> str:
     """sha256 (16 hex) of the normalised source of every package module `script` runs.
 
-    Normalised = the AST unparsed without docstrings, so comments, docstrings and formatting do not
-    count. The script itself is not included: Snakemake already keys on a script's own text. A
-    ~30-module package parses in tens of milliseconds, once per Snakemake process."""
+    Normalised = the AST unparsed without docstrings and without the package's `__version__`, so
+    comments, docstrings, formatting and a release do not count. The script itself is not included:
+    Snakemake already keys on a script's own text. A ~50-module package parses in tens of
+    milliseconds, once per Snakemake process."""
     h = hashlib.sha256()
     for name in package_modules(script):
         h.update(name.encode() + b"\0" + _parsed(_module_file(name))[0].encode() + b"\0")
