@@ -239,7 +239,10 @@ def test_reweighting_training_lowers_the_aux_loss_and_scores_both_arms(prepared_
     np.testing.assert_allclose(per_seed.sort_index(), (acc["reweighted"] - acc["vanilla"]).sort_index(), atol=1e-12)
     pooled = gain[gain.seed.isna()].set_index("metric")["value"]
     assert pooled["gain"] == pytest.approx((acc["reweighted"] - acc["vanilla"]).mean())
-    assert pooled["n_paired"] == 8 and 0 <= pooled["p_value"] <= 1
+    assert pooled["n_paired"] == 8 and 0 <= pooled["p_value"] <= pooled["p_holm"] <= 1
+    for seed, c in info["correct"].items():  # per-prompt correctness in the metadata (pooled claims)
+        assert np.mean(c["vanilla"]) == pytest.approx(acc.loc[int(seed), "vanilla"])
+        assert np.mean(c["reweighted"]) == pytest.approx(acc.loc[int(seed), "reweighted"])
     from iclscope.report.plots import plot_reweighting
 
     plot_reweighting(table, tmp_path / "reweighting.png")  # the pooled gain goes into the title

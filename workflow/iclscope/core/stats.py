@@ -163,16 +163,18 @@ def stratified_paired_difference(strata: dict, *, weights: str = "inputs", n_boo
                             a_only, b_only)
 
 
-def pooled_rows(strata: dict, n_boot: int = 1000, weights: str = "inputs", **common) -> list[dict]:
+def pooled_rows(strata: dict, n_boot: int = 1000, weights: str = "inputs", adjust: bool = True,
+                **common) -> list[dict]:
     """Metric rows (`paired_rows`) of a − b per dataset (column `dataset` = the stratum's name) and pooled
     over them (`dataset` "pooled", `stratified_paired_difference`), each p-value with its Holm-adjusted
-    value (the family: these per-dataset and pooled tests)."""
+    value (the family: these per-dataset and pooled tests; `adjust=False` leaves the adjustment to a
+    caller whose table holds more tests)."""
     rows = []
     for name, (a, b) in strata.items():
         rows += paired_rows(paired_difference(a, b, n_boot=n_boot, seed=0), **common, dataset=name)
     pooled = stratified_paired_difference(strata, weights=weights, n_boot=n_boot, seed=0)
     rows += paired_rows(pooled, **common, dataset="pooled")
-    return with_holm(rows)
+    return with_holm(rows) if adjust else rows
 
 
 def holm(p_values) -> np.ndarray:

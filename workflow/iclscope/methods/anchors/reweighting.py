@@ -154,5 +154,8 @@ def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epoch
                   "value": float(np.abs(betas[int(seed)][layer]).mean())} for layer in range(L)]
     rows += reweighting_gain_rows(correct, n_boot)
     info = {"aux_per_class": aux_per_class, "epochs": epochs, "lr": lr, "test_prompts": n_tested,
-            "train_loss_per_epoch": losses}
+            "train_loss_per_epoch": losses,
+            # per seed, each test prompt's 0/1 correctness in order (the pooled claims over datasets read it)
+            "correct": {str(seed): {"vanilla": v.astype(int).tolist(), "reweighted": r.astype(int).tolist()}
+                        for seed, (v, r) in sorted(correct.items())}}
     return metric_frame(rows, model=model.name, dataset=dataset, family="anchors", position="query"), betas, info

@@ -1,0 +1,88 @@
+"""The claims table (issue 32, docs/methods.md §0.4): each comparison a paper built on these results
+would claim, per dataset and pooled over datasets, with difference, interval, raw and Holm-adjusted p
+and, for IC-ICL, the timing ratio with its interval.
+
+Claims (arm − reference on the same inputs):
+
+  icicl_soft − full_icl, icicl_soft − task_vector, icicl_soft − anchor_kv   (IC-ICL predictions)
+  space − baseline                                                         (TS-FT, [seed, prompt])
+  reweighted − vanilla                                                     (re-weighting, per seed)
+
+Per dataset the test is `paired_difference`'s; pooled, the stratified paired bootstrap and the
+within-dataset sign flip of `stratified_paired_difference` (each dataset keeps its size in every
+replicate). One Holm family: every test of the table. Pure pandas / numpy: the summary job imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from iclscope.core.stats import pooled_rows, with_holm
+from iclscope.core.tables import metric_frame
+
+ICICL_CLAIMS = (("icicl_soft", "full_icl"), ("icicl_soft", "task_vector"), ("icicl_soft", "anchor_kv"))
+
+
+def icicl_pairs(predictions: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"<arm>-<reference>": (arm correct [n], reference correct [n])} of `ICICL_CLAIMS` from IC-ICL's
+    per-example predictions (columns arm, draw, test_row, correct), aligned by test_row."""
+    plain = predictions[predictions["draw"] < 0]
+    wide = plain.pivot_table(index="test_row", columns="arm", values="correct", aggfunc="first")
+    return {f"{a}-{b}": (wide[a].to_numpy(float), wide[b].to_numpy(float))
+            for a, b in ICICL_CLAIMS if a in wide and b in wide}
+
+
+def tsft_pairs(run_dirs) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"space-baseline": (space [seeds, prompts], baseline [seeds, prompts])} over the seeds that have
+    both arms (iclscope.methods.taskspace.tsft_report), or {} without such a seed."""
+    from iclscope.methods.taskspace.tsft_report import _aligned_correct, read_runs
+
+    runs = read_runs(run_dirs)
+    seeds = sorted(seed for arm, seed in runs if arm == "space" and ("baseline", seed) in runs)
+    if not seeds:
+        return {}
+    rows = runs[("baseline", seeds[0])]["eval"]["test_row"].to_numpy()
+    return {"space-baseline": (np.stack([_aligned_correct(runs, "space", s, rows) for s in seeds]),
+                               np.stack([_aligned_correct(runs, "baseline", s, rows) for s in seeds]))}
+
+
+def reweighting_pairs(meta: Mapping) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"reweighted-vanilla": (re-weighted, vanilla)} from the re-weighting table's metadata (`correct`
+    per seed): [seeds, prompts] when every seed has as many prompts, else one flat set of pairs."""
+    per_seed = [meta["correct"][k] for k in sorted(meta.get("correct", {}), key=int)]
+    if not per_seed:
+        return {}
+    r = [np.asarray(c["reweighted"], float) for c in per_seed]
+    v = [np.asarray(c["vanilla"], float) for c in per_seed]
+    if len({len(x) for x in r}) == 1:
+        return {"reweighted-vanilla": (np.stack(r), np.stack(v))}
+    return {"reweighted-vanilla": (np.concatenate(r), np.concatenate(v))}
+
+
+def claims_table(pairs: Mapping[str, Mapping[str, tuple]], *, model: str, n_boot: int = 1000,
+                 timing: Mapping[str, Mapping[str, tuple[float, float, float]]] | None = None) -> pd.DataFrame:
+    """Long-format claims table (docs/outputs.md): pairs {dataset: {claim: (arm, reference)}} (from
+    `icicl_pairs`, `tsft_pairs`, `reweighting_pairs`); per claim (`task`) and dataset (pooled: dataset
+    "pooled") the rows of `paired_rows` — gain with its interval, p_value — and p_holm over every test
+    of the table; timing {dataset: {claim: (speed-up, lo, hi)}} adds `speedup_vs_reference` rows."""
+    claims = list(dict.fromkeys(c for by_claim in pairs.values() for c in by_claim))
+    rows = []
+    for claim in claims:
+        strata = {d: by_claim[claim] for d, by_claim in pairs.items() if claim in by_claim}
+        rows += pooled_rows(strata, n_boot=n_boot, adjust=False, task=claim)
+    rows = with_holm(rows)
+    for dataset, by_claim in (timing or {}).items():
+        for claim, (est, lo, hi) in by_claim.items():
+            rows.append({"task": claim, "dataset": dataset, "metric": "speedup_vs_reference", "value": est,
+                         "ci_low": lo, "ci_high": hi})
+    return metric_frame(rows, model=model, family="claims", position="query")
+
+
+def icicl_timing(table: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
+    """{"<arm>-full_icl": (speed-up, lo, hi)} of the IC-ICL metric table's timed arms in `ICICL_CLAIMS`."""
+    speed = table[table.metric == "speedup_vs_full_icl"].set_index("task")
+    return {f"{a}-{b}": tuple(float(speed.at[a, c]) for c in ("value", "ci_low", "ci_high"))
+            for a, b in ICICL_CLAIMS if b == "full_icl" and a in speed.index}
