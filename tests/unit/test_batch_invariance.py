@@ -11,6 +11,7 @@ import pytest
 from test_extract import prompts_file
 from test_icicl_tsft import SPEC, frame, identity_space
 
+from iclscope.core.store import label_states
 from iclscope.methods.anchors.isolation import run_isolation
 from iclscope.methods.anchors.reweighting import run_reweighting
 from iclscope.methods.taskspace.icicl import ICICLSettings, evaluate_icicl
@@ -40,7 +41,7 @@ def test_activations_do_not_depend_on_the_batch(prepared_tiny, prompts, tmp_path
         out = tmp_path / f"act{bs}.h5"
         extract(prompts, model_dir, out, at_batch(spec, bs), ExtractSettings(store_dtype="float32", max_new_tokens=0))
         with h5py.File(out) as f:
-            arrays[bs] = {name: f[name][()] for name in ARRAYS}
+            arrays[bs] = {name: (label_states(f) if name == "resid/label" else f[name])[:] for name in ARRAYS}
             ids = f["logits/topk_ids"][()]
         if bs == 1:
             ids_1 = ids

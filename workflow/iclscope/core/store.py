@@ -11,7 +11,12 @@ C classes, k = top-k):
     /resid/query         [N, L+1, d]  residual stream at the query position (index 0 = embeddings)
     /resid/last_input    [N, L+1, d]  ... at the last token of the test input's text
     /resid/content_mean  [N, L+1, d]  ... mean over the test input's text tokens
-    /resid/label         [N, K, L+1, d]  ... at each demonstration's label token
+    /resid/label         [N, K, L+1, d]  ... at each demonstration's label token, stored per
+                     prompt only where prompts share no demonstration prefix; otherwise
+    /prefix/resid/label  [P, K, L+1, d]  once per shared prefix (schema 2), with
+    /prefix/n_tokens     [P]  the prefix's length in tokens and /prompts/prefix_index [N] the
+                     prefix each prompt continues. Read label states with `label_states(f)`
+                     ([N, K, L+1, d] whatever the layout): no reader opens /resid/label itself.
     /attn/query_to_label [N, L, H, K] float32  post-softmax attention of the query to label tokens
     /logits/label        [N, C] float32  logits of the first sub-token of each label word
     /logits/topk_ids, /logits/topk_values [N, k]  top-k of the full vocabulary at the query
@@ -36,7 +41,7 @@ import numpy as np
 
 from iclscope.core.atomic import commit, partial_path, written
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: label states once per shared demonstration prefix (/prefix/*)
 CHUNK_ROWS = 64
 STR = h5py.string_dtype("utf-8")
 
@@ -104,9 +109,15 @@ class ActivationWriter:
                 g.create_dataset(name, data=values)
         kw = _compression(compression)
         dt = np.dtype(lay["store_dtype"])
+        prefixes = lay.get("prefix_tokens")  # [P] lengths of the shared prefixes; None: label states per prompt
+        if prefixes is not None:
+            f.create_dataset("prefix/n_tokens", data=np.asarray(prefixes, dtype=np.int32))
         for pos in lay["positions"]:
             if pos == "label":
-                if lay["max_demos"]:
+                if lay["max_demos"] and prefixes is not None:
+                    f.create_dataset("prefix/resid/label", (len(prefixes), lay["max_demos"], L1, d), dtype=dt,
+                                     chunks=(1, lay["max_demos"], 1, d), **kw)
+                elif lay["max_demos"]:
                     f.create_dataset("resid/label", (n, lay["max_demos"], L1, d), dtype=dt,
                                      chunks=(rows, lay["max_demos"], 1, d), **kw)
             else:
@@ -140,16 +151,25 @@ class ActivationWriter:
             raise ValueError(f"rows must be written in order: got start={start}, n_done={self.n_done}")
         n = None
         for name, values in arrays.items():
-            ds = self.file[name]
             n = len(values)
-            if ds.dtype == np.float16 and np.issubdtype(values.dtype, np.floating):
-                peak = float(np.nanmax(np.abs(values))) if values.size else 0.0
-                if peak > np.finfo(np.float16).max:
-                    raise OverflowError(f"{name}: values up to {peak:.3g} overflow float16; "
-                                        "set extract.store_dtype: float32")
-            ds[start:start + n] = values
+            self._put(name, slice(start, start + n), values)
         self.file.attrs["n_done"] = start + (n or 0)
         self.file.flush()
+
+    def write_prefix(self, index: int, label: np.ndarray) -> None:
+        """Label states [K, L+1, d] of shared prefix `index`, flushed before any prompt continuing it
+        is written (a resumed job writes them again, identically)."""
+        self._put("prefix/resid/label", index, label)
+        self.file.flush()
+
+    def _put(self, name: str, where, values: np.ndarray) -> None:
+        ds = self.file[name]
+        if ds.dtype == np.float16 and np.issubdtype(values.dtype, np.floating):
+            peak = float(np.nanmax(np.abs(values))) if values.size else 0.0
+            if peak > np.finfo(np.float16).max:
+                raise OverflowError(f"{name}: values up to {peak:.3g} overflow float16; "
+                                    "set extract.store_dtype: float32")
+        ds[where] = values
 
     def commit(self) -> None:
         """Mark complete, fsync, rename `<path>.partial` to `<path>`."""
@@ -161,8 +181,13 @@ class ActivationWriter:
         commit(self.tmp, self.path)
 
     def close(self) -> None:
+        """Close without committing (after an error: `commit` closes a finished file itself). An error of
+        the close itself (a file whose flush already failed on a full disk) must not hide the first."""
         if self.file.id.valid:
-            self.file.close()
+            try:
+                self.file.close()
+            except (OSError, RuntimeError):
+                pass
 
 
 def open_activations(path: str | Path, require_complete: bool = True) -> h5py.File:
@@ -178,7 +203,73 @@ def open_activations(path: str | Path, require_complete: bool = True) -> h5py.Fi
         f.close()
         raise IncompleteFileError(f"{path} is incomplete ({done} prompts written, 'complete' not set); "
                                   "rerun the extract rule to resume it")
+    version = int(f.attrs.get("schema_version", 1))
+    if version > SCHEMA_VERSION:
+        f.close()
+        raise IncompleteFileError(f"{path} has schema_version {version}, newer than this iclscope reads "
+                                  f"({SCHEMA_VERSION}); update iclscope or rerun the extract rule")
     return f
+
+
+class LabelStates:
+    """The label states of an activation file as one lazy array [N, K, L+1, d], whatever the layout:
+    per prompt (/resid/label, schema 1 and prompts without a shared prefix) or once per shared
+    prefix (/prefix/resid/label [P, K, L+1, d] referenced by /prompts/prefix_index [N]).
+
+        label_states(f)[rows, :, layer]    # [n, K, d]; rows an int, slice or index array
+
+    Only the prefixes the rows reference are read (one chunk per prefix and layer).
+    """
+
+    def __init__(self, f: h5py.File):
+        if "prefix/resid/label" in f:
+            self.data = f["prefix/resid/label"]
+            self.index = f["prompts/prefix_index"][()].astype(np.int64)
+        elif "resid/label" in f:
+            self.data, self.index = f["resid/label"], None
+        else:
+            raise KeyError(f"{f.filename} stores no label states (no demonstrations, or 'label' not in "
+                           "extract.positions)")
+        n = len(self.index) if self.index is not None else self.data.shape[0]
+        self.shape = (n, *self.data.shape[1:])
+        self.dtype = self.data.dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        rows, rest = key[0], key[1:]
+        if self.index is None and not isinstance(rows, np.ndarray | list):
+            return self.data[(rows, *rest)]
+        picked = np.arange(self.shape[0])[rows]  # int, slice, mask or index array -> prompt rows
+        scalar = np.ndim(picked) == 0
+        picked = np.atleast_1d(picked)
+        source = picked if self.index is None else self.index[picked]
+        unique, inverse = np.unique(source, return_inverse=True)  # h5py reads increasing indices only
+        if not len(unique):
+            return self.data[(slice(0, 0), *rest)]
+        values = self.data[(unique, *rest)][inverse.reshape(-1)]
+        return values[0] if scalar else values
+
+    def __array__(self, dtype=None, copy=None):
+        values = self[:]
+        return values if dtype is None else values.astype(dtype)
+
+
+def label_states(f: h5py.File) -> LabelStates:
+    """The one reader of label states: [N, K, L+1, d] lazily, from either layout (LabelStates)."""
+    return LabelStates(f)
+
+
+def resid(f: h5py.File, position: str):
+    """The residual states of one position set ("query", "last_input", "content_mean", "label") as an
+    array-like indexed [rows, ...]; None when the file does not store it."""
+    if position == "label":
+        return label_states(f) if ("prefix/resid/label" in f or "resid/label" in f) else None
+    name = f"resid/{position}"
+    return f[name] if name in f else None
 
 
 def read_prompts(f: h5py.File) -> dict[str, np.ndarray]:
@@ -218,16 +309,31 @@ def gather_shards(shard_paths: list[str | Path], out_path: str | Path) -> None:
             with h5py.File(tmp, "w") as out:
                 out.attrs.update(dict(shards[0].attrs))
                 out.attrs.update(rows=[0, n], n_done=n, shards=len(shards), complete=False)
-                names = []
-                shards[0].visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+                names = _dataset_names(shards[0])
+                if any(_dataset_names(f) != names for f in shards[1:]):
+                    raise ValueError("shards store different datasets (label states per prompt in one, per shared "
+                                     "prefix in another?); rerun their extraction with one iclscope version")
+                # prefix rows of each shard [lo, hi) in the gathered /prefix/* (each shard numbers its own)
+                n_prefix = [f["prefix/n_tokens"].shape[0] if "prefix/n_tokens" in f else 0 for f in shards]
+                ends = np.cumsum(n_prefix).tolist()
+                prefix_rows = [(end - k, end) for k, end in zip(n_prefix, ends, strict=True)]
                 for name in names:
                     first = shards[0][name]
+                    if name == "prompts/prefix_index":
+                        data = np.concatenate([np.where(f[name][()] >= 0, f[name][()] + lo, -1)
+                                               for f, (lo, _) in zip(shards, prefix_rows, strict=True)])
+                        out.create_dataset(name, data=data.astype(first.dtype))
+                        continue
                     if name.startswith("prompts/"):
                         data = np.concatenate([f[name][()] for f in shards])
                         out.create_dataset(name, data=data, dtype=first.dtype)
                         continue
-                    layout = h5py.VirtualLayout(shape=(n, *first.shape[1:]), dtype=first.dtype)
-                    for f, (lo, hi) in zip(shards, rows, strict=True):
+                    spans = prefix_rows if name.startswith("prefix/") else rows
+                    total = spans[-1][1]
+                    layout = h5py.VirtualLayout(shape=(total, *first.shape[1:]), dtype=first.dtype)
+                    for f, (lo, hi) in zip(shards, spans, strict=True):
+                        if hi == lo:
+                            continue
                         rel = os.path.relpath(f.filename, out_path.parent)
                         layout[lo:hi] = h5py.VirtualSource(rel, name, shape=(hi - lo, *first.shape[1:]))
                     out.create_virtual_dataset(name, layout, fillvalue=first.fillvalue)
@@ -235,6 +341,12 @@ def gather_shards(shard_paths: list[str | Path], out_path: str | Path) -> None:
     finally:
         for f in shards:
             f.close()
+
+
+def _dataset_names(f: h5py.File) -> list[str]:
+    names = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return names
 
 
 def open_token_states(path: str | Path) -> h5py.File:
@@ -255,6 +367,7 @@ class ActivationFile:
         with iclscope.open("results/activations/smollm2-135m/tweets.h5") as act:
             act.names                      # ['attn/query_to_label', 'logits/label', 'resid/query', ...]
             act["resid/query"][:, 15]      # [N, d] of layer 15, read from that layer's chunks only
+            act["resid/label"][:8, :, 15]  # [8, K, d], per prompt whatever the layout (label_states)
             act.prompts                    # DataFrame of /prompts/* (one row per prompt)
             act.attrs["model_id"]
     """
@@ -269,10 +382,15 @@ class ActivationFile:
     def names(self) -> list[str]:
         found = []
         self.file.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset)
-                             and not name.startswith("prompts/") else None)
+                             and not name.startswith(("prompts/", "prefix/")) else None)
+        if "prefix/resid/label" in self.file:
+            found.append("resid/label")
         return sorted(found)
 
-    def __getitem__(self, name: str) -> h5py.Dataset:
+    def __getitem__(self, name: str):
+        """An h5py.Dataset, or for "resid/label" the per-prompt view of `label_states`."""
+        if name == "resid/label" and "prefix/resid/label" in self.file:
+            return label_states(self.file)
         if name not in self.file:
             raise KeyError(f"{self.path} has no dataset '{name}'; it has: {', '.join(self.names)}")
         return self.file[name]

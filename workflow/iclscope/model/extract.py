@@ -9,6 +9,15 @@ Prompts are processed in windows of `window` prompts: sorted by length inside th
 (less padding), batched by `batch_size` and `max_batch_tokens`, and written as one block, so
 memory is bounded by one window whatever the number of prompts, and a killed job resumes at
 the last written window.
+
+Shared prefixes (`shared_prefixes`): classification prompts of one seed and shot count carry the
+same demonstrations, so their first tokens (up to the test input) are the same. That prefix runs
+once, its label states are stored once (/prefix/resid/label) and its KV cache serves every prompt
+that continues it: a batch is laid out exactly as the full prompts' left-padded batch, but its
+first P columns come from the cache (each row's copy shifted right by that row's padding), so only
+the last T - P columns run through the model. The query's attention to the label columns is read
+by the one hook layer from the continuation's query and the cached keys. Cost per prompt: the
+continuation's tokens (plus padding) instead of all T tokens.
 """
 
 from __future__ import annotations
@@ -29,7 +38,15 @@ from iclscope.core.atomic import partial_path, removed_when_disk_full, written
 from iclscope.core.config import ModelSpec, stable_hash
 from iclscope.core.store import ActivationWriter, shard_rows
 from iclscope.core.tables import iter_list_column, read_meta, read_table
-from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, input_device, left_pad, recording
+from iclscope.model.capture import (
+    ATTN_IMPLEMENTATION,
+    Positions,
+    Recorder,
+    full_kv_cache,
+    input_device,
+    left_pad,
+    recording,
+)
 from iclscope.model.loading import load_model
 from iclscope.model.prompts import carrier_prompts
 
@@ -93,6 +110,104 @@ def make_batches(lengths: np.ndarray, batch_size: int, max_batch_tokens: int) ->
     return batches
 
 
+@dataclass(frozen=True)
+class SharedPrefixes:
+    """Prompts that continue a shared prefix: index [N] (the prefix of each prompt), tokens [P]
+    (each prefix's token ids, all its label positions inside it) and label_pos [P, K]."""
+
+    index: np.ndarray
+    tokens: list[np.ndarray]
+    label_pos: np.ndarray
+
+    def __post_init__(self):
+        if len(self.tokens) != len(self.label_pos) or (len(self.index) and self.index.max() >= len(self.tokens)):
+            raise ValueError("SharedPrefixes: index, tokens and label_pos disagree")
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(t) for t in self.tokens]
+
+
+def shared_prefixes(prompts: dict[str, np.ndarray], token_ids) -> SharedPrefixes | None:
+    """The shared prefixes of prompts (None: every prompt takes the full-prompt path).
+
+    Prompts are grouped by (seed, shots, label positions); a group's prefix is the longest common
+    token prefix of its prompts, cut before the first test-input token and before the last token
+    (the query runs in the continuation). It is used when every group's prefix holds all its
+    label positions (the label states come from the prefix). `token_ids` yields the prompts' token
+    ids in order (one pass, memory: one running prefix per group). Classification prompts only
+    (`extract`): generation prompts carry demonstrations of their own.
+    """
+    label_pos = prompts["label_pos"]
+    n = len(label_pos)
+    if n == 0 or label_pos.shape[1] == 0 or not (label_pos >= 0).any():
+        return None
+    keys = {}
+    index = np.empty(n, dtype=np.int64)
+    common: list[np.ndarray] = []
+    for i, ids in enumerate(token_ids):
+        key = (int(prompts["seed"][i]), int(prompts["shots"][i]), tuple(label_pos[i].tolist()))
+        ids = np.asarray(ids, dtype=np.int64)
+        g = index[i] = keys.setdefault(key, len(keys))
+        if g == len(common):
+            common.append(ids)
+            continue
+        m = min(len(common[g]), len(ids))
+        differ = np.flatnonzero(common[g][:m] != ids[:m])
+        common[g] = common[g][: differ[0] if len(differ) else m]
+    tokens, labels = [], np.empty((len(common), label_pos.shape[1]), dtype=np.int64)
+    for g, prefix in enumerate(common):
+        rows = index == g
+        starts = prompts["query_span"][rows, 0]
+        length = min(len(prefix), int(prompts["n_tokens"][rows].min()) - 1,
+                     int(starts[starts >= 0].min()) if (starts >= 0).any() else len(prefix))
+        labels[g] = label_pos[np.flatnonzero(rows)[0]]
+        if length < 1 or labels[g].max() >= length:
+            log.warning("prompts of group %d share %d tokens, not all their label tokens: full-prompt extraction",
+                        g, length)
+            return None
+        tokens.append(prefix[:length])
+    return SharedPrefixes(index, tokens, labels)
+
+
+@dataclass
+class PrefixState:
+    """One shared prefix run through the model: its length and KV cache (batch 1, every layer)."""
+
+    length: int
+    cache: object
+
+
+@torch.inference_mode()
+def run_prefix(model, tokens: np.ndarray, label_pos: np.ndarray, n_layers: int) -> tuple[np.ndarray, PrefixState]:
+    """Run a prefix once: (label states [K, L+1, d] float32, its PrefixState)."""
+    device = input_device(model)
+    ids = torch.as_tensor(tokens, dtype=torch.long, device=device)[None]
+    label = torch.as_tensor(label_pos, dtype=torch.long, device=device)[None]
+    rec = Recorder(n_layers, Positions(label, torch.zeros(1, 2, dtype=torch.long, device=device)), ("label",))
+    cache = full_kv_cache()  # every position of every layer, sliding-window layers included
+    with recording(model, rec):
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(ids.shape[1],
+              device=device)[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return rec.resid["label"][0].cpu().numpy(), PrefixState(ids.shape[1], cache)
+
+
+def continuation_cache(prefix: PrefixState, offset: torch.Tensor):
+    """The first P columns of a left-padded batch, from the prefix's cache: row b holds `offset[b]`
+    padding columns (zeros; masked) then the prefix's first P - offset[b] columns, as the full
+    prompts' left-padded batch has them. offset [B] -> a DynamicCache [B, Hkv, P, dh] per layer."""
+    P = prefix.length
+    cache = full_kv_cache()
+    for i, layer in enumerate(prefix.cache.layers):
+        keys, values = layer.keys[0], layer.values[0]  # [Hkv, P, dh] on that layer's device
+        cols = torch.arange(P, device=keys.device)[None, :] - offset.to(keys.device)[:, None]  # [B, P]
+        pad = (cols < 0)[:, None, :, None]
+        idx = cols.clamp(min=0)
+        cache.update(keys[:, idx].transpose(0, 1).masked_fill(pad, 0),
+                     values[:, idx].transpose(0, 1).masked_fill(pad, 0), i)
+    return cache
+
+
 @torch.inference_mode()
 def greedy_continue(model, past, first: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                     steps: int) -> torch.Tensor:
@@ -122,20 +237,29 @@ def check_finite(arrays: dict[str, np.ndarray], model_dtype: str) -> None:
 
 
 def run_batch(model, tokenizer, rows: dict, settings: ExtractSettings, n_layers: int,
-              label_token_ids: list[int], generate: bool) -> dict[str, np.ndarray]:
-    """One forward pass over a batch of prompts; returns the stored arrays for those rows."""
+              label_token_ids: list[int], generate: bool, prefix: PrefixState | None = None) -> dict[str, np.ndarray]:
+    """One forward pass over a batch of prompts; returns the stored arrays for those rows.
+
+    With `prefix` (every row continues it) the first `prefix.length` columns come from its cache
+    and the label states are not returned (they are the prefix's)."""
     device = input_device(model)
     ids, mask, pos_ids = left_pad(rows["input_ids"], tokenizer.pad_token_id, device)
     T = ids.shape[1]
     offset = torch.as_tensor(T - rows["n_tokens"], device=device)[:, None]  # left padding shift
     label = torch.as_tensor(rows["label_pos"], device=device)
-    label = torch.where(label >= 0, label + offset, label)
+    label = torch.where(label >= 0, label + offset, label)  # key columns: the full padded batch's
     span = torch.as_tensor(rows["query_span"], device=device) + offset
     K = label.shape[1]
-    resid_names = tuple(p for p in settings.positions if p != "label" or K > 0)
+    resid_names = tuple(p for p in settings.positions if p != "label" or (K > 0 and prefix is None))
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": pos_ids, "use_cache": generate}
+    if prefix is not None:
+        P = prefix.length
+        span = span - P  # the test input's columns in the continuation (shared_prefixes ends P before it)
+        inputs.update(input_ids=ids[:, P:], position_ids=pos_ids[:, P:], use_cache=True,
+                      past_key_values=continuation_cache(prefix, offset[:, 0]))
     rec = Recorder(n_layers, Positions(label, span), resid_names, read_attention=K > 0)
     with torch.inference_mode(), recording(model, rec):
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos_ids, logits_to_keep=1, use_cache=generate)
+        out = model(**inputs, logits_to_keep=1)
     logits = out.logits[:, -1].float()  # [B, V] at the query position
     top = logits.topk(settings.topk, dim=-1)
     result = {f"resid/{name}": value.cpu().numpy() for name, value in rec.resid.items()}
@@ -158,11 +282,13 @@ def run_batch(model, tokenizer, rows: dict, settings: ExtractSettings, n_layers:
 
 
 def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Path, model: ModelSpec,
-            settings: ExtractSettings, shard: tuple[int, int] = (1, 1)) -> dict:
+            settings: ExtractSettings, shard: tuple[int, int] = (1, 1), share_prefixes: bool = True) -> dict:
     """Extract activations for the prompts (shard (i, n): the i-th of n row ranges) into `out_path`.
 
-    Resumes `<out_path>.partial` when it was written with the same prompts and parameters.
-    Returns a small summary (prompts, tokens, seconds, tokens/s).
+    Prompts that share their demonstration prefix run it once (`shared_prefixes`; module
+    docstring); `share_prefixes=False` runs every prompt whole (the reference the equality tests
+    and benchmarks compare with). Resumes `<out_path>.partial` when it was written with the same
+    prompts and parameters. Returns a small summary (prompts, tokens, seconds, tokens/s, prefixes).
     """
     # every column but the token ids (streamed window by window below) and text / format_pos /
     # demo_ids (not stored): memory stays flat in the number of prompts
@@ -192,10 +318,15 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
         "demo_spans": pad_lists([list(map(list, s)) for s in table["demo_spans"]], K, inner=2),
         "query_span": np.stack(table["query_span"].map(np.asarray)).astype(np.int32),
     }
+    prefixes = shared_prefixes(prompts, itertools.islice(iter_list_column(prompts_path, "input_ids", start=lo), n)) \
+        if share_prefixes and meta["kind"] == "classification" else None
+    if prefixes is not None:
+        prompts["prefix_index"] = prefixes.index.astype(np.int32)
     layout = {"n": n, "n_layers": n_layers, "d_model": manifest["d_model"], "n_heads": manifest["n_heads"],
               "max_demos": K, "n_classes": len(label_ids), "topk": settings.topk,
               "max_new_tokens": settings.max_new_tokens if generate else 0,
-              "store_dtype": settings.store_dtype, "positions": settings.positions}
+              "store_dtype": settings.store_dtype, "positions": settings.positions,
+              "prefix_tokens": None if prefixes is None else prefixes.lengths}
     dtype_name = str(next(net.parameters()).dtype).removeprefix("torch.")
     attrs = {
         "model_id": model.name, "model_source": str(manifest["source"]),
@@ -217,18 +348,31 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
             log.info("resuming %s at prompt %d of %d", writer.tmp, start_at, n)
         t0, tokens = time.perf_counter(), 0
         token_ids = iter_list_column(prompts_path, "input_ids", start=lo + start_at)
+        states: dict[int, PrefixState] = {}  # the prefixes of the current window, run once each
         try:
             with tqdm(total=n, initial=start_at, desc=f"extract {model.name}/{meta['dataset']}", unit="prompt") as bar:
                 for w0 in range(start_at, n, window):
                     w1 = min(n, w0 + window)
                     window_ids = list(itertools.islice(token_ids, w1 - w0))
                     block: dict[str, np.ndarray] = {}
-                    for batch in make_batches(lengths[w0:w1], model.batch_size, model.max_batch_tokens):
+                    groups = np.zeros(w1 - w0, dtype=np.int64) if prefixes is None else prefixes.index[w0:w1]
+                    states = {g: state for g, state in states.items() if g in groups}
+                    work = []  # (batch of window rows, prefix state or None)
+                    for g in np.unique(groups):
+                        members = np.flatnonzero(groups == g)
+                        if prefixes is not None and g not in states:
+                            label, states[g] = run_prefix(net, prefixes.tokens[g], prefixes.label_pos[g], n_layers)
+                            if "prefix/resid/label" in writer.file:
+                                writer.write_prefix(int(g), label)
+                        work += [(members[b], states.get(g)) for b in
+                                 make_batches(lengths[w0:w1][members], model.batch_size, model.max_batch_tokens)]
+                    for batch, state in work:
                         idx = batch + w0
                         batch_rows = {"input_ids": [window_ids[i] for i in batch],
                                       "n_tokens": lengths[idx], "label_pos": prompts["label_pos"][idx],
                                       "query_span": prompts["query_span"][idx]}
-                        result = run_batch(net, tokenizer, batch_rows, settings, n_layers, label_ids, generate)
+                        result = run_batch(net, tokenizer, batch_rows, settings, n_layers, label_ids, generate,
+                                           prefix=state)
                         for name, values in result.items():
                             if name not in block:
                                 block[name] = np.empty((w1 - w0, *values.shape[1:]), dtype=values.dtype)
@@ -241,7 +385,9 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
             writer.close()
     seconds = time.perf_counter() - t0
     summary = {"prompts": n, "resumed_at": start_at, "tokens": tokens, "seconds": round(seconds, 2),
-               "tokens_per_second": round(tokens / seconds, 1) if seconds else None}
+               "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+               "prefixes": 0 if prefixes is None else len(prefixes.tokens),
+               "prefix_tokens": 0 if prefixes is None else int(sum(prefixes.lengths))}
     log.info("extracted %s", summary)
     return summary
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from iclscope.core.store import open_activations, open_token_states, read_prompts
+from iclscope.core.store import open_activations, open_token_states, read_prompts, resid
 from iclscope.core.tables import metric_frame
 from iclscope.methods.entropy.measures import (
     EntropySettings,
@@ -37,10 +37,11 @@ def compression_table(activations, task_spaces, *, model: str, dataset: str,
             except ValueError:
                 continue
             for position in positions:
-                if f"resid/{position}" not in f:
+                states = resid(f, position)  # the one reader ("label": [N, K, L+1, d] from either layout)
+                if states is None:
                     continue
                 for layer, space in sorted(spaces.items()):
-                    H = f[f"resid/{position}"][test, layer].astype(np.float64)
+                    H = states[test, layer].astype(np.float64)
                     pred = decode(H, space)
                     mi, mi_norm = plugin_mutual_information(pred, gold, n_classes)
                     common = {"layer": layer, "position": position, "label_type": variant}
