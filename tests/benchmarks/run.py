@@ -2,7 +2,7 @@
 results/benchmarks/benchmarks.{md,json}. Needs the default run's model, prompts and (for the
 HDF5 and IC-ICL rows) activations; builds what is missing through Snakemake first.
 
-    python -m tests.benchmarks.run [--only extraction,memory,dag,entropy,speedups] [--dag 50x20]
+    python -m tests.benchmarks.run [--only extraction,shared_prefix,memory,dag,entropy,speedups] [--dag 50x20]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import torch
 
-from . import dag, entropy_cost, extraction, memory
+from . import dag, entropy_cost, extraction, memory, shared_prefix
 from .common import MODEL, OUT, REPO, pipeline_inputs, row
 
 
@@ -59,7 +59,7 @@ def to_markdown(rows: list[dict], info: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="extraction,memory,dag,entropy,speedups")
+    parser.add_argument("--only", default="extraction,shared_prefix,memory,dag,entropy,speedups")
     parser.add_argument("--dag", default="50x20", help="models x datasets of the DAG benchmark")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -67,6 +67,8 @@ def main() -> None:
     rows = []
     if "extraction" in only:
         rows += extraction.run()
+    if "shared_prefix" in only:
+        rows += shared_prefix.run()
     if "memory" in only:
         rows += memory.run()
     if "dag" in only:

@@ -318,6 +318,7 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
         "demo_spans": pad_lists([list(map(list, s)) for s in table["demo_spans"]], K, inner=2),
         "query_span": np.stack(table["query_span"].map(np.asarray)).astype(np.int32),
     }
+    t0 = time.perf_counter()  # the work, prefix detection included (model loading is not)
     prefixes = shared_prefixes(prompts, itertools.islice(iter_list_column(prompts_path, "input_ids", start=lo), n)) \
         if share_prefixes and meta["kind"] == "classification" else None
     if prefixes is not None:
@@ -346,7 +347,7 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
         start_at = writer.n_done
         if start_at:
             log.info("resuming %s at prompt %d of %d", writer.tmp, start_at, n)
-        t0, tokens = time.perf_counter(), 0
+        tokens = 0
         token_ids = iter_list_column(prompts_path, "input_ids", start=lo + start_at)
         states: dict[int, PrefixState] = {}  # the prefixes of the current window, run once each
         try:

@@ -1,0 +1,140 @@
+"""Shared-prefix extraction (iclscope.model.extract: each seed's demonstration prefix runs once and
+its KV cache serves every test input) against the body-only forward pass of the full prompts, and
+the bytes an activation file stores per classification prompt, today's layout against the new one.
+
+- speed, by demonstrations per class (1 = the default, 4, 16): the default's tweets prompts
+  (config.yaml: template, n_test + n_train per seed) for SmolLM2-135M from the wheel, built with
+  `build_prompts` at that shot count. Body forward = `model(input_ids, attention_mask, position_ids,
+  logits_to_keep=1)` over the same length-sorted batches, no hooks, no writing (the compute any
+  full-prompt extraction must do); shared prefix = `extract` end to end (prefix detection, prefix
+  passes, continuations, every array written to disk). Interleaved repeats, best of each.
+  1 demonstration per class: all three seeds; 4 and 16: the first seed only (the per-seed shape,
+  124 prompts per prefix, is the same; fewer tokens to run on 2 cores).
+- storage: the same tweets prompts (token ids folded into a 400-word vocabulary) through a tiny wide
+  random Llama (d = 4096, 2 layers, 32 heads): bytes on disk per prompt with label states stored per
+  prompt (share_prefixes=False, today's layout) and once per prefix (the new one), float16, lzf.
+
+    python -m tests.benchmarks.run --only shared_prefix
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .common import MODEL, REPO, row
+
+SHOTS = (1, 4, 16)
+REPEATS = {1: 3, 4: 2, 16: 1}
+WIDE = {"hidden_size": 4096, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 32,
+        "num_key_value_heads": 1, "vocab_size": 400, "max_position_embeddings": 8192}
+
+
+def _tweets_prompts(tokenizer, context_length: int, shots: int, seeds: int | None, out: Path, fold: int | None = None):
+    """The default's tweets prompts at `shots` demonstrations per class (first `seeds` seeds; None = all)."""
+    from iclscope.core.config import DatasetSpec, load_config
+    from iclscope.core.tables import read_table, write_table
+    from iclscope.model.prompts import build_prompts, prompts_digest
+
+    cfg = load_config(REPO / "config.yaml")
+    spec = DatasetSpec.from_config("tweets", cfg["datasets"]["tweets"])
+    p = spec.prompts
+    spec = dataclasses.replace(spec, prompts=dataclasses.replace(p, shots_per_class=shots,
+                                                                 seeds=p.seeds if seeds is None else p.seeds[:seeds]))
+    table, meta = build_prompts(read_table(REPO / "results/datasets/tweets.parquet"), spec, tokenizer, context_length)
+    if fold:  # a tiny model's vocabulary: equal tokens stay equal, so shared prefixes stay shared
+        table["input_ids"] = [np.asarray(ids) % fold for ids in table["input_ids"]]
+        meta["label_token_ids"] = [i % fold for i in meta["label_token_ids"]]
+        meta["prompts_sha256"] = prompts_digest(table)
+    write_table(table, out, meta)
+    return table
+
+
+def speed(tmp: Path) -> list[dict]:
+    from iclscope.core.config import ModelSpec
+    from iclscope.model.extract import ExtractSettings, extract
+    from iclscope.model.loading import load_model
+    from iclscope.model.models import load_tokenizer
+
+    from .extraction import _body_forward
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    spec = ModelSpec.from_config(MODEL, cfg["models"][MODEL])
+    model_dir = REPO / f"results/models/{MODEL}"
+    tokenizer, manifest = load_tokenizer(model_dir)
+    sdpa, tokenizer, _ = load_model(model_dir, device=spec.device, dtype=spec.dtype)
+    settings = ExtractSettings.from_config(cfg["extract"])
+    rows = []
+    for shots in SHOTS:
+        path = tmp / f"tweets-{shots}.parquet"
+        table = _tweets_prompts(tokenizer, manifest["context_length"], shots, None if shots == 1 else 1, path)
+        tokens = int(table["n_tokens"].sum())
+        seconds = {"body": [], "shared": []}
+        summary = {}
+        for rep in range(REPEATS[shots]):
+            t0 = time.perf_counter()
+            _body_forward(sdpa, tokenizer, table, spec)
+            seconds["body"].append(time.perf_counter() - t0)
+            summary = extract(path, model_dir, tmp / f"shared-{shots}-{rep}.h5", spec, settings)
+            seconds["shared"].append(summary["seconds"])  # everything but loading the model
+        best = {k: min(v) for k, v in seconds.items()}
+        ratio = best["body"] / best["shared"]
+        share = summary["prefix_tokens"] / summary["prefixes"] * len(table) / tokens if summary["prefixes"] else 0
+        what = (f"{len(table)} prompts, {summary['prefixes']} prefixes, {tokens} tokens ({share:.1%} in shared "
+                f"prefixes), {spec.device}/{spec.dtype}, batch {spec.batch_size}; body {best['body']:.1f} s, "
+                f"shared-prefix extraction {best['shared']:.1f} s, best of {REPEATS[shots]}")
+        target = ("≥ 2", ratio >= 2) if shots == 1 else (None, None)
+        rows.append(row("shared_prefix", f"speed-up over body forward, {shots} demo/class", ratio, "x",
+                        "body forward of the full prompts", ratio, *target, what))
+    return rows
+
+
+def storage(tmp: Path) -> list[dict]:
+    sys.path.insert(0, str(REPO / "tests"))
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from iclscope.core.config import ModelSpec
+    from iclscope.model.extract import ExtractSettings, extract
+    from iclscope.model.models import load_tokenizer, prepare_model
+    from tiny_models import train_tokenizer
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    raw = tmp / "wide"
+    tok = train_tokenizer("gpt2", raw)
+    torch.manual_seed(0)
+    config = LlamaConfig(**WIDE, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(raw)
+    spec = ModelSpec(name="wide", source="local", path=str(raw), batch_size=16, max_batch_tokens=4096, device="cpu")
+    model_dir = tmp / "wide-prepared"
+    prepare_model(spec, model_dir)
+    settings = ExtractSettings.from_config(cfg["extract"])
+    smol_tokenizer, smol_manifest = load_tokenizer(REPO / f"results/models/{MODEL}")
+    rows = []
+    for shots in SHOTS[:2]:
+        path = tmp / f"wide-{shots}.parquet"
+        table = _tweets_prompts(smol_tokenizer, smol_manifest["context_length"], shots, 1, path,
+                                fold=WIDE["vocab_size"])
+        size = {}
+        for layout, share in (("per prompt", False), ("per prefix", True)):
+            out = tmp / f"wide-{shots}-{share}.h5"
+            extract(path, model_dir, out, spec, settings, share_prefixes=share)
+            size[layout] = out.stat().st_size / len(table)
+        ratio = size["per prefix"] / size["per prompt"]
+        K = 2 * shots
+        rows.append(row("shared_prefix", f"bytes per prompt at d=4096, {shots} demo/class", size["per prefix"], "B",
+                        "label states per prompt", ratio, "≤ 1/3", ratio <= 1 / 3,
+                        f"{len(table)} prompts of one seed, K = {K} label states, {WIDE['num_hidden_layers']} layers; "
+                        f"today {size['per prompt'] / 1e3:.0f} kB, new {size['per prefix'] / 1e3:.0f} kB a prompt"))
+    return rows
+
+
+def run() -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        return speed(Path(tmp)) + storage(Path(tmp))
