@@ -69,3 +69,64 @@ def test_tsft_pairs_are_seed_by_prompt_arrays(tmp_path):
     assert space.shape == base.shape == (2, 5)
     np.testing.assert_array_equal(space[0], [1, 0, 0, 1, 1])  # reordered by test row: [1,1,0,0,1] reversed
     assert tsft_pairs(dirs[:1]) == {}
+
+
+def test_summary_script_writes_the_claims_table(tmp_path):
+    """workflow/scripts/summary.py on constructed outputs of two datasets (run in a subprocess: it sends
+    stderr to its log): the claims CSV has each dataset and the pooled rows, with raw and Holm p."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_icicl_tsft import _fake_run
+
+    from iclscope.core.tables import metric_frame, write_table
+
+    repo = Path(__file__).resolve().parents[2]
+    rng = np.random.default_rng(4)
+    tables, predictions, runs = [], [], []
+    for dataset, n in (("tweets", 40), ("words_cat", 30)):
+        metrics = tmp_path / "results/metrics/m" / dataset
+        metrics.mkdir(parents=True)
+        pred = tmp_path / "results/icicl/m" / dataset / "predictions.parquet"
+        pred.parent.mkdir(parents=True)
+        fake_predictions(rng, n).to_parquet(pred)
+        predictions.append(str(pred))
+        icicl = metric_frame([{"metric": "speedup_vs_full_icl", "task": "icicl_soft", "value": 2.0, "ci_low": 1.8,
+                               "ci_high": 2.2}], model="m", dataset=dataset, family="icicl")
+        write_table(icicl, metrics / "icicl.parquet", {})
+        write_table(metric_frame([{"metric": "accuracy", "label_type": "vanilla", "value": 0.5}], model="m",
+                                 dataset=dataset, family="anchors"), metrics / "reweighting.parquet",
+                    {"correct": {"42": {"vanilla": [0, 1, 0, 1], "reweighted": [1, 1, 0, 1]}}})
+        tables += [str(metrics / "icicl.parquet"), str(metrics / "reweighting.parquet")]
+        for arm in ("space", "baseline"):
+            runs.append(str(_fake_run(tmp_path / "results/tsft/m" / dataset / f"{arm}-seed0", arm, 0,
+                                      rng.random(10) < 0.6, np.arange(10))))
+    peaks = tmp_path / "peaks.parquet"
+    pd.DataFrame({"model": ["m"], "dataset": ["tweets"], "curve": ["information"], "layer": [3]}).to_parquet(peaks)
+    out = {k: str(tmp_path / f"{k}.csv") for k in ("headline", "peaks", "claims")}
+    driver = f"""
+import runpy, types
+class N(dict):
+    __getattr__ = dict.__getitem__
+smk = types.SimpleNamespace(input=N(tables={tables!r}, peaks=[{str(peaks)!r}], predictions={predictions!r},
+                                    tsft_runs={runs!r}),
+                            output=N({out!r}), log=[{str(tmp_path / 'summary.log')!r}], threads=1,
+                            params=N(settings={json.dumps(json.dumps({"n_boot": 200}))}), wildcards=N(), resources=N())
+runpy.run_path({str(repo / 'workflow/scripts/summary.py')!r}, init_globals={{"snakemake": smk}})
+"""
+    done = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(repo / "workflow"), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr + (tmp_path / "summary.log").read_text()
+    claims = pd.read_csv(out["claims"], keep_default_na=False)
+    p = claims[claims.metric.isin(["p_value", "p_holm"])]
+    assert set(p["dataset"]) == {"tweets", "words_cat", "pooled"}
+    assert set(claims.task) == {"icicl_soft-full_icl", "icicl_soft-task_vector", "icicl_soft-anchor_kv",
+                                "space-baseline", "reweighted-vanilla"}
+    pooled_rw = claims[(claims.task == "reweighted-vanilla") & (claims.dataset == "pooled")].set_index("metric")
+    assert float(pooled_rw.at["gain", "value"]) == pytest.approx(0.25) and int(pooled_rw.at["n_paired", "value"]) == 8
+    speed = claims[claims.metric == "speedup_vs_reference"]
+    assert len(speed) == 2 and (speed["value"].astype(float) == 2.0).all()
+    head = pd.read_csv(out["headline"])
+    assert {"icicl_speedup_lo", "reweighting_gain_p_raw"} <= set(head.columns)

@@ -257,7 +257,7 @@ def atlas_targets(pattern):
 
 def summary_targets():
     return atlas_targets("results/figures/{model}/layer_atlas.png") + [
-        "results/summary/headline.csv", "results/summary/peak_layers.csv"]
+        "results/summary/headline.csv", "results/summary/peak_layers.csv", "results/summary/claims.csv"]
 
 
 def toy_regression_targets():

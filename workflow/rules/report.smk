@@ -31,14 +31,19 @@ rule layer_atlas:
 
 
 rule summary:
-    """Headline numbers and peak layers across every model × dataset."""
+    """Headline numbers and peak layers across every model × dataset; the claims table per dataset and
+    pooled over datasets (IC-ICL predictions, TS-FT runs, re-weighting tables: docs/methods.md §0.4)."""
     input:
         tables=summary_tables(),
         peaks=atlas_targets("results/metrics/{model}/peak_layers.parquet"),
+        predictions=paths("results/icicl/{model}/{dataset}/predictions.parquet", PLAN.icicl()),
+        tsft_runs=[run for m in MODELS for d in PLAN.tsft() for run in tsft_runs(m, d)],
     output:
         headline=report("results/summary/headline.csv", caption="../report/summary.rst", category="Summary"),
         peaks=report("results/summary/peak_layers.csv", caption="../report/summary.rst", category="Summary"),
+        claims=report("results/summary/claims.csv", caption="../report/summary.rst", category="Summary"),
     params:
+        settings=settings_of("summary"),
         code=code_of("summary.py"),
     log:
         "logs/summary.log",

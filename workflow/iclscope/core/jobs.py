@@ -254,6 +254,7 @@ RULE_SETTINGS: dict[str, Callable[[dict, dict], dict]] = {
         "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}),
     "tsft": _model_dataset(_tsft),
     "tsft_summary": lambda c, wc: {"n_boot": c["icl_accuracy"]["n_boot"]},
+    "summary": lambda c, wc: {"n_boot": c["icl_accuracy"]["n_boot"]},  # the claims table's bootstrap
     "layer_lora": _model_dataset(lambda c, wc: {"layer_lora": _layered(c, wc, "layer_lora",
                                                                        _without(c["layer_lora"], "enabled"))}),
     "layer_lora_prompts": lambda c, wc: {"dataset": dataset_settings(c, wc["dataset"]),
