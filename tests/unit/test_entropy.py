@@ -339,6 +339,9 @@ def test_token_states_equal_unbatched_hidden_states(prepared_tiny, tmp_path):
     table = entropy_table(out, model="tiny", dataset="d", settings=EntropySettings(n_bins=8, min_labels=3))
     info = table[(table.metric == "information") & (table.label_type == "token")]
     assert len(info) == f_layers(out) and info["value"].between(0, 1).all()
+    assert set(table["label_type"]) == {"token", "bigram", "bigram_h"}  # both bigram conventions (§2.3)
+    dis = table[table.metric == "disentanglement"].pivot_table(index="layer", columns="label_type", values="value")
+    assert dis["bigram_h"].between(0, np.log(2)).all()
 
 
 def f_layers(path) -> int:
