@@ -9,6 +9,7 @@ lab sees before its first job), must be within 1.5x of each file's size on disk.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from snakemake_runner import snakemake, write_config
 from tiny_models import make_tiny_arch
 
 RATIO = 1.5
+STAGES_MEASURED = ("saliency", "patching")  # besides extract: a backward pass, a pass per layer
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +41,14 @@ def rehearsal(tmp_path_factory):
                      "prompts": {"template": "{text} ->{label}", "shots": [2, 6], "seeds": [1], "n_test": 6}},
         },
     }
+    cfg["anchors"] = {"saliency_prompts_per_seed": 4, "isolation_prompts_per_seed": 4,
+                      "reweighting": {"epochs": 1, "test_prompts_per_seed": 6}}
     work = root / "work"
     work.mkdir()
     write_config(work, cfg)
-    targets = ["results/activations/tiny/moods.h5", "results/activations/tiny/bits.h5"]
+    targets = ["results/activations/tiny/moods.h5", "results/activations/tiny/bits.h5"] + [
+        f"results/metrics/tiny/moods/{name}.parquet" for name in STAGES_MEASURED if name != "patching"] + [
+        "results/metrics/tiny/bits/patching.parquet"]
     snakemake(work, *targets, timeout=600)
     return work, validate_config(cfg)
 
@@ -74,3 +80,28 @@ def test_estimate_prints_every_stage_and_says_unknown(rehearsal, tmp_path):
     assert estimate(hub, tmp_path / "results", out=buf) == 0
     text = buf.getvalue()
     assert "unknown" in text and " 0 B" not in text and text.splitlines()[-1].startswith("total: unknown")
+
+
+def test_peak_memory_of_each_measured_stage_is_within_what_its_job_asks_for(rehearsal):
+    """The cost line each job logs (peak RSS, iclscope.core.logs) against the host memory the rule
+    derives for that job on a CPU node (device cpu: the weights and the batch in host memory)."""
+    from iclscope.cli import job_costs
+    from iclscope.core import resources as res
+
+    work, cfg = rehearsal
+    arch = res.read_architecture(cfg["models"]["tiny"], work / "results" / "models" / "tiny.json")
+    rows = [r for r in job_costs(work / "logs") if r["stage"] in ("extract", *STAGES_MEASURED)]
+    assert {r["stage"] for r in rows} == {"extract", *STAGES_MEASURED}
+    for row in rows:
+        dataset = Path(row["log"]).stem
+        import pyarrow.parquet as pq
+
+        tokens = pq.read_table(work / "results" / "prompts" / "tiny" / f"{dataset}.parquet").column("n_tokens")
+        spec = cfg["datasets"][dataset]
+        job = res.Work(n_prompts=len(tokens), tokens_per_prompt=sum(tokens.to_pylist()) / len(tokens),
+                       max_tokens=max(tokens.to_pylist()), batch_size=8, n_classes=len(spec.get("classes") or {}),
+                       generation=spec["kind"] == "generation")
+        derived = res.model_stage(row["stage"], arch, "auto", job, cfg, spec, device="cpu").mem_mb
+        print(f"{row['stage']}/{dataset}: peak RSS {row['peak_rss_mb']} MB, derived {derived} MB "
+              f"({row['peak_rss_mb'] / derived:.2f})")
+        assert row["peak_rss_mb"] <= derived, row

@@ -162,7 +162,7 @@ class Architecture:
         d, hd = self.d_model, self.head_dim
         attention = d * self.n_heads * hd * 2 + d * self.n_kv_heads * hd * 2
         mlp = (3 if self.gated else 2) * d * (self.intermediate * self.n_experts + self.shared_intermediate)
-        router = d * self.n_experts if self.n_experts > 1 else 0
+        router = (d * self.n_experts if self.n_experts > 1 else 0) + (d if self.shared_intermediate else 0)
         embeddings = self.vocab * d * (1 if self.tied else 2) + self.positions * d
         return embeddings + self.n_layers * (attention + mlp + router)
 
@@ -465,3 +465,39 @@ def fallback(stage: str, attempt: int, mem_mb: int | None = None, gpus: int | No
     has run, so this is only what a dry run shows."""
     return StageResources(stage=stage, mem_mb=(mem_mb or 8000) * attempt, gpus=1 if gpus is None else gpus,
                           gpu_mem_mb=0, runtime=60 * attempt, gpu_hours=0.0, notes=("architecture unknown",))
+
+
+# --------------------------------------------------------------------------- the docs/cluster.md table
+# The reference job of the table: one classification dataset of 4 classes, 1 demonstration per
+# class, 5 seeds x 200 test prompts (the label-anchors paper's shape at a fifth of its size),
+# 250 tokens a prompt on average (400 the longest), every stage setting at the schema's default.
+REFERENCE_DATASET = {"source": "local", "path": "reference.csv",
+                     "classes": {c: f" {c}" for c in ("world", "sports", "business", "technology")},
+                     "prompts": {"shots_per_class": 1, "seeds": [1, 2, 3, 4, 5], "n_test": 200, "n_train": 16}}
+REFERENCE_TOKENS, REFERENCE_LONGEST = 250, 400
+TABLE_MODELS = (("GPT2-XL", "gpt2-xl.config.json", "float32"), ("Llama-3.1-8B", "llama-3.1-8b.config.json", "bfloat16"))
+
+
+def reference_table(config_dir: str | Path) -> str:
+    """Markdown table: every model stage of the reference job for GPT2-XL (fp32, as the paper) and
+    Llama-3.1-8B (bf16), from their config.json in `config_dir` alone (first attempt)."""
+    from iclscope.core.config import validate_config
+
+    cfg = validate_config({"models": {"m": {"source": "local", "path": "m"}}, "datasets": {"d": REFERENCE_DATASET}})
+    dataset = cfg["datasets"]["d"]
+    n = len(dataset["prompts"]["seeds"]) * (dataset["prompts"]["n_test"] + dataset["prompts"]["n_train"])
+    archs = [(Architecture.from_config(json.loads((Path(config_dir) / f).read_text())), dtype)
+             for _, f, dtype in TABLE_MODELS]
+    lines = ["| stage |" + "".join(f" {name}, {dtype}, {a.parameters / 1e9:.2f} B parameters: host mem / GPUs / "
+                                   "GPU mem / runtime |"
+                                   for (name, _, dtype), (a, _) in zip(TABLE_MODELS, archs, strict=True)),
+             "|---|" + "---|" * len(TABLE_MODELS)]
+    for stage in MODEL_STAGES:
+        cells = []
+        for arch, dtype in archs:
+            work = Work(n_prompts=n, tokens_per_prompt=REFERENCE_TOKENS, max_tokens=REFERENCE_LONGEST, batch_size=8,
+                        max_batch_tokens=8192, n_classes=4, n_demos=4)
+            r = model_stage(stage, arch, dtype, work, cfg, dataset)
+            cells.append(f" {r.mem_mb / 1000:.1f} GB / {r.gpus} / {r.gpu_mem_mb / 1000:.1f} GB / {r.runtime} min |")
+        lines.append(f"| {stage} |" + "".join(cells))
+    return "\n".join(lines) + "\n"
