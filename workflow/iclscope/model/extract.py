@@ -365,8 +365,11 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
                             label, states[g] = run_prefix(net, prefixes.tokens[g], prefixes.label_pos[g], n_layers)
                             if "prefix/resid/label" in writer.file:
                                 writer.write_prefix(int(g), label)
+                        # a continuation's tokens are what runs: the token budget counts those (the cached
+                        # prefix adds keys, [B, Hkv, P, dh] a layer, not activations)
+                        run_lengths = lengths[w0:w1][members] - (0 if prefixes is None else len(prefixes.tokens[g]))
                         work += [(members[b], states.get(g)) for b in
-                                 make_batches(lengths[w0:w1][members], model.batch_size, model.max_batch_tokens)]
+                                 make_batches(run_lengths, model.batch_size, model.max_batch_tokens)]
                     for batch, state in work:
                         idx = batch + w0
                         batch_rows = {"input_ids": [window_ids[i] for i in batch],
