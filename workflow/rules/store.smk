@@ -13,6 +13,12 @@ from iclscope.core import lab_store  # noqa: E402
 STORE = lab_store.Links(config, lab_store.configured_store())
 store_of = STORE.params_of  # params.store of a computing rule and of its link rule
 stored = STORE.input_of  # the input function of a link rule
+# A link job is a shell job (Snakemake runs each `run:` job as a new Snakemake process, seconds
+# apiece). Its command's text is what Snakemake records as the rule's code, so the store and the
+# script come in as resources (never compared for reruns), the same text in every checkout.
+LINK = "bash {resources.store_link:q} {resources.store:q} {params.store:q} {output:q} > {log:q} 2>&1"
+LINK_RESOURCES = {"store": str(STORE.store), "store_link": str(Path(workflow.basedir) / "workflow" / "scripts" /
+                                                               "store_link.sh")}
 
 EXTRACT_OUTPUT = ("results/activations/{model}/{dataset}.h5" if SHARDS == 1
                   else "results/activations/{model}/{dataset}.shards/{scatteritem}.h5")
@@ -31,9 +37,13 @@ if STORE.store is not None:
             store=store_of("prepare_model"),
         log:
             "logs/store/prepare_model/{model}.log",
+        conda:
+            "../envs/iclscope.yaml"
+        resources:
+            **LINK_RESOURCES,
         localrule: True
-        run:
-            STORE.link(params.store, output[0], log[0])
+        shell:
+            LINK
 
     rule link_prepare_dataset:
         """Link a stored prepared dataset."""
@@ -47,9 +57,13 @@ if STORE.store is not None:
             store=store_of("prepare_dataset"),
         log:
             "logs/store/prepare_dataset/{dataset}.log",
+        conda:
+            "../envs/iclscope.yaml"
+        resources:
+            **LINK_RESOURCES,
         localrule: True
-        run:
-            STORE.link(params.store, output[0], log[0])
+        shell:
+            LINK
 
     rule link_extract:
         """Link a stored activation file (or one shard of it)."""
@@ -69,9 +83,13 @@ if STORE.store is not None:
                 if SHARDS == 1
                 else "logs/store/extract/{model}/{dataset}.{scatteritem}.log"
             ),
+        conda:
+            "../envs/iclscope.yaml"
+        resources:
+            **LINK_RESOURCES,
         localrule: True
-        run:
-            STORE.link(params.store, output[0], log[0])
+        shell:
+            LINK
 
     ruleorder: link_prepare_model > prepare_model
     ruleorder: link_prepare_dataset > prepare_dataset
@@ -92,9 +110,13 @@ if STORE.store is not None:
                 store=store_of("gather_activations"),
             log:
                 "logs/store/gather_activations/{model}/{dataset}.log",
+            conda:
+                "../envs/iclscope.yaml"
+            resources:
+                **LINK_RESOURCES,
             localrule: True
-            run:
-                STORE.link(params.store, output[0], log[0])
+            shell:
+                LINK
 
         ruleorder: link_gather_activations > gather_activations
 
@@ -111,9 +133,13 @@ if STORE.store is not None:
             store=store_of("token_states"),
         log:
             "logs/store/token_states/{model}/{dataset}.log",
+        conda:
+            "../envs/iclscope.yaml"
+        resources:
+            **LINK_RESOURCES,
         localrule: True
-        run:
-            STORE.link(params.store, output[0], log[0])
+        shell:
+            LINK
 
     rule link_extract_anchors:
         """Link stored anchor states."""
@@ -128,9 +154,13 @@ if STORE.store is not None:
             store=store_of("extract_anchors"),
         log:
             "logs/store/extract_anchors/{model}/{dataset}.log",
+        conda:
+            "../envs/iclscope.yaml"
+        resources:
+            **LINK_RESOURCES,
         localrule: True
-        run:
-            STORE.link(params.store, output[0], log[0])
+        shell:
+            LINK
 
     ruleorder: link_token_states > token_states
     ruleorder: link_extract_anchors > extract_anchors

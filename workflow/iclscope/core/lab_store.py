@@ -807,25 +807,6 @@ def open_stored(model: str, dataset: str, config: str | Path | dict | None = Non
     return open_activations(stored_path(model, dataset, stage, config, store))
 
 
-def link_job(store: Path | None, param: str, output: str | Path, log_path: str | Path | None = None) -> str:
-    """The link rule's job: link the checked entry of params.store to `output`; returns how."""
-    p = json.loads(param)
-    if store is None:
-        raise StoreError(f"no store configured (${ENV}) for a link job")
-    entry = lookup(store, p["key"], p["recipe"])
-    if entry is None:
-        raise StoreError(f"store entry {Path(store) / p['key']} was removed after this run was planned: run "
-                         "snakemake again (the product is recomputed)")
-    how = link(entry, output, p["recipe"])
-    marker = _marker(output)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(entry.name)
-    if log_path:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(log_path).write_text(f"{how}ed {output} from {entry}\n")
-    return how
-
-
 def miss_path(store: Path, param: str) -> str:
     """What a link rule's input function returns when the computing rule should make the product:
     a path that never exists and that no rule makes, so Snakemake drops the link rule (quietly)."""
@@ -858,7 +839,3 @@ class Links:
             return [p for p in inputs(wc) if os.path.exists(p)]
 
         return entry_or_miss
-
-    def link(self, param: str, output: str, log_path: str | None = None) -> str:
-        return link_job(self.store, param, output, log_path)
-
