@@ -1,7 +1,7 @@
-# The lab store (iclscope.core.lab_store; docs/cluster.md, "The lab store"): a product whose recipe
-# key is stored is linked into results/ by a local rule before any job is scheduled, so a fully
-# stored plan submits no cluster job; a miss falls through to the rule that computes it, whose
-# job publishes its output into the store. The store is $ICLSCOPE_STORE; without it there are no
+# The lab store (iclscope.core.lab_store; docs/cluster.md, "Sharing activations across a lab"): a
+# product whose recipe key is stored is linked into results/ by a local rule before any job is
+# scheduled, so a fully stored plan submits no cluster job; a miss falls through to the rule that
+# computes it, whose job publishes its output into the store. The store is $ICLSCOPE_STORE; without it there are no
 # link rules and every product is computed as before.
 #
 # A link rule has the params of its computing rule and, as input, those of the computing rule's
