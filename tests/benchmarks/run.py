@@ -2,7 +2,8 @@
 results/benchmarks/benchmarks.{md,json}. Needs the default run's model, prompts and (for the
 HDF5 and IC-ICL rows) activations; builds what is missing through Snakemake first.
 
-    python -m tests.benchmarks.run [--only extraction,shared_prefix,memory,dag,entropy,speedups] [--dag 50x20]
+    python -m tests.benchmarks.run [--only extraction,shared_prefix,memory,dag,store,entropy,speedups]
+        [--dag 50x20] [--store 32x32]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import torch
 
-from . import dag, entropy_cost, extraction, memory, shared_prefix
+from . import dag, entropy_cost, extraction, memory, shared_prefix, store
 from .common import MODEL, OUT, REPO, pipeline_inputs, row
 
 
@@ -59,8 +60,9 @@ def to_markdown(rows: list[dict], info: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="extraction,shared_prefix,memory,dag,entropy,speedups")
+    parser.add_argument("--only", default="extraction,shared_prefix,memory,dag,store,entropy,speedups")
     parser.add_argument("--dag", default="50x20", help="models x datasets of the DAG benchmark")
+    parser.add_argument("--store", default="32x32", help="models x datasets of the lab-store benchmark (>= 1,000)")
     args = parser.parse_args()
     only = set(args.only.split(","))
     pipeline_inputs(f"results/prompts/{MODEL}/tweets.parquet", f"results/models/{MODEL}.json")
@@ -74,6 +76,9 @@ def main() -> None:
     if "dag" in only:
         m, d = map(int, args.dag.split("x"))
         rows += dag.run(m, d)
+    if "store" in only:
+        m, d = map(int, args.store.split("x"))
+        rows += store.run(m, d)
     if "entropy" in only:
         rows += entropy_cost.run()
     if "speedups" in only:
