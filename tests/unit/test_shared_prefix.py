@@ -133,3 +133,32 @@ def test_label_reader_indexes_like_an_array_and_schema_is_checked(prepared_tiny,
         f.attrs["schema_version"] = SCHEMA_VERSION + 1
     with pytest.raises(IncompleteFileError, match="newer than this iclscope reads"):
         open_activations(shared)
+
+
+def test_a_partial_file_of_the_other_layout_is_not_resumed(prepared_tiny, tmp_path, monkeypatch):
+    """A job killed while writing label states per prompt (an older iclscope, schema 1) must not be
+    resumed by shared-prefix extraction, which would leave the early prompts' label states unread."""
+    from iclscope.core.atomic import partial_path
+    from iclscope.model import extract as extract_mod
+
+    spec, model_dir = prepared_tiny
+    ppath, _ = prompts_file(prepared_tiny, tmp_path, n_test=12)
+    out = tmp_path / "act.h5"
+    real, calls = extract_mod.run_batch, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract_mod, "run_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        extract(ppath, model_dir, out, spec, ExtractSettings(window_batches=1), share_prefixes=False)
+    with h5py.File(partial_path(out)) as f:
+        assert f.attrs["n_done"] > 0 and "resid/label" in f
+    monkeypatch.setattr(extract_mod, "run_batch", real)
+    summary = extract(ppath, model_dir, out, spec, ExtractSettings(window_batches=1))
+    assert summary["resumed_at"] == 0 and summary["prefixes"] == 2
+    with open_activations(out) as f:
+        assert "resid/label" not in f and "prefix/resid/label" in f

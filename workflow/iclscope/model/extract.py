@@ -36,7 +36,7 @@ from tqdm import tqdm
 from iclscope import __version__
 from iclscope.core.atomic import partial_path, removed_when_disk_full, written
 from iclscope.core.config import ModelSpec, stable_hash
-from iclscope.core.store import ActivationWriter, shard_rows
+from iclscope.core.store import SCHEMA_VERSION, ActivationWriter, shard_rows
 from iclscope.core.tables import iter_list_column, read_meta, read_table
 from iclscope.model.capture import (
     ATTN_IMPLEMENTATION,
@@ -79,9 +79,13 @@ class ExtractSettings:
         return cls(**{k: v for k, v in extract_cfg.items() if k in keys})
 
 
-def params_digest(manifest: dict, model: ModelSpec, settings: ExtractSettings, dtype: str) -> str:
+def params_digest(manifest: dict, model: ModelSpec, settings: ExtractSettings, dtype: str,
+                  label_storage: str = "prompt") -> str:
+    """What a partial file must share to be resumed; `label_storage` ("prompt" | "prefix", with the
+    store's schema) keeps a partial file of the other layout from being resumed into this one."""
     return stable_hash({"weights": manifest["weights_sha256"], "dtype": dtype, "settings": asdict(settings),
-                        "iclscope": __version__, "device_map": model.device_map}, length=64)
+                        "iclscope": __version__, "device_map": model.device_map,
+                        "layout": [SCHEMA_VERSION, label_storage]}, length=64)
 
 
 def pad_lists(values, width: int, fill: int = -1, inner: int | None = None) -> np.ndarray:
@@ -337,7 +341,8 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
         "classes": list(meta["classes"]), "label_words": list(meta["label_words"]),
         "label_token_ids": list(label_ids), "rows": [lo, hi],
         "prompts_sha256": meta["prompts_sha256"],
-        "params_sha256": params_digest(manifest, model, settings, dtype_name),
+        "params_sha256": params_digest(manifest, model, settings, dtype_name,
+                                       "prompt" if prefixes is None else "prefix"),
         "iclscope_version": __version__,
     }
     with removed_when_disk_full(partial_path(out_path), out_path):
