@@ -281,6 +281,19 @@ def test_bigram_disentanglement_as_hcoxec_h_computes_it_by_hand():
     assert got["bigram_h"]["disentanglement"] - got["bigram"]["disentanglement"] == pytest.approx(0.201535, abs=1e-6)
 
 
+@pytest.mark.parametrize("min_labels, reference", [(1, 0.2256256), (2, 0.1780062)])
+def test_bigram_h_on_the_ten_token_corpus_matches_the_reference_code(min_labels, reference):
+    """The values hcoxec/h's get_token_labels + conditional_counts + disentanglement give on the corpus
+    above (one-hot bins as its soft_bin output; run once outside the repository, 2026-12-06); the
+    left-bigram convention gives ln 2 on both."""
+    labels = {"bigram": pair_labels(CORPUS_PREV, CORPUS_IDS),
+              "bigram_h": neighbour_bigram_labels(CORPUS_IDS, CORPUS_PREV, next_from_prev(CORPUS_IDS, CORPUS_PREV))}
+    got = {r["label_type"]: r for r in layer_measures(CORPUS_BINS, labels, EntropySettings(
+        n_bins=2, min_labels=min_labels, clip_quantile=0))}
+    assert got["bigram_h"]["disentanglement"] == pytest.approx(reference, abs=1e-6)
+    assert got["bigram"]["disentanglement"] == pytest.approx(math.log(2))
+
+
 def test_bigram_h_counts_a_repeated_pair_twice_as_the_reference_lists_it():
     """'C C C': the middle C is in (C,C) as its left and as its right bigram, so (C,C) holds 4 entries
     from 3 tokens (the reference appends the position once per bigram): retained at min_labels = 4, the
