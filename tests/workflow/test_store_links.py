@@ -122,3 +122,19 @@ def test_a_comment_only_edit_links_and_a_code_edit_extracts_again(lab):
     new = set(lab_store.entries(lab["store"])) - before
     assert [lab_store.read_sidecar(e)["stage"] for e in new] == ["extract"]
     assert next(iter(new)).name == key_in(carol, repo) != key_in(lab["root"] / "alice", lab["root"] / "alice-repo")
+
+
+def test_a_damaged_entry_is_named_and_recomputed_never_linked(lab):
+    """A truncated activation file in the store: the plan names the entry and the command that
+    removes it, and computes the product instead of linking it."""
+    damaged = lab["root"] / "store-damaged"
+    shutil.copytree(lab["store"], damaged, symlinks=True)
+    key = key_in(lab["root"] / "alice", lab["root"] / "alice-repo")
+    data = damaged / key / "toy.h5"
+    (damaged / key).chmod(0o755)
+    data.chmod(0o644)
+    data.write_bytes(data.read_bytes()[:1000])
+    repo, zed = member(lab, "zed")
+    out = snakemake(zed, "-n", TARGET, repo=repo, env={**lab["env"], lab_store.ENV: str(damaged)}).stdout
+    assert f"store entry {damaged / key} is damaged" in out and f"iclscope store rm {key}" in out
+    assert "rule extract:" in out and "rule link_extract:" not in out
