@@ -410,3 +410,36 @@ def test_a_notebook_opens_stored_activations_by_model_and_dataset(store, tmp_pat
         lab_store.stored_path("tiny", "other", store=store)
     rows = lab_store.listing(store)
     assert [(r["stage"], r["model"], r["dataset"]) for r in rows] == [("extract", "tiny", "toy")]
+
+
+def link_job(store: Path, recipe: dict, output: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The link rules' shell job, as Snakemake runs it (workflow/scripts/store_link.sh)."""
+    param = json.dumps({"key": lab_store.key_of(recipe), "recipe": recipe}, sort_keys=True)
+    return subprocess.run(["bash", str(REPO / "workflow/scripts/store_link.sh"), str(store), param, output],
+                          cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_the_link_job_hard_links_on_one_filesystem_symlinks_across_and_says_when_the_entry_went(
+        store, small_disk, tmp_path):
+    model = {**RECIPE, "product": "prepare_model"}
+    lab_store.publish(store, RECIPE, product(tmp_path / "a"))
+    lab_store.publish(store, model, product(tmp_path / "m", "tiny", directory=True))
+    work = tmp_path / "w"
+    work.mkdir()
+    done = link_job(store, RECIPE, "results/act/toy.h5", work)
+    assert done.returncode == 0 and done.stdout.startswith("hardlinked"), done.stderr
+    assert os.path.samefile(work / "results/act/toy.h5", store / lab_store.key_of(RECIPE) / "toy.h5")
+    assert (work / ".snakemake/iclscope-links/results/act/toy.h5.key").read_text() == lab_store.key_of(RECIPE)
+    assert link_job(store, model, "results/models/tiny", work).returncode == 0
+    (work / "results/models/tiny/.snakemake_timestamp").write_text("")  # a real, writable directory
+    assert lab_store.is_sealed(store / lab_store.key_of(model))  # and the entry's files stay read-only
+
+    other_fs = small_disk / "store"
+    shutil.copytree(store / lab_store.key_of(model), other_fs / lab_store.key_of(model))
+    done = link_job(other_fs, model, "results/models/tiny", work)
+    assert done.returncode == 0 and done.stdout.startswith("symlinked"), done.stderr
+    assert (work / "results/models/tiny/sub/model.safetensors").is_symlink()
+
+    lab_store.remove(store / lab_store.key_of(RECIPE))
+    gone = link_job(store, RECIPE, "results/act/toy.h5", work)
+    assert gone.returncode == 1 and "was removed after this run was planned" in gone.stderr
