@@ -1,5 +1,5 @@
 """The workflow on a live single-node SLURM cluster: sbatch jobs per rule with GPUs for model
-stages, sharded extraction, exact partial reruns, the lab cache, and failures that retry.
+stages, sharded extraction, exact partial reruns, the lab store, and failures that retry.
 
 Every snakemake call goes through snakemake_runner.snakemake (hard kill timeout). Status checks
 are made every 2 s instead of the profile's production values to keep the suite short, through
@@ -21,9 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
-from iclscope.core.lab_store import entries as cache_entries
-from iclscope.core.lab_store import is_sealed
-from snakemake_runner import REPO, checkout_copy, planned_jobs, snakemake, write_config
+from iclscope.core import lab_store
+from snakemake_runner import checkout_copy, planned_jobs, snakemake, write_config
 from tiny_models import make_tiny_model
 
 pytestmark = pytest.mark.cluster
@@ -34,22 +33,31 @@ SITE = ["--default-resources", "slurm_partition=debug", "runtime=10", "mem_mb=10
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, slurm_cluster):
-    """A tiny model, a small CSV dataset, a shared output cache: what two lab members share."""
+    """A tiny model, a small CSV dataset, a lab store: what two lab members share."""
     root = tmp_path_factory.mktemp("lab")
     make_tiny_model("llama", root / "tiny")
     rows = ["sentiment,text"] + [f"{['negative', 'positive'][i % 2]},tweet {i} was {['bad', 'good'][i % 2]} today"
                                  for i in range(90)]
     (root / "tweets.csv").write_text("\n".join(rows) + "\n")
-    cache = root / "cache"
-    cache.mkdir()
-    os.chmod(cache, 0o2775)  # group-shared, setgid: how a lab sets up SNAKEMAKE_OUTPUT_CACHE
+    store = root / "store"
+    store.mkdir()
+    os.chmod(store, 0o2775)  # group-shared, setgid: how a lab sets up its store (docs/cluster.md)
     hub = root / "hub" / "models--iclscope-test--tiny"  # an offline HF cache with two revisions
     for ref, commit in (("main", "a" * 40), ("step1", "b" * 40)):
         shutil.copytree(root / "tiny", hub / "snapshots" / commit)
         (hub / "refs").mkdir(parents=True, exist_ok=True)
         (hub / "refs" / ref).write_text(commit)
-    env = {**slurm_cluster.env, "SNAKEMAKE_OUTPUT_CACHE": str(cache), "HF_HUB_CACHE": str(root / "hub")}
-    return {"root": root, "cache": cache, "env": env, "cluster": slurm_cluster}
+    env = {**slurm_cluster.env, lab_store.ENV: str(store), "HF_HUB_CACHE": str(root / "hub")}
+    # one snapshot of the workflow for every run of this module: edits made to this checkout meanwhile
+    # (the package's code is in every key) do not reach it
+    repo = checkout_copy(root / "lab-repo")
+    return {"root": root, "store": store, "env": env, "cluster": slurm_cluster, "repo": repo}
+
+
+def copy_of(lab, dest: Path) -> Path:
+    """Another checkout of the lab's workflow snapshot, at another path."""
+    shutil.copytree(lab["repo"], dest)
+    return dest
 
 
 def config(lab, **extract) -> dict:
@@ -74,8 +82,9 @@ def checkout(lab, name: str, cfg: dict) -> Path:
     return work
 
 
-def on_slurm(lab, work: Path, *args: str, timeout: int = 600, check: bool = True, repo: Path = REPO):
-    return snakemake(work, "--profile", str(REPO / "profiles" / "slurm"), *SITE, *FAST, *args,
+def on_slurm(lab, work: Path, *args: str, timeout: int = 600, check: bool = True, repo: Path | None = None):
+    repo = repo or lab["repo"]
+    return snakemake(work, "--profile", str(repo / "profiles" / "slurm"), *SITE, *FAST, *args,
                      env=lab["env"], timeout=timeout, check=check, launcher=FAST_STATUS, repo=repo)
 
 
@@ -103,53 +112,89 @@ def test_pipeline_runs_as_one_sbatch_job_per_rule_instance(lab):
 
 def test_partial_reruns_run_exactly_the_expected_jobs(lab):
     work = lab["root"] / "alice"
-    assert planned_jobs(work, "--until", "extract", "--forcerun", "build_prompts") == {
+    assert planned_jobs(work, "--until", "extract", "--forcerun", "build_prompts", repo=lab["repo"]) == {
         "build_prompts": 1, "extract": 1}
-    assert planned_jobs(work, "--forcerun", "icl_accuracy") == {"icl_accuracy": 1, "summary": 1, "all": 1}
+    assert planned_jobs(work, "--forcerun", "icl_accuracy", repo=lab["repo"]) == {
+        "icl_accuracy": 1, "summary": 1, "all": 1}
     cfg = yaml.safe_load((work / "config.yaml").read_text())
     cfg["icl_accuracy"] = {"n_boot": 7}
     write_config(work, cfg)
-    assert planned_jobs(work) == {"icl_accuracy": 1, "summary": 1, "all": 1}
+    assert planned_jobs(work, repo=lab["repo"]) == {"icl_accuracy": 1, "summary": 1, "all": 1}
     t0 = time.time()
     on_slurm(lab, work)  # and it really runs just that job on the cluster
     assert rules_run(lab, t0) == {"icl_accuracy": 1, "summary": 1}
 
 
-def test_second_checkout_gets_activations_from_the_cache(lab):
-    """With the slurm executor Snakemake still submits the extract job (the cache is consulted
-    inside it: snakemake-executor-plugin-slurm#46), but the job only links the cached file."""
+def store_key(lab, work: Path, path: str = "results/activations/tiny/toy.h5", repo: Path | None = None) -> str:
+    """`iclscope store key <path>` in a member's working directory, with that checkout's package."""
+    repo = repo or lab["repo"]
+    out = subprocess.run([sys.executable, "-m", "iclscope.cli", "store", "key", path], cwd=work, check=True,
+                         capture_output=True, text=True, env={**lab["env"], "PYTHONPATH": str(repo / "workflow")})
+    return out.stdout.strip()
+
+
+def extracted(work: Path) -> bool:
+    """Whether this checkout's activations came from its own forward pass."""
+    log = work / "logs/extract/tiny/toy.log"
+    return log.exists() and "extracted" in log.read_text()
+
+
+def stored_in_job(work: Path) -> str:
+    """The entry name the extract job (inside its SLURM allocation) published under."""
+    line = next(x for x in (work / "logs/extract/tiny/toy.log").read_text().splitlines() if "stored as" in x)
+    return Path(line.split("stored as ")[1].strip()).name
+
+
+def gpu_jobs(lab, since: float) -> dict[str, int]:
+    """{rule: jobs} of the allocations with a GPU since `since` (the cluster's accounting)."""
+    jobs = {}
+    for rule, rows in lab["cluster"].jobs_by_rule(since).items():
+        n = sum("gres/gpu" in r["AllocTRES"] for r in rows)
+        if n:
+            jobs[rule] = n
+    return jobs
+
+
+def test_a_stored_plan_submits_no_job_and_keys_agree_everywhere(lab):
+    """Written on the cluster (alice, the first test), read by a second checkout: its dry run lists
+    only the link, its run submits zero sbatch jobs (the cluster's accounting) and extracts nothing;
+    the entry's name is `iclscope store key` in both checkouts and the key the cluster job published under."""
+    alice = lab["root"] / "alice"
+    repo = copy_of(lab, lab["root"] / "bob-repo")  # another checkout, at another path
     work = checkout(lab, "bob", config(lab))
+    assert planned_jobs(work, "activations", repo=repo, env=lab["env"]) == {"link_extract": 1, "activations": 1}
+    t0 = time.time()
+    on_slurm(lab, work, "activations", repo=repo)
+    assert lab["cluster"].sacct(t0) == []  # zero sbatch submissions
+    assert not extracted(work)
+    key = store_key(lab, work, repo=repo)
+    assert key == store_key(lab, alice) == stored_in_job(alice)
+    act = work / "results/activations/tiny/toy.h5"
+    assert os.path.samefile(act, lab["store"] / key / "toy.h5")  # a hard link: same filesystem
+    with h5py.File(act) as f, h5py.File(alice / "results/activations/tiny/toy.h5") as g:
+        np.testing.assert_array_equal(f["resid/query"][()], g["resid/query"][()])
+    assert planned_jobs(work, "activations", repo=repo, env=lab["env"]) == {}
+
+
+def test_written_locally_read_on_the_cluster(lab):
+    """A workstation run (local executor) stores new activations; a cluster run of the same config
+    submits nothing for them, and a dry run elsewhere lists only links."""
+    cfg = config(lab, topk=9)  # a new key
+    local = checkout(lab, "ivan-local", cfg)
+    snakemake(local, "activations", env=lab["env"], repo=lab["repo"])
+    assert extracted(local)
+    work = checkout(lab, "ivan-cluster", cfg)
     t0 = time.time()
     on_slurm(lab, work, "activations")
-    assert rules_run(lab, t0).get("extract") == 1
-    act = work / "results/activations/tiny/toy.h5"
-    assert act.is_symlink() and Path(os.path.realpath(act)).parent == lab["cache"]
-    job_logs = "".join(p.read_text() for p in (work / ".snakemake/slurm_logs/rule_extract").rglob("*.log"))
-    assert "Symlinking output file results/activations/tiny/toy.h5 from cache" in job_logs
-    extract_log = work / "logs/extract/tiny/toy.log"
-    assert not extract_log.exists() or "extracted" not in extract_log.read_text()  # no forward pass ran
-    with h5py.File(act) as f, h5py.File(lab["root"] / "alice/results/activations/tiny/toy.h5") as g:
-        np.testing.assert_array_equal(f["resid/query"][()], g["resid/query"][()])
-
-
-def extracted_into_cache(lab, work: Path) -> bool:
-    """Whether this checkout's activations came from its own forward pass, then stored in the cache."""
-    log = work / "logs/extract/tiny/toy.log"
-    ran = log.exists() and "extracted" in log.read_text()
-    return ran and Path(os.path.realpath(work / "results/activations/tiny/toy.h5")).parent == lab["cache"]
-
-
-def edited_checkout(lab, name: str, edit) -> Path:
-    """A second checkout of the workflow whose hook layer (capture.py) is edited by `edit`."""
-    repo = checkout_copy(lab["root"] / f"{name}-repo")
-    capture = repo / "workflow" / "iclscope" / "model" / "capture.py"
-    capture.write_text(edit(capture.read_text()))
-    return repo
+    assert lab["cluster"].sacct(t0) == [] and not extracted(work)
+    assert store_key(lab, work) == store_key(lab, local) == stored_in_job(local)
 
 
 @pytest.mark.parametrize("change", ["dtype", "template", "revision", "code"])
-def test_changed_extraction_inputs_miss_the_cache(lab, change):
-    cfg, repo = config(lab), REPO
+def test_changed_extraction_inputs_miss_the_store(lab, change):
+    """A miss costs exactly one GPU job per missing product (the extraction), whose entry is
+    published under the key `iclscope store key` gives."""
+    cfg, repo = config(lab), lab["repo"]
     if change == "dtype":
         cfg["models"]["tiny"]["dtype"] = "bfloat16"
     elif change == "template":
@@ -162,31 +207,45 @@ def test_changed_extraction_inputs_miss_the_cache(lab, change):
         on_slurm(lab, checkout(lab, "carol-main", cfg), "activations")
         cfg["models"]["tiny"]["revision"] = "step1"
     work = checkout(lab, f"carol-{change}", cfg)
+    before = set(lab_store.entries(lab["store"]))
+    t0 = time.time()
     on_slurm(lab, work, "activations", repo=repo)
-    assert extracted_into_cache(lab, work)  # a real forward pass ran, and its file was stored
+    assert gpu_jobs(lab, t0) == {"extract": 1} and extracted(work)
+    new = {e.name: lab_store.read_sidecar(e)["stage"] for e in set(lab_store.entries(lab["store"])) - before}
+    assert new[stored_in_job(work)] == "extract" and stored_in_job(work) == store_key(lab, work, repo=repo)
 
 
-def test_a_comment_only_change_still_hits_the_cache(lab):
+def edited_checkout(lab, name: str, edit) -> Path:
+    """A second checkout of the workflow whose hook layer (capture.py) is edited by `edit`."""
+    repo = copy_of(lab, lab["root"] / f"{name}-repo")
+    capture = repo / "workflow" / "iclscope" / "model" / "capture.py"
+    capture.write_text(edit(capture.read_text()))
+    return repo
+
+
+def test_a_comment_only_change_costs_no_job(lab):
     """Comments and docstrings are not code: the key (a digest of the normalised source) is unchanged."""
     def reword(text):
         first_doc = text.index('"""') + 3
         return text[:first_doc] + "Reworded docstring. " + text[first_doc:] + "\n# a comment only\n"
 
     work = checkout(lab, "dave-comment", config(lab))
+    t0 = time.time()
     on_slurm(lab, work, "activations", repo=edited_checkout(lab, "dave-comment", reword))
-    assert not extracted_into_cache(lab, work)
-    assert Path(os.path.realpath(work / "results/activations/tiny/toy.h5")).parent == lab["cache"]
+    assert lab["cluster"].sacct(t0) == [] and not extracted(work)
+    assert os.path.samefile(work / "results/activations/tiny/toy.h5",
+                            lab["store"] / store_key(lab, lab["root"] / "alice") / "toy.h5")
 
 
 def test_two_checkouts_request_the_same_new_activations_at_once(lab):
-    """Two lab members launch the same extraction (not yet cached) at the same moment: both runs
-    finish, both end up with the one cache entry, and that entry is a complete file whose arrays
-    equal each run's own (Snakemake stores an entry by an atomic rename, so a second writer
-    replaces the first with identical bytes, never a torn file)."""
+    """Two lab members launch the same extraction (not stored yet) at the same moment: both runs
+    finish at their first attempt, both end up linked to the one sealed entry, no temporary or
+    nested copy is left, and the entry's arrays equal a fresh run's."""
     cfg = config(lab)
-    cfg["datasets"]["toy"]["prompts"]["template"] = "Post: {text}\nSentiment:{label}"  # not in the cache yet
+    cfg["datasets"]["toy"]["prompts"]["template"] = "Post: {text}\nSentiment:{label}"  # not in the store yet
     works = [checkout(lab, name, cfg) for name in ("dave", "erin")]
     results, threads = {}, []
+    t0 = time.time()
     for work in works:
         def run(work=work):
             try:
@@ -199,19 +258,25 @@ def test_two_checkouts_request_the_same_new_activations_at_once(lab):
     for t in threads:
         t.join()
     assert all(not isinstance(r, AssertionError) for r in results.values()), results
-    entries = {os.path.realpath(w / "results/activations/tiny/toy.h5") for w in works}
-    assert len(entries) == 1 and Path(next(iter(entries))).parent == lab["cache"]
-    stored = cache_entries(lab["cache"])  # models, datasets, activations of every test so far
-    assert stored and all(is_sealed(e) for e in stored), "cache entries must be read-only once written"
-    with h5py.File(next(iter(entries))) as f:
+    assert all("Trying to restart" not in r.stdout for r in results.values())  # first attempts only
+    rows = lab["cluster"].sacct(t0)
+    assert rows and all(r["State"] == "COMPLETED" for r in rows), rows
+    key = store_key(lab, works[0])
+    entry = lab["store"] / key
+    for w in works:
+        assert os.path.samefile(w / "results/activations/tiny/toy.h5", entry / "toy.h5")
+    assert lab_store.is_sealed(entry) and lab_store.verify(entry) == []
+    assert sorted(p.name for p in entry.iterdir()) == sorted([lab_store.SIDECAR, "toy.h5"])  # nothing nested
+    assert not [p for p in lab["store"].iterdir() if p.name.startswith(".tmp")]
+    assert all(lab_store.is_sealed(e) for e in lab_store.entries(lab["store"]))
+    with h5py.File(entry / "toy.h5") as f:
         assert f.attrs["complete"] and f.attrs["n_done"] == f["resid/query"].shape[0]
-        cached = f["resid/query"][()]
-    extracted = [w for w in works if "extracted" in (w / "logs/extract/tiny/toy.log").read_text()]
-    assert len(extracted) >= 1  # produced once (the other fetched it) or by both, identically
+        stored = f["resid/query"][()]
     reference = checkout(lab, "frank", {**cfg, "extract": {"shards": 1}})
-    snakemake(reference, "--profile", str(REPO / "profiles" / "local"), "activations")  # no cache: a fresh run
+    snakemake(reference, "--profile", str(lab["repo"] / "profiles" / "local"), "activations",
+              repo=lab["repo"])  # no store: a fresh run
     with h5py.File(reference / "results/activations/tiny/toy.h5") as g:  # other thread count: fp16 tolerance
-        np.testing.assert_allclose(cached.astype(np.float32), g["resid/query"][()].astype(np.float32),
+        np.testing.assert_allclose(stored.astype(np.float32), g["resid/query"][()].astype(np.float32),
                                    rtol=1e-2, atol=1e-3)
 
 
@@ -232,7 +297,7 @@ def test_three_shards_run_side_by_side_and_gather_to_the_unsharded_file(lab):
 
 
 def test_cancelled_job_is_reported_retried_and_the_rerun_finishes(lab):
-    work = checkout(lab, "dave", config(lab, topk=7))  # topk: a new cache key, so extract really runs
+    work = checkout(lab, "dave", config(lab, topk=7))  # topk: a new store key, so extract really runs
     env = lab["env"]
     cancelled = []
 
@@ -256,7 +321,7 @@ def test_cancelled_job_is_reported_retried_and_the_rerun_finishes(lab):
     assert f"SLURM-job '{cancelled[0]}' failed" in result.stdout and "CANCELLED" in result.stdout
     assert "Trying to restart job" in result.stdout  # retries: 2 in the profile
     assert (work / "results/activations/tiny/toy.h5").exists()
-    assert planned_jobs(work, "activations") == {}
+    assert planned_jobs(work, "activations", repo=lab["repo"]) == {}
 
 
 def test_job_over_its_memory_is_killed_and_retried_with_more(lab, tmp_path):
@@ -267,7 +332,7 @@ def test_job_over_its_memory_is_killed_and_retried_with_more(lab, tmp_path):
     t0 = time.time()
     result = subprocess.run([*FAST_STATUS, *cmd, "--directory",
                              str(tmp_path), "--executor", "slurm", "--jobs", "2", "--retries", "2", *SITE, *FAST],
-                            env={k: v for k, v in lab["env"].items() if k != "SNAKEMAKE_OUTPUT_CACHE"},
+                            env={k: v for k, v in lab["env"].items() if k != lab_store.ENV},
                             capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     attempts = lab["cluster"].jobs_by_rule(t0)["hog"]
@@ -279,7 +344,7 @@ def test_job_over_its_memory_is_killed_and_retried_with_more(lab, tmp_path):
 def test_slurmd_restart_while_jobs_are_queued(lab):
     """The node daemon restarts (an upgrade, a crash) while the workflow's jobs are queued: the run
     goes on or reports the failed jobs, and a rerun finishes without redoing finished outputs."""
-    work = checkout(lab, "grace", config(lab, topk=5))  # topk: a new cache key, so extract really runs
+    work = checkout(lab, "grace", config(lab, topk=5))  # topk: a new store key, so extract really runs
     cluster, first = lab["cluster"], {}
     t0 = time.time()
     run = threading.Thread(target=lambda: first.update(result=on_slurm(lab, work, "metrics", check=False)))
@@ -300,4 +365,4 @@ def test_slurmd_restart_while_jobs_are_queued(lab):
     rerun = {r["Comment"] for r in cluster.sacct(t1)}
     assert not rerun & done_first, f"finished jobs ran again: {rerun & done_first}"
     assert (work / "results/metrics/tiny/toy/icl_accuracy.parquet").exists()
-    assert planned_jobs(work, "metrics") == {}
+    assert planned_jobs(work, "metrics", repo=lab["repo"]) == {}
