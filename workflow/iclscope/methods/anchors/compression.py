@@ -174,6 +174,38 @@ def continue_on_cache(net, cache, query_ids, start: int, logits_to_keep: int = 1
     return out.logits[0]
 
 
+def continue_on_pruned(net, kv: list[tuple], kept_sets: list[list[int]], query_ids, start: int,
+                       batch_size: int, max_batch_tokens: int) -> list[torch.Tensor]:
+    """Last-position logits [V] of `query_ids` continued on each pruned cache `kv`[kept] of `kept_sets`, in
+    batches (untimed arms: Hidden_random's draws). Kept sets of one length share a batch (the draws of a
+    prompt all keep as many entries: each label token is swapped for one drawn token), so nothing is padded:
+    each row equals `continue_on_cache` on its own pruned cache; at most `batch_size` rows and
+    `max_batch_tokens` tokens (cache entries and query) per pass."""
+    device = input_device(net)
+    out: list[torch.Tensor | None] = [None] * len(kept_sets)
+    by_length: dict[int, list[int]] = {}
+    for i, kept in enumerate(kept_sets):
+        by_length.setdefault(len(kept), []).append(i)
+    for n_kept, members in by_length.items():
+        per_pass = max(1, min(batch_size, max_batch_tokens // (n_kept + len(query_ids))))
+        for lo in range(0, len(members), per_pass):
+            rows = members[lo:lo + per_pass]
+            cache = full_kv_cache()
+            for layer, (k, v) in enumerate(kv):  # [1, Hkv, T, dh] -> [B, Hkv, n_kept, dh], on the layer's device
+                idx = [torch.as_tensor(kept_sets[i], dtype=torch.long, device=k.device) for i in rows]
+                cache.update(torch.cat([k.index_select(2, j) for j in idx]),
+                             torch.cat([v.index_select(2, j) for j in idx]), layer)
+            ids = torch.as_tensor([list(query_ids)] * len(rows), dtype=torch.long, device=device)
+            positions = torch.arange(start, start + ids.shape[1], device=device)[None].expand(len(rows), -1)
+            mask = torch.ones(len(rows), n_kept + ids.shape[1], dtype=torch.long, device=device)
+            with torch.inference_mode():
+                logits = net(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache,
+                             use_cache=True, logits_to_keep=1).logits[:, -1]
+            for b, i in enumerate(rows):
+                out[i] = logits[b]
+    return out
+
+
 def plain_logits(net, ids, logits_to_keep: int = 1):
     """Logits [T', V] of one unpadded prompt from position 0."""
     device = input_device(net)
@@ -272,10 +304,12 @@ def paired_summary(per_example: pd.DataFrame, n_boot: int = 1000) -> list[dict]:
 
 # --------------------------------------------------------------------------- the stage
 def score_prompt(net, rec: dict, kv: list[tuple], random_sets: list[list[int]], label_ids: list[int],
-                 s: AnchorCompressionSettings, timed: bool = True) -> list[dict]:
-    """Every arm on one prompt (batch 1); `kv` = its demonstration part's per-layer KV, `random_sets` =
-    the Hidden_random kept sets of its seed. One row per arm (per draw for hidden_random). `timed`: the
-    timed arms run `timing_repeats` interleaved rounds and keep their seconds; else one untimed round."""
+                 s: AnchorCompressionSettings, timed: bool = True, batch_size: int = 1,
+                 max_batch_tokens: int = 1 << 30) -> list[dict]:
+    """Every arm on one prompt; `kv` = its demonstration part's per-layer KV, `random_sets` = the
+    Hidden_random kept sets of its seed. One row per arm (per draw for hidden_random). `timed`: the
+    timed arms run `timing_repeats` interleaved rounds at batch 1 and keep their seconds; else one untimed
+    round. Hidden_random (never timed) runs its draws in batches of `batch_size` / `max_batch_tokens`."""
     device = input_device(net)
     ids = [int(t) for t in rec["input_ids"]]
     split, keep = demo_end(rec), kept_positions(rec)
@@ -301,9 +335,9 @@ def score_prompt(net, rec: dict, kv: list[tuple], random_sets: list[list[int]], 
     add("full_icl", out["full_icl"], len(ids), split, seconds["full_icl"])
     add("hidden_anchor", out["hidden_anchor"], len(keep) + len(query), len(keep), seconds["hidden_anchor"])
     add("text_anchor", out["text_anchor"], len(text_ids), len(text_ids) - len(query), seconds["text_anchor"])
-    for d, kept in enumerate(random_sets):
-        add("hidden_random", continue_on_cache(net, pruned_cache(net, kv, kept), query, split),
-            len(kept) + len(query), len(kept), draw=d)
+    drawn = continue_on_pruned(net, kv, random_sets, query, split, batch_size, max_batch_tokens)  # untimed: batched
+    for d, (kept, logits) in enumerate(zip(random_sets, drawn, strict=True)):
+        add("hidden_random", logits[None], len(kept) + len(query), len(kept), draw=d)
     add("zero_shot", out["zero_shot"], len(zs), len(zs) - len(query), seconds["zero_shot"])
     return rows
 
@@ -341,7 +375,8 @@ def run_anchor_compression(prompts_path, model_dir, model, *, settings: AnchorCo
             rng = np.random.default_rng(int(rec["seed"]))  # drawn once per demonstration set, as the reference
             draws[key] = [random_kept_positions(rec, rng)[0] for _ in range(s.n_random_draws)]
         rows += score_prompt(net, rec, prefixes[key], draws[key], label_ids, s,
-                             timed=s.timed_per_seed is None or i < s.timed_per_seed)
+                             timed=s.timed_per_seed is None or i < s.timed_per_seed, batch_size=model.batch_size,
+                             max_batch_tokens=model.max_batch_tokens)
     per_example = pd.DataFrame(rows)
     metric_rows = summarise(per_example, len(label_ids)) + paired_summary(per_example) if rows else []
     info = {"prompts": len(records), "seeds": sorted({int(r["seed"]) for r in records}), "word_k": s.word_k,

@@ -1,0 +1,101 @@
+"""The batched paths of the anchor stages equal batch 1 (issue 30): on the tiny Llama and GPT-2 models,
+fp32, left-padded prompts of different lengths.
+
+* saliency: one forward and backward pass over a padded batch, the loss summed over prompts, gives each
+  prompt the saliency matrices of its own batch-1 pass (`saliency_matrices`), and run_saliency's rows do
+  not depend on the batch size;
+* anchor compression: Hidden_random's draws continued in one batch on their pruned caches give the
+  logits of each draw continued alone."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from test_extract import prompts_file
+
+from iclscope.methods.anchors.prompts import anchor_prompts
+from iclscope.methods.anchors.saliency import run_saliency, saliency_batch, saliency_matrices
+from iclscope.model.capture import ATTN_IMPLEMENTATION
+from iclscope.model.loading import load_model
+
+TOL = {"rtol": 1e-4, "atol": 1e-6}
+
+
+@pytest.fixture
+def prompts(prepared_tiny, tmp_path):
+    path, table = prompts_file(prepared_tiny, tmp_path, n_test=12, n_train=2)
+    assert table[table.split == "test"]["input_ids"].map(len).nunique() > 1  # left padding happens
+    return path
+
+
+def test_batched_saliency_equals_batch_1(prepared_tiny, prompts):
+    spec, model_dir = prepared_tiny
+    test, meta = anchor_prompts(prompts)
+    net, tok, manifest = load_model(model_dir, spec, attn_implementation=ATTN_IMPLEMENTATION)
+    L, label_ids = manifest["n_layers"], meta["label_token_ids"]
+    recs = list(test.head(5).itertuples())
+    batched = saliency_batch(net, [list(r.input_ids) for r in recs], [int(r.gold) for r in recs], label_ids, L,
+                             tok.pad_token_id)
+    for r, mine in zip(recs, batched, strict=True):
+        alone = saliency_matrices(net, r.input_ids, int(r.gold), label_ids, L)
+        assert mine.shape == alone.shape == (L, len(r.input_ids), len(r.input_ids))
+        assert alone.max() > 0
+        np.testing.assert_allclose(mine, alone, **TOL)
+
+
+def test_saliency_rows_do_not_depend_on_the_batch(prepared_tiny, prompts):
+    spec, model_dir = prepared_tiny
+    runs = [run_saliency(prompts, model_dir, dataclasses.replace(spec, batch_size=bs, max_batch_tokens=1 << 20), 6,
+                         dataset="d") for bs in (1, 16)]
+    (rows_1, table_1), (rows_16, table_16) = runs
+    assert rows_16[["prompt_id", "seed", "layer"]].equals(rows_1[["prompt_id", "seed", "layer"]])
+    np.testing.assert_allclose(rows_16[["s_wp", "s_pq", "s_ww"]], rows_1[["s_wp", "s_pq", "s_ww"]], **TOL)
+    np.testing.assert_allclose(table_16["value"].to_numpy(float), table_1["value"].to_numpy(float), **TOL)
+
+
+def test_hidden_random_draws_in_one_batch_equal_each_draw_alone(prepared_tiny, tmp_path):
+    from test_anchor_compression import three_demo_prompts
+
+    from iclscope.methods.anchors.compression import (
+        continue_on_cache,
+        continue_on_pruned,
+        demo_end,
+        prefix_kv,
+        pruned_cache,
+        random_kept_positions,
+    )
+
+    spec, model_dir = prepared_tiny
+    _, table = three_demo_prompts(prepared_tiny, tmp_path)
+    net, _, _ = load_model(model_dir, spec, attn_implementation=ATTN_IMPLEMENTATION)
+    rec = table.iloc[0].to_dict()
+    ids, split = [int(t) for t in rec["input_ids"]], demo_end(rec)
+    kv = prefix_kv(net, ids[:split])
+    rng = np.random.default_rng(0)
+    sets = [random_kept_positions(rec, rng)[0] for _ in range(7)]
+    assert len({tuple(k) for k in sets}) > 1
+    # batches of 3 rows (the last one short) and a token budget that allows 2 rows a pass
+    for batch_size, budget in ((3, 1 << 20), (16, 2 * (len(sets[0]) + len(ids) - split))):
+        batched = continue_on_pruned(net, kv, sets, ids[split:], split, batch_size, budget)
+        for kept, mine in zip(sets, batched, strict=True):
+            alone = continue_on_cache(net, pruned_cache(net, kv, kept), ids[split:], split)[-1]
+            np.testing.assert_allclose(mine.numpy(), alone.numpy(), **TOL)
+
+
+def test_anchor_compression_rows_do_not_depend_on_the_batch(prepared_tiny, tmp_path):
+    from test_anchor_compression import three_demo_prompts
+
+    from iclscope.methods.anchors.compression import AnchorCompressionSettings, run_anchor_compression
+
+    spec, model_dir = prepared_tiny
+    path, _ = three_demo_prompts(prepared_tiny, tmp_path, n_test=4)
+    settings = AnchorCompressionSettings(prompts_per_seed=4, n_random_draws=5, timing_repeats=1, timing_warmup=0,
+                                         timed_per_seed=1)
+    runs = [run_anchor_compression(path, model_dir, dataclasses.replace(spec, batch_size=bs, max_batch_tokens=1 << 20),
+                                   settings=settings, dataset="d3")[2] for bs in (1, 16)]
+    key = ["seed", "prompt_id", "arm", "draw"]
+    one, many = (r.sort_values(key).reset_index(drop=True) for r in runs)
+    assert many[key + ["gold", "tokens", "context_tokens"]].equals(one[key + ["gold", "tokens", "context_tokens"]])
+    assert many["pred"].tolist() == one["pred"].tolist()
+    assert (many["top_ids"].map(tuple) == one["top_ids"].map(tuple)).mean() > 0.99  # ties at the k-th may swap
+    assert many.seconds.notna().sum() == one.seconds.notna().sum() == 2 * 4  # two seeds x one timed prompt x 4 arms
