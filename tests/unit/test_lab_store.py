@@ -237,7 +237,12 @@ def as_nobody(code: str) -> subprocess.CompletedProcess:
 def test_linking_checks_the_entry_and_hard_links_on_one_filesystem(store, tmp_path):
     entry = lab_store.publish(store, RECIPE, product(tmp_path / "a"))
     out = tmp_path / "b" / "results" / "toy.h5"
-    assert lab_store.link(entry, out, RECIPE) == "hardlink"
+    old = os.umask(0o077)  # a member with a private umask: the store's bookkeeping stays shared
+    try:
+        assert lab_store.link(entry, out, RECIPE) == "hardlink"
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((store / ".uses").stat().st_mode) == stat.S_IMODE(store.stat().st_mode) == 0o2777
     assert os.path.samefile(out, entry / "toy.h5")
     assert lab_store.still_linked(entry, str(out)) == "hardlink"
     assert [u["path"] for u in lab_store.uses(entry)] == [str(out)]

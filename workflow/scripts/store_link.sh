@@ -22,7 +22,10 @@ tmp="$output.link-$$"
 marker=".snakemake/iclscope-links/$output.key"
 mkdir -p "${output%/*}" "${marker%/*}"
 rm -rf "$tmp"
-if [[ -e $store/.locks/$key || -w $store/.locks ]] || mkdir -p "$store/.locks" 2>/dev/null; then
+shared_dir() {  # .locks, .uses: writable by whoever may write the store, whatever our umask
+  [[ -d $store/$1 ]] || { mkdir "$store/$1" && chmod --reference="$store" "$store/$1"; } 2>/dev/null
+}
+if [[ -e $store/.locks/$key ]] || shared_dir .locks; then
   { exec 9>>"$store/.locks/$key"; } 2>/dev/null || { exec 9<"$store/.locks/$key"; } 2>/dev/null || true
   flock -s 9 2>/dev/null || true  # iclscope store gc / rm take it exclusively before removing the entry
 fi
@@ -37,7 +40,7 @@ rm -rf "$output"
 mv -T "$tmp" "$output"
 printf '%s' "$key" > "$marker"
 printf -v now '%(%s)T' -1
-{ [[ -d $store/.uses ]] || mkdir -p "$store/.uses"; } 2>/dev/null &&
+shared_dir .uses &&
   { printf '%s\t%s\t%s\t%s\n' "$now" "${USER:-$(id -un)}" "${HOSTNAME:-host}" "$PWD/$output" >> "$store/.uses/$key"; } \
   2>/dev/null || true
 echo "$how $output from $entry"

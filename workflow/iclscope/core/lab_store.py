@@ -547,19 +547,26 @@ def _shared_lock(entry: Path) -> Iterator[None]:
             os.close(fd)
 
 
+def _shared_dir(store: Path, name: str) -> Path:
+    """A bookkeeping folder of the store (.locks, .uses), writable by whoever may write the store
+    (the store's own mode and group, whatever this member's umask)."""
+    d = store / name
+    if not d.is_dir():
+        with contextlib.suppress(OSError):
+            d.mkdir(exist_ok=True)
+            os.chmod(d, stat.S_IMODE(store.stat().st_mode))
+    return d
+
+
 def _lock_file(entry: Path) -> Path:
-    d = entry.parent / ".locks"
-    with contextlib.suppress(OSError):
-        d.mkdir(mode=0o777, exist_ok=True)
-    return d / entry.name
+    return _shared_dir(entry.parent, ".locks") / entry.name
 
 
 def record_use(entry: Path, output: Path) -> None:
     """Append who linked the entry where (best effort: the store may be read-only for this member)."""
-    uses = entry.parent / ".uses"
+    uses = _shared_dir(entry.parent, ".uses")
     line = f"{time.time():.0f}\t{getpass.getuser()}\t{socket.gethostname()}\t{os.path.abspath(output)}\n"
     with contextlib.suppress(OSError):
-        uses.mkdir(mode=0o777, exist_ok=True)
         path = uses / entry.name
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
