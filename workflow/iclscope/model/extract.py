@@ -191,9 +191,11 @@ def run_prefix(model, tokens: np.ndarray, label_pos: np.ndarray, n_layers: int) 
     rec = Recorder(n_layers, Positions(label, torch.zeros(1, 2, dtype=torch.long, device=device)), ("label",))
     cache = full_kv_cache()  # every position of every layer, sliding-window layers included
     with recording(model, rec):
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(ids.shape[1],
-              device=device)[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return rec.resid["label"][0].cpu().numpy(), PrefixState(ids.shape[1], cache)
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(ids.shape[1],
+                    device=device)[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    states = rec.resid["label"][0].cpu().numpy()
+    check_finite({"prefix/resid/label": states}, str(out.logits.dtype).removeprefix("torch."))
+    return states, PrefixState(ids.shape[1], cache)
 
 
 def continuation_cache(prefix: PrefixState, offset: torch.Tensor):
@@ -232,9 +234,11 @@ def check_finite(arrays: dict[str, np.ndarray], model_dtype: str) -> None:
     above 65504), never stored silently. (Attention rows are NaN by design where a prompt has fewer
     demonstrations; a value float16 cannot *store* is the writer's OverflowError, core.store.)"""
     for name, values in arrays.items():
-        if name.startswith(("resid/", "logits/")) and values.dtype.kind == "f" and not np.isfinite(values).all():
+        if "resid/" not in name and not name.startswith("logits/"):
+            continue
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
             where = np.argwhere(~np.isfinite(values))[0]
-            layer = f" at layer index {where[-2]}" if name.startswith("resid/") and values.ndim >= 3 else ""
+            layer = f" at layer index {where[-2]}" if "resid/" in name and values.ndim >= 3 else ""
             raise FloatingPointError(
                 f"{name}: the {model_dtype} forward pass produced non-finite values{layer}; float16 overflows above "
                 "65504: run this model with dtype: bfloat16 or float32 (models.<name>.dtype)")
