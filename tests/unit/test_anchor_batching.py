@@ -99,3 +99,42 @@ def test_anchor_compression_rows_do_not_depend_on_the_batch(prepared_tiny, tmp_p
     assert many["pred"].tolist() == one["pred"].tolist()
     assert (many["top_ids"].map(tuple) == one["top_ids"].map(tuple)).mean() > 0.99  # ties at the k-th may swap
     assert many.seconds.notna().sum() == one.seconds.notna().sum() == 2 * 4  # two seeds x one timed prompt x 4 arms
+
+
+def test_untimed_arms_batched_across_prompts_equal_batch_1(prepared_tiny, tmp_path):
+    from test_anchor_compression import three_demo_prompts
+
+    from iclscope.methods.anchors.compression import (
+        continue_on_cache,
+        demo_end,
+        kept_positions,
+        plain_logits,
+        prefix_kv,
+        pruned_cache,
+        text_anchor_ids,
+        untimed_arms,
+        zero_shot_ids,
+    )
+
+    spec, model_dir = prepared_tiny
+    _, table = three_demo_prompts(prepared_tiny, tmp_path, n_test=5)
+    recs = [r._asdict() for r in table[table.split == "test"].itertuples(index=False)]
+    assert len({len(r["input_ids"]) for r in recs}) > 1 and len({int(r["seed"]) for r in recs}) == 2
+    net, tok, _ = load_model(model_dir, spec, attn_implementation=ATTN_IMPLEMENTATION)
+    kv_of = {}
+    for r in recs:
+        key = tuple(int(t) for t in r["input_ids"][:demo_end(r)])
+        kv_of.setdefault(key, prefix_kv(net, key))
+    batched = untimed_arms(net, recs, kv_of, tok.pad_token_id, batch_size=4, max_batch_tokens=1 << 20)
+    worst = 0.0
+    for r, mine in zip(recs, batched, strict=True):
+        ids, split = [int(t) for t in r["input_ids"]], demo_end(r)
+        alone = {"full_icl": plain_logits(net, ids)[-1], "text_anchor": plain_logits(net, text_anchor_ids(r))[-1],
+                 "zero_shot": plain_logits(net, zero_shot_ids(r))[-1],
+                 "hidden_anchor": continue_on_cache(net, pruned_cache(net, kv_of[tuple(ids[:split])],
+                                                                      kept_positions(r)), ids[split:], split)[-1]}
+        assert set(mine) == set(alone)
+        for arm in alone:
+            np.testing.assert_allclose(mine[arm].numpy(), alone[arm].numpy(), **TOL, err_msg=arm)
+            worst = max(worst, float((mine[arm] - alone[arm]).abs().max()))
+    print(f"untimed arms batched vs batch 1: max abs diff {worst:.2e}")

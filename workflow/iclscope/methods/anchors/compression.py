@@ -52,7 +52,8 @@ from iclscope.core.timing import interleaved, speedup, tokens_per_second
 from iclscope.methods.anchors.measures import jaccard_topk
 from iclscope.methods.anchors.prompts import anchor_prompts
 from iclscope.methods.icl import macro_f1
-from iclscope.model.capture import ATTN_IMPLEMENTATION, full_kv_cache, input_device
+from iclscope.model.capture import ATTN_IMPLEMENTATION, full_kv_cache, input_device, left_pad
+from iclscope.model.extract import make_batches
 from iclscope.model.loading import load_model
 
 ARMS = ("full_icl", "hidden_anchor", "text_anchor", "hidden_random", "zero_shot")
@@ -206,6 +207,48 @@ def continue_on_pruned(net, kv: list[tuple], kept_sets: list[list[int]], query_i
     return out
 
 
+def padded_last_logits(net, sequences: list[list[int]], pad_id: int, batch_size: int,
+                       max_batch_tokens: int) -> list[torch.Tensor]:
+    """Last-position logits [V] of each unpadded prompt (untimed arms), left-padded into batches of
+    `batch_size` prompts and `max_batch_tokens` padded tokens; each equals `plain_logits` of the prompt."""
+    device = input_device(net)
+    out: list[torch.Tensor | None] = [None] * len(sequences)
+    for batch in make_batches(np.array([len(x) for x in sequences]), batch_size, max_batch_tokens):
+        ids, mask, pos = left_pad([sequences[i] for i in batch], pad_id, device)
+        with torch.inference_mode():
+            logits = net(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+        for b, i in enumerate(batch):
+            out[int(i)] = logits[b]
+    return out
+
+
+def continue_queries(net, cache_kv: list[tuple], queries: list[list[int]], start: int, pad_id: int,
+                     batch_size: int, max_batch_tokens: int) -> list[torch.Tensor]:
+    """Last-position logits [V] of each query continuing the same cache (per-layer (K, V) [1, Hkv, n, dh],
+    e.g. the pruned KV of a seed's demonstrations) at positions start.., in batches: the queries are
+    left-padded behind the cache entries and their padding is masked, so each equals `continue_on_cache`
+    of its query alone (untimed Hidden_anchor)."""
+    device = input_device(net)
+    n_cached = cache_kv[0][0].shape[2]
+    out: list[torch.Tensor | None] = [None] * len(queries)
+    lengths = np.array([n_cached + len(q) for q in queries])
+    for batch in make_batches(lengths, batch_size, max_batch_tokens):
+        qs = [queries[i] for i in batch]
+        ids, qmask, _ = left_pad(qs, pad_id, device)
+        Tq = ids.shape[1]
+        positions = torch.stack([torch.arange(start - (Tq - len(q)), start + len(q)) for q in qs]).clamp(min=0)
+        mask = torch.cat([torch.ones(len(qs), n_cached, dtype=torch.long, device=device), qmask], 1)
+        cache = full_kv_cache()
+        for layer, (k, v) in enumerate(cache_kv):
+            cache.update(k.expand(len(qs), -1, -1, -1).contiguous(), v.expand(len(qs), -1, -1, -1).contiguous(), layer)
+        with torch.inference_mode():
+            logits = net(input_ids=ids, position_ids=positions.to(device), attention_mask=mask, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1).logits[:, -1]
+        for b, i in enumerate(batch):
+            out[int(i)] = logits[b]
+    return out
+
+
 def plain_logits(net, ids, logits_to_keep: int = 1):
     """Logits [T', V] of one unpadded prompt from position 0."""
     device = input_device(net)
@@ -305,11 +348,13 @@ def paired_summary(per_example: pd.DataFrame, n_boot: int = 1000) -> list[dict]:
 # --------------------------------------------------------------------------- the stage
 def score_prompt(net, rec: dict, kv: list[tuple], random_sets: list[list[int]], label_ids: list[int],
                  s: AnchorCompressionSettings, timed: bool = True, batch_size: int = 1,
-                 max_batch_tokens: int = 1 << 30) -> list[dict]:
+                 max_batch_tokens: int = 1 << 30, untimed: dict | None = None) -> list[dict]:
     """Every arm on one prompt; `kv` = its demonstration part's per-layer KV, `random_sets` = the
     Hidden_random kept sets of its seed. One row per arm (per draw for hidden_random). `timed`: the
     timed arms run `timing_repeats` interleaved rounds at batch 1 and keep their seconds; else one untimed
-    round. Hidden_random (never timed) runs its draws in batches of `batch_size` / `max_batch_tokens`."""
+    round. Hidden_random (never timed) runs its draws in batches of `batch_size` / `max_batch_tokens`.
+    `untimed`: {arm: last-position logits [V]} of the four other arms computed elsewhere (batched across
+    prompts, `untimed_arms`); only for prompts that are not timed."""
     device = input_device(net)
     ids = [int(t) for t in rec["input_ids"]]
     split, keep = demo_end(rec), kept_positions(rec)
@@ -330,8 +375,13 @@ def score_prompt(net, rec: dict, kv: list[tuple], random_sets: list[list[int]], 
                "hidden_anchor": lambda: partial(continue_on_cache, net, pruned_cache(net, kv, keep), query, split),
                "text_anchor": lambda: partial(plain_logits, net, text_ids),
                "zero_shot": lambda: partial(plain_logits, net, zs)}
-    out, seconds = interleaved(prepare, s.timing_repeats if timed else 1, device)
-    seconds = seconds if timed else dict.fromkeys(seconds)
+    if untimed is not None:
+        if timed:
+            raise ValueError("score_prompt: precomputed logits are for untimed prompts only")
+        out, seconds = {arm: logits[None] for arm, logits in untimed.items()}, dict.fromkeys(prepare)
+    else:
+        out, seconds = interleaved(prepare, s.timing_repeats if timed else 1, device)
+        seconds = seconds if timed else dict.fromkeys(seconds)
     add("full_icl", out["full_icl"], len(ids), split, seconds["full_icl"])
     add("hidden_anchor", out["hidden_anchor"], len(keep) + len(query), len(keep), seconds["hidden_anchor"])
     add("text_anchor", out["text_anchor"], len(text_ids), len(text_ids) - len(query), seconds["text_anchor"])
@@ -340,6 +390,30 @@ def score_prompt(net, rec: dict, kv: list[tuple], random_sets: list[list[int]], 
         add("hidden_random", logits[None], len(kept) + len(query), len(kept), draw=d)
     add("zero_shot", out["zero_shot"], len(zs), len(zs) - len(query), seconds["zero_shot"])
     return rows
+
+
+def untimed_arms(net, recs: list[dict], kv_of: dict, pad_id: int, batch_size: int,
+                 max_batch_tokens: int) -> list[dict]:
+    """{arm: last-position logits [V]} of full_icl, hidden_anchor, text_anchor and zero_shot for each of
+    `recs` (prompts that are not timed), batched across prompts; `kv_of[demonstration part]` = its per-layer
+    KV. Equal to `score_prompt`'s batch-1 passes (tests/unit/test_anchor_batching.py)."""
+    out = [{} for _ in recs]
+    texts = {"full_icl": [[int(t) for t in r["input_ids"]] for r in recs],
+             "text_anchor": [text_anchor_ids(r) for r in recs], "zero_shot": [zero_shot_ids(r) for r in recs]}
+    for arm, seqs in texts.items():
+        for i, logits in enumerate(padded_last_logits(net, seqs, pad_id, batch_size, max_batch_tokens)):
+            out[i][arm] = logits
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(recs):
+        groups.setdefault(tuple(int(t) for t in r["input_ids"][:demo_end(r)]), []).append(i)
+    for key, members in groups.items():  # one demonstration part: the same pruned cache, the same start
+        keep = torch.as_tensor(kept_positions(recs[members[0]]), dtype=torch.long)
+        pruned = [(k.index_select(2, keep.to(k.device)), v.index_select(2, keep.to(v.device))) for k, v in kv_of[key]]
+        queries = [[int(t) for t in recs[i]["input_ids"][len(key):]] for i in members]
+        for i, logits in zip(members, continue_queries(net, pruned, queries, len(key), pad_id, batch_size,
+                                                       max_batch_tokens), strict=True):
+            out[i]["hidden_anchor"] = logits
+    return out
 
 
 def run_anchor_compression(prompts_path, model_dir, model, *, settings: AnchorCompressionSettings | None = None,
@@ -356,7 +430,7 @@ def run_anchor_compression(prompts_path, model_dir, model, *, settings: AnchorCo
     label_ids = [int(t) for t in meta["label_token_ids"]]
     picked = test.groupby("seed", sort=True).head(s.prompts_per_seed) if s.prompts_per_seed is not None else test
     records = [r._asdict() for r in picked.sort_values(["seed", "prompt_id"]).itertuples(index=False)]
-    net, _, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
+    net, tok, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     device = input_device(net)
     prefixes: dict[tuple, list] = {}  # demonstration part -> per-layer KV (one pass per seed)
     draws: dict[tuple, list[list[int]]] = {}  # demonstration part -> Hidden_random kept set per draw
@@ -365,18 +439,23 @@ def run_anchor_compression(prompts_path, model_dir, model, *, settings: AnchorCo
         plain_logits(net, [int(t) for t in records[0]["input_ids"]])
     rows = []
     rank = picked.sort_values(["seed", "prompt_id"]).groupby("seed").cumcount().to_numpy()  # index within its seed
-    for rec, i in zip(tqdm(records, desc="anchor compression"), rank, strict=True):
-        ids = [int(t) for t in rec["input_ids"]]
-        key = tuple(ids[:demo_end(rec)])
+    keys = [tuple(int(t) for t in rec["input_ids"][:demo_end(rec)]) for rec in records]
+    for rec, key in zip(records, keys, strict=True):
         if key not in prefixes:
             t0 = time.perf_counter()
             prefixes[key] = prefix_kv(net, key)
             build_seconds += time.perf_counter() - t0
             rng = np.random.default_rng(int(rec["seed"]))  # drawn once per demonstration set, as the reference
             draws[key] = [random_kept_positions(rec, rng)[0] for _ in range(s.n_random_draws)]
-        rows += score_prompt(net, rec, prefixes[key], draws[key], label_ids, s,
-                             timed=s.timed_per_seed is None or i < s.timed_per_seed, batch_size=model.batch_size,
-                             max_batch_tokens=model.max_batch_tokens)
+    timed = [s.timed_per_seed is None or i < s.timed_per_seed for i in rank]
+    # the prompts outside the timing sample: their four single-pass arms batched across prompts
+    later = [j for j, t in enumerate(timed) if not t]
+    precomputed = dict(zip(later, untimed_arms(net, [records[j] for j in later], prefixes, tok.pad_token_id,
+                                               model.batch_size, model.max_batch_tokens), strict=True))
+    for j, (rec, key) in enumerate(zip(tqdm(records, desc="anchor compression"), keys, strict=True)):
+        rows += score_prompt(net, rec, prefixes[key], draws[key], label_ids, s, timed=timed[j],
+                             batch_size=model.batch_size, max_batch_tokens=model.max_batch_tokens,
+                             untimed=precomputed.get(j))
     per_example = pd.DataFrame(rows)
     metric_rows = summarise(per_example, len(label_ids)) + paired_summary(per_example) if rows else []
     info = {"prompts": len(records), "seeds": sorted({int(r["seed"]) for r in records}), "word_k": s.word_k,
