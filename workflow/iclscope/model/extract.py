@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import h5py
@@ -180,6 +180,7 @@ class PrefixState:
 
     length: int
     cache: object
+    padded: list = field(default_factory=list, repr=False)  # per layer (keys, values) [Hkv, 2P, dh]
 
 
 @torch.inference_mode()
@@ -203,14 +204,14 @@ def continuation_cache(prefix: PrefixState, offset: torch.Tensor):
     padding columns (zeros; masked) then the prefix's first P - offset[b] columns, as the full
     prompts' left-padded batch has them. offset [B] -> a DynamicCache [B, Hkv, P, dh] per layer."""
     P = prefix.length
+    if not prefix.padded:  # once per prefix: P zero columns in front, so each row's copy is one slice
+        prefix.padded = [tuple(torch.cat([x[0].new_zeros(x.shape[1], P, x.shape[3]), x[0]], dim=1)
+                               for x in (layer.keys, layer.values)) for layer in prefix.cache.layers]
+    starts = (P - offset.clamp(max=P)).tolist()  # an offset >= P: every cached column is padding
     cache = full_kv_cache()
-    for i, layer in enumerate(prefix.cache.layers):
-        keys, values = layer.keys[0], layer.values[0]  # [Hkv, P, dh] on that layer's device
-        cols = torch.arange(P, device=keys.device)[None, :] - offset.to(keys.device)[:, None]  # [B, P]
-        pad = (cols < 0)[:, None, :, None]
-        idx = cols.clamp(min=0)
-        cache.update(keys[:, idx].transpose(0, 1).masked_fill(pad, 0),
-                     values[:, idx].transpose(0, 1).masked_fill(pad, 0), i)
+    for i, (keys, values) in enumerate(prefix.padded):  # [Hkv, 2P, dh] on that layer's device
+        cache.update(torch.stack([keys[:, s:s + P] for s in starts]),
+                     torch.stack([values[:, s:s + P] for s in starts]), i)
     return cache
 
 
