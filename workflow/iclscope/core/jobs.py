@@ -5,16 +5,16 @@ A rule passes `settings(config, rule, wildcards)` as its `params.settings` and
 and never looks at the config. Two consequences, both promised to users:
 
 * **A job is keyed on exactly what changes its bytes.** Snakemake reruns a job when a param
-  changes and its between-workflow (lab) cache keys on params, so each rule's settings hold the
+  changes and the lab store (iclscope.core.lab_store) keys on these settings, so each rule's settings hold the
   model spec it loads (every field `load_model` uses), the dataset spec it reads, and its own
   method's settings with the schema's defaults filled in; nothing of another method.
 * **Code is in the key.** `code_digest` hashes the iclscope modules a script imports, followed
   transitively through the package, as normalised source (docstrings and comments dropped), so
-  an edit to `model/capture.py` reruns extraction and misses the lab cache, while a comment does not.
+  an edit to `model/capture.py` reruns extraction and misses the lab store, while a comment does not.
 
 What does not change results (inference batch size, token budget, GPUs, memory) stays out of
 the key: rules pass it as `resources` (`runtime(config, model)`), which Snakemake neither
-compares for reruns nor hashes into cache keys.
+compares for reruns nor iclscope hashes into store keys.
 
 No torch / transformers / Snakemake import: the Snakefile imports this at parse time.
 """
@@ -286,7 +286,7 @@ def settings(config: dict, rule: str, wildcards: dict | Any) -> dict:
 
 
 def as_json(obj: Any) -> str:
-    """Canonical JSON: params are compared as strings, and the cache key must be stable."""
+    """Canonical JSON: params are compared as strings, and the store key must be stable."""
     return json.dumps(obj, sort_keys=True, default=str)
 
 
