@@ -50,12 +50,21 @@ def block_linear_modules(model, layers: Sequence[int]) -> list[str]:
             if isinstance(m, torch.nn.Linear | Conv1D)]
 
 
-def attach_lora(model, *, r: int, alpha: int, dropout: float, layers: Sequence[int] | None = None):
+def attach_lora(model, *, r: int, alpha: int, dropout: float, layers: Sequence[int] | None = None,
+                checkpoint_blocks: bool = False):
     """Wrap `model` in a PEFT LoRA model on every linear projection (attention and MLP) of the
-    transformer blocks ("all-linear"), or only on those of the blocks in `layers` (0-based)."""
+    transformer blocks ("all-linear"), or only on those of the blocks in `layers` (0-based).
+
+    `checkpoint_blocks`: gradient checkpointing on the blocks in training mode (non-reentrant, the RNG
+    state restored for the recomputation, so dropout masks and gradients are those of the plain pass up
+    to floating-point order): a block keeps only its input for backward and recomputes the rest, at the
+    cost of one more forward pass per step. With all-linear adapters in fp32 the plain pass keeps ~2.7 MB
+    per token (SmolLM2-135M: 2.3 GB for 8 x 105 tokens), checkpointed ~0.2 MB."""
     from peft import LoraConfig, get_peft_model
 
     check_trainable_placement(model)
+    if checkpoint_blocks:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     targets = "all-linear" if layers is None else block_linear_modules(model, layers)
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)

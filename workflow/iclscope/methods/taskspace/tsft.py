@@ -42,6 +42,7 @@ from iclscope.core.config import ConfigError, DatasetSpec, ModelSpec
 from iclscope.methods.icl import macro_f1
 from iclscope.methods.taskspace.space import TaskSpace, fit_task_space
 from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, input_device, left_pad, no_positions, recording
+from iclscope.model.extract import make_batches
 from iclscope.model.loading import load_model
 from iclscope.model.lora import attach_lora, train_loop, trainable_parameters
 from iclscope.model.prompts import assemble, balanced_sample, label_token_ids, tokenize_pieces
@@ -118,38 +119,46 @@ def forward_batch(model, tokenizer, batch: list[dict], label_ids: torch.Tensor, 
     return out.logits[:, -1][:, label_ids].float(), rec.resid["query"][:, layer]
 
 
+def token_batches(examples: list[dict], batch_size: int, max_batch_tokens: int) -> list[np.ndarray]:
+    """Indices of `examples` sorted by length and cut into batches of at most `batch_size` prompts and
+    `max_batch_tokens` padded tokens (inference passes: less padding than batches in the given order)."""
+    return make_batches(np.array([len(x["input_ids"]) for x in examples]), batch_size, max_batch_tokens)
+
+
 def fit_on_states(model, tokenizer, examples: list[dict], label_ids: torch.Tensor, layer: int, n_layers: int,
-                  classes: list[str], batch_size: int, var_threshold: float, max_k: int | None) -> TaskSpace:
+                  classes: list[str], batch_size: int, var_threshold: float, max_k: int | None,
+                  max_batch_tokens: int = 1 << 30) -> TaskSpace:
     """The class-mean task space fitted on `examples`' own layer-l* query states under `model` (the
-    distribution the space loss is applied to): one inference pass over the examples."""
-    states = []
+    distribution the space loss is applied to): one inference pass over the examples (`token_batches`)."""
+    states = np.zeros((len(examples), 0), dtype=np.float32)
     with torch.inference_mode():
-        for lo in range(0, len(examples), batch_size):
-            _, h = forward_batch(model, tokenizer, examples[lo:lo + batch_size], label_ids, layer, n_layers)
-            states.append(h.float().cpu().numpy())  # [B, d]
+        for batch in token_batches(examples, batch_size, max_batch_tokens):
+            _, h = forward_batch(model, tokenizer, [examples[i] for i in batch], label_ids, layer, n_layers)
+            if states.shape[1] == 0:
+                states = np.zeros((len(examples), h.shape[-1]), dtype=np.float32)
+            states[batch] = h.float().cpu().numpy()  # [B, d], in the examples' order
     labels = [classes[x["gold"]] for x in examples]
-    return fit_task_space(np.concatenate(states), labels, classes, variant="train_zero_shot", layer=layer,
+    return fit_task_space(states, labels, classes, variant="train_zero_shot", layer=layer,
                           var_threshold=var_threshold, max_k=max_k)
 
 
 def evaluate_examples(model, tokenizer, examples: list[dict], label_ids: torch.Tensor, layer: int, n_layers: int,
                       space: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tau: float, similarity: str,
-                      batch_size: int) -> dict:
-    """`examples` under `model` as it is (call in inference mode, eval mode), batched in their order:
-    {"ce", "space", "accuracy"} averaged over the examples and "pred" [n] (argmax over the labels).
-    The held-out curve and the test evaluation both read it."""
+                      batch_size: int, max_batch_tokens: int = 1 << 30) -> dict:
+    """`examples` under `model` as it is (call in inference mode, eval mode), batched by length
+    (`token_batches`): {"ce", "space", "accuracy"} averaged over the examples and "pred" [n] (argmax over
+    the labels, in the examples' order). The held-out curve and the test evaluation both read it."""
     basis, mean, protos = space
     ce = sp = 0.0
-    preds = []
-    for lo in range(0, len(examples), batch_size):
-        batch = examples[lo:lo + batch_size]
+    pred = np.zeros(len(examples), dtype=np.int64)
+    for idx in token_batches(examples, batch_size, max_batch_tokens):
+        batch = [examples[i] for i in idx]
         gold = torch.as_tensor([x["gold"] for x in batch], device=label_ids.device)
         logits, h = forward_batch(model, tokenizer, batch, label_ids, layer, n_layers)
         ce += F.cross_entropy(logits, gold, reduction="sum").item()
         sp += space_loss(h, basis, mean, protos, gold, tau, similarity).item() * len(batch)
-        preds.extend(logits.argmax(-1).tolist())
+        pred[idx] = logits.argmax(-1).cpu().numpy()
     n = len(examples)
-    pred = np.array(preds)
     return {"ce": ce / n, "space": sp / n, "accuracy": float((pred == [x["gold"] for x in examples]).mean()),
             "pred": pred}
 
@@ -196,14 +205,17 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
     label_ids = torch.as_tensor(label_token_ids(tokenizer, spec.label_words, spec.prompts.template), device=device)
     train_rows, val_rows, test_rows = tsft_rows(df, spec, settings)
     train = zero_shot_examples(tokenizer, spec, train_rows)
-    val = sorted(zero_shot_examples(tokenizer, spec, val_rows), key=lambda x: len(x["input_ids"]))  # less padding
+    val = zero_shot_examples(tokenizer, spec, val_rows)
     test = zero_shot_examples(tokenizer, spec, test_rows)
     if space is None:
         space = fit_on_states(base, tokenizer, train, label_ids, layer, L, classes, model.batch_size, var_threshold,
-                              max_k)
+                              max_k, model.max_batch_tokens)
     basis, mean, protos = space_tensors(space, device)
 
-    net = attach_lora(base, r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout)
+    # gradient checkpointing on the blocks: the saved activations of a step go from ~2.7 MB to ~0.2 MB per
+    # token (fp32, all-linear adapters), the same gradients (iclscope.model.lora.attach_lora)
+    net = attach_lora(base, r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
+                      checkpoint_blocks=True)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=settings.lr)
     checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / "checkpoint"
 
@@ -216,7 +228,7 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
 
     def evaluate(examples):
         return evaluate_examples(net, tokenizer, examples, label_ids, layer, L, (basis, mean, protos), settings.tau,
-                                 settings.similarity, model.batch_size)
+                                 settings.similarity, model.batch_size, model.max_batch_tokens)
 
     log_rows, loop_seconds, end, eval_rows = train_loop(
         net, optimizer, train, loss_fn, steps=settings.steps, batch_size=settings.batch_size, seed=settings.seed,
