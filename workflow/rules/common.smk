@@ -121,6 +121,15 @@ def model_stage_resources(stage):
                 batch_size=batch_size, max_batch_tokens=max_batch_tokens)
 
 
+# Figures read one small table each: on SLURM they run many to an sbatch job (group SMALL_JOBS,
+# profiles/slurm's group-components) so that a lab run submits hundreds of jobs, not thousands.
+SMALL_JOBS = "small_cpu"
+
+
+def small_job_resources():
+    return dict(mem_mb=lambda wc, attempt: 1000 * attempt, runtime=lambda wc, attempt: 10 * attempt)
+
+
 def cpu_stage_resources(stage, copies=None):
     """`resources:` of a CPU stage of one model x dataset: memory scaled by d_model, layers and prompts."""
 

@@ -37,6 +37,9 @@ FIGURES = {
 }
 
 
+BIG_FIGURES = {"task_space"}  # reads activation files: its own job with the default resources
+
+
 def figure_subcategory(directory):
     return {"results/figures/toy/regression": "toy / regression",
             "results/figures/toy/{dataset}": "toy models / {dataset}"}.get(directory, "{model} / {dataset}")
@@ -63,5 +66,9 @@ for _name, (_inputs, _category, _directory) in FIGURES.items():
             f"logs/{_directory.replace('results/', '', 1)}/{_name}.log",
         conda:
             "../envs/iclscope.yaml"
+        group:  # small CPU jobs: many per sbatch job on SLURM (profiles/slurm: group-components)
+            None if _name in BIG_FIGURES else SMALL_JOBS
+        resources:
+            **({} if _name in BIG_FIGURES else small_job_resources()),
         script:
             "../scripts/figure.py"
