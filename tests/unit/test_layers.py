@@ -43,7 +43,8 @@ def test_default_config_resolves_to_the_layers_smollm2_ran_before():
     """The shares of config.yaml resolve on SmolLM2's 30 layers to the absolute layers the default run used."""
     got = layers.resolve(DEFAULT, "smollm2-135m", 30)
     assert got == {"icicl.inject_layer": 10, "icicl.embed_layer": 15, "tsft.layer": 15, "patching.layer": None,
-                   "layer_lora.n_layers": 10, "anchors.isolation_k": [1, 5], "anchors.error_diagnosis.layer": 21}
+                   "layer_lora.n_layers": 10, "anchors.isolation_k": [1, 5], "anchors.error_diagnosis.layer": 21,
+                   "icicl.task_vector_layer": None}  # null: the task vector is written at inject_layer
 
 
 @pytest.mark.parametrize("depth", [2, 6, 12, 32])

@@ -67,7 +67,10 @@ def test_a_hub_model_is_read_from_the_hf_cache_without_weights(tmp_path, monkeyp
     (snapshot / "config.json").write_text((DATA / "llama-3.1-8b.config.json").read_text())
     (tmp_path / "models--meta-llama--Llama-3.1-8B" / "refs").mkdir()
     (tmp_path / "models--meta-llama--Llama-3.1-8B" / "refs" / "main").write_text("c" * 40)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)  # and never the network
     assert res.read_architecture({"source": "hub", "id": "meta-llama/Llama-3.1-8B"}) == arch("llama-3.1-8b")
     assert res.read_architecture({"source": "hub", "id": "nobody/none"}) is None
 

