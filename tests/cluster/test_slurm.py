@@ -9,6 +9,7 @@ snakemake_fast_status.py (the slurm plugin would otherwise back off by 10 s per 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -322,6 +323,42 @@ def test_cancelled_job_is_reported_retried_and_the_rerun_finishes(lab):
     assert "Trying to restart job" in result.stdout  # retries: 2 in the profile
     assert (work / "results/activations/tiny/toy.h5").exists()
     assert planned_jobs(work, "activations", repo=lab["repo"]) == {}
+
+
+def test_tsft_killed_mid_training_resumes_from_its_checkpoint_at_the_next_attempt(lab):
+    """A TS-FT job is cancelled after its first checkpoint (kept under results/.resume, outside the
+    directory() output that Snakemake deletes before the retry): attempt 2 resumes there, and its log
+    names the steps it does not redo."""
+    cfg = config(lab)
+    cfg["tsft"] = {"enabled": True, "steps": 400, "checkpoint_every": 20, "eval_every": 400, "batch_size": 2,
+                   "n_train": 8, "n_val": 4, "n_test": 4, "seeds": [0], "lora_r": 2, "lora_alpha": 2}
+    work = checkout(lab, "tsft-kill", cfg)
+    env, cancelled = lab["env"], []
+    resume = work / "results" / ".resume" / "tsft"
+
+    def cancel_after_first_checkpoint():
+        deadline = time.time() + 400
+        while time.time() < deadline and not cancelled:
+            out = subprocess.run(["squeue", "-h", "-o", "%i %k %T"], env=env, capture_output=True, text=True).stdout
+            running = [line.split()[0] for line in out.splitlines()
+                       if line.split()[1].startswith("rule_tsft_") and line.split()[2] == "RUNNING"]
+            if running and resume.is_dir() and any(p.is_file() for p in resume.rglob("*")):
+                subprocess.run(["scancel", running[0]], env=env, check=True)
+                cancelled.append(running[0])
+                return
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=cancel_after_first_checkpoint)
+    watcher.start()
+    result = on_slurm(lab, work, "results/tsft/tiny/toy/space-seed0", timeout=900)
+    watcher.join()
+    assert cancelled, "no running TS-FT job with a checkpoint was seen to cancel"
+    assert f"SLURM-job '{cancelled[0]}' failed" in result.stdout and "Trying to restart job" in result.stdout
+    log = (work / "logs/tsft/tiny/toy/space-seed0.log").read_text()
+    resumed = re.search(r"resuming at step (\d+) of 400 .*: steps 1\.\.(\d+) are not redone", log)
+    assert resumed, log[-3000:]
+    assert int(resumed.group(1)) >= 20 and int(resumed.group(1)) % 20 == 0
+    assert (work / "results/tsft/tiny/toy/space-seed0").is_dir()
 
 
 def test_job_over_its_memory_is_killed_and_retried_with_more(lab, tmp_path):
