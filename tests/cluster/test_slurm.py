@@ -322,7 +322,8 @@ def test_cancelled_job_is_reported_retried_and_the_rerun_finishes(lab):
     assert f"SLURM-job '{cancelled[0]}' failed" in result.stdout and "CANCELLED" in result.stdout
     assert "Trying to restart job" in result.stdout  # retries: 2 in the profile
     assert (work / "results/activations/tiny/toy.h5").exists()
-    assert planned_jobs(work, "activations", repo=lab["repo"]) == {}
+    # planned as the member runs it, with the store: a result a link rule made belongs to that rule
+    assert planned_jobs(work, "activations", repo=lab["repo"], env=lab["env"]) == {}
 
 
 def test_tsft_killed_mid_training_resumes_from_its_checkpoint_at_the_next_attempt(lab):
@@ -402,4 +403,4 @@ def test_slurmd_restart_while_jobs_are_queued(lab):
     rerun = {r["Comment"] for r in cluster.sacct(t1)}
     assert not rerun & done_first, f"finished jobs ran again: {rerun & done_first}"
     assert (work / "results/metrics/tiny/toy/icl_accuracy.parquet").exists()
-    assert planned_jobs(work, "metrics", repo=lab["repo"]) == {}
+    assert planned_jobs(work, "metrics", repo=lab["repo"], env=lab["env"]) == {}

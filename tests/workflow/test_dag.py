@@ -3,7 +3,6 @@
 import shutil
 import subprocess
 
-import pytest
 import yaml
 
 from snakemake_runner import REPO, planned_jobs, snakemake, write_config
@@ -48,19 +47,6 @@ def test_dataset_methods_pick_what_runs(tmp_path):
     result = snakemake(tmp_path, "-n", check=False)
     assert result.returncode != 0
     assert "datasets.words.methods" in result.stdout and "generation dataset" in result.stdout
-
-
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config" / "examples").glob("*.yaml")))
-def test_example_dags_plan(tmp_path, name):
-    """Full example configs on their own; an overlay (no `models`) as its header says to run it:
-    `--configfile config.yaml <overlay>`."""
-    example = REPO / "config" / "examples" / name
-    if "models" in yaml.safe_load(example.read_text()):
-        shutil.copy(example, tmp_path / "config.yaml")
-        assert planned_jobs(tmp_path)["extract"] >= 1
-    else:
-        shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
-        assert planned_jobs(tmp_path, "--configfile", str(tmp_path / "config.yaml"), str(example))["extract"] >= 1
 
 
 def test_named_target_rules(tmp_path):

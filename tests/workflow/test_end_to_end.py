@@ -30,7 +30,7 @@ def small_config() -> dict:
     # tweets3 from a local file (written by `run_dir`): a dataset's file is an input like any other
     cfg["datasets"]["tweets3"].update(source="local", path="data/tweets3.csv")
     cfg["anchors"]["error_diagnosis"].update(n_components=3)
-    cfg["anchors"].update(isolation_k=[1], isolation_prompts_per_seed=4, saliency_prompts_per_seed=4)
+    cfg["anchors"].update(isolation_k=[0.03], isolation_prompts_per_seed=4, saliency_prompts_per_seed=4)  # 1 of 30
     cfg["layer_lora"].update(steps=2, batch_size=2, n_train=8, n_monitor=4, checkpoint_every=1)
     cfg["decodability"].update(k=5, n_boot=20)
     cfg["anchors"]["reweighting"].update(aux_per_class=3, epochs=1)
@@ -205,7 +205,7 @@ def test_entropy_measures(run_dir):
     assert wide["information"].between(0, 1).all() and (wide["variation"] <= wide["information"] + 1e-12).all()
     np.testing.assert_allclose(wide["regularity"], wide["information"] - wide["variation"], atol=1e-12)
     assert wide.loc[0, "variation"] == 0.0  # embeddings are a function of the token id
-    assert set(ent["label_type"]) == {"token", "bigram"}
+    assert set(ent["label_type"]) == {"token", "bigram", "bigram_h"}  # bigram_h: hcoxec/h's convention
     assert (run_dir / "results/figures/smollm2-135m/tweets/entropy.png").stat().st_size > 10_000
     toy = pd.read_parquet(run_dir / "results/metrics/toy/tweets/entropy_training.parquet")
     loss = toy[toy.metric == "eval_loss"].set_index("step")["value"]
@@ -306,7 +306,7 @@ RERUN_MATRIX = {
         "fig_anchor_compression": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
     "anchors.compression.n_random_draws": (config_change("anchors.compression.n_random_draws", 3), {
         "anchor_compression": 1, "fig_anchor_compression": 1, "all": 1}),
-    "anchors.isolation_k": (config_change("anchors.isolation_k", [2]), {
+    "anchors.isolation_k": (config_change("anchors.isolation_k", [0.07]), {  # 2 of 30 layers
         "isolation": 1, "fig_isolation": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
     "anchors.reweighting.epochs": (config_change("anchors.reweighting.epochs", 2), {
         "reweighting": 1, "fig_reweighting": 1, "summary": 1, "all": 1}),
