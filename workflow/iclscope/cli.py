@@ -20,14 +20,7 @@ import h5py
 import numpy as np
 
 from iclscope.core.store import IncompleteFileError, open_activations
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
+from iclscope.report.estimate import format_bytes
 
 
 def inspect(path: str | Path, out=sys.stdout) -> int:
@@ -41,7 +34,7 @@ def inspect(path: str | Path, out=sys.stdout) -> int:
     with f:
         attrs = dict(f.attrs)
         complete = bool(attrs.get("complete", False))
-        print(f"{path}  ({_fmt_bytes(path.stat().st_size)} on disk)", file=out)
+        print(f"{path}  ({format_bytes(path.stat().st_size)} on disk)", file=out)
         status = "complete" if complete else f"INCOMPLETE: {attrs.get('n_done', '?')} prompts written"
         print(f"status: {status}", file=out)
         for key in sorted(attrs):
@@ -54,7 +47,7 @@ def inspect(path: str | Path, out=sys.stdout) -> int:
         def show(name, obj):
             if isinstance(obj, h5py.Dataset):
                 virtual = " virtual" if obj.is_virtual else ""
-                size = _fmt_bytes(obj.size * obj.dtype.itemsize) if obj.dtype.kind != "O" else "-"
+                size = format_bytes(obj.size * obj.dtype.itemsize) if obj.dtype.kind != "O" else "-"
                 print(f"  /{name:<28} {str(obj.shape):<22} {str(obj.dtype):<10} {size:>10}{virtual}", file=out)
 
         f.visititems(show)
@@ -116,9 +109,9 @@ def store_command(action: str, store: str | None = None, path: str | None = None
         for r in rows:
             when = dt.datetime.fromtimestamp(r["last_use"]).strftime("%Y-%m-%d %H:%M")
             flag = "" if r["sealed"] else "  WRITABLE"
-            print(f"{r['key'][:12]} {r['stage']:<18} {r['model']:<20} {r['dataset']:<16} {_fmt_bytes(r['bytes']):>10}"
+            print(f"{r['key'][:12]} {r['stage']:<18} {r['model']:<20} {r['dataset']:<16} {format_bytes(r['bytes']):>10}"
                   f"  {when:<16} {r['user']}{flag}", file=out)
-        print(f"{len(rows)} entries, {_fmt_bytes(sum(r['bytes'] for r in rows))} in {root}", file=out)
+        print(f"{len(rows)} entries, {format_bytes(sum(r['bytes'] for r in rows))} in {root}", file=out)
         return 0
     if action == "verify":
         problems = [p for entry in lab_store.entries(root) for p in lab_store.verify(entry)]
@@ -134,7 +127,7 @@ def store_command(action: str, store: str | None = None, path: str | None = None
         freed = 0
         for r in chosen:
             verb = "removing" if yes else "would remove"
-            print(f"{verb} {r['key']} ({r['stage']}, {r['model']} / {r['dataset']}, {_fmt_bytes(r['bytes'])})",
+            print(f"{verb} {r['key']} ({r['stage']}, {r['model']} / {r['dataset']}, {format_bytes(r['bytes'])})",
                   file=out)
             for result, how in r["orphans"]:
                 effect = "keeps its bytes (hard link), recomputed when next planned" if how == "hardlink" \
@@ -145,7 +138,7 @@ def store_command(action: str, store: str | None = None, path: str | None = None
                     freed += r["bytes"]
                 else:
                     print(f"    skipped: a workflow is linking {r['key']} right now", file=out)
-        print(f"{'freed' if yes else 'would free'} {_fmt_bytes(freed if yes else sum(r['bytes'] for r in chosen))}"
+        print(f"{'freed' if yes else 'would free'} {format_bytes(freed if yes else sum(r['bytes'] for r in chosen))}"
               + ("" if yes else " (dry run: add --yes to remove)"), file=out)
         return 0
     print(f"error: unknown store action {action!r}", file=out)

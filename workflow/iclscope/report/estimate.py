@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _fmt_bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
@@ -208,11 +208,11 @@ def estimate(config_path: str | Path = "config.yaml", results: str | Path = "res
         note = f"  (+ {missing} dataset(s) unknown: no config.json for the model, or prompts that depend on the data)" \
             if missing else ""
         print(f"{model:<22} {stage:<19} {sum(r['jobs'] for r in group):>5} "
-              f"{_fmt_bytes(size) if known else 'unknown':>11} {f'{hours:.2f}' if known else 'unknown':>8} "
-              f"{show('mem_mb', lambda v: _fmt_bytes(v * 2**20)):>10} "
-              f"{show('gpu_mem_mb', lambda v: _fmt_bytes(v * 2**20)):>10} {show('gpus', str):>4}{note}", file=out)
+              f"{format_bytes(size) if known else 'unknown':>11} {f'{hours:.2f}' if known else 'unknown':>8} "
+              f"{show('mem_mb', lambda v: format_bytes(v * 2**20)):>10} "
+              f"{show('gpu_mem_mb', lambda v: format_bytes(v * 2**20)):>10} {show('gpus', str):>4}{note}", file=out)
     counted = len(rows) - unknown
-    print((f"total: {_fmt_bytes(total_bytes)} written by model stages, ~{total_hours:.1f} GPU-hours" if counted
+    print((f"total: {format_bytes(total_bytes)} written by model stages, ~{total_hours:.1f} GPU-hours" if counted
            else "total: unknown")
           + (f"; {unknown} row(s) unknown, not counted (a hub model: `hf download ID config.json`, or "
              "--model-config MODEL=PATH)" if unknown else ""), file=out)

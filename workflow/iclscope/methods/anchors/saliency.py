@@ -23,6 +23,19 @@ from iclscope.model.extract import make_batches
 from iclscope.model.loading import load_model
 
 
+def _ones_multipliers():
+    """({layer: multiplier}, edit): the attention edit that multiplies each layer's post-softmax weights
+    by ones that require grad, so ∂L/∂multiplier = A ⊙ ∂L/∂A (the authors' method)."""
+    multipliers: dict[int, torch.Tensor] = {}
+
+    def ones_multiplier(layer: int, weights: torch.Tensor) -> torch.Tensor:
+        m = torch.ones_like(weights, requires_grad=True)
+        multipliers[layer] = m
+        return weights * m
+
+    return multipliers, ones_multiplier
+
+
 def saliency_matrices(model, input_ids, gold: int, label_ids, n_layers: int) -> np.ndarray:
     """I_l = |Σ_h A_{h,l} ⊙ ∂L/∂A_{h,l}| for one prompt -> [L, T, T] (float32, on the CPU).
 
@@ -32,12 +45,7 @@ def saliency_matrices(model, input_ids, gold: int, label_ids, n_layers: int) -> 
     backward pass with eager attention, memory O(L·H·T²).
     """
     device = input_device(model)
-    multipliers: dict[int, torch.Tensor] = {}
-
-    def ones_multiplier(layer: int, weights: torch.Tensor) -> torch.Tensor:
-        m = torch.ones_like(weights, requires_grad=True)
-        multipliers[layer] = m
-        return weights * m
+    multipliers, ones_multiplier = _ones_multipliers()
 
     ids = torch.as_tensor([list(input_ids)], dtype=torch.long, device=device)
     rec = Recorder(n_layers, no_positions(1, device), (), edit=ones_multiplier)
@@ -55,12 +63,7 @@ def saliency_batch(model, sequences: list, golds: list[int], label_ids, n_layers
     (as `saliency_matrices`), so each prompt's multiplier gradient is its own; prompt b's matrices are the
     block of its real positions (the last T_b rows and columns)."""
     device = input_device(model)
-    multipliers: dict[int, torch.Tensor] = {}
-
-    def ones_multiplier(layer: int, weights: torch.Tensor) -> torch.Tensor:
-        m = torch.ones_like(weights, requires_grad=True)
-        multipliers[layer] = m
-        return weights * m
+    multipliers, ones_multiplier = _ones_multipliers()
 
     ids, mask, pos = left_pad(sequences, pad_id, device)
     rec = Recorder(n_layers, no_positions(len(sequences), device), (), edit=ones_multiplier)
