@@ -13,7 +13,8 @@ def assert_adjusted(table: pd.DataFrame, keys: list[str]) -> None:
     raw = table[table.metric.str.startswith("p_value")]
     assert len(raw), "the table has no paired test"
     adj = table[table.metric.str.startswith("p_holm")].assign(
-        metric=lambda t: t.metric.str.replace("p_holm", "p_value", n=1))
+        metric=lambda t: t.metric.str.replace("p_holm", "p_value", n=1)
+    )
     merged = raw.merge(adj, on=keys + ["metric"], how="left", suffixes=("", "_holm"))
     assert merged["value_holm"].notna().all(), f"no adjusted p for {merged[merged.value_holm.isna()][keys]}"
     np.testing.assert_allclose(merged["value_holm"], holm(merged["value"].to_numpy()), atol=1e-12)
@@ -27,8 +28,11 @@ def assert_arm_settings(meta: dict, arms) -> None:
 
     missing = [a for a in arms if a not in meta.get("arm_settings", {})]
     assert not missing, f"arms without their settings: {missing}"
-    needed = {"icicl_soft": {"inject_layer", "state", "task_space", "label_line"},
-              "task_vector": {"layer", "state"}, "anchor_kv": {"keep"}}
+    needed = {
+        "icicl_soft": {"inject_layer", "state", "task_space", "label_line"},
+        "task_vector": {"layer", "state"},
+        "anchor_kv": {"keep"},
+    }
     for arm in TUNED_ARMS:
         assert needed[arm] <= set(meta["arm_settings"][arm]), arm
         budget = (meta.get("tuning") or {}).get(arm)

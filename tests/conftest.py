@@ -25,8 +25,9 @@ def prepared_tiny(tiny_model_dir, tmp_path_factory):
     from iclscope.core.config import ModelSpec
     from iclscope.model.models import prepare_model
 
-    spec = ModelSpec(name=f"tiny-{tiny_model_dir.name}", source="local", path=str(tiny_model_dir), batch_size=3,
-                     max_batch_tokens=512)
+    spec = ModelSpec(
+        name=f"tiny-{tiny_model_dir.name}", source="local", path=str(tiny_model_dir), batch_size=3, max_batch_tokens=512
+    )
     out = tmp_path_factory.mktemp("prepared")
     prepare_model(spec, out)
     return spec, out

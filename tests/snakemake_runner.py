@@ -16,18 +16,33 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900, check: bool = True,
-              env: dict | None = None, launcher: list[str] | None = None,
-              repo: Path = REPO) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path,
+    *args: str,
+    timeout: int = 900,
+    check: bool = True,
+    env: dict | None = None,
+    launcher: list[str] | None = None,
+    repo: Path = REPO,
+) -> subprocess.CompletedProcess:
     """Run the Snakefile of `repo` (this repository, or a copy from `checkout_copy`) in `workdir` (its
     config.yaml, results/, logs/); kill after `timeout` s.
 
     `launcher` replaces the `snakemake` command (tests/cluster/snakemake_fast_status.py)."""
-    cmd = [*(launcher or [SNAKEMAKE]), "--snakefile", str(repo / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", *args]
+    cmd = [
+        *(launcher or [SNAKEMAKE]),
+        "--snakefile",
+        str(repo / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        *args,
+    ]
     env = {**(env or os.environ), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo / "workflow")}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -55,15 +55,25 @@ def saliency_rows(spec, net, tok, manifest) -> list[dict]:
     def batched():
         out = {}
         for b in batches:
-            got = saliency_batch(net, [list(recs[i].input_ids) for i in b], [int(recs[i].gold) for i in b], labels,
-                                 L, tok.pad_token_id)
+            got = saliency_batch(
+                net, [list(recs[i].input_ids) for i in b], [int(recs[i].gold) for i in b], labels, L, tok.pad_token_id
+            )
             out.update(zip(map(int, b), got, strict=True))
         return [out[i] for i in range(len(recs))]
 
     new_s, new = _seconds(batched)
     diff = max(float(np.abs(a - b).max()) for a, b in zip(new, old, strict=True))
-    return [row("batching", f"saliency, {len(recs)} prompts (forward + backward)", new_s, "s",
-                "batch 1 (saliency_matrices)", old_s / new_s, note=f"max abs diff {diff:.1e}")]
+    return [
+        row(
+            "batching",
+            f"saliency, {len(recs)} prompts (forward + backward)",
+            new_s,
+            "s",
+            "batch 1 (saliency_matrices)",
+            old_s / new_s,
+            note=f"max abs diff {diff:.1e}",
+        )
+    ]
 
 
 def compression_rows(spec, net, tok) -> list[dict]:
@@ -86,7 +96,7 @@ def compression_rows(spec, net, tok) -> list[dict]:
     recs = [r._asdict() for r in test.head(N_PROMPTS).itertuples(index=False)]
     kv_of, sets = {}, {}
     for r in recs:
-        key = tuple(int(t) for t in r["input_ids"][:demo_end(r)])
+        key = tuple(int(t) for t in r["input_ids"][: demo_end(r)])
         if key not in kv_of:
             kv_of[key] = prefix_kv(net, key)
             rng = np.random.default_rng(int(r["seed"]))
@@ -97,11 +107,18 @@ def compression_rows(spec, net, tok) -> list[dict]:
         for r in recs:
             ids, split = [int(t) for t in r["input_ids"]], demo_end(r)
             kv = kv_of[tuple(ids[:split])]
-            out.append([plain_logits(net, ids)[-1], plain_logits(net, text_anchor_ids(r))[-1],
-                        plain_logits(net, zero_shot_ids(r))[-1],
-                        continue_on_cache(net, pruned_cache(net, kv, kept_positions(r)), ids[split:], split)[-1],
-                        *[continue_on_cache(net, pruned_cache(net, kv, k), ids[split:], split)[-1]
-                          for k in sets[tuple(ids[:split])]]])
+            out.append(
+                [
+                    plain_logits(net, ids)[-1],
+                    plain_logits(net, text_anchor_ids(r))[-1],
+                    plain_logits(net, zero_shot_ids(r))[-1],
+                    continue_on_cache(net, pruned_cache(net, kv, kept_positions(r)), ids[split:], split)[-1],
+                    *[
+                        continue_on_cache(net, pruned_cache(net, kv, k), ids[split:], split)[-1]
+                        for k in sets[tuple(ids[:split])]
+                    ],
+                ]
+            )
         return out
 
     def new():
@@ -109,16 +126,32 @@ def compression_rows(spec, net, tok) -> list[dict]:
         out = []
         for r, a in zip(recs, arms, strict=True):
             ids, split = [int(t) for t in r["input_ids"]], demo_end(r)
-            draws = continue_on_pruned(net, kv_of[tuple(ids[:split])], sets[tuple(ids[:split])], ids[split:], split,
-                                       spec.batch_size, spec.max_batch_tokens)
+            draws = continue_on_pruned(
+                net,
+                kv_of[tuple(ids[:split])],
+                sets[tuple(ids[:split])],
+                ids[split:],
+                split,
+                spec.batch_size,
+                spec.max_batch_tokens,
+            )
             out.append([a["full_icl"], a["text_anchor"], a["zero_shot"], a["hidden_anchor"], *draws])
         return out
 
     old_s, o = _seconds(old)
     new_s, n = _seconds(new)
     diff = max(float((x - y).abs().max()) for a, b in zip(n, o, strict=True) for x, y in zip(a, b, strict=True))
-    return [row("batching", f"anchor compression untimed arms, {len(recs)} prompts x {4 + N_DRAWS} passes", new_s,
-                "s", "batch 1 (score_prompt's passes)", old_s / new_s, note=f"max abs diff of the logits {diff:.1e}")]
+    return [
+        row(
+            "batching",
+            f"anchor compression untimed arms, {len(recs)} prompts x {4 + N_DRAWS} passes",
+            new_s,
+            "s",
+            "batch 1 (score_prompt's passes)",
+            old_s / new_s,
+            note=f"max abs diff of the logits {diff:.1e}",
+        )
+    ]
 
 
 TSFT_STEP = """
@@ -161,19 +194,39 @@ print(json.dumps({{"seconds": time.perf_counter() - t0, "peak_gb": hwm(),
 def tsft_rows_() -> list[dict]:
     got = {}
     for ckpt in (False, True):
-        code = TSFT_STEP.format(workflow=str(REPO / "workflow"), config=str(REPO / "config.yaml"), model=MODEL,
-                                model_dir=str(MODEL_DIR), dataset=str(REPO / "results/datasets/tweets.parquet"),
-                                ckpt=ckpt)
+        code = TSFT_STEP.format(
+            workflow=str(REPO / "workflow"),
+            config=str(REPO / "config.yaml"),
+            model=MODEL,
+            model_dir=str(MODEL_DIR),
+            dataset=str(REPO / "results/datasets/tweets.parquet"),
+            ckpt=ckpt,
+        )
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True)
         got[ckpt] = json.loads(out.stdout.strip().splitlines()[-1])
     plain, ckpt = got[False], got[True]
     shape = f"{len(plain['tokens'])} x {max(plain['tokens'])} tokens"
-    return [row("tsft", f"peak RSS of one training step ({shape})", ckpt["peak_gb"], "GB",
-                "the same step without checkpointing", ckpt["peak_gb"] / plain["peak_gb"],
-                note=f"plain {plain['peak_gb']:.2f} GB, peak while loading {plain['loaded_gb']:.2f} GB; loss "
-                     f"{ckpt['loss']:.6f} vs {plain['loss']:.6f}"),
-            row("tsft", f"seconds of that step ({shape})", ckpt["seconds"], "s", "without checkpointing",
-                plain["seconds"] / ckpt["seconds"], note="ratio < 1: the recomputation's cost")]
+    return [
+        row(
+            "tsft",
+            f"peak RSS of one training step ({shape})",
+            ckpt["peak_gb"],
+            "GB",
+            "the same step without checkpointing",
+            ckpt["peak_gb"] / plain["peak_gb"],
+            note=f"plain {plain['peak_gb']:.2f} GB, peak while loading {plain['loaded_gb']:.2f} GB; loss "
+            f"{ckpt['loss']:.6f} vs {plain['loss']:.6f}",
+        ),
+        row(
+            "tsft",
+            f"seconds of that step ({shape})",
+            ckpt["seconds"],
+            "s",
+            "without checkpointing",
+            plain["seconds"] / ckpt["seconds"],
+            note="ratio < 1: the recomputation's cost",
+        ),
+    ]
 
 
 def run() -> list[dict]:

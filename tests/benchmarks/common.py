@@ -24,14 +24,34 @@ def timed(fn, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def row(benchmark: str, measure: str, value: float, unit: str, baseline: str | None = None,
-        ratio: float | None = None, target: str | None = None, met: bool | None = None, note: str = "") -> dict:
-    return {"benchmark": benchmark, "measure": measure, "value": round(value, 4), "unit": unit,
-            "baseline": baseline, "ratio": None if ratio is None else round(ratio, 3), "target": target,
-            "met": met, "note": note}
+def row(
+    benchmark: str,
+    measure: str,
+    value: float,
+    unit: str,
+    baseline: str | None = None,
+    ratio: float | None = None,
+    target: str | None = None,
+    met: bool | None = None,
+    note: str = "",
+) -> dict:
+    return {
+        "benchmark": benchmark,
+        "measure": measure,
+        "value": round(value, 4),
+        "unit": unit,
+        "baseline": baseline,
+        "ratio": None if ratio is None else round(ratio, 3),
+        "target": target,
+        "met": met,
+        "note": note,
+    }
 
 
 def pipeline_inputs(*targets: str) -> None:
     """Build (or find up to date) pipeline outputs the benchmarks start from."""
-    subprocess.run([sys.executable, "-m", "snakemake", *targets, "--profile", "profiles/local", "--cores", "2",
-                    "--quiet", "all"], cwd=REPO, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "snakemake", *targets, "--profile", "profiles/local", "--cores", "2", "--quiet", "all"],
+        cwd=REPO,
+        check=True,
+    )

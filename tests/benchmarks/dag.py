@@ -21,14 +21,14 @@ import yaml
 from .common import REPO, row, timed
 
 DIRECTORY_OUTPUTS = {"prepare_model", "tsft"}  # rules whose output is a directory()
-TRIVIAL = '''
+TRIVIAL = """
 N = {n}
 rule all:
     input: expand("out/{{i}}.txt", i=range(N))
 rule make:
     output: "out/{{i}}.txt"
     shell: "touch {{output}}"
-'''
+"""
 
 
 def _snakemake(workdir: Path, *args: str, snakefile: Path | None = None) -> subprocess.CompletedProcess:
@@ -43,8 +43,10 @@ def _config(n_models: int, n_datasets: int) -> dict:
     base = yaml.safe_load((REPO / "config.yaml").read_text())
     tweets = base["datasets"]["tweets"]
     models = {f"m{i:02d}": {"source": "local", "path": f"/models/m{i:02d}"} for i in range(n_models)}
-    datasets = {f"d{j:02d}": {**tweets, "source": "local", "path": f"/data/d{j:02d}.csv", "label_column": "label"}
-                for j in range(n_datasets)}
+    datasets = {
+        f"d{j:02d}": {**tweets, "source": "local", "path": f"/data/d{j:02d}.csv", "label_column": "label"}
+        for j in range(n_datasets)
+    }
     for spec in datasets.values():
         spec.pop("package", None)
     return {**base, "models": models, "datasets": datasets, "entropy": {**base["entropy"], "datasets": ["d00"]}}
@@ -72,7 +74,7 @@ def _create_outputs(work: Path) -> None:
     summary = _snakemake(work, "--summary").stdout.splitlines()
     header = summary.index(next(line for line in summary if line.startswith("output_file")))
     start = time.time() - len(order) - 10
-    for line in filter(str.strip, summary[header + 1:]):
+    for line in filter(str.strip, summary[header + 1 :]):
         name, _, rule = line.split("\t")[:3]
         path = work / name
         if rule in DIRECTORY_OUTPUTS:
@@ -109,5 +111,16 @@ def run(n_models: int = 10, n_datasets: int = 10) -> list[dict]:
         t_ours = timed(lambda: _snakemake(work, "-n"))
         t_floor = timed(lambda: _snakemake(trivial, "-n"))
     ratio = t_ours / t_floor
-    return [row("dag", f"snakemake -n, up to date, {n_models} models × {n_datasets} datasets", t_ours, "s",
-                f"trivial touch workflow, {n_jobs} jobs", ratio, "≤ 1.5", ratio <= 1.5, note=f"{n_jobs} jobs")]
+    return [
+        row(
+            "dag",
+            f"snakemake -n, up to date, {n_models} models × {n_datasets} datasets",
+            t_ours,
+            "s",
+            f"trivial touch workflow, {n_jobs} jobs",
+            ratio,
+            "≤ 1.5",
+            ratio <= 1.5,
+            note=f"{n_jobs} jobs",
+        )
+    ]

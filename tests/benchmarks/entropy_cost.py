@@ -24,5 +24,16 @@ def run() -> list[dict]:
         labels = {"token": rng.integers(0, 300, size=n)}
         per_token[n] = timed(lambda: layer_measures(states, labels, settings), repeats=2) / n  # noqa: B023
     base = per_token[SIZES[0]]
-    return [row("entropy", f"seconds per token per layer, N = {n:,}", s * 1e6, "µs", f"N = {SIZES[0]:,}",
-                s / base, "≈ 1 (linear)", s / base <= 1.3) for n, s in per_token.items()]
+    return [
+        row(
+            "entropy",
+            f"seconds per token per layer, N = {n:,}",
+            s * 1e6,
+            "µs",
+            f"N = {SIZES[0]:,}",
+            s / base,
+            "≈ 1 (linear)",
+            s / base <= 1.3,
+        )
+        for n, s in per_token.items()
+    ]

@@ -83,10 +83,14 @@ def _transformer_lens(bridge, table) -> list[dict]:
             ids = torch.tensor(table["input_ids"].iat[i], dtype=torch.long)[None]
             q, label_pos = int(table["query_pos"].iat[i]), np.asarray(table["label_pos"].iat[i])
             _, cache = bridge.run_with_cache(ids, names_filter=wanted)
-            out.append({"resid": torch.stack([cache[f"blocks.{n}.hook_resid_post"][0, q]
-                                              for n in range(n_layers)]).numpy(),
-                        "attn": torch.stack([cache[f"blocks.{n}.attn.hook_pattern"][0, :, q, label_pos]
-                                             for n in range(n_layers)]).numpy()})
+            out.append(
+                {
+                    "resid": torch.stack([cache[f"blocks.{n}.hook_resid_post"][0, q] for n in range(n_layers)]).numpy(),
+                    "attn": torch.stack(
+                        [cache[f"blocks.{n}.attn.hook_pattern"][0, :, q, label_pos] for n in range(n_layers)]
+                    ).numpy(),
+                }
+            )
     return out
 
 
@@ -125,8 +129,12 @@ def run() -> list[dict]:
             out = tmp / f"iclscope{rep}.h5"
             seconds["iclscope"].append(extract(prompts_path, model_dir, out, spec, settings)["seconds"])
             naive_out = tmp / f"naive{rep}.h5"
-            seconds["naive"].append(timed(lambda: _naive(eager, table, meta["label_token_ids"], naive_out),  # noqa: B023
-                                          repeats=1))
+            seconds["naive"].append(
+                timed(
+                    lambda: _naive(eager, table, meta["label_token_ids"], naive_out),  # noqa: B023
+                    repeats=1,
+                )
+            )
             if bridge is not None:
                 t0 = time.perf_counter()
                 cached = _transformer_lens(bridge, table)  # the last repeat's rows are the ones checked
@@ -137,21 +145,80 @@ def run() -> list[dict]:
         best = {k: min(v) for k, v in seconds.items()}
         tps = {k: tokens / s for k, s in best.items()}
         what = f"{N_PROMPTS} prompts, {tokens} tokens, {spec.device}/{spec.dtype}, batch {spec.batch_size}"
-        rows.append(row("extraction", "iclscope tokens/s", tps["iclscope"], "tokens/s", "body forward",
-                        tps["iclscope"] / tps["body"], "≥ 0.95", tps["iclscope"] / tps["body"] >= 0.95, what))
-        rows.append(row("extraction", "iclscope vs naive", tps["iclscope"], "tokens/s", "naive hand-written",
-                        tps["iclscope"] / tps["naive"], "≥ 1.8", tps["iclscope"] / tps["naive"] >= 1.8, what))
-        rows.append(row("extraction", "naive tokens/s", tps["naive"], "tokens/s", "body forward",
-                        tps["naive"] / tps["body"], note=what))
+        rows.append(
+            row(
+                "extraction",
+                "iclscope tokens/s",
+                tps["iclscope"],
+                "tokens/s",
+                "body forward",
+                tps["iclscope"] / tps["body"],
+                "≥ 0.95",
+                tps["iclscope"] / tps["body"] >= 0.95,
+                what,
+            )
+        )
+        rows.append(
+            row(
+                "extraction",
+                "iclscope vs naive",
+                tps["iclscope"],
+                "tokens/s",
+                "naive hand-written",
+                tps["iclscope"] / tps["naive"],
+                "≥ 1.8",
+                tps["iclscope"] / tps["naive"] >= 1.8,
+                what,
+            )
+        )
+        rows.append(
+            row(
+                "extraction",
+                "naive tokens/s",
+                tps["naive"],
+                "tokens/s",
+                "body forward",
+                tps["naive"] / tps["body"],
+                note=what,
+            )
+        )
         if bridge is None:
-            rows.append(row("extraction", "iclscope vs TransformerLens", 0, "-", note="transformer-lens not installed "
-                            "(`make bench` installs the requirements.txt lines marked `# bench:`)"))
+            rows.append(
+                row(
+                    "extraction",
+                    "iclscope vs TransformerLens",
+                    0,
+                    "-",
+                    note="transformer-lens not installed "
+                    "(`make bench` installs the requirements.txt lines marked `# bench:`)",
+                )
+            )
         else:
             ratio = tps["iclscope"] / tps["transformer_lens"]
-            rows.append(row("extraction", "iclscope vs TransformerLens", tps["iclscope"], "tokens/s",
-                            "TransformerLens 4 run_with_cache", ratio, "≥ 1.45", ratio >= 1.45, what))
-            rows.append(row("extraction", "TransformerLens tokens/s", tps["transformer_lens"], "tokens/s",
-                            "body forward", tps["transformer_lens"] / tps["body"], note=what))
+            rows.append(
+                row(
+                    "extraction",
+                    "iclscope vs TransformerLens",
+                    tps["iclscope"],
+                    "tokens/s",
+                    "TransformerLens 4 run_with_cache",
+                    ratio,
+                    "≥ 1.45",
+                    ratio >= 1.45,
+                    what,
+                )
+            )
+            rows.append(
+                row(
+                    "extraction",
+                    "TransformerLens tokens/s",
+                    tps["transformer_lens"],
+                    "tokens/s",
+                    "body forward",
+                    tps["transformer_lens"] / tps["body"],
+                    note=what,
+                )
+            )
         rows.append(row("extraction", "body forward tokens/s", tps["body"], "tokens/s", note=what))
     rows += hdf5_layout()
     return rows
@@ -182,7 +249,7 @@ def check_parity_transformer_lens(ours: Path, cached: list[dict]) -> None:
             if not np.all(np.abs(got - c["resid"]) <= 2e-3 * scale + 1e-3):
                 raise AssertionError(f"prompt {i}: stored query residuals differ from TransformerLens's")
             attn = a["attn/query_to_label"][i]
-            np.testing.assert_allclose(attn, c["attn"][..., :attn.shape[-1]], atol=1e-3)
+            np.testing.assert_allclose(attn, c["attn"][..., : attn.shape[-1]], atol=1e-3)
 
 
 def hdf5_layout() -> list[dict]:
@@ -207,7 +274,22 @@ def hdf5_layout() -> list[dict]:
         t_all = time.perf_counter() - t0
         n = ds.shape[0]
     size = path.stat().st_size
-    return [row("hdf5", "bytes per stored value", size / values, "bytes", note=f"{path.name}: {size / 1e6:.1f} MB, "
-                f"{values:,} values (float16 residuals, lzf)"),
-            row("hdf5", f"read one layer of /resid/query across {n} prompts", t_layer, "s",
-                "read every layer", t_layer / t_all, "≈ 1 / (L+1)", note=f"{ds.shape[1]} layers")]
+    return [
+        row(
+            "hdf5",
+            "bytes per stored value",
+            size / values,
+            "bytes",
+            note=f"{path.name}: {size / 1e6:.1f} MB, {values:,} values (float16 residuals, lzf)",
+        ),
+        row(
+            "hdf5",
+            f"read one layer of /resid/query across {n} prompts",
+            t_layer,
+            "s",
+            "read every layer",
+            t_layer / t_all,
+            "≈ 1 / (L+1)",
+            note=f"{ds.shape[1]} layers",
+        ),
+    ]

@@ -44,15 +44,41 @@ sys.path.insert(0, str(REPO / "workflow"))
 
 # bf16 against fp32: largest |difference| allowed per table (accuracies move by a few flipped prompts;
 # trained arms (re-weighting, TS-FT, layer LoRA) follow another optimisation path in bf16)
-TOLERANCE = {"icl_accuracy": 0.1, "decodability": 0.15, "compression": 0.15, "saliency": 0.05, "aucroc": 0.1,
-             "isolation": 0.15, "reweighting": 0.15, "entropy": 0.05, "icicl": 0.15, "patching": 0.15,
-             "anchor_compression": 0.15, "error_diagnosis": 0.25, "tsft": 0.2, "layer_lora": 0.3}
+TOLERANCE = {
+    "icl_accuracy": 0.1,
+    "decodability": 0.15,
+    "compression": 0.15,
+    "saliency": 0.05,
+    "aucroc": 0.1,
+    "isolation": 0.15,
+    "reweighting": 0.15,
+    "entropy": 0.05,
+    "icicl": 0.15,
+    "patching": 0.15,
+    "anchor_compression": 0.15,
+    "error_diagnosis": 0.25,
+    "tsft": 0.2,
+    "layer_lora": 0.3,
+}
 KEYS = ["metric", "layer", "position", "label_type", "task", "shots", "seed"]
 SECTIONS = ("config", "pipeline", "multi", "speed")
-MODEL_STAGES = ("extract", "token_states", "saliency", "isolation", "reweighting", "anchor_compression",
-                "error_diagnosis", "icicl", "tsft", "layer_lora", "patching")
-MULTI_LINE = re.compile(r"multi-device (?P<stage>.+?): max \|one device - dispatched over (?P<where>.+?)\| = "
-                        r"(?P<diff>\S+) \(tolerance (?P<tol>\S+)\)")
+MODEL_STAGES = (
+    "extract",
+    "token_states",
+    "saliency",
+    "isolation",
+    "reweighting",
+    "anchor_compression",
+    "error_diagnosis",
+    "icicl",
+    "tsft",
+    "layer_lora",
+    "patching",
+)
+MULTI_LINE = re.compile(
+    r"multi-device (?P<stage>.+?): max \|one device - dispatched over (?P<where>.+?)\| = "
+    r"(?P<diff>\S+) \(tolerance (?P<tol>\S+)\)"
+)
 
 
 def reduced_config(device: str = "cuda") -> dict:
@@ -61,8 +87,10 @@ def reduced_config(device: str = "cuda") -> dict:
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     base = cfg["models"].pop("smollm2-135m")
     half = "smollm2-cuda" if device == "cuda" else "smollm2-bf16"
-    cfg["models"] = {half: {**base, "device": device, "dtype": "bfloat16", "batch_size": 32},
-                     "smollm2-cpu": {**base, "device": "cpu", "dtype": "float32"}}
+    cfg["models"] = {
+        half: {**base, "device": device, "dtype": "bfloat16", "batch_size": 32},
+        "smollm2-cpu": {**base, "device": "cpu", "dtype": "float32"},
+    }
     cfg["datasets"].pop("bitwise", None)
     cfg["datasets"]["tweets"]["prompts"].update(seeds=[42], n_test=40, n_train=12)
     if "tweets3" in cfg["datasets"]:  # three classes: error diagnosis
@@ -89,20 +117,50 @@ def check_config(device: str) -> pd.DataFrame:
         ok, note = True, ""
     except Exception as exc:  # noqa: BLE001 - reported as a FAIL row
         ok, note = False, f"{type(exc).__name__}: {exc}"[:200]
-    rows = [{"section": "config", "check": "reduced config validates", "max_abs_diff": None, "tolerance": None,
-             "result": "PASS" if ok else "FAIL", "note": note}]
+    rows = [
+        {
+            "section": "config",
+            "check": "reduced config validates",
+            "max_abs_diff": None,
+            "tolerance": None,
+            "result": "PASS" if ok else "FAIL",
+            "note": note,
+        }
+    ]
     if ok:  # the plan: every model stage of both models, no stage refused before its first job
         with tempfile.TemporaryDirectory(prefix="iclscope-gpu-check-plan-") as work:
             (Path(work) / "config.yaml").write_text(yaml.safe_dump(reduced_config(device), sort_keys=False))
-            run = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-                                  "--directory", work, "--profile", str(REPO / "profiles/local"), "--cores", "2",
-                                  "-n"], capture_output=True, text=True)
+            run = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "snakemake",
+                    "--snakefile",
+                    str(REPO / "Snakefile"),
+                    "--directory",
+                    work,
+                    "--profile",
+                    str(REPO / "profiles/local"),
+                    "--cores",
+                    "2",
+                    "-n",
+                ],
+                capture_output=True,
+                text=True,
+            )
         planned = set(re.findall(r"^(\w+)\s+\d+$", run.stdout, re.M))  # the "Job stats" rows: rule, count
         missing = sorted(set(MODEL_STAGES) - planned)
         ok = run.returncode == 0 and not missing
-        rows.append({"section": "config", "check": "dry run plans every model stage", "max_abs_diff": None,
-                     "tolerance": None, "result": "PASS" if ok else "FAIL",
-                     "note": f"missing {missing}" if missing else (run.stderr[-200:] if run.returncode else "")})
+        rows.append(
+            {
+                "section": "config",
+                "check": "dry run plans every model stage",
+                "max_abs_diff": None,
+                "tolerance": None,
+                "result": "PASS" if ok else "FAIL",
+                "note": f"missing {missing}" if missing else (run.stderr[-200:] if run.returncode else ""),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -110,14 +168,26 @@ def compare_tables(work: Path, half: str = "smollm2-cuda") -> pd.DataFrame:
     """Every metric table of `half` (bfloat16) against `smollm2-cpu` (float32): one row per table.
     A table missing on either side, or with rows that do not pair, is a FAIL."""
     rows = []
-    expected = {f"{f.parent.name}/{f.stem}" for side in ("smollm2-cpu", half)
-                for f in (work / "results/metrics" / side).glob("*/*.parquet") if f.stem in TOLERANCE}
+    expected = {
+        f"{f.parent.name}/{f.stem}"
+        for side in ("smollm2-cpu", half)
+        for f in (work / "results/metrics" / side).glob("*/*.parquet")
+        if f.stem in TOLERANCE
+    }
     for table in sorted(expected):
         dataset, name = table.split("/")
         cpu, gpu = (work / "results/metrics" / side / dataset / f"{name}.parquet" for side in ("smollm2-cpu", half))
         if not (cpu.exists() and gpu.exists()):
-            rows.append({"section": "pipeline", "check": table, "max_abs_diff": None, "tolerance": TOLERANCE[name],
-                         "result": "FAIL", "note": f"only on {'cpu' if cpu.exists() else half}"})
+            rows.append(
+                {
+                    "section": "pipeline",
+                    "check": table,
+                    "max_abs_diff": None,
+                    "tolerance": TOLERANCE[name],
+                    "result": "FAIL",
+                    "note": f"only on {'cpu' if cpu.exists() else half}",
+                }
+            )
             continue
         a, b = pd.read_parquet(cpu), pd.read_parquet(gpu)
         keys = [k for k in KEYS if k in a]
@@ -127,9 +197,16 @@ def compare_tables(work: Path, half: str = "smollm2-cuda") -> pd.DataFrame:
         worst = float(np.nanmax(diff)) if diff.notna().any() else 0.0
         paired = len(merged) == len(a) == len(b)
         ok = worst <= TOLERANCE[name] and paired
-        rows.append({"section": "pipeline", "check": table, "max_abs_diff": round(worst, 4),
-                     "tolerance": TOLERANCE[name], "result": "PASS" if ok else "FAIL",
-                     "note": f"{int((~timing).sum())} values" + ("" if paired else "; rows do not pair")})
+        rows.append(
+            {
+                "section": "pipeline",
+                "check": table,
+                "max_abs_diff": round(worst, 4),
+                "tolerance": TOLERANCE[name],
+                "result": "PASS" if ok else "FAIL",
+                "note": f"{int((~timing).sum())} values" + ("" if paired else "; rows do not pair"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -144,26 +221,64 @@ def multi_device(devices: str, select: str | None = None) -> pd.DataFrame:
     """Run tests/unit/test_multi_device.py over `devices`; one row per stage comparison it prints,
     plus a row for the test run itself (a refusal or an error fails it)."""
     env = {**os.environ, "ICLSCOPE_TEST_DEVICES": devices}
-    command = [sys.executable, "-m", "pytest", str(REPO / "tests/unit/test_multi_device.py"), "-q", "-s",
-               "-p", "no:cacheprovider", *(["-k", select] if select else [])]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(REPO / "tests/unit/test_multi_device.py"),
+        "-q",
+        "-s",
+        "-p",
+        "no:cacheprovider",
+        *(["-k", select] if select else []),
+    ]
     run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     rows = []
     for m in MULTI_LINE.finditer(run.stdout):
         diff, tol = float(m["diff"]), float(m["tol"])
-        rows.append({"section": "multi", "check": m["stage"], "max_abs_diff": diff, "tolerance": tol,
-                     "result": "PASS" if diff <= tol else "FAIL", "note": f"over {m['where']}"})
+        rows.append(
+            {
+                "section": "multi",
+                "check": m["stage"],
+                "max_abs_diff": diff,
+                "tolerance": tol,
+                "result": "PASS" if diff <= tol else "FAIL",
+                "note": f"over {m['where']}",
+            }
+        )
     tail = (run.stdout.strip().splitlines() or [""])[-1][:160]
-    rows.append({"section": "multi", "check": "test_multi_device.py", "max_abs_diff": None, "tolerance": None,
-                 "result": "PASS" if run.returncode == 0 and len(rows) else "FAIL",
-                 "note": tail if run.returncode == 0 else f"exit {run.returncode}: {tail} {run.stderr[-300:]}"})
+    rows.append(
+        {
+            "section": "multi",
+            "check": "test_multi_device.py",
+            "max_abs_diff": None,
+            "tolerance": None,
+            "result": "PASS" if run.returncode == 0 and len(rows) else "FAIL",
+            "note": tail if run.returncode == 0 else f"exit {run.returncode}: {tail} {run.stderr[-300:]}",
+        }
+    )
     return pd.DataFrame(rows)
 
 
 def run_pipeline(work: Path, device: str) -> None:
     (work / "config.yaml").write_text(yaml.safe_dump(copy.deepcopy(reduced_config(device)), sort_keys=False))
     cores = str(os.cpu_count() or 2) if device == "cpu" else "8"
-    subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-                    str(work), "--profile", str(REPO / "profiles/local"), "--cores", cores], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(work),
+            "--profile",
+            str(REPO / "profiles/local"),
+            "--cores",
+            cores,
+        ],
+        check=True,
+    )
 
 
 def extraction_speed(work: Path) -> pd.DataFrame:
@@ -197,15 +312,23 @@ def extraction_speed(work: Path) -> pd.DataFrame:
         seconds["iclscope extract"].append(extract(prompts, model_dir, out, spec, ExtractSettings())["seconds"])
     tokens = int(table["n_tokens"].sum())
     best = {k: min(v) for k, v in seconds.items()}
-    return pd.DataFrame([{"measure": k, "tokens/s": round(tokens / s), "ratio to body forward":
-                          round(best["body forward"] / s, 3)} for k, s in best.items()])
+    return pd.DataFrame(
+        [
+            {"measure": k, "tokens/s": round(tokens / s), "ratio to body forward": round(best["body forward"] / s, 3)}
+            for k, s in best.items()
+        ]
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="run in this directory and keep it")
-    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
-                        help="cpu: no GPU needed (bfloat16 on the CPU against float32; cpu + disk dispatch)")
+    parser.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default="cuda",
+        help="cpu: no GPU needed (bfloat16 on the CPU against float32; cpu + disk dispatch)",
+    )
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--select", help="pytest -k expression restricting the multi-device stages")
     args = parser.parse_args(argv)
@@ -213,8 +336,10 @@ def main(argv=None) -> int:
     if unknown := set(sections) - set(SECTIONS):
         parser.error(f"unknown sections {sorted(unknown)}")
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("gpu-check: no CUDA device visible to torch (a CPU-only torch build, or no GPU); run with "
-              "--device cpu to check everything else")
+        print(
+            "gpu-check: no CUDA device visible to torch (a CPU-only torch build, or no GPU); run with "
+            "--device cpu to check everything else"
+        )
         return 2
     where = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU"
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -55,11 +55,24 @@ def _prompts(tokenizer, manifest, n: int, path: Path) -> None:
     from iclscope.model.prompts import build_prompts, prompts_digest
 
     rng = np.random.default_rng(0)
-    rows = [{"row_id": i, "text": " ".join(rng.choice(WORDS, 12)), "label": ["negative", "positive"][i % 2],
-             "split": "train" if i < 20 else "test", "task": "t"} for i in range(220)]
+    rows = [
+        {
+            "row_id": i,
+            "text": " ".join(rng.choice(WORDS, 12)),
+            "label": ["negative", "positive"][i % 2],
+            "split": "train" if i < 20 else "test",
+            "task": "t",
+        }
+        for i in range(220)
+    ]
     classes = {"negative": " negative", "positive": " positive"}
-    spec = DatasetSpec(name="bench", source="local", path="-", classes=classes,
-                       prompts=PromptSpec(template="Review: {text}\nSentiment:{label}", seeds=(1,), n_test=100))
+    spec = DatasetSpec(
+        name="bench",
+        source="local",
+        path="-",
+        classes=classes,
+        prompts=PromptSpec(template="Review: {text}\nSentiment:{label}", seeds=(1,), n_test=100),
+    )
     base, meta = build_prompts(pd.DataFrame(rows), spec, tokenizer, manifest["context_length"])
     table = base.iloc[np.arange(n) % len(base)].reset_index(drop=True)
     table["prompt_id"] = np.arange(n)
@@ -104,15 +117,28 @@ def load_rss(tmp: Path) -> dict:
     weights = tmp / "rss-weights"
     torch.manual_seed(0)
     tok = train_tokenizer("llama", weights)
-    cfg = LlamaConfig(vocab_size=16000, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
-                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=256,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=16000,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
     LlamaForCausalLM(cfg).save_pretrained(weights)
     size = sum(p.stat().st_size for p in weights.iterdir() if p.suffix in (".safetensors", ".bin"))
     prepare_model(ModelSpec(name="rss", source="local", path=str(weights)), tmp / "rss-prepared")
-    out = subprocess.run([sys.executable, "-c", LOAD_CHILD, str(tmp / "rss-prepared"), str(REPO / "workflow")],
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_CHILD, str(tmp / "rss-prepared"), str(REPO / "workflow")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     base, load = int(out[-2]), int(out[-1])
     return {"weights_mb": size / 1e6, "baseline_mb": base / 1e6, "load_mb": load / 1e6, "ratio": load / size}
 
@@ -125,20 +151,46 @@ def run() -> list[dict]:
         for n in SIZES:
             prompts = tmp / f"prompts{n}.parquet"
             _prompts(tokenizer, manifest, n, prompts)
-            code = CHILD.format(workflow=str(REPO / "workflow"), model=str(raw), prompts=str(prompts),
-                                prepared=str(prepared), out=str(tmp / f"act{n}.h5"))
+            code = CHILD.format(
+                workflow=str(REPO / "workflow"),
+                model=str(raw),
+                prompts=str(prompts),
+                prepared=str(prepared),
+                out=str(tmp / f"act{n}.h5"),
+            )
             out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
             results[n] = json.loads(out.stdout.strip().splitlines()[-1])
     base = results[SIZES[0]]["peak_rss_mb"]
     rows = []
     for n, r in results.items():
         ratio = r["peak_rss_mb"] / base
-        rows.append(row("memory", f"peak RSS, N = {n:,} prompts", r["peak_rss_mb"], "MB", f"N = {SIZES[0]}",
-                        ratio, "≤ 1.10", ratio <= 1.10,
-                        note=f"tiny Llama, {r['tokens']:,} tokens in {r['seconds']} s"))
+        rows.append(
+            row(
+                "memory",
+                f"peak RSS, N = {n:,} prompts",
+                r["peak_rss_mb"],
+                "MB",
+                f"N = {SIZES[0]}",
+                ratio,
+                "≤ 1.10",
+                ratio <= 1.10,
+                note=f"tiny Llama, {r['tokens']:,} tokens in {r['seconds']} s",
+            )
+        )
     with tempfile.TemporaryDirectory() as tmp:
         r = load_rss(Path(tmp))
-    rows.append(row("memory", "load_model peak host RSS / weight files", r["ratio"], "x", None, None, "≤ 1.3",
-                    r["ratio"] <= 1.3, note=f"{r['load_mb']:.0f} MB over the interpreter's {r['baseline_mb']:.0f} MB "
-                    f"for {r['weights_mb']:.0f} MB of float32 safetensors (random Llama)"))
+    rows.append(
+        row(
+            "memory",
+            "load_model peak host RSS / weight files",
+            r["ratio"],
+            "x",
+            None,
+            None,
+            "≤ 1.3",
+            r["ratio"] <= 1.3,
+            note=f"{r['load_mb']:.0f} MB over the interpreter's {r['baseline_mb']:.0f} MB "
+            f"for {r['weights_mb']:.0f} MB of float32 safetensors (random Llama)",
+        )
+    )
     return rows

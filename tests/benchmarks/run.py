@@ -33,28 +33,50 @@ def speedups() -> list[dict]:
     acc = t[t.metric == "accuracy"].groupby("task")["value"].mean()
     for arm in ("icicl_soft", "anchor_kv", "task_vector", "zero_shot"):
         if arm in secs and "full_icl" in secs:
-            rows.append(row("icicl", f"{arm} seconds per example", secs[arm], "s", "full-text ICL",
-                            secs["full_icl"] / secs[arm], note=f"accuracy {acc.get(arm, float('nan')):.3f} vs "
-                            f"{acc.get('full_icl', float('nan')):.3f} (ratio = speed-up)"))
+            rows.append(
+                row(
+                    "icicl",
+                    f"{arm} seconds per example",
+                    secs[arm],
+                    "s",
+                    "full-text ICL",
+                    secs["full_icl"] / secs[arm],
+                    note=f"accuracy {acc.get(arm, float('nan')):.3f} vs "
+                    f"{acc.get('full_icl', float('nan')):.3f} (ratio = speed-up)",
+                )
+            )
     return rows
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available(), "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def to_markdown(rows: list[dict], info: dict) -> str:
-    lines = [f"Measured on {info['cpu']} ({info['cores']} cores, torch {info['torch']}, "
-             f"CUDA {'yes' if info['cuda'] else 'no'}), {info['date']}. Reproduce: `make bench`.", "",
-             "| benchmark | measure | value | baseline (same run) | ratio | target | met | note |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Measured on {info['cpu']} ({info['cores']} cores, torch {info['torch']}, "
+        f"CUDA {'yes' if info['cuda'] else 'no'}), {info['date']}. Reproduce: `make bench`.",
+        "",
+        "| benchmark | measure | value | baseline (same run) | ratio | target | met | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
-        lines.append(f"| {r['benchmark']} | {r['measure']} | {r['value']:g} {r['unit']} | {r['baseline'] or ''} | "
-                     f"{'' if r['ratio'] is None else r['ratio']} | {r['target'] or ''} | {met} | {r['note']} |")
+        lines.append(
+            f"| {r['benchmark']} | {r['measure']} | {r['value']:g} {r['unit']} | {r['baseline'] or ''} | "
+            f"{'' if r['ratio'] is None else r['ratio']} | {r['target'] or ''} | {met} | {r['note']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

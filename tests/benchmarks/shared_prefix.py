@@ -35,8 +35,15 @@ from .common import MODEL, REPO, row
 
 SHOTS = (1, 4, 16)
 BODY_PROMPTS = {1: None, 4: 48, 16: 16}  # None: all
-WIDE = {"hidden_size": 4096, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 32,
-        "num_key_value_heads": 1, "vocab_size": 400, "max_position_embeddings": 8192}
+WIDE = {
+    "hidden_size": 4096,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 1,
+    "vocab_size": 400,
+    "max_position_embeddings": 8192,
+}
 
 
 def _tweets_prompts(tokenizer, context_length: int, shots: int, seeds: int | None, out: Path, fold: int | None = None):
@@ -48,8 +55,9 @@ def _tweets_prompts(tokenizer, context_length: int, shots: int, seeds: int | Non
     cfg = load_config(REPO / "config.yaml")
     spec = DatasetSpec.from_config("tweets", cfg["datasets"]["tweets"])
     p = spec.prompts
-    spec = dataclasses.replace(spec, prompts=dataclasses.replace(p, shots_per_class=shots,
-                                                                 seeds=p.seeds if seeds is None else p.seeds[:seeds]))
+    spec = dataclasses.replace(
+        spec, prompts=dataclasses.replace(p, shots_per_class=shots, seeds=p.seeds if seeds is None else p.seeds[:seeds])
+    )
     table, meta = build_prompts(read_table(REPO / "results/datasets/tweets.parquet"), spec, tokenizer, context_length)
     if fold:  # a tiny model's vocabulary: equal tokens stay equal, so shared prefixes stay shared
         table["input_ids"] = [np.asarray(ids) % fold for ids in table["input_ids"]]
@@ -87,19 +95,33 @@ def speed(tmp: Path) -> list[dict]:
         w0, c0 = time.perf_counter(), time.process_time()
         summary = extract(path, model_dir, tmp / f"shared-{shots}.h5", spec, settings)
         # extract's own clock starts after loading the model (the body forward's model is loaded too)
-        shared = {"wall": summary["seconds"], "cpu": (time.process_time() - c0) * summary["seconds"]
-                  / (time.perf_counter() - w0)}
+        shared = {
+            "wall": summary["seconds"],
+            "cpu": (time.process_time() - c0) * summary["seconds"] / (time.perf_counter() - w0),
+        }
         ratio = {k: body[k] / shared[k] for k in body}
         share = summary["prefix_tokens"] / summary["prefixes"] * len(table) / tokens if summary["prefixes"] else 0
-        what = (f"{len(table)} prompts of one seed, {summary['prefixes']} prefix, {tokens} tokens ({share:.1%} in "
-                f"the shared prefix), {spec.device}/{spec.dtype}, batch {spec.batch_size}; body "
-                f"{body['wall']:.1f} s wall / {body['cpu']:.1f} s CPU" + (f" (measured on {m} prompts, scaled)"
-                                                                          if m < len(table) else "")
-                + f", shared-prefix extraction {shared['wall']:.1f} s wall / {shared['cpu']:.1f} s CPU; "
-                f"CPU-time ratio {ratio['cpu']:.2f}")
+        what = (
+            f"{len(table)} prompts of one seed, {summary['prefixes']} prefix, {tokens} tokens ({share:.1%} in "
+            f"the shared prefix), {spec.device}/{spec.dtype}, batch {spec.batch_size}; body "
+            f"{body['wall']:.1f} s wall / {body['cpu']:.1f} s CPU"
+            + (f" (measured on {m} prompts, scaled)" if m < len(table) else "")
+            + f", shared-prefix extraction {shared['wall']:.1f} s wall / {shared['cpu']:.1f} s CPU; "
+            f"CPU-time ratio {ratio['cpu']:.2f}"
+        )
         target = ("≥ 2", ratio["wall"] >= 2) if shots == 1 else (None, None)
-        rows.append(row("shared_prefix", f"speed-up over body forward, {shots} demo/class", ratio["wall"], "x",
-                        "body forward of the full prompts", ratio["wall"], *target, what))
+        rows.append(
+            row(
+                "shared_prefix",
+                f"speed-up over body forward, {shots} demo/class",
+                ratio["wall"],
+                "x",
+                "body forward of the full prompts",
+                ratio["wall"],
+                *target,
+                what,
+            )
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -128,8 +150,9 @@ def storage(tmp: Path) -> list[dict]:
     rows = []
     for shots in SHOTS[:2]:
         path = tmp / f"wide-{shots}.parquet"
-        table = _tweets_prompts(smol_tokenizer, smol_manifest["context_length"], shots, 1, path,
-                                fold=WIDE["vocab_size"])
+        table = _tweets_prompts(
+            smol_tokenizer, smol_manifest["context_length"], shots, 1, path, fold=WIDE["vocab_size"]
+        )
         size = {}
         for layout, share in (("per prompt", False), ("per prefix", True)):
             out = tmp / f"wide-{shots}-{share}.h5"
@@ -137,10 +160,20 @@ def storage(tmp: Path) -> list[dict]:
             size[layout] = out.stat().st_size / len(table)
         ratio = size["per prefix"] / size["per prompt"]
         K = 2 * shots
-        rows.append(row("shared_prefix", f"bytes per prompt at d=4096, {shots} demo/class", size["per prefix"], "B",
-                        "label states per prompt", ratio, "≤ 1/3", ratio <= 1 / 3,
-                        f"{len(table)} prompts of one seed, K = {K} label states, {WIDE['num_hidden_layers']} layers; "
-                        f"today {size['per prompt'] / 1e3:.0f} kB, new {size['per prefix'] / 1e3:.0f} kB a prompt"))
+        rows.append(
+            row(
+                "shared_prefix",
+                f"bytes per prompt at d=4096, {shots} demo/class",
+                size["per prefix"],
+                "B",
+                "label states per prompt",
+                ratio,
+                "≤ 1/3",
+                ratio <= 1 / 3,
+                f"{len(table)} prompts of one seed, K = {K} label states, {WIDE['num_hidden_layers']} layers; "
+                f"today {size['per prompt'] / 1e3:.0f} kB, new {size['per prefix'] / 1e3:.0f} kB a prompt",
+            )
+        )
         print(rows[-1], flush=True)
     return rows
 

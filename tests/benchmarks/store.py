@@ -24,8 +24,16 @@ import yaml
 from .common import REPO, row
 from .dag import _config
 
-TINY_LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 4, "hidden_size": 64,
-              "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 128, "vocab_size": 400}
+TINY_LLAMA = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "num_hidden_layers": 4,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "intermediate_size": 128,
+    "vocab_size": 400,
+}
 
 
 def _snakemake(repo: Path, workdir: Path, store: Path, *args: str) -> subprocess.CompletedProcess:
@@ -57,8 +65,11 @@ for model in config["models"]:
 def _fill(repo: Path, store: Path, config_file: Path) -> int:
     """Publish a stand-in activation file under each model × dataset's real key (as `repo`'s
     package computes it); returns how many entries the store holds."""
-    subprocess.run([sys.executable, "-c", FILL, str(store), str(config_file)], check=True,
-                   env={**os.environ, "PYTHONPATH": str(repo / "workflow")})
+    subprocess.run(
+        [sys.executable, "-c", FILL, str(store), str(config_file)],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(repo / "workflow")},
+    )
     return len([p for p in store.iterdir() if not p.name.startswith(".")])
 
 
@@ -96,8 +107,17 @@ def run(n_models: int = 32, n_datasets: int = 32, repeats: int = 3) -> list[dict
             shutil.rmtree(work)
     t_link, t_noop = sorted(link_times)[repeats // 2], sorted(noop_times)[repeats // 2]
     ratio = t_link / t_noop
-    return [row("store", f"plan + link a fully stored plan, {n_models} models × {n_datasets} datasets", t_link, "s",
-                f"no-op plan of the same workflow ({t_noop:.2f} s)", ratio, note=f"{n} products linked, none computed")]
+    return [
+        row(
+            "store",
+            f"plan + link a fully stored plan, {n_models} models × {n_datasets} datasets",
+            t_link,
+            "s",
+            f"no-op plan of the same workflow ({t_noop:.2f} s)",
+            ratio,
+            note=f"{n} products linked, none computed",
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -33,16 +33,25 @@ class Cluster:
 
     def queue(self) -> list[tuple[str, str, str]]:
         """(job id, comment, state) of every job in the queue."""
-        out = subprocess.run(["squeue", "-h", "-o", "%i|%k|%T"], env=self.env, capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            ["squeue", "-h", "-o", "%i|%k|%T"], env=self.env, capture_output=True, text=True, check=True
+        ).stdout
         return [tuple(line.split("|")) for line in out.splitlines() if line.strip()]
 
-    def sacct(self, since: float, fields=("JobID", "JobName", "Comment", "State", "AllocTRES", "Start", "End",
-                                          "ReqMem", "ExitCode", "Partition")) -> list[dict]:
+    def sacct(
+        self,
+        since: float,
+        fields=("JobID", "JobName", "Comment", "State", "AllocTRES", "Start", "End", "ReqMem", "ExitCode", "Partition"),
+    ) -> list[dict]:
         """Allocations (no steps) submitted since the epoch time `since`, one dict per job."""
         start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 1))
-        out = subprocess.run(["sacct", "-X", "--parsable2", "--noheader", "-S", start, "-o", ",".join(fields)],
-                             env=self.env, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["sacct", "-X", "--parsable2", "--noheader", "-S", start, "-o", ",".join(fields)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         return [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines() if line.strip()]
 
     def jobs_by_rule(self, since: float) -> dict[str, list[dict]]:
@@ -64,12 +73,20 @@ def slurm_cluster():
         pytest.fail("the cluster tests start slurmd/slurmctld and need root (make test runs as root in CI)")
     # two fake GPUs, so that two GPU jobs (extraction shards) can run side by side on 2 cores; a CPU
     # partition (debug, the default) and a GPU partition (gpu, profiles/slurm's set-resources) on the one node
-    env = {**os.environ, "SLURM_LOCAL_DIR": STATE_DIR, "SLURM_LOCAL_INSTALL": "0", "SLURM_LOCAL_GPUS": "2",
-           "SLURM_LOCAL_PARTITION": CPU_PARTITION, "SLURM_LOCAL_GPU_PARTITION": GPU_PARTITION}
+    env = {
+        **os.environ,
+        "SLURM_LOCAL_DIR": STATE_DIR,
+        "SLURM_LOCAL_INSTALL": "0",
+        "SLURM_LOCAL_GPUS": "2",
+        "SLURM_LOCAL_PARTITION": CPU_PARTITION,
+        "SLURM_LOCAL_GPU_PARTITION": GPU_PARTITION,
+    }
     started = _script("start", env=env)
     if started.returncode != 0:
-        pytest.fail(f"could not start the local SLURM cluster (run `make cluster-deps` first):\n"
-                    f"{started.stdout[-3000:]}\n{started.stderr[-2000:]}")
+        pytest.fail(
+            f"could not start the local SLURM cluster (run `make cluster-deps` first):\n"
+            f"{started.stdout[-3000:]}\n{started.stderr[-2000:]}"
+        )
     env["SLURM_CONF"] = f"{STATE_DIR}/etc/slurm.conf"
     yield Cluster(env)
     _script("stop", env=env)

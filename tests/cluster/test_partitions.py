@@ -31,8 +31,9 @@ EXAMPLE = REPO / "config" / "examples" / "label-anchors-gpt2xl.yaml"
 def site(tmp_path_factory, slurm_cluster):
     root = tmp_path_factory.mktemp("partitions")
     make_tiny_model("llama", root / "tiny")
-    rows = ["sentiment,text"] + [f"{['negative', 'positive'][i % 2]},tweet {i} was {['bad', 'good'][i % 2]} today"
-                                 for i in range(90)]
+    rows = ["sentiment,text"] + [
+        f"{['negative', 'positive'][i % 2]},tweet {i} was {['bad', 'good'][i % 2]} today" for i in range(90)
+    ]
     (root / "tweets.csv").write_text("\n".join(rows) + "\n")
     env = {k: v for k, v in slurm_cluster.env.items() if not k.startswith(("ICLSCOPE_STORE", "SNAKEMAKE_OUTPUT"))}
     return {"root": root, "cluster": slurm_cluster, "env": env}
@@ -44,18 +45,38 @@ def reduced_example(site, **model) -> dict:
     cfg = yaml.safe_load(EXAMPLE.read_text())
     cfg["models"] = {"tiny": {"source": "local", "path": str(site["root"] / "tiny"), "batch_size": 4, **model}}
     prompts = {**next(iter(cfg["datasets"].values()))["prompts"], "seeds": [42], "n_test": 10, "n_train": 8}
-    cfg["datasets"] = {"toy": {"source": "local", "path": str(site["root"] / "tweets.csv"),
-                               "label_column": "sentiment",
-                               "classes": {"negative": " negative", "positive": " positive"},
-                               "prompts": {**prompts, "template": "Tweet: {text}\nSentiment:{label}"}}}
-    cfg.update({"icicl": {"enabled": False}, "tsft": {"enabled": False}, "toy_regression": {"enabled": False},
-                "anchors": {"compression": {"prompts_per_seed": 2, "n_random_draws": 1, "timing_repeats": 1}}})
+    cfg["datasets"] = {
+        "toy": {
+            "source": "local",
+            "path": str(site["root"] / "tweets.csv"),
+            "label_column": "sentiment",
+            "classes": {"negative": " negative", "positive": " positive"},
+            "prompts": {**prompts, "template": "Tweet: {text}\nSentiment:{label}"},
+        }
+    }
+    cfg.update(
+        {
+            "icicl": {"enabled": False},
+            "tsft": {"enabled": False},
+            "toy_regression": {"enabled": False},
+            "anchors": {"compression": {"prompts_per_seed": 2, "n_random_draws": 1, "timing_repeats": 1}},
+        }
+    )
     return cfg
 
 
 def on_slurm(site, work: Path, *args: str, timeout: int = 900):
-    return snakemake(work, "--profile", str(REPO / "profiles" / "slurm"), *CPU_SITE, *FAST, *args,
-                     env=site["env"], timeout=timeout, launcher=FAST_STATUS)
+    return snakemake(
+        work,
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        *CPU_SITE,
+        *FAST,
+        *args,
+        env=site["env"],
+        timeout=timeout,
+        launcher=FAST_STATUS,
+    )
 
 
 def test_cpu_jobs_never_run_on_the_gpu_partition(site):

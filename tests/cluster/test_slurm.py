@@ -37,8 +37,9 @@ def lab(tmp_path_factory, slurm_cluster):
     """A tiny model, a small CSV dataset, a lab store: what two lab members share."""
     root = tmp_path_factory.mktemp("lab")
     make_tiny_model("llama", root / "tiny")
-    rows = ["sentiment,text"] + [f"{['negative', 'positive'][i % 2]},tweet {i} was {['bad', 'good'][i % 2]} today"
-                                 for i in range(90)]
+    rows = ["sentiment,text"] + [
+        f"{['negative', 'positive'][i % 2]},tweet {i} was {['bad', 'good'][i % 2]} today" for i in range(90)
+    ]
     (root / "tweets.csv").write_text("\n".join(rows) + "\n")
     store = root / "store"
     store.mkdir()
@@ -64,10 +65,15 @@ def copy_of(lab, dest: Path) -> Path:
 def config(lab, **extract) -> dict:
     return {
         "models": {"tiny": {"source": "local", "path": str(lab["root"] / "tiny"), "mem_mb": 1000, "batch_size": 4}},
-        "datasets": {"toy": {"source": "local", "path": str(lab["root"] / "tweets.csv"), "label_column": "sentiment",
-                             "classes": {"negative": " negative", "positive": " positive"},
-                             "prompts": {"template": "Tweet: {text}\nSentiment:{label}", "seeds": [1],
-                                         "n_test": 12, "n_train": 8}}},
+        "datasets": {
+            "toy": {
+                "source": "local",
+                "path": str(lab["root"] / "tweets.csv"),
+                "label_column": "sentiment",
+                "classes": {"negative": " negative", "positive": " positive"},
+                "prompts": {"template": "Tweet: {text}\nSentiment:{label}", "seeds": [1], "n_test": 12, "n_train": 8},
+            }
+        },
         "extract": {"shards": 1, **extract},
         "icicl": {"enabled": False},
         "anchors": {"compression": {"prompts_per_seed": 4, "n_random_draws": 2, "timing_repeats": 1}},
@@ -85,8 +91,19 @@ def checkout(lab, name: str, cfg: dict) -> Path:
 
 def on_slurm(lab, work: Path, *args: str, timeout: int = 600, check: bool = True, repo: Path | None = None):
     repo = repo or lab["repo"]
-    return snakemake(work, "--profile", str(repo / "profiles" / "slurm"), *SITE, *FAST, *args,
-                     env=lab["env"], timeout=timeout, check=check, launcher=FAST_STATUS, repo=repo)
+    return snakemake(
+        work,
+        "--profile",
+        str(repo / "profiles" / "slurm"),
+        *SITE,
+        *FAST,
+        *args,
+        env=lab["env"],
+        timeout=timeout,
+        check=check,
+        launcher=FAST_STATUS,
+        repo=repo,
+    )
 
 
 def rules_run(lab, since: float) -> dict[str, int]:
@@ -99,9 +116,19 @@ def test_pipeline_runs_as_one_sbatch_job_per_rule_instance(lab):
     on_slurm(lab, work)
     jobs = lab["cluster"].jobs_by_rule(t0)
     model_rules = {"extract", "extract_anchors", "saliency", "isolation", "reweighting", "anchor_compression"}
-    expected = model_rules | {"prepare_model", "prepare_dataset", "build_prompts", "icl_accuracy", "taskspace",
-                              "compression", "aucroc", "fig_task_space", "layer_atlas", "summary",
-                              "small_cpu"}  # the other six figures: one group job (profiles/slurm)
+    expected = model_rules | {
+        "prepare_model",
+        "prepare_dataset",
+        "build_prompts",
+        "icl_accuracy",
+        "taskspace",
+        "compression",
+        "aucroc",
+        "fig_task_space",
+        "layer_atlas",
+        "summary",
+        "small_cpu",
+    }  # the other six figures: one group job (profiles/slurm)
     group = {r: "small_cpu" for r in jobs if r.startswith("small_cpu_")}  # its comment lists its rules
     assert {group.get(r, r): len(v) for r, v in jobs.items()} == {rule: 1 for rule in expected}
     for rule, rows in jobs.items():
@@ -114,9 +141,14 @@ def test_pipeline_runs_as_one_sbatch_job_per_rule_instance(lab):
 def test_partial_reruns_run_exactly_the_expected_jobs(lab):
     work = lab["root"] / "alice"
     assert planned_jobs(work, "--until", "extract", "--forcerun", "build_prompts", repo=lab["repo"]) == {
-        "build_prompts": 1, "extract": 1}
+        "build_prompts": 1,
+        "extract": 1,
+    }
     assert planned_jobs(work, "--forcerun", "icl_accuracy", repo=lab["repo"]) == {
-        "icl_accuracy": 1, "summary": 1, "all": 1}
+        "icl_accuracy": 1,
+        "summary": 1,
+        "all": 1,
+    }
     cfg = yaml.safe_load((work / "config.yaml").read_text())
     cfg["icl_accuracy"] = {"n_boot": 7}
     write_config(work, cfg)
@@ -129,8 +161,14 @@ def test_partial_reruns_run_exactly_the_expected_jobs(lab):
 def store_key(lab, work: Path, path: str = "results/activations/tiny/toy.h5", repo: Path | None = None) -> str:
     """`iclscope store key <path>` in a member's working directory, with that checkout's package."""
     repo = repo or lab["repo"]
-    out = subprocess.run([sys.executable, "-m", "iclscope.cli", "store", "key", path], cwd=work, check=True,
-                         capture_output=True, text=True, env={**lab["env"], "PYTHONPATH": str(repo / "workflow")})
+    out = subprocess.run(
+        [sys.executable, "-m", "iclscope.cli", "store", "key", path],
+        cwd=work,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**lab["env"], "PYTHONPATH": str(repo / "workflow")},
+    )
     return out.stdout.strip()
 
 
@@ -226,6 +264,7 @@ def edited_checkout(lab, name: str, edit) -> Path:
 
 def test_a_comment_only_change_costs_no_job(lab):
     """Comments and docstrings are not code: the key (a digest of the normalised source) is unchanged."""
+
     def reword(text):
         first_doc = text.index('"""') + 3
         return text[:first_doc] + "Reworded docstring. " + text[first_doc:] + "\n# a comment only\n"
@@ -234,8 +273,9 @@ def test_a_comment_only_change_costs_no_job(lab):
     t0 = time.time()
     on_slurm(lab, work, "activations", repo=edited_checkout(lab, "dave-comment", reword))
     assert lab["cluster"].sacct(t0) == [] and not extracted(work)
-    assert os.path.samefile(work / "results/activations/tiny/toy.h5",
-                            lab["store"] / store_key(lab, lab["root"] / "alice") / "toy.h5")
+    assert os.path.samefile(
+        work / "results/activations/tiny/toy.h5", lab["store"] / store_key(lab, lab["root"] / "alice") / "toy.h5"
+    )
 
 
 def test_two_checkouts_request_the_same_new_activations_at_once(lab):
@@ -248,11 +288,13 @@ def test_two_checkouts_request_the_same_new_activations_at_once(lab):
     results, threads = {}, []
     t0 = time.time()
     for work in works:
+
         def run(work=work):
             try:
                 results[work.name] = on_slurm(lab, work, "activations", timeout=600)
             except AssertionError as exc:  # reported below, from the test's own thread
                 results[work.name] = exc
+
         threads.append(threading.Thread(target=run))
     for t in threads:
         t.start()
@@ -274,11 +316,13 @@ def test_two_checkouts_request_the_same_new_activations_at_once(lab):
         assert f.attrs["complete"] and f.attrs["n_done"] == f["resid/query"].shape[0]
         stored = f["resid/query"][()]
     reference = checkout(lab, "frank", {**cfg, "extract": {"shards": 1}})
-    snakemake(reference, "--profile", str(lab["repo"] / "profiles" / "local"), "activations",
-              repo=lab["repo"])  # no store: a fresh run
+    snakemake(
+        reference, "--profile", str(lab["repo"] / "profiles" / "local"), "activations", repo=lab["repo"]
+    )  # no store: a fresh run
     with h5py.File(reference / "results/activations/tiny/toy.h5") as g:  # other thread count: fp16 tolerance
-        np.testing.assert_allclose(stored.astype(np.float32), g["resid/query"][()].astype(np.float32),
-                                   rtol=1e-2, atol=1e-3)
+        np.testing.assert_allclose(
+            stored.astype(np.float32), g["resid/query"][()].astype(np.float32), rtol=1e-2, atol=1e-3
+        )
 
 
 def test_three_shards_run_side_by_side_and_gather_to_the_unsharded_file(lab):
@@ -290,8 +334,10 @@ def test_three_shards_run_side_by_side_and_gather_to_the_unsharded_file(lab):
     assert len(shards) == 3 and all(r["State"] == "COMPLETED" for r in shards)
     spans = sorted((r["Start"], r["End"]) for r in shards)
     assert spans[1][0] < spans[0][1], f"no two shards overlapped in time: {spans}"  # 2 cores: 2 at once
-    with h5py.File(work / "results/activations/tiny/toy.h5") as f, \
-            h5py.File(lab["root"] / "alice/results/activations/tiny/toy.h5") as g:
+    with (
+        h5py.File(work / "results/activations/tiny/toy.h5") as f,
+        h5py.File(lab["root"] / "alice/results/activations/tiny/toy.h5") as g,
+    ):
         assert f["resid/query"].is_virtual
         for name in ("resid/query", "attn/query_to_label", "logits/label"):
             np.testing.assert_allclose(f[name][()], g[name][()], rtol=1e-5, atol=1e-5)
@@ -331,8 +377,19 @@ def test_tsft_killed_mid_training_resumes_from_its_checkpoint_at_the_next_attemp
     directory() output that Snakemake deletes before the retry): attempt 2 resumes there, and its log
     names the steps it does not redo."""
     cfg = config(lab)
-    cfg["tsft"] = {"enabled": True, "steps": 400, "checkpoint_every": 20, "eval_every": 400, "batch_size": 2,
-                   "n_train": 8, "n_val": 4, "n_test": 4, "seeds": [0], "lora_r": 2, "lora_alpha": 2}
+    cfg["tsft"] = {
+        "enabled": True,
+        "steps": 400,
+        "checkpoint_every": 20,
+        "eval_every": 400,
+        "batch_size": 2,
+        "n_train": 8,
+        "n_val": 4,
+        "n_test": 4,
+        "seeds": [0],
+        "lora_r": 2,
+        "lora_alpha": 2,
+    }
     work = checkout(lab, "tsft-kill", cfg)
     env, cancelled = lab["env"], []
     resume = work / "results" / ".resume" / "tsft"
@@ -341,8 +398,11 @@ def test_tsft_killed_mid_training_resumes_from_its_checkpoint_at_the_next_attemp
         deadline = time.time() + 400
         while time.time() < deadline and not cancelled:
             out = subprocess.run(["squeue", "-h", "-o", "%i %k %T"], env=env, capture_output=True, text=True).stdout
-            running = [line.split()[0] for line in out.splitlines()
-                       if line.split()[1].startswith("rule_tsft_") and line.split()[2] == "RUNNING"]
+            running = [
+                line.split()[0]
+                for line in out.splitlines()
+                if line.split()[1].startswith("rule_tsft_") and line.split()[2] == "RUNNING"
+            ]
             if running and resume.is_dir() and any(p.is_file() for p in resume.rglob("*")):
                 subprocess.run(["scancel", running[0]], env=env, check=True)
                 cancelled.append(running[0])
@@ -368,10 +428,26 @@ def test_job_over_its_memory_is_killed_and_retried_with_more(lab, tmp_path):
     shutil.copy(Path(__file__).with_name("memory_hog.smk"), tmp_path / "Snakefile")
     cmd = ["--snakefile", str(tmp_path / "Snakefile")]
     t0 = time.time()
-    result = subprocess.run([*FAST_STATUS, *cmd, "--directory",
-                             str(tmp_path), "--executor", "slurm", "--jobs", "2", "--retries", "2", *SITE, *FAST],
-                            env={k: v for k, v in lab["env"].items() if k != lab_store.ENV},
-                            capture_output=True, text=True, timeout=400)
+    result = subprocess.run(
+        [
+            *FAST_STATUS,
+            *cmd,
+            "--directory",
+            str(tmp_path),
+            "--executor",
+            "slurm",
+            "--jobs",
+            "2",
+            "--retries",
+            "2",
+            *SITE,
+            *FAST,
+        ],
+        env={k: v for k, v in lab["env"].items() if k != lab_store.ENV},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     attempts = lab["cluster"].jobs_by_rule(t0)["hog"]
     assert [r["ReqMem"] for r in attempts] == ["300M", "600M"]

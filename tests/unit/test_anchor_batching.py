@@ -34,8 +34,9 @@ def test_batched_saliency_equals_batch_1(prepared_tiny, prompts):
     net, tok, manifest = load_model(model_dir, spec, attn_implementation=ATTN_IMPLEMENTATION)
     L, label_ids = manifest["n_layers"], meta["label_token_ids"]
     recs = list(test.head(5).itertuples())
-    batched = saliency_batch(net, [list(r.input_ids) for r in recs], [int(r.gold) for r in recs], label_ids, L,
-                             tok.pad_token_id)
+    batched = saliency_batch(
+        net, [list(r.input_ids) for r in recs], [int(r.gold) for r in recs], label_ids, L, tok.pad_token_id
+    )
     for r, mine in zip(recs, batched, strict=True):
         alone = saliency_matrices(net, r.input_ids, int(r.gold), label_ids, L)
         assert mine.shape == alone.shape == (L, len(r.input_ids), len(r.input_ids))
@@ -45,8 +46,12 @@ def test_batched_saliency_equals_batch_1(prepared_tiny, prompts):
 
 def test_saliency_rows_do_not_depend_on_the_batch(prepared_tiny, prompts):
     spec, model_dir = prepared_tiny
-    runs = [run_saliency(prompts, model_dir, dataclasses.replace(spec, batch_size=bs, max_batch_tokens=1 << 20), 6,
-                         dataset="d") for bs in (1, 16)]
+    runs = [
+        run_saliency(
+            prompts, model_dir, dataclasses.replace(spec, batch_size=bs, max_batch_tokens=1 << 20), 6, dataset="d"
+        )
+        for bs in (1, 16)
+    ]
     (rows_1, table_1), (rows_16, table_16) = runs
     assert rows_16[["prompt_id", "seed", "layer"]].equals(rows_1[["prompt_id", "seed", "layer"]])
     np.testing.assert_allclose(rows_16[["s_wp", "s_pq", "s_ww"]], rows_1[["s_wp", "s_pq", "s_ww"]], **TOL)
@@ -89,10 +94,19 @@ def test_anchor_compression_rows_do_not_depend_on_the_batch(prepared_tiny, tmp_p
 
     spec, model_dir = prepared_tiny
     path, _ = three_demo_prompts(prepared_tiny, tmp_path, n_test=4)
-    settings = AnchorCompressionSettings(prompts_per_seed=4, n_random_draws=5, timing_repeats=1, timing_warmup=0,
-                                         timed_per_seed=1)
-    runs = [run_anchor_compression(path, model_dir, dataclasses.replace(spec, batch_size=bs, max_batch_tokens=1 << 20),
-                                   settings=settings, dataset="d3")[2] for bs in (1, 16)]
+    settings = AnchorCompressionSettings(
+        prompts_per_seed=4, n_random_draws=5, timing_repeats=1, timing_warmup=0, timed_per_seed=1
+    )
+    runs = [
+        run_anchor_compression(
+            path,
+            model_dir,
+            dataclasses.replace(spec, batch_size=bs, max_batch_tokens=1 << 20),
+            settings=settings,
+            dataset="d3",
+        )[2]
+        for bs in (1, 16)
+    ]
     key = ["seed", "prompt_id", "arm", "draw"]
     one, many = (r.sort_values(key).reset_index(drop=True) for r in runs)
     assert many[key + ["gold", "tokens", "context_tokens"]].equals(one[key + ["gold", "tokens", "context_tokens"]])
@@ -123,16 +137,20 @@ def test_untimed_arms_batched_across_prompts_equal_batch_1(prepared_tiny, tmp_pa
     net, tok, _ = load_model(model_dir, spec, attn_implementation=ATTN_IMPLEMENTATION)
     kv_of = {}
     for r in recs:
-        key = tuple(int(t) for t in r["input_ids"][:demo_end(r)])
+        key = tuple(int(t) for t in r["input_ids"][: demo_end(r)])
         kv_of.setdefault(key, prefix_kv(net, key))
     batched = untimed_arms(net, recs, kv_of, tok.pad_token_id, batch_size=4, max_batch_tokens=1 << 20)
     worst = 0.0
     for r, mine in zip(recs, batched, strict=True):
         ids, split = [int(t) for t in r["input_ids"]], demo_end(r)
-        alone = {"full_icl": plain_logits(net, ids)[-1], "text_anchor": plain_logits(net, text_anchor_ids(r))[-1],
-                 "zero_shot": plain_logits(net, zero_shot_ids(r))[-1],
-                 "hidden_anchor": continue_on_cache(net, pruned_cache(net, kv_of[tuple(ids[:split])],
-                                                                      kept_positions(r)), ids[split:], split)[-1]}
+        alone = {
+            "full_icl": plain_logits(net, ids)[-1],
+            "text_anchor": plain_logits(net, text_anchor_ids(r))[-1],
+            "zero_shot": plain_logits(net, zero_shot_ids(r))[-1],
+            "hidden_anchor": continue_on_cache(
+                net, pruned_cache(net, kv_of[tuple(ids[:split])], kept_positions(r)), ids[split:], split
+            )[-1],
+        }
         assert set(mine) == set(alone)
         for arm in alone:
             np.testing.assert_allclose(mine[arm].numpy(), alone[arm].numpy(), **TOL, err_msg=arm)

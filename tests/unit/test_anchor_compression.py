@@ -40,12 +40,24 @@ def three_demo_prompts(prepared, tmp_path, n_test=3):
     names = list(CLASSES)
     # no digits (the tiny Llama tokenizer has no byte tokens and drops characters it never saw) and a
     # last word that its merges do not join with '\nSentiment:' (a token that holds both is text)
-    rows = [{"text": f"I {WORDS[i % len(WORDS)]} the {WORDS[(i * 5 + 1) % len(WORDS)]} dog", "label": names[i % 3],
-             "split": "train" if i < 6 else "test", "task": "t"} for i in range(6 + 3 * n_test)]
+    rows = [
+        {
+            "text": f"I {WORDS[i % len(WORDS)]} the {WORDS[(i * 5 + 1) % len(WORDS)]} dog",
+            "label": names[i % 3],
+            "split": "train" if i < 6 else "test",
+            "task": "t",
+        }
+        for i in range(6 + 3 * n_test)
+    ]
     df = pd.DataFrame(rows)
     df.insert(0, "row_id", range(len(df)))
-    spec = DatasetSpec(name="d3", source="local", path="x", classes=CLASSES,
-                       prompts=PromptSpec(template="Tweet: {text}\nSentiment:{label}", seeds=(1, 2), n_test=n_test))
+    spec = DatasetSpec(
+        name="d3",
+        source="local",
+        path="x",
+        classes=CLASSES,
+        prompts=PromptSpec(template="Tweet: {text}\nSentiment:{label}", seeds=(1, 2), n_test=n_test),
+    )
     table, meta = build_prompts(df, spec, tokenizer, manifest["context_length"])
     path = tmp_path / "prompts.parquet"
     write_table(table, path, meta)
@@ -80,8 +92,9 @@ def test_hidden_anchor_equals_the_full_prompt_with_the_query_masked_off_non_kept
     split, keep = demo_end(rec), kept_positions(rec)
     T = len(ids)
     assert 0 < len(keep) < split < T
-    got = continue_on_cache(run, pruned_cache(run, prefix_kv(run, ids[:split]), keep), ids[split:], split,
-                            logits_to_keep=0)
+    got = continue_on_cache(
+        run, pruned_cache(run, prefix_kv(run, ids[:split]), keep), ids[split:], split, logits_to_keep=0
+    )
     allowed = torch.ones(T, T, dtype=torch.bool).tril()
     allowed[split:, :split] = False
     allowed[split:, keep] = True  # the query part sees the kept demonstration tokens and itself
@@ -100,8 +113,9 @@ def test_keeping_every_position_gives_the_full_prompt(prepared_tiny, tmp_path):
     rec = record(table, 1)
     ids = [int(t) for t in rec["input_ids"]]
     split = demo_end(rec)
-    got = continue_on_cache(run, pruned_cache(run, prefix_kv(run, ids[:split]), range(split)), ids[split:], split,
-                            logits_to_keep=0)
+    got = continue_on_cache(
+        run, pruned_cache(run, prefix_kv(run, ids[:split]), range(split)), ids[split:], split, logits_to_keep=0
+    )
     with torch.inference_mode():
         ref = run(input_ids=torch.as_tensor([ids])).logits[0, split:]
     diff = (got - ref).abs().max().item()
@@ -125,8 +139,9 @@ def test_text_anchor_is_exactly_the_template_label_and_separator_tokens(prepared
         start = rec["text"].index(line, cursor) + len("Tweet: ")
         spans.append((start, start + len(line) - len("Tweet: ")))
         cursor = start
-    expected = [p for p, (a, b) in enumerate(enc["offset_mapping"][:split])
-                if not any(a < e and b > s for s, e in spans)]
+    expected = [
+        p for p, (a, b) in enumerate(enc["offset_mapping"][:split]) if not any(a < e and b > s for s, e in spans)
+    ]
     assert kept_positions(rec) == expected
     assert text_anchor_ids(rec) == [ids[p] for p in expected] + ids[split:]
     assert set(rec["label_pos"]) <= set(expected) and set(rec["format_pos"]) - text_positions(rec) <= set(expected)
@@ -149,7 +164,7 @@ def test_hidden_random_replaces_exactly_the_label_tokens_entries(prepared_tiny, 
     for i, (p, r) in enumerate(zip(labels, drawn, strict=True)):
         assert (labels[i - 1] if i else -1) < r < p and r in text_positions(rec)  # a text token of its own demo
     ids = [int(t) for t in rec["input_ids"]]
-    kv = prefix_kv(run, ids[:demo_end(rec)])
+    kv = prefix_kv(run, ids[: demo_end(rec)])
     anchor, random = pruned_cache(run, kv, keep), pruned_cache(run, kv, rand)
     for layer, (k, _) in enumerate(kv):
         a, r = anchor.layers[layer].keys[0], random.layers[layer].keys[0]  # [Hkv, n_kept, dh]
@@ -179,8 +194,14 @@ def test_run_anchor_compression_table(prepared_tiny, tmp_path):
     assert part["pred"].tolist() == per_example["pred"].tolist()
     assert info["prompts"] == 4 and info["demonstration_passes"] == 2  # one demonstration pass per seed
     wide = table.pivot_table(index=["seed", "label_type"], columns="metric", values="value")
-    assert set(wide.index.get_level_values(1)) == {"full_icl", "hidden_anchor", "text_anchor", "hidden_random",
-                                                   "hidden_random_top", "zero_shot"}
+    assert set(wide.index.get_level_values(1)) == {
+        "full_icl",
+        "hidden_anchor",
+        "text_anchor",
+        "hidden_random",
+        "hidden_random_top",
+        "zero_shot",
+    }
     full = wide.xs("full_icl", level=1)
     assert (full["label_loyalty"] == 1).all() and (full["word_loyalty"] == 1).all()
     assert (full["speedup_vs_full_icl"] == 1).all()
@@ -188,8 +209,13 @@ def test_run_anchor_compression_table(prepared_tiny, tmp_path):
     assert (top["label_loyalty"] >= mean["label_loyalty"]).all() and top["draw"].between(0, 2).all()
     anchor = wide.xs("hidden_anchor", level=1)
     assert (anchor["tokens"] < full["tokens"]).all() and anchor["speedup_vs_full_icl"].gt(0).all()
-    assert per_example.groupby("arm").size().to_dict() == {"full_icl": 4, "hidden_anchor": 4, "text_anchor": 4,
-                                                           "hidden_random": 12, "zero_shot": 4}
+    assert per_example.groupby("arm").size().to_dict() == {
+        "full_icl": 4,
+        "hidden_anchor": 4,
+        "text_anchor": 4,
+        "hidden_random": 12,
+        "zero_shot": 4,
+    }
     from iclscope.report.plots import plot_anchor_compression
 
     plot_anchor_compression(table, tmp_path / "anchor_compression.png")
@@ -202,8 +228,9 @@ def test_summarise_picks_the_most_loyal_draw():
         base = {"prompt_id": pid, "seed": 1, "gold": gold, "top_ids": [1, 2], "tokens": 10, "context_tokens": 5}
         rows.append({**base, "arm": "full_icl", "draw": -1, "pred": full_pred, "seconds": 2.0})
         for d, preds in enumerate([(1, 1, 0), (0, 0, 1), (0, 1, 1)]):  # loyal on 0, 3, 2 prompts
-            rows.append({**base, "arm": "hidden_random", "draw": d, "pred": preds[pid], "seconds": np.nan,
-                         "top_ids": [1, 3]})
+            rows.append(
+                {**base, "arm": "hidden_random", "draw": d, "pred": preds[pid], "seconds": np.nan, "top_ids": [1, 3]}
+            )
     out = pd.DataFrame(summarise(pd.DataFrame(rows), 2)).set_index(["label_type", "metric"])["value"]
     assert out["hidden_random_top", "draw"] == 1 and out["hidden_random_top", "label_loyalty"] == 1.0
     assert out["hidden_random", "label_loyalty"] == pytest.approx(5 / 9)

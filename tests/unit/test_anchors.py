@@ -42,10 +42,14 @@ def pair_count_auc(score, positive) -> float:
 
 
 def test_two_of_three_classes_predicted_scores_the_raw_attention_by_hand():
-    feats = np.array([[0.10, 0.0, 0.20],   # predicted 2: raw 0.20, renormalised 0.667
-                      [0.50, 0.0, 0.30],   # predicted 2: raw 0.30, renormalised 0.375
-                      [0.05, 0.0, 0.25],   # predicted 0: raw 0.25, renormalised 0.833
-                      [0.90, 0.0, 0.10]])  # predicted 0: raw 0.10, renormalised 0.100
+    feats = np.array(
+        [
+            [0.10, 0.0, 0.20],  # predicted 2: raw 0.20, renormalised 0.667
+            [0.50, 0.0, 0.30],  # predicted 2: raw 0.30, renormalised 0.375
+            [0.05, 0.0, 0.25],  # predicted 0: raw 0.25, renormalised 0.833
+            [0.90, 0.0, 0.10],
+        ]
+    )  # predicted 0: raw 0.10, renormalised 0.100
     target = np.array([2, 2, 0, 0])
     assert aucroc(feats, target) == pytest.approx(0.75)  # pairs: 0.2<0.25, 0.2>0.1, 0.3>0.25, 0.3>0.1
     assert pair_count_auc(feats[:, 2], target == 2) == 0.75
@@ -58,9 +62,13 @@ def test_cumulative_share():
     np.testing.assert_allclose(share, [0.0, 0.2, 1.0, 1.0])
 
 
-PER_SEED_AUC = np.array([[0.50, 0.90, 0.90],    # gains 0, .4, .4: own share 0, .5, 1
-                         [0.60, 0.45, 0.50],    # gains .1, -.05, 0: own total .05, share 2, 1, 1
-                         [np.nan] * 3])         # a seed whose prompts were all predicted as one class
+PER_SEED_AUC = np.array(
+    [
+        [0.50, 0.90, 0.90],  # gains 0, .4, .4: own share 0, .5, 1
+        [0.60, 0.45, 0.50],  # gains .1, -.05, 0: own total .05, share 2, 1, 1
+        [np.nan] * 3,
+    ]
+)  # a seed whose prompts were all predicted as one class
 
 
 def test_r_l_is_the_share_of_the_seed_mean_auc_by_hand():
@@ -210,8 +218,9 @@ def test_reweighting_with_beta_zero_reproduces_vanilla_icl(prepared_tiny, tmp_pa
         ours = reweighted_label_logits(net, test, meta["label_token_ids"], torch.zeros(L, H, K), L, tok.pad_token_id)
         ids, mask, pos = left_pad(list(test["input_ids"]), tok.pad_token_id, "cpu")
         plain = net(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1, meta["label_token_ids"]]
-        moved = reweighted_label_logits(net, test, meta["label_token_ids"], torch.full((L, H, K), 2.0), L,
-                                        tok.pad_token_id)
+        moved = reweighted_label_logits(
+            net, test, meta["label_token_ids"], torch.full((L, H, K), 2.0), L, tok.pad_token_id
+        )
     torch.testing.assert_close(ours, plain.float(), atol=1e-4, rtol=1e-4)
     assert (moved - plain).abs().max() > 1e-3  # the edit reaches the output
 
@@ -225,8 +234,9 @@ def test_reweighting_training_lowers_the_aux_loss_and_scores_both_arms(prepared_
 
     spec, model_dir = prepared_tiny
     ppath, _ = prompts_file(prepared_tiny, tmp_path, n_test=8, n_train=4)
-    table, betas, info = run_reweighting(ppath, model_dir, spec, aux_per_class=2, epochs=4, lr=0.1,
-                                         n_test_per_seed=None, dataset="d")
+    table, betas, info = run_reweighting(
+        ppath, model_dir, spec, aux_per_class=2, epochs=4, lr=0.1, n_test_per_seed=None, dataset="d"
+    )
     for seed, losses in info["train_loss_per_epoch"].items():
         assert losses[-1] < losses[0], (seed, losses)
         assert betas[seed].shape == (spec_layers(model_dir), spec_heads(model_dir), 2)
@@ -263,21 +273,27 @@ def test_reweighting_gain_rows_are_paired_differences_per_seed_and_pooled():
         one = rows[rows.seed == seed].set_index("metric")["value"]
         direct = paired_difference(reweighted, vanilla, n_boot=300, seed=0)
         assert (one["gain"], one["gain_lo"], one["gain_hi"], one["p_value"]) == pytest.approx(
-            (direct.diff, direct.diff_lo, direct.diff_hi, direct.p_value))
+            (direct.diff, direct.diff_lo, direct.diff_hi, direct.p_value)
+        )
         assert (one["wins"], one["losses"]) == (direct.a_only, direct.b_only)
     pooled = rows[rows.seed.isna()].set_index("metric")
-    direct = paired_difference(np.stack([r for _, r in correct.values()]), np.stack([v for v, _ in correct.values()]),
-                               n_boot=300, seed=0)
+    direct = paired_difference(
+        np.stack([r for _, r in correct.values()]), np.stack([v for v, _ in correct.values()]), n_boot=300, seed=0
+    )
     assert pooled.loc["gain", "value"] == pytest.approx(direct.diff) and direct.test == "sign_flip"
     assert (pooled.loc["gain", "ci_low"], pooled.loc["gain", "ci_high"]) == pytest.approx(
-        (direct.diff_lo, direct.diff_hi))
+        (direct.diff_lo, direct.diff_hi)
+    )
     assert pooled.loc["p_value", "value"] == pytest.approx(direct.p_value) and pooled.loc["n_paired", "value"] == 120
     # seeds with different numbers of prompts are pooled as one flat set of pairs
     uneven = {42: correct[42], 43: (correct[43][0][:30], correct[43][1][:30])}
     flat = pd.DataFrame(reweighting_gain_rows(uneven, n_boot=0))
     flat = flat[flat.seed.isna()].set_index("metric")["value"]
-    direct = paired_difference(np.concatenate([correct[42][1], correct[43][1][:30]]),
-                               np.concatenate([correct[42][0], correct[43][0][:30]]), n_boot=0)
+    direct = paired_difference(
+        np.concatenate([correct[42][1], correct[43][1][:30]]),
+        np.concatenate([correct[42][0], correct[43][0][:30]]),
+        n_boot=0,
+    )
     assert flat["gain"] == pytest.approx(direct.diff) and flat["p_value"] == pytest.approx(direct.p_value)
     assert np.isnan(flat["gain_lo"])  # n_boot = 0: no interval
 

@@ -129,8 +129,9 @@ def test_residuals_label_logits_and_attention_rows_equal_eager(arch):
     with torch.no_grad():
         out = forward(ours, rec)
         ids, mask, pos = batch()
-        ref_out, resid = residual_stream(ref, input_ids=ids, attention_mask=mask, position_ids=pos,
-                                         output_attentions=True)
+        ref_out, resid = residual_stream(
+            ref, input_ids=ids, attention_mask=mask, position_ids=pos, output_attentions=True
+        )
     # residual stream at the query and at the label tokens, every layer
     for i, h in enumerate(resid):
         assert note(model_type, "resid", rec.resid["query"][:, i], h[:, -1]) < ATOL * 10, i
@@ -159,8 +160,9 @@ def test_isolation_equals_a_hand_masked_eager_forward(arch):
     T = max(map(len, PROMPTS))
     rows = label_rows(T)
     for layers in ({0}, set(range(L))):
-        rec = Recorder(L, Positions(LABEL[:, :0], torch.zeros(2, 2, dtype=torch.long)), (),
-                       edit=isolation_edit(layers, rows))
+        rec = Recorder(
+            L, Positions(LABEL[:, :0], torch.zeros(2, 2, dtype=torch.long)), (), edit=isolation_edit(layers, rows)
+        )
         with torch.no_grad():
             got = forward(ours, rec).logits[:, -1]
 
@@ -186,8 +188,9 @@ def test_reweighting_equals_a_hand_scaled_eager_forward(arch):
     model_type, ours, ref, manifest, _ = arch
     L, H = manifest["n_layers"], manifest["n_heads"]
     beta = torch.randn(L, H, 3, generator=torch.Generator().manual_seed(1))
-    rec = Recorder(L, Positions(LABEL[:, :0], torch.zeros(2, 2, dtype=torch.long)), (),
-                   edit=reweighting_edit(beta, LABEL))
+    rec = Recorder(
+        L, Positions(LABEL[:, :0], torch.zeros(2, 2, dtype=torch.long)), (), edit=reweighting_edit(beta, LABEL)
+    )
     with torch.no_grad():
         got = forward(ours, rec).logits[:, -1]
 
@@ -204,8 +207,9 @@ def test_reweighting_equals_a_hand_scaled_eager_forward(arch):
     assert note(model_type, "reweighting", got, expected) < ATOL * 10
     # differentiable in β (the fit) and the ones multiplier of saliency
     beta_g = torch.zeros(L, H, 3, requires_grad=True)
-    rec = Recorder(L, Positions(LABEL[:, :0], torch.zeros(2, 2, dtype=torch.long)), (),
-                   edit=reweighting_edit(beta_g, LABEL))
+    rec = Recorder(
+        L, Positions(LABEL[:, :0], torch.zeros(2, 2, dtype=torch.long)), (), edit=reweighting_edit(beta_g, LABEL)
+    )
     forward(ours, rec).logits[:, -1, LABEL_IDS].float().logsumexp(-1).sum().backward()
     assert beta_g.grad is not None and beta_g.grad.abs().sum() > 0
     sal = saliency_matrices(ours, PROMPTS[0], 1, LABEL_IDS, L)
@@ -227,22 +231,29 @@ def test_kv_continuation_equals_the_full_prompt(arch):
         for layer, kv in enumerate(pre.past_key_values.layers):
             cache.update(kv.keys.clone(), kv.values.clone(), layer)
         rest = ids[:, cut:]
-        out = ours(input_ids=rest, position_ids=torch.arange(cut, ids.shape[1])[None],
-                   attention_mask=torch.ones(1, ids.shape[1], dtype=torch.long), past_key_values=cache,
-                   use_cache=True, logits_to_keep=1).logits[0, -1]
+        out = ours(
+            input_ids=rest,
+            position_ids=torch.arange(cut, ids.shape[1])[None],
+            attention_mask=torch.ones(1, ids.shape[1], dtype=torch.long),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[0, -1]
     assert note(model_type, "kv_continuation", out, full) < ATOL * 10
 
 
-@pytest.mark.parametrize(("model_type", "drop"), [("gemma2", "softcap"), ("gpt_oss", "sinks"), ("bloom", "bias"),
-                                                 ("mistral", "mask"), ("gemma3_text", "mask")])
-def test_the_matrix_catches_a_path_that_drops_a_score_modifier(model_type, drop, monkeypatch, tmp_path,
-                                                                tokenizer_dir):
+@pytest.mark.parametrize(
+    ("model_type", "drop"),
+    [("gemma2", "softcap"), ("gpt_oss", "sinks"), ("bloom", "bias"), ("mistral", "mask"), ("gemma3_text", "mask")],
+)
+def test_the_matrix_catches_a_path_that_drops_a_score_modifier(model_type, drop, monkeypatch, tmp_path, tokenizer_dir):
     """Negative control: rows that ignore soft-capping, sinks, ALiBi or the sliding window (the mask
     of one unpadded prompt holds only the window) are far from eager, so the matrix would see it."""
     weights = make_tiny_arch(model_type, tmp_path / "w", tokenizer_dir)
     prepare_model(ModelSpec(name="m", source="local", path=str(weights)), tmp_path / "p")
-    ours, _, manifest = load_model(tmp_path / "p", device="cpu", dtype="float32",
-                                   attn_implementation=ATTN_IMPLEMENTATION)
+    ours, _, manifest = load_model(
+        tmp_path / "p", device="cpu", dtype="float32", attn_implementation=ATTN_IMPLEMENTATION
+    )
     ref, _, _ = load_model(tmp_path / "p", device="cpu", dtype="float32", attn_implementation="eager")
     original = Recorder.take_query_row
 
@@ -255,8 +266,9 @@ def test_the_matrix_catches_a_path_that_drops_a_score_modifier(model_type, drop,
 
     monkeypatch.setattr(Recorder, "take_query_row", dropping)
     ids = torch.tensor([PROMPTS[0]])
-    rec = Recorder(manifest["n_layers"], Positions(LABEL[:1], torch.zeros(1, 2, dtype=torch.long)), (),
-                   read_attention=True)
+    rec = Recorder(
+        manifest["n_layers"], Positions(LABEL[:1], torch.zeros(1, 2, dtype=torch.long)), (), read_attention=True
+    )
     with torch.no_grad(), recording(ours, rec):
         ours(input_ids=ids)
     with torch.no_grad():
@@ -336,8 +348,14 @@ def test_every_stage_path_runs_in_every_dtype_with_float32_softmax(model_type, d
 
     reads = {}
     for name, model in (("low", net), ("f32", f32)):
-        rec = Recorder(L, Positions(LABEL, torch.tensor([[3, 8], [5, 9]])), ("query", "content_mean", "label"),
-                       read_attention=True, qk_layer=0, edit=spy if name == "low" else None)
+        rec = Recorder(
+            L,
+            Positions(LABEL, torch.tensor([[3, 8], [5, 9]])),
+            ("query", "content_mean", "label"),
+            read_attention=True,
+            qk_layer=0,
+            edit=spy if name == "low" else None,
+        )
         with torch.no_grad():
             logits = forward(model, rec).logits[:, -1]
         reads[name] = rec, logits
@@ -356,8 +374,13 @@ def test_every_stage_path_runs_in_every_dtype_with_float32_softmax(model_type, d
     # residual patches (IC-ICL, task vectors, patching) and isolation in the model dtype
     d = manifest["d_model"]
     patch = ResidualPatch(1, torch.tensor([[3], [5]]), torch.ones(2, 1, d), mode="add")
-    rec = Recorder(L, Positions(LABEL[:, :0], torch.zeros(2, 2, dtype=torch.long)), (), patches=(patch,),
-                   edit=isolation_edit({0}, label_rows(max(map(len, PROMPTS)))))
+    rec = Recorder(
+        L,
+        Positions(LABEL[:, :0], torch.zeros(2, 2, dtype=torch.long)),
+        (),
+        patches=(patch,),
+        edit=isolation_edit({0}, label_rows(max(map(len, PROMPTS)))),
+    )
     with torch.no_grad():
         patched = forward(net, rec).logits[:, -1]
     assert torch.isfinite(patched).all() and (patched.float() - logits.float()).abs().max() > 0

@@ -13,22 +13,56 @@ L = 10
 def tables() -> dict[str, pd.DataFrame]:
     layers = np.arange(L + 1)
     common = {"model": "m", "dataset": "d"}
-    dec = metric_frame([{"metric": "decodability_euclidean", "task": "all", "shots": s, "layer": int(i),
-                         "value": float(np.exp(-((i - 6) ** 2) / 4) * s / 4)} for s in (1, 4) for i in layers],
-                       **common)
-    sal = metric_frame([{"metric": m, "seed": seed, "layer": i + 1, "value": v}
-                        for seed in (1, 2) for i in range(L)
-                        for m, v in (("s_wp_relative", 1 - i / L), ("s_pq_relative", i / L))], **common)
-    iso = metric_frame([{"metric": "label_loyalty", "position": side, "label_type": kind, "layer": k,
-                         "value": (0.3 if side == "first" else 0.95) if kind == "label" else 0.9}
-                        for side in ("first", "last") for kind in ("label", "random") for k in (1, 3)], **common)
+    dec = metric_frame(
+        [
+            {
+                "metric": "decodability_euclidean",
+                "task": "all",
+                "shots": s,
+                "layer": int(i),
+                "value": float(np.exp(-((i - 6) ** 2) / 4) * s / 4),
+            }
+            for s in (1, 4)
+            for i in layers
+        ],
+        **common,
+    )
+    sal = metric_frame(
+        [
+            {"metric": m, "seed": seed, "layer": i + 1, "value": v}
+            for seed in (1, 2)
+            for i in range(L)
+            for m, v in (("s_wp_relative", 1 - i / L), ("s_pq_relative", i / L))
+        ],
+        **common,
+    )
+    iso = metric_frame(
+        [
+            {
+                "metric": "label_loyalty",
+                "position": side,
+                "label_type": kind,
+                "layer": k,
+                "value": (0.3 if side == "first" else 0.95) if kind == "label" else 0.9,
+            }
+            for side in ("first", "last")
+            for kind in ("label", "random")
+            for k in (1, 3)
+        ],
+        **common,
+    )
     return {"decodability": dec, "saliency": sal, "isolation": iso}
 
 
 def test_curves_and_peaks_on_a_relative_depth_axis():
     curves = atlas_curves(tables(), L)
-    assert set(curves["curve"]) == {"decodability", "S_wp", "S_pq", "isolation loyalty (first k)",
-                                    "isolation loyalty (last k)"}
+    assert set(curves["curve"]) == {
+        "decodability",
+        "S_wp",
+        "S_pq",
+        "isolation loyalty (first k)",
+        "isolation loyalty (last k)",
+    }
     assert curves["depth"].between(0, 1).all()
     peaks = peak_layers(curves).set_index("curve")
     assert peaks.loc["decodability", "layer"] == 6 and peaks.loc["decodability", "value"] == 1.0  # 4 shots
@@ -52,8 +86,11 @@ def test_atlas_degrades_when_families_are_missing(tmp_path):
 def test_a_curve_without_finite_values_has_no_peak_and_still_draws(tmp_path):
     """AUCROC is NaN at every layer when a (tiny) model predicts one class only."""
     t = tables()
-    t["aucroc"] = metric_frame([{"metric": "aucroc", "seed": 1, "layer": i + 1, "value": float("nan")}
-                                for i in range(L)], model="m", dataset="d")
+    t["aucroc"] = metric_frame(
+        [{"metric": "aucroc", "seed": 1, "layer": i + 1, "value": float("nan")} for i in range(L)],
+        model="m",
+        dataset="d",
+    )
     curves = atlas_curves(t, L)
     peaks = peak_layers(curves).set_index("curve")
     nan_curves = ["AUCROC_l"]
@@ -67,8 +104,11 @@ def test_tables_are_read_from_the_given_paths_and_headline_fills_what_exists(tmp
     directory = tmp_path / "m" / "d"
     for name, table in tables().items():
         write_table(table, directory / f"{name}.parquet")
-    acc = metric_frame([{"metric": "accuracy", "task": "all", "seed": s, "value": v} for s, v in ((1, 0.5), (2, 0.7))],
-                       model="m", dataset="d")
+    acc = metric_frame(
+        [{"metric": "accuracy", "task": "all", "seed": s, "value": v} for s, v in ((1, 0.5), (2, 0.7))],
+        model="m",
+        dataset="d",
+    )
     write_table(acc, directory / "icl_accuracy.parquet")
     given = sorted(directory.glob("*.parquet"))
     write_table(tables()["saliency"], directory / "aucroc.parquet")  # in the directory, not given: never read
@@ -85,7 +125,10 @@ def test_one_atlas_per_model_holds_every_datasets_curves(tmp_path):
     both = {"cls": {"saliency": tables()["saliency"]}, "gen": {"decodability": tables()["decodability"]}}
     curves = model_atlas(both, L)
     assert set(map(tuple, curves[["dataset", "curve"]].drop_duplicates().to_numpy())) == {
-        ("cls", "S_wp"), ("cls", "S_pq"), ("gen", "decodability")}
+        ("cls", "S_wp"),
+        ("cls", "S_pq"),
+        ("gen", "decodability"),
+    }
     peaks = peak_layers(curves).set_index(["dataset", "curve"])
     assert peaks.loc[("gen", "decodability"), "layer"] == 6 and peaks.loc[("cls", "S_pq"), "layer"] == L
     plot_layer_atlas(curves, peak_layers(curves), tmp_path / "atlas.png", "test")

@@ -53,8 +53,7 @@ def test_commit_keeps_nothing_but_the_target(tmp_path):
 def test_a_full_disk_names_the_file_and_removes_the_partial(tmp_path):
     out = tmp_path / "act.h5"
     partial = partial_path(out)
-    with pytest.raises(OSError, match="disk full while writing .*act.h5") as err, \
-            removed_when_disk_full(partial, out):
+    with pytest.raises(OSError, match="disk full while writing .*act.h5") as err, removed_when_disk_full(partial, out):
         partial.write_text("torn")
         raise OSError(errno.ENOSPC, "No space left on device")
     assert err.value.errno == errno.ENOSPC and not partial.exists()

@@ -57,8 +57,9 @@ def test_isolation_and_reweighting_tables_do_not_depend_on_the_batch(prepared_ti
     tables = {}
     for bs in BATCHES:
         iso, _, _ = run_isolation(prompts, model_dir, at_batch(spec, bs), n_per_seed=10, ks=(1,), dataset="d")
-        rew, _, _ = run_reweighting(prompts, model_dir, at_batch(spec, bs), aux_per_class=1, epochs=1, lr=0.1,
-                                    n_test_per_seed=None, dataset="d")
+        rew, _, _ = run_reweighting(
+            prompts, model_dir, at_batch(spec, bs), aux_per_class=1, epochs=1, lr=0.1, n_test_per_seed=None, dataset="d"
+        )
         tables[bs] = (iso, rew)
     for bs in BATCHES[1:]:
         for mine, base in zip(tables[bs], tables[1], strict=True):
@@ -68,8 +69,20 @@ def test_isolation_and_reweighting_tables_do_not_depend_on_the_batch(prepared_ti
 
 def test_icicl_arms_do_not_depend_on_the_batch(prepared_tiny):
     spec, model_dir = prepared_tiny
-    settings = ICICLSettings(k=2, pool_size=12, n_test=8, n_timed=2, inject_layer=1, embed_layer=1, warmup=0,
-                             repeats=1, random_draws=1, word_k=3, task_space="class_mean", n_boot=0)
+    settings = ICICLSettings(
+        k=2,
+        pool_size=12,
+        n_test=8,
+        n_timed=2,
+        inject_layer=1,
+        embed_layer=1,
+        warmup=0,
+        repeats=1,
+        random_draws=1,
+        word_k=3,
+        task_space="class_mean",
+        n_boot=0,
+    )
     logits = {}
     for bs in BATCHES:
         spaces = {"class_mean": {1: identity_space(32, 1)}}
@@ -79,5 +92,8 @@ def test_icicl_arms_do_not_depend_on_the_batch(prepared_tiny):
     for bs in BATCHES[1:]:
         assert logits[bs]["arm"].tolist() == logits[1]["arm"].tolist()
         assert logits[bs]["demo_rows"].map(tuple).tolist() == logits[1]["demo_rows"].map(tuple).tolist()
-        np.testing.assert_allclose(logits[bs][["logit_negative", "logit_positive"]].to_numpy(),
-                                   logits[1][["logit_negative", "logit_positive"]].to_numpy(), **TOL)
+        np.testing.assert_allclose(
+            logits[bs][["logit_negative", "logit_positive"]].to_numpy(),
+            logits[1][["logit_negative", "logit_positive"]].to_numpy(),
+            **TOL,
+        )

@@ -15,8 +15,11 @@ def model(prepared_tiny):
 
 def run(net, ids, rec=None):
     ids_t, mask, pos = left_pad(ids, 0, "cpu")
-    rec = rec or Recorder(net.config.num_hidden_layers, Positions(torch.zeros(len(ids), 0, dtype=torch.long),
-                                                                  torch.zeros(len(ids), 2, dtype=torch.long)), ())
+    rec = rec or Recorder(
+        net.config.num_hidden_layers,
+        Positions(torch.zeros(len(ids), 0, dtype=torch.long), torch.zeros(len(ids), 2, dtype=torch.long)),
+        (),
+    )
     with torch.no_grad(), recording(net, rec):
         out = net(input_ids=ids_t, attention_mask=mask, position_ids=pos)
     return out.logits[:, -1], rec
@@ -42,8 +45,9 @@ def test_patching_a_position_with_another_prompts_state_transplants_it(model):
     net, _, manifest = model
     a, b = [[5, 17, 33, 8, 21, 40]], [[5, 17, 12, 8, 21, 40]]  # differ at position 2
     L = manifest["n_layers"]
-    logits_b, rec_b = run(net, b, Recorder(L, Positions(torch.tensor([[2]]), torch.zeros(1, 2, dtype=torch.long)),
-                                           ("label",)))
+    logits_b, rec_b = run(
+        net, b, Recorder(L, Positions(torch.tensor([[2]]), torch.zeros(1, 2, dtype=torch.long)), ("label",))
+    )
     state = rec_b.resid["label"][:, :, 0]  # input of block 0 at position 2, [1, 1, d]
     patch = ResidualPatch(0, torch.tensor([[2]]), state)
     logits_a_patched, _ = run(net, a, Recorder(L, empty_positions(1), (), patches=(patch,)))
@@ -66,7 +70,7 @@ def test_attention_edit_changes_the_output(model):
     ids = [[5, 17, 33, 8, 21, 40]]
 
     def only_self(layer, w):  # every row attends to itself only
-        eye = torch.eye(w.shape[-1], dtype=w.dtype)[None, None, -w.shape[-2]:]
+        eye = torch.eye(w.shape[-1], dtype=w.dtype)[None, None, -w.shape[-2] :]
         return eye.expand_as(w)
 
     base, _ = run(net, ids)

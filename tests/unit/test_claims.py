@@ -12,11 +12,22 @@ from iclscope.report.claims import claims_table, icicl_pairs, icicl_timing, rewe
 
 def fake_predictions(rng, n):
     rows = []
-    for arm, p in (("full_icl", 0.7), ("icicl_soft", 0.8), ("task_vector", 0.6), ("anchor_kv", 0.7),
-                   ("hidden_random", 0.5)):
+    for arm, p in (
+        ("full_icl", 0.7),
+        ("icicl_soft", 0.8),
+        ("task_vector", 0.6),
+        ("anchor_kv", 0.7),
+        ("hidden_random", 0.5),
+    ):
         for t in rng.permutation(n):  # the order of rows does not matter: pairs go by test_row
-            rows.append({"arm": arm, "draw": 0 if arm == "hidden_random" else -1, "test_row": int(t) + 1000,
-                         "correct": bool(rng.random() < p)})
+            rows.append(
+                {
+                    "arm": arm,
+                    "draw": 0 if arm == "hidden_random" else -1,
+                    "test_row": int(t) + 1000,
+                    "correct": bool(rng.random() < p),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -24,25 +35,34 @@ def test_claims_per_dataset_and_pooled():
     rng = np.random.default_rng(0)
     preds = {"tweets": fake_predictions(rng, 50), "words_cat": fake_predictions(rng, 30)}
     pairs = {d: icicl_pairs(p) for d, p in preds.items()}
-    pairs["tweets"] |= reweighting_pairs({"correct": {"43": {"vanilla": [1, 0, 1], "reweighted": [1, 1, 1]},
-                                                      "42": {"vanilla": [0, 0, 1], "reweighted": [1, 0, 1]}}})
-    table = claims_table(pairs, model="m", n_boot=200,
-                         timing={"tweets": {"icicl_soft-full_icl": (2.2, 1.9, 2.5)}})
+    pairs["tweets"] |= reweighting_pairs(
+        {
+            "correct": {
+                "43": {"vanilla": [1, 0, 1], "reweighted": [1, 1, 1]},
+                "42": {"vanilla": [0, 0, 1], "reweighted": [1, 0, 1]},
+            }
+        }
+    )
+    table = claims_table(pairs, model="m", n_boot=200, timing={"tweets": {"icicl_soft-full_icl": (2.2, 1.9, 2.5)}})
     assert_adjusted(table, ["task", "dataset"])
     gain = table[table.metric == "gain"].set_index(["task", "dataset"])["value"]
-    assert set(gain.index) == {(c, d) for c in ("icicl_soft-full_icl", "icicl_soft-task_vector",
-                                                 "icicl_soft-anchor_kv") for d in ("tweets", "words_cat", "pooled")} | {
-        ("reweighted-vanilla", "tweets"), ("reweighted-vanilla", "pooled")}
+    assert set(gain.index) == {
+        (c, d)
+        for c in ("icicl_soft-full_icl", "icicl_soft-task_vector", "icicl_soft-anchor_kv")
+        for d in ("tweets", "words_cat", "pooled")
+    } | {("reweighted-vanilla", "tweets"), ("reweighted-vanilla", "pooled")}
     # per dataset: the plain paired difference on the inputs aligned by test_row
     p = preds["words_cat"]
     col = lambda arm: p[p.arm == arm].sort_values("test_row")["correct"].to_numpy(float)  # noqa: E731
     assert gain[("icicl_soft-full_icl", "words_cat")] == pytest.approx(
-        paired_difference(col("icicl_soft"), col("full_icl"), n_boot=0).diff)
+        paired_difference(col("icicl_soft"), col("full_icl"), n_boot=0).diff
+    )
     # pooled: the stratified difference, weighted by inputs
     pooled = stratified_paired_difference({d: pairs[d]["icicl_soft-full_icl"] for d in preds}, n_boot=0)
     assert gain[("icicl_soft-full_icl", "pooled")] == pytest.approx(pooled.diff)
     assert gain[("icicl_soft-full_icl", "pooled")] == pytest.approx(
-        (50 * gain[("icicl_soft-full_icl", "tweets")] + 30 * gain[("icicl_soft-full_icl", "words_cat")]) / 80)
+        (50 * gain[("icicl_soft-full_icl", "tweets")] + 30 * gain[("icicl_soft-full_icl", "words_cat")]) / 80
+    )
     # re-weighting: seeds in order, [seed, prompt]: +2 of 6 prompts
     assert gain[("reweighted-vanilla", "tweets")] == pytest.approx(2 / 6)
     speed = table[table.metric == "speedup_vs_reference"].iloc[0]
@@ -50,9 +70,12 @@ def test_claims_per_dataset_and_pooled():
 
 
 def test_icicl_timing_reads_the_speedup_rows():
-    table = pd.DataFrame([{"metric": "speedup_vs_full_icl", "task": "icicl_soft", "value": 2.0, "ci_low": 1.5,
-                           "ci_high": 2.4},
-                          {"metric": "accuracy", "task": "icicl_soft", "value": 0.8, "ci_low": 0.7, "ci_high": 0.9}])
+    table = pd.DataFrame(
+        [
+            {"metric": "speedup_vs_full_icl", "task": "icicl_soft", "value": 2.0, "ci_low": 1.5, "ci_high": 2.4},
+            {"metric": "accuracy", "task": "icicl_soft", "value": 0.8, "ci_low": 0.7, "ci_high": 0.9},
+        ]
+    )
     assert icicl_timing(table) == {"icicl_soft-full_icl": (2.0, 1.5, 2.4)}
 
 
@@ -62,9 +85,15 @@ def test_tsft_pairs_are_seed_by_prompt_arrays(tmp_path):
     from iclscope.report.claims import tsft_pairs
 
     rows = np.arange(5)
-    dirs = [_fake_run(tmp_path / f"{arm}{seed}", arm, seed, c, rows[::-1] if arm == "space" else rows)
-            for arm, seed, c in (("space", 0, [1, 1, 0, 0, 1]), ("baseline", 0, [1, 0, 0, 1, 1]),
-                                 ("space", 1, [1, 1, 1, 1, 1]), ("baseline", 1, [0, 0, 0, 0, 0]))]
+    dirs = [
+        _fake_run(tmp_path / f"{arm}{seed}", arm, seed, c, rows[::-1] if arm == "space" else rows)
+        for arm, seed, c in (
+            ("space", 0, [1, 1, 0, 0, 1]),
+            ("baseline", 0, [1, 0, 0, 1, 1]),
+            ("space", 1, [1, 1, 1, 1, 1]),
+            ("baseline", 1, [0, 0, 0, 0, 0]),
+        )
+    ]
     space, base = tsft_pairs(dirs)["space-baseline"]
     assert space.shape == base.shape == (2, 5)
     np.testing.assert_array_equal(space[0], [1, 0, 0, 1, 1])  # reordered by test row: [1,1,0,0,1] reversed
@@ -93,16 +122,36 @@ def test_summary_script_writes_the_claims_table(tmp_path):
         pred.parent.mkdir(parents=True)
         fake_predictions(rng, n).to_parquet(pred)
         predictions.append(str(pred))
-        icicl = metric_frame([{"metric": "speedup_vs_full_icl", "task": "icicl_soft", "value": 2.0, "ci_low": 1.8,
-                               "ci_high": 2.2}], model="m", dataset=dataset, family="icicl")
+        icicl = metric_frame(
+            [{"metric": "speedup_vs_full_icl", "task": "icicl_soft", "value": 2.0, "ci_low": 1.8, "ci_high": 2.2}],
+            model="m",
+            dataset=dataset,
+            family="icicl",
+        )
         write_table(icicl, metrics / "icicl.parquet", {})
-        write_table(metric_frame([{"metric": "accuracy", "label_type": "vanilla", "value": 0.5}], model="m",
-                                 dataset=dataset, family="anchors"), metrics / "reweighting.parquet",
-                    {"correct": {"42": {"vanilla": [0, 1, 0, 1], "reweighted": [1, 1, 0, 1]}}})
+        write_table(
+            metric_frame(
+                [{"metric": "accuracy", "label_type": "vanilla", "value": 0.5}],
+                model="m",
+                dataset=dataset,
+                family="anchors",
+            ),
+            metrics / "reweighting.parquet",
+            {"correct": {"42": {"vanilla": [0, 1, 0, 1], "reweighted": [1, 1, 0, 1]}}},
+        )
         tables += [str(metrics / "icicl.parquet"), str(metrics / "reweighting.parquet")]
         for arm in ("space", "baseline"):
-            runs.append(str(_fake_run(tmp_path / "results/tsft/m" / dataset / f"{arm}-seed0", arm, 0,
-                                      rng.random(10) < 0.6, np.arange(10))))
+            runs.append(
+                str(
+                    _fake_run(
+                        tmp_path / "results/tsft/m" / dataset / f"{arm}-seed0",
+                        arm,
+                        0,
+                        rng.random(10) < 0.6,
+                        np.arange(10),
+                    )
+                )
+            )
     peaks = tmp_path / "peaks.parquet"
     pd.DataFrame({"model": ["m"], "dataset": ["tweets"], "curve": ["information"], "layer": [3]}).to_parquet(peaks)
     out = {k: str(tmp_path / f"{k}.csv") for k in ("headline", "peaks", "claims")}
@@ -112,18 +161,28 @@ class N(dict):
     __getattr__ = dict.__getitem__
 smk = types.SimpleNamespace(input=N(tables={tables!r}, peaks=[{str(peaks)!r}], predictions={predictions!r},
                                     tsft_runs={runs!r}),
-                            output=N({out!r}), log=[{str(tmp_path / 'summary.log')!r}], threads=1,
+                            output=N({out!r}), log=[{str(tmp_path / "summary.log")!r}], threads=1,
                             params=N(settings={json.dumps(json.dumps({"n_boot": 200}))}), wildcards=N(), resources=N())
-runpy.run_path({str(repo / 'workflow/scripts/summary.py')!r}, init_globals={{"snakemake": smk}})
+runpy.run_path({str(repo / "workflow/scripts/summary.py")!r}, init_globals={{"snakemake": smk}})
 """
-    done = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=300,
-                          env={"PYTHONPATH": str(repo / "workflow"), "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-c", driver],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(repo / "workflow"), "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr + (tmp_path / "summary.log").read_text()
     claims = pd.read_csv(out["claims"], keep_default_na=False)
     p = claims[claims.metric.isin(["p_value", "p_holm"])]
     assert set(p["dataset"]) == {"tweets", "words_cat", "pooled"}
-    assert set(claims.task) == {"icicl_soft-full_icl", "icicl_soft-task_vector", "icicl_soft-anchor_kv",
-                                "space-baseline", "reweighted-vanilla"}
+    assert set(claims.task) == {
+        "icicl_soft-full_icl",
+        "icicl_soft-task_vector",
+        "icicl_soft-anchor_kv",
+        "space-baseline",
+        "reweighted-vanilla",
+    }
     pooled_rw = claims[(claims.task == "reweighted-vanilla") & (claims.dataset == "pooled")].set_index("metric")
     assert float(pooled_rw.at["gain", "value"]) == pytest.approx(0.25) and int(pooled_rw.at["n_paired", "value"]) == 8
     speed = claims[claims.metric == "speedup_vs_reference"]

@@ -49,8 +49,15 @@ def test_store_ls_and_verify_name_what_each_entry_holds(prepared_tiny, tmp_path)
     store.mkdir()
     ppath, _ = prompts_file(prepared_tiny, tmp_path)
     extract(ppath, model_dir, tmp_path / "d.h5", spec, ExtractSettings())
-    recipe = {"format": 1, "product": "extract", "wildcards": {"model": "tiny", "dataset": "d"}, "settings": {},
-              "code": "0", "script": "0", "upstream": {}}
+    recipe = {
+        "format": 1,
+        "product": "extract",
+        "wildcards": {"model": "tiny", "dataset": "d"},
+        "settings": {},
+        "code": "0",
+        "script": "0",
+        "upstream": {},
+    }
     entry = lab_store.publish(store, recipe, tmp_path / "d.h5")
     lab_store.publish(store, {**recipe, "product": "prepare_model", "wildcards": {"model": "tiny"}}, model_dir)
     buf = io.StringIO()
@@ -101,8 +108,10 @@ def test_costs_sums_what_each_finished_job_logged(tmp_path, capsys):
     from iclscope.cli import main as cli_main
 
     logs = tmp_path / "logs"
-    job = ("import sys; sys.path.insert(0, {src!r}); from iclscope.core.logs import log_to; log_to({log!r}); "
-           "sum(i * i for i in range(3_000_000))")
+    job = (
+        "import sys; sys.path.insert(0, {src!r}); from iclscope.core.logs import log_to; log_to({log!r}); "
+        "sum(i * i for i in range(3_000_000))"
+    )
     src = str(Path(__file__).resolve().parents[2] / "workflow")
     for log in ("extract/m/a.log", "extract/m/b.log", "figures/m/a/x.log", "summary.log"):
         subprocess.run([sys.executable, "-c", job.format(src=src, log=str(logs / log))], check=True)
@@ -125,8 +134,10 @@ def test_a_job_uses_the_threads_its_rule_declares(tmp_path):
     from pathlib import Path
 
     src = str(Path(__file__).resolve().parents[2] / "workflow")
-    job = (f"import sys; sys.path.insert(0, {src!r}); import torch; torch.set_num_threads(2); "
-           f"from iclscope.core.logs import log_to; log_to({str(tmp_path / 'job.log')!r}, threads=1); "
-           "import os; print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])")
+    job = (
+        f"import sys; sys.path.insert(0, {src!r}); import torch; torch.set_num_threads(2); "
+        f"from iclscope.core.logs import log_to; log_to({str(tmp_path / 'job.log')!r}, threads=1); "
+        "import os; print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])"
+    )
     out = subprocess.run([sys.executable, "-c", job], check=True, capture_output=True, text=True).stdout
     assert out.split() == ["1", "1"]

@@ -13,8 +13,20 @@ def fake_icicl(rng, arms=("full_icl", "zero_shot", "icicl_soft", "icicl_identity
         for t in range(40):
             gold = t % 2
             pred = gold if rng.random() < 0.75 else 1 - gold
-            rows.append({"test_row": t, "arm": arm, "draw": -1, "gold": gold, "pred": pred, "correct": pred == gold,
-                         "tokens": 10, "timed": t < 5, "seconds": 0.01 if t < 5 else np.nan, "top_ids": [1, 2]})
+            rows.append(
+                {
+                    "test_row": t,
+                    "arm": arm,
+                    "draw": -1,
+                    "gold": gold,
+                    "pred": pred,
+                    "correct": pred == gold,
+                    "tokens": 10,
+                    "timed": t < 5,
+                    "seconds": 0.01 if t < 5 else np.nan,
+                    "top_ids": [1, 2],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -40,16 +52,35 @@ def test_anchor_compression_table_has_adjusted_p_values():
     for seed in (1, 2):
         for pid in range(20):
             gold = pid % 2
-            for arm, draws in (("full_icl", [-1]), ("hidden_anchor", [-1]), ("text_anchor", [-1]),
-                               ("zero_shot", [-1]), ("hidden_random", [0, 1, 2])):
+            for arm, draws in (
+                ("full_icl", [-1]),
+                ("hidden_anchor", [-1]),
+                ("text_anchor", [-1]),
+                ("zero_shot", [-1]),
+                ("hidden_random", [0, 1, 2]),
+            ):
                 for d in draws:
-                    rows.append({"seed": seed, "prompt_id": pid, "arm": arm, "draw": d, "gold": gold,
-                                 "pred": gold if rng.random() < 0.7 else 1 - gold})
+                    rows.append(
+                        {
+                            "seed": seed,
+                            "prompt_id": pid,
+                            "arm": arm,
+                            "draw": d,
+                            "gold": gold,
+                            "pred": gold if rng.random() < 0.7 else 1 - gold,
+                        }
+                    )
     per_example = pd.DataFrame(rows)
     out = metric_frame(paired_summary(per_example, 50), model="m", dataset="d", family="anchors")
     assert_adjusted(out, ["label_type"])
-    assert set(out.label_type) == {"hidden_anchor-full_icl", "text_anchor-full_icl", "hidden_random-full_icl",
-                                   "zero_shot-full_icl", "hidden_anchor-text_anchor", "hidden_anchor-hidden_random"}
+    assert set(out.label_type) == {
+        "hidden_anchor-full_icl",
+        "text_anchor-full_icl",
+        "hidden_random-full_icl",
+        "zero_shot-full_icl",
+        "hidden_anchor-text_anchor",
+        "hidden_anchor-hidden_random",
+    }
     n = out[(out.label_type == "hidden_random-full_icl") & (out.metric == "n_paired")]["value"].item()
     assert n == 3 * 40  # draws × (seeds × prompts)
 
@@ -72,11 +103,25 @@ def test_icicl_meta_states_every_arms_settings_and_the_tuning_budget():
     settings = ICICLSettings(task_vector_layer=7, task_vector_state="mean", anchor_keep="label")
     grid = SweepGrid()
     meta = {"arm_settings": arm_settings(settings, 10, 7, 30), "tuning": tuning_budget(grid, 30)}
-    arms = ["zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector", "anchor_kv", "text_anchor",
-            "hidden_random"]
+    arms = [
+        "zero_shot",
+        "full_icl",
+        "icicl_soft",
+        "icicl_identity",
+        "task_vector",
+        "anchor_kv",
+        "text_anchor",
+        "hidden_random",
+    ]
     assert_arm_settings(meta, arms)
-    assert meta["arm_settings"]["task_vector"] == {"k": 4, "retrieval": "similar", "pool_size": 200, "layer": 7,
-                                                   "depth": 0.233, "state": "mean"}
+    assert meta["arm_settings"]["task_vector"] == {
+        "k": 4,
+        "retrieval": "similar",
+        "pool_size": 200,
+        "layer": 7,
+        "depth": 0.233,
+        "state": "mean",
+    }
     assert meta["arm_settings"]["anchor_kv"]["keep"] == "label"
     # the default grid on a 30-layer model: IC-ICL 3 layers x 3 states x 4 spaces x 2 = 72 settings; the task
     # vector 24 evenly spaced layers x 3 states = 72 (29 layers would be 87); anchor_kv its 2 kept sets
@@ -85,8 +130,9 @@ def test_icicl_meta_states_every_arms_settings_and_the_tuning_budget():
     assert t["task_vector"]["grid"]["layer"][0] == 1 and t["task_vector"]["grid"]["layer"][-1] == 29
     assert {v["validation_inputs"] for v in t.values()} == {200}
     with pytest.raises(AssertionError, match="without their settings"):
-        assert_arm_settings({**meta, "arm_settings": {k: v for k, v in meta["arm_settings"].items()
-                                                      if k != "task_vector"}}, arms)
+        assert_arm_settings(
+            {**meta, "arm_settings": {k: v for k, v in meta["arm_settings"].items() if k != "task_vector"}}, arms
+        )
     with pytest.raises(AssertionError):
         assert_arm_settings({**meta, "tuning": None}, arms)
 

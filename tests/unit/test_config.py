@@ -113,6 +113,7 @@ def test_all_problems_reported_at_once():
     def two(c):
         c["extract"]["store_dtype"] = "bfloat16"
         c["decodability"]["k"] = 0
+
     msg = broken(two)
     assert "extract.store_dtype" in msg and "decodability.k" in msg
 
@@ -144,7 +145,7 @@ def test_a_name_given_twice_is_an_error_not_a_silent_overwrite(tmp_path):
     from iclscope.core.config import load_config
 
     text = (REPO / "config.yaml").read_text()
-    block = text[text.index("  words:\n"):text.index("\n\n", text.index("  words:\n"))]
+    block = text[text.index("  words:\n") : text.index("\n\n", text.index("  words:\n"))]
     path = tmp_path / "config.yaml"
     path.write_text(text.replace(block, block + "\n" + block.replace("n_per_task: 200", "n_per_task: 20")))
     with pytest.raises(ConfigError, match=r"the key 'words' appears twice in one mapping \(lines \d+ and \d+\)"):

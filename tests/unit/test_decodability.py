@@ -20,7 +20,7 @@ def sklearn_loo(X, y, k, metric):
     for i in range(len(X)):
         keep = np.arange(len(X)) != i
         clf = KNeighborsClassifier(n_neighbors=k, metric=metric, algorithm="brute").fit(X[keep], y[keep])
-        pred.append(clf.predict(X[i:i + 1])[0])
+        pred.append(clf.predict(X[i : i + 1])[0])
     return np.array(pred)
 
 
@@ -92,8 +92,15 @@ def test_decodability_accuracy_fit_reads_the_peak_layer_and_drops_null():
     dec, acc = [], []
     for layer in range(3):
         for task, td in {"all": 0.5 + 0.2 * (layer == 1), "a": 0.2, "b": 0.5, "c": 0.9, "Null": 0.9}.items():
-            dec.append({"metric": "decodability_euclidean", "layer": layer, "task": task, "shots": 4,
-                        "value": td + (0.05 if layer == 1 else 0)})
+            dec.append(
+                {
+                    "metric": "decodability_euclidean",
+                    "layer": layer,
+                    "task": task,
+                    "shots": 4,
+                    "value": td + (0.05 if layer == 1 else 0),
+                }
+            )
     for task, a in {"a": 0.1, "b": 0.4, "c": 0.8, "Null": 0.0, "all": 0.4}.items():
         acc.append({"metric": "accuracy", "task": task, "shots": 4, "value": a})
     points, fit = decodability_accuracy_fit(pd.DataFrame(dec), pd.DataFrame(acc), model="m", dataset="d")

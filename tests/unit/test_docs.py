@@ -122,13 +122,16 @@ def test_links_to_a_section_name_an_existing_heading(path):
 
 def test_link_pattern_finds_relative_targets(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("[a](docs/x.md) [b](https://example.org) [c](#top) ![d](fig.png) `[e](no.md)`\n"
-                    "```\n[f](fenced.md)\n```\n[g](y.md#part \"title\")\n")
+    page.write_text(
+        "[a](docs/x.md) [b](https://example.org) [c](#top) ![d](fig.png) `[e](no.md)`\n"
+        '```\n[f](fenced.md)\n```\n[g](y.md#part "title")\n'
+    )
     assert relative_links(page) == ["docs/x.md", "fig.png", "y.md#part"]
 
 
-@pytest.mark.parametrize("path", sorted(DOCS.glob("*.md")) + [REPO / "data" / "README.md"],
-                         ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize(
+    "path", sorted(DOCS.glob("*.md")) + [REPO / "data" / "README.md"], ids=lambda p: str(p.relative_to(REPO))
+)
 def test_docs_name_no_internal_notes(path):
     text = path.read_text(encoding="utf-8")
     for name in ("METHODS.md", "DESIGN.md", "/work/shared"):
@@ -139,7 +142,8 @@ def test_architecture_table_is_generated_from_the_support_table():
     from iclscope.core.architectures import markdown_table
 
     assert markdown_table() in (DOCS / "architectures.md").read_text(), (
-        "docs/architectures.md is stale: regenerate its table with tests/architecture_table.py")
+        "docs/architectures.md is stale: regenerate its table with tests/architecture_table.py"
+    )
 
 
 def test_the_version_is_written_once_and_has_a_changelog_entry():

@@ -114,7 +114,8 @@ def test_chunked_counting_equals_one_pass_and_rare_labels_are_left_out():
     whole = layer_measures(states, labels, settings, chunk=10_000)
     assert streamed == whole
     assert {(r["range"], r["label_type"]) for r in whole} == {
-        (r, t) for r in ("minmax", "clipped") for t in ("token", "bigram")}
+        (r, t) for r in ("minmax", "clipped") for t in ("token", "bigram")
+    }
     token = next(r for r in whole if r["label_type"] == "token" and r["range"] == "minmax")
     assert token["n_label_values"] == len(frequent_values(ids, 5)) and 0 < token["labelled_share"] < 1
 
@@ -191,6 +192,7 @@ def test_a_single_retained_value_has_no_disentanglement():
 def naive_measures(bins: np.ndarray, ids, prev, n_bins: int, min_labels: int) -> dict:
     """The measures from dictionaries of token positions, one dimension at a time, without
     iclscope's histograms: token labels flat; bigrams grouped as {token: {previous token: positions}}."""
+
     def H(pos, j):
         return brute_entropy([bins[i, j] for i in pos])
 
@@ -222,8 +224,12 @@ def naive_measures(bins: np.ndarray, ids, prev, n_bins: int, min_labels: int) ->
                 others = [i for other in g if other is not pos for i in other]
                 per_value.append(np.mean([jsd(hist(pos, j), hist(others, j)) for j in range(d)]))
             dis.append(np.mean(per_value))
-        out[name] = {"information": info / math.log(n_bins), "variation": variation / math.log(n_bins),
-                     "regularity": (info - variation) / math.log(n_bins), "disentanglement": np.mean(dis)}
+        out[name] = {
+            "information": info / math.log(n_bins),
+            "variation": variation / math.log(n_bins),
+            "regularity": (info - variation) / math.log(n_bins),
+            "disentanglement": np.mean(dis),
+        }
     return out
 
 
@@ -237,9 +243,14 @@ def test_measures_equal_a_naive_nested_implementation():
     n_bins, min_labels = 5, 4
     bins = discretise(states, states.min(0), states.max(0), n_bins)
     expected = naive_measures(bins, ids, prev, n_bins, min_labels)
-    got = {r["label_type"]: r for r in layer_measures(
-        states, {"token": ids, "bigram": pair_labels(prev, ids)},
-        EntropySettings(n_bins=n_bins, min_labels=min_labels, clip_quantile=0))}
+    got = {
+        r["label_type"]: r
+        for r in layer_measures(
+            states,
+            {"token": ids, "bigram": pair_labels(prev, ids)},
+            EntropySettings(n_bins=n_bins, min_labels=min_labels, clip_quantile=0),
+        )
+    }
     for label_type in ("token", "bigram"):
         for name, value in expected[label_type].items():
             assert got[label_type][name] == pytest.approx(value, rel=1e-10), (label_type, name)
@@ -286,10 +297,14 @@ def test_bigram_h_on_the_ten_token_corpus_matches_the_reference_code(min_labels,
     """The values hcoxec/h's get_token_labels + conditional_counts + disentanglement give on the corpus
     above (one-hot bins as its soft_bin output; run once outside the repository, 2026-12-06); the
     left-bigram convention gives ln 2 on both."""
-    labels = {"bigram": pair_labels(CORPUS_PREV, CORPUS_IDS),
-              "bigram_h": neighbour_bigram_labels(CORPUS_IDS, CORPUS_PREV, next_from_prev(CORPUS_IDS, CORPUS_PREV))}
-    got = {r["label_type"]: r for r in layer_measures(CORPUS_BINS, labels, EntropySettings(
-        n_bins=2, min_labels=min_labels, clip_quantile=0))}
+    labels = {
+        "bigram": pair_labels(CORPUS_PREV, CORPUS_IDS),
+        "bigram_h": neighbour_bigram_labels(CORPUS_IDS, CORPUS_PREV, next_from_prev(CORPUS_IDS, CORPUS_PREV)),
+    }
+    got = {
+        r["label_type"]: r
+        for r in layer_measures(CORPUS_BINS, labels, EntropySettings(n_bins=2, min_labels=min_labels, clip_quantile=0))
+    }
     assert got["bigram_h"]["disentanglement"] == pytest.approx(reference, abs=1e-6)
     assert got["bigram"]["disentanglement"] == pytest.approx(math.log(2))
 
@@ -302,8 +317,9 @@ def test_bigram_h_counts_a_repeated_pair_twice_as_the_reference_lists_it():
     labels = neighbour_bigram_labels(ids, prev, next_from_prev(ids, prev))
     assert labels[1, 0] == labels[1, 1] == labels[0, 1] == labels[2, 0]
     np.testing.assert_array_equal(neighbour_bigram_token(labels), [[-1, 3], [3, 3], [3, -1]])
-    m = layer_measures(np.array([[0.0], [1.0], [0.0]]), {"bigram_h": labels},
-                       EntropySettings(n_bins=2, min_labels=4, clip_quantile=0))[0]
+    m = layer_measures(
+        np.array([[0.0], [1.0], [0.0]]), {"bigram_h": labels}, EntropySettings(n_bins=2, min_labels=4, clip_quantile=0)
+    )[0]
     assert m["disentanglement"] == pytest.approx(0.5 * math.log(2)) and m["variation"] == pytest.approx(1.0)
     assert m["labelled_share"] == pytest.approx(4 / 3)  # entries per token, not tokens
 
@@ -330,8 +346,9 @@ def test_token_states_equal_unbatched_hidden_states(prepared_tiny, tmp_path):
     data = pd.DataFrame({"text": texts, "label": "x", "split": "train"})
     data.to_parquet(tmp_path / "d.parquet")
     out = tmp_path / "states.tokens.h5"
-    summary = extract_token_states(tmp_path / "d.parquet", model_dir, out, spec, max_tokens=200,
-                                   max_sentence_tokens=12, seed=1)
+    summary = extract_token_states(
+        tmp_path / "d.parquet", model_dir, out, spec, max_tokens=200, max_sentence_tokens=12, seed=1
+    )
     assert summary["tokens"] == 200 and not partial_path(out).exists()
     model, _, _ = load_model(model_dir)
     with open_token_states(out) as f:
@@ -398,13 +415,15 @@ def test_toy_lm_training_killed_midway_resumes_to_the_same_numbers(prepared_tiny
     tokenizer, _ = load_tokenizer(prepared_tiny[1])
     texts = [f"a {w} saw the {v} one" for w in ("cat", "dog", "owl") for v in ("red", "big", "old")] * 30
     stream = token_stream(texts, tokenizer, vocab_size=20)
-    run = ToyTraining(steps=30, batch_size=4, seq_len=12, vocab_size=20, lr=3e-3, eval_windows=4, n_checkpoints=6,
-                      save_every=10)
+    run = ToyTraining(
+        steps=30, batch_size=4, seq_len=12, vocab_size=20, lr=3e-3, eval_windows=4, n_checkpoints=6, save_every=10
+    )
     size, settings = ToySize("s", 16, 1, 2), EntropySettings(n_bins=6, min_labels=3)
     full = train_and_measure(stream, size, run, settings, weights_dir=tmp_path / "uninterrupted")
     weights = tmp_path / "weights"
-    assert train_and_measure(stream, size, run, settings, resume_dir=tmp_path, weights_dir=weights,
-                             stop_after=25) is None
+    assert (
+        train_and_measure(stream, size, run, settings, resume_dir=tmp_path, weights_dir=weights, stop_after=25) is None
+    )
     assert (tmp_path / "s.pt").exists()  # the state at step 20
     resumed = train_and_measure(stream, size, run, settings, resume_dir=tmp_path, weights_dir=weights)
     assert not (tmp_path / "s.pt").exists()

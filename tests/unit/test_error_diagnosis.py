@@ -122,7 +122,7 @@ def _rope(x, pos, theta):
     inv = 1.0 / theta ** (torch.arange(0, dh, 2, dtype=torch.float32) / dh)
     ang = pos[:, None, :, None].float() * inv  # [B, 1, T, dh/2]
     cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
-    rotated = torch.cat([-x[..., dh // 2:], x[..., :dh // 2]], -1)
+    rotated = torch.cat([-x[..., dh // 2 :], x[..., : dh // 2]], -1)
     return x * cos + rotated * sin
 
 
@@ -146,13 +146,20 @@ def test_hook_query_and_keys_equal_q_proj_k_proj_with_rope(tmp_path):
     dh = cfg.hidden_size // H
     theta = getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"]
     assert Hkv < H
-    batch = pd.DataFrame({"input_ids": [[5, 17, 33, 8, 21, 40, 11, 9], [7, 30, 12, 21, 6]],
-                          "label_pos": [[1, 4], [3]], "n_tokens": [8, 5]})
+    batch = pd.DataFrame(
+        {
+            "input_ids": [[5, 17, 33, 8, 21, 40, 11, 9], [7, 30, 12, 21, 6]],
+            "label_pos": [[1, 4], [3]],
+            "n_tokens": [8, 5],
+        }
+    )
     layer = 1
     outs = {}
     attn = net.model.layers[layer].self_attn
-    hooks = [attn.q_proj.register_forward_hook(lambda m, a, o: outs.__setitem__("q", o)),
-             attn.k_proj.register_forward_hook(lambda m, a, o: outs.__setitem__("k", o))]
+    hooks = [
+        attn.q_proj.register_forward_hook(lambda m, a, o: outs.__setitem__("q", o)),
+        attn.k_proj.register_forward_hook(lambda m, a, o: outs.__setitem__("k", o)),
+    ]
     for qk in ("post_rope", "pre_rope"):  # pre_rope: the projections' outputs, no rotation
         q, k, used = query_and_label_keys(net, batch, layer, 2, tok.pad_token_id, qk)
         assert used == qk
@@ -192,10 +199,25 @@ def test_run_on_a_tiny_model_matches_independent_computations(prepared_tiny, tmp
     spec, model_dir = prepared_tiny
     tokenizer, manifest = load_tokenizer(model_dir)
     classes = ["negative", "neutral", "positive"]
-    df = pd.DataFrame([{"row_id": i, "text": f"I {WORDS[i % len(WORDS)]} it {i}", "label": classes[i % 3],
-                        "split": "train" if i < 9 else "test", "task": "t"} for i in range(9 + 36)])
-    dspec = DatasetSpec(name="d3", source="local", path="x", classes={c: f" {c}" for c in classes},
-                        prompts=PromptSpec(template="Tweet: {text}\nSentiment:{label}", seeds=(1, 2), n_test=12))
+    df = pd.DataFrame(
+        [
+            {
+                "row_id": i,
+                "text": f"I {WORDS[i % len(WORDS)]} it {i}",
+                "label": classes[i % 3],
+                "split": "train" if i < 9 else "test",
+                "task": "t",
+            }
+            for i in range(9 + 36)
+        ]
+    )
+    dspec = DatasetSpec(
+        name="d3",
+        source="local",
+        path="x",
+        classes={c: f" {c}" for c in classes},
+        prompts=PromptSpec(template="Tweet: {text}\nSentiment:{label}", seeds=(1, 2), n_test=12),
+    )
     table, meta = build_prompts(df, dspec, tokenizer, manifest["context_length"])
     ppath, apath = tmp_path / "prompts.parquet", tmp_path / "act.h5"
     write_table(table, ppath, meta)
@@ -215,7 +237,8 @@ def test_run_on_a_tiny_model_matches_independent_computations(prepared_tiny, tmp
         g = rows["gold"].to_numpy()
         sel = (g == 0) | (g == 2)
         assert true["negative|positive"] == pytest.approx(
-            roc_auc_score(g[sel] == 0, probs[sel, 0] / (probs[sel, 0] + probs[sel, 2])))
+            roc_auc_score(g[sel] == 0, probs[sel, 0] / (probs[sel, 0] + probs[sel, 2]))
+        )
         assert true["neutral|neutral"] == 1.0 and true["positive|neutral"] == true["neutral|positive"]
         if seed is None:
             continue

@@ -33,18 +33,33 @@ def prompts_file(prepared, tmp_path, kind="classification", n_test=8, n_train=0)
     if kind == "classification":
         n_train_rows = 4 + 2 * n_train  # the demonstrations come from the train split too
         for i in range(n_train_rows + n_test * 2):
-            rows.append({"text": f"I {WORDS[i % len(WORDS)]} it {i}", "label": ["negative", "positive"][i % 2],
-                         "split": "train" if i < n_train_rows else "test", "task": "t"})
-        spec = DatasetSpec(name="d", source="local", path="x",
-                           classes={"negative": " negative", "positive": " positive"},
-                           prompts=PromptSpec(template="Tweet: {text}\nSentiment:{label}", seeds=(1, 2),
-                                              n_test=n_test // 2, n_train=n_train))
+            rows.append(
+                {
+                    "text": f"I {WORDS[i % len(WORDS)]} it {i}",
+                    "label": ["negative", "positive"][i % 2],
+                    "split": "train" if i < n_train_rows else "test",
+                    "task": "t",
+                }
+            )
+        spec = DatasetSpec(
+            name="d",
+            source="local",
+            path="x",
+            classes={"negative": " negative", "positive": " positive"},
+            prompts=PromptSpec(
+                template="Tweet: {text}\nSentiment:{label}", seeds=(1, 2), n_test=n_test // 2, n_train=n_train
+            ),
+        )
     else:
         for task, fn in {"upper": str.upper, "first": lambda w: w[0]}.items():
             for i, w in enumerate(WORDS):
                 rows.append({"text": w, "label": fn(w), "split": "test" if i >= 6 else "train", "task": task})
-        spec = DatasetSpec(name="d", source="words", kind="generation",
-                           prompts=PromptSpec(template="{text} ->{label}", shots=(1, 3), seeds=(3,), n_test=4))
+        spec = DatasetSpec(
+            name="d",
+            source="words",
+            kind="generation",
+            prompts=PromptSpec(template="{text} ->{label}", shots=(1, 3), seeds=(3,), n_test=4),
+        )
     df = pd.DataFrame(rows)
     df.insert(0, "row_id", range(len(df)))
     table, meta = build_prompts(df, spec, tokenizer, manifest["context_length"])
@@ -74,25 +89,33 @@ def test_activations_equal_plain_forward(prepared_tiny, tmp_path, kind):
             np.testing.assert_allclose(f["logits/topk_values"][i], topk.values.numpy(), rtol=1e-4, atol=1e-4)
             q = rec.query_pos
             for layer in range(manifest["n_layers"]):  # last hidden state of HF may be normed: skip it
-                np.testing.assert_allclose(f["resid/query"][i, layer], ref.hidden_states[layer][0, q].numpy(),
-                                           rtol=1e-4, atol=1e-4)
+                np.testing.assert_allclose(
+                    f["resid/query"][i, layer], ref.hidden_states[layer][0, q].numpy(), rtol=1e-4, atol=1e-4
+                )
             s, e = rec.query_span
-            np.testing.assert_allclose(f["resid/last_input"][i, 1], ref.hidden_states[1][0, e - 1].numpy(),
-                                       rtol=1e-4, atol=1e-4)
-            np.testing.assert_allclose(f["resid/content_mean"][i, 1],
-                                       ref.hidden_states[1][0, s:e].mean(0).numpy(), rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(
+                f["resid/last_input"][i, 1], ref.hidden_states[1][0, e - 1].numpy(), rtol=1e-4, atol=1e-4
+            )
+            np.testing.assert_allclose(
+                f["resid/content_mean"][i, 1], ref.hidden_states[1][0, s:e].mean(0).numpy(), rtol=1e-4, atol=1e-4
+            )
             for k, pos in enumerate(rec.label_pos):
-                np.testing.assert_allclose(label_states(f)[i, k, 1], ref.hidden_states[1][0, pos].numpy(),
-                                           rtol=1e-4, atol=1e-4)
+                np.testing.assert_allclose(
+                    label_states(f)[i, k, 1], ref.hidden_states[1][0, pos].numpy(), rtol=1e-4, atol=1e-4
+                )
                 for layer in range(manifest["n_layers"]):
-                    np.testing.assert_allclose(f["attn/query_to_label"][i, layer, :, k],
-                                               ref.attentions[layer][0, :, q, pos].numpy(), rtol=1e-4, atol=1e-5)
+                    np.testing.assert_allclose(
+                        f["attn/query_to_label"][i, layer, :, k],
+                        ref.attentions[layer][0, :, q, pos].numpy(),
+                        rtol=1e-4,
+                        atol=1e-5,
+                    )
             if kind == "classification":
                 ids_ = f.attrs["label_token_ids"]
                 np.testing.assert_allclose(f["logits/label"][i], logits[ids_].numpy(), rtol=1e-4, atol=1e-4)
             else:
                 gen = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
-                np.testing.assert_array_equal(f["generation/tokens"][i], gen[0, ids.shape[1]:].numpy())
+                np.testing.assert_array_equal(f["generation/tokens"][i], gen[0, ids.shape[1] :].numpy())
 
 
 def test_kill_and_resume_gives_identical_file(prepared_tiny, tmp_path, monkeypatch):
@@ -170,8 +193,13 @@ except OSError as exc:
     sys.exit(0)
 print("NO ERROR")
 """
-    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(Path(extract_mod.__file__).parents[1])})
+    done = subprocess.run(
+        [sys.executable, "-c", child],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(extract_mod.__file__).parents[1])},
+    )
     assert f"ERRNO {errno.ENOSPC} MESSAGE [Errno 28] disk full while writing {out} (" in done.stdout, done.stderr
     assert "partial file was removed" in done.stdout and "MB free" in done.stdout
     assert list(small_disk.iterdir()) == []  # neither the file nor its .partial

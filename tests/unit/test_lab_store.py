@@ -29,22 +29,41 @@ ACTIVATIONS = "results/activations/tiny/toy.h5"
 
 
 def lab_config(root: Path, **model) -> dict:
-    return validate_config({
-        "models": {"tiny": {"source": "local", "path": str(root / "tiny"), **model}},
-        "datasets": {"toy": {"source": "local", "path": str(root / "toy.csv"), "label_column": "sentiment",
-                             "classes": {"negative": " negative", "positive": " positive"},
-                             "prompts": {"template": "Tweet: {text}\nSentiment:{label}", "seeds": [1], "n_test": 6}}},
-        "anchors": {"reweighting": {"enabled": False}},
-    })
+    return validate_config(
+        {
+            "models": {"tiny": {"source": "local", "path": str(root / "tiny"), **model}},
+            "datasets": {
+                "toy": {
+                    "source": "local",
+                    "path": str(root / "toy.csv"),
+                    "label_column": "sentiment",
+                    "classes": {"negative": " negative", "positive": " positive"},
+                    "prompts": {"template": "Tweet: {text}\nSentiment:{label}", "seeds": [1], "n_test": 6},
+                }
+            },
+            "anchors": {"reweighting": {"enabled": False}},
+        }
+    )
 
 
 @pytest.fixture
 def inputs(tmp_path):
     """A 'model directory' and a dataset CSV: only their bytes matter to keys."""
     (tmp_path / "tiny").mkdir()
-    (tmp_path / "tiny" / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 2, "hidden_size": 16,
-        "num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 32, "vocab_size": 400}))
+    (tmp_path / "tiny" / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "num_hidden_layers": 2,
+                "hidden_size": 16,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 2,
+                "intermediate_size": 32,
+                "vocab_size": 400,
+            }
+        )
+    )
     (tmp_path / "tiny" / "model.safetensors").write_bytes(b"weights" * 100)
     (tmp_path / "toy.csv").write_text("sentiment,text\npositive,good\nnegative,bad\n")
     return tmp_path
@@ -53,8 +72,10 @@ def inputs(tmp_path):
 def keys_of(root: Path, cfg: dict) -> dict[str, str]:
     r = lab_store.Recipes(cfg)
     wc = {"model": "tiny", "dataset": "toy"}
-    return {kind: r.key(kind, wc) for kind in ("prepare_model", "prepare_dataset", "extract", "token_states",
-                                                "extract_anchors")}
+    return {
+        kind: r.key(kind, wc)
+        for kind in ("prepare_model", "prepare_dataset", "extract", "token_states", "extract_anchors")
+    }
 
 
 def checkout(dest: Path, edit=None) -> Path:
@@ -68,8 +89,14 @@ def checkout(dest: Path, edit=None) -> Path:
 
 def cli_key(repo: Path, work: Path, path: str = ACTIVATIONS) -> str:
     """`iclscope store key` run by that checkout's package, in `work` (its config.yaml)."""
-    out = subprocess.run([sys.executable, "-m", "iclscope.cli", "store", "key", path], cwd=work, check=True,
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo / "workflow")})
+    out = subprocess.run(
+        [sys.executable, "-m", "iclscope.cli", "store", "key", path],
+        cwd=work,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(repo / "workflow")},
+    )
     return out.stdout.strip()
 
 
@@ -77,9 +104,20 @@ def write_config(work: Path, cfg: dict) -> None:
     import yaml
 
     work.mkdir(parents=True, exist_ok=True)
-    (work / "config.yaml").write_text(yaml.safe_dump({"models": cfg["models"], "datasets": {
-        name: {k: v for k, v in spec.items() if k in ("source", "path", "label_column", "classes", "prompts")}
-        for name, spec in cfg["datasets"].items()}, "anchors": {"reweighting": {"enabled": False}}}))
+    (work / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "models": cfg["models"],
+                "datasets": {
+                    name: {
+                        k: v for k, v in spec.items() if k in ("source", "path", "label_column", "classes", "prompts")
+                    }
+                    for name, spec in cfg["datasets"].items()
+                },
+                "anchors": {"reweighting": {"enabled": False}},
+            }
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,8 +198,10 @@ def test_a_comment_edit_keeps_the_key_and_a_capture_edit_changes_it(inputs, tmp_
     write_config(tmp_path / "work", cfg)
 
     def keys(repo):
-        return {path: cli_key(repo, tmp_path / "work", path) for path in (
-            ACTIVATIONS, "results/activations/tiny/toy.anchors.h5")}
+        return {
+            path: cli_key(repo, tmp_path / "work", path)
+            for path in (ACTIVATIONS, "results/activations/tiny/toy.anchors.h5")
+        }
 
     base = keys(checkout(tmp_path / "a"))
     assert keys(checkout(tmp_path / "b", reword)) == base
@@ -179,7 +219,8 @@ def test_a_sharded_run_keys_its_shards_and_the_gathered_file(inputs):
     assert kind == "extract_shard" and wc["scatteritem"] == "2-of-3"
     gathered = r.recipe("gather_activations", {"model": "tiny", "dataset": "toy"})
     assert sorted(gathered["upstream"].values()) == sorted(
-        r.key("extract_shard", {"model": "tiny", "dataset": "toy", "scatteritem": f"{i}-of-3"}) for i in (1, 2, 3))
+        r.key("extract_shard", {"model": "tiny", "dataset": "toy", "scatteritem": f"{i}-of-3"}) for i in (1, 2, 3)
+    )
     with pytest.raises(lab_store.StoreError, match="not a stored product"):
         r.product_of("results/metrics/tiny/toy/icl_accuracy.parquet")
 
@@ -200,8 +241,15 @@ def store():
     shutil.rmtree(path)
 
 
-RECIPE = {"format": 1, "product": "extract", "wildcards": {"model": "tiny", "dataset": "toy"},
-          "settings": {"x": 1}, "code": "c0de", "script": "5c41", "upstream": {}}
+RECIPE = {
+    "format": 1,
+    "product": "extract",
+    "wildcards": {"model": "tiny", "dataset": "toy"},
+    "settings": {"x": 1},
+    "code": "c0de",
+    "script": "5c41",
+    "upstream": {},
+}
 
 
 def product(where: Path, name: str = "toy.h5", directory: bool = False, content: bytes = b"HDF5" * 1000) -> Path:
@@ -251,15 +299,22 @@ def test_an_entry_is_readable_but_never_writable_by_another_member(store, tmp_pa
     assert stat.S_IMODE(data.stat().st_mode) == 0o444 and stat.S_IMODE(entry.stat().st_mode) & 0o777 == 0o555
     reads = as_nobody(f"print(len(open({str(data)!r}, 'rb').read()))")
     assert reads.returncode == 0 and reads.stdout.strip() == "4000", reads.stderr
-    for attempt in (f"open({str(data)!r}, 'r+b').write(b'x')", f"open({str(entry / 'extra')!r}, 'w')",
-                    f"import shutil; shutil.rmtree({str(entry)!r})"):
+    for attempt in (
+        f"open({str(data)!r}, 'r+b').write(b'x')",
+        f"open({str(entry / 'extra')!r}, 'w')",
+        f"import shutil; shutil.rmtree({str(entry)!r})",
+    ):
         result = as_nobody(attempt)
         assert result.returncode != 0 and "PermissionError" in result.stderr, (attempt, result.stderr)
 
 
 def as_nobody(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_linking_checks_the_entry_and_hard_links_on_one_filesystem(store, tmp_path):
@@ -351,12 +406,14 @@ def test_a_read_only_store_leaves_the_output_and_says_why(store, tmp_path):
     store.chmod(0o2755)  # root's store, read-only for nobody
     os.chmod(out.parent, 0o777)
     os.chmod(tmp_path, 0o755)
-    code = (f"import os, json, logging, sys; sys.path.insert(0, {str(REPO / 'workflow')!r}); "
-            "logging.basicConfig(level=logging.INFO); from iclscope.core import lab_store as s; "
-            f"os.environ[s.ENV] = {str(store)!r}; recipe = {RECIPE!r}; "
-            "P = type('P', (dict,), {}); "
-            f"J = type('J', (), {{'params': P(store=json.dumps({{'key': s.key_of(recipe), 'recipe': recipe}})), "
-            f"'output': [{str(out)!r}]}}); print(s.publish_job(J))")
+    code = (
+        f"import os, json, logging, sys; sys.path.insert(0, {str(REPO / 'workflow')!r}); "
+        "logging.basicConfig(level=logging.INFO); from iclscope.core import lab_store as s; "
+        f"os.environ[s.ENV] = {str(store)!r}; recipe = {RECIPE!r}; "
+        "P = type('P', (dict,), {}); "
+        f"J = type('J', (), {{'params': P(store=json.dumps({{'key': s.key_of(recipe), 'recipe': recipe}})), "
+        f"'output': [{str(out)!r}]}}); print(s.publish_job(J))"
+    )
     parents = [tmp_path.parent, tmp_path.parent.parent]
     modes = [p.stat().st_mode for p in parents]
     for p in parents:
@@ -448,12 +505,18 @@ def test_a_notebook_opens_stored_activations_by_model_and_dataset(store, tmp_pat
 def link_job(store: Path, recipe: dict, output: str, cwd: Path) -> subprocess.CompletedProcess:
     """The link rules' shell job, as Snakemake runs it (workflow/scripts/store_link.sh)."""
     param = json.dumps({"key": lab_store.key_of(recipe), "recipe": recipe}, sort_keys=True)
-    return subprocess.run(["bash", str(REPO / "workflow/scripts/store_link.sh"), str(store), param, output],
-                          cwd=cwd, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", str(REPO / "workflow/scripts/store_link.sh"), str(store), param, output],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_the_link_job_hard_links_on_one_filesystem_symlinks_across_and_says_when_the_entry_went(
-        store, small_disk, tmp_path):
+    store, small_disk, tmp_path
+):
     model = {**RECIPE, "product": "prepare_model"}
     lab_store.publish(store, RECIPE, product(tmp_path / "a"))
     lab_store.publish(store, model, product(tmp_path / "m", "tiny", directory=True))

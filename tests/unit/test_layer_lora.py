@@ -30,15 +30,26 @@ from iclscope.model.models import load_tokenizer, prepare_model
 from iclscope.model.prompts import build_prompts
 
 WORDS = ["cat", "dog", "bird", "fun", "car", "crew", "plot", "late", "love", "rude", "great", "flight", "movie", "so"]
-TASKS = {"reverse": lambda w: w[::-1], "first": lambda w: w[0], "repeat": lambda w: f"{w} {w}",
-         "Null": lambda w: WORDS[(WORDS.index(w) + 5) % len(WORDS)]}
-SPEC = DatasetSpec(name="w", source="words", kind="generation",
-                   prompts=PromptSpec(template="{text} ->{label}", shots=(2, 1), seeds=(3,), n_test=4))
+TASKS = {
+    "reverse": lambda w: w[::-1],
+    "first": lambda w: w[0],
+    "repeat": lambda w: f"{w} {w}",
+    "Null": lambda w: WORDS[(WORDS.index(w) + 5) % len(WORDS)],
+}
+SPEC = DatasetSpec(
+    name="w",
+    source="words",
+    kind="generation",
+    prompts=PromptSpec(template="{text} ->{label}", shots=(2, 1), seeds=(3,), n_test=4),
+)
 
 
 def frame():
-    rows = [{"text": w, "label": fn(w), "split": "test" if i >= 9 else "train", "task": task}
-            for task, fn in TASKS.items() for i, w in enumerate(WORDS)]
+    rows = [
+        {"text": w, "label": fn(w), "split": "test" if i >= 9 else "train", "task": task}
+        for task, fn in TASKS.items()
+        for i, w in enumerate(WORDS)
+    ]
     df = pd.DataFrame(rows)
     df.insert(0, "row_id", range(len(df)))
     return df
@@ -58,8 +69,9 @@ def deep_tiny(tiny_model_dir, tmp_path_factory):
     torch.manual_seed(1)
     AutoModelForCausalLM.from_config(config).save_pretrained(out / "src")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out / "src")
-    spec = ModelSpec(name=f"deep-{tiny_model_dir.name}", source="local", path=str(out / "src"), batch_size=4,
-                     max_batch_tokens=512)
+    spec = ModelSpec(
+        name=f"deep-{tiny_model_dir.name}", source="local", path=str(out / "src"), batch_size=4, max_batch_tokens=512
+    )
     prepare_model(spec, out / "prepared")
     return spec, out / "prepared"
 
@@ -83,12 +95,20 @@ def test_arms_adapt_exactly_the_first_or_last_blocks_with_equal_budget(deep_tiny
     for arm in ("first", "last"):
         base, _, manifest = load_model(model_dir)
         r = 4
-        block0 = [m for name, m in base.named_modules() if re.search(r"\.(?:layers|h)\.0\.", name)
-                  and type(m).__name__ in ("Linear", "Conv1D")]
+        block0 = [
+            m
+            for name, m in base.named_modules()
+            if re.search(r"\.(?:layers|h)\.0\.", name) and type(m).__name__ in ("Linear", "Conv1D")
+        ]
         linear_per_block = len(block0)  # Llama 7 (q k v o gate up down), GPT-2 4 (c_attn c_proj c_fc c_proj)
         expected = sum(r * (m.weight.shape[0] + m.weight.shape[1]) for m in block0)
-        net = attach_lora(base, r=r, alpha=4, dropout=0.1,
-                          layers=adapter_layers(arm, n_adapted(settings, manifest["n_layers"]), manifest["n_layers"]))
+        net = attach_lora(
+            base,
+            r=r,
+            alpha=4,
+            dropout=0.1,
+            layers=adapter_layers(arm, n_adapted(settings, manifest["n_layers"]), manifest["n_layers"]),
+        )
         blocks = lora_blocks(net)
         assert sorted(blocks) == ([0, 1] if arm == "first" else [3, 4])
         assert set(blocks.values()) == {linear_per_block}  # every projection of those blocks, no other
@@ -110,9 +130,9 @@ def test_loss_mask_covers_exactly_the_answer_tokens(prepared_tiny):
         assert row["split"] == "train"
         ids = x["input_ids"]
         # the prompt part is exactly what the tokenizer gives for the prompt text alone ...
-        prompt_text = tokenizer.decode(ids[:x["answer_start"]], skip_special_tokens=True)
+        prompt_text = tokenizer.decode(ids[: x["answer_start"]], skip_special_tokens=True)
         assert prompt_text.endswith(f"\n{row['text']} ->")
-        assert tokenizer(prompt_text)["input_ids"] == ids[:x["answer_start"]]
+        assert tokenizer(prompt_text)["input_ids"] == ids[: x["answer_start"]]
         # ... and the scored tokens spell the answer and the separator that ends it
         assert tokenizer.decode(ids, skip_special_tokens=True) == prompt_text + f" {row['label']}\n"
         assert x["n_answer"] == len(ids) - x["answer_start"]
@@ -124,7 +144,7 @@ def test_loss_mask_covers_exactly_the_answer_tokens(prepared_tiny):
             logits = net(input_ids=torch.tensor([x["input_ids"]])).logits[0]
             a = x["answer_start"]
             targets = torch.tensor(x["input_ids"][a:])
-            total += F.cross_entropy(logits[a - 1:-1], targets, reduction="sum").item()
+            total += F.cross_entropy(logits[a - 1 : -1], targets, reduction="sum").item()
             count += len(targets)
         loss, n = answer_loss(net, examples, padded.pad_token_id)
     assert n == count
@@ -136,8 +156,9 @@ def test_training_lowers_answer_loss_and_merged_model_matches_adapter(deep_tiny,
 
     spec_model, model_dir = deep_tiny
     settings = LayerLoRASettings(steps=12, batch_size=4, n_train=24, n_monitor=12, lr=1e-2, checkpoint_every=5)
-    summary = train_layer_lora(frame(), SPEC, model_dir, spec_model, settings, "last", tmp_path / "run",
-                               merged_dir=tmp_path / "merged")
+    summary = train_layer_lora(
+        frame(), SPEC, model_dir, spec_model, settings, "last", tmp_path / "run", merged_dir=tmp_path / "merged"
+    )
     assert summary["layers"] == [4] and summary["shots"] == 1  # 5 blocks: n = 5 // 3
     assert summary["answer_loss_after"] < 0.8 * summary["answer_loss_before"]
     assert not (tmp_path / "run" / "checkpoint").exists()
@@ -161,11 +182,13 @@ def test_resume_after_a_kill_reproduces_the_run(prepared_tiny, tmp_path):
     settings = LayerLoRASettings(steps=6, batch_size=4, n_train=16, n_monitor=8, lr=1e-2, checkpoint_every=2)
     full = train_layer_lora(frame(), SPEC, model_dir, spec_model, settings, "first", tmp_path / "full")
     ckpt = tmp_path / "resume"
-    assert train_layer_lora(frame(), SPEC, model_dir, spec_model, settings, "first", tmp_path / "killed",
-                            checkpoint_dir=ckpt, stop_after=3) == {"stopped_at": 3}
+    assert train_layer_lora(
+        frame(), SPEC, model_dir, spec_model, settings, "first", tmp_path / "killed", checkpoint_dir=ckpt, stop_after=3
+    ) == {"stopped_at": 3}
     assert json.loads((ckpt / "train_log.json").read_text())[-1]["step"] == 2
-    resumed = train_layer_lora(frame(), SPEC, model_dir, spec_model, settings, "first", tmp_path / "killed",
-                               checkpoint_dir=ckpt)
+    resumed = train_layer_lora(
+        frame(), SPEC, model_dir, spec_model, settings, "first", tmp_path / "killed", checkpoint_dir=ckpt
+    )
     a = pd.read_parquet(tmp_path / "full" / "train_log.parquet")
     b = pd.read_parquet(tmp_path / "killed" / "train_log.parquet")
     assert list(b["step"]) == list(range(1, 7))
@@ -197,19 +220,22 @@ def test_summary_table_compares_arms_with_base(prepared_tiny, tmp_path):
         prompts_at_shots(prompts, tmp_path / "none.parquet", 7)
     runs = {}
     for arm in ("first", "last"):
-        train_layer_lora(frame(), SPEC, model_dir, spec_model, settings, arm, tmp_path / arm,
-                         merged_dir=tmp_path / f"{arm}.model")
+        train_layer_lora(
+            frame(), SPEC, model_dir, spec_model, settings, arm, tmp_path / arm, merged_dir=tmp_path / f"{arm}.model"
+        )
         extract(trained, tmp_path / f"{arm}.model", tmp_path / f"{arm}.h5", spec_model, extract_settings)
         runs[arm] = (tmp_path / arm, tmp_path / f"{arm}.h5")
-    out = summary_table(tmp_path / "base.h5", runs, model="m", dataset="w",
-                        decodability={"k": 3, "metrics": ["euclidean"], "n_boot": 0})
+    out = summary_table(
+        tmp_path / "base.h5", runs, model="m", dataset="w", decodability={"k": 3, "metrics": ["euclidean"], "n_boot": 0}
+    )
     assert set(out.label_type) == {"base", "first", "last"} and set(out.family) == {"layer_lora"}
     acc = out[out.metric == "accuracy"].set_index(["label_type", "seed", "shots", "task"])["value"]
     delta = out[out.metric == "delta_accuracy"]
     assert len(delta) == 2 * (len(TASKS) + 1) and set(delta.shots) == {1}  # 2 arms x (tasks + 'all'), 1 shot
     for r in delta.itertuples():
-        assert r.value == pytest.approx(acc[(r.label_type, r.seed, r.shots, r.task)]
-                                        - acc[("base", r.seed, r.shots, r.task)])
+        assert r.value == pytest.approx(
+            acc[(r.label_type, r.seed, r.shots, r.task)] - acc[("base", r.seed, r.shots, r.task)]
+        )
     dec = out[(out.metric == "decodability_euclidean") & (out.task == "all")]
     assert dec.groupby(["label_type", "shots"]).size().eq(manifest["n_layers"] + 1).all()
     peak = out[out.metric == "decodability_euclidean_peak"].set_index(["label_type", "shots"])["value"]

@@ -27,8 +27,16 @@ def local_model(tmp_path, name: str, depth: int, **extra) -> dict:
     """A directory holding only a Llama config.json of `depth` layers (enough to plan, no weights)."""
     path = tmp_path / name
     path.mkdir()
-    (path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-                                                  "num_hidden_layers": depth, "hidden_size": 64}))
+    (path / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "num_hidden_layers": depth,
+                "hidden_size": 64,
+            }
+        )
+    )
     return {"source": "local", "path": str(path), **extra}
 
 
@@ -42,9 +50,16 @@ def test_rounding_is_half_up_and_counts_are_at_least_one():
 def test_default_config_resolves_to_the_layers_smollm2_ran_before():
     """The shares of config.yaml resolve on SmolLM2's 30 layers to the absolute layers the default run used."""
     got = layers.resolve(DEFAULT, "smollm2-135m", 30)
-    assert got == {"icicl.inject_layer": 10, "icicl.embed_layer": 15, "tsft.layer": 15, "patching.layer": None,
-                   "layer_lora.n_layers": 10, "anchors.isolation_k": [1, 5], "anchors.error_diagnosis.layer": 21,
-                   "icicl.task_vector_layer": None}  # null: the task vector is written at inject_layer
+    assert got == {
+        "icicl.inject_layer": 10,
+        "icicl.embed_layer": 15,
+        "tsft.layer": 15,
+        "patching.layer": None,
+        "layer_lora.n_layers": 10,
+        "anchors.isolation_k": [1, 5],
+        "anchors.error_diagnosis.layer": 21,
+        "icicl.task_vector_layer": None,
+    }  # null: the task vector is written at inject_layer
 
 
 @pytest.mark.parametrize("depth", [2, 6, 12, 32])

@@ -22,8 +22,7 @@ def test_every_module_lives_in_a_layer():
 
 
 def test_no_module_imports_from_a_layer_above_or_beside_its_own():
-    upward = [(f, target) for f, layer, target in _imports()
-              if layer != target and LAYER[target] >= LAYER[layer]]
+    upward = [(f, target) for f, layer, target in _imports() if layer != target and LAYER[target] >= LAYER[layer]]
     assert upward == []
 
 

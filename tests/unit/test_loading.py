@@ -22,8 +22,10 @@ def test_peak_host_memory_while_loading_is_about_the_weights(tmp_path):
     from benchmarks.memory import load_rss
 
     r = load_rss(tmp_path)
-    print(f"load_model peak host RSS: {r['load_mb']:.0f} MB over a {r['baseline_mb']:.0f} MB baseline for "
-          f"{r['weights_mb']:.0f} MB of weights: ratio {r['ratio']:.2f}")
+    print(
+        f"load_model peak host RSS: {r['load_mb']:.0f} MB over a {r['baseline_mb']:.0f} MB baseline for "
+        f"{r['weights_mb']:.0f} MB of weights: ratio {r['ratio']:.2f}"
+    )
     assert r["ratio"] <= 1.3, r
 
 
@@ -35,9 +37,17 @@ def test_bin_only_model_prepares_and_loads(tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "weights"
     tok = train_tokenizer("llama", weights)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     reference = LlamaForCausalLM(cfg).eval()
     cfg.save_pretrained(weights)  # transformers 5 saves safetensors only: write the pickle as older tools did
     torch.save(reference.state_dict(), weights / "pytorch_model.bin")
@@ -74,8 +84,9 @@ def test_hub_manifest_names_id_and_commit_not_a_path(tiny_model_dir, tmp_path, m
     commit = "0123456789abcdef0123456789abcdef01234567"
     hub_cache(tiny_model_dir, tmp_path / "alice", commit)
     use_cache(monkeypatch, tmp_path / "alice")
-    prepare_model(ModelSpec(name="tiny-hub", source="hub", id="iclscope-test/tiny", revision="main"),
-                  tmp_path / "prepared")
+    prepare_model(
+        ModelSpec(name="tiny-hub", source="hub", id="iclscope-test/tiny", revision="main"), tmp_path / "prepared"
+    )
     text = (tmp_path / "prepared" / "manifest.json").read_text()
     assert str(tmp_path) not in text and "/alice" not in text
     stored = json.loads(text)

@@ -84,8 +84,9 @@ def dispatched(monkeypatch, tmp_path):
         def load(model_dir, spec=None, **kwargs):
             net, tok, manifest = real(model_dir, spec, **kwargs)
             mapping = device_map(net, mode)
-            net = accelerate.dispatch_model(net, mapping, main_device=main_device(mapping),
-                                            offload_dir=str(tmp_path / "offload"))
+            net = accelerate.dispatch_model(
+                net, mapping, main_device=main_device(mapping), offload_dir=str(tmp_path / "offload")
+            )
             if mode == "offload":
                 assert any(p.device.type == "meta" for p in net.parameters())  # really offloaded
             else:
@@ -111,8 +112,9 @@ def max_diff(a, b) -> float:
         other = [c for c in a.columns if c not in cols and not any(t in c for t in TIMING)]
         for c in other:
             assert a[c].astype(str).tolist() == b[c].astype(str).tolist(), c
-        return max([0.0] + [float(np.nanmax(np.abs(a[c].to_numpy(float) - b[c].to_numpy(float)), initial=0))
-                            for c in cols])
+        return max(
+            [0.0] + [float(np.nanmax(np.abs(a[c].to_numpy(float) - b[c].to_numpy(float)), initial=0)) for c in cols]
+        )
     if isinstance(a, dict):
         assert a.keys() == b.keys()
         return max([0.0] + [max_diff(a[k], b[k]) for k in a if not any(t in str(k) for t in TIMING)])
@@ -139,8 +141,11 @@ def h5_arrays(path) -> dict:
 
     out = {}
     with h5py.File(path) as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset)
-                     and obj.dtype.kind in "fiub" else None)
+        f.visititems(
+            lambda name, obj: (
+                out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "fiub" else None
+            )
+        )
     return out
 
 
@@ -182,8 +187,13 @@ def test_token_states(prepared_tiny, tmp_path, dispatched):
     texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(12)) for i in range(20)]
     pd.DataFrame({"text": texts, "split": "train"}).to_parquet(tmp_path / "corpus.parquet")
     outs = iter([tmp_path / "one.h5", tmp_path / "many.h5"])
-    twice(module, dispatched, lambda: module.extract_token_states(tmp_path / "corpus.parquet", model_dir, next(outs),
-                                                                  spec, max_tokens=150, max_sentence_tokens=20))
+    twice(
+        module,
+        dispatched,
+        lambda: module.extract_token_states(
+            tmp_path / "corpus.parquet", model_dir, next(outs), spec, max_tokens=150, max_sentence_tokens=20
+        ),
+    )
     same("token_states", h5_arrays(tmp_path / "one.h5"), h5_arrays(tmp_path / "many.h5"))
 
 
@@ -194,12 +204,25 @@ def test_saliency_isolation_reweighting(prepared_tiny, tmp_path, dispatched):
 
     spec, model_dir = on_cpu(prepared_tiny)
     ppath, _ = prompts_file(prepared_tiny, tmp_path, n_test=4, n_train=4)
-    same("saliency", *twice(saliency, dispatched, lambda: saliency.run_saliency(ppath, model_dir, spec, 1,
-                                                                                 dataset="d")[:2]))
-    same("isolation", *twice(isolation, dispatched, lambda: isolation.run_isolation(
-        ppath, model_dir, spec, n_per_seed=2, ks=(1,), dataset="d")[:2]))
-    one, many = twice(reweighting, dispatched, lambda: reweighting.run_reweighting(
-        ppath, model_dir, spec, aux_per_class=2, epochs=2, lr=0.1, n_test_per_seed=None, dataset="d", n_boot=20))
+    same(
+        "saliency",
+        *twice(saliency, dispatched, lambda: saliency.run_saliency(ppath, model_dir, spec, 1, dataset="d")[:2]),
+    )
+    same(
+        "isolation",
+        *twice(
+            isolation,
+            dispatched,
+            lambda: isolation.run_isolation(ppath, model_dir, spec, n_per_seed=2, ks=(1,), dataset="d")[:2],
+        ),
+    )
+    one, many = twice(
+        reweighting,
+        dispatched,
+        lambda: reweighting.run_reweighting(
+            ppath, model_dir, spec, aux_per_class=2, epochs=2, lr=0.1, n_test_per_seed=None, dataset="d", n_boot=20
+        ),
+    )
     same("reweighting", one[:2], many[:2], atol=10 * ATOL)  # β is trained: float32 sums in another order
 
 
@@ -214,13 +237,28 @@ def test_anchor_compression_and_error_diagnosis(prepared_tiny, tmp_path, dispatc
     spec, model_dir = on_cpu(prepared_tiny)
     path, _ = three_demo_prompts(prepared_tiny, tmp_path, n_test=3)
     settings = AnchorCompressionSettings(prompts_per_seed=2, n_random_draws=2, timing_repeats=1, timing_warmup=0)
-    one, many = twice(compression, dispatched, lambda: compression.run_anchor_compression(
-        path, model_dir, spec, settings=settings, dataset="d3"))
+    one, many = twice(
+        compression,
+        dispatched,
+        lambda: compression.run_anchor_compression(path, model_dir, spec, settings=settings, dataset="d3"),
+    )
     same("anchor_compression", one[2], many[2])
     extract(path, model_dir, tmp_path / "act.h5", spec, ExtractSettings(store_dtype="float32", max_new_tokens=0))
-    same("error_diagnosis", *twice(error_diagnosis, dispatched, lambda: error_diagnosis.run_error_diagnosis(
-        path, tmp_path / "act.h5", model_dir, spec, ErrorDiagnosisSettings(layer=1, n_components=2),
-        dataset="d3")[0]))
+    same(
+        "error_diagnosis",
+        *twice(
+            error_diagnosis,
+            dispatched,
+            lambda: error_diagnosis.run_error_diagnosis(
+                path,
+                tmp_path / "act.h5",
+                model_dir,
+                spec,
+                ErrorDiagnosisSettings(layer=1, n_components=2),
+                dataset="d3",
+            )[0],
+        ),
+    )
 
 
 def test_patching(prepared_tiny, tmp_path, dispatched):
@@ -236,9 +274,25 @@ def test_patching(prepared_tiny, tmp_path, dispatched):
     table["task"] = table["task"].replace({"first": "Null"})
     write_table(table, ppath, read_meta(ppath))
     extract(ppath, model_dir, tmp_path / "act.h5", spec, ExtractSettings(store_dtype="float32", max_new_tokens=3))
-    same("patching", *twice(patching, dispatched, lambda: patching.run_patching(
-        ppath, tmp_path / "act.h5", None, model_dir, spec, layer=1, shots=None, mode="replace", max_new_tokens=3,
-        dataset="d")[:2]))
+    same(
+        "patching",
+        *twice(
+            patching,
+            dispatched,
+            lambda: patching.run_patching(
+                ppath,
+                tmp_path / "act.h5",
+                None,
+                model_dir,
+                spec,
+                layer=1,
+                shots=None,
+                mode="replace",
+                max_new_tokens=3,
+                dataset="d",
+            )[:2],
+        ),
+    )
 
 
 def test_icicl(prepared_tiny, dispatched):
@@ -247,11 +301,24 @@ def test_icicl(prepared_tiny, dispatched):
     from iclscope.methods.taskspace import icicl
 
     spec, model_dir = on_cpu(prepared_tiny)
-    settings = icicl.ICICLSettings(k=2, pool_size=10, n_test=4, n_timed=2, inject_layer=1, embed_layer=1, warmup=0,
-                                   repeats=1, random_draws=1, word_k=3, task_space="class_mean", n_boot=20)
+    settings = icicl.ICICLSettings(
+        k=2,
+        pool_size=10,
+        n_test=4,
+        n_timed=2,
+        inject_layer=1,
+        embed_layer=1,
+        warmup=0,
+        repeats=1,
+        random_draws=1,
+        word_k=3,
+        task_space="class_mean",
+        n_boot=20,
+    )
     spaces = {"class_mean": {1: identity_space(32, 1)}}
-    one, many = twice(icicl, dispatched, lambda: icicl.evaluate_icicl(frame(), SPEC, model_dir, spec, spaces,
-                                                                       settings)[:2])
+    one, many = twice(
+        icicl, dispatched, lambda: icicl.evaluate_icicl(frame(), SPEC, model_dir, spec, spaces, settings)[:2]
+    )
     same("icicl", one, many)
 
 
@@ -266,8 +333,9 @@ def test_training_stages(prepared_tiny, tmp_path, dispatched, stage):
         from iclscope.methods.taskspace import tsft as module
         from iclscope.methods.taskspace.tsft import TSFTSettings
 
-        settings = TSFTSettings(steps=3, batch_size=4, n_train=8, n_val=4, n_test=6, checkpoint_every=10,
-                                eval_every=3, layer=1, lr=1e-2)
+        settings = TSFTSettings(
+            steps=3, batch_size=4, n_train=8, n_val=4, n_test=6, checkpoint_every=10, eval_every=3, layer=1, lr=1e-2
+        )
 
         def run(out):
             return module.train_tsft(frame(), SPEC, model_dir, spec, None, settings, out)
@@ -285,8 +353,13 @@ def test_training_stages(prepared_tiny, tmp_path, dispatched, stage):
     resident = ",".join(DEVICES) or "cpu (dispatch hooks, nothing offloaded)"
     one, many = twice(module, dispatched, lambda: run(next(runs)), mode="resident")
     logs = [pd.read_parquet(d / "train_log.parquet") for d in (tmp_path / "one", tmp_path / "many")]
-    same(stage, {k: v for k, v in one.items() if isinstance(v, float | int)},
-         {k: v for k, v in many.items() if isinstance(v, float | int)}, atol=10 * ATOL, where=resident)
+    same(
+        stage,
+        {k: v for k, v in one.items() if isinstance(v, float | int)},
+        {k: v for k, v in many.items() if isinstance(v, float | int)},
+        atol=10 * ATOL,
+        where=resident,
+    )
     same(f"{stage} loss curve", logs[0], logs[1], atol=10 * ATOL, where=resident)
     dispatched(module, "offload")
     with pytest.raises(ConfigError, match="offloaded"):

@@ -48,8 +48,15 @@ def test_patching_the_query_with_its_own_state_is_a_no_op(prepared_tiny):
 
 
 def test_layer_is_the_decodability_peak_inside_the_blocks():
-    table = pd.DataFrame({"metric": "decodability_euclidean", "task": "all", "shots": 1,
-                          "layer": range(7), "value": [0.1, 0.3, 0.9, 0.5, 0.4, 0.3, 0.2]})
+    table = pd.DataFrame(
+        {
+            "metric": "decodability_euclidean",
+            "task": "all",
+            "shots": 1,
+            "layer": range(7),
+            "value": [0.1, 0.3, 0.9, 0.5, 0.4, 0.3, 0.2],
+        }
+    )
     assert choose_layer(table, 1, 6, None) == 2
     assert choose_layer(table, 1, 6, 6) == 5 and choose_layer(table, 1, 6, 0) == 1
     with pytest.raises(ValueError, match="outside"):
@@ -74,12 +81,18 @@ def test_patching_run_on_tiny_activations(prepared_tiny, tmp_path):
     write_table(table, ppath, read_meta(ppath))
     h5 = tmp_path / "act.h5"
     extract(ppath, model_dir, h5, spec, ExtractSettings(store_dtype="float32", max_new_tokens=3))
-    result, per_prompt, meta = run_patching(ppath, h5, None, model_dir, spec, layer=1, shots=None, mode="replace",
-                                            max_new_tokens=3, dataset="d")
+    result, per_prompt, meta = run_patching(
+        ppath, h5, None, model_dir, spec, layer=1, shots=None, mode="replace", max_new_tokens=3, dataset="d"
+    )
     assert meta["shots"] == 1 and meta["layer"] == 1 and meta["prompts"] == len(per_prompt) > 0
     acc = result[result.metric == "accuracy"].set_index(["task", "label_type"])["value"]
-    assert set(acc.index) == {("upper", "none"), ("upper", "positive"), ("upper", "negative"),
-                              ("Null", "none"), ("Null", "positive")}
+    assert set(acc.index) == {
+        ("upper", "none"),
+        ("upper", "positive"),
+        ("upper", "negative"),
+        ("Null", "none"),
+        ("Null", "positive"),
+    }
     delta = result[result.metric == "delta_accuracy"].set_index(["task", "label_type"])["value"]
     assert delta[("upper", "positive")] == pytest.approx(acc[("upper", "positive")] - acc[("upper", "none")])
     # the unpatched arm reproduces the extraction's own greedy answers

@@ -35,9 +35,15 @@ def test_default_plan():
 
 
 def test_switches_turn_families_off():
-    plan = plan_with(icicl__enabled=False, tsft__enabled=False, patching__enabled=False, entropy__enabled=False,
-                     anchors__reweighting__enabled=False, layer_lora__enabled=False,
-                     anchors__compression__enabled=False)
+    plan = plan_with(
+        icicl__enabled=False,
+        tsft__enabled=False,
+        patching__enabled=False,
+        entropy__enabled=False,
+        anchors__reweighting__enabled=False,
+        layer_lora__enabled=False,
+        anchors__compression__enabled=False,
+    )
     assert plan.icicl() == plan.tsft() == plan.patching() == plan.entropy() == plan.layer_lora() == []
     assert plan.toy_corpus() is None and plan.reweighting() == []
     assert "reweighting" not in plan.anchor_methods("tweets") and "entropy" not in plan.atlas_tables("tweets")
@@ -58,7 +64,11 @@ def test_toy_training_threads_follow_the_width():
     """The default toys (d_model 32-128) train on one thread; a paper-size toy gets threads by width."""
     plan = Plan(DEFAULT)
     assert [plan.toy_threads(s) for s in plan.toy_lm_sizes()] == [1, 1, 1] and plan.toy_threads() == 1
-    wide = plan_with(entropy__training__sizes=[{"name": "paper", "d_model": 512, "n_layers": 4, "n_heads": 8},
-                                               {"name": "huge", "d_model": 4096, "n_layers": 2, "n_heads": 8}],
-                     toy_regression__d_model=256)
+    wide = plan_with(
+        entropy__training__sizes=[
+            {"name": "paper", "d_model": 512, "n_layers": 4, "n_heads": 8},
+            {"name": "huge", "d_model": 4096, "n_layers": 2, "n_heads": 8},
+        ],
+        toy_regression__d_model=256,
+    )
     assert wide.toy_threads("paper") == 4 and wide.toy_threads("huge") == 8 and wide.toy_threads() == 2

@@ -15,9 +15,10 @@ def tokenizer(request, tmp_path_factory):
 
 def tweets_frame():
     rows = []
-    texts = {"positive": ["I love this car", "great fun plot", "so much love", "fun fun car", "I love it"],
-             "negative": ["the flight was late", "rude crew again", "late and rude", "the car was late",
-                          "crew was rude"]}
+    texts = {
+        "positive": ["I love this car", "great fun plot", "so much love", "fun fun car", "I love it"],
+        "negative": ["the flight was late", "rude crew again", "late and rude", "the car was late", "crew was rude"],
+    }
     for label, items in texts.items():
         for i, t in enumerate(items):
             rows.append({"text": t, "label": label, "split": "train" if i < 3 else "test", "task": "tw"})
@@ -27,10 +28,10 @@ def tweets_frame():
 
 
 def spec(**prompt_kw):
-    p = PromptSpec(template="Tweet: {text}\nSentiment:{label}", seeds=(1, 2), n_test=4, shots_per_class=1,
-                   **prompt_kw)
-    return DatasetSpec(name="tw", source="local", path="x", classes={"negative": " negative",
-                                                                      "positive": " positive"}, prompts=p)
+    p = PromptSpec(template="Tweet: {text}\nSentiment:{label}", seeds=(1, 2), n_test=4, shots_per_class=1, **prompt_kw)
+    return DatasetSpec(
+        name="tw", source="local", path="x", classes={"negative": " negative", "positive": " positive"}, prompts=p
+    )
 
 
 def test_split_template():
@@ -45,7 +46,7 @@ def test_positions_land_on_the_right_tokens(tokenizer):
     for rec in table.itertuples():
         ids = list(rec.input_ids)
         assert rec.query_pos == len(ids) - 1
-        assert tokenizer.decode(ids[rec.query_pos:]).endswith(":")  # prompt ends at 'Sentiment:'
+        assert tokenizer.decode(ids[rec.query_pos :]).endswith(":")  # prompt ends at 'Sentiment:'
         assert rec.text.endswith("\nSentiment:")
         for pos, cls in zip(rec.label_pos, rec.label_class, strict=True):
             assert ids[pos] == label_ids[cls]
@@ -56,7 +57,7 @@ def test_positions_land_on_the_right_tokens(tokenizer):
         start, end = rec.query_span
         query_text = df.set_index("row_id").loc[rec.row_id, "text"]
         assert query_text in tokenizer.decode(ids[start:end])
-        assert query_text not in tokenizer.decode(ids[start + 1:end])  # the span starts on the text
+        assert query_text not in tokenizer.decode(ids[start + 1 : end])  # the span starts on the text
         fmt = tokenizer.decode([ids[p] for p in rec.format_pos])
         assert "Tweet" in fmt and "Sentiment" in fmt
         assert not set(rec.format_pos) & set(rec.label_pos)
@@ -95,8 +96,12 @@ def test_generation_prompts_share_queries_across_tasks(tokenizer):
             rows.append({"text": w, "label": fn(w), "split": "test" if i >= 5 else "train", "task": task})
     df = pd.DataFrame(rows)
     df.insert(0, "row_id", range(len(df)))
-    s = DatasetSpec(name="w", source="words", kind="generation",
-                    prompts=PromptSpec(template="{text} ->{label}", shots=(2,), seeds=(3,), n_test=3))
+    s = DatasetSpec(
+        name="w",
+        source="words",
+        kind="generation",
+        prompts=PromptSpec(template="{text} ->{label}", shots=(2,), seeds=(3,), n_test=3),
+    )
     table, meta = build_prompts(df, s, tokenizer, context_length=256)
     assert meta["classes"] == ["first", "upper"]
     by_task = {t: g.sort_values("prompt_id") for t, g in table.groupby("task")}
@@ -108,8 +113,9 @@ def test_generation_prompts_share_queries_across_tasks(tokenizer):
 
 def test_train_split_queries_never_reuse_demonstrations(tokenizer):
     s = spec()
-    s = DatasetSpec(**{**s.__dict__, "prompts": PromptSpec(template=s.prompts.template, seeds=(1,), n_test=4,
-                                                           n_train=2)})
+    s = DatasetSpec(
+        **{**s.__dict__, "prompts": PromptSpec(template=s.prompts.template, seeds=(1,), n_test=4, n_train=2)}
+    )
     table, _ = build_prompts(tweets_frame(), s, tokenizer, context_length=256)
     assert table["split"].value_counts().to_dict() == {"test": 4, "train": 2}
     train = table[table["split"] == "train"]

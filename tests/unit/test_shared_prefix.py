@@ -23,8 +23,14 @@ from iclscope.model.models import prepare_model
 from tiny_models import make_tiny_arch, train_tokenizer
 
 ARCHS = ("llama", "gpt2", "mistral", "gemma2", "gptj", "bloom")
-PER_PROMPT = ("resid/query", "resid/last_input", "resid/content_mean", "attn/query_to_label", "logits/label",
-              "logits/topk_values")
+PER_PROMPT = (
+    "resid/query",
+    "resid/last_input",
+    "resid/content_mean",
+    "attn/query_to_label",
+    "logits/label",
+    "logits/topk_values",
+)
 FP32_ATOL = 1e-4  # measured: <= 7.2e-6 on every architecture here (fp32 rounding of other batch shapes)
 # bf16: both paths round every activation to 8 mantissa bits, in batches of other shapes; differences
 # are bf16 rounding noise, bounded relative to the array's scale (measured: <= 0.25 % of max |x|)
@@ -40,8 +46,15 @@ def tokenizer_dir(tmp_path_factory):
 
 def prepared_arch(model_type, tokenizer_dir, tmp_path_factory, dtype="float32"):
     weights = make_tiny_arch(model_type, tmp_path_factory.mktemp(model_type), tokenizer_dir)
-    spec = ModelSpec(name=f"tiny-{model_type}", source="local", path=str(weights), batch_size=3,
-                     max_batch_tokens=4096, dtype=dtype, device="cpu")
+    spec = ModelSpec(
+        name=f"tiny-{model_type}",
+        source="local",
+        path=str(weights),
+        batch_size=3,
+        max_batch_tokens=4096,
+        dtype=dtype,
+        device="cpu",
+    )
     out = tmp_path_factory.mktemp(f"prepared-{model_type}")
     prepare_model(spec, out)
     return spec, out
@@ -103,8 +116,13 @@ def test_shared_prefix_equals_full_prompts_bf16(model_type, tokenizer_dir, tmp_p
 
 def test_prefixes_cover_the_label_tokens_and_stop_before_the_test_input():
     ids = [np.array([1, 2, 3, 4, 5, 9, 9]), np.array([1, 2, 3, 4, 5, 9, 8, 8]), np.array([1, 2, 7, 7])]
-    prompts = {"seed": np.array([1, 1, 2]), "shots": np.array([4, 4, 4]), "n_tokens": np.array([7, 8, 4]),
-               "label_pos": np.array([[1, 3], [1, 3], [1, -1]]), "query_span": np.array([[5, 6], [5, 7], [2, 3]])}
+    prompts = {
+        "seed": np.array([1, 1, 2]),
+        "shots": np.array([4, 4, 4]),
+        "n_tokens": np.array([7, 8, 4]),
+        "label_pos": np.array([[1, 3], [1, 3], [1, -1]]),
+        "query_span": np.array([[5, 6], [5, 7], [2, 3]]),
+    }
     found = shared_prefixes(prompts, iter(ids))
     np.testing.assert_array_equal(found.index, [0, 0, 1])
     # group 0 shares 6 tokens, but its test input starts at 5: the prefix stops there

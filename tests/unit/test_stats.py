@@ -134,15 +134,25 @@ def test_holm_refuses_values_outside_the_unit_interval():
 
 
 def test_with_holm_adds_one_adjusted_row_per_p_value_row():
-    rows = [{"metric": "gain", "value": 0.1, "seed": 1}, {"metric": "p_value", "value": 0.01, "seed": 1},
-            {"metric": "p_value", "value": 0.04, "seed": None}]
+    rows = [
+        {"metric": "gain", "value": 0.1, "seed": 1},
+        {"metric": "p_value", "value": 0.01, "seed": 1},
+        {"metric": "p_value", "value": 0.04, "seed": None},
+    ]
     out = with_holm(rows)
     adjusted = [r for r in out if r["metric"] == "p_holm"]
     assert [(r["seed"], r["value"]) for r in adjusted] == [(1, 0.02), (None, 0.04)]
-    prefixed = with_holm([{"metric": "p_value_vs_full_icl", "value": 0.01, "task": "a"},
-                          {"metric": "p_value_vs_zero_shot", "value": 0.03, "task": "a"}], "p_value_", "p_holm_")
+    prefixed = with_holm(
+        [
+            {"metric": "p_value_vs_full_icl", "value": 0.01, "task": "a"},
+            {"metric": "p_value_vs_zero_shot", "value": 0.03, "task": "a"},
+        ],
+        "p_value_",
+        "p_holm_",
+    )
     assert {r["metric"]: r["value"] for r in prefixed if r["metric"].startswith("p_holm_")} == pytest.approx(
-        {"p_holm_vs_full_icl": 0.02, "p_holm_vs_zero_shot": 0.03})
+        {"p_holm_vs_full_icl": 0.02, "p_holm_vs_zero_shot": 0.03}
+    )
 
 
 def test_stratified_pooling_by_hand():

@@ -14,8 +14,14 @@ from iclscope.data.synthetic import (
     word_examples,
 )
 
-PY_OPS = {"AND": lambda a, b: a & b, "NAND": lambda a, b: ~(a & b), "OR": lambda a, b: a | b,
-          "NOR": lambda a, b: ~(a | b), "XOR": lambda a, b: a ^ b, "XNOR": lambda a, b: ~(a ^ b)}
+PY_OPS = {
+    "AND": lambda a, b: a & b,
+    "NAND": lambda a, b: ~(a & b),
+    "OR": lambda a, b: a | b,
+    "NOR": lambda a, b: ~(a | b),
+    "XOR": lambda a, b: a ^ b,
+    "XNOR": lambda a, b: ~(a ^ b),
+}
 
 
 @pytest.mark.parametrize("op", list(PY_OPS))
@@ -42,10 +48,17 @@ def test_bitwise_family_shares_inputs_and_is_correct():
 def test_word_tasks_exact_answers_and_null_differs():
     vocab = ["cat", "dog", "bird", "lamp", "tree", "road", "sun"]
     df = word_examples(vocab, 5, seed=1)
-    expected = {"first_letter": "c", "last_letter": "t", "uppercase": "CAT", "repeat": "cat cat",
-                "reverse": "tac", "capitalise": "Cat"}
+    expected = {
+        "first_letter": "c",
+        "last_letter": "t",
+        "uppercase": "CAT",
+        "repeat": "cat cat",
+        "reverse": "tac",
+        "capitalise": "Cat",
+    }
     for task, answer in expected.items():
         from iclscope.data.synthetic import apply_word_task
+
         assert apply_word_task(task, "cat") == answer
     assert list(df["task"].unique()) == list(WORD_TASKS)
     null = df[df.task == "Null"]
@@ -61,7 +74,8 @@ def test_vocabulary_filters_and_is_deterministic():
     vocab = vocabulary_from_texts(texts, min_len=3, max_len=5, min_count=2)
     assert vocab == ["cat", "dog", "the"]
     assert vocabulary_from_texts(texts * 3, max_words=2, min_count=1) == vocabulary_from_texts(
-        texts * 3, max_words=2, min_count=1)
+        texts * 3, max_words=2, min_count=1
+    )
     with pytest.raises(ValueError, match="no word"):
         vocabulary_from_texts(texts, min_len=9)
 

@@ -16,6 +16,7 @@ def test_interleaved_runs_the_arms_round_by_round_and_prepares_outside_the_clock
         def prepare():
             calls.append(f"prepare {name}")
             return lambda: calls.append(name) or name
+
         return prepare
 
     results, seconds = interleaved({"A": arm("A"), "B": arm("B")}, 3, CPU)

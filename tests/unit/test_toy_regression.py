@@ -14,8 +14,18 @@ from iclscope.methods.decodability.toy_regression import (
 )
 
 TASK = SparseRegressionTask(dim=8, n_bases=2, basis_size=2, n_points=6, noise_var=0.01)
-RUN = RegressionTraining(d_model=32, n_layers=2, n_heads=2, steps=120, batch_size=32, lr=3e-3, n_checkpoints=4,
-                         n_test_per_basis=40, knn_k=5, save_every=40)
+RUN = RegressionTraining(
+    d_model=32,
+    n_layers=2,
+    n_heads=2,
+    steps=120,
+    batch_size=32,
+    lr=3e-3,
+    n_checkpoints=4,
+    n_test_per_basis=40,
+    knn_k=5,
+    save_every=40,
+)
 
 
 @pytest.mark.parametrize("encoding", ["pairs", "interleaved"])
@@ -89,7 +99,8 @@ def test_figure_draws_from_the_table(tmp_path):
     from iclscope.report.plots import plot_toy_regression
 
     run = RegressionTraining(**{**RUN.__dict__, "steps": 20})
-    table = pd.concat([train_regression(TASK, run), pd.DataFrame(reference_rows(TASK, n_sequences=50))],
-                      ignore_index=True)
+    table = pd.concat(
+        [train_regression(TASK, run), pd.DataFrame(reference_rows(TASK, n_sequences=50))], ignore_index=True
+    )
     plot_toy_regression(table, tmp_path / "fig.png")
     assert (tmp_path / "fig.png").stat().st_size > 20_000

@@ -17,8 +17,9 @@ LABELS = torch.as_tensor([21, 40])
 
 def batch_of(n=5):
     rng = np.random.default_rng(0)
-    return [{"input_ids": rng.integers(5, 200, size=int(rng.integers(6, 14))).tolist(), "gold": i % 2}
-            for i in range(n)]
+    return [
+        {"input_ids": rng.integers(5, 200, size=int(rng.integers(6, 14))).tolist(), "gold": i % 2} for i in range(n)
+    ]
 
 
 def one_step(model_dir, spec, checkpoint: bool):

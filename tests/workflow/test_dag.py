@@ -52,9 +52,13 @@ def test_dataset_methods_pick_what_runs(tmp_path):
 def test_named_target_rules(tmp_path):
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
     assert "icl_accuracy" not in planned_jobs(tmp_path, "activations")
-    assert planned_jobs(tmp_path, "--until", "extract").keys() == {"prepare_model", "model_manifest",
-                                                                   "prepare_dataset", "build_prompts",
-                                                                   "extract"}
+    assert planned_jobs(tmp_path, "--until", "extract").keys() == {
+        "prepare_model",
+        "model_manifest",
+        "prepare_dataset",
+        "build_prompts",
+        "extract",
+    }
 
 
 def test_entropy_corpus_must_be_a_configured_dataset(tmp_path):
@@ -100,10 +104,17 @@ def test_a_local_dataset_file_is_an_input_of_prepare_dataset(tmp_path):
     csv = tmp_path / "reviews.csv"
     csv.write_text("stars,review\n" + "".join(f"{1 + 4 * (i % 2)},review {i}\n" for i in range(40)))
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["datasets"] = {"reviews": {"source": "local", "path": str(csv), "text_column": "review",
-                                   "label_column": "stars", "label_map": {1: "negative", 5: "positive"},
-                                   "classes": {"negative": " negative", "positive": " positive"},
-                                   "prompts": {"template": "Review: {text}\nSentiment:{label}", "n_train": 8}}}
+    cfg["datasets"] = {
+        "reviews": {
+            "source": "local",
+            "path": str(csv),
+            "text_column": "review",
+            "label_column": "stars",
+            "label_map": {1: "negative", 5: "positive"},
+            "classes": {"negative": " negative", "positive": " positive"},
+            "prompts": {"template": "Review: {text}\nSentiment:{label}", "n_train": 8},
+        }
+    }
     cfg["entropy"]["enabled"] = False
     write_config(tmp_path, cfg)
     out = snakemake(tmp_path, "-n", "results/datasets/reviews.parquet").stdout

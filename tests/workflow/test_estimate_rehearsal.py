@@ -25,38 +25,61 @@ STAGES_MEASURED = ("saliency", "patching")  # besides extract: a backward pass, 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
     root = tmp_path_factory.mktemp("estimate")
-    model = make_tiny_arch("llama", root / "tiny", hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                           max_position_embeddings=1024)
+    model = make_tiny_arch(
+        "llama",
+        root / "tiny",
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        max_position_embeddings=1024,
+    )
     classes = ["negative", "positive"]  # single tokens of the tiny tokenizer, starting differently
     rows = ["mood,text"] + [f"{classes[i % 2]},day {i} felt {['bad', 'good'][i % 2]} and long" for i in range(240)]
     (root / "moods.csv").write_text("\n".join(rows) + "\n")
     cfg = {
         "models": {"tiny": {"source": "local", "path": str(model), "batch_size": 8}},
         "datasets": {
-            "moods": {"source": "local", "path": str(root / "moods.csv"), "label_column": "mood",
-                      "classes": {c: f" {c}" for c in classes},
-                      "prompts": {"template": "Text: {text}\nMood:{label}", "shots_per_class": 2, "seeds": [1, 2],
-                                  "n_test": 30, "n_train": 8}},
-            "bits": {"source": "bitwise", "kind": "generation", "n_per_task": 60,
-                     "prompts": {"template": "{text} ->{label}", "shots": [2, 6], "seeds": [1], "n_test": 6}},
+            "moods": {
+                "source": "local",
+                "path": str(root / "moods.csv"),
+                "label_column": "mood",
+                "classes": {c: f" {c}" for c in classes},
+                "prompts": {
+                    "template": "Text: {text}\nMood:{label}",
+                    "shots_per_class": 2,
+                    "seeds": [1, 2],
+                    "n_test": 30,
+                    "n_train": 8,
+                },
+            },
+            "bits": {
+                "source": "bitwise",
+                "kind": "generation",
+                "n_per_task": 60,
+                "prompts": {"template": "{text} ->{label}", "shots": [2, 6], "seeds": [1], "n_test": 6},
+            },
         },
     }
-    cfg["anchors"] = {"saliency_prompts_per_seed": 4, "isolation_prompts_per_seed": 4,
-                      "reweighting": {"epochs": 1, "test_prompts_per_seed": 6}}
+    cfg["anchors"] = {
+        "saliency_prompts_per_seed": 4,
+        "isolation_prompts_per_seed": 4,
+        "reweighting": {"epochs": 1, "test_prompts_per_seed": 6},
+    }
     work = root / "work"
     work.mkdir()
     write_config(work, cfg)
-    targets = ["results/activations/tiny/moods.h5", "results/activations/tiny/bits.h5"] + [
-        f"results/metrics/tiny/moods/{name}.parquet" for name in STAGES_MEASURED if name != "patching"] + [
-        "results/metrics/tiny/bits/patching.parquet"]
+    targets = (
+        ["results/activations/tiny/moods.h5", "results/activations/tiny/bits.h5"]
+        + [f"results/metrics/tiny/moods/{name}.parquet" for name in STAGES_MEASURED if name != "patching"]
+        + ["results/metrics/tiny/bits/patching.parquet"]
+    )
     snakemake(work, *targets, timeout=600)
     return work, validate_config(cfg)
 
 
 def test_estimate_is_within_1_5x_of_the_extracted_bytes_for_each_dataset_kind(rehearsal):
     work, cfg = rehearsal
-    rows = {r["dataset"]: r for r in estimate_rows(cfg, work / "results", use_outputs=False)
-            if r["stage"] == "extract"}
+    rows = {r["dataset"]: r for r in estimate_rows(cfg, work / "results", use_outputs=False) if r["stage"] == "extract"}
     ratios = {}
     for name, kind in (("moods", "classification"), ("bits", "generation")):
         measured = (work / "results" / "activations" / "tiny" / f"{name}.h5").stat().st_size
@@ -98,10 +121,17 @@ def test_peak_memory_of_each_measured_stage_is_within_what_its_job_asks_for(rehe
 
         tokens = pq.read_table(work / "results" / "prompts" / "tiny" / f"{dataset}.parquet").column("n_tokens")
         spec = cfg["datasets"][dataset]
-        job = res.Work(n_prompts=len(tokens), tokens_per_prompt=sum(tokens.to_pylist()) / len(tokens),
-                       max_tokens=max(tokens.to_pylist()), batch_size=8, n_classes=len(spec.get("classes") or {}),
-                       generation=spec["kind"] == "generation")
+        job = res.Work(
+            n_prompts=len(tokens),
+            tokens_per_prompt=sum(tokens.to_pylist()) / len(tokens),
+            max_tokens=max(tokens.to_pylist()),
+            batch_size=8,
+            n_classes=len(spec.get("classes") or {}),
+            generation=spec["kind"] == "generation",
+        )
         derived = res.model_stage(row["stage"], arch, "auto", job, cfg, spec, device="cpu").mem_mb
-        print(f"{row['stage']}/{dataset}: peak RSS {row['peak_rss_mb']} MB, derived {derived} MB "
-              f"({row['peak_rss_mb'] / derived:.2f})")
+        print(
+            f"{row['stage']}/{dataset}: peak RSS {row['peak_rss_mb']} MB, derived {derived} MB "
+            f"({row['peak_rss_mb'] / derived:.2f})"
+        )
         assert row["peak_rss_mb"] <= derived, row

@@ -42,6 +42,7 @@ def documented_commands() -> dict[str, str]:
 
 def merged(files: list[Path]) -> dict:
     """The config the files make when named in this order (Snakemake's merge: later keys win, mappings merge)."""
+
     def update(base, new):
         for k, v in new.items():
             if isinstance(v, dict) and isinstance(base.get(k), dict):
@@ -56,8 +57,20 @@ def merged(files: list[Path]) -> dict:
     return config
 
 
-FAMILY_RULES = ("taskspace", "icicl", "tsft", "decodability", "patching", "layer_lora", "error_diagnosis",
-                "aucroc", "saliency", "isolation", "reweighting", "anchor_compression")
+FAMILY_RULES = (
+    "taskspace",
+    "icicl",
+    "tsft",
+    "decodability",
+    "patching",
+    "layer_lora",
+    "error_diagnosis",
+    "aucroc",
+    "saliency",
+    "isolation",
+    "reweighting",
+    "anchor_compression",
+)
 
 
 def expected_families(plan: Plan) -> dict[str, set[str]]:
@@ -102,18 +115,23 @@ def test_documented_command_plans_exactly_the_example(tmp_path, name):
     files = []
     for i, arg in enumerate(args):
         if arg == "--configfile":
-            files = [checkout / a for a in args[i + 1:] if not a.startswith("-")]
+            files = [checkout / a for a in args[i + 1 :] if not a.startswith("-")]
             break
     config = validate_config(merged(files))
     revisions = {}
     for spec in config["models"].values():
         if spec["source"] == "hub":
             revisions.setdefault(spec["id"], []).append(spec["revision"])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(config_only_cache(tmp_path / "hub", revisions)),
-           "PYTHONPATH": str(REPO / "workflow")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(config_only_cache(tmp_path / "hub", revisions)),
+        "PYTHONPATH": str(REPO / "workflow"),
+    }
     env.pop("ICLSCOPE_STORE", None)
-    done = subprocess.run([SNAKEMAKE, *args[1:], "-n"], cwd=checkout, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [SNAKEMAKE, *args[1:], "-n"], cwd=checkout, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
     jobs = planned(done.stdout + done.stderr)
     plan = Plan(config)

@@ -20,10 +20,20 @@ def config_with_depths(tmp_path) -> dict:
     for name, depth in DEPTHS.items():
         path = tmp_path / "models" / name
         path.mkdir(parents=True)
-        (path / "config.json").write_text(json.dumps({
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": depth,
-            "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 4,
-            "vocab_size": 400}))
+        (path / "config.json").write_text(
+            json.dumps(
+                {
+                    "architectures": ["LlamaForCausalLM"],
+                    "model_type": "llama",
+                    "num_hidden_layers": depth,
+                    "hidden_size": 64,
+                    "intermediate_size": 128,
+                    "num_attention_heads": 4,
+                    "num_key_value_heads": 4,
+                    "vocab_size": 400,
+                }
+            )
+        )
         cfg["models"][name] = {"source": "local", "path": str(path)}
     return cfg
 
@@ -34,8 +44,15 @@ def test_default_config_plans_every_family_on_every_depth(tmp_path):
     default = planned_jobs_of_default(tmp_path / "default")
     n = len(DEPTHS)
     for rule, count in default.items():
-        if rule in ("all", "summary", "toy_regression", "fig_toy_regression", "toy_lm_entropy",
-                    "toy_lm_entropy_table", "fig_entropy_training") or rule.startswith("prepare_dataset"):
+        if rule in (
+            "all",
+            "summary",
+            "toy_regression",
+            "fig_toy_regression",
+            "toy_lm_entropy",
+            "toy_lm_entropy_table",
+            "fig_entropy_training",
+        ) or rule.startswith("prepare_dataset"):
             assert jobs.get(rule) == count, rule  # not per model
         else:
             assert jobs.get(rule) == n * count, (rule, jobs.get(rule), count)

@@ -25,8 +25,9 @@ TARGET = "results/activations/tiny/toy.h5"
 def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab-store")
     make_tiny_model("llama", root / "tiny")
-    rows = ["sentiment,text"] + [f"{['negative', 'positive'][i % 2]},tweet {i} was {['bad', 'good'][i % 2]} today"
-                                 for i in range(60)]
+    rows = ["sentiment,text"] + [
+        f"{['negative', 'positive'][i % 2]},tweet {i} was {['bad', 'good'][i % 2]} today" for i in range(60)
+    ]
     (root / "tweets.csv").write_text("\n".join(rows) + "\n")
     checkout_copy(root / "base-repo")  # one snapshot: other edits to this checkout do not reach the members
     store = root / "store"
@@ -36,12 +37,19 @@ def lab(tmp_path_factory):
 
 
 def config(root: Path) -> dict:
-    return {"models": {"tiny": {"source": "local", "path": str(root / "tiny"), "batch_size": 4}},
-            "datasets": {"toy": {"source": "local", "path": str(root / "tweets.csv"), "label_column": "sentiment",
-                                 "classes": {"negative": " negative", "positive": " positive"},
-                                 "prompts": {"template": "Tweet: {text}\nSentiment:{label}", "seeds": [1],
-                                             "n_test": 6}}},
-            "anchors": {"reweighting": {"enabled": False}}}
+    return {
+        "models": {"tiny": {"source": "local", "path": str(root / "tiny"), "batch_size": 4}},
+        "datasets": {
+            "toy": {
+                "source": "local",
+                "path": str(root / "tweets.csv"),
+                "label_column": "sentiment",
+                "classes": {"negative": " negative", "positive": " positive"},
+                "prompts": {"template": "Tweet: {text}\nSentiment:{label}", "seeds": [1], "n_test": 6},
+            }
+        },
+        "anchors": {"reweighting": {"enabled": False}},
+    }
 
 
 def member(lab, name: str, edit=None) -> tuple[Path, Path]:
@@ -62,8 +70,14 @@ def key_in(work: Path, repo: Path, path: str = TARGET) -> str:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "iclscope.cli", "store", "key", path], cwd=work, check=True,
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo / "workflow")})
+    out = subprocess.run(
+        [sys.executable, "-m", "iclscope.cli", "store", "key", path],
+        cwd=work,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(repo / "workflow")},
+    )
     return out.stdout.strip()
 
 

@@ -1,12 +1,12 @@
 """`iclscope` command line: look inside activation files, estimate a run, browse the lab store.
 
-    iclscope inspect results/activations/smollm2-135m/tweets.h5
-    iclscope inspect results/activations/smollm2-135m/tweets.h5.partial   # how far a killed job got
-    iclscope estimate [config.yaml]        # bytes, GPU-hours, host / GPU memory per stage, before launching
-    iclscope store key results/activations/smollm2-135m/tweets.h5   # its key in the lab store
-    iclscope store ls | verify             # entries of $ICLSCOPE_STORE; checksums
-    iclscope store gc --older-than 90      # what removing old entries would orphan (--yes removes)
-    iclscope costs [logs]                 # wall / CPU seconds and memory per stage of a run
+iclscope inspect results/activations/smollm2-135m/tweets.h5
+iclscope inspect results/activations/smollm2-135m/tweets.h5.partial   # how far a killed job got
+iclscope estimate [config.yaml]        # bytes, GPU-hours, host / GPU memory per stage, before launching
+iclscope store key results/activations/smollm2-135m/tweets.h5   # its key in the lab store
+iclscope store ls | verify             # entries of $ICLSCOPE_STORE; checksums
+iclscope store gc --older-than 90      # what removing old entries would orphan (--yes removes)
+iclscope costs [logs]                 # wall / CPU seconds and memory per stage of a run
 """
 
 from __future__ import annotations
@@ -54,8 +54,13 @@ def inspect(path: str | Path, out=sys.stdout) -> int:
     return 0 if complete else 1
 
 
-def estimate(config_path: str | Path = "config.yaml", results: str | Path = "results",
-             model_configs: dict[str, str] | None = None, use_outputs: bool = True, out=sys.stdout) -> int:
+def estimate(
+    config_path: str | Path = "config.yaml",
+    results: str | Path = "results",
+    model_configs: dict[str, str] | None = None,
+    use_outputs: bool = True,
+    out=sys.stdout,
+) -> int:
     """Bytes, GPU-hours, host and GPU memory per model stage of a config (iclscope.report.estimate)."""
     from iclscope.report import estimate as planned
 
@@ -71,9 +76,17 @@ def _parse_size(text: str) -> int:
     return int(float(m.group(1)) * (1024 ** ("KMGT".index(unit) + 1) if unit else 1))
 
 
-def store_command(action: str, store: str | None = None, path: str | None = None, config: str = "config.yaml",
-                  older_than_days: float | None = None, model: str | None = None, max_size: str | None = None,
-                  yes: bool = False, out=sys.stdout) -> int:
+def store_command(
+    action: str,
+    store: str | None = None,
+    path: str | None = None,
+    config: str = "config.yaml",
+    older_than_days: float | None = None,
+    model: str | None = None,
+    max_size: str | None = None,
+    yes: bool = False,
+    out=sys.stdout,
+) -> int:
     """`iclscope store key|ls|verify|gc|rm` (iclscope.core.lab_store); returns the exit status."""
     import datetime as dt
 
@@ -109,8 +122,11 @@ def store_command(action: str, store: str | None = None, path: str | None = None
         for r in rows:
             when = dt.datetime.fromtimestamp(r["last_use"]).strftime("%Y-%m-%d %H:%M")
             flag = "" if r["sealed"] else "  WRITABLE"
-            print(f"{r['key'][:12]} {r['stage']:<18} {r['model']:<20} {r['dataset']:<16} {format_bytes(r['bytes']):>10}"
-                  f"  {when:<16} {r['user']}{flag}", file=out)
+            print(
+                f"{r['key'][:12]} {r['stage']:<18} {r['model']:<20} {r['dataset']:<16} {format_bytes(r['bytes']):>10}"
+                f"  {when:<16} {r['user']}{flag}",
+                file=out,
+            )
         print(f"{len(rows)} entries, {format_bytes(sum(r['bytes'] for r in rows))} in {root}", file=out)
         return 0
     if action == "verify":
@@ -127,19 +143,26 @@ def store_command(action: str, store: str | None = None, path: str | None = None
         freed = 0
         for r in chosen:
             verb = "removing" if yes else "would remove"
-            print(f"{verb} {r['key']} ({r['stage']}, {r['model']} / {r['dataset']}, {format_bytes(r['bytes'])})",
-                  file=out)
+            print(
+                f"{verb} {r['key']} ({r['stage']}, {r['model']} / {r['dataset']}, {format_bytes(r['bytes'])})", file=out
+            )
             for result, how in r["orphans"]:
-                effect = "keeps its bytes (hard link), recomputed when next planned" if how == "hardlink" \
+                effect = (
+                    "keeps its bytes (hard link), recomputed when next planned"
+                    if how == "hardlink"
                     else "becomes a dangling symlink"
+                )
                 print(f"    orphans {result}: {effect}", file=out)
             if yes:
                 if lab_store.remove(r["entry"]):
                     freed += r["bytes"]
                 else:
                     print(f"    skipped: a workflow is linking {r['key']} right now", file=out)
-        print(f"{'freed' if yes else 'would free'} {format_bytes(freed if yes else sum(r['bytes'] for r in chosen))}"
-              + ("" if yes else " (dry run: add --yes to remove)"), file=out)
+        print(
+            f"{'freed' if yes else 'would free'} {format_bytes(freed if yes else sum(r['bytes'] for r in chosen))}"
+            + ("" if yes else " (dry run: add --yes to remove)"),
+            file=out,
+        )
         return 0
     print(f"error: unknown store action {action!r}", file=out)
     return 2
@@ -160,8 +183,9 @@ def job_costs(logs_dir: str | Path) -> list[dict]:
         if costs:
             wall, cpu, rss = costs[-1]
             stage = path.relative_to(logs_dir).parts[0].removesuffix(".log")  # logs/summary.log: 'summary'
-            rows.append({"stage": stage, "log": str(path), "wall_s": float(wall),
-                         "cpu_s": float(cpu), "peak_rss_mb": int(rss)})
+            rows.append(
+                {"stage": stage, "log": str(path), "wall_s": float(wall), "cpu_s": float(cpu), "peak_rss_mb": int(rss)}
+            )
     return rows
 
 
@@ -177,24 +201,35 @@ def costs(logs_dir: str = "logs", out=None) -> int:
         stages.setdefault(r["stage"], []).append(r)
     print(f"{'stage':<24} {'jobs':>4} {'wall s':>9} {'cpu s':>9} {'max rss MB':>11}", file=out)
     for stage, jobs in sorted(stages.items(), key=lambda kv: -sum(j["wall_s"] for j in kv[1])):
-        print(f"{stage:<24} {len(jobs):>4} {sum(j['wall_s'] for j in jobs):>9.1f} "
-              f"{sum(j['cpu_s'] for j in jobs):>9.1f} {max(j['peak_rss_mb'] for j in jobs):>11}", file=out)
-    print(f"{'total':<24} {len(rows):>4} {sum(r['wall_s'] for r in rows):>9.1f} {sum(r['cpu_s'] for r in rows):>9.1f}",
-          file=out)
+        print(
+            f"{stage:<24} {len(jobs):>4} {sum(j['wall_s'] for j in jobs):>9.1f} "
+            f"{sum(j['cpu_s'] for j in jobs):>9.1f} {max(j['peak_rss_mb'] for j in jobs):>11}",
+            file=out,
+        )
+    print(
+        f"{'total':<24} {len(rows):>4} {sum(r['wall_s'] for r in rows):>9.1f} {sum(r['cpu_s'] for r in rows):>9.1f}",
+        file=out,
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="iclscope", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="iclscope", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="datasets, shapes, dtypes, provenance, complete or not")
     p.add_argument("file")
     p = sub.add_parser("estimate", help="bytes, GPU-hours, host and GPU memory per model stage, before running")
     p.add_argument("config", nargs="?", default="config.yaml")
     p.add_argument("--results", default="results")
-    p.add_argument("--model-config", action="append", default=[], metavar="MODEL=PATH",
-                   help="a model's config.json when it is not downloaded yet (repeatable)")
+    p.add_argument(
+        "--model-config",
+        action="append",
+        default=[],
+        metavar="MODEL=PATH",
+        help="a model's config.json when it is not downloaded yet (repeatable)",
+    )
     p = sub.add_parser("store", help="the lab store ($ICLSCOPE_STORE): key, ls, verify, gc, rm")
     p.add_argument("action", choices=["key", "ls", "verify", "gc", "rm"])
     p.add_argument("path", nargs="?", help="key: an output path (results/...); rm: an entry's key")
@@ -213,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         return estimate(args.config, args.results, dict(item.split("=", 1) for item in args.model_config))
     if args.command == "costs":
         return costs(args.logs)
-    return store_command(args.action, args.store, args.path, args.config, args.older_than, args.model,
-                         args.max_size, args.yes)
+    return store_command(
+        args.action, args.store, args.path, args.config, args.older_than, args.model, args.max_size, args.yes
+    )
 
 
 if __name__ == "__main__":

@@ -65,9 +65,12 @@ def is_disk_full(exc: BaseException) -> bool:
 def _disk_full_error(final: Path, exc: BaseException) -> OSError:
     parent = final.parent
     free = shutil.disk_usage(parent).free if parent.exists() else 0
-    return OSError(errno.ENOSPC, f"disk full while writing {final} ({free / 1e6:.1f} MB free on the filesystem of "
-                                 f"{parent}); the partial file was removed. Free space there, or run in a "
-                                 "directory on a larger filesystem, then rerun")
+    return OSError(
+        errno.ENOSPC,
+        f"disk full while writing {final} ({free / 1e6:.1f} MB free on the filesystem of "
+        f"{parent}); the partial file was removed. Free space there, or run in a "
+        "directory on a larger filesystem, then rerun",
+    )
 
 
 @contextlib.contextmanager

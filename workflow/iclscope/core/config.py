@@ -79,9 +79,7 @@ def _describe(error) -> str:
         where = f"config key '{key}'" if error.absolute_path else "the config"
         return f"{where}: missing required key '{missing}'"
     if error.validator == "type":
-        return (
-            f"config key '{key}': {error.instance!r} has the wrong type; expected {error.validator_value}"
-        )
+        return f"config key '{key}': {error.instance!r} has the wrong type; expected {error.validator_value}"
     if error.validator == "pattern" or error.validator == "propertyNames":
         return f"config key '{key}': {error.message} (names may use letters, digits, '_', '.', '-')"
     return f"config key '{key}': {error.message}"
@@ -123,39 +121,54 @@ def validate_config(raw: dict) -> dict:
             continue
         needed = reweighting["aux_per_class"] * len(classes)
         if prompts.get("n_train", 0) < needed:
-            problems.append(f"config key 'datasets.{name}.prompts.n_train' is {prompts.get('n_train', 0)}, but anchor "
-                            f"re-weighting fits on anchors.reweighting.aux_per_class={reweighting['aux_per_class']} "
-                            f"train prompts per class: set n_train >= {needed}, or anchors.reweighting.enabled: false")
+            problems.append(
+                f"config key 'datasets.{name}.prompts.n_train' is {prompts.get('n_train', 0)}, but anchor "
+                f"re-weighting fits on anchors.reweighting.aux_per_class={reweighting['aux_per_class']} "
+                f"train prompts per class: set n_train >= {needed}, or anchors.reweighting.enabled: false"
+            )
     tsft = config["tsft"]
     for name, spec in config["datasets"].items() if tsft["enabled"] else []:
         classes = spec.get("classes") or {}
         if spec.get("kind", "classification") != "classification" or (
-                spec.get("methods") is not None and "tsft" not in spec["methods"]):
+            spec.get("methods") is not None and "tsft" not in spec["methods"]
+        ):
             continue
         for key in ("n_train", "n_val", "n_test"):
             if tsft[key] < len(classes):
-                problems.append(f"config key 'tsft.{key}' is {tsft[key]}, fewer than the {len(classes)} classes of "
-                                f"dataset '{name}' (TS-FT draws them balanced over the classes): raise it, or "
-                                "tsft.enabled: false")
+                problems.append(
+                    f"config key 'tsft.{key}' is {tsft[key]}, fewer than the {len(classes)} classes of "
+                    f"dataset '{name}' (TS-FT draws them balanced over the classes): raise it, or "
+                    "tsft.enabled: false"
+                )
     for name in config["entropy"]["datasets"] if config["entropy"]["enabled"] else []:
         if name not in config["datasets"]:
-            problems.append(f"config key 'entropy.datasets' names '{name}', which is not in datasets "
-                            f"(have: {sorted(config['datasets'])})")
+            problems.append(
+                f"config key 'entropy.datasets' names '{name}', which is not in datasets "
+                f"(have: {sorted(config['datasets'])})"
+            )
     training = config["entropy"]["training"]
     if training["enabled"] and training["dataset"] is not None and training["dataset"] not in config["datasets"]:
-        problems.append(f"config key 'entropy.training.dataset' names '{training['dataset']}', which is not in "
-                        f"datasets (have: {sorted(config['datasets'])})")
+        problems.append(
+            f"config key 'entropy.training.dataset' names '{training['dataset']}', which is not in "
+            f"datasets (have: {sorted(config['datasets'])})"
+        )
     for size in training["sizes"]:
         if size["d_model"] % size["n_heads"]:
-            problems.append(f"config key 'entropy.training.sizes' ({size['name']}): d_model {size['d_model']} is not "
-                            f"divisible by n_heads {size['n_heads']}")
+            problems.append(
+                f"config key 'entropy.training.sizes' ({size['name']}): d_model {size['d_model']} is not "
+                f"divisible by n_heads {size['n_heads']}"
+            )
     toy = config["toy_regression"]
     if toy["enabled"] and toy["d_model"] % toy["n_heads"]:
-        problems.append(f"config key 'toy_regression.d_model' {toy['d_model']} is not divisible by "
-                        f"toy_regression.n_heads {toy['n_heads']}")
+        problems.append(
+            f"config key 'toy_regression.d_model' {toy['d_model']} is not divisible by "
+            f"toy_regression.n_heads {toy['n_heads']}"
+        )
     if toy["enabled"] and toy["n_bases"] * toy["basis_size"] > toy["dim"]:
-        problems.append(f"config key 'toy_regression.dim' {toy['dim']} is too small for n_bases {toy['n_bases']} "
-                        f"x basis_size {toy['basis_size']} disjoint coordinates")
+        problems.append(
+            f"config key 'toy_regression.dim' {toy['dim']} is too small for n_bases {toy['n_bases']} "
+            f"x basis_size {toy['basis_size']} disjoint coordinates"
+        )
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return config
@@ -194,7 +207,8 @@ class _UniqueKeyLoader(_SafeLoader):
                 raise ConfigError(
                     f"{self.name}: the key '{key}' appears twice in one mapping (lines {seen[key] + 1} and "
                     f"{key_node.start_mark.line + 1}); YAML would silently keep only the second. Rename or "
-                    "remove one of them (model and dataset names must be unique)")
+                    "remove one of them (model and dataset names must be unique)"
+                )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -244,18 +258,18 @@ class ModelSpec:
     device_map: str = "none"
     batch_size: int = 16
     max_batch_tokens: int = 8192
-    gpus: int | None = None      # None: derived per job (iclscope.core.resources)
+    gpus: int | None = None  # None: derived per job (iclscope.core.resources)
     mem_mb: int | None = None
     layers: dict = field(default_factory=dict, compare=False)  # absolute layer overrides (core/layers.py)
 
     def __post_init__(self):
         needed = {"wheel": "package", "hub": "id", "local": "path"}[self.source]
         if not getattr(self, needed):
-            raise ConfigError(f"config key 'models.{self.name}.{needed}' is required when source is "
-                              f"'{self.source}'")
+            raise ConfigError(f"config key 'models.{self.name}.{needed}' is required when source is '{self.source}'")
         if self.device_map == "auto" and self.device == "cpu":
-            raise ConfigError(f"config key 'models.{self.name}.device_map': 'auto' needs GPUs; "
-                              "use device_map: none with device: cpu")
+            raise ConfigError(
+                f"config key 'models.{self.name}.device_map': 'auto' needs GPUs; use device_map: none with device: cpu"
+            )
 
     @classmethod
     def from_config(cls, name: str, spec: dict) -> ModelSpec:
@@ -300,18 +314,42 @@ class PromptSpec:
 
 # The method families a dataset of each kind can run (its `methods:` key picks among them).
 METHODS_BY_KIND = {
-    "classification": {"taskspace", "icicl", "tsft", "saliency", "isolation", "aucroc", "reweighting",
-                       "anchor_compression", "error_diagnosis", "decodability"},
+    "classification": {
+        "taskspace",
+        "icicl",
+        "tsft",
+        "saliency",
+        "isolation",
+        "aucroc",
+        "reweighting",
+        "anchor_compression",
+        "error_diagnosis",
+        "decodability",
+    },
     "generation": {"decodability", "patching", "layer_lora"},
 }
 
 
 POS_TASK_TAGS = {
-    "upos": {"Noun": ("NOUN",), "Adjective": ("ADJ",), "Verb": ("VERB",), "Adverb": ("ADV",),
-             "Preposition": ("ADP",), "Pronoun": ("PRON",)},
-    "xpos": {"Noun": ("NN*",), "Adjective": ("JJ*",), "Verb": ("VB*",), "Adverb": ("RB*",),
-             "Preposition": ("IN",), "Pronoun": ("PRP*",)},
+    "upos": {
+        "Noun": ("NOUN",),
+        "Adjective": ("ADJ",),
+        "Verb": ("VERB",),
+        "Adverb": ("ADV",),
+        "Preposition": ("ADP",),
+        "Pronoun": ("PRON",),
+    },
+    "xpos": {
+        "Noun": ("NN*",),
+        "Adjective": ("JJ*",),
+        "Verb": ("VB*",),
+        "Adverb": ("RB*",),
+        "Preposition": ("IN",),
+        "Pronoun": ("PRP*",),
+    },
 }
+
+
 @dataclass(frozen=True)
 class TaggingSettings:
     """`datasets.<name>.tagging` of the POS family.
@@ -383,14 +421,19 @@ class DatasetSpec:
             applicable = METHODS_BY_KIND[self.kind]
             wrong = [m for m in self.methods if m not in applicable]
             if wrong:
-                raise ConfigError(f"config key '{key}.methods': {wrong} do not apply to a {self.kind} dataset "
-                                  f"(these do: {sorted(applicable)})")
+                raise ConfigError(
+                    f"config key '{key}.methods': {wrong} do not apply to a {self.kind} dataset "
+                    f"(these do: {sorted(applicable)})"
+                )
         if self.kind == "classification" and self.source in ("bitwise", "words", "pos"):
-            raise ConfigError(f"config key '{key}.kind': the {self.source} tasks are generation tasks; "
-                              "set kind: generation")
+            raise ConfigError(
+                f"config key '{key}.kind': the {self.source} tasks are generation tasks; set kind: generation"
+            )
         if self.source == "pos" and (self.path is None) == (self.id is None):
-            raise ConfigError(f"config key '{key}.path' / '{key}.id': the pos source reads exactly one of a "
-                              "CoNLL-U file or save_to_disk directory (path) and a hub dataset (id)")
+            raise ConfigError(
+                f"config key '{key}.path' / '{key}.id': the pos source reads exactly one of a "
+                "CoNLL-U file or save_to_disk directory (path) and a hub dataset (id)"
+            )
         if self.source == "pos":
             try:
                 TaggingSettings(**self.tagging)
@@ -398,9 +441,11 @@ class DatasetSpec:
                 raise ConfigError(f"config key '{key}.tagging': {exc}") from None
         if self.kind == "classification":
             if not self.classes or len(self.classes) < 2:
-                raise ConfigError(f"config key '{key}.classes': a classification dataset needs at least "
-                                  "two classes, each mapped to its label word, e.g. {negative: ' negative', "
-                                  "positive: ' positive'}")
+                raise ConfigError(
+                    f"config key '{key}.classes': a classification dataset needs at least "
+                    "two classes, each mapped to its label word, e.g. {negative: ' negative', "
+                    "positive: ' positive'}"
+                )
             words = list(self.classes.values())
             if len(set(words)) != len(words):
                 raise ConfigError(f"config key '{key}.classes': label words must differ, got {words}")

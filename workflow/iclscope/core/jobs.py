@@ -56,8 +56,12 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
     return tree
 
@@ -85,7 +89,7 @@ def _imported(path: Path, tree: ast.AST) -> set[str]:
             if node.level == 0 and node.module and (node.module + ".").startswith(PACKAGE + "."):
                 base = node.module.removeprefix(PACKAGE).removeprefix(".")
             elif node.level > 0 and inside:
-                parts = here[:len(here) - (node.level - 1)] + ([node.module] if node.module else [])
+                parts = here[: len(here) - (node.level - 1)] + ([node.module] if node.module else [])
                 base = ".".join(parts)
             else:
                 continue
@@ -97,10 +101,17 @@ def _imported(path: Path, tree: ast.AST) -> set[str]:
 def _without_version(tree: ast.Module) -> ast.Module:
     """The module without `__version__ = ...`: a release changes no result, so it reruns nothing
     (files record the version as provenance; CONTRIBUTING.md says when it is bumped)."""
-    tree.body = [node for node in tree.body if not (
-        isinstance(node, (ast.Assign, ast.AnnAssign))
-        and any(isinstance(t, ast.Name) and t.id == "__version__"
-                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])))]
+    tree.body = [
+        node
+        for node in tree.body
+        if not (
+            isinstance(node, (ast.Assign, ast.AnnAssign))
+            and any(
+                isinstance(t, ast.Name) and t.id == "__version__"
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            )
+        )
+    ]
     return tree
 
 
@@ -193,8 +204,11 @@ def _toy_lm(c, wc):
     entropy = c["entropy"]
     training = _without(entropy["training"], "sizes", "enabled", "dataset")
     size = next(s for s in entropy["training"]["sizes"] if s["name"] == wc["size"])
-    return {"size": size, "training": training, **{k: entropy[k] for k in ("n_bins", "min_labels", "clip_quantile",
-                                                                              "split")}}
+    return {
+        "size": size,
+        "training": training,
+        **{k: entropy[k] for k in ("n_bins", "min_labels", "clip_quantile", "split")},
+    }
 
 
 def _tsft(c, wc):
@@ -213,8 +227,11 @@ def _entropy(c, wc):
 
 def _model_dataset(method: Callable[[dict, dict], dict]) -> Callable[[dict, dict], dict]:
     """A model stage over a dataset: its model spec, its dataset spec, then its own settings."""
-    return lambda c, wc: {"model": model_settings(c, wc["model"]), "dataset": dataset_settings(c, wc["dataset"]),
-                          **method(c, wc)}
+    return lambda c, wc: {
+        "model": model_settings(c, wc["model"]),
+        "dataset": dataset_settings(c, wc["dataset"]),
+        **method(c, wc),
+    }
 
 
 def _model_only(method: Callable[[dict, dict], dict]) -> Callable[[dict, dict], dict]:
@@ -229,46 +246,93 @@ def _anchors(*keys: str) -> Callable[[dict, dict], dict]:
 # nothing but their input files.
 RULE_SETTINGS: dict[str, Callable[[dict, dict], dict]] = {
     "prepare_model": lambda c, wc: {"model": ModelSpec.from_config(wc["model"], c["models"][wc["model"]]).identity()},
-    "prepare_dataset": lambda c, wc: {"dataset": DatasetSpec.from_config(
-        wc["dataset"], c["datasets"][wc["dataset"]]).identity()},
+    "prepare_dataset": lambda c, wc: {
+        "dataset": DatasetSpec.from_config(wc["dataset"], c["datasets"][wc["dataset"]]).identity()
+    },
     "build_prompts": lambda c, wc: {"dataset": dataset_settings(c, wc["dataset"])},
     "extract": _extract,
     "layer_lora_extract": _extract,
     "icl_accuracy": lambda c, wc: {"icl_accuracy": c["icl_accuracy"]},
     "decodability": lambda c, wc: {"decodability": c["decodability"]},
-    "patching": _model_only(lambda c, wc: {"patching": _layered(c, wc, "patching", _without(c["patching"], "enabled")),
-                                           "max_new_tokens": c["extract"]["max_new_tokens"]}),
-    "extract_anchors": _model_only(lambda c, wc: {
-        "carriers": c["taskspace"]["carriers"], "label_words": list(c["datasets"][wc["dataset"]]["classes"].values())}),
+    "patching": _model_only(
+        lambda c, wc: {
+            "patching": _layered(c, wc, "patching", _without(c["patching"], "enabled")),
+            "max_new_tokens": c["extract"]["max_new_tokens"],
+        }
+    ),
+    "extract_anchors": _model_only(
+        lambda c, wc: {
+            "carriers": c["taskspace"]["carriers"],
+            "label_words": list(c["datasets"][wc["dataset"]]["classes"].values()),
+        }
+    ),
     "taskspace": lambda c, wc: {"taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}},
-    "icicl": _model_dataset(lambda c, wc: {"icicl": _layered(c, wc, "icicl", _without(c["icicl"], "enabled", "sweep")),
-                                           "sweep": _without(c["icicl"]["sweep"], "enabled"),  # the stated budget
-                                           "word_k": c["anchors"]["word_k"],
-                                           "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}),
+    "icicl": _model_dataset(
+        lambda c, wc: {
+            "icicl": _layered(c, wc, "icicl", _without(c["icicl"], "enabled", "sweep")),
+            "sweep": _without(c["icicl"]["sweep"], "enabled"),  # the stated budget
+            "word_k": c["anchors"]["word_k"],
+            "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")},
+        }
+    ),
     # the sweep varies layer / state / task space / label line itself: those four keys are not its settings
-    "icicl_sweep": _model_dataset(lambda c, wc: {
-        "icicl": _layered(c, wc, "icicl", _without(
-            c["icicl"], "enabled", "sweep", "inject_layer", "state", "task_space", "label_line", "n_test", "n_timed",
-            "warmup", "repeats", "random_draws", "task_vector_layer", "task_vector_state", "anchor_keep")),
-        "sweep": _without(c["icicl"]["sweep"], "enabled"),
-        "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}}),
+    "icicl_sweep": _model_dataset(
+        lambda c, wc: {
+            "icicl": _layered(
+                c,
+                wc,
+                "icicl",
+                _without(
+                    c["icicl"],
+                    "enabled",
+                    "sweep",
+                    "inject_layer",
+                    "state",
+                    "task_space",
+                    "label_line",
+                    "n_test",
+                    "n_timed",
+                    "warmup",
+                    "repeats",
+                    "random_draws",
+                    "task_vector_layer",
+                    "task_vector_state",
+                    "anchor_keep",
+                ),
+            ),
+            "sweep": _without(c["icicl"]["sweep"], "enabled"),
+            "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")},
+        }
+    ),
     "tsft": _model_dataset(_tsft),
     "tsft_summary": lambda c, wc: {"n_boot": c["icl_accuracy"]["n_boot"]},
     "summary": lambda c, wc: {"n_boot": c["icl_accuracy"]["n_boot"]},  # the claims table's bootstrap
-    "layer_lora": _model_dataset(lambda c, wc: {"layer_lora": _layered(c, wc, "layer_lora",
-                                                                       _without(c["layer_lora"], "enabled"))}),
-    "layer_lora_prompts": lambda c, wc: {"dataset": dataset_settings(c, wc["dataset"]),
-                                         "shots": c["layer_lora"]["shots"]},
-    "layer_lora_summary": lambda c, wc: {"decodability": c["decodability"],
-                                         "n_boot": c["icl_accuracy"]["n_boot"]},
+    "layer_lora": _model_dataset(
+        lambda c, wc: {"layer_lora": _layered(c, wc, "layer_lora", _without(c["layer_lora"], "enabled"))}
+    ),
+    "layer_lora_prompts": lambda c, wc: {
+        "dataset": dataset_settings(c, wc["dataset"]),
+        "shots": c["layer_lora"]["shots"],
+    },
+    "layer_lora_summary": lambda c, wc: {"decodability": c["decodability"], "n_boot": c["icl_accuracy"]["n_boot"]},
     "saliency": _model_only(_anchors("saliency_prompts_per_seed")),
-    "isolation": _model_only(lambda c, wc: {"anchors": _layered(c, wc, "anchors", {
-        k: c["anchors"][k] for k in ("isolation_prompts_per_seed", "isolation_k", "word_k")})}),
+    "isolation": _model_only(
+        lambda c, wc: {
+            "anchors": _layered(
+                c, wc, "anchors", {k: c["anchors"][k] for k in ("isolation_prompts_per_seed", "isolation_k", "word_k")}
+            )
+        }
+    ),
     "reweighting": _model_only(lambda c, wc: {"reweighting": _without(c["anchors"]["reweighting"], "enabled")}),
-    "anchor_compression": _model_only(lambda c, wc: {
-        "compression": _without(c["anchors"]["compression"], "enabled"), "word_k": c["anchors"]["word_k"]}),
-    "error_diagnosis": _model_only(lambda c, wc: {"error_diagnosis": _layered(
-        c, wc, "anchors.error_diagnosis", c["anchors"]["error_diagnosis"])}),
+    "anchor_compression": _model_only(
+        lambda c, wc: {
+            "compression": _without(c["anchors"]["compression"], "enabled"),
+            "word_k": c["anchors"]["word_k"],
+        }
+    ),
+    "error_diagnosis": _model_only(
+        lambda c, wc: {"error_diagnosis": _layered(c, wc, "anchors.error_diagnosis", c["anchors"]["error_diagnosis"])}
+    ),
     "token_states": _model_only(lambda c, wc: {"corpus": {k: c["entropy"][k] for k in CORPUS_KEYS}}),
     "entropy": _entropy,
     "toy_lm_entropy": _toy_lm,

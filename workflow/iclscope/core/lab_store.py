@@ -68,9 +68,11 @@ class DamagedEntry(StoreError):
 
     def __init__(self, entry: Path, problem: str):
         self.entry = entry
-        super().__init__(f"store entry {entry} is damaged or foreign: {problem}. Nothing was linked from it; "
-                         f"remove it with `iclscope store rm {entry.name}` (or `chmod -R u+w {entry} && rm -rf {entry}`"
-                         " as its owner), then rerun: the product is recomputed and stored again")
+        super().__init__(
+            f"store entry {entry} is damaged or foreign: {problem}. Nothing was linked from it; "
+            f"remove it with `iclscope store rm {entry.name}` (or `chmod -R u+w {entry} && rm -rf {entry}`"
+            " as its owner), then rerun: the product is recomputed and stored again"
+        )
 
 
 def configured_store(environ: dict | None = None) -> Path | None:
@@ -138,8 +140,10 @@ def content_hash(path: str | Path) -> str:
 def _without_paths(obj):
     """`obj` with every `path` setting replaced by the content hash of what it names."""
     if isinstance(obj, dict):
-        return {k: ({"sha256": content_hash(v)} if k == "path" and isinstance(v, str) else _without_paths(v))
-                for k, v in obj.items()}
+        return {
+            k: ({"sha256": content_hash(v)} if k == "path" and isinstance(v, str) else _without_paths(v))
+            for k, v in obj.items()
+        }
     if isinstance(obj, list):
         return [_without_paths(v) for v in obj]
     return obj
@@ -182,21 +186,50 @@ def _shards(c, wc):
     return {f"shard {i}": ("extract_shard", {**wc, "scatteritem": f"{i}-of-{n}"}) for i in range(1, n + 1)}
 
 
-PRODUCTS: dict[str, Product] = {p.kind: p for p in (
-    Product("prepare_model", "prepare_model", "results/models/{model}", "prepare_model.py", directory=True),
-    Product("prepare_dataset", "prepare_dataset", "results/datasets/{dataset}.parquet", "prepare_dataset.py"),
-    Product("build_prompts", "build_prompts", "results/prompts/{model}/{dataset}.parquet", "build_prompts.py",
-            lambda c, wc: {**_dataset(c, wc), **_model(c, wc)}, stored=False),
-    Product("extract", "extract", "results/activations/{model}/{dataset}.h5", "extract.py", _prompts),
-    Product("extract_shard", "extract", "results/activations/{model}/{dataset}.shards/{scatteritem}.h5",
-            "extract.py", _prompts),
-    Product("gather_activations", "gather_activations", "results/activations/{model}/{dataset}.h5",
-            "gather_activations.py", _shards),
-    Product("token_states", "token_states", "results/activations/{model}/{dataset}.tokens.h5", "token_states.py",
-            lambda c, wc: {**_dataset(c, wc), **_model(c, wc)}),
-    Product("extract_anchors", "extract_anchors", "results/activations/{model}/{dataset}.anchors.h5",
-            "extract_anchors.py", _model),
-)}
+PRODUCTS: dict[str, Product] = {
+    p.kind: p
+    for p in (
+        Product("prepare_model", "prepare_model", "results/models/{model}", "prepare_model.py", directory=True),
+        Product("prepare_dataset", "prepare_dataset", "results/datasets/{dataset}.parquet", "prepare_dataset.py"),
+        Product(
+            "build_prompts",
+            "build_prompts",
+            "results/prompts/{model}/{dataset}.parquet",
+            "build_prompts.py",
+            lambda c, wc: {**_dataset(c, wc), **_model(c, wc)},
+            stored=False,
+        ),
+        Product("extract", "extract", "results/activations/{model}/{dataset}.h5", "extract.py", _prompts),
+        Product(
+            "extract_shard",
+            "extract",
+            "results/activations/{model}/{dataset}.shards/{scatteritem}.h5",
+            "extract.py",
+            _prompts,
+        ),
+        Product(
+            "gather_activations",
+            "gather_activations",
+            "results/activations/{model}/{dataset}.h5",
+            "gather_activations.py",
+            _shards,
+        ),
+        Product(
+            "token_states",
+            "token_states",
+            "results/activations/{model}/{dataset}.tokens.h5",
+            "token_states.py",
+            lambda c, wc: {**_dataset(c, wc), **_model(c, wc)},
+        ),
+        Product(
+            "extract_anchors",
+            "extract_anchors",
+            "results/activations/{model}/{dataset}.anchors.h5",
+            "extract_anchors.py",
+            _model,
+        ),
+    )
+}
 
 
 def script_source(script: Path) -> str:
@@ -263,8 +296,10 @@ class Recipes:
                 "sources": self.sources(kind, wc),
                 "code": jobs.code_digest(script),
                 "script": script_source(script),
-                "upstream": {name: self.key(up_kind, up_wc)
-                             for name, (up_kind, up_wc) in sorted(product.upstream(self.config, wc).items())},
+                "upstream": {
+                    name: self.key(up_kind, up_wc)
+                    for name, (up_kind, up_wc) in sorted(product.upstream(self.config, wc).items())
+                },
             }
         return self._recipes[cache_key]
 
@@ -281,19 +316,27 @@ class Recipes:
         path = Path(path).as_posix().removeprefix("./")
         sharded = self.config["extract"]["shards"] > 1
         for product in PRODUCTS.values():
-            if not product.stored or (product.kind == "extract" and sharded) or \
-                    (product.kind in ("extract_shard", "gather_activations") and not sharded):
+            if (
+                not product.stored
+                or (product.kind == "extract" and sharded)
+                or (product.kind in ("extract_shard", "gather_activations") and not sharded)
+            ):
                 continue
             regex = re.escape(product.pattern)
             for name in ("model", "dataset", "scatteritem"):
                 regex = regex.replace(re.escape(f"{{{name}}}"), f"(?P<{name}>[^/]+)")
             m = re.fullmatch(regex, path)
-            if m and m.groupdict().get("model", next(iter(self.config["models"]), None)) in self.config["models"] \
-                    and m.groupdict().get("dataset", next(iter(self.config["datasets"]), None)) in \
-                    self.config["datasets"]:
+            if (
+                m
+                and m.groupdict().get("model", next(iter(self.config["models"]), None)) in self.config["models"]
+                and m.groupdict().get("dataset", next(iter(self.config["datasets"]), None)) in self.config["datasets"]
+            ):
                 return product.kind, m.groupdict()
-        raise StoreError(f"{path} is not a stored product of this config (stored: "
-                         + ", ".join(p.pattern for p in PRODUCTS.values() if p.stored) + ")")
+        raise StoreError(
+            f"{path} is not a stored product of this config (stored: "
+            + ", ".join(p.pattern for p in PRODUCTS.values() if p.stored)
+            + ")"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,9 +449,18 @@ def _sidecar(recipe: dict, name: str, product: Path) -> dict:
     for f in _files(product):
         rel = Path(name) / f.relative_to(product) if product.is_dir() else Path(name)
         files[rel.as_posix()] = {"size": f.stat().st_size, "sha256": _file_sha256(f)}
-    return {"format": FORMAT, "key": key_of(recipe), "name": name, **_product_meta(recipe), "recipe": recipe,
-            "files": files, "user": getpass.getuser(), "host": socket.gethostname(),
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "iclscope_version": __version__}
+    return {
+        "format": FORMAT,
+        "key": key_of(recipe),
+        "name": name,
+        **_product_meta(recipe),
+        "recipe": recipe,
+        "files": files,
+        "user": getpass.getuser(),
+        "host": socket.gethostname(),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "iclscope_version": __version__,
+    }
 
 
 def _same_fs(a: Path, b: Path) -> bool:
@@ -720,10 +772,19 @@ def listing(store: str | Path) -> list[dict]:
             side = read_sidecar(entry)
         except DamagedEntry:
             side = {}
-        rows.append({"entry": entry, "key": entry.name, "stage": side.get("stage", "?"),
-                     "model": side.get("model") or "-", "dataset": side.get("dataset") or "-",
-                     "bytes": size_of(entry), "last_use": last_use(entry), "user": side.get("user", "?"),
-                     "sealed": is_sealed(entry)})
+        rows.append(
+            {
+                "entry": entry,
+                "key": entry.name,
+                "stage": side.get("stage", "?"),
+                "model": side.get("model") or "-",
+                "dataset": side.get("dataset") or "-",
+                "bytes": size_of(entry),
+                "last_use": last_use(entry),
+                "user": side.get("user", "?"),
+                "sealed": is_sealed(entry),
+            }
+        )
     return rows
 
 
@@ -736,8 +797,9 @@ def verify(entry: Path) -> list[str]:
     problems = []
     for rel, meta in side.get("files", {}).items():
         if _file_sha256(entry / rel) != meta.get("sha256"):
-            problems.append(f"{entry}/{rel}: checksum differs from the sidecar's (remove it with "
-                            f"`iclscope store rm {entry.name}`)")
+            problems.append(
+                f"{entry}/{rel}: checksum differs from the sidecar's (remove it with `iclscope store rm {entry.name}`)"
+            )
     if not is_sealed(entry):
         problems.append(f"{entry}: writable (a published entry never is)")
     return problems
@@ -767,14 +829,23 @@ def remove(entry: Path, wait: bool = False) -> bool:
             os.close(fd)
 
 
-def gc_candidates(store: str | Path, older_than_days: float | None = None, model: str | None = None,
-                  max_bytes: int | None = None, now: float | None = None) -> list[dict]:
+def gc_candidates(
+    store: str | Path,
+    older_than_days: float | None = None,
+    model: str | None = None,
+    max_bytes: int | None = None,
+    now: float | None = None,
+) -> list[dict]:
     """Entries gc would remove: unused for `older_than_days`, of `model`, then least recently used
     ones until the store holds at most `max_bytes`. Each row lists the results it would orphan."""
     now = time.time() if now is None else now
     rows = sorted(listing(store), key=lambda r: r["last_use"])
-    chosen = [r for r in rows if (older_than_days is not None and now - r["last_use"] > older_than_days * 86400)
-              or (model is not None and r["model"] == model)]
+    chosen = [
+        r
+        for r in rows
+        if (older_than_days is not None and now - r["last_use"] > older_than_days * 86400)
+        or (model is not None and r["model"] == model)
+    ]
     if max_bytes is not None:
         total = sum(r["bytes"] for r in rows) - sum(r["bytes"] for r in chosen)
         for r in rows:
@@ -784,8 +855,11 @@ def gc_candidates(store: str | Path, older_than_days: float | None = None, model
                 chosen.append(r)
                 total -= r["bytes"]
     for r in chosen:
-        r["orphans"] = [(u["path"], how) for u in {u["path"]: u for u in uses(r["entry"])}.values()
-                        if (how := still_linked(r["entry"], u["path"]))]
+        r["orphans"] = [
+            (u["path"], how)
+            for u in {u["path"]: u for u in uses(r["entry"])}.values()
+            if (how := still_linked(r["entry"], u["path"]))
+        ]
     return chosen
 
 
@@ -796,12 +870,18 @@ def gc_candidates(store: str | Path, older_than_days: float | None = None, model
 def find(store: str | Path, model: str, dataset: str, stage: str = "extract") -> list[Path]:
     """Entries of `stage` for `model` on `dataset` (by the names the config gives them)."""
     stages = {"extract": ("extract", "gather_activations")}.get(stage, (stage,))
-    return [r["entry"] for r in listing(store)
-            if r["model"] == model and r["dataset"] == dataset and r["stage"] in stages]
+    return [
+        r["entry"] for r in listing(store) if r["model"] == model and r["dataset"] == dataset and r["stage"] in stages
+    ]
 
 
-def stored_path(model: str, dataset: str, stage: str = "extract", config: str | Path | dict | None = None,
-                store: str | Path | None = None) -> Path:
+def stored_path(
+    model: str,
+    dataset: str,
+    stage: str = "extract",
+    config: str | Path | dict | None = None,
+    store: str | Path | None = None,
+) -> Path:
     """Path of a stored product (default: the activation file) of `model` on `dataset`.
 
     With a config (a path, or a dict; defaults are filled in as the pipeline fills them) the exact
@@ -824,14 +904,21 @@ def stored_path(model: str, dataset: str, stage: str = "extract", config: str | 
     else:
         found = find(store, model, dataset, stage)
         if len(found) != 1:
-            raise StoreError(f"{len(found)} entries of {model} / {dataset} ({stage}) in {store}"
-                             + (": pass the config that made it" if found else ""))
+            raise StoreError(
+                f"{len(found)} entries of {model} / {dataset} ({stage}) in {store}"
+                + (": pass the config that made it" if found else "")
+            )
         entry = found[0]
     return entry / check_entry(entry)["name"]
 
 
-def open_stored(model: str, dataset: str, config: str | Path | dict | None = None,
-                store: str | Path | None = None, stage: str = "extract"):
+def open_stored(
+    model: str,
+    dataset: str,
+    config: str | Path | dict | None = None,
+    store: str | Path | None = None,
+    stage: str = "extract",
+):
     """Open a stored activation file (an h5py.File, read-only) by model and dataset name."""
     from iclscope.core.store import open_activations
 

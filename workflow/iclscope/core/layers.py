@@ -69,22 +69,66 @@ def share_to_layer(share: float, depth: int, kind: str) -> int:
 
 
 LAYER_SETTINGS: tuple[LayerSetting, ...] = (
-    LayerSetting("icicl.inject_layer", "residual", 1, lambda L: L - 1, lambda L: L // 2,
-                 meaning="residual index where soft tokens / task vectors are written"),
-    LayerSetting("icicl.embed_layer", "residual", 0, lambda L: L, lambda L: L // 2,
-                 meaning="residual index of the retrieval embedding"),
-    LayerSetting("icicl.task_vector_layer", "residual", 1, lambda L: L - 1, None,
-                 meaning="residual index the task vector is written at; null = icicl.inject_layer"),
-    LayerSetting("tsft.layer", "residual", 1, lambda L: L, lambda L: L // 2,
-                 meaning="l*, the residual index of the space loss"),
-    LayerSetting("patching.layer", "residual", 1, lambda L: L - 1, None,
-                 meaning="block input patched; null = the peak decodability layer (from the data)"),
-    LayerSetting("layer_lora.n_layers", "count", 1, lambda L: L, lambda L: max(1, L // 3),
-                 meaning="blocks adapted per arm (first n vs last n)"),
-    LayerSetting("anchors.isolation_k", "count", 1, lambda L: L, None, many=True,
-                 meaning="numbers of first / last blocks in which label words are isolated"),
-    LayerSetting("anchors.error_diagnosis.layer", "block", 1, lambda L: L, lambda L: 2 * L // 3 + 1,
-                 meaning="attention block (1-based) whose query and keys are read"),
+    LayerSetting(
+        "icicl.inject_layer",
+        "residual",
+        1,
+        lambda L: L - 1,
+        lambda L: L // 2,
+        meaning="residual index where soft tokens / task vectors are written",
+    ),
+    LayerSetting(
+        "icicl.embed_layer",
+        "residual",
+        0,
+        lambda L: L,
+        lambda L: L // 2,
+        meaning="residual index of the retrieval embedding",
+    ),
+    LayerSetting(
+        "icicl.task_vector_layer",
+        "residual",
+        1,
+        lambda L: L - 1,
+        None,
+        meaning="residual index the task vector is written at; null = icicl.inject_layer",
+    ),
+    LayerSetting(
+        "tsft.layer", "residual", 1, lambda L: L, lambda L: L // 2, meaning="l*, the residual index of the space loss"
+    ),
+    LayerSetting(
+        "patching.layer",
+        "residual",
+        1,
+        lambda L: L - 1,
+        None,
+        meaning="block input patched; null = the peak decodability layer (from the data)",
+    ),
+    LayerSetting(
+        "layer_lora.n_layers",
+        "count",
+        1,
+        lambda L: L,
+        lambda L: max(1, L // 3),
+        meaning="blocks adapted per arm (first n vs last n)",
+    ),
+    LayerSetting(
+        "anchors.isolation_k",
+        "count",
+        1,
+        lambda L: L,
+        None,
+        many=True,
+        meaning="numbers of first / last blocks in which label words are isolated",
+    ),
+    LayerSetting(
+        "anchors.error_diagnosis.layer",
+        "block",
+        1,
+        lambda L: L,
+        lambda L: 2 * L // 3 + 1,
+        meaning="attention block (1-based) whose query and keys are read",
+    ),
 )
 BY_KEY = {s.key: s for s in LAYER_SETTINGS}
 SWEEP_DEPTHS = "icicl.sweep.depths"  # shares already; resolved by the sweep itself into 1..L-1
@@ -95,7 +139,7 @@ def check_shares(config: dict) -> list[str]:
     problems = []
     for setting in LAYER_SETTINGS:
         values = setting.configured(config)
-        for value in (values if setting.many else [values]):
+        for value in values if setting.many else [values]:
             if value is None:
                 continue
             if isinstance(value, bool) or not 0 <= value <= 1:
@@ -103,12 +147,14 @@ def check_shares(config: dict) -> list[str]:
                     f"config key '{setting.key}' is {value!r}: layer settings are shares of the depth in 0..1 "
                     f"(0.33 = a third of the way up), so they mean the same on every model; an absolute layer "
                     f"for one model goes in models.<name>.layers, e.g. {{{setting.key}: "
-                    f"{[int(value)] if setting.many else int(value) if isinstance(value, (int, float)) else 10}}}")
+                    f"{[int(value)] if setting.many else int(value) if isinstance(value, (int, float)) else 10}}}"
+                )
     for name, spec in config["models"].items():
         for key in spec.get("layers") or {}:
             if key not in BY_KEY:
-                problems.append(f"config key 'models.{name}.layers.{key}': not a layer setting; these are: "
-                                f"{', '.join(BY_KEY)}")
+                problems.append(
+                    f"config key 'models.{name}.layers.{key}': not a layer setting; these are: {', '.join(BY_KEY)}"
+                )
     return problems
 
 
@@ -139,13 +185,17 @@ def resolve(config: dict, model: str, depth: int) -> dict:
         for layer, raw in zip(layers, value if setting.many else [value], strict=False):
             if layer is not None and not setting.lowest <= layer <= high:
                 share = "" if override or raw is None else f" (share {raw} of {depth})"
-                problems.append(f"config key '{where}' resolves to {layer}{share} on model '{model}', which has "
-                                f"{depth} layers: {setting.meaning} must be in {setting.lowest}..{high}")
+                problems.append(
+                    f"config key '{where}' resolves to {layer}{share} on model '{model}', which has "
+                    f"{depth} layers: {setting.meaning} must be in {setting.lowest}..{high}"
+                )
         resolved[setting.key] = layers if setting.many else layers[0]
     sweep = config["icicl"]["sweep"]
     if config["icicl"].get("enabled", True) and sweep.get("enabled") and depth < 2:
-        problems.append(f"config key '{SWEEP_DEPTHS}': model '{model}' has {depth} layer(s); the sweep injects "
-                        "in 1..L-1, which needs at least 2")
+        problems.append(
+            f"config key '{SWEEP_DEPTHS}': model '{model}' has {depth} layer(s); the sweep injects "
+            "in 1..L-1, which needs at least 2"
+        )
     if problems:
         raise ConfigError("invalid layer settings:\n  - " + "\n  - ".join(problems))
     return resolved
@@ -161,9 +211,12 @@ def check_all(config: dict, depths: dict[str, int] | None = None) -> dict[str, d
             resolved[model] = resolve(config, model, depth)
         except ConfigError as exc:
             lines = str(exc).splitlines()
-            problems += [line.removeprefix("  - ") for line in lines[1:]] if len(lines) > 1 else [
-                f"model '{model}': {exc}"]
+            problems += (
+                [line.removeprefix("  - ") for line in lines[1:]] if len(lines) > 1 else [f"model '{model}': {exc}"]
+            )
     if problems:
-        raise ConfigError("invalid layer settings (checked against every model's depth before any job):\n  - "
-                          + "\n  - ".join(problems))
+        raise ConfigError(
+            "invalid layer settings (checked against every model's depth before any job):\n  - "
+            + "\n  - ".join(problems)
+        )
     return resolved

@@ -24,8 +24,9 @@ def log_to(path: str | Path, threads: int | None = None) -> logging.Logger:
     path.parent.mkdir(parents=True, exist_ok=True)
     stream = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
     sys.stderr = stream
-    logging.basicConfig(stream=stream, level=logging.INFO, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        stream=stream, level=logging.INFO, force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.captureWarnings(True)
     logger = logging.getLogger("iclscope")
     logger.info("started at %s", time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -36,8 +37,12 @@ def log_to(path: str | Path, threads: int | None = None) -> logging.Logger:
 def log_cost(logger: logging.Logger, started: float) -> None:
     """The job's cost, as the last line of its log (`iclscope costs logs/` sums these per rule)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    logger.info("cost: wall %.1f s, cpu %.1f s, peak rss %.0f MB", time.perf_counter() - started,
-                usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    logger.info(
+        "cost: wall %.1f s, cpu %.1f s, peak rss %.0f MB",
+        time.perf_counter() - started,
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_maxrss / 1024,
+    )
 
 
 def limit_threads(threads: int) -> None:

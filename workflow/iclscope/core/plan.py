@@ -97,8 +97,11 @@ class Plan:
 
     def error_diagnosis(self) -> list[str]:
         """Anchor datasets with >= 3 classes (one class pair cannot be correlated)."""
-        return [d for d in self.running("error_diagnosis", self.with_demonstrations())
-                if len(self.datasets[d].class_names) >= 3]
+        return [
+            d
+            for d in self.running("error_diagnosis", self.with_demonstrations())
+            if len(self.datasets[d].class_names) >= 3
+        ]
 
     def entropy(self) -> list[str]:
         return list(self.config["entropy"]["datasets"]) if self.enabled("entropy") else []

@@ -44,29 +44,53 @@ from iclscope.core.model_config import config_source, gguf_header, hf_config_fro
 # --------------------------------------------------------------------------- constants (reasoned)
 MB = 1_000_000
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-HOST_BASE_MB = 3000          # python + torch + transformers + CUDA runtime RSS of a model job
-CPU_BASE_MB = 1000           # python + numpy / pandas / h5py / matplotlib of a CPU stage
-LOAD_PEAK = 1.3              # host RSS while loading, as a multiple of the weight files (issue 28 bound)
-CUDA_CONTEXT_MB = 1000       # CUDA context + allocator slack per GPU
-GPU_USABLE_MB = 72_000       # what a job may plan to use of one 80 GB card (A100 / H100 80GB)
-LOAD_RATE = 200 * MB         # bytes/s reading weights from a shared filesystem (conservative)
-STARTUP_S = 120              # imports, tokenizer, CUDA init, prompts
-SUSTAINED_FLOPS = {4: 15e12, 2: 80e12}     # FLOP/s of HF eager forward passes: fp32, 16-bit
-CPU_FLOPS = 0.05e12          # FLOP/s on the CPU cores of a job (2-4 cores, fp32)
-MEMORY_BANDWIDTH = 1.0e12    # bytes/s of weights streamed per batch-1 pass (half an A100's peak)
-LAYER_LATENCY_S = 0.5e-3     # eager kernel launches per layer of one batch-1 pass
-RUNTIME_SAFETY = 3.0         # the estimate is a median; a job asks for 3x it
+HOST_BASE_MB = 3000  # python + torch + transformers + CUDA runtime RSS of a model job
+CPU_BASE_MB = 1000  # python + numpy / pandas / h5py / matplotlib of a CPU stage
+LOAD_PEAK = 1.3  # host RSS while loading, as a multiple of the weight files (issue 28 bound)
+CUDA_CONTEXT_MB = 1000  # CUDA context + allocator slack per GPU
+GPU_USABLE_MB = 72_000  # what a job may plan to use of one 80 GB card (A100 / H100 80GB)
+LOAD_RATE = 200 * MB  # bytes/s reading weights from a shared filesystem (conservative)
+STARTUP_S = 120  # imports, tokenizer, CUDA init, prompts
+SUSTAINED_FLOPS = {4: 15e12, 2: 80e12}  # FLOP/s of HF eager forward passes: fp32, 16-bit
+CPU_FLOPS = 0.05e12  # FLOP/s on the CPU cores of a job (2-4 cores, fp32)
+MEMORY_BANDWIDTH = 1.0e12  # bytes/s of weights streamed per batch-1 pass (half an A100's peak)
+LAYER_LATENCY_S = 0.5e-3  # eager kernel launches per layer of one batch-1 pass
+RUNTIME_SAFETY = 3.0  # the estimate is a median; a job asks for 3x it
 MIN_RUNTIME_MIN = 10
 MAX_RUNTIME_MIN = 7 * 24 * 60
 
 
 # --------------------------------------------------------------------------- architecture
 # model_types whose MLP is two matrices (up, down); every other one is gated (gate, up, down).
-PLAIN_MLP = {"gpt2", "gptj", "codegen", "gpt_neo", "gpt_neox", "opt", "falcon", "bloom", "mpt", "xglm", "phi",
-             "gpt_bigcode", "biogpt", "persimmon", "starcoder2", "nemotron", "arcee", "apertus"}
+PLAIN_MLP = {
+    "gpt2",
+    "gptj",
+    "codegen",
+    "gpt_neo",
+    "gpt_neox",
+    "opt",
+    "falcon",
+    "bloom",
+    "mpt",
+    "xglm",
+    "phi",
+    "gpt_bigcode",
+    "biogpt",
+    "persimmon",
+    "starcoder2",
+    "nemotron",
+    "arcee",
+    "apertus",
+}
 # model_types with learned absolute position embeddings: (config key of their count)
-LEARNED_POSITIONS = {"gpt2": "n_positions", "gpt_neo": "max_position_embeddings", "opt": "max_position_embeddings",
-                     "xglm": None, "biogpt": "max_position_embeddings", "gpt_bigcode": "n_positions"}
+LEARNED_POSITIONS = {
+    "gpt2": "n_positions",
+    "gpt_neo": "max_position_embeddings",
+    "opt": "max_position_embeddings",
+    "xglm": None,
+    "biogpt": "max_position_embeddings",
+    "gpt_bigcode": "n_positions",
+}
 
 
 def _first(cfg: dict, *keys, default=None):
@@ -92,7 +116,7 @@ class Architecture:
     n_experts: int = 1
     shared_intermediate: int = 0
     tied: bool = True
-    positions: int = 0          # learned absolute position embeddings (GPT-2: n_positions)
+    positions: int = 0  # learned absolute position embeddings (GPT-2: n_positions)
     context: int = 2048
     file_dtype: str = "float32"  # the dtype of the weight files (config torch_dtype)
 
@@ -104,8 +128,11 @@ class Architecture:
     @classmethod
     def from_config(cls, cfg: dict) -> Architecture:
         """From a transformers config.json dict (GPT-2, Llama, MPT, DBRX ... namings)."""
-        cfg = dict(cfg.get("text_config") or {}, **{k: v for k, v in cfg.items() if k != "text_config"}) \
-            if cfg.get("text_config") else cfg
+        cfg = (
+            dict(cfg.get("text_config") or {}, **{k: v for k, v in cfg.items() if k != "text_config"})
+            if cfg.get("text_config")
+            else cfg
+        )
         model_type = cfg.get("model_type", "unknown")
         attn, ffn = cfg.get("attn_config") or {}, cfg.get("ffn_config") or {}
         d = int(_first(cfg, "hidden_size", "n_embd", "d_model"))
@@ -117,22 +144,43 @@ class Architecture:
             multi_query = cfg.get("multi_query", model_type in ("falcon", "gpt_bigcode"))  # their class default
             kv = attn.get("kv_n_heads") or (1 if multi_query and not cfg.get("new_decoder_architecture") else heads)
         head_dim = _first(cfg, "head_dim", default=None) or d // heads
-        experts = int(_first(cfg, "num_local_experts", "num_experts", "n_routed_experts", default=0)
-                      or ffn.get("moe_num_experts") or 1)
-        ff = _first(cfg, "moe_intermediate_size" if experts > 1 else "intermediate_size", "intermediate_size",
-                    "n_inner", "ffn_dim", "d_ff", default=None) or ffn.get("ffn_hidden_size")
+        experts = int(
+            _first(cfg, "num_local_experts", "num_experts", "n_routed_experts", default=0)
+            or ffn.get("moe_num_experts")
+            or 1
+        )
+        ff = _first(
+            cfg,
+            "moe_intermediate_size" if experts > 1 else "intermediate_size",
+            "intermediate_size",
+            "n_inner",
+            "ffn_dim",
+            "d_ff",
+            default=None,
+        ) or ffn.get("ffn_hidden_size")
         if ff is None or model_type == "mpt":  # MPT's MLP is 4·d whatever expansion_ratio says
             ff = 4 * d
         pos_key = LEARNED_POSITIONS.get(model_type)
         positions = int(cfg.get(pos_key) or 0) if pos_key else 0
         context = _first(cfg, "max_position_embeddings", "n_positions", "max_seq_len", "seq_length", default=2048)
         shared = int(cfg.get("shared_expert_intermediate_size") or 0)  # Qwen2-MoE's always-on expert
-        return cls(model_type=model_type, vocab=int(cfg["vocab_size"]), d_model=d, shared_intermediate=shared,
-                   n_layers=int(_first(cfg, "num_hidden_layers", "n_layer", "num_layers", "n_layers")),
-                   n_heads=heads, n_kv_heads=int(kv), head_dim=int(head_dim), intermediate=int(ff),
-                   gated=model_type not in PLAIN_MLP, n_experts=experts,
-                   tied=bool(cfg.get("tie_word_embeddings", True)), positions=positions, context=int(context),
-                   file_dtype=str(_first(cfg, "torch_dtype", "dtype", default="float32")))
+        return cls(
+            model_type=model_type,
+            vocab=int(cfg["vocab_size"]),
+            d_model=d,
+            shared_intermediate=shared,
+            n_layers=int(_first(cfg, "num_hidden_layers", "n_layer", "num_layers", "n_layers")),
+            n_heads=heads,
+            n_kv_heads=int(kv),
+            head_dim=int(head_dim),
+            intermediate=int(ff),
+            gated=model_type not in PLAIN_MLP,
+            n_experts=experts,
+            tied=bool(cfg.get("tie_word_embeddings", True)),
+            positions=positions,
+            context=int(context),
+            file_dtype=str(_first(cfg, "torch_dtype", "dtype", default="float32")),
+        )
 
     @classmethod
     def from_gguf(cls, path: str | Path) -> Architecture:
@@ -147,12 +195,21 @@ class Architecture:
         d = int(value(f"{arch}.embedding_length"))
         vocab = value(f"{arch}.vocab_size") or hf_config_from_gguf(meta)["vocab_size"]
         tensors = set(names)
-        return cls(model_type=arch, vocab=int(vocab), d_model=d, n_layers=int(value(f"{arch}.block_count")),
-                   n_heads=heads, n_kv_heads=int(value(f"{arch}.attention.head_count_kv", heads)),
-                   head_dim=int(value(f"{arch}.attention.key_length", d // heads)),
-                   intermediate=int(value(f"{arch}.feed_forward_length")), gated="blk.0.ffn_gate.weight" in tensors,
-                   n_experts=int(value(f"{arch}.expert_count", 1) or 1), tied="output.weight" not in tensors,
-                   context=int(value(f"{arch}.context_length", 2048)), file_dtype="float32")
+        return cls(
+            model_type=arch,
+            vocab=int(vocab),
+            d_model=d,
+            n_layers=int(value(f"{arch}.block_count")),
+            n_heads=heads,
+            n_kv_heads=int(value(f"{arch}.attention.head_count_kv", heads)),
+            head_dim=int(value(f"{arch}.attention.key_length", d // heads)),
+            intermediate=int(value(f"{arch}.feed_forward_length")),
+            gated="blk.0.ffn_gate.weight" in tensors,
+            n_experts=int(value(f"{arch}.expert_count", 1) or 1),
+            tied="output.weight" not in tensors,
+            context=int(value(f"{arch}.context_length", 2048)),
+            file_dtype="float32",
+        )
 
     @property
     def parameters(self) -> int:
@@ -253,24 +310,28 @@ def stage_passes(stage: str, work: Work, cfg: dict, dataset: dict | None = None)
     if stage in ("extract", "layer_lora_extract"):
         gen = cfg.get("extract", {}).get("max_new_tokens", 0) if work.generation else 0
         return Passes(forward=n * (s + gen), full_logits=False)
-    if stage == "extract_anchors":   # one short pass per label word and carrier sentence
+    if stage == "extract_anchors":  # one short pass per label word and carrier sentence
         carriers = len(cfg.get("taskspace", {}).get("carriers", [1]))
         return Passes(forward=max(1, work.n_classes) * carriers * 16, full_logits=False)
-    if stage == "token_states":      # the entropy corpus, sentence by sentence
+    if stage == "token_states":  # the entropy corpus, sentence by sentence
         e = cfg.get("entropy", {})
         return Passes(forward=e.get("max_tokens", 10000) * 1.5, full_logits=False)
-    if stage == "saliency":          # forward + backward to the attention maps, per prompt
+    if stage == "saliency":  # forward + backward to the attention maps, per prompt
         m = min(n, a.get("saliency_prompts_per_seed", 30) * seeds)
         return Passes(backward=m * s, train_batch_tokens=work.longest, train_seq=work.longest)
-    if stage == "isolation":         # per k, first / last layers, label words / random tokens, + vanilla
+    if stage == "isolation":  # per k, first / last layers, label words / random tokens, + vanilla
         m = min(n, a.get("isolation_prompts_per_seed", 30) * seeds)
         return Passes(forward=m * s * (4 * len(a.get("isolation_k", [1, 3, 5, 7])) + 1))
-    if stage == "reweighting":       # epochs over the auxiliary prompts (backward to β), test: vanilla + re-weighted
+    if stage == "reweighting":  # epochs over the auxiliary prompts (backward to β), test: vanilla + re-weighted
         r = a.get("reweighting", {})
         aux = r.get("aux_per_class", 4) * max(work.n_classes, 1) * seeds
         test = min(n, (r.get("test_prompts_per_seed") or n) * seeds)
-        return Passes(forward=2 * test * s, backward=r.get("epochs", 10) * aux * s,  # Adam on β, batch 1
-                      train_batch_tokens=work.longest, train_seq=work.longest)
+        return Passes(
+            forward=2 * test * s,
+            backward=r.get("epochs", 10) * aux * s,  # Adam on β, batch 1
+            train_batch_tokens=work.longest,
+            train_seq=work.longest,
+        )
     if stage == "error_diagnosis":
         return Passes(forward=n * s)
     if stage == "anchor_compression":  # batch 1: full, Text/Hidden_anchor, random(-top) draws, zero-shot; timing
@@ -278,7 +339,7 @@ def stage_passes(stage: str, work: Work, cfg: dict, dataset: dict | None = None)
         m = min(n, (c.get("prompts_per_seed") or n) * seeds)
         per_prompt = 5 + 2 * c.get("n_random_draws", 20) + 2 * (c.get("timing_repeats", 5) + c.get("timing_warmup", 2))
         return Passes(single=m * per_prompt, single_tokens=s)
-    if stage == "icicl":             # pool embedding, arms (ICL, zero-shot, IC-ICL, random draws), timing
+    if stage == "icicl":  # pool embedding, arms (ICL, zero-shot, IC-ICL, random draws), timing
         i = cfg.get("icicl", {})
         test = min(n, i.get("n_test", 400))
         arms = 3 + i.get("random_draws", 3)
@@ -286,29 +347,56 @@ def stage_passes(stage: str, work: Work, cfg: dict, dataset: dict | None = None)
         return Passes(forward=(i.get("pool_size", 200) + test * arms) * s, single=timed, single_tokens=s)
     if stage == "icicl_sweep":
         sw = cfg.get("icicl", {}).get("sweep", {})
-        combos = (len(sw.get("depths", [1])) * len(sw.get("states", [1])) * len(sw.get("task_spaces", [1]))
-                  * len(sw.get("label_line", [1])))
+        combos = (
+            len(sw.get("depths", [1]))
+            * len(sw.get("states", [1]))
+            * len(sw.get("task_spaces", [1]))
+            * len(sw.get("label_line", [1]))
+        )
         return Passes(forward=sw.get("n_val", 200) * combos * s)
     if stage == "tsft":  # LoRA steps on zero-shot examples (one demonstration long), held-out curve, test
         t = cfg.get("tsft", {})
         one = s / (work.n_demos + 1)
         evals = t.get("steps", 30) // max(1, t.get("eval_every", 10)) * t.get("n_val", 64) + t.get("n_test", 200)
         batch = t.get("batch_size", 8)
-        return Passes(forward=(evals + t.get("n_train", 240)) * one, backward=t.get("steps", 30) * batch * one,
-                      trains=True, train_batch_tokens=math.ceil(batch * one * 1.5), train_seq=math.ceil(one * 1.5))
+        return Passes(
+            forward=(evals + t.get("n_train", 240)) * one,
+            backward=t.get("steps", 30) * batch * one,
+            trains=True,
+            train_batch_tokens=math.ceil(batch * one * 1.5),
+            train_seq=math.ceil(one * 1.5),
+        )
     if stage == "layer_lora":
         t = cfg.get("layer_lora", {})
         monitor = t.get("steps", 24) // max(1, t.get("checkpoint_every", 8)) * t.get("n_monitor", 48)
-        return Passes(forward=monitor * s, backward=t.get("steps", 24) * t.get("batch_size", 8) * s, trains=True,
-                      train_batch_tokens=int(t.get("batch_size", 8) * work.longest), train_seq=work.longest)
-    if stage == "patching":          # the query's state patched in at every layer
+        return Passes(
+            forward=monitor * s,
+            backward=t.get("steps", 24) * t.get("batch_size", 8) * s,
+            trains=True,
+            train_batch_tokens=int(t.get("batch_size", 8) * work.longest),
+            train_seq=work.longest,
+        )
+    if stage == "patching":  # the query's state patched in at every layer
         return Passes(forward=n * s * 2)
     raise KeyError(f"no resource model for stage '{stage}'; known: {sorted(MODEL_STAGES)}")
 
 
-MODEL_STAGES = ("extract", "extract_anchors", "token_states", "saliency", "isolation", "reweighting",
-                "error_diagnosis", "anchor_compression", "icicl", "icicl_sweep", "tsft", "layer_lora",
-                "layer_lora_extract", "patching")
+MODEL_STAGES = (
+    "extract",
+    "extract_anchors",
+    "token_states",
+    "saliency",
+    "isolation",
+    "reweighting",
+    "error_diagnosis",
+    "anchor_compression",
+    "icicl",
+    "icicl_sweep",
+    "tsft",
+    "layer_lora",
+    "layer_lora_extract",
+    "patching",
+)
 
 
 # --------------------------------------------------------------------------- memory and time
@@ -357,9 +445,18 @@ def working_set_bytes(arch: Architecture, work: Work, passes: Passes, dtype_byte
     return forward + logits + backward
 
 
-def model_stage(stage: str, arch: Architecture, dtype: str, work: Work, cfg: dict, dataset: dict | None = None,
-                attempt: int = 1, device: str = "auto", gpus: int | None = None, mem_mb: int | None = None
-                ) -> StageResources:
+def model_stage(
+    stage: str,
+    arch: Architecture,
+    dtype: str,
+    work: Work,
+    cfg: dict,
+    dataset: dict | None = None,
+    attempt: int = 1,
+    device: str = "auto",
+    gpus: int | None = None,
+    mem_mb: int | None = None,
+) -> StageResources:
     """Resources of one job of model stage `stage` (see the module docstring for the reasoning).
 
     `gpus` / `mem_mb`: the config's explicit overrides (models.<m>.gpus / mem_mb; None = derived);
@@ -392,19 +489,41 @@ def model_stage(stage: str, arch: Architecture, dtype: str, work: Work, cfg: dic
         seconds += passes.single * max(latency, passes.single_tokens * per_token / flops_rate)
     seconds += STARTUP_S + file_bytes / LOAD_RATE
     minutes = min(MAX_RUNTIME_MIN, max(MIN_RUNTIME_MIN, math.ceil(seconds * RUNTIME_SAFETY / 60)))
-    return StageResources(stage=stage, mem_mb=host_mb * attempt, gpus=n_gpus, gpu_mem_mb=math.ceil(gpu_mem / MB),
-                          runtime=minutes * attempt, gpu_hours=n_gpus * seconds / 3600, parameters=P)
+    return StageResources(
+        stage=stage,
+        mem_mb=host_mb * attempt,
+        gpus=n_gpus,
+        gpu_mem_mb=math.ceil(gpu_mem / MB),
+        runtime=minutes * attempt,
+        gpu_hours=n_gpus * seconds / 3600,
+        parameters=P,
+    )
 
 
 # --------------------------------------------------------------------------- CPU stages
 # CPU stages that hold one residual position of every prompt ([n, L+1, d] float32) in memory;
 # the factor is how many such arrays (copies, standardised versions, a label-position array) at once.
-CPU_RESIDUAL_COPIES = {"decodability": 3, "decodability_fit": 3, "taskspace": 3, "compression": 2, "aucroc": 0,
-                       "icl_accuracy": 0, "error_diagnosis_cpu": 2, "layer_lora_summary": 1, "gather_activations": 0}
+CPU_RESIDUAL_COPIES = {
+    "decodability": 3,
+    "decodability_fit": 3,
+    "taskspace": 3,
+    "compression": 2,
+    "aucroc": 0,
+    "icl_accuracy": 0,
+    "error_diagnosis_cpu": 2,
+    "layer_lora_summary": 1,
+    "gather_activations": 0,
+}
 
 
-def cpu_stage(stage: str, arch: Architecture | None, n_prompts: int | None, cfg: dict, attempt: int = 1,
-              copies: float | None = None) -> StageResources:
+def cpu_stage(
+    stage: str,
+    arch: Architecture | None,
+    n_prompts: int | None,
+    cfg: dict,
+    attempt: int = 1,
+    copies: float | None = None,
+) -> StageResources:
     """A CPU job: a base plus the arrays it holds, scaled by d_model, layers and prompts.
 
     * entropy: the token states of the corpus, [max_tokens, L+1, d] read as float32, twice
@@ -417,29 +536,47 @@ def cpu_stage(stage: str, arch: Architecture | None, n_prompts: int | None, cfg:
         held = None if arch is None else 2 * tokens * (arch.n_layers + 1) * arch.d_model * 4
     else:
         copies = CPU_RESIDUAL_COPIES.get(stage, 0) if copies is None else copies
-        held = 0 if copies == 0 else (None if arch is None or n_prompts is None
-                                      else copies * n_prompts * (arch.n_layers + 1) * arch.d_model * 4)
+        held = (
+            0
+            if copies == 0
+            else (
+                None
+                if arch is None or n_prompts is None
+                else copies * n_prompts * (arch.n_layers + 1) * arch.d_model * 4
+            )
+        )
     mem = CPU_BASE_MB * 4 if held is None else CPU_BASE_MB + math.ceil(held / MB)
     runtime = 60 if held is None or held > 4e9 else 30
-    return StageResources(stage=stage, mem_mb=mem * attempt, gpus=0, gpu_mem_mb=0, runtime=runtime * attempt,
-                          gpu_hours=0.0)
+    return StageResources(
+        stage=stage, mem_mb=mem * attempt, gpus=0, gpu_mem_mb=0, runtime=runtime * attempt, gpu_hours=0.0
+    )
 
 
 def fallback(stage: str, attempt: int, mem_mb: int | None = None, gpus: int | None = None) -> StageResources:
     """A model job whose architecture is not on this machine at planning time (a hub model not yet
     downloaded): the schema's old defaults; Snakemake re-evaluates at submission, when prepare_model
     has run, so this is only what a dry run shows."""
-    return StageResources(stage=stage, mem_mb=(mem_mb or 8000) * attempt, gpus=1 if gpus is None else gpus,
-                          gpu_mem_mb=0, runtime=60 * attempt, gpu_hours=0.0, notes=("architecture unknown",))
+    return StageResources(
+        stage=stage,
+        mem_mb=(mem_mb or 8000) * attempt,
+        gpus=1 if gpus is None else gpus,
+        gpu_mem_mb=0,
+        runtime=60 * attempt,
+        gpu_hours=0.0,
+        notes=("architecture unknown",),
+    )
 
 
 # --------------------------------------------------------------------------- the docs/cluster.md table
 # The reference job of the table: one classification dataset of 4 classes, 1 demonstration per
 # class, 5 seeds x 200 test prompts (the label-anchors paper's shape at a fifth of its size),
 # 250 tokens a prompt on average (400 the longest), every stage setting at the schema's default.
-REFERENCE_DATASET = {"source": "local", "path": "reference.csv",
-                     "classes": {c: f" {c}" for c in ("world", "sports", "business", "technology")},
-                     "prompts": {"shots_per_class": 1, "seeds": [1, 2, 3, 4, 5], "n_test": 200, "n_train": 16}}
+REFERENCE_DATASET = {
+    "source": "local",
+    "path": "reference.csv",
+    "classes": {c: f" {c}" for c in ("world", "sports", "business", "technology")},
+    "prompts": {"shots_per_class": 1, "seeds": [1, 2, 3, 4, 5], "n_test": 200, "n_train": 16},
+}
 REFERENCE_TOKENS, REFERENCE_LONGEST = 250, 400
 TABLE_MODELS = (("GPT2-XL", "gpt2-xl.config.json", "float32"), ("Llama-3.1-8B", "llama-3.1-8b.config.json", "bfloat16"))
 
@@ -452,17 +589,30 @@ def reference_table(config_dir: str | Path) -> str:
     cfg = validate_config({"models": {"m": {"source": "local", "path": "m"}}, "datasets": {"d": REFERENCE_DATASET}})
     dataset = cfg["datasets"]["d"]
     n = len(dataset["prompts"]["seeds"]) * (dataset["prompts"]["n_test"] + dataset["prompts"]["n_train"])
-    archs = [(Architecture.from_config(json.loads((Path(config_dir) / f).read_text())), dtype)
-             for _, f, dtype in TABLE_MODELS]
-    lines = ["| stage |" + "".join(f" {name}, {dtype}, {a.parameters / 1e9:.2f} B parameters: host mem / GPUs / "
-                                   "GPU mem / runtime |"
-                                   for (name, _, dtype), (a, _) in zip(TABLE_MODELS, archs, strict=True)),
-             "|---|" + "---|" * len(TABLE_MODELS)]
+    archs = [
+        (Architecture.from_config(json.loads((Path(config_dir) / f).read_text())), dtype)
+        for _, f, dtype in TABLE_MODELS
+    ]
+    lines = [
+        "| stage |"
+        + "".join(
+            f" {name}, {dtype}, {a.parameters / 1e9:.2f} B parameters: host mem / GPUs / GPU mem / runtime |"
+            for (name, _, dtype), (a, _) in zip(TABLE_MODELS, archs, strict=True)
+        ),
+        "|---|" + "---|" * len(TABLE_MODELS),
+    ]
     for stage in MODEL_STAGES:
         cells = []
         for arch, dtype in archs:
-            work = Work(n_prompts=n, tokens_per_prompt=REFERENCE_TOKENS, max_tokens=REFERENCE_LONGEST, batch_size=8,
-                        max_batch_tokens=8192, n_classes=4, n_demos=4)
+            work = Work(
+                n_prompts=n,
+                tokens_per_prompt=REFERENCE_TOKENS,
+                max_tokens=REFERENCE_LONGEST,
+                batch_size=8,
+                max_batch_tokens=8192,
+                n_classes=4,
+                n_demos=4,
+            )
             r = model_stage(stage, arch, dtype, work, cfg, dataset)
             cells.append(f" {r.mem_mb / 1000:.1f} GB / {r.gpus} / {r.gpu_mem_mb / 1000:.1f} GB / {r.runtime} min |")
         lines.append(f"| {stage} |" + "".join(cells))

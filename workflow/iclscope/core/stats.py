@@ -65,8 +65,9 @@ class PairedDifference:
         return asdict(self)
 
 
-def paired_difference(a, b, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
-                      n_perm: int = 10_000) -> PairedDifference:
+def paired_difference(
+    a, b, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, n_perm: int = 10_000
+) -> PairedDifference:
     """a, b: correctness of two arms on the same inputs, [n_inputs] or [n_seeds, n_inputs] (0/1 or bool).
 
     The interval resamples inputs with replacement (and, for several seeds, seeds as well: a
@@ -114,8 +115,15 @@ def _boot_stratum(d: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.nd
     return np.array([d[r][:, c].mean() for r, c in zip(rows, cols, strict=True)])
 
 
-def stratified_paired_difference(strata: dict, *, weights: str = "inputs", n_boot: int = 1000, seed: int = 0,
-                                 alpha: float = 0.05, n_perm: int = 10_000) -> PairedDifference:
+def stratified_paired_difference(
+    strata: dict,
+    *,
+    weights: str = "inputs",
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    n_perm: int = 10_000,
+) -> PairedDifference:
     """Arms a and b pooled over several datasets: strata {name: (a, b)}, each pair as `paired_difference`
     takes it ([n_inputs] or [n_seeds, n_inputs], the seeds of one stratum shared by both arms).
 
@@ -159,12 +167,12 @@ def stratified_paired_difference(strata: dict, *, weights: str = "inputs", n_boo
         p, test = float((extreme + 1) / (n_perm + 1)), "stratified_sign_flip"
     acc_a = float(sum(wi * x for wi, (x, _) in zip(w, accs, strict=True)))
     acc_b = float(sum(wi * y for wi, (_, y) in zip(w, accs, strict=True)))
-    return PairedDifference(acc_a, acc_b, diff, lo, hi, p, test, int(n.sum()), max(d.shape[0] for d in ds),
-                            a_only, b_only)
+    return PairedDifference(
+        acc_a, acc_b, diff, lo, hi, p, test, int(n.sum()), max(d.shape[0] for d in ds), a_only, b_only
+    )
 
 
-def pooled_rows(strata: dict, n_boot: int = 1000, weights: str = "inputs", adjust: bool = True,
-                **common) -> list[dict]:
+def pooled_rows(strata: dict, n_boot: int = 1000, weights: str = "inputs", adjust: bool = True, **common) -> list[dict]:
     """Metric rows (`paired_rows`) of a − b per dataset (column `dataset` = the stratum's name) and pooled
     over them (`dataset` "pooled", `stratified_paired_difference`), each p-value with its Holm-adjusted
     value (the family: these per-dataset and pooled tests; `adjust=False` leaves the adjustment to a
@@ -208,8 +216,10 @@ def with_holm(rows: list[dict], p_metric: str = "p_value", adjusted: str = "p_ho
     prefix = p_metric.endswith("_")
     picked = [r for r in rows if (r["metric"].startswith(p_metric) if prefix else r["metric"] == p_metric)]
     adj = holm([r["value"] for r in picked])
-    extra = [{**r, "metric": adjusted + r["metric"][len(p_metric):] if prefix else adjusted, "value": float(v)}
-             for r, v in zip(picked, adj, strict=True)]
+    extra = [
+        {**r, "metric": adjusted + r["metric"][len(p_metric) :] if prefix else adjusted, "value": float(v)}
+        for r, v in zip(picked, adj, strict=True)
+    ]
     return list(rows) + extra
 
 
@@ -220,8 +230,21 @@ def paired_rows(pair: PairedDifference, **common) -> list[dict]:
     """Metric-table rows of `pair` (arm a − arm b), each with the columns `common`: `gain` = diff (its
     interval also in ci_low / ci_high), `gain_lo`, `gain_hi`, `p_value`, `wins` (a right, b wrong),
     `losses` (a wrong, b right) and `n_paired` (inputs × seeds)."""
-    values = (pair.diff, pair.diff_lo, pair.diff_hi, pair.p_value, pair.a_only, pair.b_only,
-              pair.n_inputs * pair.n_seeds)
-    return [{**common, "metric": name, "value": float(v),
-             **({"ci_low": pair.diff_lo, "ci_high": pair.diff_hi} if name == "gain" else {})}
-            for name, v in zip(PAIRED_METRICS, values, strict=True)]
+    values = (
+        pair.diff,
+        pair.diff_lo,
+        pair.diff_hi,
+        pair.p_value,
+        pair.a_only,
+        pair.b_only,
+        pair.n_inputs * pair.n_seeds,
+    )
+    return [
+        {
+            **common,
+            "metric": name,
+            "value": float(v),
+            **({"ci_low": pair.diff_lo, "ci_high": pair.diff_hi} if name == "gain" else {}),
+        }
+        for name, v in zip(PAIRED_METRICS, values, strict=True)
+    ]

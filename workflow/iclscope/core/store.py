@@ -63,8 +63,9 @@ class ActivationWriter:
     prompts or parameters is discarded, one with the same is resumed from `n_done`.
     """
 
-    def __init__(self, path: str | Path, layout: dict, attrs: dict, prompts: dict[str, np.ndarray],
-                 compression: str = "lzf"):
+    def __init__(
+        self, path: str | Path, layout: dict, attrs: dict, prompts: dict[str, np.ndarray], compression: str = "lzf"
+    ):
         self.path = Path(path)
         self.tmp = partial_path(self.path)
         self.layout = layout
@@ -93,13 +94,15 @@ class ActivationWriter:
         n, L1, d = lay["n"], lay["n_layers"] + 1, lay["d_model"]
         rows = min(CHUNK_ROWS, n)
         f = h5py.File(self.tmp, "w")
-        f.attrs.update({
-            "schema_version": SCHEMA_VERSION,
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            **attrs,
-            "n_done": 0,
-            "complete": False,
-        })
+        f.attrs.update(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                **attrs,
+                "n_done": 0,
+                "complete": False,
+            }
+        )
         g = f.create_group("prompts")
         for name, values in prompts.items():
             values = np.asarray(values)
@@ -115,17 +118,32 @@ class ActivationWriter:
         for pos in lay["positions"]:
             if pos == "label":
                 if lay["max_demos"] and prefixes is not None:
-                    f.create_dataset("prefix/resid/label", (len(prefixes), lay["max_demos"], L1, d), dtype=dt,
-                                     chunks=(1, lay["max_demos"], 1, d), **kw)
+                    f.create_dataset(
+                        "prefix/resid/label",
+                        (len(prefixes), lay["max_demos"], L1, d),
+                        dtype=dt,
+                        chunks=(1, lay["max_demos"], 1, d),
+                        **kw,
+                    )
                 elif lay["max_demos"]:
-                    f.create_dataset("resid/label", (n, lay["max_demos"], L1, d), dtype=dt,
-                                     chunks=(rows, lay["max_demos"], 1, d), **kw)
+                    f.create_dataset(
+                        "resid/label",
+                        (n, lay["max_demos"], L1, d),
+                        dtype=dt,
+                        chunks=(rows, lay["max_demos"], 1, d),
+                        **kw,
+                    )
             else:
                 f.create_dataset(f"resid/{pos}", (n, L1, d), dtype=dt, chunks=(rows, 1, d), **kw)
         if lay["max_demos"]:
-            f.create_dataset("attn/query_to_label", (n, lay["n_layers"], lay["n_heads"], lay["max_demos"]),
-                             dtype=np.float32, chunks=(rows, lay["n_layers"], lay["n_heads"], lay["max_demos"]),
-                             fillvalue=np.nan, **kw)
+            f.create_dataset(
+                "attn/query_to_label",
+                (n, lay["n_layers"], lay["n_heads"], lay["max_demos"]),
+                dtype=np.float32,
+                chunks=(rows, lay["n_layers"], lay["n_heads"], lay["max_demos"]),
+                fillvalue=np.nan,
+                **kw,
+            )
         if lay["n_classes"]:
             f.create_dataset("logits/label", (n, lay["n_classes"]), dtype=np.float32, **kw)
         f.create_dataset("logits/topk_ids", (n, lay["topk"]), dtype=np.int32, **kw)
@@ -167,8 +185,9 @@ class ActivationWriter:
         if ds.dtype == np.float16 and np.issubdtype(values.dtype, np.floating):
             peak = float(np.nanmax(np.abs(values))) if values.size else 0.0
             if peak > np.finfo(np.float16).max:
-                raise OverflowError(f"{name}: values up to {peak:.3g} overflow float16; "
-                                    "set extract.store_dtype: float32")
+                raise OverflowError(
+                    f"{name}: values up to {peak:.3g} overflow float16; set extract.store_dtype: float32"
+                )
         ds[where] = values
 
     def commit(self) -> None:
@@ -196,18 +215,22 @@ def open_activations(path: str | Path, require_complete: bool = True) -> h5py.Fi
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise IncompleteFileError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {exc}. "
-                                  "Delete it and rerun the extract rule") from exc
+        raise IncompleteFileError(
+            f"{path} is not a readable HDF5 file (truncated or corrupt?): {exc}. Delete it and rerun the extract rule"
+        ) from exc
     if require_complete and not bool(f.attrs.get("complete", False)):
         done = f.attrs.get("n_done", "?")
         f.close()
-        raise IncompleteFileError(f"{path} is incomplete ({done} prompts written, 'complete' not set); "
-                                  "rerun the extract rule to resume it")
+        raise IncompleteFileError(
+            f"{path} is incomplete ({done} prompts written, 'complete' not set); rerun the extract rule to resume it"
+        )
     version = int(f.attrs.get("schema_version", 1))
     if version > SCHEMA_VERSION:
         f.close()
-        raise IncompleteFileError(f"{path} has schema_version {version}, newer than this iclscope reads "
-                                  f"({SCHEMA_VERSION}); update iclscope or rerun the extract rule")
+        raise IncompleteFileError(
+            f"{path} has schema_version {version}, newer than this iclscope reads "
+            f"({SCHEMA_VERSION}); update iclscope or rerun the extract rule"
+        )
     return f
 
 
@@ -228,8 +251,9 @@ class LabelStates:
         elif "resid/label" in f:
             self.data, self.index = f["resid/label"], None
         else:
-            raise KeyError(f"{f.filename} stores no label states (no demonstrations, or 'label' not in "
-                           "extract.positions)")
+            raise KeyError(
+                f"{f.filename} stores no label states (no demonstrations, or 'label' not in extract.positions)"
+            )
         n = len(self.index) if self.index is not None else self.data.shape[0]
         self.shape = (n, *self.data.shape[1:])
         self.dtype = self.data.dtype
@@ -311,8 +335,10 @@ def gather_shards(shard_paths: list[str | Path], out_path: str | Path) -> None:
                 out.attrs.update(rows=[0, n], n_done=n, shards=len(shards), complete=False)
                 names = _dataset_names(shards[0])
                 if any(_dataset_names(f) != names for f in shards[1:]):
-                    raise ValueError("shards store different datasets (label states per prompt in one, per shared "
-                                     "prefix in another?); rerun their extraction with one iclscope version")
+                    raise ValueError(
+                        "shards store different datasets (label states per prompt in one, per shared "
+                        "prefix in another?); rerun their extraction with one iclscope version"
+                    )
                 # prefix rows of each shard [lo, hi) in the gathered /prefix/* (each shard numbers its own)
                 n_prefix = [f["prefix/n_tokens"].shape[0] if "prefix/n_tokens" in f else 0 for f in shards]
                 ends = np.cumsum(n_prefix).tolist()
@@ -320,8 +346,12 @@ def gather_shards(shard_paths: list[str | Path], out_path: str | Path) -> None:
                 for name in names:
                     first = shards[0][name]
                     if name == "prompts/prefix_index":
-                        data = np.concatenate([np.where(f[name][()] >= 0, f[name][()] + lo, -1)
-                                               for f, (lo, _) in zip(shards, prefix_rows, strict=True)])
+                        data = np.concatenate(
+                            [
+                                np.where(f[name][()] >= 0, f[name][()] + lo, -1)
+                                for f, (lo, _) in zip(shards, prefix_rows, strict=True)
+                            ]
+                        )
                         out.create_dataset(name, data=data.astype(first.dtype))
                         continue
                     if name.startswith("prompts/"):
@@ -364,25 +394,33 @@ def open_token_states(path: str | Path) -> h5py.File:
 class ActivationFile:
     """A lazy, named view of an activation file (`iclscope.open`): nothing is read until sliced.
 
-        with iclscope.open("results/activations/smollm2-135m/tweets.h5") as act:
-            act.names                      # ['attn/query_to_label', 'logits/label', 'resid/query', ...]
-            act["resid/query"][:, 15]      # [N, d] of layer 15, read from that layer's chunks only
-            act["resid/label"][:8, :, 15]  # [8, K, d], per prompt whatever the layout (label_states)
-            act.prompts                    # DataFrame of /prompts/* (one row per prompt)
-            act.attrs["model_id"]
+    with iclscope.open("results/activations/smollm2-135m/tweets.h5") as act:
+        act.names                      # ['attn/query_to_label', 'logits/label', 'resid/query', ...]
+        act["resid/query"][:, 15]      # [N, d] of layer 15, read from that layer's chunks only
+        act["resid/label"][:8, :, 15]  # [8, K, d], per prompt whatever the layout (label_states)
+        act.prompts                    # DataFrame of /prompts/* (one row per prompt)
+        act.attrs["model_id"]
     """
 
     def __init__(self, path: str | Path, require_complete: bool = True):
         self.path = Path(path)
-        self.file = open_activations(self.path, require_complete) if "resid/tokens" not in _peek(self.path) \
+        self.file = (
+            open_activations(self.path, require_complete)
+            if "resid/tokens" not in _peek(self.path)
             else open_token_states(self.path)
+        )
         self.attrs = dict(self.file.attrs)
 
     @property
     def names(self) -> list[str]:
         found = []
-        self.file.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset)
-                             and not name.startswith(("prompts/", "prefix/")) else None)
+        self.file.visititems(
+            lambda name, obj: (
+                found.append(name)
+                if isinstance(obj, h5py.Dataset) and not name.startswith(("prompts/", "prefix/"))
+                else None
+            )
+        )
         if "prefix/resid/label" in self.file:
             found.append("resid/label")
         return sorted(found)

@@ -16,8 +16,21 @@ import pyarrow.parquet as pq
 from iclscope.core.atomic import written
 
 META_KEY = b"iclscope"
-METRIC_COLUMNS = ["model", "dataset", "family", "metric", "layer", "position", "label_type", "task",
-                  "shots", "seed", "value", "ci_low", "ci_high"]
+METRIC_COLUMNS = [
+    "model",
+    "dataset",
+    "family",
+    "metric",
+    "layer",
+    "position",
+    "label_type",
+    "task",
+    "shots",
+    "seed",
+    "value",
+    "ci_low",
+    "ci_high",
+]
 
 
 def write_table(df: pd.DataFrame, path: str | Path, meta: dict | None = None) -> None:

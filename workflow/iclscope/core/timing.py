@@ -40,8 +40,9 @@ def timed(run, repeats: int, device) -> tuple[object, float]:
     return result, float(np.median(times))
 
 
-def interleaved(prepare: Mapping[str, Callable[[], Callable[[], object]]], repeats: int,
-                device) -> tuple[dict[str, object], dict[str, list[float]]]:
+def interleaved(
+    prepare: Mapping[str, Callable[[], Callable[[], object]]], repeats: int, device
+) -> tuple[dict[str, object], dict[str, list[float]]]:
     """Time every arm of one prompt in `repeats` interleaved rounds (arm order fixed within a round).
 
     prepare[arm]() returns the zero-argument call to time; it runs before the clock starts, so what a

@@ -1,2 +1,1 @@
-"""Datasets: a user's or a registry's table prepared to one schema, and the synthetic tasks.
-"""
+"""Datasets: a user's or a registry's table prepared to one schema, and the synthetic tasks."""

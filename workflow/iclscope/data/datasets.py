@@ -48,8 +48,7 @@ class DatasetReport:
             log.info("dropped %d rows: %s", n, reason)
 
 
-def decode_lines(data: bytes, encoding: str, on_error: str, fallback: str,
-                 report: DatasetReport, name: str) -> str:
+def decode_lines(data: bytes, encoding: str, on_error: str, fallback: str, report: DatasetReport, name: str) -> str:
     """Decode `data` line by line: valid lines with `encoding`, others per `on_error`.
 
     A line-wise fallback keeps valid multi-byte characters intact (decoding the whole file as
@@ -76,8 +75,13 @@ def decode_lines(data: bytes, encoding: str, on_error: str, fallback: str,
                 out.append(line.decode(fallback, errors="replace"))
                 report.lines_decoded_with_fallback += 1
     n_bad = report.lines_decoded_with_fallback + report.lines_with_replacement
-    log.warning("dataset '%s': %d lines were not valid %s and were decoded with %s", name, n_bad, encoding,
-                fallback if on_error == "fallback" else "U+FFFD replacement")
+    log.warning(
+        "dataset '%s': %d lines were not valid %s and were decoded with %s",
+        name,
+        n_bad,
+        encoding,
+        fallback if on_error == "fallback" else "U+FFFD replacement",
+    )
     return "\n".join(out)
 
 
@@ -96,8 +100,10 @@ def read_local_table(path: Path, spec: DatasetSpec, report: DatasetReport) -> pd
     if suffix == ".parquet":
         return pd.read_parquet(path)
     if suffix not in TEXT_SUFFIXES:
-        raise ConfigError(f"config key 'datasets.{spec.name}.path': unsupported file type '{suffix}'; "
-                          "use .csv, .tsv, .json, .jsonl, .parquet or a save_to_disk directory")
+        raise ConfigError(
+            f"config key 'datasets.{spec.name}.path': unsupported file type '{suffix}'; "
+            "use .csv, .tsv, .json, .jsonl, .parquet or a save_to_disk directory"
+        )
     raw = path.read_bytes()
     if not raw.strip():
         raise ConfigError(f"dataset '{spec.name}': {path} is empty")
@@ -151,10 +157,13 @@ def read_conllu(path: Path, spec: DatasetSpec, report: DatasetReport, column: st
     if not path.is_file():
         raise ConfigError(f"config key 'datasets.{spec.name}.path': {path} does not exist")
     if column not in ("upos", "xpos"):
-        raise ConfigError(f"config key 'datasets.{spec.name}.tagging.tags_column': a CoNLL-U file has the tag "
-                          f"columns upos and xpos, not {column!r} (tags_column is for hub / save_to_disk tables)")
-    text = decode_lines(path.read_bytes(), spec.encoding, spec.on_decode_error, spec.fallback_encoding,
-                        report, spec.name)
+        raise ConfigError(
+            f"config key 'datasets.{spec.name}.tagging.tags_column': a CoNLL-U file has the tag "
+            f"columns upos and xpos, not {column!r} (tags_column is for hub / save_to_disk tables)"
+        )
+    text = decode_lines(
+        path.read_bytes(), spec.encoding, spec.on_decode_error, spec.fallback_encoding, report, spec.name
+    )
     try:
         parsed = conllu.parse(text)
     except conllu.exceptions.ParseException as exc:
@@ -178,30 +187,40 @@ def read_tagged_table(ds, spec: DatasetSpec, tagging, where: str) -> list[tuple[
     parts = ds.values() if isinstance(ds, datasets.DatasetDict) else [ds]
     sentences = []
     for part in parts:
-        keys = {"tokens_column": tagging.tokens_column,
-                "tags_column" if tagging.tags_column else "tags": tagging.column}
+        keys = {
+            "tokens_column": tagging.tokens_column,
+            "tags_column" if tagging.tags_column else "tags": tagging.column,
+        }
         missing = {k: c for k, c in keys.items() if c not in part.column_names}
         if missing:
             key, col = next(iter(missing.items()))
-            raise ConfigError(f"dataset '{spec.name}': column '{col}' (config key datasets.{spec.name}.tagging."
-                              f"{key}) not found in {where}; its columns are: {part.column_names}")
+            raise ConfigError(
+                f"dataset '{spec.name}': column '{col}' (config key datasets.{spec.name}.tagging."
+                f"{key}) not found in {where}; its columns are: {part.column_names}"
+            )
         feature = part.features[tagging.column]
         inner = getattr(feature, "feature", feature)
         names = inner.names if isinstance(inner, datasets.ClassLabel) else None
         for row in part.select_columns([tagging.tokens_column, tagging.column]).to_list():
             words, tags = row[tagging.tokens_column], row[tagging.column]
             if len(words) != len(tags):
-                raise ConfigError(f"dataset '{spec.name}': a row of {where} has {len(words)} words but "
-                                  f"{len(tags)} tags in column '{tagging.column}'")
+                raise ConfigError(
+                    f"dataset '{spec.name}': a row of {where} has {len(words)} words but "
+                    f"{len(tags)} tags in column '{tagging.column}'"
+                )
             if names is not None:
                 bad = [t for t in tags if t is None or not 0 <= t < len(names)]
                 if bad:
-                    raise ConfigError(f"dataset '{spec.name}': tag id {bad[0]} in column '{tagging.column}' of "
-                                      f"{where} is not one of its {len(names)} ClassLabel names {names}")
+                    raise ConfigError(
+                        f"dataset '{spec.name}': tag id {bad[0]} in column '{tagging.column}' of "
+                        f"{where} is not one of its {len(names)} ClassLabel names {names}"
+                    )
                 tags = [names[t] for t in tags]
             elif any(isinstance(t, int) for t in tags):
-                raise ConfigError(f"dataset '{spec.name}': column '{tagging.column}' of {where} holds integer "
-                                  "tags without ClassLabel names; map them to tag names first")
+                raise ConfigError(
+                    f"dataset '{spec.name}': column '{tagging.column}' of {where} holds integer "
+                    "tags without ClassLabel names; map them to tag names first"
+                )
             kept = [(str(w), t) for w, t in zip(words, tags, strict=True) if t not in (None, "_")]
             if kept:
                 sentences.append(([w for w, _ in kept], [t for _, t in kept]))
@@ -233,11 +252,19 @@ def load_pos(spec: DatasetSpec, report: DatasetReport) -> pd.DataFrame:
     try:
         df, counts = synthetic.pos_examples(sentences, tagging.task_tags, spec.n_per_task, seed=spec.seed)
     except ValueError as exc:
-        raise ConfigError(f"dataset '{spec.name}' ({where}, config key datasets.{spec.name}.tagging / "
-                          f"n_per_task): {exc}") from None
-    log.info("dataset '%s': %d sentences in %s, with each task's tag %s, %d with all (%d duplicates); %d drawn",
-             spec.name, counts["sentences"], where, counts["with_tag"], counts["with_all_tags"],
-             counts["duplicates"], spec.n_per_task)
+        raise ConfigError(
+            f"dataset '{spec.name}' ({where}, config key datasets.{spec.name}.tagging / n_per_task): {exc}"
+        ) from None
+    log.info(
+        "dataset '%s': %d sentences in %s, with each task's tag %s, %d with all (%d duplicates); %d drawn",
+        spec.name,
+        counts["sentences"],
+        where,
+        counts["with_tag"],
+        counts["with_all_tags"],
+        counts["duplicates"],
+        spec.n_per_task,
+    )
     report.drop("sentences without a word for every task", counts["sentences"] - counts["with_all_tags"])
     report.drop("duplicate sentences", counts["duplicates"])
     return df
@@ -292,8 +319,10 @@ def load_source(spec: DatasetSpec, report: DatasetReport) -> pd.DataFrame:
         try:
             kept = df.query(spec.where)
         except Exception as exc:  # noqa: BLE001 - pandas raises many types
-            raise ConfigError(f"config key 'datasets.{spec.name}.where': {spec.where!r} failed on {where} "
-                              f"({type(exc).__name__}: {exc}); its columns are {list(df.columns)}") from exc
+            raise ConfigError(
+                f"config key 'datasets.{spec.name}.where': {spec.where!r} failed on {where} "
+                f"({type(exc).__name__}: {exc}); its columns are {list(df.columns)}"
+            ) from exc
         report.drop(f"where: {spec.where}", len(df) - len(kept))
         df = kept
     columns = {"text_column": spec.text_column, "label_column": spec.label_column}
@@ -368,14 +397,18 @@ def normalise(spec: DatasetSpec, df: pd.DataFrame, report: DatasetReport) -> pd.
         mapping = {"train": "train", "test": "test", **spec.splits}
         df["split"] = names.map(lambda s: mapping.get(s))
         unmapped = df["split"].isna()
-        report.drop(f"source split not mapped to train/test ({sorted(names[unmapped].unique())}); "
-                    f"set datasets.{spec.name}.splits", int(unmapped.sum()))
+        report.drop(
+            f"source split not mapped to train/test ({sorted(names[unmapped].unique())}); "
+            f"set datasets.{spec.name}.splits",
+            int(unmapped.sum()),
+        )
         df = df[~unmapped].drop(columns="__source_split")
     elif spec.kind == "generation":
         # task families share inputs: split by input so no test input is a demonstration elsewhere
         inputs = pd.Series(sorted(df["text"].unique()))
-        test_inputs = set(inputs[stratified_split(pd.Series(0, index=inputs.index), spec.test_fraction,
-                                                  spec.seed) == "test"])
+        test_inputs = set(
+            inputs[stratified_split(pd.Series(0, index=inputs.index), spec.test_fraction, spec.seed) == "test"]
+        )
         df["split"] = np.where(df["text"].isin(test_inputs), "test", "train")
     else:
         df["split"] = stratified_split(df["task"] + "\x00" + df["label"], spec.test_fraction, spec.seed)
@@ -383,8 +416,9 @@ def normalise(spec: DatasetSpec, df: pd.DataFrame, report: DatasetReport) -> pd.
     if spec.max_rows:
         rng = np.random.default_rng(spec.seed)
         keep = []
-        for _, idx in df.groupby(["split", "task", "label"] if spec.kind == "classification"
-                                 else ["split", "task"], sort=True).groups.items():
+        for _, idx in df.groupby(
+            ["split", "task", "label"] if spec.kind == "classification" else ["split", "task"], sort=True
+        ).groups.items():
             idx = np.array(sorted(idx))
             keep.extend(rng.permutation(idx)[: spec.max_rows])
         report.drop(f"max_rows={spec.max_rows}", len(df) - len(keep))
@@ -392,8 +426,9 @@ def normalise(spec: DatasetSpec, df: pd.DataFrame, report: DatasetReport) -> pd.
 
     for split in ("train", "test"):
         if not (df["split"] == split).any():
-            raise ConfigError(f"dataset '{spec.name}': the {split} split is empty; check "
-                              f"datasets.{spec.name}.splits / test_fraction")
+            raise ConfigError(
+                f"dataset '{spec.name}': the {split} split is empty; check datasets.{spec.name}.splits / test_fraction"
+            )
     df = df.reset_index(drop=True)
     df.insert(0, "row_id", np.arange(len(df), dtype=np.int64))
     front = ["row_id", "text", "label", "split", "task"]

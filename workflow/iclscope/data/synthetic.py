@@ -74,8 +74,9 @@ def tag_matches(tag: str | None, patterns: Sequence[str]) -> bool:
     return tag is not None and any(fnmatch.fnmatchcase(tag, p) for p in patterns)
 
 
-def pos_examples(sentences: Sequence[tuple[Sequence[str], Sequence[str | None]]], task_tags: dict,
-                 n_per_task: int, seed: int) -> tuple[pd.DataFrame, dict]:
+def pos_examples(
+    sentences: Sequence[tuple[Sequence[str], Sequence[str | None]]], task_tags: dict, n_per_task: int, seed: int
+) -> tuple[pd.DataFrame, dict]:
     """Han et al.'s POS family on tagged sentences [(words, tags)].
 
     Keeps the sentences with a word for every task (tag patterns as in TaggingSettings), draws
@@ -85,13 +86,19 @@ def pos_examples(sentences: Sequence[tuple[Sequence[str], Sequence[str | None]]]
     counts says how many sentences had each task's tag. Raises ValueError naming the tags when
     none or too few sentences qualify.
     """
-    unused = [(t, p) for t, pats in task_tags.items() for p in pats
-              if not any(tag_matches(tag, [p]) for _, tags in sentences for tag in tags)]
+    unused = [
+        (t, p)
+        for t, pats in task_tags.items()
+        for p in pats
+        if not any(tag_matches(tag, [p]) for _, tags in sentences for tag in tags)
+    ]
     if unused:
         seen = sorted({tag for _, tags in sentences for tag in tags if tag is not None})
         task, pattern = unused[0]
-        raise ValueError(f"unknown tag: tagging.tasks.{task} names {pattern!r}, which no word of the "
-                         f"{len(sentences)} sentences carries; their tags are {seen}")
+        raise ValueError(
+            f"unknown tag: tagging.tasks.{task} names {pattern!r}, which no word of the "
+            f"{len(sentences)} sentences carries; their tags are {seen}"
+        )
     has = {t: 0 for t in task_tags}
     kept, seen_texts, duplicates = [], set(), 0
     for words, tags in sentences:
@@ -107,16 +114,23 @@ def pos_examples(sentences: Sequence[tuple[Sequence[str], Sequence[str | None]]]
             continue
         seen_texts.add(text)
         kept.append((text, list(words), firsts))
-    counts = {"sentences": len(sentences), "with_tag": has, "with_all_tags": len(kept) + duplicates,
-              "duplicates": duplicates}
+    counts = {
+        "sentences": len(sentences),
+        "with_tag": has,
+        "with_all_tags": len(kept) + duplicates,
+        "duplicates": duplicates,
+    }
     wanted = ", ".join(f"{t} {'/'.join(p)}" for t, p in task_tags.items())
     if not kept:
-        raise ValueError(f"none of the {len(sentences)} sentences has a word for every task ({wanted}); "
-                         f"sentences with each: {has}")
+        raise ValueError(
+            f"none of the {len(sentences)} sentences has a word for every task ({wanted}); sentences with each: {has}"
+        )
     if len(kept) < n_per_task:
-        raise ValueError(f"only {len(kept)} distinct sentences of {len(sentences)} have a word for every task "
-                         f"({wanted}; sentences with each: {has}), fewer than n_per_task={n_per_task}; lower "
-                         "n_per_task or use a larger treebank")
+        raise ValueError(
+            f"only {len(kept)} distinct sentences of {len(sentences)} have a word for every task "
+            f"({wanted}; sentences with each: {has}), fewer than n_per_task={n_per_task}; lower "
+            "n_per_task or use a larger treebank"
+        )
     rng = np.random.default_rng(seed)
     chosen = [kept[i] for i in rng.choice(len(kept), n_per_task, replace=False)]
     rows = []
@@ -143,14 +157,17 @@ def apply_word_task(task: str, word: str) -> str:
     }[task](word)
 
 
-def vocabulary_from_texts(texts: Iterable[str], min_len: int = 3, max_len: int = 8, min_count: int = 2,
-                          max_words: int = 2000, seed: int = 0) -> list[str]:
+def vocabulary_from_texts(
+    texts: Iterable[str], min_len: int = 3, max_len: int = 8, min_count: int = 2, max_words: int = 2000, seed: int = 0
+) -> list[str]:
     """Lower-case purely alphabetic words of a corpus, frequency-filtered, sorted (seeded sample if many)."""
     counts = Counter(w for t in texts for w in re.findall(r"(?<![\w@#'])[a-z]+(?![\w'])", str(t).lower()))
     words = sorted(w for w, n in counts.items() if n >= min_count and min_len <= len(w) <= max_len)
     if not words:
-        raise ValueError(f"no word of {min_len}-{max_len} letters occurs {min_count}+ times in the corpus; "
-                         "relax vocabulary.min_len / max_len / min_count")
+        raise ValueError(
+            f"no word of {min_len}-{max_len} letters occurs {min_count}+ times in the corpus; "
+            "relax vocabulary.min_len / max_len / min_count"
+        )
     if len(words) > max_words:
         keep = np.random.default_rng(seed).choice(len(words), max_words, replace=False)
         words = [words[i] for i in sorted(keep)]
@@ -161,8 +178,10 @@ def word_examples(vocabulary: Sequence[str], n_per_task: int, seed: int) -> pd.D
     """n_per_task words (the same for every task) with each task's answer; Null = a random other word."""
     vocabulary = list(dict.fromkeys(vocabulary))
     if len(vocabulary) < max(2, n_per_task):
-        raise ValueError(f"vocabulary has {len(vocabulary)} words, fewer than n_per_task={n_per_task}; lower "
-                         "n_per_task or relax the vocabulary filters")
+        raise ValueError(
+            f"vocabulary has {len(vocabulary)} words, fewer than n_per_task={n_per_task}; lower "
+            "n_per_task or relax the vocabulary filters"
+        )
     rng = np.random.default_rng(seed)
     words = [vocabulary[i] for i in rng.choice(len(vocabulary), n_per_task, replace=False)]
     rows = []
@@ -218,8 +237,9 @@ class SparseRegressionTask:
         return (*out, w) if return_weights else out
 
 
-def optimal_mse_reference(task: SparseRegressionTask, n_examples_seen: int, n_sequences: int = 2000,
-                          ridge: float | None = None, seed: int = 0) -> dict:
+def optimal_mse_reference(
+    task: SparseRegressionTask, n_examples_seen: int, n_sequences: int = 2000, ridge: float | None = None, seed: int = 0
+) -> dict:
     """Monte Carlo test MSE (against noisy targets) of ridge regression after `n_examples_seen` pairs.
 
     'basis_known': regression on the true basis's `basis_size` coordinates (the task inferred),
@@ -241,5 +261,9 @@ def optimal_mse_reference(task: SparseRegressionTask, n_examples_seen: int, n_se
                 A = X[:, cols]
                 w_hat[cols] = np.linalg.solve(A.T @ A + ridge * np.eye(len(cols)), A.T @ y)
             errs[name].append((x_new @ w_hat - y_new) ** 2)
-    return {"basis_known": float(np.mean(errs["basis_known"])), "basis_unknown": float(np.mean(errs["basis_unknown"])),
-            "n_examples_seen": n, "noise_var": task.noise_var}
+    return {
+        "basis_known": float(np.mean(errs["basis_known"])),
+        "basis_unknown": float(np.mean(errs["basis_unknown"])),
+        "n_examples_seen": n,
+        "noise_var": task.noise_var,
+    }

@@ -75,10 +75,11 @@ def accuracy_table(preds: pd.DataFrame, kind: str, n_boot: int, model: str, data
         rows.append({**common, "metric": "accuracy", "value": correct.mean(), "ci_low": lo, "ci_high": hi})
         if kind == "classification":
             gold = g["gold"].to_numpy()
-            rows.append({**common, "metric": "macro_f1",
-                         "value": macro_f1(gold, g["pred_index"].to_numpy(), np.unique(gold))})
-            rows.append({**common, "metric": "majority_baseline",
-                         "value": np.bincount(gold).max() / len(gold)})
-            rows.append({**common, "metric": "prediction_share_max",
-                         "value": np.bincount(g["pred_index"]).max() / len(g)})
+            rows.append(
+                {**common, "metric": "macro_f1", "value": macro_f1(gold, g["pred_index"].to_numpy(), np.unique(gold))}
+            )
+            rows.append({**common, "metric": "majority_baseline", "value": np.bincount(gold).max() / len(gold)})
+            rows.append(
+                {**common, "metric": "prediction_share_max", "value": np.bincount(g["pred_index"]).max() / len(g)}
+            )
     return metric_frame(rows, model=model, dataset=dataset, family="icl_accuracy", position="query")

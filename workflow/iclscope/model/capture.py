@@ -82,8 +82,9 @@ class Positions:
 
 def no_positions(batch: int, device) -> Positions:
     """Positions that record nothing (for runs that only edit attention or patch the residual stream)."""
-    return Positions(torch.zeros(batch, 0, dtype=torch.long, device=device),
-                     torch.zeros(batch, 2, dtype=torch.long, device=device))
+    return Positions(
+        torch.zeros(batch, 0, dtype=torch.long, device=device), torch.zeros(batch, 2, dtype=torch.long, device=device)
+    )
 
 
 @dataclass
@@ -190,9 +191,18 @@ class Recorder:
                 store[:, index] = value.float().to(store.device)
 
     # -------------------------------------------------------------- attention
-    def take_query_row(self, layer: int, query: torch.Tensor, key: torch.Tensor,
-                       attention_mask: torch.Tensor | None, scaling: float, *, softcap: float | None = None,
-                       bias: torch.Tensor | None = None, sinks: torch.Tensor | None = None) -> None:
+    def take_query_row(
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float,
+        *,
+        softcap: float | None = None,
+        bias: torch.Tensor | None = None,
+        sinks: torch.Tensor | None = None,
+    ) -> None:
         """query [B, H, Tq, dh], key [B, Hkv, Tk, dh] -> attention of the last query row to label columns.
 
         The row is computed as the model computes its attention (see `attention_scores`), in float32.
@@ -262,8 +272,14 @@ def full_mask(attention_mask: torch.Tensor | None, q_len: int, k_len: int, devic
     return attention_mask.float().clamp(min=low)
 
 
-def attention_scores(query: torch.Tensor, key: torch.Tensor, scaling: float, *, softcap: float | None = None,
-                     bias: torch.Tensor | None = None) -> torch.Tensor:
+def attention_scores(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scaling: float,
+    *,
+    softcap: float | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Pre-mask scores, float32: (q · kᵀ) · scaling, soft-capped (softcap · tanh(s / softcap), Gemma-2),
     plus an additive bias (ALiBi, position bias) broadcastable to [B, H, Tq, Tk].
 
@@ -287,10 +303,20 @@ def softmax_with_sinks(scores: torch.Tensor, sinks: torch.Tensor | None = None) 
     return torch.cat([scores, sink], dim=-1).softmax(-1)[..., :-1]
 
 
-def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                    attention_mask: torch.Tensor | None, scaling: float, *, softcap: float | None = None,
-                    bias: torch.Tensor | None = None, sinks: torch.Tensor | None = None, dropout: float = 0.0,
-                    edit: AttentionEdit | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def eager_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    *,
+    softcap: float | None = None,
+    bias: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
+    dropout: float = 0.0,
+    edit: AttentionEdit | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The one eager attention: (output [B, H, Tq, dv], weights [B, H, Tq, Tk]).
 
     Scores and softmax in float32, then `edit` (when given) on the float32 post-softmax weights,
@@ -313,8 +339,15 @@ def layer_index(module: nn.Module) -> int | None:
     return getattr(module, "layer_id", None) if layer is None else layer
 
 
-def _observe(rec: Recorder | None, module: nn.Module, query: torch.Tensor, key: torch.Tensor,
-             attention_mask: torch.Tensor | None, scaling: float, **modifiers) -> None:
+def _observe(
+    rec: Recorder | None,
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    **modifiers,
+) -> None:
     """The reads of an active Recorder at one layer (query row; q/k at `qk_layer`)."""
     if rec is None:
         return
@@ -325,8 +358,13 @@ def _observe(rec: Recorder | None, module: nn.Module, query: torch.Tensor, key: 
     if rec.qk_layer is not None and rec.qk_layer == layer:
         B, H, T, dh = query.shape
         q_proj, k_proj = rec.projections.get("q"), rec.projections.get("k")
-        if (rec.qk_source == "pre_rope" and q_proj is not None and k_proj is not None
-                and q_proj.shape == (B, T, H * dh) and k_proj.shape == (B, T, key.shape[1] * dh)):
+        if (
+            rec.qk_source == "pre_rope"
+            and q_proj is not None
+            and k_proj is not None
+            and q_proj.shape == (B, T, H * dh)
+            and k_proj.shape == (B, T, key.shape[1] * dh)
+        ):
             query = rec.projections["q"].view(B, T, H, dh).transpose(1, 2)
             key = rec.projections["k"].view(B, T, key.shape[1], dh).transpose(1, 2)
             rec.qk_used = "pre_rope"
@@ -335,9 +373,16 @@ def _observe(rec: Recorder | None, module: nn.Module, query: torch.Tensor, key: 
         rec.take_qk(query, key)
 
 
-def iclscope_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                       **kwargs):
+def iclscope_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+):
     """The AttentionInterface path: SDPA, plus reads/edits when a Recorder is active (module docstring).
 
     `softcap` (Gemma-2), `s_aux` (attention sinks) and `position_bias` are applied as the
@@ -348,10 +393,22 @@ def iclscope_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor
     _observe(rec, module, query, key, attention_mask, scaling, softcap=softcap, bias=position_bias, sinks=sinks)
     edit = rec.edit if rec is not None else None
     if edit is None and softcap is None and sinks is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
-    out, weights = eager_attention(module, query, key, value, attention_mask, scaling, softcap=softcap,
-                                   bias=position_bias, sinks=sinks, dropout=dropout, edit=edit)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    out, weights = eager_attention(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        scaling,
+        softcap=softcap,
+        bias=position_bias,
+        sinks=sinks,
+        dropout=dropout,
+        edit=edit,
+    )
     return out.transpose(1, 2).contiguous(), weights
 
 
@@ -363,35 +420,63 @@ AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
 # Architectures whose attention does not go through AttentionInterface. Each adapter computes
 # exactly the module's own eager attention (same scale, bias, mask; tests/unit/test_architectures.py
 # checks it against `output_attentions` of the unadapted model) through `_adapted_attention`.
-def _adapted_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                       attention_mask: torch.Tensor | None, scaling: float, *, bias: torch.Tensor | None = None,
-                       dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def _adapted_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    *,
+    bias: torch.Tensor | None = None,
+    dropout: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reads of the active Recorder, then the one eager attention with its edit: ([B, H, Tq, dv], weights)."""
     rec = _ACTIVE.get()
     _observe(rec, module, query, key, attention_mask, scaling, bias=bias)
-    out, weights = eager_attention(module, query, key, value, attention_mask, scaling, bias=bias, dropout=dropout,
-                                   edit=rec.edit if rec is not None else None)
+    out, weights = eager_attention(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        scaling,
+        bias=bias,
+        dropout=dropout,
+        edit=rec.edit if rec is not None else None,
+    )
     return out, weights.to(value.dtype)
 
 
 def _rotary_attn(self, query, key, value, attention_mask=None):
     """GPT-J / CodeGen `_attn`: softmax(q·kᵀ / √dh + mask) (CodeGen divides the mask too: masked
     entries stay masked, kept ones get 0 either way)."""
-    return _adapted_attention(self, query, key, value, attention_mask, 1.0 / float(self.scale_attn),
-                              dropout=self.attn_dropout.p)
+    return _adapted_attention(
+        self, query, key, value, attention_mask, 1.0 / float(self.scale_attn), dropout=self.attn_dropout.p
+    )
 
 
 def _gpt_neo_attn(self, query, key, value, attention_mask=None):
     """GPT-Neo `_attn`: unscaled q·kᵀ, the module's causal (global) or banded (local window) mask, + mask."""
     q_len, k_len = query.shape[-2], key.shape[-2]
-    allowed = self.bias[:, :, k_len - q_len:k_len, :k_len]
+    allowed = self.bias[:, :, k_len - q_len : k_len, :k_len]
     window = torch.zeros(allowed.shape, device=query.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
     mask = window if attention_mask is None else window + full_mask(attention_mask, q_len, k_len, query.device)
     return _adapted_attention(self, query, key, value, mask, 1.0, dropout=self.attn_dropout.p)
 
 
-def _falcon_forward(self, hidden_states, alibi, attention_mask, position_ids=None, layer_past=None,
-                    use_cache=False, output_attentions=False, position_embeddings=None, **kwargs):
+def _falcon_forward(
+    self,
+    hidden_states,
+    alibi,
+    attention_mask,
+    position_ids=None,
+    layer_past=None,
+    use_cache=False,
+    output_attentions=False,
+    position_embeddings=None,
+    **kwargs,
+):
     """FalconAttention.forward of transformers 5 (rotary; ALiBi Falcons are refused, see
     iclscope.core.architectures) with the score/softmax step through `_adapted_attention`."""
     from transformers.models.falcon.modeling_falcon import apply_rotary_pos_emb
@@ -415,8 +500,17 @@ def _falcon_forward(self, hidden_states, alibi, attention_mask, position_ids=Non
     return self.dense(out), weights
 
 
-def _bloom_forward(self, hidden_states, residual, alibi, attention_mask, layer_past=None, use_cache=False,
-                   output_attentions=False, **kwargs):
+def _bloom_forward(
+    self,
+    hidden_states,
+    residual,
+    alibi,
+    attention_mask,
+    layer_past=None,
+    use_cache=False,
+    output_attentions=False,
+    **kwargs,
+):
     """BloomAttention.forward of transformers 5 with the score/softmax step through `_adapted_attention`:
     scores = β·ALiBi + q·kᵀ/√dh (+ mask), ALiBi passed on as the additive bias [B, H, 1, Tk]."""
     from transformers.models.bloom.modeling_bloom import dropout_add
@@ -426,15 +520,18 @@ def _bloom_forward(self, hidden_states, residual, alibi, attention_mask, layer_p
     if layer_past is not None:
         key, value = layer_past.update(key, value, self.layer_idx)
     bias = alibi.view(batch_size, self.num_heads, 1, -1) * self.beta
-    out, weights = _adapted_attention(self, query, key, value, attention_mask, self.inv_norm_factor, bias=bias,
-                                      dropout=self.attention_dropout.p)
+    out, weights = _adapted_attention(
+        self, query, key, value, attention_mask, self.inv_norm_factor, bias=bias, dropout=self.attention_dropout.p
+    )
     context = self._merge_heads(out.flatten(0, 1))
     if self.pretraining_tp > 1 and self.slow_but_exact:
         slices = self.hidden_size / self.pretraining_tp
         output = torch.zeros_like(context)
         for i in range(self.pretraining_tp):
-            output = output + nn.functional.linear(context[:, :, int(i * slices):int((i + 1) * slices)],
-                                                   self.dense.weight[:, int(i * slices):int((i + 1) * slices)])
+            output = output + nn.functional.linear(
+                context[:, :, int(i * slices) : int((i + 1) * slices)],
+                self.dense.weight[:, int(i * slices) : int((i + 1) * slices)],
+            )
     else:
         output = self.dense(context)
     return dropout_add(output, residual, self.hidden_dropout, self.training), weights
@@ -447,8 +544,10 @@ def _mpt_forward(self, hidden_states, position_bias, past_key_values=None, atten
     mixed_qkv = self.Wqkv(hidden_states)
     if self.clip_qkv:
         mixed_qkv = mixed_qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
-    query, key, value = (x.reshape(batch_size, seq_length, self.n_heads, self.head_dim).transpose(1, 2)
-                         for x in mixed_qkv.chunk(3, dim=2))
+    query, key, value = (
+        x.reshape(batch_size, seq_length, self.n_heads, self.head_dim).transpose(1, 2)
+        for x in mixed_qkv.chunk(3, dim=2)
+    )
     if past_key_values is not None:
         key, value = past_key_values.update(key, value, self.layer_idx)
     query_length = seq_length if past_key_values is None else seq_length + past_key_values.get_seq_length()
@@ -459,15 +558,16 @@ def _mpt_forward(self, hidden_states, position_bias, past_key_values=None, atten
         bias = position_bias[:, q0:, k0:][None]  # [1, H, 1|Tq, Tk]
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         attention_mask = torch.zeros(attention_mask.shape, device=query.device).masked_fill(
-            attention_mask, torch.finfo(torch.float32).min)
-    out, weights = _adapted_attention(self, query, key, value, attention_mask, self.softmax_scale, bias=bias,
-                                      dropout=self.attn_dropout_p)
+            attention_mask, torch.finfo(torch.float32).min
+        )
+    out, weights = _adapted_attention(
+        self, query, key, value, attention_mask, self.softmax_scale, bias=bias, dropout=self.attn_dropout_p
+    )
     out = out.permute(0, 2, 1, 3).reshape(batch_size, seq_length, -1)
     return self.out_proj(out), weights
 
 
-def _xglm_forward(self, hidden_states, key_value_states=None, past_key_values=None, attention_mask=None,
-                  **kwargs):
+def _xglm_forward(self, hidden_states, key_value_states=None, past_key_values=None, attention_mask=None, **kwargs):
     """XGLMAttention.forward of transformers 5 (self-attention: XGLMForCausalLM has no cross-attention)
     with the score/softmax step through `_adapted_attention`; the query scale passed as `scaling`."""
     from transformers.cache_utils import EncoderDecoderCache
@@ -480,8 +580,11 @@ def _xglm_forward(self, hidden_states, key_value_states=None, past_key_values=No
     key = self.k_proj(hidden_states).view(bsz, tgt_len, -1, self.head_dim).transpose(1, 2)
     value = self.v_proj(hidden_states).view(bsz, tgt_len, -1, self.head_dim).transpose(1, 2)
     if past_key_values is not None:
-        cache = (past_key_values.self_attention_cache if isinstance(past_key_values, EncoderDecoderCache)
-                 else past_key_values)
+        cache = (
+            past_key_values.self_attention_cache
+            if isinstance(past_key_values, EncoderDecoderCache)
+            else past_key_values
+        )
         key, value = cache.update(key, value, self.layer_idx)
     out, weights = _adapted_attention(self, query, key, value, attention_mask, self.scaling, dropout=self.dropout)
     return self.out_proj(out.transpose(1, 2).reshape(bsz, tgt_len, self.embed_dim)), weights
@@ -564,17 +667,24 @@ def recording(model: nn.Module, recorder: Recorder):
     layers = decoder_layers(model)
     handles = []
     if recorder.uses_attention:
+
         def count(_module, _args):
             recorder.forwards += 1
 
         handles.append(layers[0].register_forward_pre_hook(count))
     if recorder.resid_names:
-        handles.append(layers[0].register_forward_pre_hook(
-            lambda _m, args, kwargs: recorder.take_resid(0, args[0] if args else kwargs["hidden_states"]),
-            with_kwargs=True))
+        handles.append(
+            layers[0].register_forward_pre_hook(
+                lambda _m, args, kwargs: recorder.take_resid(0, args[0] if args else kwargs["hidden_states"]),
+                with_kwargs=True,
+            )
+        )
         for i, layer in enumerate(layers):
-            handles.append(layer.register_forward_hook(
-                lambda _m, _a, out, i=i: recorder.take_resid(i + 1, out[0] if isinstance(out, tuple) else out)))
+            handles.append(
+                layer.register_forward_hook(
+                    lambda _m, _a, out, i=i: recorder.take_resid(i + 1, out[0] if isinstance(out, tuple) else out)
+                )
+            )
     if recorder.qk_layer is not None and recorder.qk_source == "pre_rope":
         handles += _projection_hooks(layers[recorder.qk_layer], recorder.projections)
     for patch in recorder.patches:
@@ -594,7 +704,8 @@ def recording(model: nn.Module, recorder: Recorder):
             f"the attention of {type(model).__name__} blocks {missing} did not reach iclscope's hook layer, so "
             "attention reads/edits did nothing there: load the model with loading.load_model(..., "
             f"attn_implementation='{ATTN_IMPLEMENTATION}') (config._attn_implementation is "
-            f"{getattr(model.config, '_attn_implementation', None)!r}); see iclscope.core.architectures")
+            f"{getattr(model.config, '_attn_implementation', None)!r}); see iclscope.core.architectures"
+        )
 
 
 # separate query / key projections by name (Llama, Mistral, Qwen, Gemma, OLMo, GPT-J, …); a fused
@@ -604,12 +715,24 @@ _PROJECTIONS = {"q": ("q_proj", "query", "q"), "k": ("k_proj", "key", "k")}
 
 def _projection_hooks(block: nn.Module, store: dict) -> list:
     """Forward hooks keeping the outputs [B, T, H·dh] of one block's q and k projections in `store`."""
-    attention = next((m for m in block.children() if hasattr(m, "layer_idx") or "attn" in type(m).__name__.lower()
-                      or "attention" in type(m).__name__.lower()), None)
+    attention = next(
+        (
+            m
+            for m in block.children()
+            if hasattr(m, "layer_idx") or "attn" in type(m).__name__.lower() or "attention" in type(m).__name__.lower()
+        ),
+        None,
+    )
     found = {}
     for kind, names in _PROJECTIONS.items():
-        module = next((getattr(attention, n) for n in names
-                       if attention is not None and isinstance(getattr(attention, n, None), nn.Linear)), None)
+        module = next(
+            (
+                getattr(attention, n)
+                for n in names
+                if attention is not None and isinstance(getattr(attention, n, None), nn.Linear)
+            ),
+            None,
+        )
         if module is not None:
             found[kind] = module
     if set(found) != {"q", "k"}:
@@ -618,6 +741,7 @@ def _projection_hooks(block: nn.Module, store: dict) -> list:
     def keep(kind):
         def hook(_module, _args, out):
             store[kind] = out.detach()
+
         return hook
 
     return [module.register_forward_hook(keep(kind)) for kind, module in found.items()]
@@ -649,7 +773,7 @@ def left_pad(sequences: list, pad_id: int, device) -> tuple[torch.Tensor, torch.
     ids = torch.full((len(sequences), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), T), dtype=torch.long)
     for b, s in enumerate(sequences):
-        ids[b, T - len(s):] = torch.tensor(list(s), dtype=torch.long)
-        mask[b, T - len(s):] = 1
+        ids[b, T - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+        mask[b, T - len(s) :] = 1
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids.to(device), mask.to(device), position_ids.to(device)

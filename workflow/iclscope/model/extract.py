@@ -53,8 +53,22 @@ from iclscope.model.prompts import carrier_prompts
 log = logging.getLogger(__name__)
 
 RESID_POSITIONS = ("query", "last_input", "content_mean", "label")
-PROMPT_COLUMNS = ["prompt_id", "row_id", "split", "gold", "task", "answer", "seed", "shots", "n_tokens", "query_pos",
-                  "label_pos", "label_class", "demo_spans", "query_span"]
+PROMPT_COLUMNS = [
+    "prompt_id",
+    "row_id",
+    "split",
+    "gold",
+    "task",
+    "answer",
+    "seed",
+    "shots",
+    "n_tokens",
+    "query_pos",
+    "label_pos",
+    "label_class",
+    "demo_spans",
+    "query_span",
+]
 
 
 @dataclass(frozen=True)
@@ -79,13 +93,22 @@ class ExtractSettings:
         return cls(**{k: v for k, v in extract_cfg.items() if k in keys})
 
 
-def params_digest(manifest: dict, model: ModelSpec, settings: ExtractSettings, dtype: str,
-                  label_storage: str = "prompt") -> str:
+def params_digest(
+    manifest: dict, model: ModelSpec, settings: ExtractSettings, dtype: str, label_storage: str = "prompt"
+) -> str:
     """What a partial file must share to be resumed; `label_storage` ("prompt" | "prefix", with the
     store's schema) keeps a partial file of the other layout from being resumed into this one."""
-    return stable_hash({"weights": manifest["weights_sha256"], "dtype": dtype, "settings": asdict(settings),
-                        "iclscope": __version__, "device_map": model.device_map,
-                        "layout": [SCHEMA_VERSION, label_storage]}, length=64)
+    return stable_hash(
+        {
+            "weights": manifest["weights_sha256"],
+            "dtype": dtype,
+            "settings": asdict(settings),
+            "iclscope": __version__,
+            "device_map": model.device_map,
+            "layout": [SCHEMA_VERSION, label_storage],
+        },
+        length=64,
+    )
 
 
 def pad_lists(values, width: int, fill: int = -1, inner: int | None = None) -> np.ndarray:
@@ -163,12 +186,16 @@ def shared_prefixes(prompts: dict[str, np.ndarray], token_ids) -> SharedPrefixes
     for g, prefix in enumerate(common):
         rows = index == g
         starts = prompts["query_span"][rows, 0]
-        length = min(len(prefix), int(prompts["n_tokens"][rows].min()) - 1,
-                     int(starts[starts >= 0].min()) if (starts >= 0).any() else len(prefix))
+        length = min(
+            len(prefix),
+            int(prompts["n_tokens"][rows].min()) - 1,
+            int(starts[starts >= 0].min()) if (starts >= 0).any() else len(prefix),
+        )
         labels[g] = label_pos[np.flatnonzero(rows)[0]]
         if length < 1 or labels[g].max() >= length:
-            log.warning("prompts of group %d share %d tokens, not all their label tokens: full-prompt extraction",
-                        g, length)
+            log.warning(
+                "prompts of group %d share %d tokens, not all their label tokens: full-prompt extraction", g, length
+            )
             return None
         tokens.append(prefix[:length])
     return SharedPrefixes(index, tokens, labels)
@@ -192,8 +219,14 @@ def run_prefix(model, tokens: np.ndarray, label_pos: np.ndarray, n_layers: int) 
     rec = Recorder(n_layers, Positions(label, torch.zeros(1, 2, dtype=torch.long, device=device)), ("label",))
     cache = full_kv_cache()  # every position of every layer, sliding-window layers included
     with recording(model, rec):
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(ids.shape[1],
-                    device=device)[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            position_ids=torch.arange(ids.shape[1], device=device)[None],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
     states = rec.resid["label"][0].cpu().numpy()
     check_finite({"prefix/resid/label": states}, str(out.logits.dtype).removeprefix("torch."))
     return states, PrefixState(ids.shape[1], cache)
@@ -205,26 +238,37 @@ def continuation_cache(prefix: PrefixState, offset: torch.Tensor):
     prompts' left-padded batch has them. offset [B] -> a DynamicCache [B, Hkv, P, dh] per layer."""
     P = prefix.length
     if not prefix.padded:  # once per prefix: P zero columns in front, so each row's copy is one slice
-        prefix.padded = [tuple(torch.cat([x[0].new_zeros(x.shape[1], P, x.shape[3]), x[0]], dim=1)
-                               for x in (layer.keys, layer.values)) for layer in prefix.cache.layers]
+        prefix.padded = [
+            tuple(
+                torch.cat([x[0].new_zeros(x.shape[1], P, x.shape[3]), x[0]], dim=1) for x in (layer.keys, layer.values)
+            )
+            for layer in prefix.cache.layers
+        ]
     starts = (P - offset.clamp(max=P)).tolist()  # an offset >= P: every cached column is padding
     cache = full_kv_cache()
     for i, (keys, values) in enumerate(prefix.padded):  # [Hkv, 2P, dh] on that layer's device
-        cache.update(torch.stack([keys[:, s:s + P] for s in starts]),
-                     torch.stack([values[:, s:s + P] for s in starts]), i)
+        cache.update(
+            torch.stack([keys[:, s : s + P] for s in starts]), torch.stack([values[:, s : s + P] for s in starts]), i
+        )
     return cache
 
 
 @torch.inference_mode()
-def greedy_continue(model, past, first: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                    steps: int) -> torch.Tensor:
+def greedy_continue(
+    model, past, first: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, steps: int
+) -> torch.Tensor:
     """Greedy decoding on the KV cache of a prompt batch. first [B] -> tokens [B, steps]."""
     tokens = [first]
     last_pos = positions[:, -1]
     for step in range(1, steps):
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=(last_pos + step)[:, None],
-                    past_key_values=past, use_cache=True)
+        out = model(
+            input_ids=tokens[-1][:, None],
+            attention_mask=mask,
+            position_ids=(last_pos + step)[:, None],
+            past_key_values=past,
+            use_cache=True,
+        )
         past = out.past_key_values
         tokens.append(out.logits[:, -1].argmax(-1))
     return torch.stack(tokens, dim=1)
@@ -242,11 +286,20 @@ def check_finite(arrays: dict[str, np.ndarray], model_dtype: str) -> None:
             layer = f" at layer index {where[-2]}" if "resid/" in name and values.ndim >= 3 else ""
             raise FloatingPointError(
                 f"{name}: the {model_dtype} forward pass produced non-finite values{layer}; float16 overflows above "
-                "65504: run this model with dtype: bfloat16 or float32 (models.<name>.dtype)")
+                "65504: run this model with dtype: bfloat16 or float32 (models.<name>.dtype)"
+            )
 
 
-def run_batch(model, tokenizer, rows: dict, settings: ExtractSettings, n_layers: int,
-              label_token_ids: list[int], generate: bool, prefix: PrefixState | None = None) -> dict[str, np.ndarray]:
+def run_batch(
+    model,
+    tokenizer,
+    rows: dict,
+    settings: ExtractSettings,
+    n_layers: int,
+    label_token_ids: list[int],
+    generate: bool,
+    prefix: PrefixState | None = None,
+) -> dict[str, np.ndarray]:
     """One forward pass over a batch of prompts; returns the stored arrays for those rows.
 
     With `prefix` (every row continues it) the first `prefix.length` columns come from its cache
@@ -264,8 +317,12 @@ def run_batch(model, tokenizer, rows: dict, settings: ExtractSettings, n_layers:
     if prefix is not None:
         P = prefix.length
         span = span - P  # the test input's columns in the continuation (shared_prefixes ends P before it)
-        inputs.update(input_ids=ids[:, P:], position_ids=pos_ids[:, P:], use_cache=True,
-                      past_key_values=continuation_cache(prefix, offset[:, 0]))
+        inputs.update(
+            input_ids=ids[:, P:],
+            position_ids=pos_ids[:, P:],
+            use_cache=True,
+            past_key_values=continuation_cache(prefix, offset[:, 0]),
+        )
     rec = Recorder(n_layers, Positions(label, span), resid_names, read_attention=K > 0)
     with torch.inference_mode(), recording(model, rec):
         out = model(**inputs, logits_to_keep=1)
@@ -280,18 +337,29 @@ def run_batch(model, tokenizer, rows: dict, settings: ExtractSettings, n_layers:
     result["logits/topk_values"] = top.values.cpu().numpy()
     check_finite(result, str(out.logits.dtype).removeprefix("torch."))
     if generate:
-        tokens = greedy_continue(model, out.past_key_values, logits.argmax(-1), mask, pos_ids,
-                                 settings.max_new_tokens).cpu().numpy()
+        tokens = (
+            greedy_continue(model, out.past_key_values, logits.argmax(-1), mask, pos_ids, settings.max_new_tokens)
+            .cpu()
+            .numpy()
+        )
         result["generation/tokens"] = tokens.astype(np.int32)
         # HDF5 variable-length strings cannot hold NUL, which a (fine-tuned, tiny) model can generate;
         # the token ids beside them keep the exact answer
-        result["generation/text"] = np.array([tokenizer.decode(t, skip_special_tokens=True).replace("\x00", "\ufffd")
-                                              for t in tokens], dtype=object)
+        result["generation/text"] = np.array(
+            [tokenizer.decode(t, skip_special_tokens=True).replace("\x00", "\ufffd") for t in tokens], dtype=object
+        )
     return result
 
 
-def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Path, model: ModelSpec,
-            settings: ExtractSettings, shard: tuple[int, int] = (1, 1), share_prefixes: bool = True) -> dict:
+def extract(
+    prompts_path: str | Path,
+    model_dir: str | Path,
+    out_path: str | Path,
+    model: ModelSpec,
+    settings: ExtractSettings,
+    shard: tuple[int, int] = (1, 1),
+    share_prefixes: bool = True,
+) -> dict:
     """Extract activations for the prompts (shard (i, n): the i-th of n row ranges) into `out_path`.
 
     Prompts that share their demonstration prefix run it once (`shared_prefixes`; module
@@ -328,26 +396,47 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
         "query_span": np.stack(table["query_span"].map(np.asarray)).astype(np.int32),
     }
     t0 = time.perf_counter()  # the work, prefix detection included (model loading is not)
-    prefixes = shared_prefixes(prompts, itertools.islice(iter_list_column(prompts_path, "input_ids", start=lo), n)) \
-        if share_prefixes and meta["kind"] == "classification" else None
+    prefixes = (
+        shared_prefixes(prompts, itertools.islice(iter_list_column(prompts_path, "input_ids", start=lo), n))
+        if share_prefixes and meta["kind"] == "classification"
+        else None
+    )
     if prefixes is not None:
         prompts["prefix_index"] = prefixes.index.astype(np.int32)
-    layout = {"n": n, "n_layers": n_layers, "d_model": manifest["d_model"], "n_heads": manifest["n_heads"],
-              "max_demos": K, "n_classes": len(label_ids), "topk": settings.topk,
-              "max_new_tokens": settings.max_new_tokens if generate else 0,
-              "store_dtype": settings.store_dtype, "positions": settings.positions,
-              "prefix_tokens": None if prefixes is None else prefixes.lengths}
+    layout = {
+        "n": n,
+        "n_layers": n_layers,
+        "d_model": manifest["d_model"],
+        "n_heads": manifest["n_heads"],
+        "max_demos": K,
+        "n_classes": len(label_ids),
+        "topk": settings.topk,
+        "max_new_tokens": settings.max_new_tokens if generate else 0,
+        "store_dtype": settings.store_dtype,
+        "positions": settings.positions,
+        "prefix_tokens": None if prefixes is None else prefixes.lengths,
+    }
     dtype_name = str(next(net.parameters()).dtype).removeprefix("torch.")
     attrs = {
-        "model_id": model.name, "model_source": str(manifest["source"]),
-        "model_revision": str(manifest.get("revision") or ""), "model_sha": manifest["weights_sha256"],
-        "dtype": dtype_name, "store_dtype": settings.store_dtype, "n_layers": n_layers, "d_model": manifest["d_model"],
-        "n_heads": manifest["n_heads"], "dataset": meta["dataset"], "kind": meta["kind"],
-        "classes": list(meta["classes"]), "label_words": list(meta["label_words"]),
-        "label_token_ids": list(label_ids), "rows": [lo, hi],
+        "model_id": model.name,
+        "model_source": str(manifest["source"]),
+        "model_revision": str(manifest.get("revision") or ""),
+        "model_sha": manifest["weights_sha256"],
+        "dtype": dtype_name,
+        "store_dtype": settings.store_dtype,
+        "n_layers": n_layers,
+        "d_model": manifest["d_model"],
+        "n_heads": manifest["n_heads"],
+        "dataset": meta["dataset"],
+        "kind": meta["kind"],
+        "classes": list(meta["classes"]),
+        "label_words": list(meta["label_words"]),
+        "label_token_ids": list(label_ids),
+        "rows": [lo, hi],
         "prompts_sha256": meta["prompts_sha256"],
-        "params_sha256": params_digest(manifest, model, settings, dtype_name,
-                                       "prompt" if prefixes is None else "prefix"),
+        "params_sha256": params_digest(
+            manifest, model, settings, dtype_name, "prompt" if prefixes is None else "prefix"
+        ),
         "iclscope_version": __version__,
     }
     with removed_when_disk_full(partial_path(out_path), out_path):
@@ -378,15 +467,21 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
                         # a continuation's tokens are what runs: the token budget counts those (the cached
                         # prefix adds keys, [B, Hkv, P, dh] a layer, not activations)
                         run_lengths = lengths[w0:w1][members] - (0 if prefixes is None else len(prefixes.tokens[g]))
-                        work += [(members[b], states.get(g)) for b in
-                                 make_batches(run_lengths, model.batch_size, model.max_batch_tokens)]
+                        work += [
+                            (members[b], states.get(g))
+                            for b in make_batches(run_lengths, model.batch_size, model.max_batch_tokens)
+                        ]
                     for batch, state in work:
                         idx = batch + w0
-                        batch_rows = {"input_ids": [window_ids[i] for i in batch],
-                                      "n_tokens": lengths[idx], "label_pos": prompts["label_pos"][idx],
-                                      "query_span": prompts["query_span"][idx]}
-                        result = run_batch(net, tokenizer, batch_rows, settings, n_layers, label_ids, generate,
-                                           prefix=state)
+                        batch_rows = {
+                            "input_ids": [window_ids[i] for i in batch],
+                            "n_tokens": lengths[idx],
+                            "label_pos": prompts["label_pos"][idx],
+                            "query_span": prompts["query_span"][idx],
+                        }
+                        result = run_batch(
+                            net, tokenizer, batch_rows, settings, n_layers, label_ids, generate, prefix=state
+                        )
                         for name, values in result.items():
                             if name not in block:
                                 block[name] = np.empty((w1 - w0, *values.shape[1:]), dtype=values.dtype)
@@ -398,16 +493,22 @@ def extract(prompts_path: str | Path, model_dir: str | Path, out_path: str | Pat
         finally:
             writer.close()
     seconds = time.perf_counter() - t0
-    summary = {"prompts": n, "resumed_at": start_at, "tokens": tokens, "seconds": round(seconds, 2),
-               "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
-               "prefixes": 0 if prefixes is None else len(prefixes.tokens),
-               "prefix_tokens": 0 if prefixes is None else int(sum(prefixes.lengths))}
+    summary = {
+        "prompts": n,
+        "resumed_at": start_at,
+        "tokens": tokens,
+        "seconds": round(seconds, 2),
+        "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+        "prefixes": 0 if prefixes is None else len(prefixes.tokens),
+        "prefix_tokens": 0 if prefixes is None else int(sum(prefixes.lengths)),
+    }
     log.info("extracted %s", summary)
     return summary
 
 
-def extract_anchor_states(model_dir: str | Path, model: ModelSpec, label_words: list[str], carriers: list[str],
-                          out_path: str | Path) -> dict:
+def extract_anchor_states(
+    model_dir: str | Path, model: ModelSpec, label_words: list[str], carriers: list[str], out_path: str | Path
+) -> dict:
     """Residual states of each label word in neutral carrier prompts (task-space variant A).
 
     Writes `/anchors/resid [C, m, L+1, d]` float32 (C label words x m carriers, state at the label
@@ -418,12 +519,15 @@ def extract_anchor_states(model_dir: str | Path, model: ModelSpec, label_words: 
     device = input_device(net)
     states = []
     for lo in range(0, len(records), model.batch_size):
-        batch = records[lo:lo + model.batch_size]
+        batch = records[lo : lo + model.batch_size]
         ids, mask, pos_ids = left_pad([r["input_ids"] for r in batch], tokenizer.pad_token_id, device)
         offset = ids.shape[1] - torch.as_tensor([len(r["input_ids"]) for r in batch], device=device)
         label = (torch.as_tensor([r["position"] for r in batch], device=device) + offset)[:, None]
-        rec = Recorder(manifest["n_layers"], Positions(label, torch.zeros(len(batch), 2, dtype=torch.long,
-                                                                          device=device)), ("label",))
+        rec = Recorder(
+            manifest["n_layers"],
+            Positions(label, torch.zeros(len(batch), 2, dtype=torch.long, device=device)),
+            ("label",),
+        )
         with torch.inference_mode(), recording(net, rec):
             net(input_ids=ids, attention_mask=mask, position_ids=pos_ids, logits_to_keep=1)
         states.append(rec.resid["label"][:, 0].cpu().numpy())  # [b, L+1, d]
@@ -432,9 +536,18 @@ def extract_anchor_states(model_dir: str | Path, model: ModelSpec, label_words: 
     with written(out_path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("anchors/resid", data=resid.astype(np.float32))
-            f.create_dataset("anchors/text", data=np.array([r["text"] for r in records], dtype=object).reshape(C, m),
-                             dtype=h5py.string_dtype("utf-8"))
-            f.attrs.update(model_id=model.name, model_sha=manifest["weights_sha256"], label_words=list(label_words),
-                           carriers=list(carriers), n_layers=manifest["n_layers"], d_model=manifest["d_model"],
-                           complete=True)
+            f.create_dataset(
+                "anchors/text",
+                data=np.array([r["text"] for r in records], dtype=object).reshape(C, m),
+                dtype=h5py.string_dtype("utf-8"),
+            )
+            f.attrs.update(
+                model_id=model.name,
+                model_sha=manifest["weights_sha256"],
+                label_words=list(label_words),
+                carriers=list(carriers),
+                n_layers=manifest["n_layers"],
+                d_model=manifest["d_model"],
+                complete=True,
+            )
     return {"classes": C, "carriers": m}

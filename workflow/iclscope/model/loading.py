@@ -16,8 +16,15 @@ from iclscope.model import capture  # registers the "iclscope" attention functio
 from iclscope.model.models import read_manifest, resolve_device, resolve_dtype
 
 
-def load_model(model_dir: str | Path, spec: ModelSpec | None = None, *, device: str = "auto", dtype: str = "auto",
-               device_map: str = "none", attn_implementation: str = "sdpa"):
+def load_model(
+    model_dir: str | Path,
+    spec: ModelSpec | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    device_map: str = "none",
+    attn_implementation: str = "sdpa",
+):
     """Load a prepared model and its tokenizer for inference: (model, tokenizer, manifest).
 
     The one model loader of every model stage: `load_model(model_dir, spec)` takes device, dtype and
@@ -44,12 +51,17 @@ def load_model(model_dir: str | Path, spec: ModelSpec | None = None, *, device: 
     # weights go straight from the (memory-mapped) files to their device, in the config's dtype: the
     # model is built on the meta device and each tensor is materialised where the map puts it, so a
     # GPU node never holds a whole-model copy in host RAM (never `model.to(device)` after loading)
-    kwargs = {"dtype": torch_dtype, "attn_implementation": attn_implementation,
-              "device_map": "auto" if device_map == "auto" else {"": device}}
+    kwargs = {
+        "dtype": torch_dtype,
+        "attn_implementation": attn_implementation,
+        "device_map": "auto" if device_map == "auto" else {"": device},
+    }
     model = AutoModelForCausalLM.from_pretrained(manifest["weights_path"], **kwargs)
     if adapt and capture.install_adapters(model) == 0:
-        raise ConfigError(f"model '{manifest['name']}' ({manifest['architecture']}): no attention module to "
-                          "adapt was found; see iclscope.core.architectures")
+        raise ConfigError(
+            f"model '{manifest['name']}' ({manifest['architecture']}): no attention module to "
+            "adapt was found; see iclscope.core.architectures"
+        )
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(manifest["weights_path"])
     if tokenizer.pad_token_id is None:

@@ -36,8 +36,10 @@ def transformer_blocks(model) -> tuple[str, torch.nn.ModuleList]:
     n = config.num_hidden_layers
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
     if len(found) != 1:
-        raise ValueError(f"cannot tell the transformer blocks of {type(model).__name__}: {len(found)} module lists "
-                         f"of {n} modules ({[name for name, _ in found]})")
+        raise ValueError(
+            f"cannot tell the transformer blocks of {type(model).__name__}: {len(found)} module lists "
+            f"of {n} modules ({[name for name, _ in found]})"
+        )
     return found[0]
 
 
@@ -46,12 +48,17 @@ def block_linear_modules(model, layers: Sequence[int]) -> list[str]:
     from transformers.pytorch_utils import Conv1D
 
     prefix, blocks = transformer_blocks(model)
-    return [f"{prefix}.{i}.{name}" for i in layers for name, m in blocks[i].named_modules()
-            if isinstance(m, torch.nn.Linear | Conv1D)]
+    return [
+        f"{prefix}.{i}.{name}"
+        for i in layers
+        for name, m in blocks[i].named_modules()
+        if isinstance(m, torch.nn.Linear | Conv1D)
+    ]
 
 
-def attach_lora(model, *, r: int, alpha: int, dropout: float, layers: Sequence[int] | None = None,
-                checkpoint_blocks: bool = False):
+def attach_lora(
+    model, *, r: int, alpha: int, dropout: float, layers: Sequence[int] | None = None, checkpoint_blocks: bool = False
+):
     """Wrap `model` in a PEFT LoRA model on every linear projection (attention and MLP) of the
     transformer blocks ("all-linear"), or only on those of the blocks in `layers` (0-based).
 
@@ -84,7 +91,8 @@ def check_trainable_placement(model) -> None:
         raise ConfigError(
             f"LoRA training needs every weight resident on a device, but device_map placed the model on {where} "
             f"and {len(offloaded)} weights are offloaded (e.g. {offloaded[:2]}): give the job enough GPU memory "
-            "for the whole model (more GPUs: models.<name>.gpus) so that nothing is offloaded to cpu or disk")
+            "for the whole model (more GPUs: models.<name>.gpus) so that nothing is offloaded to cpu or disk"
+        )
 
 
 def trainable_parameters(net) -> int:
@@ -111,8 +119,11 @@ def load_checkpoint(model, optimizer, directory: Path, device) -> tuple[int, lis
     state = torch.load(directory / "trainer_state.pt", map_location=device)
     optimizer.load_state_dict(state["optimizer"])
     evals = directory / "eval_log.json"
-    return (int(state["step"]), json.loads((directory / "train_log.json").read_text()),
-            json.loads(evals.read_text()) if evals.exists() else [])
+    return (
+        int(state["step"]),
+        json.loads((directory / "train_log.json").read_text()),
+        json.loads(evals.read_text()) if evals.exists() else [],
+    )
 
 
 def eval_steps(steps: int, eval_every: int) -> list[int]:
@@ -120,10 +131,22 @@ def eval_steps(steps: int, eval_every: int) -> list[int]:
     return sorted({0, steps, *range(eval_every, steps, eval_every)})
 
 
-def train_loop(net, optimizer, examples: list, loss_fn: Callable[[list], tuple[torch.Tensor, dict]], *,
-               steps: int, batch_size: int, seed: int, checkpoint_every: int, checkpoint: Path,
-               stop_after: int | None = None, desc: str = "lora", evaluate: Callable[[], dict] | None = None,
-               eval_every: int = 1) -> tuple[list[dict], float, int, list[dict]]:
+def train_loop(
+    net,
+    optimizer,
+    examples: list,
+    loss_fn: Callable[[list], tuple[torch.Tensor, dict]],
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    checkpoint_every: int,
+    checkpoint: Path,
+    stop_after: int | None = None,
+    desc: str = "lora",
+    evaluate: Callable[[], dict] | None = None,
+    eval_every: int = 1,
+) -> tuple[list[dict], float, int, list[dict]]:
     """Run steps [resumed step, steps) of `loss_fn(batch) -> (loss, {name: float})`; returns
     (log rows {step, loss, **extra}, seconds, last step run, evaluation rows {step, seconds, **evaluate()}).
     `evaluate()` (held-out losses of the current adapter) runs at the steps of `eval_steps`;
@@ -131,8 +154,13 @@ def train_loop(net, optimizer, examples: list, loss_fn: Callable[[list], tuple[t
     device = next(p for p in net.parameters() if p.requires_grad).device
     start, log_rows, eval_rows = load_checkpoint(net, optimizer, checkpoint, device)
     if start:
-        log.info("resuming at step %d of %d from the checkpoint %s: steps 1..%d are not redone", start, steps,
-                 checkpoint, start)
+        log.info(
+            "resuming at step %d of %d from the checkpoint %s: steps 1..%d are not redone",
+            start,
+            steps,
+            checkpoint,
+            start,
+        )
     due = set(eval_steps(steps, eval_every)) if evaluate is not None else set()
 
     def run_eval(step: int) -> None:
@@ -152,7 +180,7 @@ def train_loop(net, optimizer, examples: list, loss_fn: Callable[[list], tuple[t
     for step in tqdm(range(start, end), desc=desc, initial=start, total=steps):
         epoch, b = divmod(step, n_batches)
         order = np.random.default_rng((seed, epoch)).permutation(len(examples))
-        batch = [examples[i] for i in order[b * batch_size:(b + 1) * batch_size]]
+        batch = [examples[i] for i in order[b * batch_size : (b + 1) * batch_size]]
         torch.manual_seed(seed * 100_003 + step)  # dropout masks depend on (seed, step) only
         loss, extra = loss_fn(batch)
         optimizer.zero_grad(set_to_none=True)

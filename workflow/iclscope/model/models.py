@@ -52,14 +52,18 @@ def resolve_source(spec: ModelSpec) -> ModelSource:
             raise ConfigError(f"config key 'models.{spec.name}.path': {path} does not exist")
         if path.is_file():
             if path.suffix != ".gguf":
-                raise ConfigError(f"config key 'models.{spec.name}.path': {path} is a file but not .gguf; "
-                                  "point at a Hugging Face model directory or a .gguf file")
+                raise ConfigError(
+                    f"config key 'models.{spec.name}.path': {path} is a file but not .gguf; "
+                    "point at a Hugging Face model directory or a .gguf file"
+                )
             return ModelSource(str(path.parent), path.name, None)
         if spec.file is not None:
             return ModelSource(str(path), pick_gguf(path, spec.file, str(path)), None)
         if not (path / "config.json").exists():
-            raise ConfigError(f"config key 'models.{spec.name}.path': {path} has no config.json; "
-                              "it must be a directory saved with save_pretrained")
+            raise ConfigError(
+                f"config key 'models.{spec.name}.path': {path} has no config.json; "
+                "it must be a directory saved with save_pretrained"
+            )
         return ModelSource(str(path), None, None)
     # hub: resolve to the local snapshot (downloads when online; HF_HUB_OFFLINE=1 uses the cache)
     directory = hub_snapshot(spec.id, spec.revision, spec.file)
@@ -190,8 +194,11 @@ def prepare_model(spec: ModelSpec, out_dir: str | Path) -> dict:
         "weights_dir": weights_location,
         "weights_sha256": file_digest(digest_of),
         "revision": source.revision,
-        **({"hub": {"id": spec.id, "revision": spec.revision, "commit": source.commit, "file": spec.file}}
-           if spec.source == "hub" else {}),
+        **(
+            {"hub": {"id": spec.id, "revision": spec.revision, "commit": source.commit, "file": spec.file}}
+            if spec.source == "hub"
+            else {}
+        ),
         **describe(config),
         "prepare_seconds": round(time.perf_counter() - t0, 2),
     }
@@ -257,6 +264,8 @@ def load_tokenizer(model_dir: str | Path):
     manifest = read_manifest(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(manifest["weights_path"])
     if not tokenizer.is_fast:
-        raise ConfigError(f"model '{manifest['name']}' has no fast tokenizer; iclscope records token "
-                          "positions from character offsets, which needs one")
+        raise ConfigError(
+            f"model '{manifest['name']}' has no fast tokenizer; iclscope records token "
+            "positions from character offsets, which needs one"
+        )
     return tokenizer, manifest

@@ -64,8 +64,14 @@ def assemble(template: str, separator: str, demos: list[tuple[str, str]], query:
     before, between, after = split_template(template)
     pieces: list[Piece] = []
     for k, (text, label_text) in enumerate(demos):
-        pieces += [Piece(before, LITERAL, k), Piece(text, TEXT, k), Piece(between, LITERAL, k),
-                   Piece(label_text, LABEL, k), Piece(after, LITERAL, k), Piece(separator, SEPARATOR, k)]
+        pieces += [
+            Piece(before, LITERAL, k),
+            Piece(text, TEXT, k),
+            Piece(between, LITERAL, k),
+            Piece(label_text, LABEL, k),
+            Piece(after, LITERAL, k),
+            Piece(separator, SEPARATOR, k),
+        ]
     pieces += [Piece(before, LITERAL), Piece(query, QUERY), Piece(between.rstrip(" "), LITERAL)]
     return [p for p in pieces if p.text]
 
@@ -105,20 +111,29 @@ def tokenize_pieces(tokenizer, pieces: list[Piece]) -> dict:
         elif piece.kind == QUERY:
             query_span = [int(tok[0]), int(tok[-1]) + 1] if len(tok) else [-1, -1]
     format_pos = sorted(set(format_pos) - set(label_pos))
-    return {"text": text, "input_ids": ids, "query_pos": len(ids) - 1, "label_pos": label_pos, "label_last": label_last,
-            "demo_spans": demo_spans, "format_pos": format_pos, "query_span": query_span}
+    return {
+        "text": text,
+        "input_ids": ids,
+        "query_pos": len(ids) - 1,
+        "label_pos": label_pos,
+        "label_last": label_last,
+        "demo_spans": demo_spans,
+        "format_pos": format_pos,
+        "query_span": query_span,
+    }
 
 
-def sample_demos_per_class(train: pd.DataFrame, classes: list[str], shots_per_class: int,
-                           seed: int) -> pd.DataFrame:
+def sample_demos_per_class(train: pd.DataFrame, classes: list[str], shots_per_class: int, seed: int) -> pd.DataFrame:
     """Shuffle with `seed`, take the first `shots_per_class` of each class, keep shuffled order."""
     order = train.iloc[np.random.default_rng(seed).permutation(len(train))]
     picked = order.groupby("label", sort=False).head(shots_per_class)
     for c in classes:
         n = int((picked["label"] == c).sum())
         if n < shots_per_class:
-            raise ConfigError(f"class '{c}' has {n} training rows but shots_per_class is {shots_per_class}; "
-                              "lower prompts.shots_per_class or add data")
+            raise ConfigError(
+                f"class '{c}' has {n} training rows but shots_per_class is {shots_per_class}; "
+                "lower prompts.shots_per_class or add data"
+            )
     return picked
 
 
@@ -130,15 +145,20 @@ def balanced_sample(rows: pd.DataFrame, classes: list[str], n: int, seed: int, w
         want = n // len(classes) + (1 if i < n % len(classes) else 0)
         pool = rows[rows["label"] == c]
         if len(pool) < want:
-            raise ConfigError(f"{what}: class '{c}' has {len(pool)} rows but {want} are needed; lower "
-                              "prompts.n_test or add data")
+            raise ConfigError(
+                f"{what}: class '{c}' has {len(pool)} rows but {want} are needed; lower prompts.n_test or add data"
+            )
         parts.append(pool.iloc[np.sort(rng.choice(len(pool), want, replace=False))])
     return pd.concat(parts).iloc[rng.permutation(n)]
 
 
 def _record(tokenizer, spec: DatasetSpec, demos: pd.DataFrame, query, demo_label_text, **extra) -> dict:
-    pieces = assemble(spec.prompts.template, spec.prompts.separator,
-                      [(r.text, demo_label_text(r)) for r in demos.itertuples()], query.text)
+    pieces = assemble(
+        spec.prompts.template,
+        spec.prompts.separator,
+        [(r.text, demo_label_text(r)) for r in demos.itertuples()],
+        query.text,
+    )
     rec = tokenize_pieces(tokenizer, pieces)
     rec.pop("label_last")
     rec.update(row_id=int(query.row_id), demo_ids=[int(i) for i in demos["row_id"]], **extra)
@@ -154,8 +174,15 @@ def carrier_prompts(tokenizer, carriers: list[str], label_words: list[str]) -> l
             before, after = carrier.split("{label}")
             pieces = [p for p in (Piece(before, LITERAL, 0), Piece(word, LABEL, 0), Piece(after, LITERAL, 0)) if p.text]
             rec = tokenize_pieces(tokenizer, pieces)
-            out.append({"class": c, "carrier": j, "text": rec["text"], "input_ids": rec["input_ids"],
-                        "position": rec["label_last"][0]})
+            out.append(
+                {
+                    "class": c,
+                    "carrier": j,
+                    "text": rec["text"],
+                    "input_ids": rec["input_ids"],
+                    "position": rec["label_last"][0],
+                }
+            )
     return out
 
 
@@ -168,8 +195,9 @@ def build_prompts(df: pd.DataFrame, spec: DatasetSpec, tokenizer, context_length
         classes = spec.class_names
         label_word = dict(zip(classes, spec.label_words, strict=True))
         for seed in p.seeds:
-            demos = (sample_demos_per_class(train, classes, p.shots_per_class, seed)
-                     if p.shots_per_class else train.iloc[:0])
+            demos = (
+                sample_demos_per_class(train, classes, p.shots_per_class, seed) if p.shots_per_class else train.iloc[:0]
+            )
             # labelled train-split queries (task-space fitting, training) never reuse a demonstration
             pools = [("test", test, p.n_test), ("train", train[~train["row_id"].isin(demos["row_id"])], p.n_train)]
             for split, pool, n in pools:
@@ -180,9 +208,19 @@ def build_prompts(df: pd.DataFrame, spec: DatasetSpec, tokenizer, context_length
                 else:
                     queries = pool.iloc[np.random.default_rng(seed).permutation(len(pool))[:n]]
                 for q in queries.itertuples():
-                    rec = _record(tokenizer, spec, demos, q, lambda r: label_word[r.label], seed=seed,
-                                  shots=p.shots_per_class, task=q.task, answer=q.label,
-                                  gold=classes.index(q.label), split=split)
+                    rec = _record(
+                        tokenizer,
+                        spec,
+                        demos,
+                        q,
+                        lambda r: label_word[r.label],
+                        seed=seed,
+                        shots=p.shots_per_class,
+                        task=q.task,
+                        answer=q.label,
+                        gold=classes.index(q.label),
+                        split=split,
+                    )
                     rec["label_class"] = [classes.index(c) for c in demos["label"]]
                     records.append(rec)
     else:
@@ -191,23 +229,37 @@ def build_prompts(df: pd.DataFrame, spec: DatasetSpec, tokenizer, context_length
         for seed in p.seeds:
             rng = np.random.default_rng(seed)
             if len(inputs) < p.n_test:
-                raise ConfigError(f"dataset '{spec.name}': {len(inputs)} test inputs but prompts.n_test is "
-                                  f"{p.n_test}; lower n_test or raise n_per_task / test_fraction")
+                raise ConfigError(
+                    f"dataset '{spec.name}': {len(inputs)} test inputs but prompts.n_test is "
+                    f"{p.n_test}; lower n_test or raise n_per_task / test_fraction"
+                )
             chosen = [inputs[i] for i in np.sort(rng.choice(len(inputs), p.n_test, replace=False))]
             for shots in p.shots:
                 for task in tasks:
                     task_train = train[train["task"] == task]
                     task_test = test[test["task"] == task].set_index("text")
                     if len(task_train) < shots:
-                        raise ConfigError(f"dataset '{spec.name}': task '{task}' has {len(task_train)} training "
-                                          f"rows, fewer than {shots} shots")
+                        raise ConfigError(
+                            f"dataset '{spec.name}': task '{task}' has {len(task_train)} training "
+                            f"rows, fewer than {shots} shots"
+                        )
                     for x in chosen:
                         q = task_test.loc[[x]].reset_index().iloc[0]
                         demos = task_train.iloc[np.sort(rng.choice(len(task_train), shots, replace=False))]
                         demos = demos.iloc[rng.permutation(shots)]
-                        rec = _record(tokenizer, spec, demos, q, lambda r: spec.answer_prefix + r.label,
-                                      seed=seed, shots=shots, task=task, answer=q.label,
-                                      gold=tasks.index(task), split="test")
+                        rec = _record(
+                            tokenizer,
+                            spec,
+                            demos,
+                            q,
+                            lambda r: spec.answer_prefix + r.label,
+                            seed=seed,
+                            shots=shots,
+                            task=task,
+                            answer=q.label,
+                            gold=tasks.index(task),
+                            split="test",
+                        )
                         rec["label_class"] = [-1] * shots
                         records.append(rec)
     table = pd.DataFrame(records)
@@ -215,13 +267,20 @@ def build_prompts(df: pd.DataFrame, spec: DatasetSpec, tokenizer, context_length
     table["n_tokens"] = table["input_ids"].map(len)
     too_long = table["n_tokens"] > context_length
     if too_long.any():
-        log.warning("dataset '%s': %d of %d prompts exceed the model context (%d tokens; longest %d) and are "
-                    "left out", spec.name, int(too_long.sum()), len(table), context_length,
-                    int(table["n_tokens"].max()))
+        log.warning(
+            "dataset '%s': %d of %d prompts exceed the model context (%d tokens; longest %d) and are left out",
+            spec.name,
+            int(too_long.sum()),
+            len(table),
+            context_length,
+            int(table["n_tokens"].max()),
+        )
     table = table[~too_long].reset_index(drop=True)
     if table.empty:
-        raise ConfigError(f"dataset '{spec.name}': every prompt is longer than the model context "
-                          f"({context_length} tokens); shorten the template, use fewer shots or filter long texts")
+        raise ConfigError(
+            f"dataset '{spec.name}': every prompt is longer than the model context "
+            f"({context_length} tokens); shorten the template, use fewer shots or filter long texts"
+        )
     table["prompt_id"] = np.arange(len(table), dtype=np.int64)
     label_ids = []
     if spec.kind == "classification":
@@ -256,8 +315,10 @@ def label_token_ids(tokenizer, label_words: list[str], template: str) -> list[in
         rec = tokenize_pieces(tokenizer, [Piece(between, LITERAL, 0), Piece(word, LABEL, 0)])
         ids.append(int(rec["input_ids"][rec["label_pos"][0]]))
     if len(set(ids)) != len(ids):
-        raise ConfigError(f"label words {label_words} share their first token {ids}; the prediction reads "
-                          "the first sub-token, so pick label words that start differently")
+        raise ConfigError(
+            f"label words {label_words} share their first token {ids}; the prediction reads "
+            "the first sub-token, so pick label words that start differently"
+        )
     return ids
 
 
@@ -275,5 +336,6 @@ def check_label_tokens(table: pd.DataFrame, ids: list[int]) -> None:
 
 def prompts_digest(table: pd.DataFrame) -> str:
     cols = ["prompt_id", "input_ids", "query_pos", "label_pos", "gold", "task"]
-    return stable_hash(table[cols].map(lambda v: v.tolist() if hasattr(v, "tolist") else v)
-                       .to_dict(orient="list"), length=64)
+    return stable_hash(
+        table[cols].map(lambda v: v.tolist() if hasattr(v, "tolist") else v).to_dict(orient="list"), length=64
+    )

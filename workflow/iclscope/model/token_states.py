@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 CHUNK_TOKENS = 1024
 
 
-def build_corpus(texts: list[str], tokenizer, max_tokens: int, max_sentence_tokens: int,
-                 seed: int = 0) -> list[list[int]]:
+def build_corpus(
+    texts: list[str], tokenizer, max_tokens: int, max_sentence_tokens: int, seed: int = 0
+) -> list[list[int]]:
     """Token id lists of seeded-shuffled texts, each cut at `max_sentence_tokens`, until `max_tokens`."""
     if not texts:
         raise ValueError("entropy corpus: the dataset has no text rows")
@@ -63,9 +64,18 @@ def build_corpus(texts: list[str], tokenizer, max_tokens: int, max_sentence_toke
     return corpus
 
 
-def extract_token_states(dataset_path: str | Path, model_dir: str | Path, out_path: str | Path, model: ModelSpec,
-                         *, max_tokens: int, max_sentence_tokens: int, split: str | None = "train",
-                         seed: int = 0, stop_after: int | None = None) -> dict:
+def extract_token_states(
+    dataset_path: str | Path,
+    model_dir: str | Path,
+    out_path: str | Path,
+    model: ModelSpec,
+    *,
+    max_tokens: int,
+    max_sentence_tokens: int,
+    split: str | None = "train",
+    seed: int = 0,
+    stop_after: int | None = None,
+) -> dict:
     """Write the residual stream at every token of the corpus (see the module docstring).
 
     Resumable like extraction (iclscope.model.extract): rows are written batch by batch into
@@ -85,12 +95,21 @@ def extract_token_states(dataset_path: str | Path, model_dir: str | Path, out_pa
     lengths = np.array([len(c) for c in corpus])
     n = int(lengths.sum())
     if n < 100:
-        raise ValueError(f"entropy corpus from {dataset_path}: only {n} tokens; the measures need thousands "
-                         "(raise entropy.max_tokens or use a dataset with more text)")
+        raise ValueError(
+            f"entropy corpus from {dataset_path}: only {n} tokens; the measures need thousands "
+            "(raise entropy.max_tokens or use a dataset with more text)"
+        )
     dtype_name = str(next(net.parameters()).dtype).removeprefix("torch.")
-    attrs = {"model_id": model.name, "model_sha": manifest["weights_sha256"], "dtype": dtype_name,
-             "n_layers": manifest["n_layers"], "d_model": manifest["d_model"], "dataset": str(dataset_path),
-             "corpus_sha256": stable_hash(corpus, length=64), "iclscope_version": __version__}
+    attrs = {
+        "model_id": model.name,
+        "model_sha": manifest["weights_sha256"],
+        "dtype": dtype_name,
+        "n_layers": manifest["n_layers"],
+        "d_model": manifest["d_model"],
+        "dataset": str(dataset_path),
+        "corpus_sha256": stable_hash(corpus, length=64),
+        "iclscope_version": __version__,
+    }
     batches = make_batches(lengths, model.batch_size, model.max_batch_tokens)
     t0 = time.perf_counter()
     tmp = partial_path(out_path)
@@ -100,14 +119,27 @@ def extract_token_states(dataset_path: str | Path, model_dir: str | Path, out_pa
         except Float16Overflow as exc:
             log.warning("token states: %s; the file is written in float32 (twice the disk)", exc)
             tmp.unlink(missing_ok=True)
-            done = _write_states(net, tokenizer, corpus, batches, tmp, {**attrs, "overflow_float16": str(exc)},
-                                 np.float32, model.name, stop_after)
+            done = _write_states(
+                net,
+                tokenizer,
+                corpus,
+                batches,
+                tmp,
+                {**attrs, "overflow_float16": str(exc)},
+                np.float32,
+                model.name,
+                stop_after,
+            )
         if done < len(batches):
             return {"stopped_after_batches": done}
         commit(tmp, out_path)
     seconds = time.perf_counter() - t0
-    summary = {"sentences": len(corpus), "tokens": n, "seconds": round(seconds, 1),
-               "tokens_per_second": round(n / seconds, 1)}
+    summary = {
+        "sentences": len(corpus),
+        "tokens": n,
+        "seconds": round(seconds, 1),
+        "tokens_per_second": round(n / seconds, 1),
+    }
     log.info("token states %s", summary)
     return summary
 
@@ -119,8 +151,17 @@ class Float16Overflow(ValueError):
     """A residual state beyond float16's range: the file is stored in float32 instead."""
 
 
-def _write_states(net, tokenizer, corpus: list[list[int]], batches: list[np.ndarray], tmp: Path, attrs: dict,
-                  store_dtype, name: str, stop_after: int | None) -> int:
+def _write_states(
+    net,
+    tokenizer,
+    corpus: list[list[int]],
+    batches: list[np.ndarray],
+    tmp: Path,
+    attrs: dict,
+    store_dtype,
+    name: str,
+    stop_after: int | None,
+) -> int:
     """Write (or resume) `tmp` batch by batch; returns the number of batches written."""
     lengths = np.array([len(c) for c in corpus])
     n, L1, d = int(lengths.sum()), attrs["n_layers"] + 1, attrs["d_model"]
@@ -131,23 +172,28 @@ def _write_states(net, tokenizer, corpus: list[list[int]], batches: list[np.ndar
     try:
         done = int(f.attrs["batches_done"])
         if done:
-            log.info("resuming %s after batch %d of %d (rows 0..%d are not recomputed)", tmp, done, len(batches),
-                     int(f.attrs["rows_done"]))
+            log.info(
+                "resuming %s after batch %d of %d (rows 0..%d are not recomputed)",
+                tmp,
+                done,
+                len(batches),
+                int(f.attrs["rows_done"]),
+            )
         resid = f["resid/tokens"]
         device = input_device(net)
         row = int(f.attrs["rows_done"])
         end = len(batches) if stop_after is None else min(len(batches), stop_after)
-        for b in tqdm(range(done, end), desc=f"token states {name}", unit="batch", initial=done,
-                      total=len(batches)):
+        for b in tqdm(range(done, end), desc=f"token states {name}", unit="batch", initial=done, total=len(batches)):
             batch = batches[b]
             ids, mask, pos_ids = left_pad([corpus[i] for i in batch], tokenizer.pad_token_id, device)
             with torch.inference_mode():
-                _, layers = residual_stream(net, input_ids=ids, attention_mask=mask, position_ids=pos_ids,
-                                            logits_to_keep=1)
+                _, layers = residual_stream(
+                    net, input_ids=ids, attention_mask=mask, position_ids=pos_ids, logits_to_keep=1
+                )
             # [tokens in batch, L+1, d], row-major = sentence order, float32 on the CPU
             states = torch.stack([h.float().cpu() for h in layers], dim=2)[mask.bool().cpu()].numpy()
             check_states(states, store_dtype, attrs["dtype"], name)
-            resid[row:row + len(states)] = states.astype(store_dtype)
+            resid[row : row + len(states)] = states.astype(store_dtype)
             row += len(states)
             f.attrs.update({"rows_done": row, "batches_done": b + 1})
             f.flush()
@@ -164,15 +210,18 @@ def check_states(states: np.ndarray, store_dtype, model_dtype: str, name: str) -
     finite = np.isfinite(states)
     if not finite.all():
         layer = int(np.argwhere(~finite)[0][1])
-        raise ValueError(f"token states of model '{name}': the {model_dtype} forward pass produced non-finite "
-                         f"residual states (first at layer index {layer}); float16 overflows above 65504: run "
-                         f"this model with dtype: bfloat16 or float32 (models.{name}.dtype)")
+        raise ValueError(
+            f"token states of model '{name}': the {model_dtype} forward pass produced non-finite "
+            f"residual states (first at layer index {layer}); float16 overflows above 65504: run "
+            f"this model with dtype: bfloat16 or float32 (models.{name}.dtype)"
+        )
     if np.dtype(store_dtype) == np.float16:
         peak = float(np.abs(states).max(initial=0))
         if peak > FLOAT16_MAX:
             layer = int(np.abs(states).max(axis=(0, 2)).argmax())
-            raise Float16Overflow(f"a residual state of {peak:.4g} at layer index {layer} exceeds float16's "
-                                  f"{FLOAT16_MAX:.0f}")
+            raise Float16Overflow(
+                f"a residual state of {peak:.4g} at layer index {layer} exceeds float16's {FLOAT16_MAX:.0f}"
+            )
 
 
 def _open_or_resume(tmp: Path, attrs: dict):
@@ -210,8 +259,9 @@ def _create(tmp: Path, attrs: dict, corpus: list[list[int]], batches: list[np.nd
     tmp.parent.mkdir(parents=True, exist_ok=True)
     f = h5py.File(tmp, "w")
     f.attrs.update({**attrs, "complete": False, "rows_done": 0, "batches_done": 0})
-    f.create_dataset("resid/tokens", shape, dtype=store_dtype, chunks=(min(CHUNK_TOKENS, n), 1, shape[2]),
-                     compression="lzf")
+    f.create_dataset(
+        "resid/tokens", shape, dtype=store_dtype, chunks=(min(CHUNK_TOKENS, n), 1, shape[2]), compression="lzf"
+    )
     for name, values in columns.items():
         f.create_dataset(f"tokens/{name}", data=values)
     f.flush()

@@ -64,8 +64,9 @@ def atlas_curves(tables: dict[str, pd.DataFrame], n_layers: int) -> pd.DataFrame
             g = g.groupby("layer")["value"].mean()
             k = g.index.to_numpy(dtype=float)
             middle = (k - 1) / 2 + 1 if side == "first" else n_layers - (k - 1) / 2
-            parts.append(pd.DataFrame({"curve": f"isolation loyalty ({side} k)", "layer": middle,
-                                       "value": g.to_numpy()}))
+            parts.append(
+                pd.DataFrame({"curve": f"isolation loyalty ({side} k)", "layer": middle, "value": g.to_numpy()})
+            )
     if not parts:
         return pd.DataFrame(columns=["curve", "layer", "depth", "value"])
     out = pd.concat(parts, ignore_index=True)
@@ -89,8 +90,10 @@ def peak_layers(curves: pd.DataFrame) -> pd.DataFrame:
             rows.append(row | {"layer": np.nan, "depth": np.nan, "value": np.nan})
             continue
         i = g["value"].idxmin() if lowest else g["value"].idxmax()
-        rows.append(row | {"layer": float(g.loc[i, "layer"]), "depth": float(g.loc[i, "depth"]),
-                           "value": float(g.loc[i, "value"])})
+        rows.append(
+            row
+            | {"layer": float(g.loc[i, "layer"]), "depth": float(g.loc[i, "depth"]), "value": float(g.loc[i, "value"])}
+        )
     return pd.DataFrame(rows, columns=[*keys, "peak", "layer", "depth", "value"])
 
 
@@ -141,10 +144,13 @@ def headline(table_paths, model: str, dataset: str) -> dict:
         row = rows(name, metric, **filters)
         if row is None or len(row) != 1:
             return {key: np.nan, f"{key}_lo": np.nan, f"{key}_hi": np.nan, f"{key}_p": np.nan, f"{key}_p_raw": np.nan}
-        return {key: float(row["value"].iat[0]), f"{key}_lo": float(row["ci_low"].iat[0]),
-                f"{key}_hi": float(row["ci_high"].iat[0]),
-                f"{key}_p": mean(name, p_metric.replace("p_value", "p_holm", 1), **filters),
-                f"{key}_p_raw": mean(name, p_metric, **filters)}
+        return {
+            key: float(row["value"].iat[0]),
+            f"{key}_lo": float(row["ci_low"].iat[0]),
+            f"{key}_hi": float(row["ci_high"].iat[0]),
+            f"{key}_p": mean(name, p_metric.replace("p_value", "p_holm", 1), **filters),
+            f"{key}_p_raw": mean(name, p_metric, **filters),
+        }
 
     acc = tables.get("icl_accuracy")
     if acc is not None:
@@ -159,8 +165,9 @@ def headline(table_paths, model: str, dataset: str) -> dict:
             out["peak_decodability"] = float(curve.max())
     out["icicl_accuracy"] = mean("icicl", "accuracy", task="icicl_soft")
     out["full_icl_accuracy"] = mean("icicl", "accuracy", task="full_icl")
-    out.update(paired("icicl", "icicl_minus_full_icl", "accuracy_diff_vs_full_icl", "p_value_vs_full_icl",
-                      task="icicl_soft"))
+    out.update(
+        paired("icicl", "icicl_minus_full_icl", "accuracy_diff_vs_full_icl", "p_value_vs_full_icl", task="icicl_soft")
+    )
     for key, arm in (("icicl_speedup", "icicl_soft"), ("anchor_kv_speedup", "anchor_kv")):
         # the median speed-up over the timed inputs (interleaved rounds) with its bootstrap interval
         row = rows("icicl", "speedup_vs_full_icl", task=arm)
@@ -172,6 +179,5 @@ def headline(table_paths, model: str, dataset: str) -> dict:
     out.update(paired("tsft", "tsft_gain", "gain", "p_value", task="space-baseline", seed=None))
     out["patching_positive_delta"] = mean("patching", "delta_accuracy", label_type="positive")
     out["patching_negative_delta"] = mean("patching", "delta_accuracy", label_type="negative")
-    out.update(paired("reweighting", "reweighting_gain", "gain", "p_value", label_type="reweighted-vanilla",
-                      seed=None))
+    out.update(paired("reweighting", "reweighting_gain", "gain", "p_value", label_type="reweighted-vanilla", seed=None))
     return out

@@ -31,8 +31,11 @@ def icicl_pairs(predictions: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.nda
     per-example predictions (columns arm, draw, test_row, correct), aligned by test_row."""
     plain = predictions[predictions["draw"] < 0]
     wide = plain.pivot_table(index="test_row", columns="arm", values="correct", aggfunc="first")
-    return {f"{a}-{b}": (wide[a].to_numpy(float), wide[b].to_numpy(float))
-            for a, b in ICICL_CLAIMS if a in wide and b in wide}
+    return {
+        f"{a}-{b}": (wide[a].to_numpy(float), wide[b].to_numpy(float))
+        for a, b in ICICL_CLAIMS
+        if a in wide and b in wide
+    }
 
 
 def tsft_pairs(run_dirs) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -45,8 +48,12 @@ def tsft_pairs(run_dirs) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if not seeds:
         return {}
     rows = runs[("baseline", seeds[0])]["eval"]["test_row"].to_numpy()
-    return {"space-baseline": (np.stack([_aligned_correct(runs, "space", s, rows) for s in seeds]),
-                               np.stack([_aligned_correct(runs, "baseline", s, rows) for s in seeds]))}
+    return {
+        "space-baseline": (
+            np.stack([_aligned_correct(runs, "space", s, rows) for s in seeds]),
+            np.stack([_aligned_correct(runs, "baseline", s, rows) for s in seeds]),
+        )
+    }
 
 
 def reweighting_pairs(meta: Mapping) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -62,8 +69,13 @@ def reweighting_pairs(meta: Mapping) -> dict[str, tuple[np.ndarray, np.ndarray]]
     return {"reweighted-vanilla": (np.concatenate(r), np.concatenate(v))}
 
 
-def claims_table(pairs: Mapping[str, Mapping[str, tuple]], *, model: str, n_boot: int = 1000,
-                 timing: Mapping[str, Mapping[str, tuple[float, float, float]]] | None = None) -> pd.DataFrame:
+def claims_table(
+    pairs: Mapping[str, Mapping[str, tuple]],
+    *,
+    model: str,
+    n_boot: int = 1000,
+    timing: Mapping[str, Mapping[str, tuple[float, float, float]]] | None = None,
+) -> pd.DataFrame:
     """Long-format claims table (docs/outputs.md): pairs {dataset: {claim: (arm, reference)}} (from
     `icicl_pairs`, `tsft_pairs`, `reweighting_pairs`); per claim (`task`) and dataset (pooled: dataset
     "pooled") the rows of `paired_rows` — gain with its interval, p_value — and p_holm over every test
@@ -76,13 +88,24 @@ def claims_table(pairs: Mapping[str, Mapping[str, tuple]], *, model: str, n_boot
     rows = with_holm(rows)
     for dataset, by_claim in (timing or {}).items():
         for claim, (est, lo, hi) in by_claim.items():
-            rows.append({"task": claim, "dataset": dataset, "metric": "speedup_vs_reference", "value": est,
-                         "ci_low": lo, "ci_high": hi})
+            rows.append(
+                {
+                    "task": claim,
+                    "dataset": dataset,
+                    "metric": "speedup_vs_reference",
+                    "value": est,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                }
+            )
     return metric_frame(rows, model=model, family="claims", position="query")
 
 
 def icicl_timing(table: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
     """{"<arm>-full_icl": (speed-up, lo, hi)} of the IC-ICL metric table's timed arms in `ICICL_CLAIMS`."""
     speed = table[table.metric == "speedup_vs_full_icl"].set_index("task")
-    return {f"{a}-{b}": tuple(float(speed.at[a, c]) for c in ("value", "ci_low", "ci_high"))
-            for a, b in ICICL_CLAIMS if b == "full_icl" and a in speed.index}
+    return {
+        f"{a}-{b}": tuple(float(speed.at[a, c]) for c in ("value", "ci_low", "ci_high"))
+        for a, b in ICICL_CLAIMS
+        if b == "full_icl" and a in speed.index
+    }

@@ -102,12 +102,23 @@ def _stage_jobs(cfg: dict) -> dict[str, dict[str, int]]:
 
     plan = Plan(cfg)
     datasets = list(cfg["datasets"])
-    anchors = {m: [d for d in datasets if m in plan.anchor_methods(d)]
-               for m in ("saliency", "isolation", "reweighting", "anchor_compression")}
-    stages = {"extract": datasets, "extract_anchors": plan.taskspace(), "token_states": plan.entropy(), **anchors,
-              "error_diagnosis": plan.error_diagnosis(), "icicl": plan.icicl(), "icicl_sweep": plan.icicl_sweep(),
-              "tsft": plan.tsft(), "layer_lora": plan.layer_lora(), "layer_lora_extract": plan.layer_lora(),
-              "patching": plan.patching()}
+    anchors = {
+        m: [d for d in datasets if m in plan.anchor_methods(d)]
+        for m in ("saliency", "isolation", "reweighting", "anchor_compression")
+    }
+    stages = {
+        "extract": datasets,
+        "extract_anchors": plan.taskspace(),
+        "token_states": plan.entropy(),
+        **anchors,
+        "error_diagnosis": plan.error_diagnosis(),
+        "icicl": plan.icicl(),
+        "icicl_sweep": plan.icicl_sweep(),
+        "tsft": plan.tsft(),
+        "layer_lora": plan.layer_lora(),
+        "layer_lora_extract": plan.layer_lora(),
+        "patching": plan.patching(),
+    }
     per_job = {"tsft": 2 * len(plan.tsft_seeds()), "layer_lora": 2, "layer_lora_extract": 2}
     return {stage: {d: per_job.get(stage, 1) for d in names} for stage, names in stages.items() if names}
 
@@ -135,8 +146,9 @@ def _architecture(model: str, mspec: dict, results: Path, model_configs: dict, u
     return res.read_architecture(mspec, results / "models" / f"{model}.json" if use_outputs else None)
 
 
-def estimate_rows(cfg: dict, results: str | Path = "results", model_configs: dict[str, str] | None = None,
-                  use_outputs: bool = True) -> list[dict]:
+def estimate_rows(
+    cfg: dict, results: str | Path = "results", model_configs: dict[str, str] | None = None, use_outputs: bool = True
+) -> list[dict]:
     """One row per model x model stage x dataset the config runs: jobs, bytes, gpu_hours, mem_mb, gpu_mem_mb,
     gpus (per job but bytes and GPU-hours, which are for all its jobs); None where unknown."""
     from iclscope.core import resources as res
@@ -148,8 +160,18 @@ def estimate_rows(cfg: dict, results: str | Path = "results", model_configs: dic
         for stage, datasets in _stage_jobs(cfg).items():
             for name, n_jobs in datasets.items():
                 spec = cfg["datasets"][name]
-                row = {"model": model, "stage": stage, "dataset": name, "kind": spec["kind"], "jobs": n_jobs,
-                       "bytes": None, "gpu_hours": None, "mem_mb": None, "gpu_mem_mb": None, "gpus": None}
+                row = {
+                    "model": model,
+                    "stage": stage,
+                    "dataset": name,
+                    "kind": spec["kind"],
+                    "jobs": n_jobs,
+                    "bytes": None,
+                    "gpu_hours": None,
+                    "mem_mb": None,
+                    "gpu_mem_mb": None,
+                    "gpus": None,
+                }
                 rows.append(row)
                 n, tokens, longest = prompt_count(spec), tokens_per_prompt(spec), None
                 prompts = results / "prompts" / model / f"{name}.parquet"
@@ -160,19 +182,44 @@ def estimate_rows(cfg: dict, results: str | Path = "results", model_configs: dic
                     n, tokens, longest = len(t), float(t["n_tokens"].mean()), int(t["n_tokens"].max())
                 if arch is None or n is None:
                     continue
-                work = res.Work(n_prompts=n, tokens_per_prompt=tokens, max_tokens=longest,
-                                batch_size=mspec["batch_size"], max_batch_tokens=mspec["max_batch_tokens"],
-                                n_classes=len(spec.get("classes") or {}), n_demos=demos_per_prompt(spec),
-                                generation=spec["kind"] == "generation")
-                r = res.model_stage(stage, arch, mspec["dtype"], work, cfg, spec, device=mspec["device"],
-                                    gpus=mspec["gpus"], mem_mb=mspec["mem_mb"])
-                row.update(bytes=n_jobs * _stage_bytes(stage, n, arch, spec, cfg), gpu_hours=n_jobs * r.gpu_hours,
-                           mem_mb=r.mem_mb, gpu_mem_mb=r.gpu_mem_mb, gpus=r.gpus)
+                work = res.Work(
+                    n_prompts=n,
+                    tokens_per_prompt=tokens,
+                    max_tokens=longest,
+                    batch_size=mspec["batch_size"],
+                    max_batch_tokens=mspec["max_batch_tokens"],
+                    n_classes=len(spec.get("classes") or {}),
+                    n_demos=demos_per_prompt(spec),
+                    generation=spec["kind"] == "generation",
+                )
+                r = res.model_stage(
+                    stage,
+                    arch,
+                    mspec["dtype"],
+                    work,
+                    cfg,
+                    spec,
+                    device=mspec["device"],
+                    gpus=mspec["gpus"],
+                    mem_mb=mspec["mem_mb"],
+                )
+                row.update(
+                    bytes=n_jobs * _stage_bytes(stage, n, arch, spec, cfg),
+                    gpu_hours=n_jobs * r.gpu_hours,
+                    mem_mb=r.mem_mb,
+                    gpu_mem_mb=r.gpu_mem_mb,
+                    gpus=r.gpus,
+                )
     return rows
 
 
-def estimate(config_path: str | Path = "config.yaml", results: str | Path = "results",
-             model_configs: dict[str, str] | None = None, use_outputs: bool = True, out=sys.stdout) -> int:
+def estimate(
+    config_path: str | Path = "config.yaml",
+    results: str | Path = "results",
+    model_configs: dict[str, str] | None = None,
+    use_outputs: bool = True,
+    out=sys.stdout,
+) -> int:
     """Per model and model stage: jobs, bytes written, GPU-hours, host and GPU memory, GPUs; a total.
 
     The architecture comes from config.json without weights (iclscope.core.resources: the prepared
@@ -189,8 +236,11 @@ def estimate(config_path: str | Path = "config.yaml", results: str | Path = "res
         print(f"error: {exc}", file=out)
         return 2
     rows = estimate_rows(cfg, results, model_configs, use_outputs)
-    print(f"{'model':<22} {'stage':<19} {'jobs':>5} {'bytes':>11} {'GPU-h':>8} {'host mem':>10} {'GPU mem':>10} "
-          f"{'GPUs':>4}", file=out)
+    print(
+        f"{'model':<22} {'stage':<19} {'jobs':>5} {'bytes':>11} {'GPU-h':>8} {'host mem':>10} {'GPU mem':>10} "
+        f"{'GPUs':>4}",
+        file=out,
+    )
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["model"], row["stage"]), []).append(row)
@@ -205,15 +255,31 @@ def estimate(config_path: str | Path = "config.yaml", results: str | Path = "res
 
         size, hours = sum(r["bytes"] for r in known), sum(r["gpu_hours"] for r in known)
         total_bytes, total_hours = total_bytes + size, total_hours + hours
-        note = f"  (+ {missing} dataset(s) unknown: no config.json for the model, or prompts that depend on the data)" \
-            if missing else ""
-        print(f"{model:<22} {stage:<19} {sum(r['jobs'] for r in group):>5} "
-              f"{format_bytes(size) if known else 'unknown':>11} {f'{hours:.2f}' if known else 'unknown':>8} "
-              f"{show('mem_mb', lambda v: format_bytes(v * 2**20)):>10} "
-              f"{show('gpu_mem_mb', lambda v: format_bytes(v * 2**20)):>10} {show('gpus', str):>4}{note}", file=out)
+        note = (
+            f"  (+ {missing} dataset(s) unknown: no config.json for the model, or prompts that depend on the data)"
+            if missing
+            else ""
+        )
+        print(
+            f"{model:<22} {stage:<19} {sum(r['jobs'] for r in group):>5} "
+            f"{format_bytes(size) if known else 'unknown':>11} {f'{hours:.2f}' if known else 'unknown':>8} "
+            f"{show('mem_mb', lambda v: format_bytes(v * 2**20)):>10} "
+            f"{show('gpu_mem_mb', lambda v: format_bytes(v * 2**20)):>10} {show('gpus', str):>4}{note}",
+            file=out,
+        )
     counted = len(rows) - unknown
-    print((f"total: {format_bytes(total_bytes)} written by model stages, ~{total_hours:.1f} GPU-hours" if counted
-           else "total: unknown")
-          + (f"; {unknown} row(s) unknown, not counted (a hub model: `hf download ID config.json`, or "
-             "--model-config MODEL=PATH)" if unknown else ""), file=out)
+    print(
+        (
+            f"total: {format_bytes(total_bytes)} written by model stages, ~{total_hours:.1f} GPU-hours"
+            if counted
+            else "total: unknown"
+        )
+        + (
+            f"; {unknown} row(s) unknown, not counted (a hub model: `hf download ID config.json`, or "
+            "--model-config MODEL=PATH)"
+            if unknown
+            else ""
+        ),
+        file=out,
+    )
     return 0

@@ -17,8 +17,16 @@ import pandas as pd  # noqa: E402
 
 from iclscope.core.atomic import written  # noqa: E402
 
-STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
-         "axes.spines.right": False, "font.size": 9, "legend.fontsize": 8, "legend.frameon": False}
+STYLE = {
+    "figure.dpi": 110,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "font.size": 9,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+}
 
 
 def _save(fig, path) -> None:
@@ -35,15 +43,24 @@ def _title(df: pd.DataFrame, what: str) -> str:
 def plot_compression(table: pd.DataFrame, path) -> None:
     """Per layer: decoding accuracy, energy ratio and I(C;Y)/H(Y), per variant and position."""
     with plt.rc_context(STYLE):
-        metrics = [("decoding_accuracy", "task decoding accuracy"), ("energy_ratio", "task-space energy ratio"),
-                   ("mutual_information_norm", "I(Ĉ;Y) / H(Y)")]
+        metrics = [
+            ("decoding_accuracy", "task decoding accuracy"),
+            ("energy_ratio", "task-space energy ratio"),
+            ("mutual_information_norm", "I(Ĉ;Y) / H(Y)"),
+        ]
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharex=True)
         for ax, (metric, label) in zip(axes, metrics, strict=True):
             sub = table[table.metric == metric]
             for (variant, position), g in sub.groupby(["label_type", "position"]):
                 g = g.sort_values("layer")
-                ax.plot(g["layer"], g["value"], marker=".", ms=3, label=f"{variant} · {position}",
-                        ls="-" if variant == "class_mean" else "--")
+                ax.plot(
+                    g["layer"],
+                    g["value"],
+                    marker=".",
+                    ms=3,
+                    label=f"{variant} · {position}",
+                    ls="-" if variant == "class_mean" else "--",
+                )
             ax.set_xlabel("layer (residual index)")
             ax.set_ylabel(label)
         axes[0].legend(ncol=1)
@@ -71,8 +88,14 @@ def plot_task_space(states: np.ndarray, gold: np.ndarray, classes: list[str], sp
         for c, name in enumerate(classes):
             sel = gold == c
             ax.scatter(xy[sel, 0], xy[sel, 1], s=10, alpha=0.7, label=name)
-        ax.scatter(space.prototypes[:, 0], np.zeros(len(classes)) if space.k < 2 else space.prototypes[:, 1],
-                   marker="*", s=150, c="k", label="prototypes")
+        ax.scatter(
+            space.prototypes[:, 0],
+            np.zeros(len(classes)) if space.k < 2 else space.prototypes[:, 1],
+            marker="*",
+            s=150,
+            c="k",
+            label="prototypes",
+        )
         ax.set_xlabel("task-space coordinate 1")
         ax.set_ylabel(ylabel)
         ax.legend()
@@ -87,10 +110,14 @@ def plot_icicl(table: pd.DataFrame, path) -> None:
     wide = table.pivot_table(index="task", columns="metric", values="value")
     ci = table[table.metric == "accuracy"].set_index("task")[["ci_low", "ci_high"]]
     diffs = table[table.metric.str.startswith("accuracy_diff_vs_")].assign(
-        reference=lambda t: t.metric.str.removeprefix("accuracy_diff_vs_"))
+        reference=lambda t: t.metric.str.removeprefix("accuracy_diff_vs_")
+    )
     p_kind = "p_holm_vs_" if table.metric.str.startswith("p_holm_vs_").any() else "p_value_vs_"  # adjusted if any
-    p_values = table[table.metric.str.startswith(p_kind)].assign(
-        reference=lambda t: t.metric.str.removeprefix(p_kind)).set_index(["task", "reference"])["value"]
+    p_values = (
+        table[table.metric.str.startswith(p_kind)]
+        .assign(reference=lambda t: t.metric.str.removeprefix(p_kind))
+        .set_index(["task", "reference"])["value"]
+    )
     p_name = "p_Holm" if p_kind == "p_holm_vs_" else "p"
     loyal = [m for m in ("label_loyalty", "word_loyalty") if m in wide]
     panels = 1 + (len(diffs) > 0) + bool(loyal)
@@ -104,11 +131,25 @@ def plot_icicl(table: pd.DataFrame, path) -> None:
             colour = plt.cm.tab10(i % 10)
             x = row["seconds_per_example"] * 1000
             if arm in ci.index and ci.loc[arm].notna().all():
-                ax.errorbar(x, row["accuracy"], yerr=[[row["accuracy"] - ci.at[arm, "ci_low"]],
-                                                      [ci.at[arm, "ci_high"] - row["accuracy"]]],
-                            color=colour, alpha=0.5, capsize=2, lw=1)
-            ax.scatter(x, row["accuracy"], s=90 - 5 * i, marker=markers[i % len(markers)], facecolors="none",
-                       edgecolors=colour, linewidths=1.6, label=f"{arm} ({row['tokens']:.0f} tok)")
+                ax.errorbar(
+                    x,
+                    row["accuracy"],
+                    yerr=[[row["accuracy"] - ci.at[arm, "ci_low"]], [ci.at[arm, "ci_high"] - row["accuracy"]]],
+                    color=colour,
+                    alpha=0.5,
+                    capsize=2,
+                    lw=1,
+                )
+            ax.scatter(
+                x,
+                row["accuracy"],
+                s=90 - 5 * i,
+                marker=markers[i % len(markers)],
+                facecolors="none",
+                edgecolors=colour,
+                linewidths=1.6,
+                label=f"{arm} ({row['tokens']:.0f} tok)",
+            )
         n = int(wide["n"].max()) if "n" in wide else None
         ax.set_xlabel("median wall-clock per example (ms, batch 1, timed sample)")
         ax.set_ylabel("accuracy" + (f" ({n} test inputs, 95 % CI)" if n else ""))
@@ -118,27 +159,48 @@ def plot_icicl(table: pd.DataFrame, path) -> None:
             # every arm against full ICL (sorted), then icicl_soft against its other references
             ax = axes[0, col]
             col += 1
-            d = pd.concat([diffs[diffs.reference == "full_icl"].sort_values("value"),
-                           diffs[diffs.reference != "full_icl"].sort_values("value")])
+            d = pd.concat(
+                [
+                    diffs[diffs.reference == "full_icl"].sort_values("value"),
+                    diffs[diffs.reference != "full_icl"].sort_values("value"),
+                ]
+            )
             y = np.arange(len(d))[::-1]
             colours = np.where(d["reference"] == "full_icl", "C0", "C1")
             for yi, (_, r), c in zip(y, d.iterrows(), colours, strict=True):
-                ax.errorbar(r["value"], yi, xerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]], fmt="o",
-                            color=c, capsize=3)
+                ax.errorbar(
+                    r["value"],
+                    yi,
+                    xerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]],
+                    fmt="o",
+                    color=c,
+                    capsize=3,
+                )
             ax.axvline(0, color="k", lw=0.8)
-            ax.set_yticks(y, [f"{r.task} − {r.reference}  ({p_name} = "
-                              f"{p_values.get((r.task, r.reference), np.nan):.2g})" for r in d.itertuples()],
-                          fontsize=7)
+            ax.set_yticks(
+                y,
+                [
+                    f"{r.task} − {r.reference}  ({p_name} = {p_values.get((r.task, r.reference), np.nan):.2g})"
+                    for r in d.itertuples()
+                ],
+                fontsize=7,
+            )
             ax.set_xlabel("accuracy difference on the same inputs (paired 95 % CI)")
         if loyal:
             ax = axes[0, col]
             arms = wide.sort_values("label_loyalty", ascending=False).index
-            names = [f"{a} (draw {wide.loc[a, 'draw']:.0f})" if "draw" in wide and pd.notna(wide.loc[a, "draw"])
-                     else a for a in arms]
+            names = [
+                f"{a} (draw {wide.loc[a, 'draw']:.0f})" if "draw" in wide and pd.notna(wide.loc[a, "draw"]) else a
+                for a in arms
+            ]
             width = 0.8 / len(loyal)
             for i, m in enumerate(loyal):
-                ax.bar(np.arange(len(arms)) + (i - (len(loyal) - 1) / 2) * width, wide.loc[arms, m],
-                       width=width, label=m.replace("_", " "))
+                ax.bar(
+                    np.arange(len(arms)) + (i - (len(loyal) - 1) / 2) * width,
+                    wide.loc[arms, m],
+                    width=width,
+                    label=m.replace("_", " "),
+                )
             ax.set_xticks(range(len(arms)), names, rotation=35, ha="right")
             ax.set_ylabel("agreement with full-text ICL")
             ax.set_ylim(0, 1.05)
@@ -167,8 +229,15 @@ def plot_icicl_sweep(table: pd.DataFrame, path) -> None:
             for j in range(len(cols)):
                 v = grid.iat[i, j]
                 if pd.notna(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if v < np.nanmean(grid.to_numpy(float)) else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{v:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if v < np.nanmean(grid.to_numpy(float)) else "black",
+                    )
         chosen = soft[soft["chosen"]]
         if len(chosen):
             i, j = rows.index(chosen["row"].iat[0]), cols.index(chosen["col"].iat[0])
@@ -200,13 +269,32 @@ def plot_tsft(runs: dict, summary: pd.DataFrame, path, smooth: int = 5) -> None:
                 for log in logs:
                     ax.plot(log["step"], log[column], color=colour[arm], lw=0.8, alpha=0.4)
                 mean = pd.concat(logs).groupby("step")[column].mean()
-                ax.plot(mean.index, mean.values, color=colour[arm], lw=2, marker=".",
-                        label=f"{arm}, held-out (mean of {len(logs)} seed{'s' * (len(logs) > 1)})")
-            train = pd.concat([r["train_log"].sort_values("step").assign(
-                ce=lambda t: t["ce"].rolling(smooth, min_periods=1).mean()) for (a, _), r in runs.items() if a == arm])
+                ax.plot(
+                    mean.index,
+                    mean.values,
+                    color=colour[arm],
+                    lw=2,
+                    marker=".",
+                    label=f"{arm}, held-out (mean of {len(logs)} seed{'s' * (len(logs) > 1)})",
+                )
+            train = pd.concat(
+                [
+                    r["train_log"]
+                    .sort_values("step")
+                    .assign(ce=lambda t: t["ce"].rolling(smooth, min_periods=1).mean())
+                    for (a, _), r in runs.items()
+                    if a == arm
+                ]
+            )
             train = train.groupby("step")["ce"].mean()
-            axes[0].plot(train.index, train.values, color=colour[arm], ls=":", lw=1,
-                         label=f"{arm}, training (running mean of {smooth} batches)")
+            axes[0].plot(
+                train.index,
+                train.values,
+                color=colour[arm],
+                ls=":",
+                lw=1,
+                label=f"{arm}, training (running mean of {smooth} batches)",
+            )
         axes[0].set_ylabel("label cross-entropy")
         axes[1].set_ylabel("space loss (held-out)")
         for ax in axes[:2]:
@@ -236,8 +324,10 @@ def plot_tsft(runs: dict, summary: pd.DataFrame, path, smooth: int = 5) -> None:
             pooled = summary[(summary.task == "space-baseline") & summary.seed.isna()].set_index("metric")["value"]
             if {"gain", "gain_lo", "gain_hi", "p_value"} <= set(pooled.index):
                 lo, hi = pooled["gain_lo"] * 100, pooled["gain_hi"] * 100
-                title += (f"\npooled gain {pooled['gain'] * 100:+.1f} points, 95 % interval [{lo:+.1f}, {hi:+.1f}], "
-                          f"p = {pooled['p_value']:.2g}")
+                title += (
+                    f"\npooled gain {pooled['gain'] * 100:+.1f} points, 95 % interval [{lo:+.1f}, {hi:+.1f}], "
+                    f"p = {pooled['p_value']:.2g}"
+                )
         else:
             axes[3].set_axis_off()
         fig.suptitle(title)
@@ -263,8 +353,13 @@ def plot_layer_lora(table: pd.DataFrame, path) -> None:
         styles = ["-", "--", ":", "-."]
         for (condition, k), g in dec.groupby(["label_type", "shots"]):
             g = g.groupby("layer", as_index=False)["value"].mean()
-            ax.plot(g["layer"], g["value"], color=colour[condition], ls=styles[shots.index(k) % 4],
-                    label=f"{condition}, {k}-shot")
+            ax.plot(
+                g["layer"],
+                g["value"],
+                color=colour[condition],
+                ls=styles[shots.index(k) % 4],
+                label=f"{condition}, {k}-shot",
+            )
         n_tasks = table[(table.metric == "decodability_euclidean") & (table.task != "all")]["task"].nunique()
         ax.axhline(1 / max(n_tasks, 1), color="grey", lw=0.8, ls=":")
         ax.set_xlabel("layer (residual index); shaded: adapted blocks")
@@ -273,7 +368,8 @@ def plot_layer_lora(table: pd.DataFrame, path) -> None:
         for ax, k in zip(axes[0, 1:], shots, strict=True):
             wide = acc[acc.shots == k].pivot_table(index="task", columns="label_type", values="value")
             wide[[c for c in conditions if c in wide]].plot.bar(
-                ax=ax, rot=30, color=[colour[c] for c in conditions if c in wide])
+                ax=ax, rot=30, color=[colour[c] for c in conditions if c in wide]
+            )
             ax.set_ylim(0, 1)
             ax.set_xlabel("")
             ax.set_ylabel(f"exact-match accuracy, {k}-shot")
@@ -289,8 +385,12 @@ def plot_decodability(dec: pd.DataFrame, acc: pd.DataFrame, path) -> None:
         overall = dec[(dec.task == "all")]
         for (metric, shots), g in overall.groupby(["metric", "shots"]):
             g = g.sort_values("layer")
-            line, = axes[0].plot(g["layer"], g["value"], label=f"{metric.split('_')[-1]}, {shots}-shot",
-                                 ls="-" if metric.endswith("euclidean") else "--")
+            (line,) = axes[0].plot(
+                g["layer"],
+                g["value"],
+                label=f"{metric.split('_')[-1]}, {shots}-shot",
+                ls="-" if metric.endswith("euclidean") else "--",
+            )
             axes[0].fill_between(g["layer"], g["ci_low"], g["ci_high"], alpha=0.15, color=line.get_color())
         n_tasks = dec[dec.task != "all"]["task"].nunique()
         axes[0].axhline(1 / max(n_tasks, 1), color="grey", lw=0.8, ls=":", label="chance")
@@ -311,8 +411,11 @@ def task_space_figure(activations, task_spaces, compression: pd.DataFrame, path,
     from iclscope.core.store import open_activations, read_prompts
     from iclscope.methods.taskspace.space import read_task_spaces
 
-    dec = compression[(compression.metric == "decoding_accuracy") & (compression.label_type == variant)
-                      & (compression.position == "query")]
+    dec = compression[
+        (compression.metric == "decoding_accuracy")
+        & (compression.label_type == variant)
+        & (compression.position == "query")
+    ]
     layer = int(dec.loc[dec["value"].idxmax(), "layer"])
     space = read_task_spaces(task_spaces, variant)[layer]
     with open_activations(activations) as f:
@@ -321,8 +424,7 @@ def task_space_figure(activations, task_spaces, compression: pd.DataFrame, path,
         states = f["resid/query"][test, layer].astype(np.float64)
         gold = prompts["gold"][test]
         classes = [str(c) for c in f.attrs["classes"]]
-    title = (f"Task space ({variant}), layer {layer}\n{compression['model'].iloc[0]} / "
-             f"{compression['dataset'].iloc[0]}")
+    title = f"Task space ({variant}), layer {layer}\n{compression['model'].iloc[0]} / {compression['dataset'].iloc[0]}"
     plot_task_space(states, gold, classes, space, path, title)
     return layer
 
@@ -331,8 +433,10 @@ def plot_aucroc(table: pd.DataFrame, path) -> None:
     """AUCROC_l and R_l per layer: mean over seeds, thin lines per seed."""
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharex=True)
-        for ax, metric, label in ((axes[0], "aucroc", "AUCROC_l (target: model prediction)"),
-                                  (axes[1], "aucroc_cumulative_share", "R_l")):
+        for ax, metric, label in (
+            (axes[0], "aucroc", "AUCROC_l (target: model prediction)"),
+            (axes[1], "aucroc_cumulative_share", "R_l"),
+        ):
             sub = table[table.metric == metric]
             for _, g in sub.groupby("seed"):
                 g = g.sort_values("layer")
@@ -351,11 +455,14 @@ def plot_saliency(table: pd.DataFrame, path) -> None:
     """Relative S_wp, S_pq, S_ww per layer, mean over seeds with the per-seed range shaded."""
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(6, 3.6))
-        for metric, label in (("s_wp_relative", "S_wp (label ← text)"), ("s_pq_relative", "S_pq (query ← label)"),
-                              ("s_ww_relative", "S_ww (all other)")):
+        for metric, label in (
+            ("s_wp_relative", "S_wp (label ← text)"),
+            ("s_pq_relative", "S_pq (query ← label)"),
+            ("s_ww_relative", "S_ww (all other)"),
+        ):
             sub = table[table.metric == metric].groupby("layer")["value"]
             mean, lo, hi = sub.mean(), sub.min(), sub.max()
-            line, = ax.plot(mean.index, mean.values, label=label)
+            (line,) = ax.plot(mean.index, mean.values, label=label)
             ax.fill_between(mean.index, lo.values, hi.values, alpha=0.15, color=line.get_color())
         ax.set_xlabel("layer")
         ax.set_ylabel("relative saliency")
@@ -372,8 +479,13 @@ def plot_isolation(table: pd.DataFrame, path) -> None:
             sub = table[table.metric == metric]
             for (side, kind), g in sub.groupby(["position", "label_type"]):
                 g = g.sort_values("layer")
-                ax.plot(g["layer"], g["value"], marker="o", ls="-" if kind == "label" else ":",
-                        label=f"{kind} words, {side} k layers")
+                ax.plot(
+                    g["layer"],
+                    g["value"],
+                    marker="o",
+                    ls="-" if kind == "label" else ":",
+                    label=f"{kind} words, {side} k layers",
+                )
             ax.set_xlabel("k (layers isolated)")
             ax.set_ylabel(metric.replace("_", " "))
             ax.set_ylim(0, 1.02)
@@ -382,8 +494,14 @@ def plot_isolation(table: pd.DataFrame, path) -> None:
         _save(fig, path)
 
 
-ANCHOR_COMPRESSION_ARMS = ("full_icl", "hidden_anchor", "text_anchor", "hidden_random", "hidden_random_top",
-                           "zero_shot")
+ANCHOR_COMPRESSION_ARMS = (
+    "full_icl",
+    "hidden_anchor",
+    "text_anchor",
+    "hidden_random",
+    "hidden_random_top",
+    "zero_shot",
+)
 
 
 def plot_anchor_compression(table: pd.DataFrame, path) -> None:
@@ -444,9 +562,11 @@ def plot_reweighting(table: pd.DataFrame, path) -> None:
         title = _title(table, "Anchor re-weighting")
         gain = table[(table.label_type == "reweighted-vanilla") & table.seed.isna()].set_index("metric")["value"]
         if {"gain", "gain_lo", "gain_hi", "p_value"} <= set(gain.index):  # the paired gain, pooled over seeds
-            title += (f"\npaired accuracy gain over vanilla, pooled over seeds: {gain['gain'] * 100:+.1f} points, "
-                      f"95 % interval [{gain['gain_lo'] * 100:+.1f}, {gain['gain_hi'] * 100:+.1f}], "
-                      f"p = {gain['p_value']:.2g}")
+            title += (
+                f"\npaired accuracy gain over vanilla, pooled over seeds: {gain['gain'] * 100:+.1f} points, "
+                f"95 % interval [{gain['gain_lo'] * 100:+.1f}, {gain['gain_hi'] * 100:+.1f}], "
+                f"p = {gain['p_value']:.2g}"
+            )
         fig.suptitle(title)
         _save(fig, path)
 
@@ -465,8 +585,10 @@ def plot_error_diagnosis(table: pd.DataFrame, path) -> None:
     corr = pooled.set_index("metric")["value"]
     with plt.rc_context({**STYLE, "axes.grid": False}):
         fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-        for ax, metric, label in ((axes[0], "predicted_confusion", "predicted (label-word keys)"),
-                                  (axes[1], "true_confusion", "true (AUC of p_i / (p_i + p_j))")):
+        for ax, metric, label in (
+            (axes[0], "predicted_confusion", "predicted (label-word keys)"),
+            (axes[1], "true_confusion", "true (AUC of p_i / (p_i + p_j))"),
+        ):
             m = matrix(metric)
             im = ax.imshow(m.to_numpy(), cmap="viridis", vmin=min(0.5, np.nanmin(m.to_numpy())), vmax=1)
             for (i, j), v in np.ndenumerate(m.to_numpy()):
@@ -475,16 +597,20 @@ def plot_error_diagnosis(table: pd.DataFrame, path) -> None:
             ax.set_yticks(range(len(m)), m.index)
             ax.set_title(label)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        fig.suptitle(f"{_title(table, f'Error diagnosis, layer {int(table.layer.dropna().iloc[0])}')}\n"
-                     f"low = confusable; Pearson r = {corr['confusion_pearson']:.2f}, Spearman ρ = "
-                     f"{corr['confusion_spearman']:.2f} over {int(corr['confusion_pairs'])} class pairs")
+        fig.suptitle(
+            f"{_title(table, f'Error diagnosis, layer {int(table.layer.dropna().iloc[0])}')}\n"
+            f"low = confusable; Pearson r = {corr['confusion_pearson']:.2f}, Spearman ρ = "
+            f"{corr['confusion_spearman']:.2f} over {int(corr['confusion_pairs'])} class pairs"
+        )
         _save(fig, path)
+
 
 def plot_patching(table: pd.DataFrame, path) -> None:
     """Accuracy per task without a patch and with the own-task (positive) or Null (negative) state."""
     with plt.rc_context(STYLE):
-        acc = table[table.metric == "accuracy"].pivot_table(index="task", columns="label_type", values="value",
-                                                            sort=False)
+        acc = table[table.metric == "accuracy"].pivot_table(
+            index="task", columns="label_type", values="value", sort=False
+        )
         arms = [a for a in ("none", "positive", "negative") if a in acc]
         fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(acc)), 3.4))
         width = 0.8 / len(arms)
@@ -507,8 +633,14 @@ def plot_toy_regression(table: pd.DataFrame, path) -> None:
         trained = table[table.step.notna()]
         mse = trained[trained.metric == "mse"].pivot_table(index="step", columns="task", values="value")
         for task in mse:
-            left.plot(mse.index.to_numpy() + 1, mse[task], marker=".", lw=2 if task == "all" else 1,
-                      color="k" if task == "all" else None, label=task)
+            left.plot(
+                mse.index.to_numpy() + 1,
+                mse[task],
+                marker=".",
+                lw=2 if task == "all" else 1,
+                color="k" if task == "all" else None,
+                label=task,
+            )
         left.set_xscale("log")
         left.set_yscale("log")
         left.set_xlabel("training step + 1")
@@ -520,8 +652,13 @@ def plot_toy_regression(table: pd.DataFrame, path) -> None:
         for task, g in by_k.groupby("task"):
             g = g[(g.step == last) | g.step.isna()].sort_values("k")
             label = f"model, step {int(last)}" if task == "all" else f"least squares, {task.replace('_', ' ')}"
-            middle.plot(g["k"], g["value"], marker="." if task == "all" else None,
-                        ls="-" if task == "all" else "--", label=label)
+            middle.plot(
+                g["k"],
+                g["value"],
+                marker="." if task == "all" else None,
+                ls="-" if task == "all" else "--",
+                label=label,
+            )
         middle.set_yscale("log")
         middle.set_xlabel("in-context examples seen")
         middle.set_ylabel("MSE of the next y")
@@ -531,8 +668,13 @@ def plot_toy_regression(table: pd.DataFrame, path) -> None:
         shown = sorted({steps[round(i)] for i in np.linspace(0, len(steps) - 1, min(5, len(steps)))})
         for step in shown:
             g = dec[dec.step == step].sort_values("layer")
-            right.plot(g["layer"], g["value"], marker=".", color=plt.cm.viridis(step / max(max(steps), 1)),
-                       label=f"step {int(step)}")
+            right.plot(
+                g["layer"],
+                g["value"],
+                marker=".",
+                color=plt.cm.viridis(step / max(max(steps), 1)),
+                label=f"step {int(step)}",
+            )
         n_bases = len([t for t in mse.columns if t != "all"])
         if n_bases:
             right.axhline(1 / n_bases, color="grey", ls=":", lw=1, label="chance")
@@ -548,8 +690,12 @@ def plot_entropy(table: pd.DataFrame, path) -> None:
     """The four representation measures per layer, token and bigram labels; min/max binning solid,
     quantile-clipped binning dashed."""
     with plt.rc_context(STYLE):
-        panels = [("information", "information  H(y) / log B"), ("variation", "variation  H(y|x) / log B"),
-                  ("regularity", "regularity  I(y;x) / log B"), ("disentanglement", "disentanglement  JSD (nats)")]
+        panels = [
+            ("information", "information  H(y) / log B"),
+            ("variation", "variation  H(y|x) / log B"),
+            ("regularity", "regularity  I(y;x) / log B"),
+            ("disentanglement", "disentanglement  JSD (nats)"),
+        ]
         fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), sharex=True)
         for ax, (metric, label) in zip(axes, panels, strict=True):
             for suffix, style in (("", "-"), ("_clipped", "--")):
@@ -559,8 +705,15 @@ def plot_entropy(table: pd.DataFrame, path) -> None:
                     g = sub[sub.label_type == label_type].sort_values("layer")
                     if len(g):
                         name = "" if metric == "information" else f"{label_type} · "
-                        ax.plot(g["layer"], g["value"], ls=style, color=colour, marker=".", ms=3,
-                                label=f"{name}{'clipped' if suffix else 'min/max'}")
+                        ax.plot(
+                            g["layer"],
+                            g["value"],
+                            ls=style,
+                            color=colour,
+                            marker=".",
+                            ms=3,
+                            label=f"{name}{'clipped' if suffix else 'min/max'}",
+                        )
             ax.set_xlabel("layer (residual index)")
             ax.set_ylabel(label)
             ax.legend()
@@ -571,10 +724,13 @@ def plot_entropy(table: pd.DataFrame, path) -> None:
 def plot_entropy_training(table: pd.DataFrame, path) -> None:
     """Held-out loss and the last layer's measures against training step, one colour per model size."""
     with plt.rc_context(STYLE):
-        panels = [("eval_loss", None, "held-out loss"), ("information", "token", "information  H(y) / log B"),
-                  ("regularity", "token", "token regularity  I(y;x) / log B"),
-                  ("disentanglement", "token", "token disentanglement (nats)"),
-                  ("variation", "bigram", "bigram variation  H(y|x) / log B")]
+        panels = [
+            ("eval_loss", None, "held-out loss"),
+            ("information", "token", "information  H(y) / log B"),
+            ("regularity", "token", "token regularity  I(y;x) / log B"),
+            ("disentanglement", "token", "token disentanglement (nats)"),
+            ("variation", "bigram", "bigram variation  H(y|x) / log B"),
+        ]
         fig, axes = plt.subplots(1, len(panels), figsize=(18, 3.4), sharex=True)
         colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for colour, (size, g) in zip(colours, table.groupby("size", sort=False), strict=False):
@@ -585,8 +741,14 @@ def plot_entropy_training(table: pd.DataFrame, path) -> None:
                 if label_type:
                     sel = sel[(sel.label_type == label_type) & (sel.range == "minmax") & (sel.layer == last)]
                 sel = sel.sort_values("step")
-                ax.plot(sel["step"].clip(lower=0.5), sel["value"], marker=".", ms=3, color=colour,
-                        label=f"{size} ({params / 1e3:.0f}k params)")
+                ax.plot(
+                    sel["step"].clip(lower=0.5),
+                    sel["value"],
+                    marker=".",
+                    ms=3,
+                    color=colour,
+                    label=f"{size} ({params / 1e3:.0f}k params)",
+                )
         for ax, (_, _, label) in zip(axes, panels, strict=True):
             ax.set_xscale("log")
             ax.set_xlabel("training step (0 plotted at 0.5)")
@@ -617,15 +779,22 @@ def plot_layer_atlas(curves: pd.DataFrame, peaks: pd.DataFrame, path, title: str
     panels = [(panel, [n for n in names if (curves.curve == n).any()]) for panel, names in ATLAS_PANELS]
     panels = [(panel, names) for panel, names in panels if names]
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.4 * max(len(panels), 1) + 0.8, 3.6),
-                                 sharex=True, squeeze=False)
+        fig, axes = plt.subplots(
+            1, max(len(panels), 1), figsize=(4.4 * max(len(panels), 1) + 0.8, 3.6), sharex=True, squeeze=False
+        )
         for ax, (panel, names) in zip(axes[0], panels, strict=False):
             for colour, name in enumerate(names):
                 for dataset, g in curves[curves.curve == name].groupby("dataset", sort=False):
                     g = g.sort_values("depth")
                     label = f"{name} · {dataset}" if len(datasets) > 1 else name
-                    line, = ax.plot(g["depth"], g["value"], ls=styles[dataset], color=f"C{colour}",
-                                    marker="." if name.startswith("isolation") else None, label=label)
+                    (line,) = ax.plot(
+                        g["depth"],
+                        g["value"],
+                        ls=styles[dataset],
+                        color=f"C{colour}",
+                        marker="." if name.startswith("isolation") else None,
+                        label=label,
+                    )
                     peak = peaks[(peaks.curve == name) & (peaks.dataset == dataset)].iloc[0]
                     if np.isfinite(peak["depth"]):
                         ax.plot([peak["depth"]], [peak["value"]], marker="*", ms=11, color=line.get_color())
@@ -635,8 +804,15 @@ def plot_layer_atlas(curves: pd.DataFrame, peaks: pd.DataFrame, path, title: str
             ax.set_xlabel("relative depth (layer / L)")
             ax.set_xlim(0, 1)
         if not panels:
-            axes[0, 0].text(0.5, 0.5, "no layer-wise table for this model", ha="center", va="center",
-                            transform=axes[0, 0].transAxes, color="grey")
+            axes[0, 0].text(
+                0.5,
+                0.5,
+                "no layer-wise table for this model",
+                ha="center",
+                va="center",
+                transform=axes[0, 0].transAxes,
+                color="grey",
+            )
         fig.suptitle(title + "  (★ = peak; isolation: lowest loyalty; information: lowest)")
         _save(fig, path)
 

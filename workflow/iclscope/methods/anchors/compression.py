@@ -62,6 +62,7 @@ ARMS = ("full_icl", "hidden_anchor", "text_anchor", "hidden_random", "zero_shot"
 @dataclass(frozen=True)
 class AnchorCompressionSettings:
     """`anchors.compression` of the config (defaults are the schema's) plus `anchors.word_k`."""
+
     prompts_per_seed: int | None = None
     n_random_draws: int = 20
     timing_repeats: int = 5
@@ -126,8 +127,10 @@ def random_kept_positions(rec, rng: np.random.Generator) -> tuple[list[int], lis
         lo = labels[i - 1] if i else -1
         candidates = [j for j in range(lo + 1, p) if j not in keep]
         if not candidates:
-            raise ValueError(f"prompt {rec.get('prompt_id')}: demonstration {i} has no input-text token to draw "
-                             "for Hidden_random; drop empty texts from the dataset")
+            raise ValueError(
+                f"prompt {rec.get('prompt_id')}: demonstration {i} has no input-text token to draw "
+                "for Hidden_random; drop empty texts from the dataset"
+            )
         drawn.append(int(rng.choice(candidates)))
     return sorted((keep - set(labels)) | set(drawn)), drawn
 
@@ -135,13 +138,13 @@ def random_kept_positions(rec, rng: np.random.Generator) -> tuple[list[int], lis
 def text_anchor_ids(rec) -> list[int]:
     """Text_anchor: the kept tokens as text (the demonstrations without their input text), then the query part."""
     ids = np.asarray(rec["input_ids"])
-    return [int(t) for t in ids[kept_positions(rec)]] + [int(t) for t in ids[demo_end(rec):]]
+    return [int(t) for t in ids[kept_positions(rec)]] + [int(t) for t in ids[demo_end(rec) :]]
 
 
 def zero_shot_ids(rec) -> list[int]:
     """The query part alone, after the leading special tokens."""
     ids = np.asarray(rec["input_ids"])
-    return [int(t) for t in ids[leading_specials(rec)]] + [int(t) for t in ids[demo_end(rec):]]
+    return [int(t) for t in ids[leading_specials(rec)]] + [int(t) for t in ids[demo_end(rec) :]]
 
 
 # --------------------------------------------------------------------------- model passes
@@ -170,13 +173,20 @@ def continue_on_cache(net, cache, query_ids, start: int, logits_to_keep: int = 1
     positions = torch.arange(start, start + ids.shape[1], device=device)[None]
     mask = torch.ones(1, cache.get_seq_length() + ids.shape[1], dtype=torch.long, device=device)
     with torch.inference_mode():
-        out = net(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache,
-                  use_cache=True, logits_to_keep=logits_to_keep)
+        out = net(
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
     return out.logits[0]
 
 
-def continue_on_pruned(net, kv: list[tuple], kept_sets: list[list[int]], query_ids, start: int,
-                       batch_size: int, max_batch_tokens: int) -> list[torch.Tensor]:
+def continue_on_pruned(
+    net, kv: list[tuple], kept_sets: list[list[int]], query_ids, start: int, batch_size: int, max_batch_tokens: int
+) -> list[torch.Tensor]:
     """Last-position logits [V] of `query_ids` continued on each pruned cache `kv`[kept] of `kept_sets`, in
     batches (untimed arms: Hidden_random's draws). Kept sets of one length share a batch (the draws of a
     prompt all keep as many entries: each label token is swapped for one drawn token), so nothing is padded:
@@ -190,25 +200,35 @@ def continue_on_pruned(net, kv: list[tuple], kept_sets: list[list[int]], query_i
     for n_kept, members in by_length.items():
         per_pass = max(1, min(batch_size, max_batch_tokens // (n_kept + len(query_ids))))
         for lo in range(0, len(members), per_pass):
-            rows = members[lo:lo + per_pass]
+            rows = members[lo : lo + per_pass]
             cache = full_kv_cache()
             for layer, (k, v) in enumerate(kv):  # [1, Hkv, T, dh] -> [B, Hkv, n_kept, dh], on the layer's device
                 idx = [torch.as_tensor(kept_sets[i], dtype=torch.long, device=k.device) for i in rows]
-                cache.update(torch.cat([k.index_select(2, j) for j in idx]),
-                             torch.cat([v.index_select(2, j) for j in idx]), layer)
+                cache.update(
+                    torch.cat([k.index_select(2, j) for j in idx]),
+                    torch.cat([v.index_select(2, j) for j in idx]),
+                    layer,
+                )
             ids = torch.as_tensor([list(query_ids)] * len(rows), dtype=torch.long, device=device)
             positions = torch.arange(start, start + ids.shape[1], device=device)[None].expand(len(rows), -1)
             mask = torch.ones(len(rows), n_kept + ids.shape[1], dtype=torch.long, device=device)
             with torch.inference_mode():
-                logits = net(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache,
-                             use_cache=True, logits_to_keep=1).logits[:, -1]
+                logits = net(
+                    input_ids=ids,
+                    position_ids=positions,
+                    attention_mask=mask,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).logits[:, -1]
             for b, i in enumerate(rows):
                 out[i] = logits[b]
     return out
 
 
-def padded_last_logits(net, sequences: list[list[int]], pad_id: int, batch_size: int,
-                       max_batch_tokens: int) -> list[torch.Tensor]:
+def padded_last_logits(
+    net, sequences: list[list[int]], pad_id: int, batch_size: int, max_batch_tokens: int
+) -> list[torch.Tensor]:
     """Last-position logits [V] of each unpadded prompt (untimed arms), left-padded into batches of
     `batch_size` prompts and `max_batch_tokens` padded tokens; each equals `plain_logits` of the prompt."""
     device = input_device(net)
@@ -222,8 +242,15 @@ def padded_last_logits(net, sequences: list[list[int]], pad_id: int, batch_size:
     return out
 
 
-def continue_queries(net, cache_kv: list[tuple], queries: list[list[int]], start: int, pad_id: int,
-                     batch_size: int, max_batch_tokens: int) -> list[torch.Tensor]:
+def continue_queries(
+    net,
+    cache_kv: list[tuple],
+    queries: list[list[int]],
+    start: int,
+    pad_id: int,
+    batch_size: int,
+    max_batch_tokens: int,
+) -> list[torch.Tensor]:
     """Last-position logits [V] of each query continuing the same cache (per-layer (K, V) [1, Hkv, n, dh],
     e.g. the pruned KV of a seed's demonstrations) at positions start.., in batches: the queries are
     left-padded behind the cache entries and their padding is masked, so each equals `continue_on_cache`
@@ -242,8 +269,14 @@ def continue_queries(net, cache_kv: list[tuple], queries: list[list[int]], start
         for layer, (k, v) in enumerate(cache_kv):
             cache.update(k.expand(len(qs), -1, -1, -1).contiguous(), v.expand(len(qs), -1, -1, -1).contiguous(), layer)
         with torch.inference_mode():
-            logits = net(input_ids=ids, position_ids=positions.to(device), attention_mask=mask, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1).logits[:, -1]
+            logits = net(
+                input_ids=ids,
+                position_ids=positions.to(device),
+                attention_mask=mask,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
         for b, i in enumerate(batch):
             out[int(i)] = logits[b]
     return out
@@ -253,8 +286,9 @@ def plain_logits(net, ids, logits_to_keep: int = 1):
     """Logits [T', V] of one unpadded prompt from position 0."""
     device = input_device(net)
     with torch.inference_mode():
-        return net(input_ids=torch.as_tensor([list(ids)], dtype=torch.long, device=device),
-                   logits_to_keep=logits_to_keep).logits[0]
+        return net(
+            input_ids=torch.as_tensor([list(ids)], dtype=torch.long, device=device), logits_to_keep=logits_to_keep
+        ).logits[0]
 
 
 # --------------------------------------------------------------------------- summary (pure)
@@ -272,16 +306,25 @@ def _measures(d, ref, n_classes: int, n_boot: int = 1000) -> dict:
     prompts (`speedup_lo`, `speedup_hi`; iclscope.core.timing) and tokens per second."""
     r = ref.loc[d["prompt_id"]]
     gold, pred = d["gold"].to_numpy(), d["pred"].to_numpy()
-    out = {"accuracy": float((pred == gold).mean()), "macro_f1": macro_f1(gold, pred, range(n_classes)),
-           "label_loyalty": float((pred == r["pred"].to_numpy()).mean()),
-           "word_loyalty": float(jaccard_topk(list(d["top_ids"]), list(r["top_ids"])).mean()),
-           "tokens": float(d["tokens"].mean()), "context_tokens": float(d["context_tokens"].mean())}
+    out = {
+        "accuracy": float((pred == gold).mean()),
+        "macro_f1": macro_f1(gold, pred, range(n_classes)),
+        "label_loyalty": float((pred == r["pred"].to_numpy()).mean()),
+        "word_loyalty": float(jaccard_topk(list(d["top_ids"]), list(r["top_ids"])).mean()),
+        "tokens": float(d["tokens"].mean()),
+        "context_tokens": float(d["context_tokens"].mean()),
+    }
     if d["seconds"].notna().any():
         t = d[d["seconds"].notna()]
         arm, full = _rounds(t), _rounds(ref.loc[t["prompt_id"]])
         est, lo, hi = speedup(full, arm, n_boot, seed=0)
-        out |= {"seconds_per_example": float(np.median(np.median(arm, axis=1))), "speedup_vs_full_icl": est,
-                "speedup_lo": lo, "speedup_hi": hi, "tokens_per_second": tokens_per_second(t["tokens"], arm)}
+        out |= {
+            "seconds_per_example": float(np.median(np.median(arm, axis=1))),
+            "speedup_vs_full_icl": est,
+            "speedup_lo": lo,
+            "speedup_hi": hi,
+            "tokens_per_second": tokens_per_second(t["tokens"], arm),
+        }
     return out
 
 
@@ -302,23 +345,41 @@ def summarise(per_example, n_classes: int) -> list[dict]:
             if arm != "hidden_random":
                 m = _measures(d, ref, n_classes)
                 ci = {"ci_low": m.pop("speedup_lo"), "ci_high": m.pop("speedup_hi")} if "speedup_lo" in m else {}
-                rows += [{"seed": int(seed), "label_type": arm, "metric": k, "value": v,
-                          **(ci if k == "speedup_vs_full_icl" else {})} for k, v in m.items()]
+                rows += [
+                    {
+                        "seed": int(seed),
+                        "label_type": arm,
+                        "metric": k,
+                        "value": v,
+                        **(ci if k == "speedup_vs_full_icl" else {}),
+                    }
+                    for k, v in m.items()
+                ]
                 continue
             draws = {int(k): _measures(dd, ref, n_classes) for k, dd in d.groupby("draw", sort=True)}
             mean = pd.DataFrame(draws.values()).mean().to_dict()
-            rows += [{"seed": int(seed), "label_type": "hidden_random", "metric": k, "value": float(v)}
-                     for k, v in mean.items()]
+            rows += [
+                {"seed": int(seed), "label_type": "hidden_random", "metric": k, "value": float(v)}
+                for k, v in mean.items()
+            ]
             best = max(draws, key=lambda k: (draws[k]["label_loyalty"], -k))
-            rows += [{"seed": int(seed), "label_type": "hidden_random_top", "metric": k, "value": v}
-                     for k, v in {**draws[best], "draw": float(best)}.items()]
+            rows += [
+                {"seed": int(seed), "label_type": "hidden_random_top", "metric": k, "value": v}
+                for k, v in {**draws[best], "draw": float(best)}.items()
+            ]
     return rows
 
 
 # the paired comparisons of the table (arm, reference): every arm against full_icl, and the paper's
 # question, whether the label tokens' KV (hidden_anchor) beats the same budget as text or random tokens
-PAIRS = (("hidden_anchor", "full_icl"), ("text_anchor", "full_icl"), ("hidden_random", "full_icl"),
-         ("zero_shot", "full_icl"), ("hidden_anchor", "text_anchor"), ("hidden_anchor", "hidden_random"))
+PAIRS = (
+    ("hidden_anchor", "full_icl"),
+    ("text_anchor", "full_icl"),
+    ("hidden_random", "full_icl"),
+    ("zero_shot", "full_icl"),
+    ("hidden_anchor", "text_anchor"),
+    ("hidden_anchor", "hidden_random"),
+)
 
 
 def correct_matrix(per_example: pd.DataFrame, arm: str) -> np.ndarray:
@@ -339,16 +400,27 @@ def paired_summary(per_example: pd.DataFrame, n_boot: int = 1000) -> list[dict]:
         if arm not in arms or ref not in arms:
             continue
         a, b = correct_matrix(per_example, arm), correct_matrix(per_example, ref)
-        a, b = (np.repeat(a, len(b), axis=0) if len(a) == 1 < len(b) else a,
-                np.repeat(b, len(a), axis=0) if len(b) == 1 < len(a) else b)
+        a, b = (
+            np.repeat(a, len(b), axis=0) if len(a) == 1 < len(b) else a,
+            np.repeat(b, len(a), axis=0) if len(b) == 1 < len(a) else b,
+        )
         rows += paired_rows(paired_difference(a, b, n_boot=n_boot, seed=0), label_type=f"{arm}-{ref}", seed=None)
     return with_holm(rows)
 
 
 # --------------------------------------------------------------------------- the stage
-def score_prompt(net, rec: dict, kv: list[tuple], random_sets: list[list[int]], label_ids: list[int],
-                 s: AnchorCompressionSettings, timed: bool = True, batch_size: int = 1,
-                 max_batch_tokens: int = 1 << 30, untimed: dict | None = None) -> list[dict]:
+def score_prompt(
+    net,
+    rec: dict,
+    kv: list[tuple],
+    random_sets: list[list[int]],
+    label_ids: list[int],
+    s: AnchorCompressionSettings,
+    timed: bool = True,
+    batch_size: int = 1,
+    max_batch_tokens: int = 1 << 30,
+    untimed: dict | None = None,
+) -> list[dict]:
     """Every arm on one prompt; `kv` = its demonstration part's per-layer KV, `random_sets` = the
     Hidden_random kept sets of its seed. One row per arm (per draw for hidden_random). `timed`: the
     timed arms run `timing_repeats` interleaved rounds at batch 1 and keep their seconds; else one untimed
@@ -363,18 +435,31 @@ def score_prompt(net, rec: dict, kv: list[tuple], random_sets: list[list[int]], 
 
     def add(arm, logits, tokens, context, seconds=None, draw=-1):
         last = logits[-1].float()
-        rows.append({"prompt_id": int(rec["prompt_id"]), "seed": int(rec["seed"]), "gold": int(rec["gold"]),
-                     "arm": arm, "draw": draw, "pred": int(last[label_ids].argmax()),
-                     "top_ids": last.topk(s.word_k).indices.tolist(), "tokens": tokens, "context_tokens": context,
-                     "seconds": float(np.median(seconds)) if seconds else float("nan"), "seconds_repeats": seconds})
+        rows.append(
+            {
+                "prompt_id": int(rec["prompt_id"]),
+                "seed": int(rec["seed"]),
+                "gold": int(rec["gold"]),
+                "arm": arm,
+                "draw": draw,
+                "pred": int(last[label_ids].argmax()),
+                "top_ids": last.topk(s.word_k).indices.tolist(),
+                "tokens": tokens,
+                "context_tokens": context,
+                "seconds": float(np.median(seconds)) if seconds else float("nan"),
+                "seconds_repeats": seconds,
+            }
+        )
 
     text_ids, zs = text_anchor_ids(rec), zero_shot_ids(rec)
     # the timed arms in interleaved rounds (iclscope.core.timing); a forward pass extends its cache, so
     # hidden_anchor gets a fresh pruned cache per round, built before the clock starts
-    prepare = {"full_icl": lambda: partial(plain_logits, net, ids),
-               "hidden_anchor": lambda: partial(continue_on_cache, net, pruned_cache(net, kv, keep), query, split),
-               "text_anchor": lambda: partial(plain_logits, net, text_ids),
-               "zero_shot": lambda: partial(plain_logits, net, zs)}
+    prepare = {
+        "full_icl": lambda: partial(plain_logits, net, ids),
+        "hidden_anchor": lambda: partial(continue_on_cache, net, pruned_cache(net, kv, keep), query, split),
+        "text_anchor": lambda: partial(plain_logits, net, text_ids),
+        "zero_shot": lambda: partial(plain_logits, net, zs),
+    }
     if untimed is not None:
         if timed:
             raise ValueError("score_prompt: precomputed logits are for untimed prompts only")
@@ -392,32 +477,36 @@ def score_prompt(net, rec: dict, kv: list[tuple], random_sets: list[list[int]], 
     return rows
 
 
-def untimed_arms(net, recs: list[dict], kv_of: dict, pad_id: int, batch_size: int,
-                 max_batch_tokens: int) -> list[dict]:
+def untimed_arms(net, recs: list[dict], kv_of: dict, pad_id: int, batch_size: int, max_batch_tokens: int) -> list[dict]:
     """{arm: last-position logits [V]} of full_icl, hidden_anchor, text_anchor and zero_shot for each of
     `recs` (prompts that are not timed), batched across prompts; `kv_of[demonstration part]` = its per-layer
     KV. Equal to `score_prompt`'s batch-1 passes (tests/unit/test_anchor_batching.py)."""
     out = [{} for _ in recs]
-    texts = {"full_icl": [[int(t) for t in r["input_ids"]] for r in recs],
-             "text_anchor": [text_anchor_ids(r) for r in recs], "zero_shot": [zero_shot_ids(r) for r in recs]}
+    texts = {
+        "full_icl": [[int(t) for t in r["input_ids"]] for r in recs],
+        "text_anchor": [text_anchor_ids(r) for r in recs],
+        "zero_shot": [zero_shot_ids(r) for r in recs],
+    }
     for arm, seqs in texts.items():
         for i, logits in enumerate(padded_last_logits(net, seqs, pad_id, batch_size, max_batch_tokens)):
             out[i][arm] = logits
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(recs):
-        groups.setdefault(tuple(int(t) for t in r["input_ids"][:demo_end(r)]), []).append(i)
+        groups.setdefault(tuple(int(t) for t in r["input_ids"][: demo_end(r)]), []).append(i)
     for key, members in groups.items():  # one demonstration part: the same pruned cache, the same start
         keep = torch.as_tensor(kept_positions(recs[members[0]]), dtype=torch.long)
         pruned = [(k.index_select(2, keep.to(k.device)), v.index_select(2, keep.to(v.device))) for k, v in kv_of[key]]
-        queries = [[int(t) for t in recs[i]["input_ids"][len(key):]] for i in members]
-        for i, logits in zip(members, continue_queries(net, pruned, queries, len(key), pad_id, batch_size,
-                                                       max_batch_tokens), strict=True):
+        queries = [[int(t) for t in recs[i]["input_ids"][len(key) :]] for i in members]
+        for i, logits in zip(
+            members, continue_queries(net, pruned, queries, len(key), pad_id, batch_size, max_batch_tokens), strict=True
+        ):
             out[i]["hidden_anchor"] = logits
     return out
 
 
-def run_anchor_compression(prompts_path, model_dir, model, *, settings: AnchorCompressionSettings | None = None,
-                           dataset: str):
+def run_anchor_compression(
+    prompts_path, model_dir, model, *, settings: AnchorCompressionSettings | None = None, dataset: str
+):
     """Every arm on the first `prompts_per_seed` test prompts of each seed (docs/methods.md §3.7, §3.8).
 
     Returns (long-format metric table: one row per seed × arm (`label_type`) × metric; meta; per-example
@@ -439,7 +528,7 @@ def run_anchor_compression(prompts_path, model_dir, model, *, settings: AnchorCo
         plain_logits(net, [int(t) for t in records[0]["input_ids"]])
     rows = []
     rank = picked.sort_values(["seed", "prompt_id"]).groupby("seed").cumcount().to_numpy()  # index within its seed
-    keys = [tuple(int(t) for t in rec["input_ids"][:demo_end(rec)]) for rec in records]
+    keys = [tuple(int(t) for t in rec["input_ids"][: demo_end(rec)]) for rec in records]
     for rec, key in zip(records, keys, strict=True):
         if key not in prefixes:
             t0 = time.perf_counter()
@@ -450,20 +539,45 @@ def run_anchor_compression(prompts_path, model_dir, model, *, settings: AnchorCo
     timed = [s.timed_per_seed is None or i < s.timed_per_seed for i in rank]
     # the prompts outside the timing sample: their four single-pass arms batched across prompts
     later = [j for j, t in enumerate(timed) if not t]
-    precomputed = dict(zip(later, untimed_arms(net, [records[j] for j in later], prefixes, tok.pad_token_id,
-                                               model.batch_size, model.max_batch_tokens), strict=True))
+    precomputed = dict(
+        zip(
+            later,
+            untimed_arms(
+                net, [records[j] for j in later], prefixes, tok.pad_token_id, model.batch_size, model.max_batch_tokens
+            ),
+            strict=True,
+        )
+    )
     for j, (rec, key) in enumerate(zip(tqdm(records, desc="anchor compression"), keys, strict=True)):
-        rows += score_prompt(net, rec, prefixes[key], draws[key], label_ids, s, timed=timed[j],
-                             batch_size=model.batch_size, max_batch_tokens=model.max_batch_tokens,
-                             untimed=precomputed.get(j))
+        rows += score_prompt(
+            net,
+            rec,
+            prefixes[key],
+            draws[key],
+            label_ids,
+            s,
+            timed=timed[j],
+            batch_size=model.batch_size,
+            max_batch_tokens=model.max_batch_tokens,
+            untimed=precomputed.get(j),
+        )
     per_example = pd.DataFrame(rows)
     metric_rows = summarise(per_example, len(label_ids)) + paired_summary(per_example) if rows else []
-    info = {"prompts": len(records), "seeds": sorted({int(r["seed"]) for r in records}), "word_k": s.word_k,
-            "n_random_draws": s.n_random_draws, "timing_repeats": s.timing_repeats,
-            "timed_per_seed": s.timed_per_seed, "timing": "interleaved rounds (iclscope.core.timing)",
-            "timing_warmup": s.timing_warmup, "demonstration_passes": len(prefixes),
-            "demonstration_pass_seconds": round(build_seconds, 4), "device": str(device),
-            "dtype": str(next(net.parameters()).dtype), "n_layers": manifest["n_layers"],
-            "torch_threads": torch.get_num_threads()}
+    info = {
+        "prompts": len(records),
+        "seeds": sorted({int(r["seed"]) for r in records}),
+        "word_k": s.word_k,
+        "n_random_draws": s.n_random_draws,
+        "timing_repeats": s.timing_repeats,
+        "timed_per_seed": s.timed_per_seed,
+        "timing": "interleaved rounds (iclscope.core.timing)",
+        "timing_warmup": s.timing_warmup,
+        "demonstration_passes": len(prefixes),
+        "demonstration_pass_seconds": round(build_seconds, 4),
+        "device": str(device),
+        "dtype": str(next(net.parameters()).dtype),
+        "n_layers": manifest["n_layers"],
+        "torch_threads": torch.get_num_threads(),
+    }
     table = metric_frame(metric_rows, model=model.name, dataset=dataset, family="anchors", position="query")
     return table, info, per_example

@@ -52,6 +52,7 @@ class ErrorDiagnosisSettings:
     only); "post_rope" as attention multiplies them. Models without separate q/k projections (or
     without rotary embeddings, where the two are the same) are read post-RoPE; the table says which.
     """
+
     layer: int | None = None
     n_components: int = 10
     qk: str = "pre_rope"
@@ -68,8 +69,10 @@ class ErrorDiagnosisSettings:
         """The 1-based layer for a model with `n_layers` blocks."""
         layer = self.layer if self.layer is not None else 2 * n_layers // 3 + 1
         if not 1 <= layer <= n_layers:
-            raise ValueError(f"anchors.error_diagnosis.layer is {layer}, but the model has {n_layers} layers "
-                             f"(use 1..{n_layers}, or null for 2/3 of the depth)")
+            raise ValueError(
+                f"anchors.error_diagnosis.layer is {layer}, but the model has {n_layers} layers "
+                f"(use 1..{n_layers}, or null for 2/3 of the depth)"
+            )
         return layer
 
 
@@ -77,9 +80,11 @@ def check_classes(n_classes: int, dataset: str = "") -> None:
     """Error diagnosis compares class pairs with each other: it needs at least three classes."""
     if n_classes < 3:
         where = f"dataset '{dataset}'" if dataset else "this dataset"
-        raise ValueError(f"error diagnosis needs at least 3 classes, but {where} has {n_classes}: with two there "
-                         "is a single class pair and nothing to correlate. Give the dataset >= 3 classes "
-                         f"(datasets.{dataset or '<name>'}.classes) or leave error_diagnosis out of its methods")
+        raise ValueError(
+            f"error diagnosis needs at least 3 classes, but {where} has {n_classes}: with two there "
+            "is a single class pair and nothing to correlate. Give the dataset >= 3 classes "
+            f"(datasets.{dataset or '<name>'}.classes) or leave error_diagnosis out of its methods"
+        )
 
 
 # --------------------------------------------------------------------------- pure measures
@@ -91,8 +96,10 @@ def query_directions(queries: np.ndarray, n_components: int) -> tuple[np.ndarray
     solver without a seed for N or D > 500, so the same queries gave different directions."""
     n, d = queries.shape
     if n_components > min(n, d):
-        raise ValueError(f"anchors.error_diagnosis.n_components is {n_components}, but PCA of {n} query vectors "
-                         f"of dimension {d} has at most {min(n, d)} components: lower it or use more test prompts")
+        raise ValueError(
+            f"anchors.error_diagnosis.n_components is {n_components}, but PCA of {n} query vectors "
+            f"of dimension {d} has at most {min(n, d)} components: lower it or use more test prompts"
+        )
     pca = PCA(n_components=n_components, svd_solver="full").fit(np.asarray(queries, dtype=np.float64))
     return pca.components_, pca.singular_values_
 
@@ -154,14 +161,15 @@ def class_keys(keys: np.ndarray, label_class: np.ndarray, n_classes: int) -> np.
     for c in range(n_classes):
         sel = label_class == c
         if not sel.any():
-            raise ValueError(f"no demonstration of class {c} in these prompts: error diagnosis needs a label word "
-                             "key of every class (prompts.shots_per_class >= 1)")
+            raise ValueError(
+                f"no demonstration of class {c} in these prompts: error diagnosis needs a label word "
+                "key of every class (prompts.shots_per_class >= 1)"
+            )
         out[c] = keys[sel].mean(0)
     return out
 
 
-def diagnose(queries: np.ndarray, keys: np.ndarray, probs: np.ndarray, gold: np.ndarray,
-             n_components: int) -> dict:
+def diagnose(queries: np.ndarray, keys: np.ndarray, probs: np.ndarray, gold: np.ndarray, n_components: int) -> dict:
     """The whole comparison for one prompt set: queries [N, D], class keys [C, D], label probabilities
     [N, C], gold [N] -> {predicted [C, C], true [C, C], pearson, spearman, pairs, explained_variance}."""
     check_classes(keys.shape[0])
@@ -169,8 +177,12 @@ def diagnose(queries: np.ndarray, keys: np.ndarray, probs: np.ndarray, gold: np.
     predicted = predicted_confusion(key_features(keys, directions, spread))
     true = true_confusion(probs, gold)
     total = ((queries - queries.mean(0)) ** 2).sum()
-    return {"predicted": predicted, "true": true, **pair_correlations(predicted, true),
-            "explained_variance": float((spread**2).sum() / total) if total > 0 else float("nan")}
+    return {
+        "predicted": predicted,
+        "true": true,
+        **pair_correlations(predicted, true),
+        "explained_variance": float((spread**2).sum() / total) if total > 0 else float("nan"),
+    }
 
 
 # --------------------------------------------------------------------------- model pass
@@ -187,8 +199,9 @@ def query_and_label_keys(net, batch, layer: int, n_layers: int, pad_id: int, qk:
     with torch.inference_mode(), recording(net, rec):
         net(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
     if rec.qk is None:
-        raise RuntimeError("the iclscope attention function did not run: load the model with "
-                           "attn_implementation='iclscope'")
+        raise RuntimeError(
+            "the iclscope attention function did not run: load the model with attn_implementation='iclscope'"
+        )
     q, k = rec.qk  # [B, H, dh], [B, K, H, dh]
     return q.flatten(1).cpu().numpy(), k.flatten(2).cpu().numpy(), rec.qk_used
 
@@ -197,20 +210,22 @@ def read_label_logits(activations_path, prompt_ids: np.ndarray) -> np.ndarray:
     """/logits/label [n, C] of the given prompt ids, in their order."""
     with open_activations(activations_path) as f:
         if "logits/label" not in f:
-            raise ValueError(f"{activations_path} has no label logits: error diagnosis needs a classification "
-                             "dataset")
+            raise ValueError(f"{activations_path} has no label logits: error diagnosis needs a classification dataset")
         stored = f["prompts/prompt_id"][()]
         row = {int(p): i for i, p in enumerate(stored)}
         missing = [int(p) for p in prompt_ids if int(p) not in row]
         if missing:
-            raise ValueError(f"{activations_path} lacks prompts {missing[:5]} of the prompt table: the two were "
-                             "made from different prompts; rerun extract")
+            raise ValueError(
+                f"{activations_path} lacks prompts {missing[:5]} of the prompt table: the two were "
+                "made from different prompts; rerun extract"
+            )
         logits = f["logits/label"][()]
     return logits[[row[int(p)] for p in prompt_ids]]
 
 
-def run_error_diagnosis(prompts_path, activations_path, model_dir, model, settings: ErrorDiagnosisSettings, *,
-                        dataset: str = ""):
+def run_error_diagnosis(
+    prompts_path, activations_path, model_dir, model, settings: ErrorDiagnosisSettings, *, dataset: str = ""
+):
     """Predicted vs true confusion per seed and pooled (docs/methods.md §3.9) on the test prompts.
 
     Per seed: PCA of that seed's queries, keys of its demonstrations' label words. Pooled: the mean
@@ -233,31 +248,44 @@ def run_error_diagnosis(prompts_path, activations_path, model_dir, model, settin
         rows = test[seed_of == seed]
         qs, ks, kc = [], [], []  # queries [B, D]; label-word keys [n, D] and their classes [n]
         for lo in tqdm(range(0, len(rows), model.batch_size), desc=f"error diagnosis seed {seed}"):
-            batch = rows.iloc[lo:lo + model.batch_size]
+            batch = rows.iloc[lo : lo + model.batch_size]
             q, k, qk_used = query_and_label_keys(net, batch, layer - 1, L, tok.pad_token_id, settings.qk)
             used.add(qk_used)
             qs.append(q)
             for b, lc in enumerate(batch["label_class"]):
-                ks.append(k[b, :len(lc)])
+                ks.append(k[b, : len(lc)])
                 kc.append(np.asarray(lc))
         sel = seed_of == seed
         keys = class_keys(np.concatenate(ks), np.concatenate(kc), len(classes))
         results[int(seed)] = diagnose(np.concatenate(qs), keys, probs[sel], gold[sel], settings.n_components)
     predicted = np.mean([r["predicted"] for r in results.values()], axis=0)
     true = true_confusion(probs, gold)
-    results[None] = {"predicted": predicted, "true": true, **pair_correlations(predicted, true),
-                     "explained_variance": float(np.mean([r["explained_variance"] for r in results.values()]))}
+    results[None] = {
+        "predicted": predicted,
+        "true": true,
+        **pair_correlations(predicted, true),
+        "explained_variance": float(np.mean([r["explained_variance"] for r in results.values()])),
+    }
     out = []
     for seed, r in results.items():
         for i, ci in enumerate(classes):
             for j, cj in enumerate(classes):
-                out += [{"seed": seed, "metric": f"{kind}_confusion", "label_type": f"{ci}|{cj}",
-                         "value": r[kind][i, j]} for kind in ("predicted", "true")]
-        out += [{"seed": seed, "metric": f"confusion_{name}", "value": r[name]}
-                for name in ("pearson", "spearman", "pairs")]
+                out += [
+                    {"seed": seed, "metric": f"{kind}_confusion", "label_type": f"{ci}|{cj}", "value": r[kind][i, j]}
+                    for kind in ("predicted", "true")
+                ]
+        out += [
+            {"seed": seed, "metric": f"confusion_{name}", "value": r[name]} for name in ("pearson", "spearman", "pairs")
+        ]
         out.append({"seed": seed, "metric": "query_explained_variance", "value": r["explained_variance"]})
     table = metric_frame(out, model=model.name, dataset=dataset, family="anchors", position="query", layer=layer)
-    info = {"layer": layer, "n_layers": L, "n_components": settings.n_components, "classes": classes,
-            "qk": "/".join(sorted(used)), "qk_requested": settings.qk,
-            "test_prompts": {str(s): int((seed_of == s).sum()) for s in np.unique(seed_of)}}
+    info = {
+        "layer": layer,
+        "n_layers": L,
+        "n_components": settings.n_components,
+        "classes": classes,
+        "qk": "/".join(sorted(used)),
+        "qk_requested": settings.qk,
+        "test_prompts": {str(s): int((seed_of == s).sum()) for s in np.unique(seed_of)},
+    }
     return table, info

@@ -23,19 +23,19 @@ def isolation_edit(layers: set[int], rows: torch.Tensor):
 
     Post-softmax equivalent of the authors' pre-softmax −10000 on columns < p (docs/methods.md §0.3).
     """
+
     def edit(layer: int, weights: torch.Tensor) -> torch.Tensor:
         if layer not in layers:
             return weights
         Tq, Tk = weights.shape[-2:]
-        eye = torch.eye(Tk, dtype=weights.dtype, device=weights.device)[Tk - Tq:]  # [Tq, Tk]
+        eye = torch.eye(Tk, dtype=weights.dtype, device=weights.device)[Tk - Tq :]  # [Tq, Tk]
         iso = rows[:, -Tq:].to(weights.device)[:, None, :, None]  # [B, 1, Tq, 1], on the layer's device
         return torch.where(iso, eye[None, None], weights)
 
     return edit
 
 
-def random_rows_edit(layers: set[int], label: torch.Tensor, offsets: torch.Tensor, T: int,
-                     seeds: list[int]):
+def random_rows_edit(layers: set[int], label: torch.Tensor, offsets: torch.Tensor, T: int, seeds: list[int]):
     """Control: in `layers`, isolate as many random non-label rows as each prompt has label tokens,
     drawn from its real positions before q − 1, re-drawn at every layer (as the authors' code does).
 
@@ -60,8 +60,9 @@ def random_rows_edit(layers: set[int], label: torch.Tensor, offsets: torch.Tenso
     return edit
 
 
-def run_isolation(prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 5, 7), word_k: int = 5,
-                  seed: int = 0, dataset: str):
+def run_isolation(
+    prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 5, 7), word_k: int = 5, seed: int = 0, dataset: str
+):
     """Label and word loyalty when label words (or random tokens) are isolated in the first or last
     k layers, against the unmodified model (docs/methods.md §3.3).
 
@@ -75,11 +76,12 @@ def run_isolation(prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 
     net, tok, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     L = manifest["n_layers"]
     device = input_device(net)
-    conditions = [("none", 0, "label")] + [(side, k, kind) for side in ("first", "last") for k in ks
-                                           for kind in ("label", "random")]
+    conditions = [("none", 0, "label")] + [
+        (side, k, kind) for side in ("first", "last") for k in ks for kind in ("label", "random")
+    ]
     outputs: dict[tuple, tuple[list, list]] = {c: ([], []) for c in conditions}
     for lo in tqdm(range(0, len(picked), model.batch_size), desc="isolation"):
-        batch = picked.iloc[lo:lo + model.batch_size]
+        batch = picked.iloc[lo : lo + model.batch_size]
         ids, mask, pos = left_pad(list(batch["input_ids"]), tok.pad_token_id, device)
         T = ids.shape[1]
         label, offsets = padded_label_columns(batch, T)
@@ -89,9 +91,13 @@ def run_isolation(prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 
         for cond in conditions:
             side, k, kind = cond
             layers = set(range(k)) if side == "first" else set(range(L - k, L)) if side == "last" else set()
-            edit = (isolation_edit(layers, label_rows.to(device)) if kind == "label"
-                    else random_rows_edit(layers, label, offsets, T,
-                                          [seed * 1_000_003 + int(p) for p in batch["prompt_id"]]))
+            edit = (
+                isolation_edit(layers, label_rows.to(device))
+                if kind == "label"
+                else random_rows_edit(
+                    layers, label, offsets, T, [seed * 1_000_003 + int(p) for p in batch["prompt_id"]]
+                )
+            )
             with torch.inference_mode(), recording(net, Recorder(L, no_positions(len(batch), device), (), edit=edit)):
                 logits = net(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
             outputs[cond][0].extend(logits[:, label_ids].argmax(-1).tolist())
@@ -102,8 +108,13 @@ def run_isolation(prompts_path, model_dir, model, *, n_per_seed: int, ks=(1, 3, 
         if side == "none":
             continue
         common = {"position": side, "label_type": kind, "layer": k}
-        rows += [{**common, "metric": "label_loyalty", "value": float((np.array(pred) == base_pred).mean())},
-                 {**common, "metric": "word_loyalty", "value": float(jaccard_topk(np.array(top), base_top).mean())}]
+        rows += [
+            {**common, "metric": "label_loyalty", "value": float((np.array(pred) == base_pred).mean())},
+            {**common, "metric": "word_loyalty", "value": float(jaccard_topk(np.array(top), base_top).mean())},
+        ]
     meta = {"prompts": len(picked), "word_k": word_k, "ks": list(ks)}
-    return metric_frame(rows, model=model.name, dataset=dataset, family="anchors"), meta, pd.DataFrame(
-        {"prompt_id": picked["prompt_id"], "seed": picked["seed"], "base_pred": base_pred})
+    return (
+        metric_frame(rows, model=model.name, dataset=dataset, family="anchors"),
+        meta,
+        pd.DataFrame({"prompt_id": picked["prompt_id"], "seed": picked["seed"], "base_pred": base_pred}),
+    )

@@ -75,8 +75,10 @@ def saliency_flows(saliency: np.ndarray, label_pos, query_pos: int) -> dict[str,
         wp[p, :p] = True
         pq[query_pos, p] = True
     ww = lower & ~wp & ~pq
-    return {name: saliency[:, mask].mean(axis=1) if mask.any() else np.full(L, np.nan)
-            for name, mask in (("s_wp", wp), ("s_pq", pq), ("s_ww", ww))}
+    return {
+        name: saliency[:, mask].mean(axis=1) if mask.any() else np.full(L, np.nan)
+        for name, mask in (("s_wp", wp), ("s_pq", pq), ("s_ww", ww))
+    }
 
 
 def relative_flows(flows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ def padded_label_columns(batch, T: int):
     K = int(batch["label_pos"].map(len).max())
     label = torch.full((len(batch), K), -1, dtype=torch.long)
     for b, lp in enumerate(batch["label_pos"]):
-        label[b, :len(lp)] = torch.as_tensor(list(lp)) + offsets[b]
+        label[b, : len(lp)] = torch.as_tensor(list(lp)) + offsets[b]
     return label, offsets
 
 

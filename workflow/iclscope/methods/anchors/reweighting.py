@@ -27,6 +27,7 @@ def reweighting_edit(beta: torch.Tensor, label: torch.Tensor):
     Differentiable in beta. Cost: one [B, H, Tk] row per layer on top of eager attention.
     `label` must be on the attention's device.
     """
+
     def edit(layer: int, weights: torch.Tensor) -> torch.Tensor:
         B, H, _, Tk = weights.shape
         here = label.to(weights.device)  # the layer's device (a model over several devices)
@@ -52,8 +53,9 @@ def reweighted_label_logits(net, batch, label_ids, beta, n_layers: int, pad_id: 
     return logits[:, list(label_ids)].float()
 
 
-def fit_reweighting(net, aux, label_ids, shape: tuple[int, int, int], *, epochs: int, lr: float, seed: int,
-                    pad_id: int):
+def fit_reweighting(
+    net, aux, label_ids, shape: tuple[int, int, int], *, epochs: int, lr: float, seed: int, pad_id: int
+):
     """Train β [L, H, K] (init 0) on the auxiliary prompts `aux` (one seed's demonstrations): cross-entropy
     of the label-restricted logits against gold, Adam, batch 1, `epochs` passes in a seeded shuffled
     order; model weights frozen. Returns (β on the CPU, loss per epoch)."""
@@ -101,8 +103,18 @@ def reweighting_gain_rows(correct: dict[int, tuple[np.ndarray, np.ndarray]], n_b
     return with_holm(rows)
 
 
-def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epochs: int, lr: float,
-                    n_test_per_seed: int | None, dataset: str, n_boot: int = 1000):
+def run_reweighting(
+    prompts_path,
+    model_dir,
+    model,
+    *,
+    aux_per_class: int,
+    epochs: int,
+    lr: float,
+    n_test_per_seed: int | None,
+    dataset: str,
+    n_boot: int = 1000,
+):
     """Anchor re-weighting against vanilla ICL on the same test prompts, per seed (docs/methods.md §3.6).
 
     Per seed: β is fitted on `aux_per_class` train-split prompts per class (they share the seed's
@@ -124,13 +136,23 @@ def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epoch
         aux = train[train.seed == seed].groupby("gold", sort=True).head(aux_per_class)
         per_class = aux.groupby("gold").size().reindex(range(n_classes), fill_value=0)
         if per_class.min() < aux_per_class:
-            raise ValueError(f"anchor re-weighting needs {aux_per_class} train-split prompts per class for seed "
-                             f"{seed} (anchors.reweighting.aux_per_class) but {prompts_path} has "
-                             f"{per_class.to_dict()}: raise datasets.{dataset}.prompts.n_train to at least "
-                             f"{aux_per_class * n_classes}")
+            raise ValueError(
+                f"anchor re-weighting needs {aux_per_class} train-split prompts per class for seed "
+                f"{seed} (anchors.reweighting.aux_per_class) but {prompts_path} has "
+                f"{per_class.to_dict()}: raise datasets.{dataset}.prompts.n_train to at least "
+                f"{aux_per_class * n_classes}"
+            )
         K = int(seed_test["label_pos"].map(len).max())
-        beta, losses[int(seed)] = fit_reweighting(net, aux.reset_index(drop=True), label_ids, (L, H, K),
-                                                  epochs=epochs, lr=lr, seed=int(seed), pad_id=tok.pad_token_id)
+        beta, losses[int(seed)] = fit_reweighting(
+            net,
+            aux.reset_index(drop=True),
+            label_ids,
+            (L, H, K),
+            epochs=epochs,
+            lr=lr,
+            seed=int(seed),
+            pad_id=tok.pad_token_id,
+        )
         betas[int(seed)] = beta.numpy()
         picked = seed_test if n_test_per_seed is None else seed_test.head(n_test_per_seed)
         n_tested += len(picked)
@@ -140,22 +162,42 @@ def run_reweighting(prompts_path, model_dir, model, *, aux_per_class: int, epoch
             logits = []
             for lo in tqdm(range(0, len(picked), model.batch_size), desc=f"re-weighting seed {seed} {arm}"):
                 with torch.inference_mode():
-                    logits.append(reweighted_label_logits(net, picked.iloc[lo:lo + model.batch_size], label_ids,
-                                                          b.to(device), L, tok.pad_token_id).cpu())
+                    logits.append(
+                        reweighted_label_logits(
+                            net, picked.iloc[lo : lo + model.batch_size], label_ids, b.to(device), L, tok.pad_token_id
+                        ).cpu()
+                    )
             logits = torch.cat(logits)
             pred = logits.argmax(-1).numpy()
             arm_correct.append(pred == gold.numpy())
             common = {"seed": int(seed), "label_type": arm}
-            rows += [{**common, "metric": "accuracy", "value": float((pred == gold.numpy()).mean())},
-                     {**common, "metric": "macro_f1", "value": macro_f1(gold.numpy(), pred, range(n_classes))},
-                     {**common, "metric": "label_loss", "value": float(F.cross_entropy(logits, gold))}]
+            rows += [
+                {**common, "metric": "accuracy", "value": float((pred == gold.numpy()).mean())},
+                {**common, "metric": "macro_f1", "value": macro_f1(gold.numpy(), pred, range(n_classes))},
+                {**common, "metric": "label_loss", "value": float(F.cross_entropy(logits, gold))},
+            ]
         correct[int(seed)] = tuple(arm_correct)
-        rows += [{"seed": int(seed), "layer": layer + 1, "label_type": "reweighted", "metric": "beta_abs_mean",
-                  "value": float(np.abs(betas[int(seed)][layer]).mean())} for layer in range(L)]
+        rows += [
+            {
+                "seed": int(seed),
+                "layer": layer + 1,
+                "label_type": "reweighted",
+                "metric": "beta_abs_mean",
+                "value": float(np.abs(betas[int(seed)][layer]).mean()),
+            }
+            for layer in range(L)
+        ]
     rows += reweighting_gain_rows(correct, n_boot)
-    info = {"aux_per_class": aux_per_class, "epochs": epochs, "lr": lr, "test_prompts": n_tested,
-            "train_loss_per_epoch": losses,
-            # per seed, each test prompt's 0/1 correctness in order (the pooled claims over datasets read it)
-            "correct": {str(seed): {"vanilla": v.astype(int).tolist(), "reweighted": r.astype(int).tolist()}
-                        for seed, (v, r) in sorted(correct.items())}}
+    info = {
+        "aux_per_class": aux_per_class,
+        "epochs": epochs,
+        "lr": lr,
+        "test_prompts": n_tested,
+        "train_loss_per_epoch": losses,
+        # per seed, each test prompt's 0/1 correctness in order (the pooled claims over datasets read it)
+        "correct": {
+            str(seed): {"vanilla": v.astype(int).tolist(), "reweighted": r.astype(int).tolist()}
+            for seed, (v, r) in sorted(correct.items())
+        },
+    }
     return metric_frame(rows, model=model.name, dataset=dataset, family="anchors", position="query"), betas, info

@@ -75,7 +75,7 @@ def saliency_batch(model, sequences: list, golds: list[int], label_ids, n_layers
         grads = torch.autograd.grad(loss, [multipliers[layer] for layer in range(n_layers)])
     per_layer = torch.stack([g.sum(1).abs().float().cpu() for g in grads], 1)  # [B, L, T, T]
     T = ids.shape[1]
-    return [per_layer[b, :, T - len(s):, T - len(s):].numpy() for b, s in enumerate(sequences)]
+    return [per_layer[b, :, T - len(s) :, T - len(s) :].numpy() for b, s in enumerate(sequences)]
 
 
 def run_saliency(prompts_path, model_dir, model, n_per_seed: int, *, dataset: str):
@@ -93,15 +93,27 @@ def run_saliency(prompts_path, model_dir, model, n_per_seed: int, *, dataset: st
     batches = make_batches(np.array([len(r.input_ids) for r in records]), model.batch_size, model.max_batch_tokens)
     for batch in tqdm(batches, desc="saliency"):
         recs = [records[i] for i in batch]
-        sals = saliency_batch(net, [list(r.input_ids) for r in recs], [int(r.gold) for r in recs],
-                              meta["label_token_ids"], L, tok.pad_token_id)
+        sals = saliency_batch(
+            net,
+            [list(r.input_ids) for r in recs],
+            [int(r.gold) for r in recs],
+            meta["label_token_ids"],
+            L,
+            tok.pad_token_id,
+        )
         for i, r, sal in zip(batch, recs, sals, strict=True):
             flows_of[int(i)] = saliency_flows(sal, list(r.label_pos), int(r.query_pos))
     rows = []
     for i, rec in enumerate(records):  # in the prompts' order, as at batch 1
         for layer in range(L):
-            rows.append({"prompt_id": int(rec.prompt_id), "seed": int(rec.seed), "layer": layer + 1,
-                         **{k: float(v[layer]) for k, v in flows_of[i].items()}})
+            rows.append(
+                {
+                    "prompt_id": int(rec.prompt_id),
+                    "seed": int(rec.seed),
+                    "layer": layer + 1,
+                    **{k: float(v[layer]) for k, v in flows_of[i].items()},
+                }
+            )
     per_example = pd.DataFrame(rows)
     metric_rows = []
     for seed, g in per_example.groupby("seed"):
@@ -109,8 +121,10 @@ def run_saliency(prompts_path, model_dir, model, n_per_seed: int, *, dataset: st
         rel = relative_flows({k: means[k].to_numpy() for k in means})
         for i, layer in enumerate(means.index):
             for k in ("s_wp", "s_pq", "s_ww"):
-                metric_rows += [{"layer": int(layer), "seed": int(seed), "metric": k, "value": means[k].iat[i]},
-                                {"layer": int(layer), "seed": int(seed), "metric": f"{k}_relative",
-                                 "value": rel[k][i]}]
-    return per_example, metric_frame(metric_rows, model=model.name, dataset=dataset, family="anchors",
-                                     position="query", label_type="saliency")
+                metric_rows += [
+                    {"layer": int(layer), "seed": int(seed), "metric": k, "value": means[k].iat[i]},
+                    {"layer": int(layer), "seed": int(seed), "metric": f"{k}_relative", "value": rel[k][i]},
+                ]
+    return per_example, metric_frame(
+        metric_rows, model=model.name, dataset=dataset, family="anchors", position="query", label_type="saliency"
+    )

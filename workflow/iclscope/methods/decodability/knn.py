@@ -92,8 +92,9 @@ def pairwise_decodability(X: np.ndarray, y, k: int = 10, metric: str = "euclidea
     return labels, M
 
 
-def decodability_by_layer(H: np.ndarray, y, k: int = 10, metrics=("euclidean", "cosine"), n_boot: int = 200,
-                          seed: int = 0) -> pd.DataFrame:
+def decodability_by_layer(
+    H: np.ndarray, y, k: int = 10, metrics=("euclidean", "cosine"), n_boot: int = 200, seed: int = 0
+) -> pd.DataFrame:
     """H [n, L+1, d] -> long table: layer, metric_space, task ('all' or a task), value, ci_low, ci_high."""
     y = np.asarray(y)
     rows = []
@@ -102,13 +103,29 @@ def decodability_by_layer(H: np.ndarray, y, k: int = 10, metrics=("euclidean", "
         for metric in metrics:
             correct = knn_loo_predict(X, y, k, metric) == y
             lo, hi = bootstrap_mean(correct, n_boot, seed=seed)
-            rows.append({"layer": layer, "metric_space": metric, "task": "all", "value": correct.mean(),
-                         "ci_low": lo, "ci_high": hi})
+            rows.append(
+                {
+                    "layer": layer,
+                    "metric_space": metric,
+                    "task": "all",
+                    "value": correct.mean(),
+                    "ci_low": lo,
+                    "ci_high": hi,
+                }
+            )
             for label in np.unique(y):
                 sel = y == label
                 lo, hi = bootstrap_mean(correct[sel], n_boot, seed=seed)
-                rows.append({"layer": layer, "metric_space": metric, "task": str(label),
-                             "value": correct[sel].mean(), "ci_low": lo, "ci_high": hi})
+                rows.append(
+                    {
+                        "layer": layer,
+                        "metric_space": metric,
+                        "task": str(label),
+                        "value": correct[sel].mean(),
+                        "ci_low": lo,
+                        "ci_high": hi,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -118,8 +135,9 @@ def peak_layer(df: pd.DataFrame) -> int:
     return int(overall.loc[overall["value"].idxmax(), "layer"])
 
 
-def decodability_table(path, *, model: str, dataset: str, k: int = 10, metrics=("euclidean", "cosine"),
-                       n_boot: int = 200, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+def decodability_table(
+    path, *, model: str, dataset: str, k: int = 10, metrics=("euclidean", "cosine"), n_boot: int = 200, seed: int = 0
+) -> tuple[pd.DataFrame, dict]:
     """Task decodability per layer at the query position, per (seed, shots) prompt set.
 
     Reads /resid/query [N, L+1, d] one prompt set at a time (memory: that set's states).
@@ -134,13 +152,20 @@ def decodability_table(path, *, model: str, dataset: str, k: int = 10, metrics=(
             states = f["resid/query"][idx].astype(np.float32)  # [n, L+1, d]
             tasks = prompts["task"][idx]
             df = decodability_by_layer(states, tasks, k=k, metrics=tuple(metrics), n_boot=n_boot, seed=seed)
-            peaks[f"seed={s},shots={shots}"] = {m: int(peak_layer(df[df.metric_space == m]))
-                                                 for m in df.metric_space.unique()}
+            peaks[f"seed={s},shots={shots}"] = {
+                m: int(peak_layer(df[df.metric_space == m])) for m in df.metric_space.unique()
+            }
             df = df.assign(seed=int(s), shots=int(shots))
             frames.append(df)
     rows = pd.concat(frames, ignore_index=True)
     rows = rows.assign(metric="decodability_" + rows.pop("metric_space"))
-    table = metric_frame(rows.to_dict("records"), model=model, dataset=dataset, family="decodability",
-                         position="query", label_type="task")
+    table = metric_frame(
+        rows.to_dict("records"),
+        model=model,
+        dataset=dataset,
+        family="decodability",
+        position="query",
+        label_type="task",
+    )
     attrs["peak_layers"] = peaks
     return table, attrs

@@ -68,8 +68,9 @@ class LayerLoRASettings:
         if self.shots is not None and self.shots < 1:
             raise ConfigError(f"layer_lora.shots must be >= 1 or null (got {self.shots})")
         if self.n_train < self.batch_size:
-            raise ConfigError(f"layer_lora.n_train ({self.n_train}) must be at least layer_lora.batch_size "
-                              f"({self.batch_size})")
+            raise ConfigError(
+                f"layer_lora.n_train ({self.n_train}) must be at least layer_lora.batch_size ({self.batch_size})"
+            )
 
 
 def n_adapted(settings: LayerLoRASettings, n_layers: int) -> int:
@@ -95,8 +96,10 @@ def train_shots(spec: DatasetSpec, shots: int | None = None) -> int:
         return shots
     shots = [s for s in spec.prompts.shots if s >= 1]
     if not shots:
-        raise ConfigError(f"config key 'datasets.{spec.name}.prompts.shots': layer_lora trains on k-shot prompts "
-                          "and needs a shot count >= 1")
+        raise ConfigError(
+            f"config key 'datasets.{spec.name}.prompts.shots': layer_lora trains on k-shot prompts "
+            "and needs a shot count >= 1"
+        )
     return min(shots)
 
 
@@ -111,8 +114,10 @@ def prompts_at_shots(prompts_path: str | Path, out_path: str | Path, shots: int)
     table = read_table(prompts_path)
     kept = table[table["shots"] == shots]
     if kept.empty:
-        raise ConfigError(f"{prompts_path} has no {shots}-shot prompts (it has {sorted(set(table['shots']))}); "
-                          "set layer_lora.shots to one of the dataset's prompts.shots")
+        raise ConfigError(
+            f"{prompts_path} has no {shots}-shot prompts (it has {sorted(set(table['shots']))}); "
+            "set layer_lora.shots to one of the dataset's prompts.shots"
+        )
     write_table(kept.reset_index(drop=True), out_path, read_meta(prompts_path))
     return len(kept)
 
@@ -130,8 +135,10 @@ def training_examples(df: pd.DataFrame, spec: DatasetSpec, tokenizer, n: int, sh
     by_task = {t: train[train["task"] == t] for t in tasks}
     for t, rows in by_task.items():
         if len(rows) < shots + 1:
-            raise ConfigError(f"dataset '{spec.name}': task '{t}' has {len(rows)} train rows; layer_lora needs "
-                              f"{shots} demonstrations + a query")
+            raise ConfigError(
+                f"dataset '{spec.name}': task '{t}' has {len(rows)} train rows; layer_lora needs "
+                f"{shots} demonstrations + a query"
+            )
     rng = np.random.default_rng(seed)
     p = spec.prompts
     out = []
@@ -140,14 +147,23 @@ def training_examples(df: pd.DataFrame, spec: DatasetSpec, tokenizer, n: int, sh
         rows = by_task[task]
         picked = rows.iloc[rng.choice(len(rows), shots + 1, replace=False)]
         query, demos = picked.iloc[0], picked.iloc[1:]
-        pieces = assemble(p.template, p.separator, [(r.text, spec.answer_prefix + r.label) for r in demos.itertuples()],
-                          query.text)
-        pieces += [Piece(spec.answer_prefix + query.label, LABEL)] + ([Piece(p.separator, SEPARATOR)] if p.separator
-                                                                     else [])
+        pieces = assemble(
+            p.template, p.separator, [(r.text, spec.answer_prefix + r.label) for r in demos.itertuples()], query.text
+        )
+        pieces += [Piece(spec.answer_prefix + query.label, LABEL)] + (
+            [Piece(p.separator, SEPARATOR)] if p.separator else []
+        )
         rec = tokenize_pieces(tokenizer, pieces)
         start = rec["label_pos"][-1]
-        out.append({"input_ids": rec["input_ids"].tolist(), "answer_start": int(start),
-                    "n_answer": len(rec["input_ids"]) - int(start), "task": task, "row_id": int(query.row_id)})
+        out.append(
+            {
+                "input_ids": rec["input_ids"].tolist(),
+                "answer_start": int(start),
+                "n_answer": len(rec["input_ids"]) - int(start),
+                "task": task,
+                "row_id": int(query.row_id),
+            }
+        )
     return out
 
 
@@ -176,7 +192,7 @@ def mean_answer_loss(net, examples: list[dict], pad_id: int, batch_size: int) ->
     net.eval()
     total, count = 0.0, 0
     for lo in range(0, len(examples), batch_size):
-        loss, n = answer_loss(net, examples[lo:lo + batch_size], pad_id)
+        loss, n = answer_loss(net, examples[lo : lo + batch_size], pad_id)
         total, count = total + loss.item() * n, count + n
     net.train(was_training)
     return total / max(count, 1)
@@ -191,17 +207,30 @@ def save_merged(net, tokenizer, base_manifest: dict, out_dir: str | Path, name: 
     merged = net.merge_and_unload()
     merged.save_pretrained(weights, safe_serialization=True)
     tokenizer.save_pretrained(weights)
-    manifest = {**{k: v for k, v in base_manifest.items() if k != "weights_path"},
-                "name": name, "source": {"base": base_manifest["source"], **lineage},
-                "weights_dir": "weights", "weights_sha256": file_digest(weight_files(weights)),
-                **describe(merged.config)}
+    manifest = {
+        **{k: v for k, v in base_manifest.items() if k != "weights_path"},
+        "name": name,
+        "source": {"base": base_manifest["source"], **lineage},
+        "weights_dir": "weights",
+        "weights_sha256": file_digest(weight_files(weights)),
+        **describe(merged.config),
+    }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
-def train_layer_lora(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec, settings: LayerLoRASettings,
-                     arm: str, out_dir: str | Path, merged_dir: str | Path | None = None,
-                     checkpoint_dir: str | Path | None = None, stop_after: int | None = None) -> dict:
+def train_layer_lora(
+    df: pd.DataFrame,
+    spec: DatasetSpec,
+    model_dir,
+    model: ModelSpec,
+    settings: LayerLoRASettings,
+    arm: str,
+    out_dir: str | Path,
+    merged_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    stop_after: int | None = None,
+) -> dict:
     """Fine-tune one arm; writes adapter/, train_log.parquet, summary.json to `out_dir` and, with
     `merged_dir`, the merged model directory. Checkpoints go to `checkpoint_dir` (default
     `<out_dir>/checkpoint`, removed when done); `stop_after` ends early (tests: a kill)."""
@@ -229,30 +258,63 @@ def train_layer_lora(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: Mode
         return loss, {"answer_tokens": n_tokens}
 
     log_rows, seconds, end, _ = train_loop(
-        net, optimizer, train, loss_fn, steps=settings.steps, batch_size=settings.batch_size, seed=settings.seed,
-        checkpoint_every=settings.checkpoint_every, checkpoint=checkpoint, stop_after=stop_after,
-        desc=f"lora {arm} {n} of {L} layers")
+        net,
+        optimizer,
+        train,
+        loss_fn,
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        checkpoint_every=settings.checkpoint_every,
+        checkpoint=checkpoint,
+        stop_after=stop_after,
+        desc=f"lora {arm} {n} of {L} layers",
+    )
     if end < settings.steps:
         return {"stopped_at": end}
     after = mean_answer_loss(net, monitor, pad, model.batch_size)
     net.save_pretrained(out_dir / "adapter")
     pd.DataFrame(log_rows).to_parquet(out_dir / "train_log.parquet")
-    summary = {"arm": arm, "layers": layers, "n_layers": L, "shots": shots, "seed": settings.seed,
-               "trainable_parameters": trainable_parameters(net), "answer_loss_before": before,
-               "answer_loss_after": after, "train_seconds": round(seconds, 1), "steps": settings.steps,
-               "tasks": sorted({x["task"] for x in train}), "settings": asdict(settings)}
+    summary = {
+        "arm": arm,
+        "layers": layers,
+        "n_layers": L,
+        "shots": shots,
+        "seed": settings.seed,
+        "trainable_parameters": trainable_parameters(net),
+        "answer_loss_before": before,
+        "answer_loss_after": after,
+        "train_seconds": round(seconds, 1),
+        "steps": settings.steps,
+        "tasks": sorted({x["task"] for x in train}),
+        "settings": asdict(settings),
+    }
     if merged_dir is not None:
         lineage = {"layer_lora": {"arm": arm, "layers": layers, "dataset": spec.name, "settings": asdict(settings)}}
         save_merged(net, tokenizer, manifest, merged_dir, f"{manifest['name']}-lora-{arm}", lineage)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(checkpoint, ignore_errors=True)
-    log.info("layer LoRA %s (blocks %d..%d): answer loss %.3f -> %.3f in %.1f s", arm, layers[0], layers[-1],
-             before, after, seconds)
+    log.info(
+        "layer LoRA %s (blocks %d..%d): answer loss %.3f -> %.3f in %.1f s",
+        arm,
+        layers[0],
+        layers[-1],
+        before,
+        after,
+        seconds,
+    )
     return summary
 
 
-def summary_table(base_activations, runs: dict[str, tuple[str | Path, str | Path]], *, model: str, dataset: str,
-                  decodability: dict, n_boot: int = 0) -> pd.DataFrame:
+def summary_table(
+    base_activations,
+    runs: dict[str, tuple[str | Path, str | Path]],
+    *,
+    model: str,
+    dataset: str,
+    decodability: dict,
+    n_boot: int = 0,
+) -> pd.DataFrame:
     """Long-format table, condition (base / first / last) in `label_type`: accuracy per task
     (seed × shots, + 'all') and its change against base, decodability per layer (overall and per
     task), the peak decodability and its layer, and the training facts of each arm (task
@@ -282,16 +344,26 @@ def summary_table(base_activations, runs: dict[str, tuple[str | Path, str | Path
     for arm, (run_dir, _) in runs.items():
         # the arms are extracted at the training shot count only: base's other counts have no pair
         delta = (acc_of[arm] - acc_of["base"]).dropna()
-        rows += [{"seed": s, "shots": k, "task": t, "label_type": arm, "metric": "delta_accuracy", "value": v}
-                 for (s, k, t), v in delta.items()]
+        rows += [
+            {"seed": s, "shots": k, "task": t, "label_type": arm, "metric": "delta_accuracy", "value": v}
+            for (s, k, t), v in delta.items()
+        ]
         delta = (peak_of[arm] - peak_of["base"]).dropna()
-        rows += [{"seed": s, "shots": k, "task": "all", "label_type": arm, "metric": f"delta_{m}", "value": v}
-                 for (m, s, k), v in delta.items()]
+        rows += [
+            {"seed": s, "shots": k, "task": "all", "label_type": arm, "metric": f"delta_{m}", "value": v}
+            for (m, s, k), v in delta.items()
+        ]
         s = json.loads((Path(run_dir) / "summary.json").read_text())
         common = {"label_type": arm, "seed": s["seed"], "shots": s["shots"], "task": "train"}
-        rows += [{**common, "metric": name, "value": float(s[key])} for name, key in (
-            ("answer_loss_before", "answer_loss_before"), ("answer_loss_after", "answer_loss_after"),
-            ("train_seconds", "train_seconds"), ("trainable_parameters", "trainable_parameters"))]
+        rows += [
+            {**common, "metric": name, "value": float(s[key])}
+            for name, key in (
+                ("answer_loss_before", "answer_loss_before"),
+                ("answer_loss_after", "answer_loss_after"),
+                ("train_seconds", "train_seconds"),
+                ("trainable_parameters", "trainable_parameters"),
+            )
+        ]
         rows += [{**common, "metric": "adapted_block", "layer": layer, "value": 1.0} for layer in s["layers"]]
     frames.append(metric_frame(rows, model=model, dataset=dataset, position="query"))
     table = pd.concat(frames, ignore_index=True)

@@ -45,8 +45,16 @@ def task_states(states: np.ndarray, tasks: np.ndarray) -> tuple[np.ndarray, dict
 
 
 @torch.inference_mode()
-def patched_generate(net, tokenizer, n_layers: int, input_ids: list, layer: int, values: torch.Tensor | None,
-                     mode: str, max_new_tokens: int) -> tuple[np.ndarray, list[str]]:
+def patched_generate(
+    net,
+    tokenizer,
+    n_layers: int,
+    input_ids: list,
+    layer: int,
+    values: torch.Tensor | None,
+    mode: str,
+    max_new_tokens: int,
+) -> tuple[np.ndarray, list[str]]:
     """Greedy answers of a batch with the query state at the input of block `layer` patched.
 
     values [B, d] (None = no patch; NaN rows are left alone). The patch acts on the prompt pass
@@ -74,19 +82,34 @@ def choose_layer(decodability: pd.DataFrame | None, shots: int, n_layers: int, l
     if layer is None:
         if decodability is None:
             raise ValueError("patching.layer is null (= the peak decodability layer) but no decodability table")
-        curve = decodability[(decodability.metric == "decodability_euclidean") & (decodability.task == "all")
-                             & (decodability.shots == shots)]
+        curve = decodability[
+            (decodability.metric == "decodability_euclidean")
+            & (decodability.task == "all")
+            & (decodability.shots == shots)
+        ]
         if curve.empty or curve["value"].isna().all():
-            raise ValueError(f"no decodability curve at {shots} shots to choose the patching layer from; "
-                             "set patching.layer")
+            raise ValueError(
+                f"no decodability curve at {shots} shots to choose the patching layer from; set patching.layer"
+            )
         layer = peak_layer(curve)
     if not 0 <= layer <= n_layers:
         raise ValueError(f"patching.layer {layer} is outside the model's residual stream 0..{n_layers}")
     return min(max(layer, 1), n_layers - 1)
 
 
-def run_patching(prompts_path, activations_path, decodability_path, model_dir, model, *, layer: int | None,
-                 shots: int | None, mode: str, max_new_tokens: int, dataset: str):
+def run_patching(
+    prompts_path,
+    activations_path,
+    decodability_path,
+    model_dir,
+    model,
+    *,
+    layer: int | None,
+    shots: int | None,
+    mode: str,
+    max_new_tokens: int,
+    dataset: str,
+):
     """Accuracy per task with no patch, the own-task state (positive) and the Null state (negative;
     only when the dataset has a Null task).
 
@@ -104,8 +127,9 @@ def run_patching(prompts_path, activations_path, decodability_path, model_dir, m
     prompts = prompts[prompts.split == "test"]
     shots = int(prompts["shots"].min()) if shots is None else shots
     if shots not in set(prompts["shots"]):
-        raise ValueError(f"patching.shots {shots} is not a shot count of dataset '{dataset}' "
-                         f"(have {sorted(set(prompts['shots']))})")
+        raise ValueError(
+            f"patching.shots {shots} is not a shot count of dataset '{dataset}' (have {sorted(set(prompts['shots']))})"
+        )
     prompts = prompts[prompts.shots == shots].reset_index(drop=True)
     decodability = read_table(decodability_path) if decodability_path else None
     with open_activations(activations_path) as f:
@@ -130,9 +154,9 @@ def run_patching(prompts_path, activations_path, decodability_path, model_dir, m
     answers = {"none": stored.loc[prompts["prompt_id"]].tolist(), **{name: [] for name in patches}}
     net, tok, _ = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     for lo in tqdm(range(0, len(prompts), model.batch_size), desc=f"patching layer {layer}"):
-        batch = prompts.iloc[lo:lo + model.batch_size]
+        batch = prompts.iloc[lo : lo + model.batch_size]
         for name, values in patches.items():
-            v = torch.as_tensor(values[lo:lo + len(batch)], dtype=torch.float32)
+            v = torch.as_tensor(values[lo : lo + len(batch)], dtype=torch.float32)
             _, text = patched_generate(net, tok, n_layers, list(batch["input_ids"]), layer, v, mode, max_new_tokens)
             answers[name] += [clean_generation(t) for t in text]
     conditions = list(answers)

@@ -76,9 +76,18 @@ class RegressionTransformer(nn.Module):
 
         super().__init__()
         torch.manual_seed(run.seed)
-        cfg = GPT2Config(vocab_size=1, n_positions=2 * n_points, n_embd=run.d_model, n_layer=run.n_layers,
-                         n_head=run.n_heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
-                         eos_token_id=0)
+        cfg = GPT2Config(
+            vocab_size=1,
+            n_positions=2 * n_points,
+            n_embd=run.d_model,
+            n_layer=run.n_layers,
+            n_head=run.n_heads,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
         self.tokens = self.pairs if run.encoding == "pairs" else self.interleave
         self.read_in = nn.Linear(dim + 2 if run.encoding == "pairs" else dim, run.d_model)
         self.body = GPT2Model(cfg)
@@ -125,18 +134,28 @@ def evaluate(model: RegressionTransformer, test: tuple, task: SparseRegressionTa
     model.train()
     basis = basis.cpu().numpy()
     rows = [{"metric": "mse", "task": "all", "value": float(sq.mean())}]
-    rows += [{"metric": "mse", "task": f"basis {b}", "value": float(sq[basis == b].mean())}
-             for b in range(task.n_bases)]
-    rows += [{"metric": "mse_by_examples_seen", "task": "all", "position": str(i), "value": float(sq[:, i].mean())}
-             for i in range(sq.shape[1])]
-    rows += [{"metric": "decodability", "task": "all", "layer": layer,
-              "value": decodability(states[:, layer], basis, k=k)} for layer in range(states.shape[1])]
+    rows += [
+        {"metric": "mse", "task": f"basis {b}", "value": float(sq[basis == b].mean())} for b in range(task.n_bases)
+    ]
+    rows += [
+        {"metric": "mse_by_examples_seen", "task": "all", "position": str(i), "value": float(sq[:, i].mean())}
+        for i in range(sq.shape[1])
+    ]
+    rows += [
+        {"metric": "decodability", "task": "all", "layer": layer, "value": decodability(states[:, layer], basis, k=k)}
+        for layer in range(states.shape[1])
+    ]
     return rows
 
 
-def train_regression(task: SparseRegressionTask, run: RegressionTraining, device: str = "cpu",
-                     resume_dir: Path | None = None, weights_dir: Path | None = None,
-                     stop_after: int | None = None) -> pd.DataFrame | None:
+def train_regression(
+    task: SparseRegressionTask,
+    run: RegressionTraining,
+    device: str = "cpu",
+    resume_dir: Path | None = None,
+    weights_dir: Path | None = None,
+    stop_after: int | None = None,
+) -> pd.DataFrame | None:
     """Train from scratch; long rows (step, metric, task, layer, position, value) at log-spaced steps.
 
     Resumable like iclscope.methods.entropy.toy_lm (state every `save_every` steps in `resume_dir`); `stop_after`
@@ -160,11 +179,24 @@ def train_regression(task: SparseRegressionTask, run: RegressionTraining, device
         rng.bit_generator.state = state["rng"]
         rows, start = state["rows"], state["step"]
         log.info("toy regression: resuming at step %d from %s", start, state_path)
-    for step in tqdm(range(start, run.steps + 1), desc="toy regression", unit="step", mininterval=5, initial=start,
-                     total=run.steps + 1):
+    for step in tqdm(
+        range(start, run.steps + 1),
+        desc="toy regression",
+        unit="step",
+        mininterval=5,
+        initial=start,
+        total=run.steps + 1,
+    ):
         if state_path is not None and step > start and step % run.save_every == 0:
-            save_state(state_path, digest, model=model.state_dict(), optimiser=optimiser.state_dict(),
-                       rng=rng.bit_generator.state, rows=rows, step=step)
+            save_state(
+                state_path,
+                digest,
+                model=model.state_dict(),
+                optimiser=optimiser.state_dict(),
+                rng=rng.bit_generator.state,
+                rows=rows,
+                step=step,
+            )
         if stop_after is not None and step == stop_after:
             return None
         if step in checkpoints:
@@ -184,8 +216,12 @@ def train_regression(task: SparseRegressionTask, run: RegressionTraining, device
         optimiser.step()
     if state_path is not None:
         state_path.unlink(missing_ok=True)
-    log.info("toy regression: %d parameters, %d steps in %.1f s", sum(p.numel() for p in model.parameters()),
-             run.steps, time.perf_counter() - t0)
+    log.info(
+        "toy regression: %d parameters, %d steps in %.1f s",
+        sum(p.numel() for p in model.parameters()),
+        run.steps,
+        time.perf_counter() - t0,
+    )
     return pd.DataFrame(rows)
 
 
@@ -194,6 +230,8 @@ def reference_rows(task: SparseRegressionTask, n_sequences: int = 1000) -> list[
     rows = []
     for k in range(task.n_points):
         ref = optimal_mse_reference(task, k, n_sequences=n_sequences)
-        rows += [{"metric": "mse_by_examples_seen", "task": name, "position": str(k), "value": ref[name]}
-                 for name in ("basis_known", "basis_unknown")]
+        rows += [
+            {"metric": "mse_by_examples_seen", "task": name, "position": str(k), "value": ref[name]}
+            for name in ("basis_known", "basis_unknown")
+        ]
     return rows

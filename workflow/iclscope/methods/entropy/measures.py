@@ -112,8 +112,9 @@ class Histograms:
     within each group, then averaged over groups (docs/methods.md §2.3).
     """
 
-    def __init__(self, d: int, n_bins: int, values: np.ndarray, parents: np.ndarray | None = None,
-                 score_singletons: bool = False):
+    def __init__(
+        self, d: int, n_bins: int, values: np.ndarray, parents: np.ndarray | None = None, score_singletons: bool = False
+    ):
         self.n_bins, self.score_singletons = n_bins, score_singletons
         self.values, first = np.unique(np.asarray(values), return_index=True)  # sorted, for searchsorted
         self.parents = None if parents is None else np.asarray(parents)[first]
@@ -131,8 +132,11 @@ class Histograms:
         self.total += np.bincount(cell.ravel(), minlength=d * B).reshape(d, B)
         for column in np.asarray(labels).reshape(n, -1).T:
             k = np.searchsorted(self.values, column)
-            keep = (k < len(self.values)) & (self.values[np.minimum(k, len(self.values) - 1)] == column) \
-                if len(self.values) else np.zeros(n, dtype=bool)
+            keep = (
+                (k < len(self.values)) & (self.values[np.minimum(k, len(self.values) - 1)] == column)
+                if len(self.values)
+                else np.zeros(n, dtype=bool)
+            )
             if keep.any():
                 flat = (k[keep, None] * (d * B) + cell[keep]).ravel()
                 self.by_label += np.bincount(flat, minlength=self.by_label.size).reshape(self.by_label.shape)
@@ -166,8 +170,10 @@ class Histograms:
             out["n_label_groups"] = float(len(groups))
         # uniform: every retained value weighs the same within its group, every group the same
         # (flat: one group); frequency: Σ_x p(x) H(Y | X = x), which nesting does not change
-        variation = {"uniform": float(np.mean([h_value[g].mean() for g in groups])),
-                     "frequency": float((n_k / n_k.sum()) @ h_value)}
+        variation = {
+            "uniform": float(np.mean([h_value[g].mean() for g in groups])),
+            "frequency": float((n_k / n_k.sum()) @ h_value),
+        }
         for name, value in variation.items():
             suffix = "" if name == "uniform" else "_frequency"
             out[f"variation{suffix}"] = float(value / log_b)
@@ -201,8 +207,9 @@ NESTED = {"bigram": lambda values: bigram_token(values), "bigram_h": lambda valu
 SINGLETONS_SCORED = ("bigram_h",)  # a group with one retained value scores 0.5 ln 2, as in hcoxec/h
 
 
-def layer_measures(states: np.ndarray, labels: dict[str, np.ndarray], settings: EntropySettings,
-                   chunk: int = 8192, nested=NESTED) -> list[dict]:
+def layer_measures(
+    states: np.ndarray, labels: dict[str, np.ndarray], settings: EntropySettings, chunk: int = 8192, nested=NESTED
+) -> list[dict]:
     """All measures of one layer: states [N, d] (any float dtype), labels {label_type: [N] int}.
 
     Label types named in `nested` ({name: value -> token}) are measured nested under their token
@@ -218,13 +225,20 @@ def layer_measures(states: np.ndarray, labels: dict[str, np.ndarray], settings: 
     rows = []
     d = states.shape[1]
     for range_name, (lo, hi) in ranges.items():
-        hists = {name: Histograms(d, settings.n_bins, values, nested[name](values) if name in nested else None,
-                                  score_singletons=name in SINGLETONS_SCORED)
-                 for name, values in retained.items()}
+        hists = {
+            name: Histograms(
+                d,
+                settings.n_bins,
+                values,
+                nested[name](values) if name in nested else None,
+                score_singletons=name in SINGLETONS_SCORED,
+            )
+            for name, values in retained.items()
+        }
         for start in range(0, len(states), chunk):
-            bins = discretise(states[start:start + chunk], lo, hi, settings.n_bins)
+            bins = discretise(states[start : start + chunk], lo, hi, settings.n_bins)
             for name, lab in labels.items():
-                hists[name].update(bins, lab[start:start + chunk])
+                hists[name].update(bins, lab[start : start + chunk])
         rows += [{"range": range_name, "label_type": name, **h.measures()} for name, h in hists.items()]
     return rows
 

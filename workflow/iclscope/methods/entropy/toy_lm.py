@@ -42,8 +42,10 @@ class ToySize:
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
-            raise ValueError(f"entropy.training.sizes '{self.name}': d_model {self.d_model} is not divisible by "
-                             f"n_heads {self.n_heads}")
+            raise ValueError(
+                f"entropy.training.sizes '{self.name}': d_model {self.d_model} is not divisible by "
+                f"n_heads {self.n_heads}"
+            )
 
 
 @dataclass(frozen=True)
@@ -75,16 +77,25 @@ def token_stream(texts: list[str], tokenizer, vocab_size: int) -> np.ndarray:
 
 def windows(stream: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.Tensor:
     """[len(starts), seq_len] token windows of the stream."""
-    return torch.as_tensor(np.stack([stream[s:s + seq_len] for s in starts]))
+    return torch.as_tensor(np.stack([stream[s : s + seq_len] for s in starts]))
 
 
 def build_model(size: ToySize, vocab_size: int, seq_len: int, seed: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=vocab_size, n_positions=seq_len, n_embd=size.d_model, n_layer=size.n_layers,
-                     n_head=size.n_heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
-                     eos_token_id=0)  # id 0 = UNK / text separator
+    cfg = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=seq_len,
+        n_embd=size.d_model,
+        n_layer=size.n_layers,
+        n_head=size.n_heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )  # id 0 = UNK / text separator
     return GPT2LMHeadModel(cfg)
 
 
@@ -95,8 +106,10 @@ def measure(model, eval_ids: torch.Tensor, settings: EntropySettings) -> tuple[f
     out, resid = residual_stream(model, input_ids=eval_ids, labels=eval_ids)
     ids = eval_ids.reshape(-1).numpy()
     prev = np.concatenate([np.full((eval_ids.shape[0], 1), -1), eval_ids[:, :-1].numpy()], axis=1).reshape(-1)
-    labels = {"token": np.where(ids > 0, ids, -1),
-              "bigram": np.where((ids > 0) & (prev > 0), pair_labels(prev, ids), -1)}
+    labels = {
+        "token": np.where(ids > 0, ids, -1),
+        "bigram": np.where((ids > 0) & (prev > 0), pair_labels(prev, ids), -1),
+    }
     rows = []
     for layer, hidden in enumerate(resid):  # [B, T, d] each, index 0 = embeddings
         states = hidden.reshape(-1, hidden.shape[-1]).float().numpy()
@@ -105,9 +118,16 @@ def measure(model, eval_ids: torch.Tensor, settings: EntropySettings) -> tuple[f
     return float(out.loss), rows
 
 
-def train_and_measure(stream: np.ndarray, size: ToySize, run: ToyTraining, settings: EntropySettings,
-                      device: str = "cpu", resume_dir: Path | None = None, weights_dir: Path | None = None,
-                      stop_after: int | None = None) -> pd.DataFrame | None:
+def train_and_measure(
+    stream: np.ndarray,
+    size: ToySize,
+    run: ToyTraining,
+    settings: EntropySettings,
+    device: str = "cpu",
+    resume_dir: Path | None = None,
+    weights_dir: Path | None = None,
+    stop_after: int | None = None,
+) -> pd.DataFrame | None:
     """Train one size and return long rows: size, step, layer, range, label_type, metric, value.
 
     With `weights_dir`, the model at every measured step is kept as `<weights_dir>/<size>/step<N>/`
@@ -123,16 +143,24 @@ def train_and_measure(stream: np.ndarray, size: ToySize, run: ToyTraining, setti
     n_eval = run.eval_windows * run.seq_len
     train, held_out = stream[:-n_eval], stream[-n_eval:]
     if len(train) < 10 * run.seq_len:
-        raise ValueError(f"entropy.training: the corpus has {len(stream)} tokens; it needs well over "
-                         f"{n_eval + 10 * run.seq_len} (eval_windows × seq_len + training windows)")
+        raise ValueError(
+            f"entropy.training: the corpus has {len(stream)} tokens; it needs well over "
+            f"{n_eval + 10 * run.seq_len} (eval_windows × seq_len + training windows)"
+        )
     eval_ids = torch.as_tensor(held_out.reshape(run.eval_windows, run.seq_len)).to(device)
     model = build_model(size, run.vocab_size, run.seq_len, run.seed).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=run.lr)
     checkpoints = set(run.checkpoint_steps())
     rows, t0, eval_loss, start = [], time.perf_counter(), float("nan"), 0
     state_path = Path(resume_dir) / f"{size.name}.pt" if resume_dir is not None else None
-    digest = stable_hash({"size": asdict(size), "run": asdict(run), "settings": asdict(settings),
-                          "corpus": hashlib.sha256(stream.tobytes()).hexdigest()})
+    digest = stable_hash(
+        {
+            "size": asdict(size),
+            "run": asdict(run),
+            "settings": asdict(settings),
+            "corpus": hashlib.sha256(stream.tobytes()).hexdigest(),
+        }
+    )
     state = load_state(state_path, digest, device)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -140,22 +168,54 @@ def train_and_measure(stream: np.ndarray, size: ToySize, run: ToyTraining, setti
         rng.bit_generator.state = state["rng"]
         rows, start, eval_loss = state["rows"], state["step"], state["eval_loss"]
         log.info("toy LM %s: resuming at step %d from %s", size.name, start, state_path)
-    for step in tqdm(range(start, run.steps + 1), desc=f"toy LM {size.name}", unit="step", mininterval=5,
-                     initial=start, total=run.steps + 1):
+    for step in tqdm(
+        range(start, run.steps + 1),
+        desc=f"toy LM {size.name}",
+        unit="step",
+        mininterval=5,
+        initial=start,
+        total=run.steps + 1,
+    ):
         if state_path is not None and step > start and step % run.save_every == 0:
-            save_state(state_path, digest, model=model.state_dict(), optimiser=optimiser.state_dict(),
-                       rng=rng.bit_generator.state, rows=rows, step=step, eval_loss=eval_loss)
+            save_state(
+                state_path,
+                digest,
+                model=model.state_dict(),
+                optimiser=optimiser.state_dict(),
+                rng=rng.bit_generator.state,
+                rows=rows,
+                step=step,
+                eval_loss=eval_loss,
+            )
         if stop_after is not None and step == stop_after:
             return None
         if step in checkpoints:
             if weights_dir is not None:
                 model.save_pretrained(Path(weights_dir) / size.name / f"step{step:06d}")
             eval_loss, measures = measure(model, eval_ids, settings)
-            rows.append({"step": step, "layer": None, "range": None, "label_type": None, "metric": "eval_loss",
-                         "value": eval_loss})
+            rows.append(
+                {
+                    "step": step,
+                    "layer": None,
+                    "range": None,
+                    "label_type": None,
+                    "metric": "eval_loss",
+                    "value": eval_loss,
+                }
+            )
             for m in measures:
-                rows += [{"step": step, "layer": m["layer"], "range": m["range"], "label_type": m["label_type"],
-                          "metric": k, "value": v} for k, v in m.items() if k not in ("layer", "range", "label_type")]
+                rows += [
+                    {
+                        "step": step,
+                        "layer": m["layer"],
+                        "range": m["range"],
+                        "label_type": m["label_type"],
+                        "metric": k,
+                        "value": v,
+                    }
+                    for k, v in m.items()
+                    if k not in ("layer", "range", "label_type")
+                ]
         if step == run.steps:
             break
         starts = rng.integers(0, len(train) - run.seq_len, size=run.batch_size)
@@ -167,8 +227,14 @@ def train_and_measure(stream: np.ndarray, size: ToySize, run: ToyTraining, setti
     if state_path is not None:
         state_path.unlink(missing_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("toy LM %s: %d parameters, %d steps in %.1f s, final eval loss %.3f", size.name, n_params, run.steps,
-             time.perf_counter() - t0, eval_loss)
+    log.info(
+        "toy LM %s: %d parameters, %d steps in %.1f s, final eval loss %.3f",
+        size.name,
+        n_params,
+        run.steps,
+        time.perf_counter() - t0,
+        eval_loss,
+    )
     df = pd.DataFrame(rows)
     df.insert(0, "size", size.name)
     df["n_params"] = n_params

@@ -95,8 +95,12 @@ STATES = ("last", "label", "mean")  # which state of a demonstration becomes its
 ANCHOR_KEEP = ("anchors", "label")
 TASK_SPACES = ("pool", "class_mean", "anchor")  # + "identity" in the sweep: no compression
 # the paired comparisons beside "every arm against full_icl" (arm, reference)
-PAIRS = (("icicl_soft", "icicl_identity"), ("icicl_soft", "task_vector"), ("icicl_soft", "anchor_kv"),
-         ("icicl_soft", "zero_shot"))
+PAIRS = (
+    ("icicl_soft", "icicl_identity"),
+    ("icicl_soft", "task_vector"),
+    ("icicl_soft", "anchor_kv"),
+    ("icicl_soft", "zero_shot"),
+)
 
 
 @dataclass(frozen=True)
@@ -202,8 +206,16 @@ class PromptScorer:
     pass) for accuracy, or one prompt at a time for the batch-1 timing protocol. Only the last
     position goes through the vocabulary head (logits_to_keep=1): one [d, V] product per prompt."""
 
-    def __init__(self, model, tokenizer, label_ids: list[int], n_layers: int, word_k: int = 5,
-                 batch_size: int = 16, max_batch_tokens: int = 4096):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        label_ids: list[int],
+        n_layers: int,
+        word_k: int = 5,
+        batch_size: int = 16,
+        max_batch_tokens: int = 4096,
+    ):
         self.model, self.tokenizer, self.label_ids, self.n_layers = model, tokenizer, label_ids, n_layers
         self.word_k, self.batch_size, self.max_batch_tokens = word_k, batch_size, max_batch_tokens
         self.device = input_device(model)
@@ -232,8 +244,11 @@ class PromptScorer:
             offset = ids.shape[1] - torch.as_tensor([len(b["input_ids"]) for b in batch], device=self.device)
             spans = [b["query_span"] if b["query_span"] is not None else b["demo_spans"][0] for b in batch]
             span = torch.as_tensor(spans, device=self.device) + offset[:, None]
-            label = (torch.as_tensor([b["label_pos"][:1] for b in batch], device=self.device) + offset[:, None]
-                     if with_label else no_positions(len(batch), self.device).label)
+            label = (
+                torch.as_tensor([b["label_pos"][:1] for b in batch], device=self.device) + offset[:, None]
+                if with_label
+                else no_positions(len(batch), self.device).label
+            )
             names = ("query", "content_mean") + (("label",) if with_label else ())
             rec = Recorder(self.n_layers, Positions(label, span), names)
             with torch.inference_mode(), recording(self.model, rec):
@@ -261,10 +276,13 @@ class PromptScorer:
                 slots = np.full((len(batch), n_slots), -1)
                 values = np.zeros((len(batch), n_slots, batch[0].vectors.shape[-1]), dtype=np.float32)
                 for row, p in enumerate(batch):
-                    slots[row, :len(p.slots)] = np.asarray(p.slots) + offset[row]
-                    values[row, :len(p.slots)] = p.vectors
-                patches = (ResidualPatch(layer, torch.as_tensor(slots, device=self.device),
-                                         torch.as_tensor(values, device=self.device)),)
+                    slots[row, : len(p.slots)] = np.asarray(p.slots) + offset[row]
+                    values[row, : len(p.slots)] = p.vectors
+                patches = (
+                    ResidualPatch(
+                        layer, torch.as_tensor(slots, device=self.device), torch.as_tensor(values, device=self.device)
+                    ),
+                )
             rec = Recorder(self.n_layers, no_positions(len(batch), self.device), (), patches=patches)
             with recording(self.model, rec):
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits
@@ -278,8 +296,13 @@ class PromptScorer:
         ids = torch.as_tensor([prompt.ids], dtype=torch.long, device=self.device)
         patches = ()
         if prompt.slots:
-            patches = (ResidualPatch(layer, torch.as_tensor([prompt.slots], device=self.device),
-                                     torch.as_tensor(prompt.vectors[None], dtype=torch.float32, device=self.device)),)
+            patches = (
+                ResidualPatch(
+                    layer,
+                    torch.as_tensor([prompt.slots], device=self.device),
+                    torch.as_tensor(prompt.vectors[None], dtype=torch.float32, device=self.device),
+                ),
+            )
         rec = Recorder(self.n_layers, no_positions(1, self.device), (), patches=patches)
         with recording(self.model, rec):
             out = self.model(input_ids=ids, logits_to_keep=1)
@@ -291,8 +314,14 @@ class PromptScorer:
         ids = torch.as_tensor([input_ids], dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(input_ids), device=self.device)[None]
         mask = torch.ones(1, cache.get_seq_length() + len(input_ids), dtype=torch.long, device=self.device)
-        out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         return self.readouts(out.logits[:, -1])[0]
 
     def score_anchor_kv(self, anchor_kv: AnchorKV, demos, input_ids: list[int], draw: int | None = None) -> Readout:
@@ -302,8 +331,14 @@ class PromptScorer:
         return self.score_on_cache(input_ids, cache, start)
 
     @torch.inference_mode()
-    def score_many_on_anchor_kv(self, anchor_kv: AnchorKV, demos: np.ndarray, queries: list[list[int]],
-                                draw: int | None = None, desc: str = "anchor kv") -> list[Readout]:
+    def score_many_on_anchor_kv(
+        self,
+        anchor_kv: AnchorKV,
+        demos: np.ndarray,
+        queries: list[list[int]],
+        draw: int | None = None,
+        desc: str = "anchor kv",
+    ) -> list[Readout]:
         """Batched `score_anchor_kv`: demos [n, k] pool indices, queries n token lists. Each row's
         kept KV is left-padded to the batch's longest and masked out; the queries are left-padded
         after it (masked too) and continue at the same first position k·stride."""
@@ -314,8 +349,14 @@ class PromptScorer:
             kv, kv_mask = anchor_kv.batch_cache([demos[i] for i in idx], draw)
             ids, q_mask, q_pos = left_pad([queries[i] for i in idx], self.tokenizer.pad_token_id, self.device)
             mask = torch.cat([kv_mask, q_mask], dim=1)
-            logits = self.model(input_ids=ids, position_ids=q_pos + start, attention_mask=mask, past_key_values=kv,
-                                use_cache=True, logits_to_keep=1).logits
+            logits = self.model(
+                input_ids=ids,
+                position_ids=q_pos + start,
+                attention_mask=mask,
+                past_key_values=kv,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits
             for i, r in zip(idx, self.readouts(logits[:, -1]), strict=True):
                 out[i] = r
         return out
@@ -337,15 +378,26 @@ class AnchorKV:
     every variant, so the random draws add no compression cost.
     """
 
-    def __init__(self, model, tokenizer, spec: DatasetSpec, texts: list[str], labels: list[str],
-                 random_draws: int = 0, seed: int = 0, keep: str = "anchors"):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        spec: DatasetSpec,
+        texts: list[str],
+        labels: list[str],
+        random_draws: int = 0,
+        seed: int = 0,
+        keep: str = "anchors",
+    ):
         if keep not in ANCHOR_KEEP:
             raise ConfigError(f"icicl.anchor_keep: {keep!r}; use one of {ANCHOR_KEEP}")
         self.model, self.tokenizer, self.spec, self.keep = model, tokenizer, spec, keep
         self.device = input_device(model)
         label_word = dict(zip(spec.class_names, spec.label_words, strict=True))
-        self.records = [tokenize_pieces(tokenizer, demo_pieces(spec, t, label_word[lab]))
-                        for t, lab in zip(texts, labels, strict=True)]
+        self.records = [
+            tokenize_pieces(tokenizer, demo_pieces(spec, t, label_word[lab]))
+            for t, lab in zip(texts, labels, strict=True)
+        ]
         self.stride = max(len(r["input_ids"]) for r in self.records)
         self.bos = len(tokenizer("", add_special_tokens=True)["input_ids"])  # leading special tokens
         self.variants = (None, *range(random_draws))  # None = Hidden_anchor, d = Hidden_random draw d
@@ -370,8 +422,10 @@ class AnchorKV:
         anchors = set(rec["format_pos"]) | set(rec["label_pos"])
         candidates = [p for p in range(start, end) if p not in anchors and p >= self.bos]
         if not candidates:
-            raise ConfigError(f"Hidden_random: demonstration {j} ({rec['text']!r}) has no input-text token outside "
-                              "the template; drop empty texts from the dataset")
+            raise ConfigError(
+                f"Hidden_random: demonstration {j} ({rec['text']!r}) has no input-text token outside "
+                "the template; drop empty texts from the dataset"
+            )
         return int(np.random.default_rng([self.seed, draw, j]).choice(candidates))
 
     @torch.inference_mode()
@@ -381,14 +435,19 @@ class AnchorKV:
             t0 = time.perf_counter()
             ids = torch.as_tensor(np.asarray(self.records[j]["input_ids"])[None], dtype=torch.long, device=self.device)
             positions = (slot * self.stride + torch.arange(ids.shape[1], device=self.device))[None]
-            out = self.model(input_ids=ids, position_ids=positions, past_key_values=full_kv_cache(), use_cache=True,
-                             logits_to_keep=1)
+            out = self.model(
+                input_ids=ids, position_ids=positions, past_key_values=full_kv_cache(), use_cache=True, logits_to_keep=1
+            )
             self._memo[(j, slot)] = {}
             for variant in self.variants:
                 keep = torch.as_tensor(self.kept(j, slot, variant))  # to each layer's device (several devices)
-                self._memo[(j, slot)][variant] = [(layer.keys[:, :, keep.to(layer.keys.device)].clone(),
-                                                   layer.values[:, :, keep.to(layer.values.device)].clone())
-                                                  for layer in out.past_key_values.layers]
+                self._memo[(j, slot)][variant] = [
+                    (
+                        layer.keys[:, :, keep.to(layer.keys.device)].clone(),
+                        layer.values[:, :, keep.to(layer.values.device)].clone(),
+                    )
+                    for layer in out.past_key_values.layers
+                ]
             self.build_seconds += time.perf_counter() - t0
         return self._memo[(j, slot)][draw]
 
@@ -403,11 +462,13 @@ class AnchorKV:
         n_max = max(r[0][0].shape[2] for r in rows)
         mask = torch.zeros(len(rows), n_max, dtype=torch.long, device=self.device)
         for b, r in enumerate(rows):
-            mask[b, n_max - r[0][0].shape[2]:] = 1
+            mask[b, n_max - r[0][0].shape[2] :] = 1
         cache = full_kv_cache()
         for layer in range(len(rows[0])):
-            padded = [[torch.nn.functional.pad(kv[layer][i], (0, 0, n_max - kv[layer][i].shape[2], 0)) for kv in rows]
-                      for i in (0, 1)]
+            padded = [
+                [torch.nn.functional.pad(kv[layer][i], (0, 0, n_max - kv[layer][i].shape[2], 0)) for kv in rows]
+                for i in (0, 1)
+            ]
             cache.update(torch.cat(padded[0]), torch.cat(padded[1]), layer)
         return cache, mask
 
@@ -416,8 +477,10 @@ class AnchorKV:
         if draw not in self.variants:
             raise ValueError(f"AnchorKV built with random_draws={len(self.variants) - 1}; no draw {draw}")
         parts = [self.layers(int(j), slot, draw) for slot, j in enumerate(demos)]
-        return [(torch.cat([p[layer][0] for p in parts], dim=2), torch.cat([p[layer][1] for p in parts], dim=2))
-                for layer in range(len(parts[0]))]
+        return [
+            (torch.cat([p[layer][0] for p in parts], dim=2), torch.cat([p[layer][1] for p in parts], dim=2))
+            for layer in range(len(parts[0]))
+        ]
 
     def cache_for(self, demos, draw: int | None = None) -> tuple[object, int]:
         """A DynamicCache holding the kept KV of `demos` in prompt order, and the query's first position."""
@@ -430,8 +493,14 @@ class AnchorKV:
 def demo_pieces(spec: DatasetSpec, text: str, label_word: str) -> list[Piece]:
     """The pieces of one demonstration, separator included, without a query."""
     before, between, after = split_template(spec.prompts.template)
-    pieces = [Piece(before, LITERAL, 0), Piece(text, TEXT, 0), Piece(between, LITERAL, 0),
-              Piece(label_word, LABEL, 0), Piece(after, LITERAL, 0), Piece(spec.prompts.separator, SEPARATOR, 0)]
+    pieces = [
+        Piece(before, LITERAL, 0),
+        Piece(text, TEXT, 0),
+        Piece(between, LITERAL, 0),
+        Piece(label_word, LABEL, 0),
+        Piece(after, LITERAL, 0),
+        Piece(spec.prompts.separator, SEPARATOR, 0),
+    ]
     return [p for p in pieces if p.text]
 
 
@@ -442,8 +511,9 @@ def text_anchor_prompt(tokenizer, spec: DatasetSpec, demo_label_words: list[str]
     return tokenize_pieces(tokenizer, pieces + assemble(spec.prompts.template, spec.prompts.separator, [], query_text))
 
 
-def soft_prompt(tokenizer, spec: DatasetSpec, labels: list[str], query_text: str,
-                label_line: bool = True) -> tuple[list[int], list[int]]:
+def soft_prompt(
+    tokenizer, spec: DatasetSpec, labels: list[str], query_text: str, label_line: bool = True
+) -> tuple[list[int], list[int]]:
     """Token ids of '[soft]<label line>' per demonstration, then the zero-shot query; soft-slot positions.
 
     Built from separately tokenized segments so every soft slot is exactly one token: a stand-in
@@ -486,8 +556,18 @@ class ICICLRun:
     [P, len(layers), d] float32 each (3·P·len(layers)·d·4 bytes).
     """
 
-    def __init__(self, df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec, settings: ICICLSettings,
-                 layers_of=None, *, var_threshold: float = 0.9, max_k: int | None = None):
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        spec: DatasetSpec,
+        model_dir,
+        model: ModelSpec,
+        settings: ICICLSettings,
+        layers_of=None,
+        *,
+        var_threshold: float = 0.9,
+        max_k: int | None = None,
+    ):
         if spec.kind != "classification":
             raise ConfigError(f"IC-ICL needs a classification dataset; '{spec.name}' is {spec.kind}")
         self.spec, self.settings, self.var_threshold, self.max_k = spec, settings, var_threshold, max_k
@@ -504,20 +584,28 @@ class ICICLRun:
         self.classes = spec.class_names
         self.label_word = dict(zip(self.classes, spec.label_words, strict=True))
         label_ids = label_token_ids(self.tokenizer, spec.label_words, spec.prompts.template)
-        self.scorer = PromptScorer(self.net, self.tokenizer, label_ids, L, settings.word_k, model.batch_size,
-                                   model.max_batch_tokens)
+        self.scorer = PromptScorer(
+            self.net, self.tokenizer, label_ids, L, settings.word_k, model.batch_size, model.max_batch_tokens
+        )
         train = df[df["split"] == "train"]
         self.test_rows = df[df["split"] == "test"]
-        self.pool = balanced_sample(train, self.classes, settings.pool_size, settings.seed,
-                                    f"dataset '{spec.name}' train split (icicl.pool_size)")
+        self.pool = balanced_sample(
+            train,
+            self.classes,
+            settings.pool_size,
+            settings.seed,
+            f"dataset '{spec.name}' train split (icicl.pool_size)",
+        )
         self.train_rest = train[~train["row_id"].isin(self.pool["row_id"])]  # validation inputs come from here
         self.pool_labels = self.pool["label"].astype(str).tolist()
         self.pool_texts = self.pool["text"].tolist()
 
         t0 = time.perf_counter()
         zero_shot = [self.zero_shot(t) for t in self.pool_texts]
-        labelled = [tokenize_pieces(self.tokenizer, demo_pieces(spec, t, self.label_word[lab]))
-                    for t, lab in zip(self.pool_texts, self.pool_labels, strict=True)]
+        labelled = [
+            tokenize_pieces(self.tokenizer, demo_pieces(spec, t, self.label_word[lab]))
+            for t, lab in zip(self.pool_texts, self.pool_labels, strict=True)
+        ]
         plain = self.scorer.states(zero_shot, [self.embed_layer, *self.layers], "pool states")
         label = self.scorer.states(labelled, self.layers, "pool label states")
         self.pool_embedding = plain["mean"][:, 0]  # [P, d] retrieval embedding
@@ -532,16 +620,24 @@ class ICICLRun:
         """[P, d] the pool demonstrations' `state` at resid index `layer`."""
         return self.pool_states[state][:, self.layers.index(layer)]
 
-    def compressed(self, layer: int, state: str, variant: str,
-                   spaces: Mapping[str, Mapping[int, TaskSpace]]) -> tuple[np.ndarray, TaskSpace | None]:
+    def compressed(
+        self, layer: int, state: str, variant: str, spaces: Mapping[str, Mapping[int, TaskSpace]]
+    ) -> tuple[np.ndarray, TaskSpace | None]:
         """The soft tokens of every pool demonstration [P, d] and the space that made them
         (variant "identity": the states themselves, no space)."""
         h = self.state_vectors(layer, state)
         if variant == "identity":
             return h, None
         if variant == "pool":
-            space = fit_task_space(h, self.pool_labels, self.classes, variant=f"pool_{state}", layer=layer,
-                                   var_threshold=self.var_threshold, max_k=self.max_k)
+            space = fit_task_space(
+                h,
+                self.pool_labels,
+                self.classes,
+                variant=f"pool_{state}",
+                layer=layer,
+                var_threshold=self.var_threshold,
+                max_k=self.max_k,
+            )
         elif layer in spaces.get(variant, {}):
             space = spaces[variant][layer]
         else:
@@ -564,10 +660,20 @@ class ICICLRun:
 
     def full_prompts(self, inputs: Inputs) -> list[Prompt]:
         spec = self.spec
-        return [Prompt(tokenize_pieces(self.tokenizer, assemble(
-            spec.prompts.template, spec.prompts.separator,
-            [(self.pool_texts[j], self.label_word[self.pool_labels[j]]) for j in demos], text))["input_ids"].tolist())
-            for text, demos in zip(inputs.rows["text"], inputs.demos, strict=True)]
+        return [
+            Prompt(
+                tokenize_pieces(
+                    self.tokenizer,
+                    assemble(
+                        spec.prompts.template,
+                        spec.prompts.separator,
+                        [(self.pool_texts[j], self.label_word[self.pool_labels[j]]) for j in demos],
+                        text,
+                    ),
+                )["input_ids"].tolist()
+            )
+            for text, demos in zip(inputs.rows["text"], inputs.demos, strict=True)
+        ]
 
     def soft_prompts(self, inputs: Inputs, vectors: np.ndarray, label_line: bool) -> list[Prompt]:
         """'[ĥ_1]<label line>…[ĥ_k]<label line>' + the query; vectors [P, d] are the pool's soft tokens."""
@@ -579,19 +685,28 @@ class ICICLRun:
 
     def task_vector_prompts(self, inputs: Inputs, vectors: np.ndarray) -> list[Prompt]:
         """The zero-shot prompt with its last position's state replaced by the demonstrations' mean."""
-        return [Prompt(p.ids, [len(p.ids) - 1], vectors[demos].mean(0, keepdims=True))
-                for p, demos in zip(self.zero_shot_prompts(inputs), inputs.demos, strict=True)]
+        return [
+            Prompt(p.ids, [len(p.ids) - 1], vectors[demos].mean(0, keepdims=True))
+            for p, demos in zip(self.zero_shot_prompts(inputs), inputs.demos, strict=True)
+        ]
 
     def text_anchor_prompts(self, inputs: Inputs) -> list[Prompt]:
-        return [Prompt(text_anchor_prompt(self.tokenizer, self.spec, [self.label_word[self.pool_labels[j]] for j in d],
-                                          text)["input_ids"].tolist())
-                for text, d in zip(inputs.rows["text"], inputs.demos, strict=True)]
+        return [
+            Prompt(
+                text_anchor_prompt(self.tokenizer, self.spec, [self.label_word[self.pool_labels[j]] for j in d], text)[
+                    "input_ids"
+                ].tolist()
+            )
+            for text, d in zip(inputs.rows["text"], inputs.demos, strict=True)
+        ]
 
     def query_ids(self, inputs: Inputs) -> list[list[int]]:
         """The query's own tokens (no BOS), as they continue an anchor cache."""
         before, between, _ = split_template(self.spec.prompts.template)
-        return [self.tokenizer(before + t + between.rstrip(" "), add_special_tokens=False)["input_ids"]
-                for t in inputs.rows["text"]]
+        return [
+            self.tokenizer(before + t + between.rstrip(" "), add_special_tokens=False)["input_ids"]
+            for t in inputs.rows["text"]
+        ]
 
 
 def arm_settings(settings: ICICLSettings, inject_layer: int, tv_layer: int, n_layers: int) -> dict[str, dict]:
@@ -599,16 +714,27 @@ def arm_settings(settings: ICICLSettings, inject_layer: int, tv_layer: int, n_la
     settings (icicl_soft, icicl_identity, task_vector, anchor_kv, and hidden_random, anchor_kv's
     cache with its label KV swapped) and the shared retrieval of every arm."""
     shared = {"k": settings.k, "retrieval": settings.retrieval, "pool_size": settings.pool_size}
-    soft = {"inject_layer": inject_layer, "depth": round(inject_layer / n_layers, 3), "state": settings.state,
-            "label_line": settings.label_line}
-    return {"zero_shot": {}, "full_icl": shared,
-            "icicl_soft": {**shared, **soft, "task_space": settings.task_space},
-            "icicl_identity": {**shared, **soft, "task_space": "identity"},
-            "task_vector": {**shared, "layer": tv_layer, "depth": round(tv_layer / n_layers, 3),
-                            "state": settings.task_vector_state or settings.state},
-            "anchor_kv": {**shared, "keep": settings.anchor_keep},
-            "text_anchor": shared,
-            "hidden_random": {**shared, "keep": settings.anchor_keep, "draws": settings.random_draws}}
+    soft = {
+        "inject_layer": inject_layer,
+        "depth": round(inject_layer / n_layers, 3),
+        "state": settings.state,
+        "label_line": settings.label_line,
+    }
+    return {
+        "zero_shot": {},
+        "full_icl": shared,
+        "icicl_soft": {**shared, **soft, "task_space": settings.task_space},
+        "icicl_identity": {**shared, **soft, "task_space": "identity"},
+        "task_vector": {
+            **shared,
+            "layer": tv_layer,
+            "depth": round(tv_layer / n_layers, 3),
+            "state": settings.task_vector_state or settings.state,
+        },
+        "anchor_kv": {**shared, "keep": settings.anchor_keep},
+        "text_anchor": shared,
+        "hidden_random": {**shared, "keep": settings.anchor_keep, "draws": settings.random_draws},
+    }
 
 
 TUNED_ARMS = ("icicl_soft", "task_vector", "anchor_kv")  # the arms with settings, tuned alike by `sweep_icicl`
@@ -629,23 +755,39 @@ def tuning_budget(grid: SweepGrid, n_layers: int) -> dict[str, dict]:
     `grid.n_val` validation inputs (train rows outside the pool): the budget B is IC-ICL's grid
     (layers × states × task spaces × label line); the task vector gets B settings of its own grid
     (layer × state; every layer while that fits), anchor_kv its whole grid (its kept sets, fewer than B)."""
-    soft = {"layer": grid.layers(n_layers), "state": list(grid.states), "task_space": list(grid.task_spaces),
-            "label_line": list(grid.label_line)}
+    soft = {
+        "layer": grid.layers(n_layers),
+        "state": list(grid.states),
+        "task_space": list(grid.task_spaces),
+        "label_line": list(grid.label_line),
+    }
     budget = int(np.prod([len(v) for v in soft.values()]))
     tv = {"layer": task_vector_layers(n_layers, budget, len(grid.states)), "state": list(grid.states)}
     anchor = {"keep": list(ANCHOR_KEEP)}
     out = {}
     for arm, candidates in (("icicl_soft", soft), ("task_vector", tv), ("anchor_kv", anchor)):
-        out[arm] = {"grid": candidates, "settings_scored": int(np.prod([len(v) for v in candidates.values()])),
-                    "budget": budget, "validation_inputs": grid.n_val,
-                    "split": "train rows outside the retrieval pool"}
+        out[arm] = {
+            "grid": candidates,
+            "settings_scored": int(np.prod([len(v) for v in candidates.values()])),
+            "budget": budget,
+            "validation_inputs": grid.n_val,
+            "split": "train rows outside the retrieval pool",
+        }
     return out
 
 
-def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
-                   spaces: Mapping[str, Mapping[int, TaskSpace]], settings: ICICLSettings, *,
-                   var_threshold: float = 0.9, max_k: int | None = None,
-                   grid: SweepGrid | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def evaluate_icicl(
+    df: pd.DataFrame,
+    spec: DatasetSpec,
+    model_dir,
+    model: ModelSpec,
+    spaces: Mapping[str, Mapping[int, TaskSpace]],
+    settings: ICICLSettings,
+    *,
+    var_threshold: float = 0.9,
+    max_k: int | None = None,
+    grid: SweepGrid | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Run every arm on the same retrieved demonstrations of the test inputs.
 
     spaces: {variant: {layer: TaskSpace}} holding at least `settings.task_space` unless that is
@@ -655,23 +797,42 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
     """
     run = ICICLRun(df, spec, model_dir, model, settings, var_threshold=var_threshold, max_k=max_k)
     scorer, layer = run.scorer, run.inject_layer
-    tests = (run.test_rows if settings.n_test is None else
-             balanced_sample(run.test_rows, run.classes, settings.n_test, settings.seed + 1,
-                             f"dataset '{spec.name}' test split (icicl.n_test)"))
+    tests = (
+        run.test_rows
+        if settings.n_test is None
+        else balanced_sample(
+            run.test_rows,
+            run.classes,
+            settings.n_test,
+            settings.seed + 1,
+            f"dataset '{spec.name}' test split (icicl.n_test)",
+        )
+    )
     inputs = run.inputs(tests)
     h = run.state_vectors(layer, settings.state)
     h_soft, space = run.compressed(layer, settings.state, settings.task_space, spaces)
     tv_state = settings.task_vector_state or settings.state
-    prompts = {"zero_shot": run.zero_shot_prompts(inputs), "full_icl": run.full_prompts(inputs),
-               "icicl_soft": run.soft_prompts(inputs, h_soft, settings.label_line),
-               "icicl_identity": run.soft_prompts(inputs, h, settings.label_line),
-               "task_vector": run.task_vector_prompts(inputs, run.state_vectors(run.tv_layer, tv_state)),
-               "text_anchor": run.text_anchor_prompts(inputs)}
+    prompts = {
+        "zero_shot": run.zero_shot_prompts(inputs),
+        "full_icl": run.full_prompts(inputs),
+        "icicl_soft": run.soft_prompts(inputs, h_soft, settings.label_line),
+        "icicl_identity": run.soft_prompts(inputs, h, settings.label_line),
+        "task_vector": run.task_vector_prompts(inputs, run.state_vectors(run.tv_layer, tv_state)),
+        "text_anchor": run.text_anchor_prompts(inputs),
+    }
     at = {"task_vector": run.tv_layer}  # the layer each arm's states are written at (others: inject_layer)
     readouts = {(arm, -1): scorer.score_many(p, at.get(arm, layer), desc=arm) for arm, p in prompts.items()}
 
-    anchor_kv = AnchorKV(run.net, run.tokenizer, spec, run.pool_texts, run.pool_labels, settings.random_draws,
-                         settings.seed, settings.anchor_keep)
+    anchor_kv = AnchorKV(
+        run.net,
+        run.tokenizer,
+        spec,
+        run.pool_texts,
+        run.pool_labels,
+        settings.random_draws,
+        settings.seed,
+        settings.anchor_keep,
+    )
     queries = run.query_ids(inputs)
     for slot in range(settings.k):  # one-time compression of every demonstration used, outside any timing
         for j in np.unique(inputs.demos[:, slot]):
@@ -706,36 +867,64 @@ def evaluate_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelS
         for i, (q, out) in enumerate(zip(tests.itertuples(), outs, strict=True)):
             pred = int(out.label_logits.argmax())
             tokens = len(arm_prompts[i].ids) if arm_prompts else len(queries[i])
-            rows.append({"test_row": int(q.row_id), "arm": arm, "draw": draw, "gold": int(inputs.gold[i]),
-                         "pred": pred, "correct": pred == inputs.gold[i], "tokens": tokens,
-                         "timed": (arm, draw, i) in seconds,
-                         "seconds": float(np.median(seconds[(arm, draw, i)])) if (arm, draw, i) in seconds else np.nan,
-                         "seconds_repeats": seconds.get((arm, draw, i)),
-                         "demo_rows": [int(run.pool["row_id"].iat[j]) for j in inputs.demos[i]],
-                         "top_ids": out.top_ids.tolist(),
-                         **{f"logit_{c}": float(v) for c, v in zip(run.classes, out.label_logits, strict=True)}})
+            rows.append(
+                {
+                    "test_row": int(q.row_id),
+                    "arm": arm,
+                    "draw": draw,
+                    "gold": int(inputs.gold[i]),
+                    "pred": pred,
+                    "correct": pred == inputs.gold[i],
+                    "tokens": tokens,
+                    "timed": (arm, draw, i) in seconds,
+                    "seconds": float(np.median(seconds[(arm, draw, i)])) if (arm, draw, i) in seconds else np.nan,
+                    "seconds_repeats": seconds.get((arm, draw, i)),
+                    "demo_rows": [int(run.pool["row_id"].iat[j]) for j in inputs.demos[i]],
+                    "top_ids": out.top_ids.tolist(),
+                    **{f"logit_{c}": float(v) for c, v in zip(run.classes, out.label_logits, strict=True)},
+                }
+            )
     per_example = add_loyalty(pd.DataFrame(rows))
     summary = summarise(per_example, run.classes, settings.n_boot, settings.seed)
-    meta = {"settings": asdict(settings), "embed_layer": run.embed_layer, "inject_layer": layer,
-            "task_space_variant": space.variant if space else "identity",
-            "task_space_k": int(space.k) if space else int(h.shape[1]),
-            "n_test": n, "n_timed": len(sample), "timing": {
-                "protocol": "batch 1, warm-up, interleaved rounds (docs/methods.md §3.8)", "rounds": settings.repeats,
-                "timed_arms": [f"{a}" if d < 0 else f"{a}[draw {d}]" for a, d in timed_arms]},
-            "pool_states_seconds": round(run.pool_seconds, 3),
-            "pool_states_seconds_per_demo": round(run.pool_seconds / len(run.pool), 4),
-            "anchor_kv_build_seconds": round(anchor_kv.build_seconds, 3),
-            "anchor_kv_entries": len(anchor_kv._memo), "anchor_kv_stride": anchor_kv.stride,
-            "retrieval_embedding_seconds_per_example": round(inputs.embed_seconds, 4), "word_k": settings.word_k,
-            "reconstruction": "P1-reconstruction (Yang et al. 2025, docs/methods.md §1.4)",
-            "arm_settings": arm_settings(settings, layer, run.tv_layer, run.n_layers),
-            "tuning": tuning_budget(grid, run.n_layers) if grid is not None else None}
+    meta = {
+        "settings": asdict(settings),
+        "embed_layer": run.embed_layer,
+        "inject_layer": layer,
+        "task_space_variant": space.variant if space else "identity",
+        "task_space_k": int(space.k) if space else int(h.shape[1]),
+        "n_test": n,
+        "n_timed": len(sample),
+        "timing": {
+            "protocol": "batch 1, warm-up, interleaved rounds (docs/methods.md §3.8)",
+            "rounds": settings.repeats,
+            "timed_arms": [f"{a}" if d < 0 else f"{a}[draw {d}]" for a, d in timed_arms],
+        },
+        "pool_states_seconds": round(run.pool_seconds, 3),
+        "pool_states_seconds_per_demo": round(run.pool_seconds / len(run.pool), 4),
+        "anchor_kv_build_seconds": round(anchor_kv.build_seconds, 3),
+        "anchor_kv_entries": len(anchor_kv._memo),
+        "anchor_kv_stride": anchor_kv.stride,
+        "retrieval_embedding_seconds_per_example": round(inputs.embed_seconds, 4),
+        "word_k": settings.word_k,
+        "reconstruction": "P1-reconstruction (Yang et al. 2025, docs/methods.md §1.4)",
+        "arm_settings": arm_settings(settings, layer, run.tv_layer, run.n_layers),
+        "tuning": tuning_budget(grid, run.n_layers) if grid is not None else None,
+    }
     return per_example, summary, meta
 
 
-def sweep_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
-                spaces: Mapping[str, Mapping[int, TaskSpace]], settings: ICICLSettings, grid: SweepGrid, *,
-                var_threshold: float = 0.9, max_k: int | None = None) -> tuple[pd.DataFrame, dict]:
+def sweep_icicl(
+    df: pd.DataFrame,
+    spec: DatasetSpec,
+    model_dir,
+    model: ModelSpec,
+    spaces: Mapping[str, Mapping[int, TaskSpace]],
+    settings: ICICLSettings,
+    grid: SweepGrid,
+    *,
+    var_threshold: float = 0.9,
+    max_k: int | None = None,
+) -> tuple[pd.DataFrame, dict]:
     """The validation accuracy of every tuned arm's candidate settings (`tuning_budget`): icicl_soft
     over `grid` (injection layer × state × task space × label line), the task vector over layer ×
     state, anchor_kv over its kept sets, all on the same `grid.n_val` train-split inputs outside
@@ -743,37 +932,68 @@ def sweep_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec
     (table, meta); per tuned arm the row marked `chosen` is its best (ties: fewer tokens, then grid
     order); meta["chosen_by_arm"] holds the chosen settings (the icicl config keys), meta["tuning"]
     the budget."""
+
     def layers_of(L: int) -> list[int]:
         return sorted(set(grid.layers(L)) | set(tuning_budget(grid, L)["task_vector"]["grid"]["layer"]))
 
     run = ICICLRun(df, spec, model_dir, model, settings, layers_of, var_threshold=var_threshold, max_k=max_k)
     budget = tuning_budget(grid, run.n_layers)
-    val = balanced_sample(run.train_rest, run.classes, grid.n_val, settings.seed + 2,
-                          f"dataset '{spec.name}' train split outside the pool (icicl.sweep.n_val)")
+    val = balanced_sample(
+        run.train_rest,
+        run.classes,
+        grid.n_val,
+        settings.seed + 2,
+        f"dataset '{spec.name}' train split outside the pool (icicl.sweep.n_val)",
+    )
     inputs = run.inputs(val)
 
     def scored(prompts: list[Prompt], at: int | None, **setting) -> dict:
         outs = run.scorer.score_many(prompts, at, desc=" ".join(map(str, setting.values())))
         correct = np.array([o.label_logits.argmax() for o in outs]) == inputs.gold
         lo, hi = bootstrap_mean(correct, settings.n_boot, settings.seed)
-        return {**setting, "accuracy": correct.mean(), "ci_low": lo, "ci_high": hi,
-                "tokens": float(np.mean([len(p.ids) for p in prompts])), "n_val": len(val)}
+        return {
+            **setting,
+            "accuracy": correct.mean(),
+            "ci_low": lo,
+            "ci_high": hi,
+            "tokens": float(np.mean([len(p.ids) for p in prompts])),
+            "n_val": len(val),
+        }
 
-    rows = [scored(run.zero_shot_prompts(inputs), None, arm="zero_shot"),
-            scored(run.full_prompts(inputs), None, arm="full_icl")]
+    rows = [
+        scored(run.zero_shot_prompts(inputs), None, arm="zero_shot"),
+        scored(run.full_prompts(inputs), None, arm="full_icl"),
+    ]
     for layer in budget["icicl_soft"]["grid"]["layer"]:
         for state in grid.states:
             for variant in grid.task_spaces:
                 vectors, space = run.compressed(layer, state, variant, spaces)
                 for label_line in grid.label_line:
-                    rows.append(scored(run.soft_prompts(inputs, vectors, label_line), layer, arm="icicl_soft",
-                                       layer=layer, depth=round(layer / run.n_layers, 3), state=state,
-                                       task_space=variant, label_line=label_line,
-                                       space_k=int(space.k) if space else int(vectors.shape[1])))
+                    rows.append(
+                        scored(
+                            run.soft_prompts(inputs, vectors, label_line),
+                            layer,
+                            arm="icicl_soft",
+                            layer=layer,
+                            depth=round(layer / run.n_layers, 3),
+                            state=state,
+                            task_space=variant,
+                            label_line=label_line,
+                            space_k=int(space.k) if space else int(vectors.shape[1]),
+                        )
+                    )
     for layer in budget["task_vector"]["grid"]["layer"]:
         for state in grid.states:
-            rows.append(scored(run.task_vector_prompts(inputs, run.state_vectors(layer, state)), layer,
-                               arm="task_vector", layer=layer, depth=round(layer / run.n_layers, 3), state=state))
+            rows.append(
+                scored(
+                    run.task_vector_prompts(inputs, run.state_vectors(layer, state)),
+                    layer,
+                    arm="task_vector",
+                    layer=layer,
+                    depth=round(layer / run.n_layers, 3),
+                    state=state,
+                )
+            )
     queries = run.query_ids(inputs)
     for keep in budget["anchor_kv"]["grid"]["keep"]:
         kv = AnchorKV(run.net, run.tokenizer, spec, run.pool_texts, run.pool_labels, 0, settings.seed, keep)
@@ -781,32 +1001,56 @@ def sweep_icicl(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec
         correct = np.array([o.label_logits.argmax() for o in outs]) == inputs.gold
         lo, hi = bootstrap_mean(correct, settings.n_boot, settings.seed)
         tokens = np.mean([len(q) + kv.kept_length(d) for q, d in zip(queries, inputs.demos, strict=True)])
-        rows.append({"arm": "anchor_kv", "keep": keep, "accuracy": correct.mean(), "ci_low": lo, "ci_high": hi,
-                     "tokens": float(tokens), "n_val": len(val)})
+        rows.append(
+            {
+                "arm": "anchor_kv",
+                "keep": keep,
+                "accuracy": correct.mean(),
+                "ci_low": lo,
+                "ci_high": hi,
+                "tokens": float(tokens),
+                "n_val": len(val),
+            }
+        )
     table = pd.DataFrame(rows)
     table["chosen"] = False
-    keys = {"icicl_soft": ("layer", "state", "task_space", "label_line"), "task_vector": ("layer", "state"),
-            "anchor_kv": ("keep",)}
-    config_key = {("task_vector", "layer"): "task_vector_layer", ("task_vector", "state"): "task_vector_state",
-                  ("anchor_kv", "keep"): "anchor_keep", ("icicl_soft", "layer"): "inject_layer"}
+    keys = {
+        "icicl_soft": ("layer", "state", "task_space", "label_line"),
+        "task_vector": ("layer", "state"),
+        "anchor_kv": ("keep",),
+    }
+    config_key = {
+        ("task_vector", "layer"): "task_vector_layer",
+        ("task_vector", "state"): "task_vector_state",
+        ("anchor_kv", "keep"): "anchor_keep",
+        ("icicl_soft", "layer"): "inject_layer",
+    }
     chosen_by_arm = {}
     for arm in TUNED_ARMS:
         cands = table[table.arm == arm]
         best = cands.sort_values(["accuracy", "tokens"], ascending=[False, True], kind="stable").index[0]
         table.loc[best, "chosen"] = True
         # config values: a layer as its depth share (what config.yaml takes), the absolute layer beside it
-        chosen_by_arm[arm] = {config_key.get((arm, k), k): (float(table.at[best, "depth"]) if k == "layer" else
-                                                            (v.item() if hasattr(v, "item") else v))
-                              for k, v in ((k, table.at[best, k]) for k in keys[arm])}
+        chosen_by_arm[arm] = {
+            config_key.get((arm, k), k): (
+                float(table.at[best, "depth"]) if k == "layer" else (v.item() if hasattr(v, "item") else v)
+            )
+            for k, v in ((k, table.at[best, k]) for k in keys[arm])
+        }
         if "layer" in keys[arm]:
             chosen_by_arm[arm]["resid_index"] = int(table.at[best, "layer"])
         chosen_by_arm[arm]["validation_accuracy"] = float(table.at[best, "accuracy"])
     soft_best = table[(table.arm == "icicl_soft") & table.chosen].index[0]
     chosen = {k: table.at[soft_best, k] for k in ("layer", "state", "task_space", "label_line")}
-    meta = {"grid": asdict(grid), "n_layers": run.n_layers, "validation_rows": len(val),
-            "chosen": {k: (v.item() if hasattr(v, "item") else v) for k, v in chosen.items()},
-            "chosen_by_arm": chosen_by_arm, "tuning": budget,
-            "pool_states_seconds": round(run.pool_seconds, 3)}
+    meta = {
+        "grid": asdict(grid),
+        "n_layers": run.n_layers,
+        "validation_rows": len(val),
+        "chosen": {k: (v.item() if hasattr(v, "item") else v) for k, v in chosen.items()},
+        "chosen_by_arm": chosen_by_arm,
+        "tuning": budget,
+        "pool_states_seconds": round(run.pool_seconds, 3),
+    }
     return table, meta
 
 
@@ -830,8 +1074,11 @@ def timed_seconds(g: pd.DataFrame) -> pd.DataFrame:
     """The timed rows of `g` by test_row: per round seconds [n_timed, repeats] as columns 0..R-1
     (`seconds_repeats`; one column of `seconds` for rows without it), and tokens."""
     t = g[g["timed"]].drop_duplicates("test_row").set_index("test_row").sort_index()
-    reps = (np.stack(t["seconds_repeats"].map(np.asarray).to_list()) if "seconds_repeats" in t and len(t)
-            else t[["seconds"]].to_numpy(float))
+    reps = (
+        np.stack(t["seconds_repeats"].map(np.asarray).to_list())
+        if "seconds_repeats" in t and len(t)
+        else t[["seconds"]].to_numpy(float)
+    )
     return pd.DataFrame(reps, index=t.index).assign(tokens=t["tokens"])
 
 
@@ -844,13 +1091,26 @@ def timing_row(g: pd.DataFrame, full: pd.DataFrame, n_boot: int, seed: int) -> d
     arm = arm.loc[ref.index]
     rounds = [c for c in arm.columns if c != "tokens"]
     if not len(arm):
-        return {k: np.nan for k in ("seconds_per_example", "speedup_vs_full_icl", "speedup_lo", "speedup_hi",
-                                    "time_reduction_vs_full_icl", "tokens_per_second")}
+        return {
+            k: np.nan
+            for k in (
+                "seconds_per_example",
+                "speedup_vs_full_icl",
+                "speedup_lo",
+                "speedup_hi",
+                "time_reduction_vs_full_icl",
+                "tokens_per_second",
+            )
+        }
     est, lo, hi = speedup(ref[rounds].to_numpy(), arm[rounds].to_numpy(), n_boot, seed)
-    return {"seconds_per_example": float(np.median(np.median(arm[rounds].to_numpy(), axis=1))),
-            "speedup_vs_full_icl": est, "speedup_lo": lo, "speedup_hi": hi,
-            "time_reduction_vs_full_icl": 1 - 1 / est,
-            "tokens_per_second": tokens_per_second(arm["tokens"].to_numpy(), arm[rounds].to_numpy())}
+    return {
+        "seconds_per_example": float(np.median(np.median(arm[rounds].to_numpy(), axis=1))),
+        "speedup_vs_full_icl": est,
+        "speedup_lo": lo,
+        "speedup_hi": hi,
+        "time_reduction_vs_full_icl": 1 - 1 / est,
+        "tokens_per_second": tokens_per_second(arm["tokens"].to_numpy(), arm[rounds].to_numpy()),
+    }
 
 
 def summarise(per_example: pd.DataFrame, classes: list[str], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -865,10 +1125,19 @@ def summarise(per_example: pd.DataFrame, classes: list[str], n_boot: int = 1000,
     def row(arm: str, g: pd.DataFrame, draw: float = np.nan) -> dict:
         lo, hi = bootstrap_mean(g["correct"].to_numpy(), n_boot, seed)
         timing = timing_row(hr if arm.startswith("hidden_random") else g, full, n_boot, seed)
-        return {"arm": arm, "accuracy": g["correct"].mean(), "accuracy_lo": lo, "accuracy_hi": hi,
-                "macro_f1": macro_f1(g["gold"].to_numpy(), g["pred"].to_numpy(), range(len(classes))),
-                "label_loyalty": g["label_loyal"].mean(), "word_loyalty": g["word_loyalty"].mean(),
-                "tokens": g["tokens"].mean(), **timing, "draw": draw, "n": len(g)}
+        return {
+            "arm": arm,
+            "accuracy": g["correct"].mean(),
+            "accuracy_lo": lo,
+            "accuracy_hi": hi,
+            "macro_f1": macro_f1(g["gold"].to_numpy(), g["pred"].to_numpy(), range(len(classes))),
+            "label_loyalty": g["label_loyal"].mean(),
+            "word_loyalty": g["word_loyalty"].mean(),
+            "tokens": g["tokens"].mean(),
+            **timing,
+            "draw": draw,
+            "n": len(g),
+        }
 
     out = []
     for arm, g in per_example.groupby("arm", sort=False):
@@ -911,13 +1180,31 @@ def paired_table(per_example: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -
     return out
 
 
-SUMMARY_METRICS = ("accuracy", "macro_f1", "label_loyalty", "word_loyalty", "tokens", "seconds_per_example",
-                   "speedup_vs_full_icl", "time_reduction_vs_full_icl", "tokens_per_second", "draw", "n")
+SUMMARY_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "label_loyalty",
+    "word_loyalty",
+    "tokens",
+    "seconds_per_example",
+    "speedup_vs_full_icl",
+    "time_reduction_vs_full_icl",
+    "tokens_per_second",
+    "draw",
+    "n",
+)
 INTERVALS = {"accuracy": ("accuracy_lo", "accuracy_hi"), "speedup_vs_full_icl": ("speedup_lo", "speedup_hi")}
 
 
-def metric_table(summary: pd.DataFrame, paired: pd.DataFrame, *, model: str, dataset: str, layer: int,
-                 arm_layers: Mapping[str, int] | None = None) -> pd.DataFrame:
+def metric_table(
+    summary: pd.DataFrame,
+    paired: pd.DataFrame,
+    *,
+    model: str,
+    dataset: str,
+    layer: int,
+    arm_layers: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
     """The long-format IC-ICL table: per arm (`task`) the summary metrics (accuracy with its interval in
     ci_low / ci_high; `speedup_vs_full_icl` with its interval over the timed inputs in ci_low / ci_high;
     `tokens_per_second`; `draw` = which Hidden_random draw hidden_random_top is), and per paired comparison
@@ -926,13 +1213,28 @@ def metric_table(summary: pd.DataFrame, paired: pd.DataFrame, *, model: str, dat
     layer, or an arm's own from `arm_layers` (the task vector's)."""
     from iclscope.core.tables import metric_frame
 
-    rows = [{"metric": m, "task": r["arm"], "value": r[m],
-             **({"ci_low": r[INTERVALS[m][0]], "ci_high": r[INTERVALS[m][1]]} if m in INTERVALS else {})}
-            for r in summary.to_dict("records") for m in SUMMARY_METRICS if not pd.isna(r[m])]
+    rows = [
+        {
+            "metric": m,
+            "task": r["arm"],
+            "value": r[m],
+            **({"ci_low": r[INTERVALS[m][0]], "ci_high": r[INTERVALS[m][1]]} if m in INTERVALS else {}),
+        }
+        for r in summary.to_dict("records")
+        for m in SUMMARY_METRICS
+        if not pd.isna(r[m])
+    ]
     for r in paired.to_dict("records"):
-        rows += [{"metric": f"accuracy_diff_vs_{r['reference']}", "task": r["arm"], "value": r["diff"],
-                  "ci_low": r["diff_lo"], "ci_high": r["diff_hi"]},
-                 {"metric": f"p_value_vs_{r['reference']}", "task": r["arm"], "value": r["p_value"]},
-                 {"metric": f"p_holm_vs_{r['reference']}", "task": r["arm"], "value": r["p_holm"]}]
+        rows += [
+            {
+                "metric": f"accuracy_diff_vs_{r['reference']}",
+                "task": r["arm"],
+                "value": r["diff"],
+                "ci_low": r["diff_lo"],
+                "ci_high": r["diff_hi"],
+            },
+            {"metric": f"p_value_vs_{r['reference']}", "task": r["arm"], "value": r["p_value"]},
+            {"metric": f"p_holm_vs_{r['reference']}", "task": r["arm"], "value": r["p_holm"]},
+        ]
     rows = [{**r, "layer": (arm_layers or {}).get(r["task"], layer)} for r in rows]
     return metric_frame(rows, model=model, dataset=dataset, family="icicl", position="query")

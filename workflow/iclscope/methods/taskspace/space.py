@@ -40,8 +40,9 @@ class TaskSpace:
         if self.mean.shape != (d,):
             raise ValueError(f"TaskSpace.mean has shape {self.mean.shape}, expected ({d},)")
         if self.prototypes.shape != (len(self.classes), k):
-            raise ValueError(f"TaskSpace.prototypes has shape {self.prototypes.shape}, "
-                             f"expected ({len(self.classes)}, {k})")
+            raise ValueError(
+                f"TaskSpace.prototypes has shape {self.prototypes.shape}, expected ({len(self.classes)}, {k})"
+            )
         if self.explained_var.shape != (k,):
             raise ValueError(f"TaskSpace.explained_var has shape {self.explained_var.shape}, expected ({k},)")
 
@@ -59,8 +60,9 @@ def class_vectors(X: np.ndarray, labels, classes) -> np.ndarray:
     return np.stack([X[labels == c].mean(0) for c in classes])
 
 
-def fit_task_space(X: np.ndarray, labels, classes, *, variant: str, layer: int, var_threshold: float = 0.9,
-                   max_k: int | None = None) -> TaskSpace:
+def fit_task_space(
+    X: np.ndarray, labels, classes, *, variant: str, layer: int, var_threshold: float = 0.9, max_k: int | None = None
+) -> TaskSpace:
     """Fit the space of one layer from states X [n, d] with class `labels` (see module docstring)."""
     if not 0 < var_threshold <= 1:
         raise ValueError(f"var_threshold must be in (0, 1], got {var_threshold}")
@@ -74,8 +76,15 @@ def fit_task_space(X: np.ndarray, labels, classes, *, variant: str, layer: int, 
     limit = min(len(classes) - 1, max_k or len(classes), vt.shape[0])
     k = int(min(limit, np.searchsorted(np.cumsum(var), var_threshold - 1e-12) + 1))
     basis = vt[:k]
-    return TaskSpace(basis=basis, mean=mu, prototypes=(A - mu) @ basis.T, explained_var=var[:k],
-                     classes=classes, variant=variant, layer=int(layer))
+    return TaskSpace(
+        basis=basis,
+        mean=mu,
+        prototypes=(A - mu) @ basis.T,
+        explained_var=var[:k],
+        classes=classes,
+        variant=variant,
+        layer=int(layer),
+    )
 
 
 def project(H: np.ndarray, space: TaskSpace) -> np.ndarray:
@@ -124,13 +133,23 @@ def write_task_space(group: h5py.Group, space: TaskSpace) -> None:
 
 
 def read_task_space(group: h5py.Group) -> TaskSpace:
-    return TaskSpace(**{n: group[n][()].astype(np.float64) for n in ("basis", "mean", "prototypes", "explained_var")},
-                     classes=tuple(json.loads(group.attrs["classes"])), variant=str(group.attrs["variant"]),
-                     layer=int(group.attrs["layer"]))
+    return TaskSpace(
+        **{n: group[n][()].astype(np.float64) for n in ("basis", "mean", "prototypes", "explained_var")},
+        classes=tuple(json.loads(group.attrs["classes"])),
+        variant=str(group.attrs["variant"]),
+        layer=int(group.attrs["layer"]),
+    )
 
 
-def build_task_spaces(activations, anchors, out_path, *, var_threshold: float = 0.9, max_k: int | None = None,
-                      variants=("anchor", "class_mean")) -> dict:
+def build_task_spaces(
+    activations,
+    anchors,
+    out_path,
+    *,
+    var_threshold: float = 0.9,
+    max_k: int | None = None,
+    variants=("anchor", "class_mean"),
+) -> dict:
     """Fit both variants at every layer and write `out_path` (HDF5: /<variant>/L<l>/...).
 
     anchor: from the anchor file's /anchors/resid [C, m, L+1, d] (label words in carriers);
@@ -148,8 +167,10 @@ def build_task_spaces(activations, anchors, out_path, *, var_threshold: float = 
         n_layers = int(act.attrs["n_layers"])
         train = np.flatnonzero(prompts["split"] == "train")
         if "class_mean" in variants and len(train) == 0:
-            raise ValueError(f"{activations} has no train-split prompts; set prompts.n_train > 0 for the "
-                             "class_mean task space (or use only the anchor variant)")
+            raise ValueError(
+                f"{activations} has no train-split prompts; set prompts.n_train > 0 for the "
+                "class_mean task space (or use only the anchor variant)"
+            )
         gold = np.array(classes)[prompts["gold"][train]]
         anchor_states = None
         if "anchor" in variants:
@@ -157,21 +178,40 @@ def build_task_spaces(activations, anchors, out_path, *, var_threshold: float = 
                 anchor_states = f["anchors/resid"][()]  # [C, m, L+1, d]
         with written(out_path) as tmp:
             with h5py.File(tmp, "w") as out:
-                out.attrs.update(var_threshold=var_threshold, max_k=-1 if max_k is None else max_k,
-                                 classes=json.dumps(classes), n_layers=n_layers,
-                                 source=str(activations), reconstruction="P1-reconstruction (docs/methods.md §1.2)")
+                out.attrs.update(
+                    var_threshold=var_threshold,
+                    max_k=-1 if max_k is None else max_k,
+                    classes=json.dumps(classes),
+                    n_layers=n_layers,
+                    source=str(activations),
+                    reconstruction="P1-reconstruction (docs/methods.md §1.2)",
+                )
                 for layer in range(n_layers + 1):
                     if anchor_states is not None:
                         C, m = anchor_states.shape[:2]
                         X = anchor_states[:, :, layer].reshape(C * m, -1)
-                        space = fit_task_space(X, np.repeat(classes, m), classes, variant="anchor", layer=layer,
-                                               var_threshold=var_threshold, max_k=max_k)
+                        space = fit_task_space(
+                            X,
+                            np.repeat(classes, m),
+                            classes,
+                            variant="anchor",
+                            layer=layer,
+                            var_threshold=var_threshold,
+                            max_k=max_k,
+                        )
                         write_task_space(out.create_group(f"anchor/L{layer}"), space)
                         summary.setdefault("anchor_k", []).append(space.k)
                     if "class_mean" in variants:
                         X = act["resid/query"][np.sort(train), layer].astype(np.float64)
-                        space = fit_task_space(X, gold, classes, variant="class_mean", layer=layer,
-                                               var_threshold=var_threshold, max_k=max_k)
+                        space = fit_task_space(
+                            X,
+                            gold,
+                            classes,
+                            variant="class_mean",
+                            layer=layer,
+                            var_threshold=var_threshold,
+                            max_k=max_k,
+                        )
                         write_task_space(out.create_group(f"class_mean/L{layer}"), space)
                         summary.setdefault("class_mean_k", []).append(space.k)
     return summary

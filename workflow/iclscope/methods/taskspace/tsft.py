@@ -90,8 +90,9 @@ def space_tensors(space: TaskSpace, device) -> tuple[torch.Tensor, torch.Tensor,
     return f(space.basis), f(space.mean), f(space.prototypes)
 
 
-def space_loss(h: torch.Tensor, basis, mean, prototypes, gold: torch.Tensor, tau: float,
-               similarity: str = "distance") -> torch.Tensor:
+def space_loss(
+    h: torch.Tensor, basis, mean, prototypes, gold: torch.Tensor, tau: float, similarity: str = "distance"
+) -> torch.Tensor:
     """h [B, d] -> mean over the batch of −log softmax_c(sim(B(h−μ), â_c)/τ)[gold].
 
     similarity "cosine" is docs/methods.md §1.5 as written; it is constant (±1) and has no gradient
@@ -103,7 +104,7 @@ def space_loss(h: torch.Tensor, basis, mean, prototypes, gold: torch.Tensor, tau
         sim = F.normalize(z, dim=-1) @ F.normalize(prototypes, dim=-1).T  # [B, C]
     elif similarity == "distance":
         scale = (prototypes**2).sum(-1).mean().clamp(min=1e-12)
-        sim = -torch.cdist(z, prototypes) ** 2 / scale
+        sim = -(torch.cdist(z, prototypes) ** 2) / scale
     else:
         raise ValueError(f"unknown similarity {similarity!r}")
     return F.cross_entropy(sim / tau, gold)
@@ -125,9 +126,19 @@ def token_batches(examples: list[dict], batch_size: int, max_batch_tokens: int) 
     return make_batches(np.array([len(x["input_ids"]) for x in examples]), batch_size, max_batch_tokens)
 
 
-def fit_on_states(model, tokenizer, examples: list[dict], label_ids: torch.Tensor, layer: int, n_layers: int,
-                  classes: list[str], batch_size: int, var_threshold: float, max_k: int | None,
-                  max_batch_tokens: int = 1 << 30) -> TaskSpace:
+def fit_on_states(
+    model,
+    tokenizer,
+    examples: list[dict],
+    label_ids: torch.Tensor,
+    layer: int,
+    n_layers: int,
+    classes: list[str],
+    batch_size: int,
+    var_threshold: float,
+    max_k: int | None,
+    max_batch_tokens: int = 1 << 30,
+) -> TaskSpace:
     """The class-mean task space fitted on `examples`' own layer-l* query states under `model` (the
     distribution the space loss is applied to): one inference pass over the examples (`token_batches`)."""
     states = np.zeros((len(examples), 0), dtype=np.float32)
@@ -138,13 +149,24 @@ def fit_on_states(model, tokenizer, examples: list[dict], label_ids: torch.Tenso
                 states = np.zeros((len(examples), h.shape[-1]), dtype=np.float32)
             states[batch] = h.float().cpu().numpy()  # [B, d], in the examples' order
     labels = [classes[x["gold"]] for x in examples]
-    return fit_task_space(states, labels, classes, variant="train_zero_shot", layer=layer,
-                          var_threshold=var_threshold, max_k=max_k)
+    return fit_task_space(
+        states, labels, classes, variant="train_zero_shot", layer=layer, var_threshold=var_threshold, max_k=max_k
+    )
 
 
-def evaluate_examples(model, tokenizer, examples: list[dict], label_ids: torch.Tensor, layer: int, n_layers: int,
-                      space: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tau: float, similarity: str,
-                      batch_size: int, max_batch_tokens: int = 1 << 30) -> dict:
+def evaluate_examples(
+    model,
+    tokenizer,
+    examples: list[dict],
+    label_ids: torch.Tensor,
+    layer: int,
+    n_layers: int,
+    space: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    tau: float,
+    similarity: str,
+    batch_size: int,
+    max_batch_tokens: int = 1 << 30,
+) -> dict:
     """`examples` under `model` as it is (call in inference mode, eval mode), batched by length
     (`token_batches`): {"ce", "space", "accuracy"} averaged over the examples and "pred" [n] (argmax over
     the labels, in the examples' order). The held-out curve and the test evaluation both read it."""
@@ -159,8 +181,12 @@ def evaluate_examples(model, tokenizer, examples: list[dict], label_ids: torch.T
         sp += space_loss(h, basis, mean, protos, gold, tau, similarity).item() * len(batch)
         pred[idx] = logits.argmax(-1).cpu().numpy()
     n = len(examples)
-    return {"ce": ce / n, "space": sp / n, "accuracy": float((pred == [x["gold"] for x in examples]).mean()),
-            "pred": pred}
+    return {
+        "ce": ce / n,
+        "space": sp / n,
+        "accuracy": float((pred == [x["gold"] for x in examples]).mean()),
+        "pred": pred,
+    }
 
 
 def tsft_rows(df: pd.DataFrame, spec: DatasetSpec, settings: TSFTSettings):
@@ -169,8 +195,10 @@ def tsft_rows(df: pd.DataFrame, spec: DatasetSpec, settings: TSFTSettings):
     from the train split without the validation rows."""
     classes = spec.class_names
     if min(settings.n_val, settings.n_train, settings.n_test) < len(classes):
-        raise ConfigError(f"tsft: n_train, n_val and n_test must each be >= the {len(classes)} classes of dataset "
-                          f"'{spec.name}' (got {settings.n_train}, {settings.n_val}, {settings.n_test})")
+        raise ConfigError(
+            f"tsft: n_train, n_val and n_test must each be >= the {len(classes)} classes of dataset "
+            f"'{spec.name}' (got {settings.n_train}, {settings.n_val}, {settings.n_test})"
+        )
     train_split = df[df.split == "train"]
     val_rows = balanced_sample(train_split, classes, settings.n_val, spec.seed, "tsft validation (tsft.n_val)")
     rest = train_split[~train_split["row_id"].isin(val_rows["row_id"])]
@@ -179,9 +207,20 @@ def tsft_rows(df: pd.DataFrame, spec: DatasetSpec, settings: TSFTSettings):
     return train_rows, val_rows, test_rows
 
 
-def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec, space: TaskSpace | None,
-               settings: TSFTSettings, out_dir: str | Path, stop_after: int | None = None, *,
-               var_threshold: float = 0.9, max_k: int | None = None, checkpoint_dir: str | Path | None = None) -> dict:
+def train_tsft(
+    df: pd.DataFrame,
+    spec: DatasetSpec,
+    model_dir,
+    model: ModelSpec,
+    space: TaskSpace | None,
+    settings: TSFTSettings,
+    out_dir: str | Path,
+    stop_after: int | None = None,
+    *,
+    var_threshold: float = 0.9,
+    max_k: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> dict:
     """Fine-tune one arm (settings.lam) and evaluate it; writes adapter/, train_log.parquet,
     eval_log.parquet (held-out losses by step), eval.parquet (test predictions), summary.json.
 
@@ -208,14 +247,26 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
     val = zero_shot_examples(tokenizer, spec, val_rows)
     test = zero_shot_examples(tokenizer, spec, test_rows)
     if space is None:
-        space = fit_on_states(base, tokenizer, train, label_ids, layer, L, classes, model.batch_size, var_threshold,
-                              max_k, model.max_batch_tokens)
+        space = fit_on_states(
+            base,
+            tokenizer,
+            train,
+            label_ids,
+            layer,
+            L,
+            classes,
+            model.batch_size,
+            var_threshold,
+            max_k,
+            model.max_batch_tokens,
+        )
     basis, mean, protos = space_tensors(space, device)
 
     # gradient checkpointing on the blocks: the saved activations of a step go from ~2.7 MB to ~0.2 MB per
     # token (fp32, all-linear adapters), the same gradients (iclscope.model.lora.attach_lora)
-    net = attach_lora(base, r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
-                      checkpoint_blocks=True)
+    net = attach_lora(
+        base, r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout, checkpoint_blocks=True
+    )
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=settings.lr)
     checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / "checkpoint"
 
@@ -227,14 +278,35 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
         return ce + settings.lam * sp, {"ce": ce.item(), "space": sp.item()}
 
     def evaluate(examples):
-        return evaluate_examples(net, tokenizer, examples, label_ids, layer, L, (basis, mean, protos), settings.tau,
-                                 settings.similarity, model.batch_size, model.max_batch_tokens)
+        return evaluate_examples(
+            net,
+            tokenizer,
+            examples,
+            label_ids,
+            layer,
+            L,
+            (basis, mean, protos),
+            settings.tau,
+            settings.similarity,
+            model.batch_size,
+            model.max_batch_tokens,
+        )
 
     log_rows, loop_seconds, end, eval_rows = train_loop(
-        net, optimizer, train, loss_fn, steps=settings.steps, batch_size=settings.batch_size, seed=settings.seed,
-        checkpoint_every=settings.checkpoint_every, checkpoint=checkpoint, stop_after=stop_after,
-        desc=f"ts-ft λ={settings.lam}", evaluate=lambda: {k: v for k, v in evaluate(val).items() if k != "pred"},
-        eval_every=settings.eval_every)
+        net,
+        optimizer,
+        train,
+        loss_fn,
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        checkpoint_every=settings.checkpoint_every,
+        checkpoint=checkpoint,
+        stop_after=stop_after,
+        desc=f"ts-ft λ={settings.lam}",
+        evaluate=lambda: {k: v for k, v in evaluate(val).items() if k != "pred"},
+        eval_every=settings.eval_every,
+    )
     if end < settings.steps:
         return {"stopped_at": end}
 
@@ -245,17 +317,29 @@ def train_tsft(df: pd.DataFrame, spec: DatasetSpec, model_dir, model: ModelSpec,
     net.save_pretrained(out_dir / "adapter")
     pd.DataFrame(log_rows).to_parquet(out_dir / "train_log.parquet")
     pd.DataFrame(eval_rows).to_parquet(out_dir / "eval_log.parquet")
-    evaluation = pd.DataFrame({"test_row": test_rows["row_id"].to_numpy(), "gold": gold, "pred": preds,
-                               "correct": gold == preds})
+    evaluation = pd.DataFrame(
+        {"test_row": test_rows["row_id"].to_numpy(), "gold": gold, "pred": preds, "correct": gold == preds}
+    )
     evaluation.to_parquet(out_dir / "eval.parquet")
     eval_seconds = float(sum(r["seconds"] for r in eval_rows))
-    summary = {"lam": settings.lam, "seed": settings.seed, "layer": layer, "accuracy": float((gold == preds).mean()),
-               "macro_f1": macro_f1(gold, preds, range(len(classes))), "test_ce": tested["ce"],
-               "heldout_ce_start": eval_rows[0]["ce"], "heldout_ce_end": eval_rows[-1]["ce"],
-               "train_seconds": round(loop_seconds - eval_seconds, 1), "eval_seconds": round(eval_seconds, 1),
-               "steps": settings.steps, "settings": asdict(settings), "task_space_variant": space.variant,
-               "task_space_k": int(space.k), "trainable_parameters": trainable_parameters(net),
-               "val_rows": [int(i) for i in val_rows["row_id"]]}
+    summary = {
+        "lam": settings.lam,
+        "seed": settings.seed,
+        "layer": layer,
+        "accuracy": float((gold == preds).mean()),
+        "macro_f1": macro_f1(gold, preds, range(len(classes))),
+        "test_ce": tested["ce"],
+        "heldout_ce_start": eval_rows[0]["ce"],
+        "heldout_ce_end": eval_rows[-1]["ce"],
+        "train_seconds": round(loop_seconds - eval_seconds, 1),
+        "eval_seconds": round(eval_seconds, 1),
+        "steps": settings.steps,
+        "settings": asdict(settings),
+        "task_space_variant": space.variant,
+        "task_space_k": int(space.k),
+        "trainable_parameters": trainable_parameters(net),
+        "val_rows": [int(i) for i in val_rows["row_id"]],
+    }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(checkpoint, ignore_errors=True)
     return summary

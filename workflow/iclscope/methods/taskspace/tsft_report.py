@@ -20,9 +20,12 @@ def read_runs(run_dirs: list[str | Path]) -> dict[tuple[str, int], dict]:
     for d in map(Path, run_dirs):
         s = json.loads((d / "summary.json").read_text())
         arm = "space" if s["lam"] > 0 else "baseline"
-        runs[(arm, int(s["seed"]))] = {"summary": s, "train_log": pd.read_parquet(d / "train_log.parquet"),
-                                       "eval_log": pd.read_parquet(d / "eval_log.parquet"),
-                                       "eval": pd.read_parquet(d / "eval.parquet")}
+        runs[(arm, int(s["seed"]))] = {
+            "summary": s,
+            "train_log": pd.read_parquet(d / "train_log.parquet"),
+            "eval_log": pd.read_parquet(d / "eval_log.parquet"),
+            "eval": pd.read_parquet(d / "eval.parquet"),
+        }
     return runs
 
 
@@ -33,8 +36,10 @@ def _aligned_correct(runs: dict, arm: str, seed: int, test_rows: np.ndarray | No
         return ev["correct"].to_numpy(dtype=float)
     by_row = ev.set_index("test_row")["correct"]
     if set(by_row.index) != set(test_rows) or len(by_row) != len(test_rows):
-        raise ValueError(f"tsft: run {arm} seed {seed} scored other test prompts than the run it is paired with; "
-                         "the test prompts are drawn with the dataset's seed, so rerun the older of the runs")
+        raise ValueError(
+            f"tsft: run {arm} seed {seed} scored other test prompts than the run it is paired with; "
+            "the test prompts are drawn with the dataset's seed, so rerun the older of the runs"
+        )
     return by_row.loc[test_rows].to_numpy(dtype=float)
 
 
@@ -53,11 +58,18 @@ def summary_table(run_dirs: list[str | Path], *, model: str, dataset: str, n_boo
     for (arm, seed), run in sorted(runs.items()):
         s, ev = run["summary"], run["eval_log"].sort_values("step")
         common = {"task": arm, "seed": seed, "layer": s["layer"]}
-        values = {"accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "test_ce": s["test_ce"],
-                  "heldout_ce_start": ev["ce"].iloc[0], "heldout_ce_end": ev["ce"].iloc[-1],
-                  "heldout_space_start": ev["space"].iloc[0], "heldout_space_end": ev["space"].iloc[-1],
-                  "heldout_accuracy_end": ev["accuracy"].iloc[-1], "train_seconds": s["train_seconds"],
-                  "eval_seconds": s["eval_seconds"]}
+        values = {
+            "accuracy": s["accuracy"],
+            "macro_f1": s["macro_f1"],
+            "test_ce": s["test_ce"],
+            "heldout_ce_start": ev["ce"].iloc[0],
+            "heldout_ce_end": ev["ce"].iloc[-1],
+            "heldout_space_start": ev["space"].iloc[0],
+            "heldout_space_end": ev["space"].iloc[-1],
+            "heldout_accuracy_end": ev["accuracy"].iloc[-1],
+            "train_seconds": s["train_seconds"],
+            "eval_seconds": s["eval_seconds"],
+        }
         rows += [{**common, "metric": k, "value": float(v)} for k, v in values.items()]
     seeds = sorted(seed for arm, seed in runs if arm == "space" and ("baseline", seed) in runs)
     if seeds:
