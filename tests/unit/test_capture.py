@@ -97,7 +97,7 @@ def test_residual_stream_leaves_the_output_alone(model):
 
 
 def test_interface_models_need_no_adapter(model):
-    from iclscope.model.capture import install_adapters
+    from iclscope.model.attention.adapters import install_adapters
 
     net, _, _ = model
     assert install_adapters(net) == 0

@@ -41,7 +41,7 @@ def device_map(model, mode: str = "offload") -> dict[str, str]:
     """mode "offload": blocks alternately on "cpu" and "disk", the input embedding on "disk", every
     other module on "cpu". "resident": the same map without offload: ICLSCOPE_TEST_DEVICES's devices
     in turn (the embedding on the last, head and final norm on the first), or all "cpu"."""
-    from iclscope.model.lora import transformer_blocks
+    from iclscope.model.blocks import transformer_blocks
 
     prefix, blocks = transformer_blocks(model)
     embedding = model.get_input_embeddings()

@@ -38,15 +38,8 @@ from iclscope.core.atomic import partial_path, removed_when_disk_full, written
 from iclscope.core.config import ModelSpec, stable_hash
 from iclscope.core.store import SCHEMA_VERSION, ActivationWriter, shard_rows
 from iclscope.core.tables import iter_list_column, read_meta, read_table
-from iclscope.model.capture import (
-    ATTN_IMPLEMENTATION,
-    Positions,
-    Recorder,
-    full_kv_cache,
-    input_device,
-    left_pad,
-    recording,
-)
+from iclscope.model.blocks import input_device
+from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, full_kv_cache, left_pad, recording
 from iclscope.model.loading import load_model
 from iclscope.model.prompts import carrier_prompts
 

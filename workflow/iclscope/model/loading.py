@@ -1,8 +1,8 @@
 """The one model loader of every model stage: a prepared model (iclscope.model.models) onto its device.
 
 Apart from `models` (resolving and preparing weights, which no attention code changes) because
-loading for a reading or editing stage goes through the hook layer: a change to `model/capture.py`
-reruns what loads a model, not what prepares one (iclscope.core.jobs keys each job on the code its
+loading for a reading or editing stage goes through the hook layer: a change to `model/capture.py` or
+`model/attention/` reruns what loads a model, not what prepares one (iclscope.core.jobs keys each job on the code its
 script imports).
 """
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 from iclscope.core.architectures import attention_hook
 from iclscope.core.config import ConfigError, ModelSpec
-from iclscope.model import capture  # registers the "iclscope" attention function
+from iclscope.model.attention import interface  # noqa: F401  (registers the "iclscope" attention function)
+from iclscope.model.attention.adapters import install_adapters
 from iclscope.model.models import read_manifest, resolve_device, resolve_dtype
 
 
@@ -42,7 +43,7 @@ def load_model(
     manifest = read_manifest(model_dir)
     adapt = attn_implementation == "iclscope" and attention_hook(manifest["architecture"]) == "adapter"
     if attn_implementation == "iclscope":
-        if adapt:  # attention outside AttentionInterface: eager attention + capture's adapters
+        if adapt:  # attention outside AttentionInterface: eager attention + the hook layer's adapters
             attn_implementation = "eager"
     elif attn_implementation == "sdpa" and not _supports_sdpa(manifest["weights_path"]):
         attn_implementation = "eager"  # GPT-J, Bloom, Gemma-2 (soft-capping), …: eager is what they compute
@@ -57,7 +58,7 @@ def load_model(
         "device_map": "auto" if device_map == "auto" else {"": device},
     }
     model = AutoModelForCausalLM.from_pretrained(manifest["weights_path"], **kwargs)
-    if adapt and capture.install_adapters(model) == 0:
+    if adapt and install_adapters(model) == 0:
         raise ConfigError(
             f"model '{manifest['name']}' ({manifest['architecture']}): no attention module to "
             "adapt was found; see iclscope.core.architectures"

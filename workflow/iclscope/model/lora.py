@@ -25,22 +25,9 @@ import torch
 from tqdm import tqdm
 
 from iclscope.core.atomic import written
+from iclscope.model.blocks import transformer_blocks
 
 log = logging.getLogger(__name__)
-
-
-def transformer_blocks(model) -> tuple[str, torch.nn.ModuleList]:
-    """(name, modules) of the model's transformer blocks: the one ModuleList holding
-    num_hidden_layers modules (model.layers in Llama, transformer.h in GPT-2, …)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    n = config.num_hidden_layers
-    found = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
-    if len(found) != 1:
-        raise ValueError(
-            f"cannot tell the transformer blocks of {type(model).__name__}: {len(found)} module lists "
-            f"of {n} modules ({[name for name, _ in found]})"
-        )
-    return found[0]
 
 
 def block_linear_modules(model, layers: Sequence[int]) -> list[str]:

@@ -52,7 +52,8 @@ from iclscope.core.timing import interleaved, speedup, tokens_per_second
 from iclscope.methods.anchors.measures import jaccard_topk
 from iclscope.methods.anchors.prompts import anchor_prompts
 from iclscope.methods.icl import macro_f1
-from iclscope.model.capture import ATTN_IMPLEMENTATION, full_kv_cache, input_device, left_pad
+from iclscope.model.blocks import input_device
+from iclscope.model.capture import ATTN_IMPLEMENTATION, full_kv_cache, left_pad
 from iclscope.model.extract import make_batches
 from iclscope.model.loading import load_model
 

@@ -36,7 +36,8 @@ from iclscope.core.store import open_activations
 from iclscope.core.tables import metric_frame
 from iclscope.methods.anchors.measures import aucroc
 from iclscope.methods.anchors.prompts import anchor_prompts, padded_label_columns
-from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, input_device, left_pad, recording
+from iclscope.model.blocks import input_device
+from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, left_pad, recording
 from iclscope.model.loading import load_model
 
 

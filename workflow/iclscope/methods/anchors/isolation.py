@@ -14,7 +14,8 @@ from tqdm import tqdm
 from iclscope.core.tables import metric_frame
 from iclscope.methods.anchors.measures import jaccard_topk
 from iclscope.methods.anchors.prompts import anchor_prompts, padded_label_columns
-from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, input_device, left_pad, no_positions, recording
+from iclscope.model.blocks import input_device
+from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, left_pad, no_positions, recording
 from iclscope.model.loading import load_model
 
 

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from iclscope.core.config import ConfigError, DatasetSpec, ModelSpec
-from iclscope.model.capture import input_device, left_pad
+from iclscope.model.blocks import input_device
+from iclscope.model.capture import left_pad
 from iclscope.model.loading import load_model
 from iclscope.model.lora import attach_lora, train_loop, trainable_parameters
 from iclscope.model.models import MANIFEST, describe, file_digest, weight_files

@@ -20,7 +20,8 @@ import torch
 
 from iclscope.methods.decodability.knn import peak_layer
 from iclscope.methods.icl import clean_generation, exact_match, predictions
-from iclscope.model.capture import Recorder, ResidualPatch, input_device, left_pad, no_positions, recording
+from iclscope.model.blocks import input_device
+from iclscope.model.capture import Recorder, ResidualPatch, left_pad, no_positions, recording
 from iclscope.model.extract import greedy_continue
 
 NULL_TASK = "Null"

@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from iclscope.core.config import ConfigError, DatasetSpec, ModelSpec
 from iclscope.methods.icl import macro_f1
 from iclscope.methods.taskspace.space import TaskSpace, fit_task_space
-from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, input_device, left_pad, no_positions, recording
+from iclscope.model.blocks import input_device
+from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, left_pad, no_positions, recording
 from iclscope.model.extract import make_batches
 from iclscope.model.loading import load_model
 from iclscope.model.lora import attach_lora, train_loop, trainable_parameters
