@@ -5,14 +5,15 @@ architectures. `check_supported(architecture)` refuses an unsupported one up fro
 work, with the reason and the supported list; `models.prepare_model` calls it on the loaded
 config, and config-time validation can call it on a model's declared architecture.
 
-Each supported architecture takes one of two paths through iclscope.model.capture:
+Each supported architecture takes one of two paths into the hook layer (iclscope.model.capture;
+the paths are iclscope.model.attention.interface and iclscope.model.attention.adapters):
 
 * "interface": its attention modules call an AttentionInterface function; iclscope's
   ("iclscope") reads and edits it. Scale, soft-capping, sliding windows and attention sinks
   arrive as the function's arguments and are applied as the model's own eager attention does.
 * "adapter": its attention is computed inline (GPT-J, CodeGen, GPT-Neo, Falcon, Bloom, MPT,
   XGLM); the
-  model is loaded with eager attention and `capture.install_adapters` swaps the score/softmax
+  model is loaded with eager attention and `attention.adapters.install_adapters` swaps the score/softmax
   step of each attention module for one that computes the same and calls the same reads/edits.
 
 `verified` marks the architectures of the support matrix (tests/unit/test_architectures.py):
