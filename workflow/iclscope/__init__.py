@@ -4,9 +4,8 @@ All logic lives in this package (pure functions over arrays and files, no Snakem
 workflow/scripts/*.py are thin adapters that call one function each.
 """
 
-# bump it as CONTRIBUTING.md says; CHANGELOG.md lists what each version changed. It is not part of
-# any job's code digest (iclscope.core.jobs): a release alone reruns nothing.
-__version__ = "0.4.0"
+# written once, in iclscope.core.version (bump it as CONTRIBUTING.md says); in no job's code digest
+from iclscope.core.version import __version__ as __version__
 
 
 def open(path, require_complete: bool = True):  # noqa: A001  (mirrors h5py.File / builtins.open on purpose)

@@ -99,8 +99,9 @@ def _imported(path: Path, tree: ast.AST) -> set[str]:
 
 
 def _without_version(tree: ast.Module) -> ast.Module:
-    """The module without `__version__ = ...`: a release changes no result, so it reruns nothing
-    (files record the version as provenance; CONTRIBUTING.md says when it is bumped)."""
+    """The module without `__version__ = ...` and without imports of `__version__` alone
+    (iclscope.core.version): a release changes no result, so it reruns nothing (files record the
+    version as provenance; CONTRIBUTING.md says when it is bumped)."""
     tree.body = [
         node
         for node in tree.body
@@ -111,6 +112,7 @@ def _without_version(tree: ast.Module) -> ast.Module:
                 for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
             )
         )
+        and not (isinstance(node, ast.ImportFrom) and [a.name for a in node.names] == ["__version__"])
     ]
     return tree
 

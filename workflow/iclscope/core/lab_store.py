@@ -443,7 +443,7 @@ def _product_meta(recipe: dict) -> dict:
 
 
 def _sidecar(recipe: dict, name: str, product: Path) -> dict:
-    from iclscope import __version__
+    from iclscope.core.version import __version__
 
     files = {}
     for f in _files(product):

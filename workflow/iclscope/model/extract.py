@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from iclscope import __version__
 from iclscope.core.atomic import partial_path, removed_when_disk_full, written
 from iclscope.core.config import ModelSpec, stable_hash
 from iclscope.core.store import SCHEMA_VERSION, ActivationWriter, shard_rows
 from iclscope.core.tables import iter_list_column, read_meta, read_table
+from iclscope.core.version import __version__
 from iclscope.model.blocks import input_device
 from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, full_kv_cache, left_pad, recording
 from iclscope.model.loading import load_model

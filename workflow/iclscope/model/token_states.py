@@ -32,9 +32,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from iclscope import __version__
 from iclscope.core.atomic import commit, partial_path, removed_when_disk_full
 from iclscope.core.config import ModelSpec, stable_hash
+from iclscope.core.version import __version__
 from iclscope.model.blocks import input_device
 from iclscope.model.capture import left_pad, residual_stream
 from iclscope.model.extract import make_batches
