@@ -581,6 +581,12 @@ RERUN_MATRIX = {
     ),
     "code: report/plots.py (figures)": (source_edit("report/plots.py", "code"), FIGURES),
     "comment: model/capture.py": (source_edit("model/capture.py", "comment"), {}),
+    # the attention paths are the hook layer's; the read-out structure is in no stage that does not read out
+    "code: model/attention/eager.py (hooks)": (
+        source_edit("model/attention/eager.py", "code"),
+        {**MODEL_STAGES, **DOWNSTREAM_OF_MODELS, **TOYS},
+    ),
+    "code: model/structure.py (read-outs)": (source_edit("model/structure.py", "code"), {}),
 }
 
 
