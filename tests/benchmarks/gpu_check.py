@@ -60,7 +60,7 @@ TOLERANCE = {
     "tsft": 0.2,
     "layer_lora": 0.3,
 }
-KEYS = ["metric", "layer", "position", "label_type", "task", "shots", "seed"]
+KEYS = ["metric", "layer", "position", "arm", "variant", "n_layers", "task", "shots", "seed"]
 SECTIONS = ("config", "pipeline", "multi", "speed")
 MODEL_STAGES = (
     "extract",

@@ -193,7 +193,7 @@ def test_run_anchor_compression_table(prepared_tiny, tmp_path):
     assert part[part.seconds.notna()].groupby("arm").size().eq(2).all()  # two seeds x one prompt
     assert part["pred"].tolist() == per_example["pred"].tolist()
     assert info["prompts"] == 4 and info["demonstration_passes"] == 2  # one demonstration pass per seed
-    wide = table.pivot_table(index=["seed", "label_type"], columns="metric", values="value")
+    wide = table.pivot_table(index=["seed", "arm"], columns="metric", values="value")
     assert set(wide.index.get_level_values(1)) == {
         "full_icl",
         "hidden_anchor",
@@ -231,7 +231,7 @@ def test_summarise_picks_the_most_loyal_draw():
             rows.append(
                 {**base, "arm": "hidden_random", "draw": d, "pred": preds[pid], "seconds": np.nan, "top_ids": [1, 3]}
             )
-    out = pd.DataFrame(summarise(pd.DataFrame(rows), 2)).set_index(["label_type", "metric"])["value"]
+    out = pd.DataFrame(summarise(pd.DataFrame(rows), 2)).set_index(["arm", "metric"])["value"]
     assert out["hidden_random_top", "draw"] == 1 and out["hidden_random_top", "label_loyalty"] == 1.0
     assert out["hidden_random", "label_loyalty"] == pytest.approx(5 / 9)
     assert out["hidden_random", "word_loyalty"] == pytest.approx(1 / 3)

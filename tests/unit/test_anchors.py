@@ -83,7 +83,7 @@ def test_r_l_is_the_share_of_the_seed_mean_auc_by_hand():
 def test_aucroc_table_gives_per_seed_aucroc_and_one_r_l_from_the_seed_mean(tmp_path):
     import h5py
 
-    from iclscope.report.metric_tables import aucroc_table
+    from iclscope.methods.anchors.aucroc import aucroc_table
 
     rng = np.random.default_rng(3)
     n, L, H = 40, 3, 2
@@ -241,10 +241,10 @@ def test_reweighting_training_lowers_the_aux_loss_and_scores_both_arms(prepared_
         assert losses[-1] < losses[0], (seed, losses)
         assert betas[seed].shape == (spec_layers(model_dir), spec_heads(model_dir), 2)
         assert np.abs(betas[seed]).max() > 0
-    acc = table[table.metric == "accuracy"].pivot(index="seed", columns="label_type", values="value")
+    acc = table[table.metric == "accuracy"].pivot(index="seed", columns="arm", values="value")
     assert list(acc.columns) == ["reweighted", "vanilla"] and acc.notna().all().all()
     assert info["test_prompts"] == 8
-    gain = table[table.label_type == "reweighted-vanilla"]
+    gain = table[table.arm == "reweighted-vanilla"]
     per_seed = gain[gain.metric == "gain"].dropna(subset=["seed"]).set_index("seed")["value"]
     np.testing.assert_allclose(per_seed.sort_index(), (acc["reweighted"] - acc["vanilla"]).sort_index(), atol=1e-12)
     pooled = gain[gain.seed.isna()].set_index("metric")["value"]
@@ -268,7 +268,7 @@ def test_reweighting_gain_rows_are_paired_differences_per_seed_and_pooled():
     rng = np.random.default_rng(0)
     correct = {s: (rng.random(40) < 0.55, rng.random(40) < 0.75) for s in (42, 43, 44)}
     rows = pd.DataFrame(reweighting_gain_rows(correct, n_boot=300))
-    assert set(rows["label_type"]) == {"reweighted-vanilla"}
+    assert set(rows["arm"]) == {"reweighted-vanilla"}
     for seed, (vanilla, reweighted) in correct.items():
         one = rows[rows.seed == seed].set_index("metric")["value"]
         direct = paired_difference(reweighted, vanilla, n_boot=300, seed=0)

@@ -3,7 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from iclscope.core.tables import metric_frame, write_table
+from iclscope.core.metrics import metric_frame
+from iclscope.core.tables import write_table
 from iclscope.report.atlas import atlas_curves, headline, model_atlas, peak_layers, read_tables
 from iclscope.report.plots import plot_layer_atlas
 
@@ -40,9 +41,9 @@ def tables() -> dict[str, pd.DataFrame]:
         [
             {
                 "metric": "label_loyalty",
-                "position": side,
-                "label_type": kind,
-                "layer": k,
+                "variant": side,
+                "arm": kind,
+                "n_layers": k,
                 "value": (0.3 if side == "first" else 0.95) if kind == "label" else 0.9,
             }
             for side in ("first", "last")

@@ -44,8 +44,8 @@ def test_claims_per_dataset_and_pooled():
         }
     )
     table = claims_table(pairs, model="m", n_boot=200, timing={"tweets": {"icicl_soft-full_icl": (2.2, 1.9, 2.5)}})
-    assert_adjusted(table, ["task", "dataset"])
-    gain = table[table.metric == "gain"].set_index(["task", "dataset"])["value"]
+    assert_adjusted(table, ["arm", "dataset"])
+    gain = table[table.metric == "gain"].set_index(["arm", "dataset"])["value"]
     assert set(gain.index) == {
         (c, d)
         for c in ("icicl_soft-full_icl", "icicl_soft-task_vector", "icicl_soft-anchor_kv")
@@ -110,7 +110,8 @@ def test_summary_script_writes_the_claims_table(tmp_path):
 
     from test_icicl_tsft import _fake_run
 
-    from iclscope.core.tables import metric_frame, write_table
+    from iclscope.core.metrics import metric_frame
+    from iclscope.core.tables import write_table
 
     repo = Path(__file__).resolve().parents[2]
     rng = np.random.default_rng(4)
@@ -131,7 +132,7 @@ def test_summary_script_writes_the_claims_table(tmp_path):
         write_table(icicl, metrics / "icicl.parquet", {})
         write_table(
             metric_frame(
-                [{"metric": "accuracy", "label_type": "vanilla", "value": 0.5}],
+                [{"metric": "accuracy", "arm": "vanilla", "value": 0.5}],
                 model="m",
                 dataset=dataset,
                 family="anchors",
@@ -176,14 +177,14 @@ runpy.run_path({str(repo / "workflow/scripts/summary.py")!r}, init_globals={{"sn
     claims = pd.read_csv(out["claims"], keep_default_na=False)
     p = claims[claims.metric.isin(["p_value", "p_holm"])]
     assert set(p["dataset"]) == {"tweets", "words_cat", "pooled"}
-    assert set(claims.task) == {
+    assert set(claims.arm) == {
         "icicl_soft-full_icl",
         "icicl_soft-task_vector",
         "icicl_soft-anchor_kv",
         "space-baseline",
         "reweighted-vanilla",
     }
-    pooled_rw = claims[(claims.task == "reweighted-vanilla") & (claims.dataset == "pooled")].set_index("metric")
+    pooled_rw = claims[(claims.arm == "reweighted-vanilla") & (claims.dataset == "pooled")].set_index("metric")
     assert float(pooled_rw.at["gain", "value"]) == pytest.approx(0.25) and int(pooled_rw.at["n_paired", "value"]) == 8
     speed = claims[claims.metric == "speedup_vs_reference"]
     assert len(speed) == 2 and (speed["value"].astype(float) == 2.0).all()

@@ -44,7 +44,7 @@ def test_icicl_table_has_adjusted_p_values():
 
 
 def test_anchor_compression_table_has_adjusted_p_values():
-    from iclscope.core.tables import metric_frame
+    from iclscope.core.metrics import metric_frame
     from iclscope.methods.anchors.compression import paired_summary
 
     rng = np.random.default_rng(1)
@@ -72,8 +72,8 @@ def test_anchor_compression_table_has_adjusted_p_values():
                     )
     per_example = pd.DataFrame(rows)
     out = metric_frame(paired_summary(per_example, 50), model="m", dataset="d", family="anchors")
-    assert_adjusted(out, ["label_type"])
-    assert set(out.label_type) == {
+    assert_adjusted(out, ["arm"])
+    assert set(out.arm) == {
         "hidden_anchor-full_icl",
         "text_anchor-full_icl",
         "hidden_random-full_icl",
@@ -81,19 +81,19 @@ def test_anchor_compression_table_has_adjusted_p_values():
         "hidden_anchor-text_anchor",
         "hidden_anchor-hidden_random",
     }
-    n = out[(out.label_type == "hidden_random-full_icl") & (out.metric == "n_paired")]["value"].item()
+    n = out[(out.arm == "hidden_random-full_icl") & (out.metric == "n_paired")]["value"].item()
     assert n == 3 * 40  # draws × (seeds × prompts)
 
 
 def test_reweighting_rows_have_adjusted_p_values():
-    from iclscope.core.tables import metric_frame
+    from iclscope.core.metrics import metric_frame
     from iclscope.methods.anchors.reweighting import reweighting_gain_rows
 
     rng = np.random.default_rng(2)
     correct = {s: (rng.random(30) < 0.6, rng.random(30) < 0.7) for s in (1, 2, 3)}
     out = metric_frame(reweighting_gain_rows(correct, 50), model="m", dataset="d", family="anchors")
     out["seed"] = out["seed"].astype(float)  # merge on an empty seed (pooled)
-    assert_adjusted(out, ["label_type", "seed"])
+    assert_adjusted(out, ["arm", "seed"])
     assert (out.metric == "p_holm").sum() == 4  # three seeds and the pooled test
 
 

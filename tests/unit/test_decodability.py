@@ -87,7 +87,7 @@ def test_bad_inputs():
 def test_decodability_accuracy_fit_reads_the_peak_layer_and_drops_null():
     import pandas as pd
 
-    from iclscope.report.metric_tables import decodability_accuracy_fit
+    from iclscope.methods.decodability.fit import decodability_accuracy_fit
 
     dec, acc = [], []
     for layer in range(3):

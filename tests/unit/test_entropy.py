@@ -25,9 +25,9 @@ from iclscope.methods.entropy.measures import (
     next_from_prev,
     pair_labels,
 )
+from iclscope.methods.entropy.table import entropy_table
 from iclscope.model.loading import load_model
 from iclscope.model.token_states import extract_token_states
-from iclscope.report.metric_tables import entropy_table
 
 
 def measures(states, labels, n_bins=4, min_labels=1, **kw):
@@ -367,10 +367,10 @@ def test_token_states_equal_unbatched_hidden_states(prepared_tiny, tmp_path):
                 normed = final_norm(torch.as_tensor(stored[:, -1], dtype=torch.float32)).numpy()
             np.testing.assert_allclose(normed, expected[:, -1], rtol=2e-2, atol=2e-2)
     table = entropy_table(out, model="tiny", dataset="d", settings=EntropySettings(n_bins=8, min_labels=3))
-    info = table[(table.metric == "information") & (table.label_type == "token")]
+    info = table[(table.metric == "information") & (table.variant == "token")]
     assert len(info) == f_layers(out) and info["value"].between(0, 1).all()
-    assert set(table["label_type"]) == {"token", "bigram", "bigram_h"}  # both bigram conventions (§2.3)
-    dis = table[table.metric == "disentanglement"].pivot_table(index="layer", columns="label_type", values="value")
+    assert set(table["variant"]) == {"token", "bigram", "bigram_h"}  # both bigram conventions (§2.3)
+    dis = table[table.metric == "disentanglement"].pivot_table(index="layer", columns="variant", values="value")
     assert dis["bigram_h"].between(0, np.log(2)).all()
 
 

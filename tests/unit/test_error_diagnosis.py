@@ -232,7 +232,7 @@ def test_run_on_a_tiny_model_matches_independent_computations(prepared_tiny, tmp
     for seed in (1, 2, None):
         rows = table[(table.split == "test") & ((table.seed == seed) if seed else True)]
         got = out[out.seed.isna()] if seed is None else out[out.seed == seed]
-        true = got[got.metric == "true_confusion"].set_index("label_type")["value"]
+        true = got[got.metric == "true_confusion"].set_index("variant")["value"]
         probs = label_probabilities(logits[rows.index])
         g = rows["gold"].to_numpy()
         sel = (g == 0) | (g == 2)
@@ -248,7 +248,7 @@ def test_run_on_a_tiny_model_matches_independent_computations(prepared_tiny, tmp
         np.testing.assert_allclose(k[-1][np.argsort(lc)], keys, rtol=1e-4, atol=1e-5)
         d, s = query_directions(q, 3)
         pred = predicted_confusion(key_features(keys, d, s))
-        table_pred = got[got.metric == "predicted_confusion"].set_index("label_type")["value"]
+        table_pred = got[got.metric == "predicted_confusion"].set_index("variant")["value"]
         for i, ci in enumerate(classes):
             for j, cj in enumerate(classes):
                 assert table_pred[f"{ci}|{cj}"] == pytest.approx(pred[i, j], rel=1e-3, abs=1e-4)

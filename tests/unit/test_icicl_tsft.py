@@ -515,7 +515,7 @@ def test_tsft_summary_table_pairs_the_arms_over_prompts_and_seeds(tmp_path):
         order = rng.permutation(30) if arm == "space" else np.arange(30)  # the pairing goes by test row
         dirs.append(_fake_run(tmp_path / f"{arm}-seed{seed}", arm, seed, c[order], test_rows[order]))
     table = summary_table(dirs, model="m", dataset="d", n_boot=500)
-    gain = table[table.task == "space-baseline"]
+    gain = table[table.arm == "space-baseline"]
     pooled = gain[gain.seed.isna()].set_index("metric")
     direct = paired_difference(
         np.stack([correct[("space", s)] for s in (0, 1)]),
@@ -546,7 +546,7 @@ def test_tsft_summary_table_pairs_the_arms_over_prompts_and_seeds(tmp_path):
         d = paired_difference(correct[("space", seed)], correct[("baseline", seed)], n_boot=500, seed=0)
         assert one["gain"] == pytest.approx(d.diff) and one["p_value"] == pytest.approx(d.p_value)
         assert d.test == "mcnemar_exact"
-    per_arm = table[table.task == "space"].set_index(["metric", "seed"])["value"]
+    per_arm = table[table.arm == "space"].set_index(["metric", "seed"])["value"]
     assert per_arm[("heldout_ce_start", 1)] == pytest.approx(1.9) and per_arm[("heldout_ce_end", 1)] == pytest.approx(
         1.4
     )

@@ -228,18 +228,16 @@ def test_summary_table_compares_arms_with_base(prepared_tiny, tmp_path):
     out = summary_table(
         tmp_path / "base.h5", runs, model="m", dataset="w", decodability={"k": 3, "metrics": ["euclidean"], "n_boot": 0}
     )
-    assert set(out.label_type) == {"base", "first", "last"} and set(out.family) == {"layer_lora"}
-    acc = out[out.metric == "accuracy"].set_index(["label_type", "seed", "shots", "task"])["value"]
+    assert set(out.arm) == {"base", "first", "last"} and set(out.family) == {"layer_lora"}
+    acc = out[out.metric == "accuracy"].set_index(["arm", "seed", "shots", "task"])["value"]
     delta = out[out.metric == "delta_accuracy"]
     assert len(delta) == 2 * (len(TASKS) + 1) and set(delta.shots) == {1}  # 2 arms x (tasks + 'all'), 1 shot
     for r in delta.itertuples():
-        assert r.value == pytest.approx(
-            acc[(r.label_type, r.seed, r.shots, r.task)] - acc[("base", r.seed, r.shots, r.task)]
-        )
+        assert r.value == pytest.approx(acc[(r.arm, r.seed, r.shots, r.task)] - acc[("base", r.seed, r.shots, r.task)])
     dec = out[(out.metric == "decodability_euclidean") & (out.task == "all")]
-    assert dec.groupby(["label_type", "shots"]).size().eq(manifest["n_layers"] + 1).all()
-    peak = out[out.metric == "decodability_euclidean_peak"].set_index(["label_type", "shots"])["value"]
-    assert peak[("base", 1)] == pytest.approx(dec[(dec.label_type == "base") & (dec.shots == 1)]["value"].max())
-    assert sorted(out[out.metric == "adapted_block"]["layer"]) == [0, 1]
+    assert dec.groupby(["arm", "shots"]).size().eq(manifest["n_layers"] + 1).all()
+    peak = out[out.metric == "decodability_euclidean_peak"].set_index(["arm", "shots"])["value"]
+    assert peak[("base", 1)] == pytest.approx(dec[(dec.arm == "base") & (dec.shots == 1)]["value"].max())
+    assert sorted(out[out.metric == "adapted_block"]["layer"]) == [1, 2]  # residual indices written by blocks 0, 1
     plot_layer_lora(out, tmp_path / "fig.png")
     assert (tmp_path / "fig.png").stat().st_size > 10_000

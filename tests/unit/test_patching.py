@@ -85,7 +85,7 @@ def test_patching_run_on_tiny_activations(prepared_tiny, tmp_path):
         ppath, h5, None, model_dir, spec, layer=1, shots=None, mode="replace", max_new_tokens=3, dataset="d"
     )
     assert meta["shots"] == 1 and meta["layer"] == 1 and meta["prompts"] == len(per_prompt) > 0
-    acc = result[result.metric == "accuracy"].set_index(["task", "label_type"])["value"]
+    acc = result[result.metric == "accuracy"].set_index(["task", "arm"])["value"]
     assert set(acc.index) == {
         ("upper", "none"),
         ("upper", "positive"),
@@ -93,7 +93,7 @@ def test_patching_run_on_tiny_activations(prepared_tiny, tmp_path):
         ("Null", "none"),
         ("Null", "positive"),
     }
-    delta = result[result.metric == "delta_accuracy"].set_index(["task", "label_type"])["value"]
+    delta = result[result.metric == "delta_accuracy"].set_index(["task", "arm"])["value"]
     assert delta[("upper", "positive")] == pytest.approx(acc[("upper", "positive")] - acc[("upper", "none")])
     # the unpatched arm reproduces the extraction's own greedy answers
     stored, _ = predictions(h5)

@@ -102,7 +102,11 @@ def test_bfloat16_tables_are_within_tolerance_of_float32(run_dir, table, toleran
         pd.read_parquet(run_dir / f"results/metrics/{m}/{dataset}/{table}.parquet")
         for m in ("tiny-llama", "tiny-llama-bf16")
     ]
-    keys = [c for c in ("metric", "layer", "position", "label_type", "task", "shots", "seed") if c in frames[0]]
+    keys = [
+        c
+        for c in ("metric", "layer", "position", "arm", "variant", "n_layers", "task", "shots", "seed")
+        if c in frames[0]
+    ]
     merged = frames[0].merge(frames[1], on=keys, suffixes=("_fp32", "_bf16"))
     assert len(merged) == len(frames[0]) == len(frames[1])
     diff = (merged["value_fp32"] - merged["value_bf16"]).abs()

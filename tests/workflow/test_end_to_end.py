@@ -167,13 +167,13 @@ def test_error_diagnosis_and_layer_lora_tables(run_dir):
     # tweets3 has methods: [error_diagnosis], so no other anchor method ran on it
     assert not (run_dir / "results/metrics/smollm2-135m/tweets3/saliency.parquet").exists()
     lora = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/words/layer_lora.parquet")
-    assert set(lora["label_type"]) >= {"base", "first", "last"}
+    assert set(lora["arm"]) >= {"base", "first", "last"}
     assert not (run_dir / "results/layer_lora/smollm2-135m/words/first.model").exists()  # temp: deleted once used
 
 
 def test_taskspace_icicl_tsft_tables(run_dir):
     comp = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/compression.parquet")
-    assert set(comp["label_type"]) == {"anchor", "class_mean"}
+    assert set(comp["variant"]) == {"anchor", "class_mean"}
     assert set(comp["position"]) == {"query", "last_input", "content_mean"}
     energy = comp[comp.metric == "energy_ratio"]["value"]
     assert energy.between(0, 1).all()
@@ -209,16 +209,16 @@ def test_taskspace_icicl_tsft_tables(run_dir):
     loyal = icicl[icicl.metric == "label_loyalty"].set_index("task")["value"]
     assert loyal["full_icl"] == 1 and loyal.between(0, 1).all()
     tsft = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/tsft.parquet")
-    assert set(tsft[tsft.metric == "accuracy"]["task"]) == {"space", "baseline"}
+    assert set(tsft[tsft.metric == "accuracy"]["arm"]) == {"space", "baseline"}
     assert (run_dir / "results/tsft/smollm2-135m/tweets/space-seed0/adapter/adapter_config.json").exists()
     held_out = pd.read_parquet(run_dir / "results/tsft/smollm2-135m/tweets/space-seed0/eval_log.parquet")
     assert list(held_out["step"]) == [0, 2, 3] and held_out["ce"].notna().all()
     assert {"heldout_ce_start", "heldout_ce_end", "heldout_space_end", "test_ce"} <= set(tsft["metric"])
-    pooled = tsft[(tsft.task == "space-baseline") & tsft.seed.isna()].set_index("metric")["value"]
+    pooled = tsft[(tsft.arm == "space-baseline") & tsft.seed.isna()].set_index("metric")["value"]
     assert {"gain", "gain_lo", "gain_hi", "p_value", "wins", "losses"} <= set(pooled.index)
     assert pooled["gain_lo"] <= pooled["gain_hi"] and 0 < pooled["p_value"] <= 1
     rew = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/reweighting.parquet")
-    rew_gain = rew[(rew.label_type == "reweighted-vanilla") & (rew.metric == "gain")]
+    rew_gain = rew[(rew.arm == "reweighted-vanilla") & (rew.metric == "gain")]
     assert rew_gain["seed"].isna().sum() == 1 and rew_gain["seed"].notna().sum() == 2  # per seed + pooled
     sal = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/saliency.parquet")
     rel = sal[sal.metric.str.endswith("_relative")].groupby("layer")["value"].sum()
@@ -247,12 +247,12 @@ def test_taskspace_icicl_tsft_tables(run_dir):
 
 def test_entropy_measures(run_dir):
     ent = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/entropy.parquet")
-    wide = ent[ent.label_type == "token"].pivot_table(index="layer", columns="metric", values="value")
+    wide = ent[ent.variant == "token"].pivot_table(index="layer", columns="metric", values="value")
     assert list(wide.index) == list(range(31))
     assert wide["information"].between(0, 1).all() and (wide["variation"] <= wide["information"] + 1e-12).all()
     np.testing.assert_allclose(wide["regularity"], wide["information"] - wide["variation"], atol=1e-12)
     assert wide.loc[0, "variation"] == 0.0  # embeddings are a function of the token id
-    assert set(ent["label_type"]) == {"token", "bigram", "bigram_h"}  # bigram_h: hcoxec/h's convention
+    assert set(ent["variant"]) == {"token", "bigram", "bigram_h"}  # bigram_h: hcoxec/h's convention
     assert (run_dir / "results/figures/smollm2-135m/tweets/entropy.png").stat().st_size > 10_000
     toy = pd.read_parquet(run_dir / "results/metrics/toy/tweets/entropy_training.parquet")
     loss = toy[toy.metric == "eval_loss"].set_index("step")["value"]

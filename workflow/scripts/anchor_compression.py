@@ -11,4 +11,4 @@ table, meta, _ = run_anchor_compression(snakemake.input.prompts, snakemake.input
 write_table(table, snakemake.output[0], {"anchors": {"compression": job["compression"], "word_k": job["word_k"]},
                                          **meta})
 log.info("anchor compression, mean over seeds:\n%s",
-         table.pivot_table(index="label_type", columns="metric", values="value").round(3).to_string())
+         table.pivot_table(index="arm", columns="metric", values="value").round(3).to_string())

@@ -1,6 +1,6 @@
 from iclscope.core.logs import log_to
 from iclscope.core.tables import write_table
-from iclscope.report.metric_tables import aucroc_table
+from iclscope.methods.anchors.aucroc import aucroc_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards

@@ -1,6 +1,6 @@
 from iclscope.core.logs import log_to
 from iclscope.core.tables import write_table
-from iclscope.report.metric_tables import compression_table
+from iclscope.methods.taskspace.compression import compression_table
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards

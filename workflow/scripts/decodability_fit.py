@@ -1,6 +1,6 @@
 from iclscope.core.logs import log_to
 from iclscope.core.tables import read_table, write_table
-from iclscope.report.metric_tables import decodability_accuracy_fit
+from iclscope.methods.decodability.fit import decodability_accuracy_fit
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards

@@ -14,7 +14,7 @@ write_table(table, snakemake.output[0], {"error_diagnosis": s, **info})
 pooled = table[table.seed.isna()]
 for kind in ("predicted", "true"):
     m = pooled[pooled.metric == f"{kind}_confusion"]
-    pairs = m["label_type"].str.split("|", expand=True)
+    pairs = m["variant"].str.split("|", expand=True)
     log.info("%s confusion at layer %d (pooled):\n%s", kind, info["layer"],
              m.assign(i=pairs[0], j=pairs[1]).pivot(index="i", columns="j", values="value").round(3).to_string())
 corr = table[table.metric.str.startswith("confusion_")]

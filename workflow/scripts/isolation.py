@@ -12,5 +12,5 @@ table, meta, _ = run_isolation(snakemake.input.prompts, snakemake.input.model,
                                n_per_seed=s["isolation_prompts_per_seed"], ks=s["isolation_k"], word_k=s["word_k"],
                                dataset=wc.dataset)
 write_table(table, snakemake.output[0], {"anchors": s, **meta})
-log.info("loyalty:\n%s", table.pivot_table(index=["position", "label_type"], columns=["metric", "layer"],
+log.info("loyalty:\n%s", table.pivot_table(index=["variant", "arm"], columns=["metric", "n_layers"],
                                            values="value").round(3).to_string())

@@ -13,6 +13,6 @@ table = summary_table(snakemake.input.base, runs, model=wc.model, dataset=wc.dat
 write_table(table, snakemake.output[0], {"decodability": job["decodability"], "n_boot": job["n_boot"]})
 acc = table[(table.metric == "accuracy") & (table.task == "all")]
 peak = table[table.metric == "decodability_euclidean_peak"]
-log.info("accuracy (all tasks):\n%s", acc.pivot_table(index="label_type", columns="shots", values="value").to_string())
-log.info("peak decodability (euclidean):\n%s", peak.pivot_table(index="label_type", columns="shots",
+log.info("accuracy (all tasks):\n%s", acc.pivot_table(index="arm", columns="shots", values="value").to_string())
+log.info("peak decodability (euclidean):\n%s", peak.pivot_table(index="arm", columns="shots",
                                                                   values="value").to_string())

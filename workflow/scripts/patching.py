@@ -15,4 +15,4 @@ table, answers, meta = run_patching(snakemake.input.prompts, snakemake.input.act
 write_table(answers, snakemake.output.answers, meta)
 write_table(table, snakemake.output.table, {"patching": s, **meta})
 log.info("patched layer %d at %d shots (%s):\n%s", meta["layer"], meta["shots"], meta["mode"],
-         table.pivot_table(index="task", columns=["metric", "label_type"], values="value").round(3).to_string())
+         table.pivot_table(index="task", columns=["metric", "arm"], values="value").round(3).to_string())

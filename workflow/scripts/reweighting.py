@@ -19,10 +19,10 @@ with written(snakemake.output.beta) as tmp, open(tmp, "wb") as fh:  # beta [laye
     np.savez(fh, **{f"seed_{seed}": beta for seed, beta in betas.items()})
 write_table(table, snakemake.output.table, {"reweighting": s, **info})
 log.info("train loss per epoch: %s", info["train_loss_per_epoch"])
-arms = table[table.layer.isna() & table.label_type.isin(["vanilla", "reweighted"])]
+arms = table[table.layer.isna() & table.arm.isin(["vanilla", "reweighted"])]
 log.info("re-weighting vs vanilla ICL:\n%s", arms.pivot_table(
-    index="seed", columns=["metric", "label_type"], values="value").round(3).to_string())
-gain = table[table.label_type == "reweighted-vanilla"]
+    index="seed", columns=["metric", "arm"], values="value").round(3).to_string())
+gain = table[table.arm == "reweighted-vanilla"]
 log.info("paired gain re-weighted - vanilla (seed empty = pooled):\n%s",
          gain.pivot_table(index=gain["seed"].astype("string").fillna("pooled"), columns="metric",
                           values="value").round(4).to_string())

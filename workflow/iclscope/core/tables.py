@@ -1,7 +1,7 @@
 """Parquet tables with their run parameters in the schema metadata, written atomically.
 
-Metric tables are long format (docs/outputs.md): one row per value with the columns of
-`METRIC_COLUMNS`; `metric_frame` builds one so that every family writes the same shape.
+The long format of metric tables is iclscope.core.metrics (kept out of this module, which every
+model stage runs).
 """
 
 from __future__ import annotations
@@ -16,21 +16,6 @@ import pyarrow.parquet as pq
 from iclscope.core.atomic import written
 
 META_KEY = b"iclscope"
-METRIC_COLUMNS = [
-    "model",
-    "dataset",
-    "family",
-    "metric",
-    "layer",
-    "position",
-    "label_type",
-    "task",
-    "shots",
-    "seed",
-    "value",
-    "ci_low",
-    "ci_high",
-]
 
 
 def write_table(df: pd.DataFrame, path: str | Path, meta: dict | None = None) -> None:
@@ -63,17 +48,3 @@ def iter_list_column(path: str | Path, column: str, start: int = 0, batch_rows: 
 def read_meta(path: str | Path) -> dict:
     metadata = pq.read_schema(path).metadata or {}
     return json.loads(metadata.get(META_KEY, b"{}"))
-
-
-def metric_frame(rows: list[dict], **common) -> pd.DataFrame:
-    """Long-format metric table: `rows` (dicts with at least metric and value) + shared columns."""
-    df = pd.DataFrame([{**common, **r} for r in rows])
-    for col in METRIC_COLUMNS:
-        if col not in df:
-            df[col] = None
-    df = df[METRIC_COLUMNS]
-    for col in ("layer", "shots", "seed"):
-        df[col] = pd.array(df[col], dtype="Int64")
-    for col in ("value", "ci_low", "ci_high"):
-        df[col] = df[col].astype("float64")
-    return df

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from iclscope.core.metrics import metric_frame
 from iclscope.core.stats import bootstrap_mean
 from iclscope.core.store import open_activations, read_prompts
-from iclscope.core.tables import metric_frame
 
 
 def clean_generation(text: str) -> str:

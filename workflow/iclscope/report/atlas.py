@@ -28,13 +28,13 @@ import pandas as pd
 CURVES = {
     # name: (file, metric, filters)
     "decodability": ("decodability", "decodability_euclidean", {"task": "all"}),
-    "task-space decoding": ("compression", "decoding_accuracy", {"label_type": "class_mean", "position": "query"}),
-    "task-space energy": ("compression", "energy_ratio", {"label_type": "class_mean", "position": "query"}),
+    "task-space decoding": ("compression", "decoding_accuracy", {"variant": "class_mean", "position": "query"}),
+    "task-space energy": ("compression", "energy_ratio", {"variant": "class_mean", "position": "query"}),
     "S_wp": ("saliency", "s_wp_relative", {}),
     "S_pq": ("saliency", "s_pq_relative", {}),
     "AUCROC_l": ("aucroc", "aucroc", {}),
-    "information": ("entropy", "information", {"label_type": "token"}),
-    "regularity": ("entropy", "regularity", {"label_type": "token"}),
+    "information": ("entropy", "information", {"variant": "token"}),
+    "regularity": ("entropy", "regularity", {"variant": "token"}),
 }
 TABLES = sorted({file for file, _, _ in CURVES.values()} | {"isolation"})
 
@@ -59,9 +59,9 @@ def atlas_curves(tables: dict[str, pd.DataFrame], n_layers: int) -> pd.DataFrame
             parts.append(pd.DataFrame({"curve": name, "layer": curve.index.astype(int), "value": curve.to_numpy()}))
     if "isolation" in tables:
         iso = tables["isolation"]
-        iso = iso[(iso.metric == "label_loyalty") & (iso.label_type == "label")]
-        for side, g in iso.groupby("position"):
-            g = g.groupby("layer")["value"].mean()
+        iso = iso[(iso.metric == "label_loyalty") & (iso.arm == "label")]
+        for side, g in iso.groupby("variant"):
+            g = g.groupby("n_layers")["value"].mean()
             k = g.index.to_numpy(dtype=float)
             middle = (k - 1) / 2 + 1 if side == "first" else n_layers - (k - 1) / 2
             parts.append(
@@ -176,8 +176,8 @@ def headline(table_paths, model: str, dataset: str) -> dict:
         out[f"{key}_lo"] = float(row["ci_low"].iat[0]) if one else np.nan
         out[f"{key}_hi"] = float(row["ci_high"].iat[0]) if one else np.nan
     # paired gains pooled over seeds (seed empty), with their interval and p-value
-    out.update(paired("tsft", "tsft_gain", "gain", "p_value", task="space-baseline", seed=None))
-    out["patching_positive_delta"] = mean("patching", "delta_accuracy", label_type="positive")
-    out["patching_negative_delta"] = mean("patching", "delta_accuracy", label_type="negative")
-    out.update(paired("reweighting", "reweighting_gain", "gain", "p_value", label_type="reweighted-vanilla", seed=None))
+    out.update(paired("tsft", "tsft_gain", "gain", "p_value", arm="space-baseline", seed=None))
+    out["patching_positive_delta"] = mean("patching", "delta_accuracy", arm="positive")
+    out["patching_negative_delta"] = mean("patching", "delta_accuracy", arm="negative")
+    out.update(paired("reweighting", "reweighting_gain", "gain", "p_value", arm="reweighted-vanilla", seed=None))
     return out

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from iclscope.core.metrics import metric_frame
 from iclscope.core.stats import pooled_rows, with_holm
-from iclscope.core.tables import metric_frame
 
 ICICL_CLAIMS = (("icicl_soft", "full_icl"), ("icicl_soft", "task_vector"), ("icicl_soft", "anchor_kv"))
 
@@ -41,7 +41,7 @@ def icicl_pairs(predictions: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.nda
 def tsft_pairs(run_dirs) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{"space-baseline": (space [seeds, prompts], baseline [seeds, prompts])} over the seeds that have
     both arms (iclscope.methods.taskspace.tsft_report), or {} without such a seed."""
-    from iclscope.methods.taskspace.tsft_report import _aligned_correct, read_runs
+    from iclscope.methods.taskspace.tsft_report import aligned_correct, read_runs
 
     runs = read_runs(run_dirs)
     seeds = sorted(seed for arm, seed in runs if arm == "space" and ("baseline", seed) in runs)
@@ -50,8 +50,8 @@ def tsft_pairs(run_dirs) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     rows = runs[("baseline", seeds[0])]["eval"]["test_row"].to_numpy()
     return {
         "space-baseline": (
-            np.stack([_aligned_correct(runs, "space", s, rows) for s in seeds]),
-            np.stack([_aligned_correct(runs, "baseline", s, rows) for s in seeds]),
+            np.stack([aligned_correct(runs, "space", s, rows) for s in seeds]),
+            np.stack([aligned_correct(runs, "baseline", s, rows) for s in seeds]),
         )
     }
 
@@ -77,20 +77,20 @@ def claims_table(
     timing: Mapping[str, Mapping[str, tuple[float, float, float]]] | None = None,
 ) -> pd.DataFrame:
     """Long-format claims table (docs/outputs.md): pairs {dataset: {claim: (arm, reference)}} (from
-    `icicl_pairs`, `tsft_pairs`, `reweighting_pairs`); per claim (`task`) and dataset (pooled: dataset
+    `icicl_pairs`, `tsft_pairs`, `reweighting_pairs`); per claim (`arm`) and dataset (pooled: dataset
     "pooled") the rows of `paired_rows` — gain with its interval, p_value — and p_holm over every test
     of the table; timing {dataset: {claim: (speed-up, lo, hi)}} adds `speedup_vs_reference` rows."""
     claims = list(dict.fromkeys(c for by_claim in pairs.values() for c in by_claim))
     rows = []
     for claim in claims:
         strata = {d: by_claim[claim] for d, by_claim in pairs.items() if claim in by_claim}
-        rows += pooled_rows(strata, n_boot=n_boot, adjust=False, task=claim)
+        rows += pooled_rows(strata, n_boot=n_boot, adjust=False, arm=claim)
     rows = with_holm(rows)
     for dataset, by_claim in (timing or {}).items():
         for claim, (est, lo, hi) in by_claim.items():
             rows.append(
                 {
-                    "task": claim,
+                    "arm": claim,
                     "dataset": dataset,
                     "metric": "speedup_vs_reference",
                     "value": est,

@@ -51,7 +51,7 @@ def plot_compression(table: pd.DataFrame, path) -> None:
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharex=True)
         for ax, (metric, label) in zip(axes, metrics, strict=True):
             sub = table[table.metric == metric]
-            for (variant, position), g in sub.groupby(["label_type", "position"]):
+            for (variant, position), g in sub.groupby(["variant", "position"]):
                 g = g.sort_values("layer")
                 ax.plot(
                     g["layer"],
@@ -302,14 +302,14 @@ def plot_tsft(runs: dict, summary: pd.DataFrame, path, smooth: int = 5) -> None:
         axes[0].legend(fontsize=7)
         acc = summary[summary.metric == "accuracy"]
         for i, arm in enumerate(arms):
-            v = acc[acc.task == arm]["value"]
+            v = acc[acc.arm == arm]["value"]
             axes[2].bar(i, v.mean(), color=colour[arm], width=0.6)
             axes[2].plot(np.full(len(v), i), v, "k.", ms=5)
         axes[2].set_xticks(range(len(arms)), arms)
         axes[2].set_ylabel("test accuracy (bar: mean, dots: seeds)")
         if len(acc):
             axes[2].set_ylim(max(0, acc["value"].min() - 0.1), min(1, acc["value"].max() + 0.05))
-        gain = summary[(summary.task == "space-baseline") & (summary.metric == "gain")].copy()
+        gain = summary[(summary.arm == "space-baseline") & (summary.metric == "gain")].copy()
         title = _title(summary, "TS-FT vs the λ = 0 baseline")
         if len(gain):
             gain["label"] = [("pooled" if pd.isna(s) else f"seed {int(s)}") for s in gain["seed"]]
@@ -321,7 +321,7 @@ def plot_tsft(runs: dict, summary: pd.DataFrame, path, smooth: int = 5) -> None:
             axes[3].set_xticks(x, gain["label"])
             axes[3].set_xlim(-0.6, len(gain) - 0.4)
             axes[3].set_ylabel("accuracy gain, space − baseline (points)")
-            pooled = summary[(summary.task == "space-baseline") & summary.seed.isna()].set_index("metric")["value"]
+            pooled = summary[(summary.arm == "space-baseline") & summary.seed.isna()].set_index("metric")["value"]
             if {"gain", "gain_lo", "gain_hi", "p_value"} <= set(pooled.index):
                 lo, hi = pooled["gain_lo"] * 100, pooled["gain_hi"] * 100
                 title += (
@@ -338,7 +338,7 @@ def plot_layer_lora(table: pd.DataFrame, path) -> None:
     """First-n vs last-n layer LoRA: overall task decodability by layer for base / first / last
     (one line style per shot count, adapted blocks shaded), and accuracy per task and condition
     (one panel per shot count, mean over seeds)."""
-    conditions = [c for c in ("base", "first", "last") if c in set(table.label_type)]
+    conditions = [c for c in ("base", "first", "last") if c in set(table.arm)]
     colour = {c: f"C{i}" for i, c in enumerate(conditions)}
     dec = table[(table.metric == "decodability_euclidean") & (table.task == "all")]
     acc = table[(table.metric == "accuracy") & (table.task != "all")]
@@ -347,11 +347,11 @@ def plot_layer_lora(table: pd.DataFrame, path) -> None:
         fig, axes = plt.subplots(1, 1 + len(shots), figsize=(5 + 4.2 * len(shots), 3.6), squeeze=False)
         ax = axes[0, 0]
         for arm in ("first", "last"):
-            blocks = table[(table.metric == "adapted_block") & (table.label_type == arm)]["layer"]
-            if len(blocks):  # block i writes residual index i + 1
-                ax.axvspan(blocks.min() + 0.5, blocks.max() + 1.5, color=colour[arm], alpha=0.08, lw=0)
+            written = table[(table.metric == "adapted_block") & (table.arm == arm)]["layer"]
+            if len(written):  # the residual indices the adapted blocks write
+                ax.axvspan(written.min() - 0.5, written.max() + 0.5, color=colour[arm], alpha=0.08, lw=0)
         styles = ["-", "--", ":", "-."]
-        for (condition, k), g in dec.groupby(["label_type", "shots"]):
+        for (condition, k), g in dec.groupby(["arm", "shots"]):
             g = g.groupby("layer", as_index=False)["value"].mean()
             ax.plot(
                 g["layer"],
@@ -366,7 +366,7 @@ def plot_layer_lora(table: pd.DataFrame, path) -> None:
         ax.set_ylabel("task decodability (10-NN, euclidean)")
         ax.legend()
         for ax, k in zip(axes[0, 1:], shots, strict=True):
-            wide = acc[acc.shots == k].pivot_table(index="task", columns="label_type", values="value")
+            wide = acc[acc.shots == k].pivot_table(index="task", columns="arm", values="value")
             wide[[c for c in conditions if c in wide]].plot.bar(
                 ax=ax, rot=30, color=[colour[c] for c in conditions if c in wide]
             )
@@ -413,7 +413,7 @@ def task_space_figure(activations, task_spaces, compression: pd.DataFrame, path,
 
     dec = compression[
         (compression.metric == "decoding_accuracy")
-        & (compression.label_type == variant)
+        & (compression.variant == variant)
         & (compression.position == "query")
     ]
     layer = int(dec.loc[dec["value"].idxmax(), "layer"])
@@ -477,10 +477,10 @@ def plot_isolation(table: pd.DataFrame, path) -> None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
         for ax, metric in zip(axes, ("label_loyalty", "word_loyalty"), strict=True):
             sub = table[table.metric == metric]
-            for (side, kind), g in sub.groupby(["position", "label_type"]):
-                g = g.sort_values("layer")
+            for (side, kind), g in sub.groupby(["variant", "arm"]):
+                g = g.sort_values("n_layers")
                 ax.plot(
-                    g["layer"],
+                    g["n_layers"],
                     g["value"],
                     marker="o",
                     ls="-" if kind == "label" else ":",
@@ -507,7 +507,7 @@ ANCHOR_COMPRESSION_ARMS = (
 def plot_anchor_compression(table: pd.DataFrame, path) -> None:
     """Per arm of anchor-only compression (docs/methods.md §3.7): accuracy, label and word loyalty against
     full ICL (bars = mean over seeds, dots = seeds); tick labels carry tokens per example and the speed-up."""
-    wide = table.pivot_table(index=["label_type", "seed"], columns="metric", values="value")
+    wide = table.pivot_table(index=["arm", "seed"], columns="metric", values="value")
     arms = [a for a in ANCHOR_COMPRESSION_ARMS if a in wide.index.get_level_values(0)]
     metrics = [("accuracy", "accuracy"), ("label_loyalty", "label loyalty"), ("word_loyalty", "word loyalty")]
     with plt.rc_context(STYLE):
@@ -545,7 +545,7 @@ def plot_reweighting(table: pd.DataFrame, path) -> None:
         arms = ["vanilla", "reweighted"]
         for i, metric in enumerate(("accuracy", "macro_f1")):
             for j, arm in enumerate(arms):
-                v = table[(table.metric == metric) & (table.label_type == arm)]["value"]
+                v = table[(table.metric == metric) & (table.arm == arm)]["value"]
                 x = i * 3 + j
                 left.bar(x, v.mean(), color=f"C{j}", label=arm if i == 0 else None)
                 left.plot(np.full(len(v), x), v, "k.", ms=4)
@@ -560,7 +560,7 @@ def plot_reweighting(table: pd.DataFrame, path) -> None:
         right.set_ylabel("mean |β| over heads and demonstrations")
         right.legend()
         title = _title(table, "Anchor re-weighting")
-        gain = table[(table.label_type == "reweighted-vanilla") & table.seed.isna()].set_index("metric")["value"]
+        gain = table[(table.arm == "reweighted-vanilla") & table.seed.isna()].set_index("metric")["value"]
         if {"gain", "gain_lo", "gain_hi", "p_value"} <= set(gain.index):  # the paired gain, pooled over seeds
             title += (
                 f"\npaired accuracy gain over vanilla, pooled over seeds: {gain['gain'] * 100:+.1f} points, "
@@ -578,7 +578,7 @@ def plot_error_diagnosis(table: pd.DataFrame, path) -> None:
 
     def matrix(metric):
         m = pooled[pooled.metric == metric]
-        pairs = m["label_type"].str.split("|", n=1, expand=True)
+        pairs = m["variant"].str.split("|", n=1, expand=True)
         classes = list(pd.unique(pairs[0]))
         return m.assign(i=pairs[0], j=pairs[1]).pivot(index="i", columns="j", values="value").loc[classes, classes]
 
@@ -608,9 +608,7 @@ def plot_error_diagnosis(table: pd.DataFrame, path) -> None:
 def plot_patching(table: pd.DataFrame, path) -> None:
     """Accuracy per task without a patch and with the own-task (positive) or Null (negative) state."""
     with plt.rc_context(STYLE):
-        acc = table[table.metric == "accuracy"].pivot_table(
-            index="task", columns="label_type", values="value", sort=False
-        )
+        acc = table[table.metric == "accuracy"].pivot_table(index="task", columns="arm", values="value", sort=False)
         arms = [a for a in ("none", "positive", "negative") if a in acc]
         fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(acc)), 3.4))
         width = 0.8 / len(arms)
@@ -702,7 +700,7 @@ def plot_entropy(table: pd.DataFrame, path) -> None:
                 sub = table[table.metric == metric + suffix]
                 labels = ["token"] if metric == "information" else ["token", "bigram"]
                 for colour, label_type in zip(("C0", "C1"), labels, strict=False):
-                    g = sub[sub.label_type == label_type].sort_values("layer")
+                    g = sub[sub.variant == label_type].sort_values("layer")
                     if len(g):
                         name = "" if metric == "information" else f"{label_type} · "
                         ax.plot(

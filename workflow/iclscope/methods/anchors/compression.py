@@ -46,8 +46,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from iclscope.core.metrics import metric_frame
 from iclscope.core.stats import paired_difference, paired_rows, with_holm
-from iclscope.core.tables import metric_frame
 from iclscope.core.timing import interleaved, speedup, tokens_per_second
 from iclscope.methods.anchors.measures import jaccard_topk
 from iclscope.methods.anchors.prompts import anchor_prompts
@@ -349,7 +349,7 @@ def summarise(per_example, n_classes: int) -> list[dict]:
                 rows += [
                     {
                         "seed": int(seed),
-                        "label_type": arm,
+                        "arm": arm,
                         "metric": k,
                         "value": v,
                         **(ci if k == "speedup_vs_full_icl" else {}),
@@ -360,12 +360,11 @@ def summarise(per_example, n_classes: int) -> list[dict]:
             draws = {int(k): _measures(dd, ref, n_classes) for k, dd in d.groupby("draw", sort=True)}
             mean = pd.DataFrame(draws.values()).mean().to_dict()
             rows += [
-                {"seed": int(seed), "label_type": "hidden_random", "metric": k, "value": float(v)}
-                for k, v in mean.items()
+                {"seed": int(seed), "arm": "hidden_random", "metric": k, "value": float(v)} for k, v in mean.items()
             ]
             best = max(draws, key=lambda k: (draws[k]["label_loyalty"], -k))
             rows += [
-                {"seed": int(seed), "label_type": "hidden_random_top", "metric": k, "value": v}
+                {"seed": int(seed), "arm": "hidden_random_top", "metric": k, "value": v}
                 for k, v in {**draws[best], "draw": float(best)}.items()
             ]
     return rows
@@ -391,7 +390,7 @@ def correct_matrix(per_example: pd.DataFrame, arm: str) -> np.ndarray:
 
 
 def paired_summary(per_example: pd.DataFrame, n_boot: int = 1000) -> list[dict]:
-    """Metric rows of the paired accuracy differences `PAIRS` pooled over seeds (label_type
+    """Metric rows of the paired accuracy differences `PAIRS` pooled over seeds (arm
     '<arm>-<reference>', seed empty; iclscope.core.stats.paired_rows): the prompts of every seed are the
     pairs (McNemar's exact test; against hidden_random's draws, the sign-flip test), each p-value with its
     Holm-adjusted value `p_holm` beside it (the family: the paired tests of this table)."""
@@ -405,7 +404,7 @@ def paired_summary(per_example: pd.DataFrame, n_boot: int = 1000) -> list[dict]:
             np.repeat(a, len(b), axis=0) if len(a) == 1 < len(b) else a,
             np.repeat(b, len(a), axis=0) if len(b) == 1 < len(a) else b,
         )
-        rows += paired_rows(paired_difference(a, b, n_boot=n_boot, seed=0), label_type=f"{arm}-{ref}", seed=None)
+        rows += paired_rows(paired_difference(a, b, n_boot=n_boot, seed=0), arm=f"{arm}-{ref}", seed=None)
     return with_holm(rows)
 
 
@@ -510,7 +509,7 @@ def run_anchor_compression(
 ):
     """Every arm on the first `prompts_per_seed` test prompts of each seed (docs/methods.md §3.7, §3.8).
 
-    Returns (long-format metric table: one row per seed × arm (`label_type`) × metric; meta; per-example
+    Returns (long-format metric table: one row per seed × arm (`arm`) × metric; meta; per-example
     rows). Metrics: accuracy, macro_f1, label_loyalty, word_loyalty (vs full_icl), tokens (fed per
     example, cache entries included), context_tokens (what precedes the query part), and for the timed
     arms seconds_per_example and speedup_vs_full_icl; hidden_random_top also carries its `draw`.

@@ -32,8 +32,8 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.decomposition import PCA
 from tqdm import tqdm
 
+from iclscope.core.metrics import metric_frame
 from iclscope.core.store import open_activations
-from iclscope.core.tables import metric_frame
 from iclscope.methods.anchors.measures import aucroc
 from iclscope.methods.anchors.prompts import anchor_prompts, padded_label_columns
 from iclscope.model.blocks import input_device
@@ -232,7 +232,7 @@ def run_error_diagnosis(
     Per seed: PCA of that seed's queries, keys of its demonstrations' label words. Pooled: the mean
     of the seeds' predicted matrices against the true confusion of all test prompts together (with
     one seed, the seed's own values). Returns (long-format table, meta). Table rows:
-    metric predicted_confusion / true_confusion per ordered class pair, `label_type` "class_i|class_j"
+    metric predicted_confusion / true_confusion per ordered class pair, `variant` "class_i|class_j"
     (diagonal included, 1); metric confusion_pearson / confusion_spearman / confusion_pairs /
     query_explained_variance; `seed` null = pooled; `layer` 1-based.
     """
@@ -272,7 +272,7 @@ def run_error_diagnosis(
         for i, ci in enumerate(classes):
             for j, cj in enumerate(classes):
                 out += [
-                    {"seed": seed, "metric": f"{kind}_confusion", "label_type": f"{ci}|{cj}", "value": r[kind][i, j]}
+                    {"seed": seed, "metric": f"{kind}_confusion", "variant": f"{ci}|{cj}", "value": r[kind][i, j]}
                     for kind in ("predicted", "true")
                 ]
         out += [

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from iclscope.core.tables import metric_frame
+from iclscope.core.metrics import metric_frame
 from iclscope.methods.anchors.measures import jaccard_topk
 from iclscope.methods.anchors.prompts import anchor_prompts, padded_label_columns
 from iclscope.model.blocks import input_device
@@ -67,8 +67,8 @@ def run_isolation(
     """Label and word loyalty when label words (or random tokens) are isolated in the first or last
     k layers, against the unmodified model (docs/methods.md §3.3).
 
-    Metric table: metric label_loyalty / word_loyalty; `position` = window side (first | last);
-    `label_type` = isolated rows (label | random); `layer` = k, the number of layers isolated.
+    Metric table: metric label_loyalty / word_loyalty; `variant` = window side (first | last);
+    `arm` = isolated rows (label | random); `n_layers` = k, the number of layers isolated.
     Batched with left padding; eager attention in every condition, the baseline included.
     """
     test, meta = anchor_prompts(prompts_path)
@@ -108,14 +108,14 @@ def run_isolation(
     for (side, k, kind), (pred, top) in outputs.items():
         if side == "none":
             continue
-        common = {"position": side, "label_type": kind, "layer": k}
+        common = {"variant": side, "arm": kind, "n_layers": k}
         rows += [
             {**common, "metric": "label_loyalty", "value": float((np.array(pred) == base_pred).mean())},
             {**common, "metric": "word_loyalty", "value": float(jaccard_topk(np.array(top), base_top).mean())},
         ]
     meta = {"prompts": len(picked), "word_k": word_k, "ks": list(ks)}
     return (
-        metric_frame(rows, model=model.name, dataset=dataset, family="anchors"),
+        metric_frame(rows, model=model.name, dataset=dataset, family="anchors", position="query"),
         meta,
         pd.DataFrame({"prompt_id": picked["prompt_id"], "seed": picked["seed"], "base_pred": base_pred}),
     )

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from iclscope.core.metrics import metric_frame
 from iclscope.core.stats import paired_difference, paired_rows, with_holm
-from iclscope.core.tables import metric_frame
 from iclscope.methods.anchors.prompts import anchor_prompts, padded_label_columns
 from iclscope.methods.icl import macro_f1
 from iclscope.model.blocks import input_device
@@ -82,7 +82,7 @@ def fit_reweighting(
 
 
 def reweighting_gain_rows(correct: dict[int, tuple[np.ndarray, np.ndarray]], n_boot: int) -> list[dict]:
-    """Paired rows re-weighted − vanilla (iclscope.core.stats.paired_rows, label_type `reweighted-vanilla`) from
+    """Paired rows re-weighted − vanilla (iclscope.core.stats.paired_rows, arm `reweighted-vanilla`) from
     {seed: (vanilla correct [n], re-weighted correct [n])} on each seed's test prompts: per seed (McNemar's
     exact test) and, with seed empty, pooled over the seeds. Pooled, the seeds' prompts are the columns of a
     [seed, prompt] array (each seed has its own demonstrations and test prompts, so the interval resamples
@@ -90,7 +90,7 @@ def reweighting_gain_rows(correct: dict[int, tuple[np.ndarray, np.ndarray]], n_b
     prompts are pooled as one flat set of pairs instead. Every p-value has its Holm-adjusted value beside
     it (metric `p_holm`; the family: these per-seed and pooled tests, the only paired tests of the table)."""
 
-    rows, common = [], {"label_type": "reweighted-vanilla"}
+    rows, common = [], {"arm": "reweighted-vanilla"}
     for seed, (vanilla, reweighted) in sorted(correct.items()):
         rows += paired_rows(paired_difference(reweighted, vanilla, n_boot=n_boot, seed=0), **common, seed=seed)
     if correct:
@@ -120,7 +120,7 @@ def run_reweighting(
 
     Per seed: β is fitted on `aux_per_class` train-split prompts per class (they share the seed's
     demonstrations and never reuse one), then both arms, β = 0 (vanilla) and the fitted β, predict
-    the test prompts. Returns (metric table: accuracy / macro_f1 / label_loss per arm in `label_type`,
+    the test prompts. Returns (metric table: accuracy / macro_f1 / label_loss per arm in `arm`,
     the paired gain re-weighted − vanilla per seed and pooled (`reweighting_gain_rows`, `n_boot`
     bootstrap resamples), and beta_abs_mean per layer; {seed: β [L, H, K]}; meta with the loss per epoch).
     """
@@ -171,7 +171,7 @@ def run_reweighting(
             logits = torch.cat(logits)
             pred = logits.argmax(-1).numpy()
             arm_correct.append(pred == gold.numpy())
-            common = {"seed": int(seed), "label_type": arm}
+            common = {"seed": int(seed), "arm": arm}
             rows += [
                 {**common, "metric": "accuracy", "value": float((pred == gold.numpy()).mean())},
                 {**common, "metric": "macro_f1", "value": macro_f1(gold.numpy(), pred, range(n_classes))},
@@ -182,7 +182,7 @@ def run_reweighting(
             {
                 "seed": int(seed),
                 "layer": layer + 1,
-                "label_type": "reweighted",
+                "arm": "reweighted",
                 "metric": "beta_abs_mean",
                 "value": float(np.abs(betas[int(seed)][layer]).mean()),
             }

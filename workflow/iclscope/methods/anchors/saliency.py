@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from iclscope.core.tables import metric_frame
+from iclscope.core.metrics import metric_frame
 from iclscope.methods.anchors.measures import relative_flows, saliency_flows
 from iclscope.methods.anchors.prompts import anchor_prompts
 from iclscope.model.blocks import input_device
@@ -126,6 +126,4 @@ def run_saliency(prompts_path, model_dir, model, n_per_seed: int, *, dataset: st
                     {"layer": int(layer), "seed": int(seed), "metric": k, "value": means[k].iat[i]},
                     {"layer": int(layer), "seed": int(seed), "metric": f"{k}_relative", "value": rel[k][i]},
                 ]
-    return per_example, metric_frame(
-        metric_rows, model=model.name, dataset=dataset, family="anchors", position="query", label_type="saliency"
-    )
+    return per_example, metric_frame(metric_rows, model=model.name, dataset=dataset, family="anchors", position="query")

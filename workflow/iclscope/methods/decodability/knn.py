@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from iclscope.core.metrics import metric_frame
 from iclscope.core.stats import bootstrap_mean
 from iclscope.core.store import open_activations, read_prompts
-from iclscope.core.tables import metric_frame
 
 BLOCK = 1024
 
@@ -165,7 +165,6 @@ def decodability_table(
         dataset=dataset,
         family="decodability",
         position="query",
-        label_type="task",
     )
     attrs["peak_layers"] = peaks
     return table, attrs

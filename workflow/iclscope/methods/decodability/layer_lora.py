@@ -316,15 +316,15 @@ def summary_table(
     decodability: dict,
     n_boot: int = 0,
 ) -> pd.DataFrame:
-    """Long-format table, condition (base / first / last) in `label_type`: accuracy per task
+    """Long-format table, condition (base / first / last) in `arm`: accuracy per task
     (seed × shots, + 'all') and its change against base, decodability per layer (overall and per
-    task), the peak decodability and its layer, and the training facts of each arm (task
-    'train'; `adapted_block` rows list the 0-based blocks an arm adapted: block i writes the
-    residual state of layer index i + 1, the index the decodability rows use).
+    task), the peak decodability and its layer, and the training facts of each arm (task empty;
+    `adapted_block` rows list the blocks an arm adapted by the residual index they write, `layer`
+    i + 1 for 0-based block i: the index the decodability rows use).
 
     `runs` maps arm -> (run directory, activation file of its merged model).
     """
-    from iclscope.core.tables import metric_frame
+    from iclscope.core.metrics import metric_frame
     from iclscope.methods.decodability.knn import decodability_table
     from iclscope.methods.icl import accuracy_table, predictions
 
@@ -340,22 +340,22 @@ def summary_table(
         peaks = peaks.assign(metric=peaks["metric"] + "_peak", ci_low=np.nan, ci_high=np.nan)
         acc_of[condition] = acc.set_index(["seed", "shots", "task"])["value"]
         peak_of[condition] = peaks.set_index(["metric", "seed", "shots"])["value"]
-        frames += [df.assign(label_type=condition) for df in (dec, acc, peaks)]
+        frames += [df.assign(arm=condition) for df in (dec, acc, peaks)]
     rows = []
     for arm, (run_dir, _) in runs.items():
         # the arms are extracted at the training shot count only: base's other counts have no pair
         delta = (acc_of[arm] - acc_of["base"]).dropna()
         rows += [
-            {"seed": s, "shots": k, "task": t, "label_type": arm, "metric": "delta_accuracy", "value": v}
+            {"seed": s, "shots": k, "task": t, "arm": arm, "metric": "delta_accuracy", "value": v}
             for (s, k, t), v in delta.items()
         ]
         delta = (peak_of[arm] - peak_of["base"]).dropna()
         rows += [
-            {"seed": s, "shots": k, "task": "all", "label_type": arm, "metric": f"delta_{m}", "value": v}
+            {"seed": s, "shots": k, "task": "all", "arm": arm, "metric": f"delta_{m}", "value": v}
             for (m, s, k), v in delta.items()
         ]
         s = json.loads((Path(run_dir) / "summary.json").read_text())
-        common = {"label_type": arm, "seed": s["seed"], "shots": s["shots"], "task": "train"}
+        common = {"arm": arm, "seed": s["seed"], "shots": s["shots"]}
         rows += [
             {**common, "metric": name, "value": float(s[key])}
             for name, key in (
@@ -365,7 +365,7 @@ def summary_table(
                 ("trainable_parameters", "trainable_parameters"),
             )
         ]
-        rows += [{**common, "metric": "adapted_block", "layer": layer, "value": 1.0} for layer in s["layers"]]
+        rows += [{**common, "metric": "adapted_block", "layer": block + 1, "value": 1.0} for block in s["layers"]]
     frames.append(metric_frame(rows, model=model, dataset=dataset, position="query"))
     table = pd.concat(frames, ignore_index=True)
     return table.assign(family="layer_lora")

@@ -114,13 +114,14 @@ def run_patching(
     """Accuracy per task with no patch, the own-task state (positive) and the Null state (negative;
     only when the dataset has a Null task).
 
-    Returns (metric table: accuracy per task × condition in label_type, plus delta_accuracy against
+    Returns (metric table: accuracy per task × condition in `arm`, plus delta_accuracy against
     'none'; per-prompt answers; meta: layer, shots, mode, prompts).
     """
     from tqdm import tqdm
 
+    from iclscope.core.metrics import metric_frame
     from iclscope.core.store import open_activations, read_prompts
-    from iclscope.core.tables import metric_frame, read_table
+    from iclscope.core.tables import read_table
     from iclscope.model.capture import ATTN_IMPLEMENTATION
     from iclscope.model.loading import load_model
 
@@ -172,7 +173,7 @@ def run_patching(
             if name == "negative" and task == NULL_TASK:
                 continue
             acc = float(g[f"correct_{name}"].mean())
-            common = {"task": task, "label_type": name, "layer": layer, "shots": shots, "position": "query"}
+            common = {"task": task, "arm": name, "layer": layer, "shots": shots, "position": "query"}
             table_rows.append({**common, "metric": "accuracy", "value": acc})
             if name != "none":
                 table_rows.append({**common, "metric": "delta_accuracy", "value": acc - base})

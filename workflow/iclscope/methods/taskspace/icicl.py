@@ -1211,7 +1211,7 @@ def metric_table(
     `accuracy_diff_vs_<reference>` (interval in ci_low / ci_high), `p_value_vs_<reference>` (raw) and
     `p_holm_vs_<reference>` (Holm-adjusted over the table's paired tests). `layer` is the injection
     layer, or an arm's own from `arm_layers` (the task vector's)."""
-    from iclscope.core.tables import metric_frame
+    from iclscope.core.metrics import metric_frame
 
     rows = [
         {

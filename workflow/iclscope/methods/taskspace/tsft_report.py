@@ -29,7 +29,7 @@ def read_runs(run_dirs: list[str | Path]) -> dict[tuple[str, int], dict]:
     return runs
 
 
-def _aligned_correct(runs: dict, arm: str, seed: int, test_rows: np.ndarray | None) -> np.ndarray:
+def aligned_correct(runs: dict, arm: str, seed: int, test_rows: np.ndarray | None) -> np.ndarray:
     """Correctness of (arm, seed) on `test_rows` in that order (the arm's own order when None)."""
     ev = runs[(arm, seed)]["eval"]
     if test_rows is None:
@@ -47,17 +47,17 @@ def summary_table(run_dirs: list[str | Path], *, model: str, dataset: str, n_boo
     """Long-format table (docs/outputs.md): per arm and seed test accuracy, macro-F1 and label
     cross-entropy, the held-out label / space loss at step 0 and at the end, and the seconds of
     training and of evaluation; then the paired difference space − baseline in accuracy over the
-    test prompts (task `space-baseline`, `paired_rows`): per seed (McNemar's exact test) and, with
+    test prompts (arm `space-baseline`, `paired_rows`): per seed (McNemar's exact test) and, with
     seed empty, pooled over the seeds that have both arms ([seed, prompt] pairs, a sign-flip test
     over prompts when there are several seeds; iclscope.core.stats.paired_difference), each p-value
     beside its Holm-adjusted value `p_holm` (the family: the per-seed and pooled tests of this table)."""
-    from iclscope.core.tables import metric_frame
+    from iclscope.core.metrics import metric_frame
 
     runs = read_runs(run_dirs)
     rows = []
     for (arm, seed), run in sorted(runs.items()):
         s, ev = run["summary"], run["eval_log"].sort_values("step")
-        common = {"task": arm, "seed": seed, "layer": s["layer"]}
+        common = {"arm": arm, "seed": seed, "layer": s["layer"]}
         values = {
             "accuracy": s["accuracy"],
             "macro_f1": s["macro_f1"],
@@ -74,9 +74,9 @@ def summary_table(run_dirs: list[str | Path], *, model: str, dataset: str, n_boo
     seeds = sorted(seed for arm, seed in runs if arm == "space" and ("baseline", seed) in runs)
     if seeds:
         test_rows = runs[("baseline", seeds[0])]["eval"]["test_row"].to_numpy()
-        space = np.stack([_aligned_correct(runs, "space", s, test_rows) for s in seeds])
-        baseline = np.stack([_aligned_correct(runs, "baseline", s, test_rows) for s in seeds])
-        common = {"task": "space-baseline", "layer": runs[("space", seeds[0])]["summary"]["layer"]}
+        space = np.stack([aligned_correct(runs, "space", s, test_rows) for s in seeds])
+        baseline = np.stack([aligned_correct(runs, "baseline", s, test_rows) for s in seeds])
+        common = {"arm": "space-baseline", "layer": runs[("space", seeds[0])]["summary"]["layer"]}
         for i, seed in enumerate(seeds):
             rows += paired_rows(paired_difference(space[i], baseline[i], n_boot=n_boot, seed=0), **common, seed=seed)
         rows += paired_rows(paired_difference(space, baseline, n_boot=n_boot, seed=0), **common, seed=None)
