@@ -23,14 +23,12 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/prompts.smk"
 include: "workflow/rules/extract.smk"
-include: "workflow/rules/metrics.smk"
-include: "workflow/rules/taskspace.smk"
-include: "workflow/rules/icicl.smk"
-include: "workflow/rules/tsft.smk"
-include: "workflow/rules/layer_lora.smk"
-include: "workflow/rules/anchors.smk"
-include: "workflow/rules/entropy.smk"
-include: "workflow/rules/toy_regression.smk"
+# the method families' rules, each file once (iclscope/core/families.py names each family's file)
+for _rules_file in RULES_FILES:
+
+    include: f"workflow/rules/{_rules_file}"
+
+
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
 

@@ -5,6 +5,9 @@ import subprocess
 
 import yaml
 
+from iclscope.core.config import load_config, validate_config
+from iclscope.core.families import FAMILIES
+from iclscope.core.plan import Plan
 from snakemake_runner import REPO, planned_jobs, snakemake, write_config
 
 
@@ -59,6 +62,26 @@ def test_named_target_rules(tmp_path):
         "build_prompts",
         "extract",
     }
+
+
+def test_figures_and_metrics_targets_plan_every_familys_jobs(tmp_path):
+    """`figures` plans every figure of every family (and each model's atlas), `metrics` every table, each
+    as many times as the plan has files for it (iclscope.core.families; before the registry `figures`
+    planned 8 of the default's 18 figure jobs and `metrics` 3 families' tables)."""
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    plan = Plan(validate_config(load_config(tmp_path / "config.yaml")))
+    for target, kind in (("figures", "figures"), ("metrics", "tables")):
+        jobs = planned_jobs(tmp_path, target)
+        expected = {}
+        for family in FAMILIES:
+            for output in getattr(family, kind):
+                expected[output.rule] = expected.get(output.rule, 0) + len(plan.paths(output))
+        assert {rule: jobs.get(rule, 0) for rule in expected} == expected, target
+        off = {"icicl_sweep", "fig_icicl_sweep"}  # icicl.sweep.enabled is false in the default
+        assert all(n > 0 for rule, n in expected.items() if rule not in off) and len(expected) > 10, target
+    figures = planned_jobs(tmp_path, "figures")
+    assert sum(n for rule, n in figures.items() if rule.startswith("fig_")) == len(plan.targets("figures"))
+    assert figures["layer_atlas"] == len(plan.models)
 
 
 def test_entropy_corpus_must_be_a_configured_dataset(tmp_path):

@@ -17,7 +17,7 @@ rule aucroc:
 rule anchors:
     """Named target: every label-anchor metric and figure."""
     input:
-        anchor_targets() + error_diagnosis_targets(),
+        family_targets("anchors"),
 
 
 rule saliency:

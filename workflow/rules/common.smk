@@ -14,6 +14,8 @@ from iclscope.core.config import ConfigError, DatasetSpec, ModelSpec, check_uniq
 from iclscope.core import jobs  # noqa: E402
 from iclscope.core import resources as res  # noqa: E402
 from iclscope.core.layers import check_all as check_layer_settings  # noqa: E402
+from iclscope.core import families  # noqa: E402
+from iclscope.core.families import FAMILIES, RULES_FILES  # noqa: E402
 from iclscope.core.plan import LAYER_LORA_ARMS, TSFT_ARMS, Plan  # noqa: E402
 
 try:
@@ -164,24 +166,17 @@ def local_source(wildcards):
     return [path] if path and Path(path).expanduser().is_file() else []
 
 
-# --- target lists (which datasets run what: iclscope/core/plan.py)
+# --- target lists: which datasets run what (iclscope/core/plan.py), which tables and figures each
+# family makes (iclscope/core/families.py)
 
 
 def paths(pattern, datasets, **more):
     return expand(pattern, model=MODELS, dataset=datasets, **more)
 
 
-def table_and_figure(name, datasets):
-    return paths(f"results/metrics/{{model}}/{{dataset}}/{name}.parquet", datasets) + paths(
-        f"results/figures/{{model}}/{{dataset}}/{name}.png", datasets)
-
-
-def taskspace_targets():
-    return paths("results/metrics/{model}/{dataset}/compression.parquet", PLAN.taskspace())
-
-
-def icicl_targets():
-    return paths("results/metrics/{model}/{dataset}/icicl.parquet", PLAN.icicl())
+def family_targets(target):
+    """Every table and figure of the families whose named target rule is `target` (core/families.py)."""
+    return PLAN.targets(families=[f.name for f in FAMILIES if target in f.targets])
 
 
 def icicl_sweep_targets(datasets=None):
@@ -196,49 +191,13 @@ def tsft_runs(model, dataset):
                   arm=TSFT_ARMS, seed=PLAN.tsft_seeds())
 
 
-def tsft_targets():
-    return paths("results/metrics/{model}/{dataset}/tsft.parquet", PLAN.tsft())
-
-
-def layer_lora_targets():
-    """First-vs-last-layer LoRA (docs/methods.md §4.5): table and figure per generation task family."""
-    return table_and_figure("layer_lora", PLAN.layer_lora())
-
-
 def activation_targets():
     return paths("results/activations/{model}/{dataset}.h5", DATASETS)
 
 
 def metric_targets():
-    return (paths("results/metrics/{model}/{dataset}/icl_accuracy.parquet", DATASETS)
-            + paths("results/metrics/{model}/{dataset}/{name}.parquet", PLAN.decodability(),
-                    name=["decodability", "decodability_fit"])
-            + paths("results/metrics/{model}/{dataset}/patching.parquet", PLAN.patching()))
-
-
-def anchor_targets():
-    return [f for d in DATASETS for name in PLAN.anchor_methods(d) for f in table_and_figure(name, [d])]
-
-
-def error_diagnosis_targets():
-    return table_and_figure("error_diagnosis", PLAN.error_diagnosis())
-
-
-def figure_targets():
-    return (paths("results/figures/{model}/{dataset}/{fig}.png", PLAN.taskspace(), fig=["compression", "task_space"])
-            + paths("results/figures/{model}/{dataset}/decodability.png", PLAN.decodability())
-            + paths("results/figures/{model}/{dataset}/patching.png", PLAN.patching())
-            + paths("results/figures/{model}/{dataset}/icicl.png", PLAN.icicl())
-            + paths("results/figures/{model}/{dataset}/tsft.png", PLAN.tsft()))
-
-
-def entropy_targets():
-    targets = table_and_figure("entropy", PLAN.entropy())
-    corpus = PLAN.toy_corpus()
-    if corpus:
-        targets += [f"results/metrics/toy/{corpus}/entropy_training.parquet",
-                    f"results/figures/toy/{corpus}/entropy_training.png"]
-    return targets
+    """Every metric table of every family (the `metrics` target)."""
+    return PLAN.targets("tables")
 
 
 def atlas_tables(model, dataset):
@@ -251,12 +210,9 @@ def atlas_inputs(wildcards):
 
 
 def summary_tables():
-    """Every table the headline summary reads: the atlas tables, ICL accuracy, re-weighting, IC-ICL, TS-FT."""
-    return ([f for m in MODELS for d in DATASETS for f in atlas_tables(m, d)]
-            + paths("results/metrics/{model}/{dataset}/icl_accuracy.parquet", DATASETS)
-            + paths("results/metrics/{model}/{dataset}/reweighting.parquet", PLAN.reweighting())
-            + paths("results/metrics/{model}/{dataset}/patching.parquet", PLAN.patching())
-            + icicl_targets() + tsft_targets())
+    """Every table the headline summary reads: the atlas tables and the families' `summary` tables."""
+    return [f"results/metrics/{m}/{d}/{name}.parquet" for m in MODELS for d in DATASETS
+            for name in PLAN.summary_tables(d)]
 
 
 def atlas_targets(pattern):
@@ -264,21 +220,18 @@ def atlas_targets(pattern):
     return [pattern.format(model=m) for m in MODELS if any(atlas_tables(m, d) for d in DATASETS)]
 
 
+def figure_targets():
+    """Every figure of every family and every model's layer atlas (the `figures` target)."""
+    return PLAN.targets("figures") + atlas_targets("results/figures/{model}/layer_atlas.png")
+
+
 def summary_targets():
     return atlas_targets("results/figures/{model}/layer_atlas.png") + [
         "results/summary/headline.csv", "results/summary/peak_layers.csv", "results/summary/claims.csv"]
 
 
-def toy_regression_targets():
-    if not PLAN.toy_regression():
-        return []
-    return ["results/metrics/toy/regression/toy_regression.parquet", "results/figures/toy/regression/toy_regression.png"]
-
-
 def all_targets():
-    return (activation_targets() + metric_targets() + taskspace_targets() + icicl_targets() + icicl_sweep_targets()
-            + tsft_targets() + layer_lora_targets() + figure_targets() + anchor_targets() + error_diagnosis_targets() + entropy_targets()
-            + toy_regression_targets() + summary_targets())
+    return activation_targets() + PLAN.targets() + summary_targets()
 
 
 def shard_of(wildcards):

@@ -46,7 +46,7 @@ rule entropy:
 rule measures:
     """Named target: the entropy measures and their figures."""
     input:
-        entropy_targets(),
+        family_targets("measures"),
 
 
 rule toy_lm_entropy:

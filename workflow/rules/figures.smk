@@ -1,43 +1,15 @@
-# Every figure: one row of FIGURES, one generated rule `fig_<name>`, one script (scripts/figure.py),
-# which draws it with iclscope.report.plots.draw(<name>, inputs, png). A figure reads only its inputs; the
-# caption of the HTML report is workflow/report/<name>.rst.
-
-TASK_SPACES = "Task spaces (information bottleneck)"
-ANCHORS = "Label words as anchors"
-DECODABILITY = "Task decodability"
-LANGUAGE = "Representations as language"
-METRICS = "results/metrics/{model}/{dataset}"
-FIGURES_DIR = "results/figures/{model}/{dataset}"
-
-# name: (inputs, report category, figure directory); inputs None = {"table": METRICS/<name>.parquet}
-FIGURES = {
-    "compression": (None, TASK_SPACES, FIGURES_DIR),
-    "task_space": ({"activations": "results/activations/{model}/{dataset}.h5",
-                    "taskspace": "results/taskspace/{model}/{dataset}.h5",
-                    "compression": f"{METRICS}/compression.parquet"}, TASK_SPACES, FIGURES_DIR),
-    "icicl": (None, TASK_SPACES, FIGURES_DIR),
-    "icicl_sweep": ({"table": "results/icicl/{model}/{dataset}/sweep.parquet"}, TASK_SPACES, FIGURES_DIR),
-    "tsft": ({"summary": f"{METRICS}/tsft.parquet", "runs": lambda wc: tsft_runs(wc.model, wc.dataset)},
-             TASK_SPACES, FIGURES_DIR),
-    "decodability": ({"decodability": f"{METRICS}/decodability.parquet",
-                      "accuracy": f"{METRICS}/icl_accuracy.parquet"}, DECODABILITY, FIGURES_DIR),
-    "patching": (None, DECODABILITY, FIGURES_DIR),
-    "layer_lora": (None, DECODABILITY, FIGURES_DIR),
-    "toy_regression": ({"table": "results/metrics/toy/regression/toy_regression.parquet"}, DECODABILITY,
-                       "results/figures/toy/regression"),
-    "aucroc": (None, ANCHORS, FIGURES_DIR),
-    "saliency": (None, ANCHORS, FIGURES_DIR),
-    "isolation": (None, ANCHORS, FIGURES_DIR),
-    "reweighting": (None, ANCHORS, FIGURES_DIR),
-    "anchor_compression": (None, ANCHORS, FIGURES_DIR),
-    "error_diagnosis": (None, ANCHORS, FIGURES_DIR),
-    "entropy": (None, LANGUAGE, FIGURES_DIR),
-    "entropy_training": ({"table": "results/metrics/toy/{dataset}/entropy_training.parquet"}, LANGUAGE,
-                         "results/figures/toy/{dataset}"),
-}
+# Every figure: one figure of a family in the registry (iclscope/core/families.py: its path, inputs and
+# report category), one generated rule `fig_<name>`, one script (scripts/figure.py), which draws it
+# with iclscope.report.plots.draw(<name>, inputs, png). A figure reads only its inputs; the caption of
+# the HTML report is workflow/report/<name>.rst.
 
 
-BIG_FIGURES = {"task_space"}  # reads activation files: its own job with the default resources
+def figure_input(pattern):
+    """A figure's input: a path pattern, or for a pattern over TS-FT's runs ({arm}, {seed}) every run
+    of the job's model × dataset."""
+    if "{seed}" not in pattern:
+        return pattern
+    return lambda wc: expand(pattern, model=wc.model, dataset=wc.dataset, arm=TSFT_ARMS, seed=PLAN.tsft_seeds())
 
 
 def figure_subcategory(directory):
@@ -45,18 +17,19 @@ def figure_subcategory(directory):
             "results/figures/toy/{dataset}": "toy models / {dataset}"}.get(directory, "{model} / {dataset}")
 
 
-for _name, (_inputs, _category, _directory) in FIGURES.items():
+for _figure in families.figures():
+    _name, _directory = _figure.name, str(Path(_figure.path).parent)
 
     rule:
         name:
             f"fig_{_name}"
         input:
-            **(_inputs or {"table": f"{METRICS}/{_name}.parquet"}),
+            **{key: figure_input(pattern) for key, pattern in _figure.inputs},
         output:
             report(
-                f"{_directory}/{_name}.png",
+                _figure.path,
                 caption=f"../report/{_name}.rst",
-                category=_category,
+                category=families.category(_name),
                 subcategory=figure_subcategory(_directory),
             ),
         params:
@@ -67,8 +40,8 @@ for _name, (_inputs, _category, _directory) in FIGURES.items():
         conda:
             "../envs/iclscope.yaml"
         group:  # small CPU jobs: many per sbatch job on SLURM (profiles/slurm: group-components)
-            None if _name in BIG_FIGURES else SMALL_JOBS
+            None if _figure.big else SMALL_JOBS
         resources:
-            **({} if _name in BIG_FIGURES else small_job_resources()),
+            **({} if _figure.big else small_job_resources()),
         script:
             "../scripts/figure.py"

@@ -23,9 +23,9 @@ rule icicl:
 
 
 rule icicl_all:
-    """Named target: every IC-ICL evaluation."""
+    """Named target: every IC-ICL evaluation and its figure (and the sweep when icicl.sweep.enabled)."""
     input:
-        icicl_targets(),
+        family_targets("icicl_all"),
 
 
 rule icicl_sweep:

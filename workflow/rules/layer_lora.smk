@@ -93,4 +93,4 @@ rule layer_lora_summary:
 rule layer_lora_all:
     """Named target: the first-vs-last-layer LoRA comparison of every generation task family."""
     input:
-        layer_lora_targets(),
+        family_targets("layer_lora_all"),

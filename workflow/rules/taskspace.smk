@@ -58,6 +58,6 @@ rule compression:
 
 
 rule taskspaces:
-    """Named target: every task space and its compression diagnostics."""
+    """Named target: every task space's compression diagnostics and their figures."""
     input:
-        taskspace_targets(),
+        family_targets("taskspaces"),

