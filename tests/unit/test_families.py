@@ -153,3 +153,13 @@ def test_adding_a_family_reruns_nothing(tmp_path):
     config = pkg / "core" / "config.py"
     config.write_text(config.read_text() + "\nEXTRA_CONSTANT = 1\n")
     assert _digests_in(pkg, [SCRIPTS / "extract.py"]) != [before[scripts.index(SCRIPTS / "extract.py")]]
+
+
+def test_a_family_rule_without_settings_of_its_own_reads_its_section():
+    """A new family's rule needs no entry in core.jobs.RULE_SETTINGS: its settings are its section."""
+    from iclscope.core import jobs
+
+    assert "compression" not in jobs.RULE_SETTINGS
+    section = {k: v for k, v in DEFAULT["taskspace"].items() if k != "enabled"}
+    assert jobs.settings(DEFAULT, "compression", {"model": "m", "dataset": "d"}) == {"taskspace": section}
+    assert jobs.settings(DEFAULT, "layer_atlas", {}) == {}  # the pipeline's, no family's

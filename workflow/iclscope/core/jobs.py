@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from iclscope.core import layers
+from iclscope.core import families, layers
 from iclscope.core.config import DatasetSpec, ModelSpec
 from iclscope.core.model_config import model_depth
 
@@ -245,8 +245,8 @@ def _anchors(*keys: str) -> Callable[[dict, dict], dict]:
     return lambda c, wc: {"anchors": {k: c["anchors"][k] for k in keys}}
 
 
-# rule -> what its job reads, as a function of (validated config, wildcards). Rules not listed read
-# nothing but their input files.
+# rule -> what its job reads, as a function of (validated config, wildcards). A rule not listed reads
+# its family's config section (family_section) or nothing but its input files.
 RULE_SETTINGS: dict[str, Callable[[dict, dict], dict]] = {
     "prepare_model": lambda c, wc: {"model": ModelSpec.from_config(wc["model"], c["models"][wc["model"]]).identity()},
     "prepare_dataset": lambda c, wc: {
@@ -347,9 +347,19 @@ def settings(config: dict, rule: str, wildcards: dict | Any) -> dict:
     """The complete settings of one job of `rule` (defaults filled in: `config` is validated)."""
     make = RULE_SETTINGS.get(rule)
     if make is None:
-        return {}
+        return family_section(config, rule)
     wc = {k: v for k, v in dict(wildcards).items() if isinstance(k, str)}
     return make(config, wc)
+
+
+def family_section(config: dict, rule: str) -> dict:
+    """The settings of a family's rule without an entry in RULE_SETTINGS: its family's config section
+    (less `enabled`), which its script reads as job[<section>] (iclscope.core.families: a new family
+    needs no entry here). {} for a rule of no family or of a family without a config section."""
+    family = next((f for f in families.FAMILIES if rule in f.rules), None)
+    if family is None or not isinstance(config.get(family.section), dict):
+        return {}
+    return {family.section: _without(config[family.section], "enabled")}
 
 
 def as_json(obj: Any) -> str:
