@@ -80,8 +80,9 @@ def test_every_figure_has_a_plot_a_caption_and_a_unique_name():
 
     names = [o.name for o in families.figures()]
     assert len(names) == len(set(names))
+    for output in families.figures():
+        assert callable(getattr(plots, f"plot_{output.plot or output.name}", None)), output.name
     for name in names:
-        assert callable(getattr(plots, f"plot_{name}", None)), name
         assert (REPO / "workflow" / "report" / f"{name}.rst").is_file(), name
         assert families.category(name)
 
@@ -105,7 +106,7 @@ def test_plan_targets_are_every_family_product():
     # every family with a dataset in the default config makes its tables and figures
     for family in FAMILIES:
         for output in (*family.tables, *family.figures):
-            if getattr(plan, output.datasets)():
+            if plan.datasets_for(output.datasets):
                 assert set(plan.paths(output)) <= set(tables + figures), output.name
     assert "results/metrics/toy/regression/toy_regression.parquet" in tables
     assert "results/figures/toy/tweets/entropy_training.png" in figures
@@ -163,3 +164,20 @@ def test_a_family_rule_without_settings_of_its_own_reads_its_section():
     section = {k: v for k, v in DEFAULT["taskspace"].items() if k != "enabled"}
     assert jobs.settings(DEFAULT, "compression", {"model": "m", "dataset": "d"}) == {"taskspace": section}
     assert jobs.settings(DEFAULT, "layer_atlas", {}) == {}  # the pipeline's, no family's
+
+
+def test_the_generic_layer_curves_figure(tmp_path):
+    """plot="layer_curves" draws any table of rows layer, metric, value (a new family needs no plot)."""
+    import pandas as pd
+
+    from iclscope.report.plots import draw
+
+    rows = [
+        {"model": "m", "dataset": "d", "seed": s, "layer": layer, "metric": metric, "value": layer * (s + 1.0)}
+        for s in (0, 1)
+        for layer in range(4)
+        for metric in ("norm", "cosine")
+    ]
+    pd.DataFrame(rows).to_parquet(tmp_path / "t.parquet")
+    draw("layer_curves", {"table": str(tmp_path / "t.parquet")}, tmp_path / "t.png")
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"

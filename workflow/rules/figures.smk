@@ -33,7 +33,7 @@ for _figure in families.figures():
                 subcategory=figure_subcategory(_directory),
             ),
         params:
-            figure=_name,
+            figure=_figure.plot or _name,
             code=code_of("figure.py"),
         log:
             f"logs/{_directory.replace('results/', '', 1)}/{_name}.log",

@@ -41,7 +41,9 @@ class Output:
     the `Plan` method that lists its datasets. `rule`: the rule that writes it. A figure's `inputs`
     are (name, pattern) pairs handed to iclscope.report.plots.draw; a pattern with {arm} and {seed}
     stands for every TS-FT run of the job's model × dataset. `big`: a figure that reads activation
-    files (its own job with the default resources, not grouped with the small ones)."""
+    files (its own job with the default resources, not grouped with the small ones). `plot`: the
+    figure's drawing in iclscope.report.plots.draw when not its own name ("layer_curves": any
+    table of rows layer, metric, value)."""
 
     name: str
     path: str
@@ -49,6 +51,7 @@ class Output:
     rule: str
     inputs: tuple[tuple[str, str], ...] = ()
     big: bool = False
+    plot: str = ""
 
     def __post_init__(self):
         if not self.path.startswith("results/") or "{dataset}" not in self.path and "toy/" not in self.path:
@@ -60,11 +63,14 @@ def table(name: str, datasets: str, rule: str | None = None, path: str | None = 
     return Output(name, path or f"{METRICS}/{name}.parquet", datasets, rule or name)
 
 
-def figure(name: str, datasets: str, inputs: dict | None = None, path: str | None = None, big: bool = False) -> Output:
+def figure(
+    name: str, datasets: str, inputs: dict | None = None, path: str | None = None, big: bool = False, plot: str = ""
+) -> Output:
     """Figure `name` (results/figures/{model}/{dataset}/<name>.png unless `path`), drawn by rule
-    fig_<name> from `inputs` (default: {"table": the metric table of the same name})."""
+    fig_<name> from `inputs` (default: {"table": the metric table of the same name}) with
+    plots.plot_<name>, or plots.plot_<plot>."""
     inputs = inputs or {"table": f"{METRICS}/{name}.parquet"}
-    return Output(name, path or f"{FIGURES}/{name}.png", datasets, f"fig_{name}", tuple(inputs.items()), big)
+    return Output(name, path or f"{FIGURES}/{name}.png", datasets, f"fig_{name}", tuple(inputs.items()), big, plot)
 
 
 @dataclass(frozen=True)

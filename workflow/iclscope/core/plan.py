@@ -13,7 +13,7 @@ No torch / transformers import: the Snakefile imports this at parse time.
 from __future__ import annotations
 
 from iclscope.core.config import DatasetSpec, ModelSpec
-from iclscope.core.families import FAMILIES, Output
+from iclscope.core.families import BY_NAME, FAMILIES, Output
 
 ANCHOR_METHODS = ("aucroc", "saliency", "isolation", "reweighting", "anchor_compression")
 SWITCHED = {"reweighting": "reweighting", "anchor_compression": "compression"}  # method -> anchors.<key>.enabled
@@ -159,10 +159,22 @@ class Plan:
         return toy_threads(sizes[size]["d_model"])
 
     # --- products: every table and figure of every family (iclscope.core.families)
+    def datasets_for(self, name: str) -> list[str]:
+        """The datasets of selector `name` (an Output's `datasets`): this Plan's method of that name, or
+        for a family without one (a new family needs none) the datasets of its kinds whose `methods:`
+        lets it run, while its section's `enabled` (default true) is on."""
+        method = getattr(self, name, None)
+        if callable(method):
+            return list(method())
+        family = BY_NAME[name]
+        if not self.config.get(family.section, {}).get("enabled", True):
+            return []
+        return self.running(name, [n for n, d in self.datasets.items() if d.kind in family.kinds])
+
     def paths(self, output: Output) -> list[str]:
         """The files of `output` (a family's table or figure): one per model × dataset it is made for,
         one in all for a toy product (no {model} in its path)."""
-        datasets = getattr(self, output.datasets)()
+        datasets = self.datasets_for(output.datasets)
         models = self.models if "{model}" in output.path else [None]
         return list(dict.fromkeys(output.path.format(model=m, dataset=d) for m in models for d in datasets))
 
@@ -176,12 +188,15 @@ class Plan:
     def atlas_tables(self, dataset: str) -> list[str]:
         """The layer-wise metric tables of one model × dataset (what the layer atlas draws)."""
         return [
-            t.name for f in FAMILIES for t in f.tables if t.name in f.atlas and dataset in getattr(self, t.datasets)()
+            t.name for f in FAMILIES for t in f.tables if t.name in f.atlas and dataset in self.datasets_for(t.datasets)
         ]
 
     def summary_tables(self, dataset: str) -> list[str]:
         """The tables of one model × dataset the headline summary reads: the atlas's and the families' own."""
         own = [
-            t.name for f in FAMILIES for t in f.tables if t.name in f.summary and dataset in getattr(self, t.datasets)()
+            t.name
+            for f in FAMILIES
+            for t in f.tables
+            if t.name in f.summary and dataset in self.datasets_for(t.datasets)
         ]
         return self.atlas_tables(dataset) + own

@@ -815,6 +815,27 @@ def plot_layer_atlas(curves: pd.DataFrame, peaks: pd.DataFrame, path, title: str
         _save(fig, path)
 
 
+def plot_layer_curves(table: pd.DataFrame, path) -> None:
+    """Any layer-wise table (rows layer, metric, value; a family's figure with plot="layer_curves",
+    iclscope.core.families): one panel per metric, the mean over the other rows per layer, thin
+    lines per seed where the table has seeds."""
+    metrics = list(dict.fromkeys(table["metric"]))
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics) + 0.6, 3.4), squeeze=False)
+        for ax, metric in zip(axes[0], metrics, strict=True):
+            sub = table[table.metric == metric]
+            if "seed" in sub and sub["seed"].nunique() > 1:
+                for _, g in sub.groupby("seed"):
+                    per_layer = g.groupby("layer")["value"].mean()
+                    ax.plot(per_layer.index, per_layer.values, color="grey", lw=0.6, alpha=0.6)
+            mean = sub.groupby("layer")["value"].mean()
+            ax.plot(mean.index, mean.values, lw=2)
+            ax.set_xlabel("layer")
+            ax.set_ylabel(metric)
+        fig.suptitle(_title(table, ", ".join(metrics)))
+        _save(fig, path)
+
+
 # ---------------------------------------------------------------------------- one entry point
 def draw(figure: str, inputs: dict, path) -> None:
     """Figure `figure` (a row of workflow/rules/figures.smk) from its input files, by name: "table"
