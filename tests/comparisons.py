@@ -24,7 +24,7 @@ def assert_adjusted(table: pd.DataFrame, keys: list[str]) -> None:
 def assert_arm_settings(meta: dict, arms) -> None:
     """Every arm of the table has its settings in the metadata, and each tuned arm its chosen values and
     the tuning budget (settings scored, the shared budget, the validation inputs)."""
-    from iclscope.methods.taskspace.icicl import TUNED_ARMS
+    from iclscope.methods.taskspace.icicl.settings import TUNED_ARMS
 
     missing = [a for a in arms if a not in meta.get("arm_settings", {})]
     assert not missing, f"arms without their settings: {missing}"

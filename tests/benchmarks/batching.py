@@ -78,19 +78,16 @@ def saliency_rows(spec, net, tok, manifest) -> list[dict]:
 
 def compression_rows(spec, net, tok) -> list[dict]:
     from iclscope.methods.anchors.compression import (
-        continue_on_cache,
         continue_on_pruned,
         demo_end,
         kept_positions,
-        plain_logits,
-        prefix_kv,
-        pruned_cache,
         random_kept_positions,
         text_anchor_ids,
         untimed_arms,
         zero_shot_ids,
     )
     from iclscope.methods.anchors.prompts import anchor_prompts
+    from iclscope.model.scoring import as_cache, continue_on_cache, last_logits, prefix_kv, select_kv
 
     test, _ = anchor_prompts(PROMPTS)
     recs = [r._asdict() for r in test.head(N_PROMPTS).itertuples(index=False)]
@@ -109,12 +106,12 @@ def compression_rows(spec, net, tok) -> list[dict]:
             kv = kv_of[tuple(ids[:split])]
             out.append(
                 [
-                    plain_logits(net, ids)[-1],
-                    plain_logits(net, text_anchor_ids(r))[-1],
-                    plain_logits(net, zero_shot_ids(r))[-1],
-                    continue_on_cache(net, pruned_cache(net, kv, kept_positions(r)), ids[split:], split)[-1],
+                    last_logits(net, ids)[-1],
+                    last_logits(net, text_anchor_ids(r))[-1],
+                    last_logits(net, zero_shot_ids(r))[-1],
+                    continue_on_cache(net, as_cache(select_kv(kv, kept_positions(r))), ids[split:], split)[-1],
                     *[
-                        continue_on_cache(net, pruned_cache(net, kv, k), ids[split:], split)[-1]
+                        continue_on_cache(net, as_cache(select_kv(kv, k)), ids[split:], split)[-1]
                         for k in sets[tuple(ids[:split])]
                     ],
                 ]

@@ -62,13 +62,11 @@ def test_hidden_random_draws_in_one_batch_equal_each_draw_alone(prepared_tiny, t
     from test_anchor_compression import three_demo_prompts
 
     from iclscope.methods.anchors.compression import (
-        continue_on_cache,
         continue_on_pruned,
         demo_end,
-        prefix_kv,
-        pruned_cache,
         random_kept_positions,
     )
+    from iclscope.model.scoring import as_cache, continue_on_cache, prefix_kv, select_kv
 
     spec, model_dir = prepared_tiny
     _, table = three_demo_prompts(prepared_tiny, tmp_path)
@@ -83,7 +81,7 @@ def test_hidden_random_draws_in_one_batch_equal_each_draw_alone(prepared_tiny, t
     for batch_size, budget in ((3, 1 << 20), (16, 2 * (len(sets[0]) + len(ids) - split))):
         batched = continue_on_pruned(net, kv, sets, ids[split:], split, batch_size, budget)
         for kept, mine in zip(sets, batched, strict=True):
-            alone = continue_on_cache(net, pruned_cache(net, kv, kept), ids[split:], split)[-1]
+            alone = continue_on_cache(net, as_cache(select_kv(kv, kept)), ids[split:], split)[-1]
             np.testing.assert_allclose(mine.numpy(), alone.numpy(), **TOL)
 
 
@@ -119,16 +117,13 @@ def test_untimed_arms_batched_across_prompts_equal_batch_1(prepared_tiny, tmp_pa
     from test_anchor_compression import three_demo_prompts
 
     from iclscope.methods.anchors.compression import (
-        continue_on_cache,
         demo_end,
         kept_positions,
-        plain_logits,
-        prefix_kv,
-        pruned_cache,
         text_anchor_ids,
         untimed_arms,
         zero_shot_ids,
     )
+    from iclscope.model.scoring import as_cache, continue_on_cache, last_logits, prefix_kv, select_kv
 
     spec, model_dir = prepared_tiny
     _, table = three_demo_prompts(prepared_tiny, tmp_path, n_test=5)
@@ -144,11 +139,11 @@ def test_untimed_arms_batched_across_prompts_equal_batch_1(prepared_tiny, tmp_pa
     for r, mine in zip(recs, batched, strict=True):
         ids, split = [int(t) for t in r["input_ids"]], demo_end(r)
         alone = {
-            "full_icl": plain_logits(net, ids)[-1],
-            "text_anchor": plain_logits(net, text_anchor_ids(r))[-1],
-            "zero_shot": plain_logits(net, zero_shot_ids(r))[-1],
+            "full_icl": last_logits(net, ids)[-1],
+            "text_anchor": last_logits(net, text_anchor_ids(r))[-1],
+            "zero_shot": last_logits(net, zero_shot_ids(r))[-1],
             "hidden_anchor": continue_on_cache(
-                net, pruned_cache(net, kv_of[tuple(ids[:split])], kept_positions(r)), ids[split:], split
+                net, as_cache(select_kv(kv_of[tuple(ids[:split])], kept_positions(r))), ids[split:], split
             )[-1],
         }
         assert set(mine) == set(alone)

@@ -13,11 +13,8 @@ from iclscope.core.config import DatasetSpec, PromptSpec
 from iclscope.core.tables import write_table
 from iclscope.methods.anchors.compression import (
     AnchorCompressionSettings,
-    continue_on_cache,
     demo_end,
     kept_positions,
-    prefix_kv,
-    pruned_cache,
     random_kept_positions,
     run_anchor_compression,
     summarise,
@@ -28,6 +25,7 @@ from iclscope.model.capture import ATTN_IMPLEMENTATION
 from iclscope.model.loading import load_model
 from iclscope.model.models import load_tokenizer
 from iclscope.model.prompts import build_prompts
+from iclscope.model.scoring import as_cache, continue_on_cache, prefix_kv, select_kv
 
 WORDS = ["cat", "dog", "bird", "fun", "car", "crew", "plot", "late", "love", "rude", "great", "flight"]
 CLASSES = {"negative": " negative", "neutral": " neutral", "positive": " positive"}
@@ -93,7 +91,7 @@ def test_hidden_anchor_equals_the_full_prompt_with_the_query_masked_off_non_kept
     T = len(ids)
     assert 0 < len(keep) < split < T
     got = continue_on_cache(
-        run, pruned_cache(run, prefix_kv(run, ids[:split]), keep), ids[split:], split, logits_to_keep=0
+        run, as_cache(select_kv(prefix_kv(run, ids[:split]), keep)), ids[split:], split, logits_to_keep=0
     )
     allowed = torch.ones(T, T, dtype=torch.bool).tril()
     allowed[split:, :split] = False
@@ -114,7 +112,7 @@ def test_keeping_every_position_gives_the_full_prompt(prepared_tiny, tmp_path):
     ids = [int(t) for t in rec["input_ids"]]
     split = demo_end(rec)
     got = continue_on_cache(
-        run, pruned_cache(run, prefix_kv(run, ids[:split]), range(split)), ids[split:], split, logits_to_keep=0
+        run, as_cache(select_kv(prefix_kv(run, ids[:split]), range(split))), ids[split:], split, logits_to_keep=0
     )
     with torch.inference_mode():
         ref = run(input_ids=torch.as_tensor([ids])).logits[0, split:]
@@ -165,7 +163,7 @@ def test_hidden_random_replaces_exactly_the_label_tokens_entries(prepared_tiny, 
         assert (labels[i - 1] if i else -1) < r < p and r in text_positions(rec)  # a text token of its own demo
     ids = [int(t) for t in rec["input_ids"]]
     kv = prefix_kv(run, ids[: demo_end(rec)])
-    anchor, random = pruned_cache(run, kv, keep), pruned_cache(run, kv, rand)
+    anchor, random = as_cache(select_kv(kv, keep)), as_cache(select_kv(kv, rand))
     for layer, (k, _) in enumerate(kv):
         a, r = anchor.layers[layer].keys[0], random.layers[layer].keys[0]  # [Hkv, n_kept, dh]
         for slot, p in enumerate(rand):

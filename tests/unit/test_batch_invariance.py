@@ -14,7 +14,8 @@ from test_icicl_tsft import SPEC, frame, identity_space
 from iclscope.core.store import label_states
 from iclscope.methods.anchors.isolation import run_isolation
 from iclscope.methods.anchors.reweighting import run_reweighting
-from iclscope.methods.taskspace.icicl import ICICLSettings, evaluate_icicl
+from iclscope.methods.taskspace.icicl.evaluate import evaluate_icicl
+from iclscope.methods.taskspace.icicl.settings import ICICLSettings
 from iclscope.model.extract import ExtractSettings, extract
 
 BATCHES = (1, 3, 16)

@@ -72,8 +72,8 @@ def test_claims_per_dataset_and_pooled():
 def test_icicl_timing_reads_the_speedup_rows():
     table = pd.DataFrame(
         [
-            {"metric": "speedup_vs_full_icl", "task": "icicl_soft", "value": 2.0, "ci_low": 1.5, "ci_high": 2.4},
-            {"metric": "accuracy", "task": "icicl_soft", "value": 0.8, "ci_low": 0.7, "ci_high": 0.9},
+            {"metric": "speedup_vs_full_icl", "arm": "icicl_soft", "value": 2.0, "ci_low": 1.5, "ci_high": 2.4},
+            {"metric": "accuracy", "arm": "icicl_soft", "value": 0.8, "ci_low": 0.7, "ci_high": 0.9},
         ]
     )
     assert icicl_timing(table) == {"icicl_soft-full_icl": (2.0, 1.5, 2.4)}
@@ -124,7 +124,7 @@ def test_summary_script_writes_the_claims_table(tmp_path):
         fake_predictions(rng, n).to_parquet(pred)
         predictions.append(str(pred))
         icicl = metric_frame(
-            [{"metric": "speedup_vs_full_icl", "task": "icicl_soft", "value": 2.0, "ci_low": 1.8, "ci_high": 2.2}],
+            [{"metric": "speedup_vs_full_icl", "arm": "icicl_soft", "value": 2.0, "ci_low": 1.8, "ci_high": 2.2}],
             model="m",
             dataset=dataset,
             family="icicl",

@@ -31,16 +31,16 @@ def fake_icicl(rng, arms=("full_icl", "zero_shot", "icicl_soft", "icicl_identity
 
 
 def test_icicl_table_has_adjusted_p_values():
-    from iclscope.methods.taskspace.icicl import add_loyalty, metric_table, paired_table, summarise
+    from iclscope.methods.taskspace.icicl.tables import add_loyalty, metric_table, paired_table, summarise
 
     per_example = add_loyalty(fake_icicl(np.random.default_rng(0)))
     paired = paired_table(per_example, 50)
     assert len(paired) == 5 + 4 and (paired["p_holm"] >= paired["p_value"]).all()
-    table = metric_table(summarise(per_example, ["a", "b"], 50), paired, model="m", dataset="d", layer=2)
-    assert_adjusted(table, ["task"])
+    table = metric_table(summarise(per_example, ["a", "b"], 50), paired, model="m", dataset="d", arm_settings={})
+    assert_adjusted(table, ["arm"])
     # a table without the adjusted rows fails the check
     with pytest.raises(AssertionError):
-        assert_adjusted(table[~table.metric.str.startswith("p_holm")], ["task"])
+        assert_adjusted(table[~table.metric.str.startswith("p_holm")], ["arm"])
 
 
 def test_anchor_compression_table_has_adjusted_p_values():
@@ -98,7 +98,8 @@ def test_reweighting_rows_have_adjusted_p_values():
 
 
 def test_icicl_meta_states_every_arms_settings_and_the_tuning_budget():
-    from iclscope.methods.taskspace.icicl import ICICLSettings, SweepGrid, arm_settings, tuning_budget
+    from iclscope.methods.taskspace.icicl.settings import ICICLSettings, SweepGrid, arm_settings
+    from iclscope.methods.taskspace.icicl.sweep import tuning_budget
 
     settings = ICICLSettings(task_vector_layer=7, task_vector_state="mean", anchor_keep="label")
     grid = SweepGrid()
@@ -138,7 +139,7 @@ def test_icicl_meta_states_every_arms_settings_and_the_tuning_budget():
 
 
 def test_task_vector_layers_fill_the_budget_evenly():
-    from iclscope.methods.taskspace.icicl import task_vector_layers
+    from iclscope.methods.taskspace.icicl.sweep import task_vector_layers
 
     assert task_vector_layers(10, 72, 3) == list(range(1, 10))  # every layer fits
     layers = task_vector_layers(30, 72, 3)

@@ -9,21 +9,15 @@ import pytest
 
 from iclscope.core.config import ConfigError, DatasetSpec, PromptSpec
 from iclscope.core.stats import paired_difference
-from iclscope.methods.taskspace.icicl import (
-    ICICLSettings,
-    Prompt,
-    SweepGrid,
-    add_loyalty,
-    evaluate_icicl,
-    paired_table,
-    retrieve,
-    soft_prompt,
-    sweep_icicl,
-    text_anchor_prompt,
-)
+from iclscope.methods.taskspace.icicl.arms import retrieve, soft_prompt, text_anchor_prompt
+from iclscope.methods.taskspace.icicl.evaluate import evaluate_icicl
+from iclscope.methods.taskspace.icicl.settings import ICICLSettings, SweepGrid
+from iclscope.methods.taskspace.icicl.sweep import sweep_icicl
+from iclscope.methods.taskspace.icicl.tables import add_loyalty, paired_table
 from iclscope.methods.taskspace.space import TaskSpace
 from iclscope.methods.taskspace.tsft import TSFTSettings, train_tsft
 from iclscope.model.models import load_tokenizer
+from iclscope.model.scoring import Prompt
 
 WORDS = ["cat", "dog", "bird", "fun", "car", "crew", "plot", "late", "love", "rude", "great", "flight"]
 
@@ -158,9 +152,10 @@ def test_icicl_arms_identity_space_equals_uncompressed(prepared_tiny):
 
 
 def test_batched_arms_equal_one_prompt_at_a_time(prepared_tiny):
-    """score_many (left padding, soft-token slots shifted) and score_many_on_anchor_kv (padded, masked
+    """score_many (left padding, soft-token slots shifted) and AnchorKV.score_many (padded, masked
     caches) give the readouts of the batch-1 path the timing uses, for prompts of different lengths."""
-    from iclscope.methods.taskspace.icicl import AnchorKV, ICICLRun
+    from iclscope.methods.taskspace.icicl.anchor_kv import AnchorKV
+    from iclscope.methods.taskspace.icicl.arms import ICICLRun
 
     spec_model, model_dir = prepared_tiny
     settings = ICICLSettings(k=2, pool_size=10, inject_layer=1, embed_layer=1, random_draws=1, word_k=3)
@@ -178,9 +173,9 @@ def test_batched_arms_equal_one_prompt_at_a_time(prepared_tiny):
             one = run.scorer.score(p, 1)
             np.testing.assert_allclose(b.label_logits, one.label_logits, rtol=1e-4, atol=1e-4)
     for draw in (None, 0):
-        batched = run.scorer.score_many_on_anchor_kv(kv, inputs.demos, queries, draw)
+        batched = kv.score_many(run.scorer, inputs.demos, queries, draw)
         for demos, q, b in zip(inputs.demos, queries, batched, strict=True):
-            one = run.scorer.score_anchor_kv(kv, demos, q, draw)
+            one = kv.score(run.scorer, demos, q, draw)
             np.testing.assert_allclose(b.label_logits, one.label_logits, rtol=1e-4, atol=1e-4)
             assert b.top_ids.tolist() == one.top_ids.tolist()
 
@@ -299,9 +294,10 @@ def test_text_anchor_is_the_template_and_labels_without_input_text(prepared_tiny
 
 
 def tiny_anchor_kv(prepared_tiny, texts, labels, draws):
-    from iclscope.methods.taskspace.icicl import AnchorKV, PromptScorer
+    from iclscope.methods.taskspace.icicl.anchor_kv import AnchorKV
     from iclscope.model.loading import load_model
     from iclscope.model.prompts import label_token_ids
+    from iclscope.model.scoring import PromptScorer
 
     net, tok, manifest = load_model(prepared_tiny[1], attn_implementation="iclscope")
     kv = AnchorKV(net, tok, SPEC, texts, labels, random_draws=draws, seed=3)
@@ -340,11 +336,11 @@ def test_hidden_random_forced_onto_the_label_reproduces_anchor_kv(prepared_tiny)
     texts, labels = ["I love this car so much", "the crew was rude"], ["positive", "negative"]
     kv, scorer, tok = tiny_anchor_kv(prepared_tiny, texts, labels, draws=1)
     query = tok("Tweet: so late\nSentiment:", add_special_tokens=False)["input_ids"]
-    random = scorer.score_anchor_kv(kv, [0, 1], query, 0)
+    random = kv.score(scorer, [0, 1], query, 0)
     forced, _, _ = tiny_anchor_kv(prepared_tiny, texts, labels, draws=1)
     forced.random_position = lambda j, draw: forced.records[j]["label_pos"][0]
-    anchor = scorer.score_anchor_kv(forced, [0, 1], query)
-    same = scorer.score_anchor_kv(forced, [0, 1], query, 0)
+    anchor = forced.score(scorer, [0, 1], query)
+    same = forced.score(scorer, [0, 1], query, 0)
     np.testing.assert_allclose(same.label_logits, anchor.label_logits, rtol=1e-5, atol=1e-6)
     assert same.top_ids.tolist() == anchor.top_ids.tolist()
     assert not np.allclose(random.label_logits, anchor.label_logits, atol=1e-6)  # an unforced draw differs
@@ -358,9 +354,10 @@ def test_hidden_random_forced_onto_the_label_reproduces_anchor_kv(prepared_tiny)
 def test_anchor_kv_keeping_every_position_reproduces_the_full_prompt(prepared_tiny):
     """With all demonstration tokens kept (not only anchors) and one demonstration at slot 0, the
     cached continuation equals feeding demonstration + query as one prompt."""
-    from iclscope.methods.taskspace.icicl import AnchorKV, PromptScorer
+    from iclscope.methods.taskspace.icicl.anchor_kv import AnchorKV
     from iclscope.model.loading import load_model
     from iclscope.model.prompts import assemble, label_token_ids, tokenize_pieces
+    from iclscope.model.scoring import PromptScorer
 
     spec_model, model_dir = prepared_tiny
     net, tok, manifest = load_model(model_dir, attn_implementation="iclscope")
@@ -631,9 +628,20 @@ def test_tsft_fits_its_space_on_the_zero_shot_training_states(prepared_tiny, tmp
     assert summary["task_space_variant"] == "train_zero_shot" and summary["task_space_k"] == 1
 
 
+ARM_SETTINGS = {  # the shape of settings.arm_settings, as evaluate_icicl's meta holds it
+    "zero_shot": {},
+    "full_icl": {"k": 4},
+    "icicl_soft": {"k": 4, "inject_layer": 3, "state": "last", "task_space": "pool"},
+    "icicl_identity": {"k": 4, "inject_layer": 3, "state": "last", "task_space": "identity"},
+    "task_vector": {"k": 4, "layer": 5, "state": "last"},
+    "anchor_kv": {"k": 4, "keep": "anchors"},
+    "hidden_random": {"k": 4, "keep": "anchors", "draws": 2},
+}
+
+
 def test_icicl_table_and_figures_from_constructed_results(tmp_path):
     """The metric table carries every arm's accuracy interval and paired rows; both figures render."""
-    from iclscope.methods.taskspace.icicl import metric_table, summarise
+    from iclscope.methods.taskspace.icicl.tables import metric_table, summarise
     from iclscope.report.plots import plot_icicl, plot_icicl_sweep
 
     rng = np.random.default_rng(1)
@@ -671,20 +679,30 @@ def test_icicl_table_and_figures_from_constructed_results(tmp_path):
         paired_table(per_example, 100),
         model="m",
         dataset="d",
-        layer=3,
+        arm_settings=ARM_SETTINGS,
     )
-    acc = table[table.metric == "accuracy"].set_index("task")
+    acc = table[table.metric == "accuracy"].set_index("arm")
     assert (acc["ci_low"] <= acc["value"]).all() and (acc["value"] <= acc["ci_high"]).all()
-    assert table[table.metric == "speedup_vs_full_icl"].set_index("task").at["icicl_soft", "value"] == 2
-    assert set(table[table.metric == "accuracy_diff_vs_full_icl"]["task"]) == {
-        "zero_shot",
-        "icicl_soft",
-        "icicl_identity",
-        "task_vector",
-        "anchor_kv",
-        "hidden_random",
-        "hidden_random_top",
-    }
+    assert table[table.metric == "speedup_vs_full_icl"].set_index("arm").at["icicl_soft", "value"] == 2
+    assert set(table[table.metric == "accuracy_diff"]["arm"]) == {
+        f"{arm}-full_icl"
+        for arm in (
+            "zero_shot",
+            "icicl_soft",
+            "icicl_identity",
+            "task_vector",
+            "anchor_kv",
+            "hidden_random",
+            "hidden_random_top",
+        )
+    } | {"icicl_soft-icicl_identity", "icicl_soft-task_vector", "icicl_soft-anchor_kv", "icicl_soft-zero_shot"}
+    # each column means one thing: an arm's own layer and task space, none where it has none or for a pair
+    by_arm = acc[["layer", "variant"]]
+    assert by_arm.loc["icicl_soft"].tolist() == [3, "pool"] and by_arm.loc["icicl_identity"].tolist() == [3, "identity"]
+    assert by_arm.loc["task_vector", "layer"] == 5 and pd.isna(by_arm.loc["task_vector", "variant"])
+    assert by_arm.drop(["icicl_soft", "icicl_identity", "task_vector"]).isna().all().all()
+    assert table[table.arm.str.contains("-")][["layer", "variant"]].isna().all().all()
+    assert set(table["position"]) == {"query"} and table["task"].isna().all()
     plot_icicl(table, tmp_path / "icicl.png")
     sweep = pd.DataFrame(
         [{"arm": "zero_shot", "accuracy": 0.6, "n_val": 8}, {"arm": "full_icl", "accuracy": 0.9}]

@@ -1,7 +1,9 @@
 from iclscope.core.jobs import job_of
 from iclscope.core.logs import log_to
 from iclscope.core.tables import read_table, write_table
-from iclscope.methods.taskspace.icicl import ICICLSettings, SweepGrid, evaluate_icicl, metric_table, paired_table
+from iclscope.methods.taskspace.icicl.evaluate import evaluate_icicl
+from iclscope.methods.taskspace.icicl.settings import ICICLSettings, SweepGrid
+from iclscope.methods.taskspace.icicl.tables import metric_table, paired_table
 from iclscope.methods.taskspace.space import read_task_spaces
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
@@ -14,7 +16,6 @@ per_example, summary, meta = evaluate_icicl(
     **job["taskspace"], grid=SweepGrid(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["sweep"].items()}))
 paired = paired_table(per_example, settings.n_boot, settings.seed)
 write_table(per_example, snakemake.output.predictions, meta)
-write_table(metric_table(summary, paired, model=wc.model, dataset=wc.dataset, layer=meta["inject_layer"],
-                         arm_layers={"task_vector": meta["arm_settings"]["task_vector"]["layer"]}),
+write_table(metric_table(summary, paired, model=wc.model, dataset=wc.dataset, arm_settings=meta["arm_settings"]),
             snakemake.output.table, meta)
 log.info("IC-ICL summary:\n%s\npaired:\n%s\n%s", summary.to_string(), paired.to_string(), meta)

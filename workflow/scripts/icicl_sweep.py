@@ -1,7 +1,8 @@
 from iclscope.core.jobs import job_of
 from iclscope.core.logs import log_to
 from iclscope.core.tables import read_table, write_table
-from iclscope.methods.taskspace.icicl import ICICLSettings, SweepGrid, sweep_icicl
+from iclscope.methods.taskspace.icicl.settings import ICICLSettings, SweepGrid
+from iclscope.methods.taskspace.icicl.sweep import sweep_icicl
 from iclscope.methods.taskspace.space import read_task_spaces
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)

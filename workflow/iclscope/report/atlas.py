@@ -163,14 +163,12 @@ def headline(table_paths, model: str, dataset: str) -> dict:
         if len(curve):
             out["peak_decodability_layer"] = int(curve.idxmax())
             out["peak_decodability"] = float(curve.max())
-    out["icicl_accuracy"] = mean("icicl", "accuracy", task="icicl_soft")
-    out["full_icl_accuracy"] = mean("icicl", "accuracy", task="full_icl")
-    out.update(
-        paired("icicl", "icicl_minus_full_icl", "accuracy_diff_vs_full_icl", "p_value_vs_full_icl", task="icicl_soft")
-    )
+    out["icicl_accuracy"] = mean("icicl", "accuracy", arm="icicl_soft")
+    out["full_icl_accuracy"] = mean("icicl", "accuracy", arm="full_icl")
+    out.update(paired("icicl", "icicl_minus_full_icl", "accuracy_diff", "p_value", arm="icicl_soft-full_icl"))
     for key, arm in (("icicl_speedup", "icicl_soft"), ("anchor_kv_speedup", "anchor_kv")):
         # the median speed-up over the timed inputs (interleaved rounds) with its bootstrap interval
-        row = rows("icicl", "speedup_vs_full_icl", task=arm)
+        row = rows("icicl", "speedup_vs_full_icl", arm=arm)
         one = row is not None and len(row) == 1
         out[key] = float(row["value"].iat[0]) if one else np.nan
         out[f"{key}_lo"] = float(row["ci_low"].iat[0]) if one else np.nan

@@ -103,7 +103,7 @@ def claims_table(
 
 def icicl_timing(table: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
     """{"<arm>-full_icl": (speed-up, lo, hi)} of the IC-ICL metric table's timed arms in `ICICL_CLAIMS`."""
-    speed = table[table.metric == "speedup_vs_full_icl"].set_index("task")
+    speed = table[table.metric == "speedup_vs_full_icl"].set_index("arm")
     return {
         f"{a}-{b}": tuple(float(speed.at[a, c]) for c in ("value", "ci_low", "ci_high"))
         for a, b in ICICL_CLAIMS

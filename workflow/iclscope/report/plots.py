@@ -107,18 +107,16 @@ def plot_icicl(table: pd.DataFrame, path) -> None:
     """Left: accuracy (95 % bootstrap interval) against seconds per example, one marker per arm.
     Middle: each arm's accuracy minus full-text ICL's on the same inputs, paired bootstrap
     interval, McNemar p in the label. Right: label and word loyalty against full-text ICL."""
-    wide = table.pivot_table(index="task", columns="metric", values="value")
-    ci = table[table.metric == "accuracy"].set_index("task")[["ci_low", "ci_high"]]
-    diffs = table[table.metric.str.startswith("accuracy_diff_vs_")].assign(
-        reference=lambda t: t.metric.str.removeprefix("accuracy_diff_vs_")
+    pair = table["arm"].str.contains("-", regex=False)  # paired comparisons: arm "<arm>-<reference>"
+    wide = table[~pair].pivot_table(index="arm", columns="metric", values="value")
+    ci = table[~pair & (table.metric == "accuracy")].set_index("arm")[["ci_low", "ci_high"]]
+    diffs = table[pair & (table.metric == "accuracy_diff")]
+    diffs = diffs.assign(
+        task=diffs["arm"].str.split("-", n=1).str[0], reference=diffs["arm"].str.split("-", n=1).str[1]
     )
-    p_kind = "p_holm_vs_" if table.metric.str.startswith("p_holm_vs_").any() else "p_value_vs_"  # adjusted if any
-    p_values = (
-        table[table.metric.str.startswith(p_kind)]
-        .assign(reference=lambda t: t.metric.str.removeprefix(p_kind))
-        .set_index(["task", "reference"])["value"]
-    )
-    p_name = "p_Holm" if p_kind == "p_holm_vs_" else "p"
+    p_kind = "p_holm" if (pair & (table.metric == "p_holm")).any() else "p_value"  # adjusted if any
+    p_values = table[pair & (table.metric == p_kind)].set_index("arm")["value"]
+    p_name = "p_Holm" if p_kind == "p_holm" else "p"
     loyal = [m for m in ("label_loyalty", "word_loyalty") if m in wide]
     panels = 1 + (len(diffs) > 0) + bool(loyal)
     with plt.rc_context(STYLE):
@@ -179,10 +177,7 @@ def plot_icicl(table: pd.DataFrame, path) -> None:
             ax.axvline(0, color="k", lw=0.8)
             ax.set_yticks(
                 y,
-                [
-                    f"{r.task} − {r.reference}  ({p_name} = {p_values.get((r.task, r.reference), np.nan):.2g})"
-                    for r in d.itertuples()
-                ],
+                [f"{r.task} − {r.reference}  ({p_name} = {p_values.get(r.arm, np.nan):.2g})" for r in d.itertuples()],
                 fontsize=7,
             )
             ax.set_xlabel("accuracy difference on the same inputs (paired 95 % CI)")

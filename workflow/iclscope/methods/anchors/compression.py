@@ -53,9 +53,18 @@ from iclscope.methods.anchors.measures import jaccard_topk
 from iclscope.methods.anchors.prompts import anchor_prompts
 from iclscope.methods.icl import macro_f1
 from iclscope.model.blocks import input_device
-from iclscope.model.capture import ATTN_IMPLEMENTATION, full_kv_cache, left_pad
-from iclscope.model.extract import make_batches
+from iclscope.model.capture import ATTN_IMPLEMENTATION
 from iclscope.model.loading import load_model
+from iclscope.model.scoring import (
+    KV,
+    as_cache,
+    cached_passes,
+    continue_on_cache,
+    last_logits,
+    padded_passes,
+    prefix_kv,
+    select_kv,
+)
 
 ARMS = ("full_icl", "hidden_anchor", "text_anchor", "hidden_random", "zero_shot")
 
@@ -149,147 +158,28 @@ def zero_shot_ids(rec) -> list[int]:
 
 
 # --------------------------------------------------------------------------- model passes
-def prefix_kv(net, prefix_ids) -> list[tuple]:
-    """Per layer (K, V) [1, Hkv, T, dh] of the demonstration part, one full-attention forward pass."""
-    device = input_device(net)
-    ids = torch.as_tensor([list(prefix_ids)], dtype=torch.long, device=device)
-    with torch.inference_mode():
-        out = net(input_ids=ids, past_key_values=full_kv_cache(), use_cache=True, logits_to_keep=1)
-    return [(layer.keys.clone(), layer.values.clone()) for layer in out.past_key_values.layers]
-
-
-def pruned_cache(net, kv: list[tuple], keep):
-    """A fresh DynamicCache holding only the entries `keep` (positions into the prefix) of `kv`."""
-    idx = torch.as_tensor(list(keep), dtype=torch.long)
-    cache = full_kv_cache()
-    for layer, (k, v) in enumerate(kv):  # each layer's entries on its own device (a model over several)
-        cache.update(k.index_select(2, idx.to(k.device)), v.index_select(2, idx.to(v.device)), layer)
-    return cache
-
-
-def continue_on_cache(net, cache, query_ids, start: int, logits_to_keep: int = 1):
-    """Logits [Tq', V] of `query_ids` at positions start.. continuing `cache` (it is extended in place)."""
-    device = input_device(net)
-    ids = torch.as_tensor([list(query_ids)], dtype=torch.long, device=device)
-    positions = torch.arange(start, start + ids.shape[1], device=device)[None]
-    mask = torch.ones(1, cache.get_seq_length() + ids.shape[1], dtype=torch.long, device=device)
-    with torch.inference_mode():
-        out = net(
-            input_ids=ids,
-            position_ids=positions,
-            attention_mask=mask,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=logits_to_keep,
-        )
-    return out.logits[0]
-
-
 def continue_on_pruned(
-    net, kv: list[tuple], kept_sets: list[list[int]], query_ids, start: int, batch_size: int, max_batch_tokens: int
+    net, kv: KV, kept_sets: list[list[int]], query_ids, start: int, batch_size: int, max_batch_tokens: int
 ) -> list[torch.Tensor]:
     """Last-position logits [V] of `query_ids` continued on each pruned cache `kv`[kept] of `kept_sets`, in
-    batches (untimed arms: Hidden_random's draws). Kept sets of one length share a batch (the draws of a
-    prompt all keep as many entries: each label token is swapped for one drawn token), so nothing is padded:
-    each row equals `continue_on_cache` on its own pruned cache; at most `batch_size` rows and
-    `max_batch_tokens` tokens (cache entries and query) per pass."""
-    device = input_device(net)
+    batches (untimed arms: Hidden_random's draws; iclscope.model.scoring.cached_passes). The draws of a
+    prompt all keep as many entries (each label token is swapped for one drawn token), so nothing is
+    padded: each row equals `continue_on_cache` on its own pruned cache."""
     out: list[torch.Tensor | None] = [None] * len(kept_sets)
-    by_length: dict[int, list[int]] = {}
-    for i, kept in enumerate(kept_sets):
-        by_length.setdefault(len(kept), []).append(i)
-    for n_kept, members in by_length.items():
-        per_pass = max(1, min(batch_size, max_batch_tokens // (n_kept + len(query_ids))))
-        for lo in range(0, len(members), per_pass):
-            rows = members[lo : lo + per_pass]
-            cache = full_kv_cache()
-            for layer, (k, v) in enumerate(kv):  # [1, Hkv, T, dh] -> [B, Hkv, n_kept, dh], on the layer's device
-                idx = [torch.as_tensor(kept_sets[i], dtype=torch.long, device=k.device) for i in rows]
-                cache.update(
-                    torch.cat([k.index_select(2, j) for j in idx]),
-                    torch.cat([v.index_select(2, j) for j in idx]),
-                    layer,
-                )
-            ids = torch.as_tensor([list(query_ids)] * len(rows), dtype=torch.long, device=device)
-            positions = torch.arange(start, start + ids.shape[1], device=device)[None].expand(len(rows), -1)
-            mask = torch.ones(len(rows), n_kept + ids.shape[1], dtype=torch.long, device=device)
-            with torch.inference_mode():
-                logits = net(
-                    input_ids=ids,
-                    position_ids=positions,
-                    attention_mask=mask,
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                ).logits[:, -1]
-            for b, i in enumerate(rows):
-                out[i] = logits[b]
-    return out
-
-
-def padded_last_logits(
-    net, sequences: list[list[int]], pad_id: int, batch_size: int, max_batch_tokens: int
-) -> list[torch.Tensor]:
-    """Last-position logits [V] of each unpadded prompt (untimed arms), left-padded into batches of
-    `batch_size` prompts and `max_batch_tokens` padded tokens; each equals `plain_logits` of the prompt."""
-    device = input_device(net)
-    out: list[torch.Tensor | None] = [None] * len(sequences)
-    for batch in make_batches(np.array([len(x) for x in sequences]), batch_size, max_batch_tokens):
-        ids, mask, pos = left_pad([sequences[i] for i in batch], pad_id, device)
-        with torch.inference_mode():
-            logits = net(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
-        for b, i in enumerate(batch):
+    passes = cached_passes(
+        net,
+        lambda i: select_kv(kv, kept_sets[i]),
+        [len(k) for k in kept_sets],
+        [query_ids] * len(kept_sets),
+        start,
+        0,  # queries of one length: no padding
+        batch_size,
+        max_batch_tokens,
+    )
+    for idx, logits in passes:
+        for b, i in enumerate(idx):
             out[int(i)] = logits[b]
     return out
-
-
-def continue_queries(
-    net,
-    cache_kv: list[tuple],
-    queries: list[list[int]],
-    start: int,
-    pad_id: int,
-    batch_size: int,
-    max_batch_tokens: int,
-) -> list[torch.Tensor]:
-    """Last-position logits [V] of each query continuing the same cache (per-layer (K, V) [1, Hkv, n, dh],
-    e.g. the pruned KV of a seed's demonstrations) at positions start.., in batches: the queries are
-    left-padded behind the cache entries and their padding is masked, so each equals `continue_on_cache`
-    of its query alone (untimed Hidden_anchor)."""
-    device = input_device(net)
-    n_cached = cache_kv[0][0].shape[2]
-    out: list[torch.Tensor | None] = [None] * len(queries)
-    lengths = np.array([n_cached + len(q) for q in queries])
-    for batch in make_batches(lengths, batch_size, max_batch_tokens):
-        qs = [queries[i] for i in batch]
-        ids, qmask, _ = left_pad(qs, pad_id, device)
-        Tq = ids.shape[1]
-        positions = torch.stack([torch.arange(start - (Tq - len(q)), start + len(q)) for q in qs]).clamp(min=0)
-        mask = torch.cat([torch.ones(len(qs), n_cached, dtype=torch.long, device=device), qmask], 1)
-        cache = full_kv_cache()
-        for layer, (k, v) in enumerate(cache_kv):
-            cache.update(k.expand(len(qs), -1, -1, -1).contiguous(), v.expand(len(qs), -1, -1, -1).contiguous(), layer)
-        with torch.inference_mode():
-            logits = net(
-                input_ids=ids,
-                position_ids=positions.to(device),
-                attention_mask=mask,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1]
-        for b, i in enumerate(batch):
-            out[int(i)] = logits[b]
-    return out
-
-
-def plain_logits(net, ids, logits_to_keep: int = 1):
-    """Logits [T', V] of one unpadded prompt from position 0."""
-    device = input_device(net)
-    with torch.inference_mode():
-        return net(
-            input_ids=torch.as_tensor([list(ids)], dtype=torch.long, device=device), logits_to_keep=logits_to_keep
-        ).logits[0]
 
 
 # --------------------------------------------------------------------------- summary (pure)
@@ -455,10 +345,10 @@ def score_prompt(
     # the timed arms in interleaved rounds (iclscope.core.timing); a forward pass extends its cache, so
     # hidden_anchor gets a fresh pruned cache per round, built before the clock starts
     prepare = {
-        "full_icl": lambda: partial(plain_logits, net, ids),
-        "hidden_anchor": lambda: partial(continue_on_cache, net, pruned_cache(net, kv, keep), query, split),
-        "text_anchor": lambda: partial(plain_logits, net, text_ids),
-        "zero_shot": lambda: partial(plain_logits, net, zs),
+        "full_icl": lambda: partial(last_logits, net, ids),
+        "hidden_anchor": lambda: partial(continue_on_cache, net, as_cache(select_kv(kv, keep)), query, split),
+        "text_anchor": lambda: partial(last_logits, net, text_ids),
+        "zero_shot": lambda: partial(last_logits, net, zs),
     }
     if untimed is not None:
         if timed:
@@ -488,19 +378,22 @@ def untimed_arms(net, recs: list[dict], kv_of: dict, pad_id: int, batch_size: in
         "zero_shot": [zero_shot_ids(r) for r in recs],
     }
     for arm, seqs in texts.items():
-        for i, logits in enumerate(padded_last_logits(net, seqs, pad_id, batch_size, max_batch_tokens)):
-            out[i][arm] = logits
+        for idx, logits in padded_passes(net, seqs, pad_id, batch_size, max_batch_tokens):
+            for b, i in enumerate(idx):
+                out[int(i)][arm] = logits[b]
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(recs):
         groups.setdefault(tuple(int(t) for t in r["input_ids"][: demo_end(r)]), []).append(i)
     for key, members in groups.items():  # one demonstration part: the same pruned cache, the same start
-        keep = torch.as_tensor(kept_positions(recs[members[0]]), dtype=torch.long)
-        pruned = [(k.index_select(2, keep.to(k.device)), v.index_select(2, keep.to(v.device))) for k, v in kv_of[key]]
+        pruned = select_kv(kv_of[key], kept_positions(recs[members[0]]))
         queries = [[int(t) for t in recs[i]["input_ids"][len(key) :]] for i in members]
-        for i, logits in zip(
-            members, continue_queries(net, pruned, queries, len(key), pad_id, batch_size, max_batch_tokens), strict=True
-        ):
-            out[i]["hidden_anchor"] = logits
+        n_kept = [pruned[0][0].shape[2]] * len(members)
+        passes = cached_passes(
+            net, lambda _, kv=pruned: kv, n_kept, queries, len(key), pad_id, batch_size, max_batch_tokens
+        )
+        for idx, logits in passes:
+            for b, i in enumerate(idx):
+                out[members[int(i)]]["hidden_anchor"] = logits[b]
     return out
 
 
@@ -525,7 +418,7 @@ def run_anchor_compression(
     draws: dict[tuple, list[list[int]]] = {}  # demonstration part -> Hidden_random kept set per draw
     build_seconds = 0.0
     for _ in range(s.timing_warmup if records else 0):
-        plain_logits(net, [int(t) for t in records[0]["input_ids"]])
+        last_logits(net, [int(t) for t in records[0]["input_ids"]])
     rows = []
     rank = picked.sort_values(["seed", "prompt_id"]).groupby("seed").cumcount().to_numpy()  # index within its seed
     keys = [tuple(int(t) for t in rec["input_ids"][: demo_end(rec)]) for rec in records]
