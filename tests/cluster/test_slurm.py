@@ -124,11 +124,10 @@ def test_pipeline_runs_as_one_sbatch_job_per_rule_instance(lab):
         "taskspace",
         "compression",
         "aucroc",
-        "fig_task_space",
         "layer_atlas",
         "summary",
         "small_cpu",
-    }  # the other six figures: one group job (profiles/slurm)
+    }  # the seven figures, task_space's included (it reads the compression job's view): one group job
     group = {r: "small_cpu" for r in jobs if r.startswith("small_cpu_")}  # its comment lists its rules
     assert {group.get(r, r): len(v) for r, v in jobs.items()} == {rule: 1 for rule in expected}
     for rule, rows in jobs.items():

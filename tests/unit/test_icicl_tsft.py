@@ -548,7 +548,7 @@ def test_tsft_summary_table_pairs_the_arms_over_prompts_and_seeds(tmp_path):
         1.4
     )
     assert per_arm[("accuracy", 0)] == pytest.approx(correct[("space", 0)].mean())
-    from iclscope.methods.taskspace.tsft_report import read_runs
+    from iclscope.core.runs import read_runs
     from iclscope.report.plots import plot_tsft
 
     plot_tsft(read_runs(dirs), table, tmp_path / "tsft.png")  # the figure renders from these tables

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from outputs_doc import undocumented, unlisted_products
 
 from iclscope.core import families
 from iclscope.core.store import open_activations, read_prompts
@@ -264,6 +265,15 @@ def test_entropy_measures(run_dir):
             f"step{s:06d}" for s in (0, 1, 4, 20)
         ]
         assert (kept / "step000020" / "model.safetensors").exists()
+
+
+def test_outputs_md_names_every_column_and_attribute_of_the_run(run_dir):
+    """docs/outputs.md against the files of this run (tests/outputs_doc.py): every product has an entry,
+    and the entry names each of its columns, HDF5 datasets and attributes and metadata keys."""
+    results = run_dir / "results"
+    assert unlisted_products(results) == []
+    missing = undocumented(results)
+    assert missing == [], "\n".join(missing)
 
 
 def test_rerun_does_nothing(run_dir, checkout):

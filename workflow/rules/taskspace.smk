@@ -39,12 +39,14 @@ rule taskspace:
 
 
 rule compression:
-    """Energy ratio, decoding accuracy and I(C;Y) in the task space, per layer and position."""
+    """Energy ratio, decoding accuracy and I(C;Y) in the task space, per layer and position; the 2-D
+    view of the test queries at the best-decoding layer (the task_space figure draws it)."""
     input:
         activations="results/activations/{model}/{dataset}.h5",
         taskspace="results/taskspace/{model}/{dataset}.h5",
     output:
-        "results/metrics/{model}/{dataset}/compression.parquet",
+        table="results/metrics/{model}/{dataset}/compression.parquet",
+        view="results/taskspace/{model}/{dataset}.view.parquet",  # the task_space figure's points
     params:
         code=code_of("compression.py"),
     log:

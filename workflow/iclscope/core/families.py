@@ -183,16 +183,8 @@ FAMILIES: tuple[Family, ...] = (
         tables=(table("compression", "taskspace"),),
         figures=(
             figure("compression", "taskspace"),
-            figure(
-                "task_space",
-                "taskspace",
-                {
-                    "activations": "results/activations/{model}/{dataset}.h5",
-                    "taskspace": "results/taskspace/{model}/{dataset}.h5",
-                    "compression": f"{METRICS}/compression.parquet",
-                },
-                big=True,
-            ),
+            # the 2-D view the compression job writes beside its table (methods/taskspace/view.py)
+            figure("task_space", "taskspace", {"table": "results/taskspace/{model}/{dataset}.view.parquet"}),
         ),
         atlas=("compression",),
         category=TASK_SPACES,

@@ -41,7 +41,8 @@ def icicl_pairs(predictions: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.nda
 def tsft_pairs(run_dirs) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{"space-baseline": (space [seeds, prompts], baseline [seeds, prompts])} over the seeds that have
     both arms (iclscope.methods.taskspace.tsft_report), or {} without such a seed."""
-    from iclscope.methods.taskspace.tsft_report import aligned_correct, read_runs
+    from iclscope.core.runs import read_runs
+    from iclscope.methods.taskspace.tsft_report import aligned_correct
 
     runs = read_runs(run_dirs)
     seeds = sorted(seed for arm, seed in runs if arm == "space" and ("baseline", seed) in runs)

@@ -68,38 +68,21 @@ def plot_compression(table: pd.DataFrame, path) -> None:
         _save(fig, path)
 
 
-def plot_task_space(states: np.ndarray, gold: np.ndarray, classes: list[str], space, path, title: str) -> None:
-    """2-D view of query states: x = first task-space coordinate, y = the first principal direction
-    outside the space (or the second task-space coordinate when k >= 2); classes coloured."""
-    from iclscope.methods.taskspace.space import project
-
-    Z = project(states, space)
-    if space.k >= 2:
-        xy = Z[:, :2]
-        ylabel = "task-space coordinate 2"
-    else:
-        centred = states - space.mean
-        rest = centred - (centred @ space.basis.T) @ space.basis
-        _, _, vt = np.linalg.svd(rest - rest.mean(0), full_matrices=False)
-        xy = np.column_stack([Z[:, 0], rest @ vt[0]])
-        ylabel = "first principal direction outside the space"
+def plot_task_space(table: pd.DataFrame, path) -> None:
+    """The test queries in 2-D by class and the class prototypes (stars), from the task-space view the
+    compression job writes (iclscope.methods.taskspace.view: x = first task-space coordinate, y = as
+    `y_axis` says)."""
+    queries, prototypes = table[table.kind == "query"], table[table.kind == "prototype"]
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(5, 4))
-        for c, name in enumerate(classes):
-            sel = gold == c
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=10, alpha=0.7, label=name)
-        ax.scatter(
-            space.prototypes[:, 0],
-            np.zeros(len(classes)) if space.k < 2 else space.prototypes[:, 1],
-            marker="*",
-            s=150,
-            c="k",
-            label="prototypes",
-        )
+        for name in prototypes["class"]:
+            sel = queries[queries["class"] == name]
+            ax.scatter(sel["x"], sel["y"], s=10, alpha=0.7, label=name)
+        ax.scatter(prototypes["x"], prototypes["y"], marker="*", s=150, c="k", label="prototypes")
         ax.set_xlabel("task-space coordinate 1")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(table["y_axis"].iloc[0])
         ax.legend()
-        ax.set_title(title)
+        ax.set_title(_title(table, f"Task space ({table['variant'].iloc[0]}), layer {int(table['layer'].iloc[0])}"))
         _save(fig, path)
 
 
@@ -247,7 +230,7 @@ def plot_icicl_sweep(table: pd.DataFrame, path) -> None:
 
 def plot_tsft(runs: dict, summary: pd.DataFrame, path, smooth: int = 5) -> None:
     """TS-FT against its λ = 0 baseline. `runs`: {(arm, seed): {"eval_log", "train_log", ...}}
-    (iclscope.methods.taskspace.tsft_report.read_runs); `summary`: the tsft metric table.
+    (iclscope.core.runs.read_runs); `summary`: the tsft metric table.
 
     Left two panels: the held-out (validation) label cross-entropy and space loss by step, per arm
     the mean over seeds (thick) and each seed (thin); the training cross-entropy only as a running
@@ -399,29 +382,6 @@ def plot_decodability(dec: pd.DataFrame, acc: pd.DataFrame, path) -> None:
         axes[1].legend(title="shots")
         fig.suptitle(_title(dec, "Task decodability and ICL accuracy"))
         _save(fig, path)
-
-
-def task_space_figure(activations, task_spaces, compression: pd.DataFrame, path, variant: str = "class_mean") -> int:
-    """plot_task_space at the layer where `variant` decodes the task best at the query (test prompts)."""
-    from iclscope.core.store import open_activations, read_prompts
-    from iclscope.methods.taskspace.space import read_task_spaces
-
-    dec = compression[
-        (compression.metric == "decoding_accuracy")
-        & (compression.variant == variant)
-        & (compression.position == "query")
-    ]
-    layer = int(dec.loc[dec["value"].idxmax(), "layer"])
-    space = read_task_spaces(task_spaces, variant)[layer]
-    with open_activations(activations) as f:
-        prompts = read_prompts(f)
-        test = np.sort(np.flatnonzero(prompts["split"] == "test"))
-        states = f["resid/query"][test, layer].astype(np.float64)
-        gold = prompts["gold"][test]
-        classes = [str(c) for c in f.attrs["classes"]]
-    title = f"Task space ({variant}), layer {layer}\n{compression['model'].iloc[0]} / {compression['dataset'].iloc[0]}"
-    plot_task_space(states, gold, classes, space, path, title)
-    return layer
 
 
 def plot_aucroc(table: pd.DataFrame, path) -> None:
@@ -837,10 +797,8 @@ def draw(figure: str, inputs: dict, path) -> None:
     for the figures of one metric table, the named inputs of the others."""
     from iclscope.core.tables import read_table
 
-    if figure == "task_space":
-        task_space_figure(inputs["activations"], inputs["taskspace"], read_table(inputs["compression"]), path)
-    elif figure == "tsft":
-        from iclscope.methods.taskspace.tsft_report import read_runs
+    if figure == "tsft":
+        from iclscope.core.runs import read_runs
 
         plot_tsft(read_runs(inputs["runs"]), read_table(inputs["summary"]), path)
     elif figure == "decodability":

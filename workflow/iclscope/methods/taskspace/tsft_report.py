@@ -1,32 +1,17 @@
-"""TS-FT results (docs/methods.md §1.5): reading finished run directories and the summary table
-with the paired gain space − baseline. No torch: the summary and the figure jobs import only this.
+"""TS-FT results (docs/methods.md §1.5): the summary table of finished run directories
+(iclscope.core.runs.read_runs) with the paired gain space − baseline. No torch: the summary job
+imports only this.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from iclscope.core.runs import read_runs
 from iclscope.core.stats import paired_difference, paired_rows, with_holm
-
-
-def read_runs(run_dirs: list[str | Path]) -> dict[tuple[str, int], dict]:
-    """{(arm, seed): {"summary", "train_log", "eval_log", "eval"}} of finished TS-FT run directories
-    (arm "space" when λ > 0, else "baseline")."""
-    runs = {}
-    for d in map(Path, run_dirs):
-        s = json.loads((d / "summary.json").read_text())
-        arm = "space" if s["lam"] > 0 else "baseline"
-        runs[(arm, int(s["seed"]))] = {
-            "summary": s,
-            "train_log": pd.read_parquet(d / "train_log.parquet"),
-            "eval_log": pd.read_parquet(d / "eval_log.parquet"),
-            "eval": pd.read_parquet(d / "eval.parquet"),
-        }
-    return runs
 
 
 def aligned_correct(runs: dict, arm: str, seed: int, test_rows: np.ndarray | None) -> np.ndarray:
