@@ -1,6 +1,7 @@
 """The package's layers import downwards only: core ← data, model ← methods ← report ← cli."""
 
 import ast
+from pathlib import Path
 
 from iclscope.core import jobs
 
@@ -66,3 +67,10 @@ def test_the_metric_table_shape_is_no_part_of_a_model_stage():
     for stage in ("extract", "token_states", "extract_anchors", "build_prompts", "prepare_dataset"):
         assert "core.metrics" not in jobs.package_modules(scripts / f"{stage}.py"), stage
     assert "core.metrics" in jobs.package_modules(scripts / "compression.py")
+
+
+def test_the_figures_and_the_atlas_run_no_method_code():
+    """Methods compute their tables; report/plots.py and report/atlas.py only read tables and draw."""
+    for module in ("report.plots", "report.atlas"):
+        ran = jobs.package_modules(jobs.PACKAGE_DIR / Path(*module.split(".")).with_suffix(".py"))
+        assert [m for m in ran if m.startswith("methods")] == [], module
