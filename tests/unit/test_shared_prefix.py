@@ -14,7 +14,7 @@ import dataclasses
 import h5py
 import numpy as np
 import pytest
-from test_extract import prompts_file
+from test_extract import WORDS, prompts_file
 
 from iclscope.core.config import ModelSpec
 from iclscope.core.store import SCHEMA_VERSION, IncompleteFileError, label_states, open_activations, read_prompts
@@ -180,3 +180,111 @@ def test_a_partial_file_of_the_other_layout_is_not_resumed(prepared_tiny, tmp_pa
     assert summary["resumed_at"] == 0 and summary["prefixes"] == 2
     with open_activations(out) as f:
         assert "resid/label" not in f and "prefix/resid/label" in f
+
+
+# ----------------------------------------------------------------- token states and anchor states
+# The same prefix-KV path (iclscope.model.extract: prefix_pass, continuation_inputs) serves the token
+# states of a corpus whose sentences begin alike and the carrier prompts of the anchors' extraction.
+PREFIX_ARCHS = ("llama", "gpt2", "mistral", "gemma2", "bloom")
+OPENING = "Tweet: I love the"  # every sentence of the test corpus begins with it
+
+
+def corpus_of(model_dir, n=14):
+    from iclscope.model.models import load_tokenizer
+
+    tokenizer, _ = load_tokenizer(model_dir)
+    texts = [f"{OPENING} {' '.join(WORDS[: 1 + i % 7])} {i}" for i in range(n)]
+    return texts, [tokenizer(t)["input_ids"] for t in texts]
+
+
+def token_state_batches(prepared, dtype_check=None):
+    """(shared-prefix, full) states of every batch of a corpus, float32, [tokens, L+1, d] each."""
+    import torch
+
+    from iclscope.model.capture import left_pad
+    from iclscope.model.extract import make_batches
+    from iclscope.model.loading import load_model
+    from iclscope.model.token_states import batch_states, corpus_prefix, run_corpus_prefix
+
+    spec, model_dir = prepared
+    net, tokenizer, _ = load_model(model_dir, spec)
+    _, corpus = corpus_of(model_dir)
+    lengths = np.array([len(c) for c in corpus])
+    assert len(set(lengths)) > 2 and len(corpus_prefix(corpus)) >= 3
+    prefix = run_corpus_prefix(net, corpus)
+    out = []
+    for batch in make_batches(lengths, 3, 4096):
+        assert len({len(corpus[i]) for i in batch}) > 1 or len(batch) == 1
+        ids, mask, pos = left_pad([corpus[i] for i in batch], tokenizer.pad_token_id, torch.device("cpu"))
+        out.append((batch_states(net, ids, mask, pos, prefix), batch_states(net, ids, mask, pos)))
+    assert sum(len({len(corpus[i]) for i in b}) > 1 for b in make_batches(lengths, 3, 4096)) >= 2  # left-padded
+    return out
+
+
+def anchor_states_both_ways(prepared, tmp_path):
+    from iclscope.model.extract import carrier_groups, extract_anchor_states
+    from iclscope.model.models import load_tokenizer
+    from iclscope.model.prompts import carrier_prompts
+
+    spec, model_dir = prepared
+    words, carriers = [" negative", " positive", " neutral"], ["{label}", "The answer is{label}.", "Tweet: I{label}"]
+    tokenizer, _ = load_tokenizer(model_dir)
+    groups = carrier_groups(carrier_prompts(tokenizer, carriers, words))
+    assert [len(p) > 0 for _, p in groups] == [False, True, True]  # "{label}" shares nothing (no BOS)
+    paths = {}
+    for share in (True, False):
+        paths[share] = tmp_path / f"anchors-{share}.h5"
+        extract_anchor_states(model_dir, spec, words, carriers, paths[share], share_prefixes=share)
+    with h5py.File(paths[True]) as a, h5py.File(paths[False]) as b:
+        return a["anchors/resid"][()], b["anchors/resid"][()]
+
+
+@pytest.mark.parametrize("model_type", PREFIX_ARCHS)
+def test_token_and_anchor_states_through_a_shared_prefix_equal_full_passes_fp32(
+    model_type, tokenizer_dir, tmp_path_factory, tmp_path
+):
+    prepared = prepared_arch(model_type, tokenizer_dir, tmp_path_factory)
+    for shared, full in token_state_batches(prepared):
+        assert shared.shape == full.shape
+        diff = float(np.abs(shared - full).max())
+        assert diff <= FP32_ATOL, f"{model_type} token states: {diff}"
+    shared, full = anchor_states_both_ways(prepared, tmp_path)
+    diff = float(np.abs(shared - full).max())
+    print(model_type, f"anchor states fp32 max abs diff {diff:.1e}")
+    assert shared.shape == full.shape and diff <= FP32_ATOL, f"{model_type} anchor states: {diff}"
+
+
+@pytest.mark.parametrize("model_type", ("llama", "gemma2"))
+def test_token_and_anchor_states_through_a_shared_prefix_bf16(model_type, tokenizer_dir, tmp_path_factory, tmp_path):
+    prepared = prepared_arch(model_type, tokenizer_dir, tmp_path_factory, dtype="bfloat16")
+    pairs = token_state_batches(prepared) + [anchor_states_both_ways(prepared, tmp_path)]
+    for shared, full in pairs:
+        diff, scale = float(np.abs(shared - full).max()), float(np.abs(full).max())
+        print(model_type, f"bf16 max abs diff {diff:.1e} of max |x| {scale:.1e}")
+        assert diff <= BF16_RTOL_OF_MAX * scale, f"{model_type}: {diff} vs max {scale}"
+
+
+def test_token_state_files_equal_with_and_without_the_corpus_prefix(tokenizer_dir, tmp_path_factory, tmp_path):
+    import pandas as pd
+
+    from iclscope.core.store import open_token_states
+    from iclscope.model.token_states import extract_token_states
+
+    spec, model_dir = prepared = prepared_arch("llama", tokenizer_dir, tmp_path_factory)
+    texts, _ = corpus_of(model_dir, n=40)
+    data = tmp_path / "d.parquet"
+    pd.DataFrame({"text": texts, "split": "train"}).to_parquet(data)
+    out, summaries = {}, {}
+    for share in (True, False):
+        out[share] = tmp_path / f"tokens-{share}.h5"
+        summaries[share] = extract_token_states(
+            data, model_dir, out[share], spec, max_tokens=400, max_sentence_tokens=32, share_prefixes=share
+        )
+    assert summaries[True]["prefix_tokens"] >= 3 and summaries[False]["prefix_tokens"] == 0
+    with open_token_states(out[True]) as a, open_token_states(out[False]) as b:
+        for name in ("tokens/id", "tokens/prev", "tokens/sentence", "tokens/position"):
+            np.testing.assert_array_equal(a[name][()], b[name][()])
+        x, y = a["resid/tokens"][()].astype(np.float32), b["resid/tokens"][()].astype(np.float32)
+        # float16 storage: equal up to one float16 rounding of fp32 values that agree to ~1e-6
+        np.testing.assert_allclose(x, y, rtol=2e-3, atol=1e-3)
+    assert prepared

@@ -39,7 +39,15 @@ from iclscope.core.store import SCHEMA_VERSION, ActivationWriter, shard_rows
 from iclscope.core.tables import iter_list_column, read_meta, read_table
 from iclscope.core.version import __version__
 from iclscope.model.blocks import input_device
-from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, full_kv_cache, left_pad, recording
+from iclscope.model.capture import (
+    ATTN_IMPLEMENTATION,
+    Positions,
+    Recorder,
+    full_kv_cache,
+    left_pad,
+    recording,
+    residual_stream,
+)
 from iclscope.model.loading import load_model
 from iclscope.model.prompts import carrier_prompts
 
@@ -225,6 +233,56 @@ def run_prefix(model, tokens: np.ndarray, label_pos: np.ndarray, n_layers: int) 
     return states, PrefixState(ids.shape[1], cache)
 
 
+def common_prefix(sequences) -> np.ndarray:
+    """The longest common prefix [P] of token id sequences (int64; empty when they differ at once)."""
+    sequences = [np.asarray(s, dtype=np.int64) for s in sequences]
+    common = sequences[0] if sequences else np.zeros(0, dtype=np.int64)
+    for s in sequences[1:]:
+        m = min(len(common), len(s))
+        differ = np.flatnonzero(common[:m] != s[:m])
+        common = common[: differ[0] if len(differ) else m]
+    return common
+
+
+@torch.inference_mode()
+def prefix_pass(model, tokens: np.ndarray, all_states: bool = False) -> tuple[torch.Tensor | None, PrefixState]:
+    """Run a shared prefix once (batch 1, its KV cache at every layer): (its residual states
+    [P, L+1, d] float32 at every position when `all_states`, else None; its PrefixState)."""
+    device = input_device(model)
+    ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=device)[None]
+    cache = full_kv_cache()
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "position_ids": torch.arange(ids.shape[1], device=device)[None],
+        "past_key_values": cache,
+        "use_cache": True,
+        "logits_to_keep": 1,
+    }
+    states = None
+    if all_states:
+        _, layers = residual_stream(model, **inputs)
+        states = torch.stack([h[0].float().to(device) for h in layers], dim=1)  # [P, L+1, d]
+    else:
+        model(**inputs)
+    return states, PrefixState(ids.shape[1], cache)
+
+
+def _row_starts(P: int, offset: torch.Tensor) -> list[int]:
+    """Where row b's P columns start in a [.., 2P, ..] copy with P zero columns in front: a row
+    left-padded by offset[b] holds that many padding columns, then the prefix's first P - offset[b]
+    (an offset >= P: every column is padding)."""
+    return (P - offset.clamp(max=P)).tolist()
+
+
+def prefix_columns(values: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """values [P, ...] at a prefix's positions -> [B, P, ...]: the first P columns of the left-padded
+    batch whose rows are padded by offset [B] (zeros at the padding), as the full prompts have them."""
+    P = values.shape[0]
+    padded = torch.cat([values.new_zeros(values.shape), values])
+    return torch.stack([padded[s : s + P] for s in _row_starts(P, offset.to("cpu"))])
+
+
 def continuation_cache(prefix: PrefixState, offset: torch.Tensor):
     """The first P columns of a left-padded batch, from the prefix's cache: row b holds `offset[b]`
     padding columns (zeros; masked) then the prefix's first P - offset[b] columns, as the full
@@ -237,13 +295,31 @@ def continuation_cache(prefix: PrefixState, offset: torch.Tensor):
             )
             for layer in prefix.cache.layers
         ]
-    starts = (P - offset.clamp(max=P)).tolist()  # an offset >= P: every cached column is padding
+    starts = _row_starts(P, offset)
     cache = full_kv_cache()
     for i, (keys, values) in enumerate(prefix.padded):  # [Hkv, 2P, dh] on that layer's device
         cache.update(
             torch.stack([keys[:, s : s + P] for s in starts]), torch.stack([values[:, s : s + P] for s in starts]), i
         )
     return cache
+
+
+def continuation_inputs(prefix: PrefixState, ids: torch.Tensor, mask: torch.Tensor, pos_ids: torch.Tensor) -> dict:
+    """Model inputs that run only the last T - P columns of a left-padded batch ids / mask / pos_ids
+    [B, T] whose rows all begin with the prefix: the first P columns come from its cache
+    (`continuation_cache`), the attention mask stays the full batch's. Every position the model
+    computes then equals the full batch's; the hidden states it returns are columns P..T-1."""
+    P = prefix.length
+    if ids.shape[1] <= P:
+        raise ValueError(f"a batch of {ids.shape[1]} columns cannot continue a prefix of {P} tokens")
+    offset = (mask == 0).sum(1)  # left padding per row
+    return {
+        "input_ids": ids[:, P:],
+        "attention_mask": mask,
+        "position_ids": pos_ids[:, P:],
+        "past_key_values": continuation_cache(prefix, offset),
+        "use_cache": True,
+    }
 
 
 @torch.inference_mode()
@@ -310,12 +386,7 @@ def run_batch(
     if prefix is not None:
         P = prefix.length
         span = span - P  # the test input's columns in the continuation (shared_prefixes ends P before it)
-        inputs.update(
-            input_ids=ids[:, P:],
-            position_ids=pos_ids[:, P:],
-            use_cache=True,
-            past_key_values=continuation_cache(prefix, offset[:, 0]),
-        )
+        inputs.update(continuation_inputs(prefix, ids, mask, pos_ids))
     rec = Recorder(n_layers, Positions(label, span), resid_names, read_attention=K > 0)
     with torch.inference_mode(), recording(model, rec):
         out = model(**inputs, logits_to_keep=1)
@@ -499,33 +570,62 @@ def extract(
     return summary
 
 
+def carrier_groups(records: list[dict], share_prefixes: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(record indices, shared prefix tokens) of carrier prompts: one group per carrier, whose label
+    words follow the same carrier text, its prefix their common tokens before the earliest label
+    token (empty: nothing shared, e.g. the carrier "{label}" without a BOS token); with
+    `share_prefixes` False one group of every record with an empty prefix."""
+    if not share_prefixes:
+        return [(np.arange(len(records)), np.zeros(0, dtype=np.int64))]
+    groups = []
+    for carrier in sorted({r["carrier"] for r in records}):
+        members = np.array([i for i, r in enumerate(records) if r["carrier"] == carrier])
+        prefix = common_prefix([records[i]["input_ids"] for i in members])
+        stop = min(min(records[i]["position"] for i in members), min(len(records[i]["input_ids"]) for i in members) - 1)
+        groups.append((members, prefix[: max(stop, 0)] if len(members) > 1 else prefix[:0]))
+    return groups
+
+
 def extract_anchor_states(
-    model_dir: str | Path, model: ModelSpec, label_words: list[str], carriers: list[str], out_path: str | Path
+    model_dir: str | Path,
+    model: ModelSpec,
+    label_words: list[str],
+    carriers: list[str],
+    out_path: str | Path,
+    share_prefixes: bool = True,
 ) -> dict:
     """Residual states of each label word in neutral carrier prompts (task-space variant A).
 
     Writes `/anchors/resid [C, m, L+1, d]` float32 (C label words x m carriers, state at the label
-    word's last sub-token) and `/anchors/text [C, m]`. A handful of short prompts: seconds.
+    word's last sub-token) and `/anchors/text [C, m]`. A handful of short prompts: seconds. The label
+    words of one carrier share its text before them: that prefix runs once and its KV cache serves
+    them (`carrier_groups`, the prefix path of `extract`; `share_prefixes=False`: every prompt whole).
     """
     net, tokenizer, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
     records = carrier_prompts(tokenizer, carriers, label_words)
     device = input_device(net)
-    states = []
-    for lo in range(0, len(records), model.batch_size):
-        batch = records[lo : lo + model.batch_size]
-        ids, mask, pos_ids = left_pad([r["input_ids"] for r in batch], tokenizer.pad_token_id, device)
-        offset = ids.shape[1] - torch.as_tensor([len(r["input_ids"]) for r in batch], device=device)
-        label = (torch.as_tensor([r["position"] for r in batch], device=device) + offset)[:, None]
-        rec = Recorder(
-            manifest["n_layers"],
-            Positions(label, torch.zeros(len(batch), 2, dtype=torch.long, device=device)),
-            ("label",),
-        )
-        with torch.inference_mode(), recording(net, rec):
-            net(input_ids=ids, attention_mask=mask, position_ids=pos_ids, logits_to_keep=1)
-        states.append(rec.resid["label"][:, 0].cpu().numpy())  # [b, L+1, d]
+    n_layers = manifest["n_layers"]
+    states = np.empty((len(records), n_layers + 1, manifest["d_model"]), dtype=np.float32)
+    for members, prefix_tokens in carrier_groups(records, share_prefixes):
+        prefix = prefix_pass(net, prefix_tokens)[1] if len(prefix_tokens) else None
+        for lo in range(0, len(members), model.batch_size):
+            rows = members[lo : lo + model.batch_size]
+            batch = [records[i] for i in rows]
+            ids, mask, pos_ids = left_pad([r["input_ids"] for r in batch], tokenizer.pad_token_id, device)
+            offset = ids.shape[1] - torch.as_tensor([len(r["input_ids"]) for r in batch], device=device)
+            label = (torch.as_tensor([r["position"] for r in batch], device=device) + offset)[:, None]
+            inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": pos_ids}
+            if prefix is not None:  # the model computes columns P.. only: label columns shift by P
+                inputs.update(continuation_inputs(prefix, ids, mask, pos_ids))
+                label = label - prefix.length
+            rec = Recorder(
+                n_layers, Positions(label, torch.zeros(len(batch), 2, dtype=torch.long, device=device)), ("label",)
+            )
+            with torch.inference_mode(), recording(net, rec):
+                net(**inputs, logits_to_keep=1)
+            states[rows] = rec.resid["label"][:, 0].cpu().numpy()  # [b, L+1, d]
     C, m = len(label_words), len(carriers)
-    resid = np.concatenate(states).reshape(C, m, manifest["n_layers"] + 1, manifest["d_model"])
+    resid = states.reshape(C, m, n_layers + 1, manifest["d_model"])
     with written(out_path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("anchors/resid", data=resid.astype(np.float32))

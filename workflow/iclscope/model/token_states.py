@@ -37,7 +37,14 @@ from iclscope.core.config import ModelSpec, stable_hash
 from iclscope.core.version import __version__
 from iclscope.model.blocks import input_device
 from iclscope.model.capture import left_pad, residual_stream
-from iclscope.model.extract import make_batches
+from iclscope.model.extract import (
+    PrefixState,
+    common_prefix,
+    continuation_inputs,
+    make_batches,
+    prefix_columns,
+    prefix_pass,
+)
 from iclscope.model.loading import load_model
 
 log = logging.getLogger(__name__)
@@ -76,6 +83,7 @@ def extract_token_states(
     split: str | None = "train",
     seed: int = 0,
     stop_after: int | None = None,
+    share_prefixes: bool = True,
 ) -> dict:
     """Write the residual stream at every token of the corpus (see the module docstring).
 
@@ -87,6 +95,11 @@ def extract_token_states(
     (attrs store_dtype, overflow_float16). A non-finite state from the model's own forward pass (an
     fp16 overflow inside the model) is an error naming the layer. `stop_after` (tests: a kill) ends
     after that many batches, leaving the partial file.
+
+    Tokens every sentence of the corpus begins with (`corpus_prefix`: a BOS token, a shared opening)
+    run once; their KV cache serves every batch, which computes only its columns after them (the
+    prefix path of iclscope.model.extract), and their states are copied into each sentence's rows.
+    `share_prefixes=False` runs every sentence whole (the reference of the equality tests).
     """
     table = pd.read_parquet(dataset_path)
     if split is not None and split in set(table["split"]):
@@ -113,10 +126,13 @@ def extract_token_states(
     }
     batches = make_batches(lengths, model.batch_size, model.max_batch_tokens)
     t0 = time.perf_counter()
+    prefix = run_corpus_prefix(net, corpus) if share_prefixes else None
     tmp = partial_path(out_path)
     with removed_when_disk_full(tmp, out_path):
         try:
-            done = _write_states(net, tokenizer, corpus, batches, tmp, attrs, np.float16, model.name, stop_after)
+            done = _write_states(
+                net, tokenizer, corpus, batches, tmp, attrs, np.float16, model.name, stop_after, prefix
+            )
         except Float16Overflow as exc:
             log.warning("token states: %s; the file is written in float32 (twice the disk)", exc)
             tmp.unlink(missing_ok=True)
@@ -130,6 +146,7 @@ def extract_token_states(
                 np.float32,
                 model.name,
                 stop_after,
+                prefix,
             )
         if done < len(batches):
             return {"stopped_after_batches": done}
@@ -140,9 +157,39 @@ def extract_token_states(
         "tokens": n,
         "seconds": round(seconds, 1),
         "tokens_per_second": round(n / seconds, 1),
+        "prefix_tokens": 0 if prefix is None else prefix[1].length,
     }
     log.info("token states %s", summary)
     return summary
+
+
+def corpus_prefix(corpus: list[list[int]]) -> np.ndarray:
+    """The tokens every sentence begins with, cut before each sentence's last token (every batch has
+    a column to compute after them); empty when the sentences share none."""
+    common = common_prefix(corpus)
+    return common[: max(0, min(min(len(c) for c in corpus) - 1, len(common)))]
+
+
+def run_corpus_prefix(net, corpus: list[list[int]]) -> tuple[torch.Tensor, PrefixState] | None:
+    """The corpus prefix run once: (its states [P, L+1, d] float32, its PrefixState); None: none shared."""
+    tokens = corpus_prefix(corpus)
+    return prefix_pass(net, tokens, all_states=True) if len(tokens) else None
+
+
+def batch_states(net, ids, mask, pos_ids, prefix: tuple[torch.Tensor, PrefixState] | None = None) -> np.ndarray:
+    """Residual states of a left-padded batch [B, T] at its real tokens -> [tokens, L+1, d] float32
+    (row-major: sentence by sentence). With `prefix` the model computes only the columns after it
+    (every row begins with it) and the prefix's own columns are its stored states, shifted into
+    each row's padded coordinates."""
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": pos_ids, "logits_to_keep": 1}
+    if prefix is not None:
+        inputs.update(continuation_inputs(prefix[1], ids, mask, pos_ids))
+    with torch.inference_mode():
+        _, layers = residual_stream(net, **inputs)
+    states = torch.stack([h.float().cpu() for h in layers], dim=2)  # [B, T (or T - P), L+1, d]
+    if prefix is not None:
+        states = torch.cat([prefix_columns(prefix[0].cpu(), (mask == 0).sum(1).cpu()), states], dim=1)
+    return states[mask.bool().cpu()].numpy()
 
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -162,6 +209,7 @@ def _write_states(
     store_dtype,
     name: str,
     stop_after: int | None,
+    prefix: tuple[torch.Tensor, PrefixState] | None = None,
 ) -> int:
     """Write (or resume) `tmp` batch by batch; returns the number of batches written."""
     lengths = np.array([len(c) for c in corpus])
@@ -187,12 +235,7 @@ def _write_states(
         for b in tqdm(range(done, end), desc=f"token states {name}", unit="batch", initial=done, total=len(batches)):
             batch = batches[b]
             ids, mask, pos_ids = left_pad([corpus[i] for i in batch], tokenizer.pad_token_id, device)
-            with torch.inference_mode():
-                _, layers = residual_stream(
-                    net, input_ids=ids, attention_mask=mask, position_ids=pos_ids, logits_to_keep=1
-                )
-            # [tokens in batch, L+1, d], row-major = sentence order, float32 on the CPU
-            states = torch.stack([h.float().cpu() for h in layers], dim=2)[mask.bool().cpu()].numpy()
+            states = batch_states(net, ids, mask, pos_ids, prefix)  # [tokens in batch, L+1, d] float32
             check_states(states, store_dtype, attrs["dtype"], name)
             resid[row : row + len(states)] = states.astype(store_dtype)
             row += len(states)
