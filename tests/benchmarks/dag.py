@@ -39,10 +39,17 @@ def _snakemake(workdir: Path, *args: str, snakefile: Path | None = None) -> subp
     return subprocess.run([*cmd, *args], cwd=workdir, env=env, check=True, capture_output=True, text=True)
 
 
-def _config(n_models: int, n_datasets: int) -> dict:
+def _config(n_models: int, n_datasets: int, models_dir: Path) -> dict:
+    """`n_models` local models (a config.json each: the layer settings resolve against its depth
+    before any job) × `n_datasets` copies of the default's tweets."""
     base = yaml.safe_load((REPO / "config.yaml").read_text())
     tweets = base["datasets"]["tweets"]
-    models = {f"m{i:02d}": {"source": "local", "path": f"/models/m{i:02d}"} for i in range(n_models)}
+    config_json = (REPO / "tests" / "data" / "pythia-160m.config.json").read_text()
+    models = {}
+    for i in range(n_models):
+        (models_dir / f"m{i:02d}").mkdir(parents=True, exist_ok=True)
+        (models_dir / f"m{i:02d}" / "config.json").write_text(config_json)
+        models[f"m{i:02d}"] = {"source": "local", "path": str(models_dir / f"m{i:02d}")}
     datasets = {
         f"d{j:02d}": {**tweets, "source": "local", "path": f"/data/d{j:02d}.csv", "label_column": "label"}
         for j in range(n_datasets)
@@ -97,7 +104,7 @@ def run(n_models: int = 10, n_datasets: int = 10) -> list[dict]:
         trivial.mkdir()
         for name in ("Snakefile", "workflow"):
             os.symlink(REPO / name, work / name)
-        (work / "config.yaml").write_text(yaml.safe_dump(_config(n_models, n_datasets)))
+        (work / "config.yaml").write_text(yaml.safe_dump(_config(n_models, n_datasets, Path(tmp) / "models")))
         n_jobs = _jobs(_snakemake(work, "-n", "--quiet=rules").stdout)
         _create_outputs(work)
         if left := _jobs(_snakemake(work, "-n", "--quiet=rules").stdout):
