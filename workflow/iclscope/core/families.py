@@ -20,6 +20,7 @@ No imports beyond the standard library: config.py and the Snakefile import this 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 METRICS = "results/metrics/{model}/{dataset}"
@@ -80,7 +81,8 @@ class Family:
     entropy: entropy.datasets, toy_regression: no dataset). `kinds`: the dataset kinds it applies to.
     `section`: its config section (a top-level key of the schema). `rules_file`: workflow/rules/<file>.
     `rules`: every rule its jobs run (figure rules included). `atlas` / `summary`: its tables the layer
-    atlas / the headline summary read."""
+    atlas / the headline summary read. `checks`: its config rules beyond the schema, each (validated
+    config) -> problems (iclscope.core.config.validate_config runs them; they refuse, never change)."""
 
     name: str
     paper: str
@@ -95,6 +97,7 @@ class Family:
     category: str = ""
     selectable: bool = True
     targets: tuple[str, ...] = field(default=())  # its named target rules
+    checks: tuple[Callable[[dict], list[str]], ...] = ()
 
     def __post_init__(self):
         if not set(self.kinds) <= set(KINDS):
@@ -108,7 +111,93 @@ class Family:
             raise ValueError(f"family {self.name}: a family with figures names their report category")
 
 
-def _anchor(name: str, paper: str, atlas: bool = False, summary: bool = False, rules: tuple = ()) -> Family:
+# --------------------------------------------------------------------------------------------
+# the families' own config rules (beyond the schema): (validated config) -> problems
+
+
+def _runs_on(spec: dict, family: str) -> bool:
+    """Whether `family` runs on a classification dataset `spec` (its `methods:` list allowing it)."""
+    classification = spec.get("kind", "classification") == "classification"
+    return classification and (spec.get("methods") is None or family in spec["methods"])
+
+
+def _reweighting_rules(config: dict) -> list[str]:
+    """Re-weighting fits β on labelled train prompts: enough of them per class."""
+    reweighting, problems = config["anchors"]["reweighting"], []
+    for name, spec in config["datasets"].items() if reweighting["enabled"] else []:
+        prompts, classes = spec.get("prompts") or {}, spec.get("classes") or {}
+        if not _runs_on(spec, "reweighting") or prompts.get("shots_per_class", 1) < 1:
+            continue
+        needed = reweighting["aux_per_class"] * len(classes)
+        if prompts.get("n_train", 0) < needed:
+            problems.append(
+                f"config key 'datasets.{name}.prompts.n_train' is {prompts.get('n_train', 0)}, but anchor "
+                f"re-weighting fits on anchors.reweighting.aux_per_class={reweighting['aux_per_class']} "
+                f"train prompts per class: set n_train >= {needed}, or anchors.reweighting.enabled: false"
+            )
+    return problems
+
+
+def _tsft_rules(config: dict) -> list[str]:
+    """TS-FT draws its train / validation / test prompts balanced over the classes."""
+    tsft, problems = config["tsft"], []
+    for name, spec in config["datasets"].items() if tsft["enabled"] else []:
+        classes = spec.get("classes") or {}
+        if not _runs_on(spec, "tsft"):
+            continue
+        for key in ("n_train", "n_val", "n_test"):
+            if tsft[key] < len(classes):
+                problems.append(
+                    f"config key 'tsft.{key}' is {tsft[key]}, fewer than the {len(classes)} classes of "
+                    f"dataset '{name}' (TS-FT draws them balanced over the classes): raise it, or "
+                    "tsft.enabled: false"
+                )
+    return problems
+
+
+def _entropy_rules(config: dict) -> list[str]:
+    """The corpora it names are datasets; each toy size's heads divide its width."""
+    entropy, problems = config["entropy"], []
+    for name in entropy["datasets"] if entropy["enabled"] else []:
+        if name not in config["datasets"]:
+            problems.append(
+                f"config key 'entropy.datasets' names '{name}', which is not in datasets "
+                f"(have: {sorted(config['datasets'])})"
+            )
+    training = entropy["training"]
+    if training["enabled"] and training["dataset"] is not None and training["dataset"] not in config["datasets"]:
+        problems.append(
+            f"config key 'entropy.training.dataset' names '{training['dataset']}', which is not in "
+            f"datasets (have: {sorted(config['datasets'])})"
+        )
+    for size in training["sizes"]:
+        if size["d_model"] % size["n_heads"]:
+            problems.append(
+                f"config key 'entropy.training.sizes' ({size['name']}): d_model {size['d_model']} is not "
+                f"divisible by n_heads {size['n_heads']}"
+            )
+    return problems
+
+
+def _toy_regression_rules(config: dict) -> list[str]:
+    """The toy's heads divide its width; its bases fit the input dimension disjointly."""
+    toy, problems = config["toy_regression"], []
+    if toy["enabled"] and toy["d_model"] % toy["n_heads"]:
+        problems.append(
+            f"config key 'toy_regression.d_model' {toy['d_model']} is not divisible by "
+            f"toy_regression.n_heads {toy['n_heads']}"
+        )
+    if toy["enabled"] and toy["n_bases"] * toy["basis_size"] > toy["dim"]:
+        problems.append(
+            f"config key 'toy_regression.dim' {toy['dim']} is too small for n_bases {toy['n_bases']} "
+            f"x basis_size {toy['basis_size']} disjoint coordinates"
+        )
+    return problems
+
+
+def _anchor(
+    name: str, paper: str, atlas: bool = False, summary: bool = False, rules: tuple = (), checks: tuple = ()
+) -> Family:
     """One of Wang et al.'s label-anchor analyses: one table, one figure, on classification datasets
     with demonstrations (Plan.anchor_methods)."""
     return Family(
@@ -124,6 +213,7 @@ def _anchor(name: str, paper: str, atlas: bool = False, summary: bool = False, r
         summary=(name,) if summary else (),
         category=ANCHORS,
         targets=("anchors",),
+        checks=checks,
     )
 
 
@@ -227,6 +317,7 @@ FAMILIES: tuple[Family, ...] = (
         summary=("tsft",),
         category=TASK_SPACES,
         targets=("tsft_all",),
+        checks=(_tsft_rules,),
     ),
     Family(
         "layer_lora",
@@ -243,7 +334,7 @@ FAMILIES: tuple[Family, ...] = (
     _anchor("saliency", WANG, atlas=True),
     _anchor("aucroc", WANG, atlas=True),
     _anchor("isolation", WANG, atlas=True),
-    _anchor("reweighting", WANG, summary=True),
+    _anchor("reweighting", WANG, summary=True, checks=(_reweighting_rules,)),
     _anchor("anchor_compression", WANG),
     _anchor("error_diagnosis", WANG),
     Family(
@@ -275,6 +366,7 @@ FAMILIES: tuple[Family, ...] = (
         category=LANGUAGE,
         selectable=False,
         targets=("measures",),
+        checks=(_entropy_rules,),
     ),
     Family(
         "toy_regression",
@@ -298,6 +390,7 @@ FAMILIES: tuple[Family, ...] = (
         ),
         category=DECODABILITY,
         selectable=False,
+        checks=(_toy_regression_rules,),
     ),
 )
 
