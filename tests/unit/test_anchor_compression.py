@@ -17,10 +17,10 @@ from iclscope.methods.anchors.compression import (
     kept_positions,
     random_kept_positions,
     run_anchor_compression,
-    summarise,
     text_anchor_ids,
     text_positions,
 )
+from iclscope.methods.anchors.compression_tables import summarise
 from iclscope.model.capture import ATTN_IMPLEMENTATION
 from iclscope.model.loading import load_model
 from iclscope.model.models import load_tokenizer

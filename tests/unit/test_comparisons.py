@@ -45,7 +45,7 @@ def test_icicl_table_has_adjusted_p_values():
 
 def test_anchor_compression_table_has_adjusted_p_values():
     from iclscope.core.metrics import metric_frame
-    from iclscope.methods.anchors.compression import paired_summary
+    from iclscope.methods.anchors.compression_tables import paired_summary
 
     rng = np.random.default_rng(1)
     rows = []
