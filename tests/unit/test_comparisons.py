@@ -98,8 +98,7 @@ def test_reweighting_rows_have_adjusted_p_values():
 
 
 def test_icicl_meta_states_every_arms_settings_and_the_tuning_budget():
-    from iclscope.methods.taskspace.icicl.settings import ICICLSettings, SweepGrid, arm_settings
-    from iclscope.methods.taskspace.icicl.sweep import tuning_budget
+    from iclscope.methods.taskspace.icicl.settings import ICICLSettings, SweepGrid, arm_settings, tuning_budget
 
     settings = ICICLSettings(task_vector_layer=7, task_vector_state="mean", anchor_keep="label")
     grid = SweepGrid()
@@ -139,7 +138,7 @@ def test_icicl_meta_states_every_arms_settings_and_the_tuning_budget():
 
 
 def test_task_vector_layers_fill_the_budget_evenly():
-    from iclscope.methods.taskspace.icicl.sweep import task_vector_layers
+    from iclscope.methods.taskspace.icicl.settings import task_vector_layers
 
     assert task_vector_layers(10, 72, 3) == list(range(1, 10))  # every layer fits
     layers = task_vector_layers(30, 72, 3)

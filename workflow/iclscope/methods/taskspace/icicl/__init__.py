@@ -41,9 +41,9 @@ bootstrap interval of the accuracy difference and McNemar's exact test (iclscope
 Pool demonstrations are run once and their states cached (the pool is fixed; retrieval only
 picks), so their one-time cost is reported apart, as docs/methods.md §3.8 does for anchor caches.
 
-The package by concern: `settings` (ICICLSettings, SweepGrid, every arm's settings), `arms` (retrieval,
-the arms' prompts, ICICLRun: the model, the pool and its states), `anchor_kv` (anchor_kv's and
-hidden_random's caches), `evaluate` (evaluate_icicl: the test split, timing), `sweep` (sweep_icicl:
-the validation split, the tuning budget), `tables` (summary, paired comparisons, the metric table).
+The package by concern: `settings` (ICICLSettings, SweepGrid and its budget, every arm's settings),
+`arms` (retrieval, the arms' prompts, ICICLRun: the model, the pool and its states), `anchor_kv`
+(anchor_kv's and hidden_random's caches), `evaluate` (evaluate_icicl: the test split, timing), `sweep` (sweep_icicl:
+the validation split), `tables` (summary, paired comparisons, the metric table).
 Running prompts and KV caches is iclscope.model.scoring, shared with anchor compression.
 """

@@ -15,8 +15,7 @@ from iclscope.core.config import DatasetSpec, ModelSpec
 from iclscope.core.timing import interleaved
 from iclscope.methods.taskspace.icicl.anchor_kv import AnchorKV
 from iclscope.methods.taskspace.icicl.arms import ICICLRun
-from iclscope.methods.taskspace.icicl.settings import ICICLSettings, SweepGrid, arm_settings
-from iclscope.methods.taskspace.icicl.sweep import tuning_budget
+from iclscope.methods.taskspace.icicl.settings import ICICLSettings, SweepGrid, arm_settings, tuning_budget
 from iclscope.methods.taskspace.icicl.tables import add_loyalty, summarise
 from iclscope.methods.taskspace.space import TaskSpace
 from iclscope.model.prompts import balanced_sample

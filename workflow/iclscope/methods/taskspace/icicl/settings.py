@@ -1,9 +1,11 @@
-"""IC-ICL's settings: the evaluation's (ICICLSettings), the validation sweep's grid (SweepGrid), and
-every arm's settings as it ran (`arm_settings`)."""
+"""IC-ICL's settings: the evaluation's (ICICLSettings), the validation sweep's grid (SweepGrid) and
+its budget per tuned arm (`tuning_budget`), and every arm's settings as it ran (`arm_settings`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from iclscope.core.config import ConfigError
 
@@ -108,3 +110,39 @@ def arm_settings(settings: ICICLSettings, inject_layer: int, tv_layer: int, n_la
 
 
 TUNED_ARMS = ("icicl_soft", "task_vector", "anchor_kv")  # the arms with settings, tuned alike by `sweep_icicl`
+
+
+def task_vector_layers(n_layers: int, budget: int, n_states: int) -> list[int]:
+    """The task vector's candidate layers: every residual index 1..L−1, or, when layers × states would
+    exceed `budget` settings, budget // n_states of them evenly spaced (first and last kept)."""
+    every = list(range(1, n_layers))
+    n = max(1, min(len(every), budget // max(n_states, 1)))
+    if n >= len(every):
+        return every
+    return sorted({every[round(i)] for i in np.linspace(0, len(every) - 1, n)})
+
+
+def tuning_budget(grid: SweepGrid, n_layers: int) -> dict[str, dict]:
+    """Per tuned arm, its candidate grid and how many settings the sweep scores, all on the same
+    `grid.n_val` validation inputs (train rows outside the pool): the budget B is IC-ICL's grid
+    (layers × states × task spaces × label line); the task vector gets B settings of its own grid
+    (layer × state; every layer while that fits), anchor_kv its whole grid (its kept sets, fewer than B)."""
+    soft = {
+        "layer": grid.layers(n_layers),
+        "state": list(grid.states),
+        "task_space": list(grid.task_spaces),
+        "label_line": list(grid.label_line),
+    }
+    budget = int(np.prod([len(v) for v in soft.values()]))
+    tv = {"layer": task_vector_layers(n_layers, budget, len(grid.states)), "state": list(grid.states)}
+    anchor = {"keep": list(ANCHOR_KEEP)}
+    out = {}
+    for arm, candidates in (("icicl_soft", soft), ("task_vector", tv), ("anchor_kv", anchor)):
+        out[arm] = {
+            "grid": candidates,
+            "settings_scored": int(np.prod([len(v) for v in candidates.values()])),
+            "budget": budget,
+            "validation_inputs": grid.n_val,
+            "split": "train rows outside the retrieval pool",
+        }
+    return out

@@ -13,46 +13,10 @@ from iclscope.core.config import DatasetSpec, ModelSpec
 from iclscope.core.stats import bootstrap_mean
 from iclscope.methods.taskspace.icicl.anchor_kv import AnchorKV
 from iclscope.methods.taskspace.icicl.arms import ICICLRun
-from iclscope.methods.taskspace.icicl.settings import ANCHOR_KEEP, TUNED_ARMS, ICICLSettings, SweepGrid
+from iclscope.methods.taskspace.icicl.settings import TUNED_ARMS, ICICLSettings, SweepGrid, tuning_budget
 from iclscope.methods.taskspace.space import TaskSpace
 from iclscope.model.prompts import balanced_sample
 from iclscope.model.scoring import Prompt
-
-
-def task_vector_layers(n_layers: int, budget: int, n_states: int) -> list[int]:
-    """The task vector's candidate layers: every residual index 1..L−1, or, when layers × states would
-    exceed `budget` settings, budget // n_states of them evenly spaced (first and last kept)."""
-    every = list(range(1, n_layers))
-    n = max(1, min(len(every), budget // max(n_states, 1)))
-    if n >= len(every):
-        return every
-    return sorted({every[round(i)] for i in np.linspace(0, len(every) - 1, n)})
-
-
-def tuning_budget(grid: SweepGrid, n_layers: int) -> dict[str, dict]:
-    """Per tuned arm, its candidate grid and how many settings the sweep scores, all on the same
-    `grid.n_val` validation inputs (train rows outside the pool): the budget B is IC-ICL's grid
-    (layers × states × task spaces × label line); the task vector gets B settings of its own grid
-    (layer × state; every layer while that fits), anchor_kv its whole grid (its kept sets, fewer than B)."""
-    soft = {
-        "layer": grid.layers(n_layers),
-        "state": list(grid.states),
-        "task_space": list(grid.task_spaces),
-        "label_line": list(grid.label_line),
-    }
-    budget = int(np.prod([len(v) for v in soft.values()]))
-    tv = {"layer": task_vector_layers(n_layers, budget, len(grid.states)), "state": list(grid.states)}
-    anchor = {"keep": list(ANCHOR_KEEP)}
-    out = {}
-    for arm, candidates in (("icicl_soft", soft), ("task_vector", tv), ("anchor_kv", anchor)):
-        out[arm] = {
-            "grid": candidates,
-            "settings_scored": int(np.prod([len(v) for v in candidates.values()])),
-            "budget": budget,
-            "validation_inputs": grid.n_val,
-            "split": "train rows outside the retrieval pool",
-        }
-    return out
 
 
 def sweep_icicl(
