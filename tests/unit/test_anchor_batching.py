@@ -5,7 +5,8 @@ fp32, left-padded prompts of different lengths.
   prompt the saliency matrices of its own batch-1 pass (`saliency_matrices`), and run_saliency's rows do
   not depend on the batch size;
 * anchor compression: Hidden_random's draws continued in one batch on their pruned caches give the
-  logits of each draw continued alone."""
+  logits of each draw continued alone;
+* isolation: every prompt under every condition in one batch gives each one's logits run alone."""
 
 import dataclasses
 
@@ -151,3 +152,64 @@ def test_untimed_arms_batched_across_prompts_equal_batch_1(prepared_tiny, tmp_pa
             np.testing.assert_allclose(mine[arm].numpy(), alone[arm].numpy(), **TOL, err_msg=arm)
             worst = max(worst, float((mine[arm] - alone[arm]).abs().max()))
     print(f"untimed arms batched vs batch 1: max abs diff {worst:.2e}")
+
+
+def test_isolation_batched_across_prompts_and_conditions_equals_batch_1(prepared_tiny, prompts):
+    """Isolation's work items (a prompt under one condition: its own isolated rows and layers) in one
+    left-padded batch give each item's logits run alone, unpadded, with the plain isolation edit; the
+    random control isolates the same rows whatever the batch (each prompt's own generator)."""
+    import torch
+
+    from iclscope.methods.anchors.isolation import (
+        condition_layers,
+        isolated_rows,
+        isolation_edit,
+        isolation_readouts,
+        run_isolation,
+    )
+    from iclscope.model.capture import Recorder, no_positions, recording
+
+    spec, model_dir = prepared_tiny
+    test, meta = anchor_prompts(prompts)
+    net, tok, manifest = load_model(model_dir, spec, attn_implementation=ATTN_IMPLEMENTATION)
+    L, label_ids = manifest["n_layers"], list(meta["label_token_ids"])
+    items = [
+        {
+            "input_ids": list(r.input_ids),
+            "label_ids": label_ids,
+            "rows": isolated_rows(r.n_tokens, r.label_pos, condition_layers(side, k, L), kind, int(r.prompt_id)),
+        }
+        for side, k, kind in (
+            ("none", 0, "label"),
+            ("first", 1, "label"),
+            ("last", 1, "random"),
+            ("first", 2, "random"),
+        )
+        for r in test.sort_values("n_tokens", kind="stable").iloc[[0, -1, 1, -2]].itertuples()
+    ]
+    assert all(len(it["rows"]) for it in items[4:]) and len({len(it["input_ids"]) for it in items}) > 1
+    logits, top = isolation_readouts(net, L, tok.pad_token_id, items, 16, 1 << 20, 5)
+    for i, item in enumerate(items):
+        T = len(item["input_ids"])
+        rows = {layer: torch.zeros(1, T, dtype=torch.bool) for layer in item["rows"]}
+        for layer, r in item["rows"].items():
+            rows[layer][0, r] = True
+        edit = lambda layer, w, rows=rows: isolation_edit({layer}, rows[layer])(layer, w) if layer in rows else w  # noqa: E731
+        ids = torch.tensor([item["input_ids"]])
+        with torch.inference_mode(), recording(net, Recorder(L, no_positions(1, ids.device), (), edit=edit)):
+            alone = net(input_ids=ids, logits_to_keep=1).logits[0, -1]
+        np.testing.assert_allclose(logits[i], alone[label_ids].numpy(), **TOL)
+        np.testing.assert_array_equal(top[i], alone.topk(5).indices.numpy())
+    assert not np.allclose(logits[4:8], logits[:4])  # the edit changes something
+    tables = [
+        run_isolation(
+            prompts,
+            model_dir,
+            dataclasses.replace(spec, batch_size=bs, max_batch_tokens=1 << 20),
+            n_per_seed=3,
+            ks=(1, 2),
+            dataset="d",
+        )[0]
+        for bs in (1, 16)
+    ]
+    assert tables[0].equals(tables[1])
