@@ -793,7 +793,7 @@ def plot_layer_curves(table: pd.DataFrame, path) -> None:
 
 # ---------------------------------------------------------------------------- one entry point
 def draw(figure: str, inputs: dict, path) -> None:
-    """Figure `figure` (a row of workflow/rules/figures.smk) from its input files, by name: "table"
+    """Figure `figure` (a figure of iclscope.core.families, or its `plot`) from its input files, by name: "table"
     for the figures of one metric table, the named inputs of the others."""
     from iclscope.core.tables import read_table
 
