@@ -298,10 +298,12 @@ def test_patching(prepared_tiny, tmp_path, dispatched):
 def test_icicl(prepared_tiny, dispatched):
     from test_icicl_tsft import SPEC, frame, identity_space
 
-    from iclscope.methods.taskspace import icicl
+    from iclscope.methods.taskspace.icicl import arms
+    from iclscope.methods.taskspace.icicl.evaluate import evaluate_icicl
+    from iclscope.methods.taskspace.icicl.settings import ICICLSettings
 
     spec, model_dir = on_cpu(prepared_tiny)
-    settings = icicl.ICICLSettings(
+    settings = ICICLSettings(
         k=2,
         pool_size=10,
         n_test=4,
@@ -316,9 +318,7 @@ def test_icicl(prepared_tiny, dispatched):
         n_boot=20,
     )
     spaces = {"class_mean": {1: identity_space(32, 1)}}
-    one, many = twice(
-        icicl, dispatched, lambda: icicl.evaluate_icicl(frame(), SPEC, model_dir, spec, spaces, settings)[:2]
-    )
+    one, many = twice(arms, dispatched, lambda: evaluate_icicl(frame(), SPEC, model_dir, spec, spaces, settings)[:2])
     same("icicl", one, many)
 
 
