@@ -52,23 +52,39 @@ def tokens_per_prompt(spec: dict) -> float:
     return (demos_per_prompt(spec) + 1) * TOKENS_PER_DEMO[spec["kind"]]
 
 
-def label_rows(n: int, spec: dict) -> float:
+def label_rows(n: int, spec: dict, shards: int = 1, shared_prefixes: bool = True) -> float:
     """Label-state rows [.., demos, L+1, d] an activation file stores for a dataset (the demos axis
     counted as written: zero-padding of shorter prompts compresses to almost nothing).
 
     Classification prompts of one seed share their demonstrations: from store schema 2 their label
-    states are stored once per seed (/prefix/resid/label); generation prompts carry their own, as
-    many as their shot count (the mean over the shot counts)."""
+    states are stored once per shared prefix (/prefix/resid/label): once per seed, plus one per
+    shard boundary inside a seed (each of `shards` extraction jobs stores the prefixes its rows
+    continue). Generation prompts carry their own, as many as their shot count (the mean over the
+    shot counts). `shared_prefixes=False`: the per-prompt layout of schema 1 (every prompt its own)."""
     from iclscope.core.store import SCHEMA_VERSION
 
     p = spec["prompts"]
     if spec["kind"] == "classification":
         per = demos_per_prompt(spec)
-        return (len(p["seeds"]) if SCHEMA_VERSION >= 2 else n) * per
+        if SCHEMA_VERSION >= 2 and shared_prefixes:
+            return min(n, len(p["seeds"]) + shards - 1) * per
+        return n * per
     return n * sum(p["shots"]) / len(p["shots"])
 
 
-def activation_array_bytes(n: int, layout, spec: dict, cfg: dict) -> int:
+def per_prompt_rows(cfg: dict) -> int:
+    """Residual rows [L+1, d] stored for every prompt: one per position set but the label states
+    (`extract.positions`, default all of iclscope.model.extract.RESID_POSITIONS): /resid/query,
+    /resid/last_input and /resid/content_mean, each read by a table for every test prompt at every
+    layer (the compression table; the query also by the class-mean task space on the train prompts).
+    At d = 4096 they are what a classification prompt costs once its label states are shared."""
+    from iclscope.model.extract import RESID_POSITIONS
+
+    positions = cfg["extract"].get("positions") or RESID_POSITIONS
+    return sum(p != "label" for p in positions)
+
+
+def activation_array_bytes(n: int, layout, spec: dict, cfg: dict, shared_prefixes: bool = True) -> int:
     """Bytes of the arrays of one activation file (iclscope.core.store layout) as stored:
     resid [n, L+1, d] per stored position and the label states (`label_rows`), attn
     [n, L, H, demos] fp32, label logits [n, classes] fp32, top-k ids and values, generated tokens."""
@@ -78,8 +94,9 @@ def activation_array_bytes(n: int, layout, spec: dict, cfg: dict) -> int:
     ex = cfg["extract"]
     itemsize = np.dtype(ex["store_dtype"]).itemsize
     positions = ex.get("positions") or RESID_POSITIONS
-    per_prompt = sum(p != "label" for p in positions)
-    rows = n * per_prompt + (label_rows(n, spec) if "label" in positions else 0)
+    shards = int(ex.get("shards") or 1)
+    labels = label_rows(n, spec, shards, shared_prefixes) if "label" in positions else 0
+    rows = n * per_prompt_rows(cfg) + labels
     size = rows * (L + 1) * d * itemsize
     size += n * L * H * demos_per_prompt(spec) * 4
     size += n * len(spec.get("classes") or {}) * 4 + n * ex["topk"] * 8
@@ -87,13 +104,13 @@ def activation_array_bytes(n: int, layout, spec: dict, cfg: dict) -> int:
     return int(size)
 
 
-def activation_file_bytes(n: int, layout, spec: dict, cfg: dict) -> int:
+def activation_file_bytes(n: int, layout, spec: dict, cfg: dict, shared_prefixes: bool = True) -> int:
     """The file on disk: the arrays, plus the prompts group (ids, split, task, answer strings, the
-    padded label / demo positions: about 160 + 16·demos bytes a prompt; generated text about
-    16 bytes a token). lzf compresses activations of real models by < 10 %: not counted."""
+    padded label / demo positions, the prefix index: about 160 + 16·demos bytes a prompt; generated
+    text about 16 bytes a token). lzf compresses activations of real models by < 10 %: not counted."""
     generation = spec["kind"] == "generation"
     meta = n * (160 + 16 * demos_per_prompt(spec)) + (n * cfg["extract"]["max_new_tokens"] * 16 if generation else 0)
-    return activation_array_bytes(n, layout, spec, cfg) + meta
+    return activation_array_bytes(n, layout, spec, cfg, shared_prefixes) + meta
 
 
 def _stage_jobs(cfg: dict) -> dict[str, dict[str, int]]:
