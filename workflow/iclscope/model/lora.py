@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from iclscope.core.atomic import written
+from iclscope.core.training import train_steps
 from iclscope.model.blocks import transformer_blocks
 
 log = logging.getLogger(__name__)
@@ -120,24 +120,28 @@ def eval_steps(steps: int, eval_every: int) -> list[int]:
 
 def train_loop(
     net,
-    optimizer,
     examples: list,
     loss_fn: Callable[[list], tuple[torch.Tensor, dict]],
+    settings,
     *,
-    steps: int,
-    batch_size: int,
-    seed: int,
-    checkpoint_every: int,
     checkpoint: Path,
     stop_after: int | None = None,
     desc: str = "lora",
     evaluate: Callable[[], dict] | None = None,
     eval_every: int = 1,
 ) -> tuple[list[dict], float, int, list[dict]]:
-    """Run steps [resumed step, steps) of `loss_fn(batch) -> (loss, {name: float})`; returns
-    (log rows {step, loss, **extra}, seconds, last step run, evaluation rows {step, seconds, **evaluate()}).
-    `evaluate()` (held-out losses of the current adapter) runs at the steps of `eval_steps`;
-    `stop_after` ends early (tests: a kill)."""
+    """Run steps [resumed step, settings.steps) of `loss_fn(batch) -> (loss, {name: float})` with AdamW
+    (settings.lr) on the adapters, batches of settings.batch_size, settings.seed, a checkpoint every
+    settings.checkpoint_every steps; returns (log rows {step, loss, **extra}, seconds, last step run,
+    evaluation rows {step, seconds, **evaluate()}). `evaluate()` (held-out losses of the current adapter)
+    runs at the steps of `eval_steps`; `stop_after` ends early (tests: a kill)."""
+    steps, batch_size, seed, checkpoint_every = (
+        settings.steps,
+        settings.batch_size,
+        settings.seed,
+        settings.checkpoint_every,
+    )
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=settings.lr)
     device = next(p for p in net.parameters() if p.requires_grad).device
     start, log_rows, eval_rows = load_checkpoint(net, optimizer, checkpoint, device)
     if start:
@@ -149,33 +153,37 @@ def train_loop(
             start,
         )
     due = set(eval_steps(steps, eval_every)) if evaluate is not None else set()
-
-    def run_eval(step: int) -> None:
-        t = time.perf_counter()
-        net.eval()
-        with torch.inference_mode():
-            values = evaluate()
-        net.train()
-        eval_rows.append({"step": step, **values, "seconds": time.perf_counter() - t})
-
     n_batches = max(1, len(examples) // batch_size)
-    t0 = time.perf_counter()
-    net.train()
-    if start == 0 and 0 in due:
-        run_eval(0)
-    end = steps if stop_after is None else min(steps, stop_after)
-    for step in tqdm(range(start, end), desc=desc, initial=start, total=steps):
+
+    def batch_loss(step: int) -> tuple[torch.Tensor, dict]:
         epoch, b = divmod(step, n_batches)
         order = np.random.default_rng((seed, epoch)).permutation(len(examples))
-        batch = [examples[i] for i in order[b * batch_size : (b + 1) * batch_size]]
         torch.manual_seed(seed * 100_003 + step)  # dropout masks depend on (seed, step) only
-        loss, extra = loss_fn(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        log_rows.append({"step": step + 1, "loss": loss.item(), **extra})
-        if step + 1 in due:
-            run_eval(step + 1)
-        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            save_checkpoint(net, optimizer, step + 1, log_rows, checkpoint, eval_rows)
+        return loss_fn([examples[i] for i in order[b * batch_size : (b + 1) * batch_size]])
+
+    def at_step(step: int) -> None:
+        """After `step` updates: the held-out evaluation where due (at a resumed start it was done before the
+        checkpoint), then the checkpoint every `checkpoint_every` steps and at the last."""
+        if step in due and (step > start or start == 0):
+            t = time.perf_counter()
+            net.eval()
+            with torch.inference_mode():
+                values = evaluate()
+            net.train()
+            eval_rows.append({"step": step, **values, "seconds": time.perf_counter() - t})
+        if step > start and (step % checkpoint_every == 0 or step == steps):
+            save_checkpoint(net, optimizer, step, log_rows, checkpoint, eval_rows)
+
+    t0 = time.perf_counter()
+    net.train()
+    end = train_steps(
+        optimizer,
+        batch_loss,
+        steps=steps,
+        start=start,
+        at_step=at_step,
+        stop_after=stop_after,
+        log_rows=log_rows,
+        desc=desc,
+    )
     return log_rows, time.perf_counter() - t0, end, eval_rows

@@ -252,7 +252,6 @@ def train_layer_lora(
 
     net = attach_lora(base, r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout, layers=layers)
     before = mean_answer_loss(net, monitor, pad, model.batch_size)  # LoRA B = 0: the base model
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=settings.lr)
 
     def loss_fn(batch):
         loss, n_tokens = answer_loss(net, batch, pad)
@@ -260,13 +259,9 @@ def train_layer_lora(
 
     log_rows, seconds, end, _ = train_loop(
         net,
-        optimizer,
         train,
         loss_fn,
-        steps=settings.steps,
-        batch_size=settings.batch_size,
-        seed=settings.seed,
-        checkpoint_every=settings.checkpoint_every,
+        settings,
         checkpoint=checkpoint,
         stop_after=stop_after,
         desc=f"lora {arm} {n} of {L} layers",

@@ -24,7 +24,6 @@ a linear read-out at every query token (cost per step: one forward and backward 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,10 +31,10 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from iclscope.core.config import stable_hash
-from iclscope.core.resume import load_state, log_spaced_steps, save_state
+from iclscope.core.resume import log_spaced_steps
+from iclscope.core.training import scratch_gpt2_config, train_from_scratch
 from iclscope.data.synthetic import SparseRegressionTask, optimal_mse_reference
 from iclscope.methods.decodability.knn import decodability
 from iclscope.model.capture import residual_stream
@@ -72,21 +71,12 @@ class RegressionTransformer(nn.Module):
     """xs [B, K, D], ys [B, K] -> predictions of y_1..y_K [B, K] (each from the prefix up to x_i)."""
 
     def __init__(self, dim: int, n_points: int, run: RegressionTraining):
-        from transformers import GPT2Config, GPT2Model
+        from transformers import GPT2Model
 
         super().__init__()
         torch.manual_seed(run.seed)
-        cfg = GPT2Config(
-            vocab_size=1,
-            n_positions=2 * n_points,
-            n_embd=run.d_model,
-            n_layer=run.n_layers,
-            n_head=run.n_heads,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            bos_token_id=0,
-            eos_token_id=0,
+        cfg = scratch_gpt2_config(
+            vocab_size=1, n_positions=2 * n_points, d_model=run.d_model, n_layers=run.n_layers, n_heads=run.n_heads
         )
         self.tokens = self.pairs if run.encoding == "pairs" else self.interleave
         self.read_in = nn.Linear(dim + 2 if run.encoding == "pairs" else dim, run.d_model)
@@ -168,61 +158,34 @@ def train_regression(
     model = RegressionTransformer(task.dim, task.n_points, run).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=run.lr, betas=(0.9, 0.9999))
     rng = np.random.default_rng(run.seed)
-    checkpoints = set(run.checkpoint_steps())
-    digest = stable_hash({"task": asdict(task), "run": asdict(run)})
-    state_path = Path(resume_dir) / "regression.pt" if resume_dir is not None else None
-    rows, start, t0 = [], 0, time.perf_counter()
-    state = load_state(state_path, digest, device)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        rng.bit_generator.state = state["rng"]
-        rows, start = state["rows"], state["step"]
-        log.info("toy regression: resuming at step %d from %s", start, state_path)
-    for step in tqdm(
-        range(start, run.steps + 1),
-        desc="toy regression",
-        unit="step",
-        mininterval=5,
-        initial=start,
-        total=run.steps + 1,
-    ):
-        if state_path is not None and step > start and step % run.save_every == 0:
-            save_state(
-                state_path,
-                digest,
-                model=model.state_dict(),
-                optimiser=optimiser.state_dict(),
-                rng=rng.bit_generator.state,
-                rows=rows,
-                step=step,
-            )
-        if stop_after is not None and step == stop_after:
-            return None
-        if step in checkpoints:
-            if weights_dir is not None:
-                from safetensors.torch import save_file
 
-                Path(weights_dir).mkdir(parents=True, exist_ok=True)
-                save_file(model.state_dict(), Path(weights_dir) / f"step{step:06d}.safetensors")
-            rows += [{"step": step, **r} for r in evaluate(model, test, task, run.knn_k)]
-        if step == run.steps:
-            break
+    def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
         bx, by, _ = task.sample(run.batch_size, rng)
         bx, by = torch.as_tensor(bx).to(device), torch.as_tensor(by).to(device)
-        loss = ((model(bx, by) - by) ** 2).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-    if state_path is not None:
-        state_path.unlink(missing_ok=True)
-    log.info(
-        "toy regression: %d parameters, %d steps in %.1f s",
-        sum(p.numel() for p in model.parameters()),
-        run.steps,
-        time.perf_counter() - t0,
+        return ((model(bx, by) - by) ** 2).mean(), {}
+
+    def measure(step: int) -> list[dict]:
+        if weights_dir is not None:
+            from safetensors.torch import save_file
+
+            Path(weights_dir).mkdir(parents=True, exist_ok=True)
+            save_file(model.state_dict(), Path(weights_dir) / f"step{step:06d}.safetensors")
+        return [{"step": step, **r} for r in evaluate(model, test, task, run.knn_k)]
+
+    rows = train_from_scratch(
+        model,
+        optimiser,
+        rng,
+        loss_fn,
+        measure,
+        run,
+        state_path=Path(resume_dir) / "regression.pt" if resume_dir is not None else None,
+        digest=stable_hash({"task": asdict(task), "run": asdict(run)}),
+        device=device,
+        stop_after=stop_after,
+        desc="toy regression",
     )
-    return pd.DataFrame(rows)
+    return None if rows is None else pd.DataFrame(rows)
 
 
 def reference_rows(task: SparseRegressionTask, n_sequences: int = 1000) -> list[dict]:

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from iclscope.core.config import stable_hash
-from iclscope.core.resume import load_state, log_spaced_steps, save_state
+from iclscope.core.resume import log_spaced_steps
+from iclscope.core.training import scratch_gpt2_config, train_from_scratch
 from iclscope.methods.entropy.measures import EntropySettings, layer_measures, pair_labels
 from iclscope.model.capture import residual_stream
 
@@ -81,21 +80,12 @@ def windows(stream: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.Tenso
 
 
 def build_model(size: ToySize, vocab_size: int, seq_len: int, seed: int):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=seq_len,
-        n_embd=size.d_model,
-        n_layer=size.n_layers,
-        n_head=size.n_heads,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )  # id 0 = UNK / text separator
+    cfg = scratch_gpt2_config(  # id 0 = UNK / text separator
+        vocab_size=vocab_size, n_positions=seq_len, d_model=size.d_model, n_layers=size.n_layers, n_heads=size.n_heads
+    )
     return GPT2LMHeadModel(cfg)
 
 
@@ -150,9 +140,34 @@ def train_and_measure(
     eval_ids = torch.as_tensor(held_out.reshape(run.eval_windows, run.seq_len)).to(device)
     model = build_model(size, run.vocab_size, run.seq_len, run.seed).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=run.lr)
-    checkpoints = set(run.checkpoint_steps())
-    rows, t0, eval_loss, start = [], time.perf_counter(), float("nan"), 0
-    state_path = Path(resume_dir) / f"{size.name}.pt" if resume_dir is not None else None
+
+    def loss_fn(step: int) -> tuple[torch.Tensor, dict]:
+        starts = rng.integers(0, len(train) - run.seq_len, size=run.batch_size)
+        batch = windows(train, starts, run.seq_len).to(device)
+        return model(batch, labels=batch).loss, {}
+
+    def measure_rows(step: int) -> list[dict]:
+        if weights_dir is not None:
+            model.save_pretrained(Path(weights_dir) / size.name / f"step{step:06d}")
+        eval_loss, measures = measure(model, eval_ids, settings)
+        rows = [
+            {"step": step, "layer": None, "range": None, "label_type": None, "metric": "eval_loss", "value": eval_loss}
+        ]
+        for m in measures:
+            rows += [
+                {
+                    "step": step,
+                    "layer": m["layer"],
+                    "range": m["range"],
+                    "label_type": m["label_type"],
+                    "metric": k,
+                    "value": v,
+                }
+                for k, v in m.items()
+                if k not in ("layer", "range", "label_type")
+            ]
+        return rows
+
     digest = stable_hash(
         {
             "size": asdict(size),
@@ -161,80 +176,24 @@ def train_and_measure(
             "corpus": hashlib.sha256(stream.tobytes()).hexdigest(),
         }
     )
-    state = load_state(state_path, digest, device)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        rng.bit_generator.state = state["rng"]
-        rows, start, eval_loss = state["rows"], state["step"], state["eval_loss"]
-        log.info("toy LM %s: resuming at step %d from %s", size.name, start, state_path)
-    for step in tqdm(
-        range(start, run.steps + 1),
+    rows = train_from_scratch(
+        model,
+        optimiser,
+        rng,
+        loss_fn,
+        measure_rows,
+        run,
+        state_path=Path(resume_dir) / f"{size.name}.pt" if resume_dir is not None else None,
+        digest=digest,
+        device=device,
+        stop_after=stop_after,
         desc=f"toy LM {size.name}",
-        unit="step",
-        mininterval=5,
-        initial=start,
-        total=run.steps + 1,
-    ):
-        if state_path is not None and step > start and step % run.save_every == 0:
-            save_state(
-                state_path,
-                digest,
-                model=model.state_dict(),
-                optimiser=optimiser.state_dict(),
-                rng=rng.bit_generator.state,
-                rows=rows,
-                step=step,
-                eval_loss=eval_loss,
-            )
-        if stop_after is not None and step == stop_after:
-            return None
-        if step in checkpoints:
-            if weights_dir is not None:
-                model.save_pretrained(Path(weights_dir) / size.name / f"step{step:06d}")
-            eval_loss, measures = measure(model, eval_ids, settings)
-            rows.append(
-                {
-                    "step": step,
-                    "layer": None,
-                    "range": None,
-                    "label_type": None,
-                    "metric": "eval_loss",
-                    "value": eval_loss,
-                }
-            )
-            for m in measures:
-                rows += [
-                    {
-                        "step": step,
-                        "layer": m["layer"],
-                        "range": m["range"],
-                        "label_type": m["label_type"],
-                        "metric": k,
-                        "value": v,
-                    }
-                    for k, v in m.items()
-                    if k not in ("layer", "range", "label_type")
-                ]
-        if step == run.steps:
-            break
-        starts = rng.integers(0, len(train) - run.seq_len, size=run.batch_size)
-        batch = windows(train, starts, run.seq_len).to(device)
-        loss = model(batch, labels=batch).loss
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-    if state_path is not None:
-        state_path.unlink(missing_ok=True)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info(
-        "toy LM %s: %d parameters, %d steps in %.1f s, final eval loss %.3f",
-        size.name,
-        n_params,
-        run.steps,
-        time.perf_counter() - t0,
-        eval_loss,
     )
+    if rows is None:
+        return None
+    eval_loss = next(r["value"] for r in reversed(rows) if r["metric"] == "eval_loss")
+    log.info("toy LM %s: final eval loss %.3f", size.name, eval_loss)
+    n_params = sum(p.numel() for p in model.parameters())
     df = pd.DataFrame(rows)
     df.insert(0, "size", size.name)
     df["n_params"] = n_params

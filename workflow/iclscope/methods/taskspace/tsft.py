@@ -268,7 +268,6 @@ def train_tsft(
     net = attach_lora(
         base, r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout, checkpoint_blocks=True
     )
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=settings.lr)
     checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / "checkpoint"
 
     def loss_fn(batch):
@@ -295,13 +294,9 @@ def train_tsft(
 
     log_rows, loop_seconds, end, eval_rows = train_loop(
         net,
-        optimizer,
         train,
         loss_fn,
-        steps=settings.steps,
-        batch_size=settings.batch_size,
-        seed=settings.seed,
-        checkpoint_every=settings.checkpoint_every,
+        settings,
         checkpoint=checkpoint,
         stop_after=stop_after,
         desc=f"ts-ft λ={settings.lam}",
