@@ -16,7 +16,8 @@ Rows are in batch order (sentences batched by length), with their sentence index
 so the measures read [N, d] per layer and never the whole file.
 
 Cost: one forward pass over the corpus (`logits_to_keep=1`: the vocabulary head runs at one
-position only) and N·(L+1)·d·2 bytes on disk (10,000 tokens of SmolLM2-135M: 357 MB before
+position only; the tokens every sentence begins with run once, `extract_token_states`) and
+N·(L+1)·d·2 bytes on disk (10,000 tokens of SmolLM2-135M: 357 MB before
 compression). Memory: one batch of states.
 """
 
