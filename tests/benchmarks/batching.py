@@ -27,7 +27,8 @@ N_DRAWS = 20  # the schema's anchors.compression.n_random_draws
 
 
 def _model():
-    from iclscope.core.config import ModelSpec, load_config
+    from iclscope.core.config import ModelSpec
+    from iclscope.core.validate import load_config
     from iclscope.model.capture import ATTN_IMPLEMENTATION
     from iclscope.model.loading import load_model
 
@@ -155,7 +156,8 @@ TSFT_STEP = """
 import json, sys, time
 sys.path.insert(0, {workflow!r})
 import torch, torch.nn.functional as F
-from iclscope.core.config import DatasetSpec, ModelSpec, load_config
+from iclscope.core.config import DatasetSpec, ModelSpec
+from iclscope.core.validate import load_config
 from iclscope.core.tables import read_table
 from iclscope.methods.taskspace.tsft import TSFTSettings, forward_batch, tsft_rows, zero_shot_examples
 from iclscope.model.capture import ATTN_IMPLEMENTATION

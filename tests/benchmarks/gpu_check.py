@@ -110,7 +110,7 @@ def reduced_config(device: str = "cuda") -> dict:
 
 def check_config(device: str) -> pd.DataFrame:
     """The reduced config validates against the schema (a renamed key fails here, not minutes in)."""
-    from iclscope.core.config import validate_config
+    from iclscope.core.validate import validate_config
 
     try:
         validate_config(copy.deepcopy(reduced_config(device)))

@@ -48,8 +48,9 @@ WIDE = {
 
 def _tweets_prompts(tokenizer, context_length: int, shots: int, seeds: int | None, out: Path, fold: int | None = None):
     """The default's tweets prompts at `shots` demonstrations per class (first `seeds` seeds; None = all)."""
-    from iclscope.core.config import DatasetSpec, load_config
+    from iclscope.core.config import DatasetSpec
     from iclscope.core.tables import read_table, write_table
+    from iclscope.core.validate import load_config
     from iclscope.model.prompts import build_prompts, prompts_digest
 
     cfg = load_config(REPO / "config.yaml")

@@ -49,7 +49,7 @@ FILL = """
 import sys, yaml
 from pathlib import Path
 from iclscope.core import lab_store
-from iclscope.core.config import validate_config
+from iclscope.core.validate import validate_config
 
 store, config = Path(sys.argv[1]), yaml.safe_load(open(sys.argv[2]))
 recipes = lab_store.Recipes(validate_config(config))

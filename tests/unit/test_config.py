@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from iclscope.core.config import ConfigError, DatasetSpec, validate_config
+from iclscope.core.config import ConfigError, DatasetSpec
+from iclscope.core.validate import validate_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -142,7 +143,7 @@ def test_methods_must_apply_to_the_dataset_kind():
 
 
 def test_a_name_given_twice_is_an_error_not_a_silent_overwrite(tmp_path):
-    from iclscope.core.config import load_config
+    from iclscope.core.validate import load_config
 
     text = (REPO / "config.yaml").read_text()
     block = text[text.index("  words:\n") : text.index("\n\n", text.index("  words:\n"))]
@@ -157,7 +158,7 @@ def test_an_unsupported_local_architecture_is_refused_at_validation(tmp_path):
     """Before any job: the architecture is named, with the reason and the supported list."""
     import json
 
-    from iclscope.core.config import load_config
+    from iclscope.core.validate import load_config
 
     model = tmp_path / "mamba"
     model.mkdir()

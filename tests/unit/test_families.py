@@ -9,9 +9,9 @@ import yaml
 from test_jobs import SCRIPTS, _package_copy
 
 from iclscope.core import families
-from iclscope.core.config import SCHEMA_PATH, load_config
 from iclscope.core.families import FAMILIES, METHODS_BY_KIND
 from iclscope.core.plan import Plan
+from iclscope.core.validate import SCHEMA_PATH, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "workflow" / "rules"

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from iclscope.core import families
-from iclscope.core.config import ConfigError, validate_config
+from iclscope.core.config import ConfigError
+from iclscope.core.validate import validate_config
 
 DEFAULT = yaml.safe_load((Path(__file__).resolve().parents[2] / "config.yaml").read_text())
 

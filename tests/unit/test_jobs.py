@@ -11,15 +11,8 @@ from pathlib import Path
 import pytest
 
 from iclscope.core import jobs
-from iclscope.core.config import (
-    DatasetSpec,
-    ModelSpec,
-    PromptSpec,
-    TaggingSettings,
-    load_config,
-    load_schema,
-    validate_config,
-)
+from iclscope.core.config import DatasetSpec, ModelSpec, PromptSpec, TaggingSettings
+from iclscope.core.validate import load_config, load_schema, validate_config
 from iclscope.data.synthetic import SparseRegressionTask
 from iclscope.methods.anchors.compression import AnchorCompressionSettings
 from iclscope.methods.anchors.error_diagnosis import ErrorDiagnosisSettings
@@ -213,6 +206,40 @@ def test_a_version_bump_reruns_nothing(tmp_path):
     text = init.read_text()
     init.write_text(text + "\nEXTRA_CONSTANT = 1\n")
     assert all(_digest_in(pkg, s) != b for s, b in zip(scripts, before, strict=True))
+
+
+# what runs once before any job (whole-config validation, computing settings, resolving layer shares,
+# reading a model's depth, the plan, resources), not inside one: a job receives its results as params
+PLANNING_ONLY = ("core.validate", "core.jobs", "core.layers", "core.model_config", "core.plan", "core.resources")
+
+
+def test_validation_and_planning_are_in_no_jobs_code_digest():
+    """No script runs the config validation or the planning code, directly or transitively, so
+    rewording a validation message or changing how a depth is read reruns no stored product; the
+    specs a script builds (core.config) and its settings reader (core.job) stay in."""
+    scripts = sorted(SCRIPTS.glob("*.py"))
+    readers = [s for s in scripts if "job_of(snakemake)" in s.read_text()]
+    assert len(readers) > 20
+    for script in scripts:
+        modules = set(jobs.package_modules(script))
+        assert modules.isdisjoint(PLANNING_ONLY), (script.name, sorted(modules & set(PLANNING_ONLY)))
+    for script in readers:
+        assert {"core.job", "core.config"} <= set(jobs.package_modules(script)), script.name
+    assert {"core.model_files", "core.architectures"} <= set(jobs.package_modules(SCRIPTS / "extract.py"))
+
+
+def test_a_validation_edit_reruns_nothing_a_spec_edit_reruns_its_readers(tmp_path):
+    pkg = _package_copy(tmp_path)
+    scripts = [SCRIPTS / f"{s}.py" for s in ("extract", "prepare_model", "icl_accuracy", "figure")]
+    before = [_digest_in(pkg, s) for s in scripts]
+    for module in PLANNING_ONLY:
+        path = pkg.joinpath(*module.split(".")).with_suffix(".py")
+        path.write_text(path.read_text() + "\nEXTRA_CONSTANT = 1\n")
+    assert [_digest_in(pkg, s) for s in scripts] == before
+    config = pkg / "core" / "config.py"
+    config.write_text(config.read_text() + "\nEXTRA_CONSTANT = 1\n")
+    after = [_digest_in(pkg, s) for s in scripts]
+    assert [a != b for a, b in zip(after, before, strict=True)] == [True, True, True, False]
 
 
 def test_code_digest_is_cheap_and_imports_no_torch():

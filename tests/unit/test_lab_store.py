@@ -22,7 +22,7 @@ import pytest
 
 from iclscope.cli import store_command
 from iclscope.core import lab_store
-from iclscope.core.config import validate_config
+from iclscope.core.validate import validate_config
 from snakemake_runner import REPO
 
 ACTIVATIONS = "results/activations/tiny/toy.h5"

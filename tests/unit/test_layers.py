@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from iclscope.core import jobs, layers
-from iclscope.core.config import ConfigError, ModelSpec, validate_config
+from iclscope.core.config import ConfigError, ModelSpec
 from iclscope.core.model_config import gguf_metadata, model_depth, read_model_config
+from iclscope.core.validate import validate_config
 from snakemake_runner import REPO
 
 DEFAULT = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))

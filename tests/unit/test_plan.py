@@ -4,8 +4,8 @@ each method needs (tasks, demonstrations, three or more classes)."""
 import copy
 from pathlib import Path
 
-from iclscope.core.config import load_config, validate_config
 from iclscope.core.plan import Plan
+from iclscope.core.validate import load_config, validate_config
 
 DEFAULT = load_config(Path(__file__).resolve().parents[2] / "config.yaml")
 

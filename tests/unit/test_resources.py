@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from iclscope.core import resources as res
-from iclscope.core.config import validate_config
+from iclscope.core.validate import validate_config
 from tiny_models import TINY_CONFIGS, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,9 +5,9 @@ import subprocess
 
 import yaml
 
-from iclscope.core.config import load_config, validate_config
 from iclscope.core.families import FAMILIES
 from iclscope.core.plan import Plan
+from iclscope.core.validate import load_config, validate_config
 from snakemake_runner import REPO, planned_jobs, snakemake, write_config
 
 

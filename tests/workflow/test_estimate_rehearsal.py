@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from iclscope.core.config import validate_config
+from iclscope.core.validate import validate_config
 from iclscope.report.estimate import estimate, estimate_rows
 from snakemake_runner import snakemake, write_config
 from tiny_models import make_tiny_arch

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from hub_cache import config_only_cache
 
-from iclscope.core.config import validate_config
 from iclscope.core.plan import Plan
+from iclscope.core.validate import validate_config
 from snakemake_runner import REPO, SNAKEMAKE
 
 EXAMPLES = sorted(p.name for p in (REPO / "config" / "examples").glob("*.yaml"))

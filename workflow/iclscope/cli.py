@@ -91,7 +91,8 @@ def store_command(
     import datetime as dt
 
     from iclscope.core import lab_store
-    from iclscope.core.config import ConfigError, load_config
+    from iclscope.core.config import ConfigError
+    from iclscope.core.validate import load_config
 
     if action == "key":
         try:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from iclscope.core.config import ConfigError, DatasetSpec, ModelSpec, check_unique_keys, validate_config  # noqa: E402
+from iclscope.core.config import ConfigError, DatasetSpec, ModelSpec  # noqa: E402
+from iclscope.core.validate import check_unique_keys, validate_config  # noqa: E402
 from iclscope.core import jobs  # noqa: E402
 from iclscope.core import resources as res  # noqa: E402
 from iclscope.core.layers import check_all as check_layer_settings  # noqa: E402

@@ -1,6 +1,6 @@
 import json
 
-from iclscope.core.jobs import job_of
+from iclscope.core.job import job_of
 from iclscope.core.logs import log_to
 from iclscope.core.tables import write_table
 from iclscope.methods.decodability.knn import decodability_table

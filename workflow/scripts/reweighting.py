@@ -1,7 +1,7 @@
 import numpy as np
 
 from iclscope.core.atomic import written
-from iclscope.core.jobs import job_of
+from iclscope.core.job import job_of
 from iclscope.core.logs import log_to
 from iclscope.core.tables import write_table
 from iclscope.methods.anchors.reweighting import run_reweighting

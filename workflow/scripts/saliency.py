@@ -1,4 +1,4 @@
-from iclscope.core.jobs import job_of
+from iclscope.core.job import job_of
 from iclscope.core.logs import log_to
 from iclscope.core.tables import write_table
 from iclscope.methods.anchors.saliency import run_saliency

@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd
 
 from iclscope.core.atomic import written
-from iclscope.core.jobs import job_of
+from iclscope.core.job import job_of
 from iclscope.core.logs import log_to
 from iclscope.core.tables import read_meta
 from iclscope.report.atlas import headline

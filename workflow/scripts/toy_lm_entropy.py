@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from iclscope.core.jobs import job_of
+from iclscope.core.job import job_of
 from iclscope.core.logs import log_to
 from iclscope.core.tables import write_table
 from iclscope.methods.entropy.measures import EntropySettings

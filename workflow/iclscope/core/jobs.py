@@ -2,7 +2,9 @@
 
 A rule passes `settings(config, rule, wildcards)` as its `params.settings` and
 `code_digest(script)` as its `params.code`; its script reads them back with `job_of(snakemake)`
-and never looks at the config. Two consequences, both promised to users:
+(iclscope.core.job, the only part of this path a script runs: this module, the layer resolution
+and the config validation are in no job's code digest) and never looks at the config. Two
+consequences, both promised to users:
 
 * **A job is keyed on exactly what changes its bytes.** Snakemake reruns a job when a param
   changes and the lab store (iclscope.core.lab_store) keys on these settings, so each rule's settings hold the
@@ -31,6 +33,7 @@ from typing import Any
 
 from iclscope.core import families, layers
 from iclscope.core.config import DatasetSpec, ModelSpec
+from iclscope.core.job import Job, job_of  # noqa: F401  (the script side; scripts import it from there)
 from iclscope.core.model_config import model_depth
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -365,38 +368,3 @@ def family_section(config: dict, rule: str) -> dict:
 def as_json(obj: Any) -> str:
     """Canonical JSON: params are compared as strings, and the store key must be stable."""
     return json.dumps(obj, sort_keys=True, default=str)
-
-
-# --------------------------------------------------------------------------------------------
-# the script side
-
-
-class Job:
-    """What one job's script reads: its settings (params), wildcards and runtime resources.
-
-    `job_of(snakemake)` builds it; `job.model()` / `job.dataset()` give the specs the package's
-    functions take, `job["tsft"]` a method's settings."""
-
-    def __init__(self, settings: dict, wildcards: dict, resources: dict | None = None):
-        self.settings = settings
-        self.wildcards = wildcards
-        self.resources = resources or {}
-
-    def __getitem__(self, key: str):
-        return self.settings[key]
-
-    def model(self) -> ModelSpec:
-        fast = {k: self.resources[k] for k in ("batch_size", "max_batch_tokens") if k in self.resources}
-        return ModelSpec.from_config(self.wildcards["model"], {**self.settings["model"], **fast})
-
-    def dataset(self) -> DatasetSpec:
-        return DatasetSpec.from_config(self.wildcards["dataset"], self.settings["dataset"])
-
-
-def job_of(smk) -> Job:
-    """The Job of a running Snakemake script (duck-typed: the package imports no Snakemake)."""
-    params = dict(smk.params.items()) if hasattr(smk.params, "items") else {}
-    raw = params.get("settings", "{}")
-    wildcards = {k: v for k, v in dict(smk.wildcards.items()).items() if isinstance(k, str)}
-    resources = {k: v for k, v in dict(smk.resources.items()).items() if isinstance(k, str)}
-    return Job(json.loads(raw) if isinstance(raw, str) else raw, wildcards, resources)

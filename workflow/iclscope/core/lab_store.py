@@ -886,7 +886,7 @@ def stored_path(
 
     With a config (a path, or a dict; defaults are filled in as the pipeline fills them) the exact
     key is computed; without one, the only entry of that model, dataset and stage is taken."""
-    from iclscope.core.config import load_config, validate_config
+    from iclscope.core.validate import load_config, validate_config
 
     store = Path(store) if store is not None else configured_store()
     if store is None:

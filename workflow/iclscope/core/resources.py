@@ -584,7 +584,7 @@ TABLE_MODELS = (("GPT2-XL", "gpt2-xl.config.json", "float32"), ("Llama-3.1-8B", 
 def reference_table(config_dir: str | Path) -> str:
     """Markdown table: every model stage of the reference job for GPT2-XL (fp32, as the paper) and
     Llama-3.1-8B (bf16), from their config.json in `config_dir` alone (first attempt)."""
-    from iclscope.core.config import validate_config
+    from iclscope.core.validate import validate_config
 
     cfg = validate_config({"models": {"m": {"source": "local", "path": "m"}}, "datasets": {"d": REFERENCE_DATASET}})
     dataset = cfg["datasets"]["d"]

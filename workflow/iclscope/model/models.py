@@ -23,7 +23,7 @@ from pathlib import Path
 
 from iclscope.core.architectures import check_supported
 from iclscope.core.config import ConfigError, ModelSpec
-from iclscope.core.model_config import find_wheel_gguf, pick_gguf
+from iclscope.core.model_files import find_wheel_gguf, pick_gguf
 
 log = logging.getLogger(__name__)
 

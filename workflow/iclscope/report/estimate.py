@@ -245,7 +245,8 @@ def estimate(
     when `use_outputs` and they exist, else from the config. What cannot be known is printed as
     'unknown' and left out of the totals, which say how many rows they miss.
     """
-    from iclscope.core.config import ConfigError, load_config
+    from iclscope.core.config import ConfigError
+    from iclscope.core.validate import load_config
 
     try:
         cfg = load_config(config_path)
