@@ -14,8 +14,11 @@ the bytes an activation file stores per classification prompt, today's layout ag
   Wall-clock and process CPU seconds are both reported (CPU time is less disturbed by other load).
 - storage: the same tweets prompts (token ids folded into a 400-word vocabulary) through a tiny wide
   random Llama (d = 4096, 1 layer, 32 heads): bytes on disk per prompt with label states stored per
-  prompt (share_prefixes=False, today's layout) and once per prefix (the new one), float16, lzf.
-  Bytes per prompt barely depend on depth: every stored row is [L+1, d].
+  prompt (share_prefixes=False, today's layout) and once per prefix (the new one), float16, lzf,
+  with what remains per prompt (the query, last-input and content-mean rows, each [L+1, d]) and the
+  floor of those rows that readers read. Bytes per prompt barely depend on depth (every stored row is
+  [L+1, d]), but for the query's layer-0 row: the same token in every prompt, which lzf's 8 KiB
+  window compresses at d = 4096 (half the query's bytes at 1 layer, 1/(L+1) at depth L).
 
     python -m tests.benchmarks.run --only shared_prefix
 """
@@ -127,6 +130,42 @@ def speed(tmp: Path) -> list[dict]:
     return rows
 
 
+RESID_ROWS = ("resid/query", "resid/last_input", "resid/content_mean")
+
+
+def stored_bytes(path: Path) -> dict[str, int]:
+    """Bytes on disk of every dataset of an HDF5 file (after compression), by name."""
+    import h5py
+
+    out = {}
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            out[name] = obj.id.get_storage_size()
+
+    with h5py.File(path) as f:
+        f.visititems(visit)
+    return out
+
+
+def layer_bytes(path: Path, layer: int) -> int:
+    """Bytes on disk of one layer's chunks of every residual array (chunks hold one layer): what each
+    further layer of a deeper model adds, free of the layer-0 rows lzf compresses (token embeddings)."""
+    import h5py
+
+    total = 0
+    with h5py.File(path) as f:
+        for name in (*RESID_ROWS, "resid/label", "prefix/resid/label"):
+            if name not in f:
+                continue
+            ds = f[name]
+            axis = ds.ndim - 2  # [.., L+1, d]
+            for i in range(ds.id.get_num_chunks()):
+                info = ds.id.get_chunk_info(i)
+                total += info.size if info.chunk_offset[axis] == layer else 0
+    return total
+
+
 def storage(tmp: Path) -> list[dict]:
     sys.path.insert(0, str(REPO / "tests"))
     import torch
@@ -154,13 +193,25 @@ def storage(tmp: Path) -> list[dict]:
         table = _tweets_prompts(
             smol_tokenizer, smol_manifest["context_length"], shots, 1, path, fold=WIDE["vocab_size"]
         )
-        size = {}
+        size, parts, deep = {}, {}, {}
         for layout, share in (("per prompt", False), ("per prefix", True)):
             out = tmp / f"wide-{shots}-{share}.h5"
             extract(path, model_dir, out, spec, settings, share_prefixes=share)
             size[layout] = out.stat().st_size / len(table)
-        ratio = size["per prefix"] / size["per prompt"]
+            parts[layout] = stored_bytes(out)
+            deep[layout] = layer_bytes(out, 1)
+        # at Llama-3.1-8B's 33 rows per array, every layer costs what layer 1 costs here: the ratio of
+        # layer 1's bytes is the ratio at depth (at 1 layer, half of every row is layer 0's embeddings,
+        # which lzf compresses where a token repeats: the same query token, the same label words)
+        ratio = deep["per prefix"] / deep["per prompt"]
         K = 2 * shots
+        test = float((table["split"] == "test").mean())
+        # what each reader reads per prompt: the query everywhere (class-mean task space on the train
+        # prompts, the compression table on the test ones), last input and content mean on the test
+        # prompts (the compression table): no layout of per-prompt rows stores less
+        per = {name: parts["per prefix"].get(name, 0) / len(table) for name in RESID_ROWS}
+        floor = (1 + 2 * test) / (3 + K)  # rows read per prompt / rows stored per prompt today
+        remains = ", ".join(f"{name.split('/')[1]} {value / 1e3:.1f}" for name, value in per.items())
         rows.append(
             row(
                 "shared_prefix",
@@ -171,8 +222,13 @@ def storage(tmp: Path) -> list[dict]:
                 ratio,
                 "≤ 1/3",
                 ratio <= 1 / 3,
-                f"{len(table)} prompts of one seed, K = {K} label states, {WIDE['num_hidden_layers']} layers; "
-                f"today {size['per prompt'] / 1e3:.0f} kB, new {size['per prefix'] / 1e3:.0f} kB a prompt",
+                f"{len(table)} prompts of one seed, K = {K} label states, {WIDE['num_hidden_layers']} layers; ratio "
+                f"of the bytes a layer adds (at depth); whole files {size['per prefix'] / size['per prompt']:.2f}: "
+                f"today {size['per prompt'] / 1e3:.0f} kB, new {size['per prefix'] / 1e3:.0f} kB a prompt, of which "
+                f"the per-prompt rows (kB) {remains}, the shared label states "
+                f"{parts['per prefix'].get('prefix/resid/label', 0) / len(table) / 1e3:.1f}; the rows readers read "
+                f"(query on every prompt, last input and content mean on the {test:.0%} test prompts) are "
+                f"{floor:.2f} of today's rows, the floor of any layout at this K",
             )
         )
         print(rows[-1], flush=True)
