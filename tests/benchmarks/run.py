@@ -2,7 +2,7 @@
 results/benchmarks/benchmarks.{md,json}. Needs the default run's model, prompts and (for the
 HDF5 and IC-ICL rows) activations; builds what is missing through Snakemake first.
 
-    python -m tests.benchmarks.run [--only extraction,shared_prefix,memory,dag,store,entropy,speedups,batching]
+    python -m tests.benchmarks.run [--only extraction,shared_prefix,memory,dag,store,entropy,speedups,batching,tsft]
         [--dag 50x20] [--store 32x32]
 """
 
@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import torch
 
-from . import batching, dag, entropy_cost, extraction, memory, shared_prefix, store
+from . import batching, dag, entropy_cost, extraction, memory, shared_prefix, store, tsft_step
 from .common import MODEL, OUT, REPO, pipeline_inputs, row
 
 
@@ -82,7 +82,7 @@ def to_markdown(rows: list[dict], info: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="extraction,shared_prefix,memory,dag,store,entropy,speedups,batching")
+    parser.add_argument("--only", default="extraction,shared_prefix,memory,dag,store,entropy,speedups,batching,tsft")
     parser.add_argument("--dag", default="50x20", help="models x datasets of the DAG benchmark")
     parser.add_argument("--store", default="32x32", help="models x datasets of the lab-store benchmark (>= 1,000)")
     args = parser.parse_args()
@@ -107,6 +107,8 @@ def main() -> None:
         rows += speedups()
     if "batching" in only:
         rows += batching.run()
+    if "tsft" in only:
+        rows += tsft_step.run()
     info = machine()
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "benchmarks.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1))

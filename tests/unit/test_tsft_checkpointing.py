@@ -65,3 +65,37 @@ def test_checkpointed_step_equals_the_plain_step(prepared_tiny):
     assert together["pred"].tolist() == [int(a["pred"][0]) for a in alone]
     np.testing.assert_allclose(together["ce"], np.mean([a["ce"] for a in alone]), rtol=1e-5)
     np.testing.assert_allclose(together["space"], np.mean([a["space"] for a in alone]), rtol=1e-5)
+
+
+def test_a_step_in_length_sorted_parts_gives_the_gradients_of_one_pass(prepared_tiny):
+    """Without checkpointing TS-FT runs a batch in parts of bounded padded tokens and accumulates their
+    gradients (iclscope.methods.taskspace.tsft.accumulate_gradients): the batch's mean losses and the adapter
+    gradients of one pass over the whole batch (dropout off: the parts draw their masks in another order)."""
+    from iclscope.methods.taskspace.tsft import TSFTSettings, accumulate_gradients, token_batches
+
+    spec, model_dir = prepared_tiny
+    base, tok, manifest = load_model(model_dir, spec, attn_implementation=ATTN_IMPLEMENTATION)
+    torch.manual_seed(0)
+    net = attach_lora(base, r=4, alpha=4, dropout=0.0)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    net.eval()  # no dropout anywhere (GPT-2's own too); the gradients flow all the same
+    batch, L = batch_of(), manifest["n_layers"]
+    d = base.config.hidden_size
+    space = (torch.eye(d)[:1], torch.zeros(d), torch.tensor([[-1.0], [1.0]]))
+    settings = TSFTSettings(lam=0.5, tau=0.1)
+    gold = torch.as_tensor([x["gold"] for x in batch])
+    logits, h = forward_batch(net, tok, batch, LABELS, L // 2, L)
+    ce, sp = F.cross_entropy(logits, gold), space_loss(h, *space, gold, 0.1)
+    (ce + 0.5 * sp).backward()
+    whole = {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
+    net.zero_grad(set_to_none=True)
+    assert len(token_batches(batch, len(batch), 26)) >= 3  # several parts, of one or two prompts
+    ce_parts, sp_parts = accumulate_gradients(net, tok, batch, LABELS, L // 2, L, space, settings, 26)
+    np.testing.assert_allclose([ce_parts, sp_parts], [ce.item(), sp.item()], rtol=1e-5)
+    parts = {n: p.grad for n, p in net.named_parameters() if p.requires_grad}
+    assert any(g.abs().max() > 0 for g in whole.values())
+    worst = max(float((parts[n] - whole[n]).abs().max()) for n in whole)
+    assert worst < 1e-5, worst

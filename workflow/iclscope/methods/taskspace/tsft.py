@@ -92,9 +92,16 @@ def space_tensors(space: TaskSpace, device) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def space_loss(
-    h: torch.Tensor, basis, mean, prototypes, gold: torch.Tensor, tau: float, similarity: str = "distance"
+    h: torch.Tensor,
+    basis,
+    mean,
+    prototypes,
+    gold: torch.Tensor,
+    tau: float,
+    similarity: str = "distance",
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """h [B, d] -> mean over the batch of −log softmax_c(sim(B(h−μ), â_c)/τ)[gold].
+    """h [B, d] -> mean (or sum) over the batch of −log softmax_c(sim(B(h−μ), â_c)/τ)[gold].
 
     similarity "cosine" is docs/methods.md §1.5 as written; it is constant (±1) and has no gradient
     when the space is one-dimensional, which every binary task gives (k ≤ C−1). "distance"
@@ -108,7 +115,7 @@ def space_loss(
         sim = -(torch.cdist(z, prototypes) ** 2) / scale
     else:
         raise ValueError(f"unknown similarity {similarity!r}")
-    return F.cross_entropy(sim / tau, gold)
+    return F.cross_entropy(sim / tau, gold, reduction=reduction)
 
 
 def forward_batch(model, tokenizer, batch: list[dict], label_ids: torch.Tensor, layer: int, n_layers: int):
@@ -119,6 +126,23 @@ def forward_batch(model, tokenizer, batch: list[dict], label_ids: torch.Tensor, 
     with recording(model, rec):
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
     return out.logits[:, -1][:, label_ids].float(), rec.resid["query"][:, layer]
+
+
+# What TS-FT keeps for backward per token without gradient checkpointing, fp32, adapters on every linear
+# projection: about 4 bytes x n_layers x (20 d_model + 5 d_ff) (the block's inputs, norms, projections,
+# each adapter's dropped-out input, the MLP's intermediates); SmolLM2-135M: 2.4 MB estimated, 2.7 MB measured.
+# A training batch runs in length-sorted parts of at most TRAIN_ACTIVATION_BYTES of them, the gradients
+# accumulated (the same gradients as one pass, up to float order); only where one prompt alone would exceed
+# it are the blocks checkpointed instead (one more forward pass per step, iclscope.model.lora.attach_lora).
+TRAIN_ACTIVATION_BYTES = 512 << 20
+
+
+def activation_bytes_per_token(config) -> int:
+    """The estimate above from a model config (`intermediate_size`, or GPT-2's `n_inner`, default 4 d)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    d = config.hidden_size
+    d_ff = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d
+    return 4 * config.num_hidden_layers * (20 * d + 5 * d_ff)
 
 
 def token_batches(examples: list[dict], batch_size: int, max_batch_tokens: int) -> list[np.ndarray]:
@@ -188,6 +212,34 @@ def evaluate_examples(
         "accuracy": float((pred == [x["gold"] for x in examples]).mean()),
         "pred": pred,
     }
+
+
+def accumulate_gradients(
+    net,
+    tokenizer,
+    batch: list[dict],
+    label_ids: torch.Tensor,
+    layer: int,
+    n_layers: int,
+    space: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    settings: TSFTSettings,
+    part_tokens: int,
+) -> tuple[float, float]:
+    """Backward of the batch's loss (CE + λ space, each a mean over the batch) run in length-sorted parts of
+    at most `part_tokens` padded tokens (`token_batches`), the gradients accumulated in the adapters: what
+    one pass over the batch gives, up to float order, with at most one part's activations kept and less
+    padding. Returns the batch's (ce, space) means."""
+    basis, mean, protos = space
+    n, ce_sum, sp_sum = len(batch), 0.0, 0.0
+    for idx in token_batches(batch, n, part_tokens):
+        part = [batch[i] for i in idx]
+        gold = torch.as_tensor([x["gold"] for x in part], device=label_ids.device)
+        logits, h = forward_batch(net, tokenizer, part, label_ids, layer, n_layers)
+        ce = F.cross_entropy(logits, gold, reduction="sum") / n
+        sp = space_loss(h, basis, mean, protos, gold, settings.tau, settings.similarity, reduction="sum") / n
+        (ce + settings.lam * sp).backward()
+        ce_sum, sp_sum = ce_sum + ce.item(), sp_sum + sp.item()
+    return ce_sum, sp_sum
 
 
 def tsft_rows(df: pd.DataFrame, spec: DatasetSpec, settings: TSFTSettings):
@@ -263,19 +315,31 @@ def train_tsft(
         )
     basis, mean, protos = space_tensors(space, device)
 
-    # gradient checkpointing on the blocks: the saved activations of a step go from ~2.7 MB to ~0.2 MB per
-    # token (fp32, all-linear adapters), the same gradients (iclscope.model.lora.attach_lora)
+    # a training batch in parts of at most TRAIN_ACTIVATION_BYTES for backward; checkpointed blocks only where
+    # the longest prompt alone would exceed that
+    per_token = activation_bytes_per_token(base.config)
+    part_tokens = TRAIN_ACTIVATION_BYTES // per_token
+    checkpoint_blocks = max(len(x["input_ids"]) for x in train) > part_tokens
     net = attach_lora(
-        base, r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout, checkpoint_blocks=True
+        base,
+        r=settings.lora_r,
+        alpha=settings.lora_alpha,
+        dropout=settings.lora_dropout,
+        checkpoint_blocks=checkpoint_blocks,
     )
     checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / "checkpoint"
 
     def loss_fn(batch):
-        gold = torch.as_tensor([x["gold"] for x in batch], device=device)
-        logits, h = forward_batch(net, tokenizer, batch, label_ids, layer, L)
-        ce = F.cross_entropy(logits, gold)
-        sp = space_loss(h, basis, mean, protos, gold, settings.tau, settings.similarity)
-        return ce + settings.lam * sp, {"ce": ce.item(), "space": sp.item()}
+        if checkpoint_blocks:  # the whole batch in one pass, the blocks recomputed in backward
+            gold = torch.as_tensor([x["gold"] for x in batch], device=device)
+            logits, h = forward_batch(net, tokenizer, batch, label_ids, layer, L)
+            ce = F.cross_entropy(logits, gold)
+            sp = space_loss(h, basis, mean, protos, gold, settings.tau, settings.similarity)
+            return ce + settings.lam * sp, {"ce": ce.item(), "space": sp.item()}
+        ce, sp = accumulate_gradients(
+            net, tokenizer, batch, label_ids, layer, L, (basis, mean, protos), settings, part_tokens
+        )
+        return torch.tensor(ce + settings.lam * sp), {"ce": ce, "space": sp}
 
     def evaluate(examples):
         return evaluate_examples(
