@@ -29,8 +29,8 @@ def speedups() -> list[dict]:
     t = pd.read_parquet(path)
     t = t[t.seed.isna() | (t.seed == t.seed.min())] if "seed" in t else t
     rows = []
-    secs = t[t.metric == "seconds_per_example"].groupby("task")["value"].mean()
-    acc = t[t.metric == "accuracy"].groupby("task")["value"].mean()
+    secs = t[t.metric == "seconds_per_example"].groupby("arm")["value"].mean()
+    acc = t[t.metric == "accuracy"].groupby("arm")["value"].mean()
     for arm in ("icicl_soft", "anchor_kv", "task_vector", "zero_shot"):
         if arm in secs and "full_icl" in secs:
             rows.append(
