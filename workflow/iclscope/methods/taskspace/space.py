@@ -186,34 +186,20 @@ def build_task_spaces(
                     source=str(activations),
                     reconstruction="P1-reconstruction (docs/methods.md §1.2)",
                 )
+
+                def fit(variant: str, layer: int, X: np.ndarray, labels) -> None:
+                    space = fit_task_space(
+                        X, labels, classes, variant=variant, layer=layer, var_threshold=var_threshold, max_k=max_k
+                    )
+                    write_task_space(out.create_group(f"{variant}/L{layer}"), space)
+                    summary.setdefault(f"{variant}_k", []).append(space.k)
+
                 for layer in range(n_layers + 1):
                     if anchor_states is not None:
                         C, m = anchor_states.shape[:2]
-                        X = anchor_states[:, :, layer].reshape(C * m, -1)
-                        space = fit_task_space(
-                            X,
-                            np.repeat(classes, m),
-                            classes,
-                            variant="anchor",
-                            layer=layer,
-                            var_threshold=var_threshold,
-                            max_k=max_k,
-                        )
-                        write_task_space(out.create_group(f"anchor/L{layer}"), space)
-                        summary.setdefault("anchor_k", []).append(space.k)
+                        fit("anchor", layer, anchor_states[:, :, layer].reshape(C * m, -1), np.repeat(classes, m))
                     if "class_mean" in variants:
-                        X = act["resid/query"][np.sort(train), layer].astype(np.float64)
-                        space = fit_task_space(
-                            X,
-                            gold,
-                            classes,
-                            variant="class_mean",
-                            layer=layer,
-                            var_threshold=var_threshold,
-                            max_k=max_k,
-                        )
-                        write_task_space(out.create_group(f"class_mean/L{layer}"), space)
-                        summary.setdefault("class_mean_k", []).append(space.k)
+                        fit("class_mean", layer, act["resid/query"][np.sort(train), layer].astype(np.float64), gold)
     return summary
 
 
