@@ -4,7 +4,7 @@ Four categories of common English nouns, written out by hand: animals, foods, co
 with a one-word English name) and jobs. No word is in two categories, case-insensitively (the
 animal "turkey" is left out for the country), and animals usually eaten (chicken, salmon, crab,
 ...) are left out, so that every word's category is unambiguous. A word's category is the known
-answer of the `categories` classification task (docs/methods.md §5); the lists are data, so an
+answer of the `categories` classification task (docs/methods.md §5.1); the lists are data, so an
 edit reruns every job that reads them.
 """
 

@@ -5,7 +5,7 @@ collections, each gathered around one subject: US airlines (@united, @USAirways,
 cars, the 2015 "deflategate" football scandal, the Coachella 2015 festival, Apple, and Claritin
 (an allergy drug). Which collection a row came from is not stored, but every collection is
 recognisable by the handles and words it was collected on, so `topic_labels` recovers it with
-one regular expression per topic (docs/methods.md §5). A row matching no pattern is `unknown`, one
+one regular expression per topic (docs/methods.md §5.1). A row matching no pattern is `unknown`, one
 matching several `ambiguous` (under 1 % of the rows); a dataset's `classes` leaves both out, and
 the dataset's report counts them.
 """
