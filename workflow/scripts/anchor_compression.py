@@ -6,9 +6,13 @@ from iclscope.methods.anchors.compression import AnchorCompressionSettings, run_
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 job = job_of(snakemake)
 settings = AnchorCompressionSettings(**job["compression"], word_k=job["word_k"])
-table, meta, _ = run_anchor_compression(snakemake.input.prompts, snakemake.input.model, job.model(),
-                                        settings=settings, dataset=snakemake.wildcards.dataset)
-write_table(table, snakemake.output[0], {"anchors": {"compression": job["compression"], "word_k": job["word_k"]},
-                                         **meta})
-log.info("anchor compression, mean over seeds:\n%s",
-         table.pivot_table(index="arm", columns="metric", values="value").round(3).to_string())
+table, meta, _ = run_anchor_compression(
+    snakemake.input.prompts, snakemake.input.model, job.model(), settings=settings, dataset=snakemake.wildcards.dataset
+)
+write_table(
+    table, snakemake.output[0], {"anchors": {"compression": job["compression"], "word_k": job["word_k"]}, **meta}
+)
+log.info(
+    "anchor compression, mean over seeds:\n%s",
+    table.pivot_table(index="arm", columns="metric", values="value").round(3).to_string(),
+)

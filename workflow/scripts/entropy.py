@@ -11,5 +11,7 @@ settings = EntropySettings(n_bins=cfg["n_bins"], min_labels=cfg["min_labels"], c
 table = entropy_table(snakemake.input[0], model=wc.model, dataset=wc.dataset, settings=settings)
 write_table(table, snakemake.output[0], {"entropy": cfg})
 main = table[table.variant == "token"].pivot_table(index="layer", columns="metric", values="value")
-log.info("token-label measures per layer (min/max binning):\n%s",
-         main[["information", "variation", "regularity", "disentanglement", "max_bin_share"]].round(4).to_string())
+log.info(
+    "token-label measures per layer (min/max binning):\n%s",
+    main[["information", "variation", "regularity", "disentanglement", "max_bin_share"]].round(4).to_string(),
+)

@@ -6,7 +6,12 @@ from iclscope.model.extract import ExtractSettings, extract
 log_to(snakemake.log[0], threads=snakemake.threads)
 job = job_of(snakemake)
 shard = tuple(int(x) for x in snakemake.params.shard.split("-of-"))
-extract(snakemake.input.prompts, snakemake.input.model, snakemake.output[0],
-        job.model(),
-        ExtractSettings.from_config(job["extract"]), shard=shard)
+extract(
+    snakemake.input.prompts,
+    snakemake.input.model,
+    snakemake.output[0],
+    job.model(),
+    ExtractSettings.from_config(job["extract"]),
+    shard=shard,
+)
 publish_job(snakemake)  # into the lab store ($ICLSCOPE_STORE), when there is one

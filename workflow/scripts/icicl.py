@@ -12,10 +12,20 @@ job = job_of(snakemake)
 settings = ICICLSettings(**job["icicl"], word_k=job["word_k"])
 spaces = {v: read_task_spaces(snakemake.input.taskspace, v) for v in (settings.task_space,) if v != "pool"}
 per_example, summary, meta = evaluate_icicl(
-    read_table(snakemake.input.dataset), job.dataset(), snakemake.input.model, job.model(), spaces, settings,
-    **job["taskspace"], grid=SweepGrid(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["sweep"].items()}))
+    read_table(snakemake.input.dataset),
+    job.dataset(),
+    snakemake.input.model,
+    job.model(),
+    spaces,
+    settings,
+    **job["taskspace"],
+    grid=SweepGrid(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["sweep"].items()}),
+)
 paired = paired_table(per_example, settings.n_boot, settings.seed)
 write_table(per_example, snakemake.output.predictions, meta)
-write_table(metric_table(summary, paired, model=wc.model, dataset=wc.dataset, arm_settings=meta["arm_settings"]),
-            snakemake.output.table, meta)
+write_table(
+    metric_table(summary, paired, model=wc.model, dataset=wc.dataset, arm_settings=meta["arm_settings"]),
+    snakemake.output.table,
+    meta,
+)
 log.info("IC-ICL summary:\n%s\npaired:\n%s\n%s", summary.to_string(), paired.to_string(), meta)

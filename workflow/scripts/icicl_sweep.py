@@ -10,8 +10,20 @@ job = job_of(snakemake)
 settings = ICICLSettings(**job["icicl"])  # word loyalty is not scored: word_k is no key
 grid = SweepGrid(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["sweep"].items()})
 spaces = {v: read_task_spaces(snakemake.input.taskspace, v) for v in grid.task_spaces if v in ("class_mean", "anchor")}
-table, meta = sweep_icicl(read_table(snakemake.input.dataset), job.dataset(), snakemake.input.model, job.model(),
-                          spaces, settings, grid, **job["taskspace"])
+table, meta = sweep_icicl(
+    read_table(snakemake.input.dataset),
+    job.dataset(),
+    snakemake.input.model,
+    job.model(),
+    spaces,
+    settings,
+    grid,
+    **job["taskspace"],
+)
 write_table(table, snakemake.output[0], meta)
-log.info("IC-ICL validation sweep:\n%s\nchosen per arm: %s\nbudget: %s", table.to_string(), meta["chosen_by_arm"],
-         meta["tuning"])
+log.info(
+    "IC-ICL validation sweep:\n%s\nchosen per arm: %s\nbudget: %s",
+    table.to_string(),
+    meta["chosen_by_arm"],
+    meta["tuning"],
+)

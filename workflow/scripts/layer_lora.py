@@ -8,12 +8,17 @@ log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 job = job_of(snakemake)
 settings = LayerLoRASettings(**job["layer_lora"])
-summary = train_layer_lora(read_table(snakemake.input.dataset),
-                           job.dataset(),
-                           snakemake.input.model, job.model(),
-                           settings, wc.arm, snakemake.output.run, merged_dir=snakemake.output.merged,
-                           # outside the output directories, keyed by settings + code: a retry resumes,
-                           # a change of settings starts over
-                           checkpoint_dir=checkpoint_dir("layer_lora", job.wildcards, snakemake.params.settings,
-                                                         snakemake.params.code))
+summary = train_layer_lora(
+    read_table(snakemake.input.dataset),
+    job.dataset(),
+    snakemake.input.model,
+    job.model(),
+    settings,
+    wc.arm,
+    snakemake.output.run,
+    merged_dir=snakemake.output.merged,
+    # outside the output directories, keyed by settings + code: a retry resumes,
+    # a change of settings starts over
+    checkpoint_dir=checkpoint_dir("layer_lora", job.wildcards, snakemake.params.settings, snakemake.params.code),
+)
 log.info("layer LoRA %s: %s", wc.arm, summary)

@@ -7,9 +7,13 @@ log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 job = job_of(snakemake)
 settings = job["anchors"]
-per_example, table = run_saliency(snakemake.input.prompts, snakemake.input.model,
-                                  job.model(),
-                                  settings["saliency_prompts_per_seed"], dataset=wc.dataset)
+per_example, table = run_saliency(
+    snakemake.input.prompts,
+    snakemake.input.model,
+    job.model(),
+    settings["saliency_prompts_per_seed"],
+    dataset=wc.dataset,
+)
 write_table(per_example, snakemake.output.examples, {"anchors": settings})
 write_table(table, snakemake.output.table, {"anchors": settings})
 rel = table[table.metric.str.endswith("_relative")].pivot_table(index="layer", columns="metric", values="value")

@@ -37,8 +37,11 @@ for (model, dataset), paths in tables.items():
         elif path.stem == "icicl":
             timing[model][dataset] = icicl_timing(pd.read_parquet(path))
 claims = [claims_table(pairs[m], model=m, n_boot=job["n_boot"], timing=timing[m]) for m in sorted(pairs)]
-claims = pd.concat(claims, ignore_index=True) if claims else pd.DataFrame(
-    columns=["model", "dataset", "arm", "seed", "metric", "value", "ci_low", "ci_high"])
+claims = (
+    pd.concat(claims, ignore_index=True)
+    if claims
+    else pd.DataFrame(columns=["model", "dataset", "arm", "seed", "metric", "value", "ci_low", "ci_high"])
+)
 
 with written(snakemake.output.headline) as tmp:
     table.to_csv(tmp, index=False, float_format="%.4g")
@@ -46,7 +49,12 @@ with written(snakemake.output.peaks) as tmp:
     peak_layers.to_csv(tmp, float_format="%.3g")
 with written(snakemake.output.claims) as tmp:
     claims[["model", "dataset", "arm", "seed", "metric", "value", "ci_low", "ci_high"]].to_csv(
-        tmp, index=False, float_format="%.4g")
+        tmp, index=False, float_format="%.4g"
+    )
 log.info("headline:\n%s\npeak layers:\n%s", table.to_string(index=False), peak_layers.to_string())
-log.info("claims (per dataset and pooled):\n%s", claims.pivot_table(
-    index=["model", "arm", "dataset"], columns="metric", values="value").round(4).to_string() if len(claims) else "")
+log.info(
+    "claims (per dataset and pooled):\n%s",
+    claims.pivot_table(index=["model", "arm", "dataset"], columns="metric", values="value").round(4).to_string()
+    if len(claims)
+    else "",
+)

@@ -7,8 +7,14 @@ log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 job = job_of(snakemake)
 cfg = job["corpus"]
-extract_token_states(snakemake.input.dataset, snakemake.input.model, snakemake.output[0],
-                     job.model(),
-                     max_tokens=cfg["max_tokens"], max_sentence_tokens=cfg["max_sentence_tokens"],
-                     split=cfg["split"], seed=cfg["seed"])
+extract_token_states(
+    snakemake.input.dataset,
+    snakemake.input.model,
+    snakemake.output[0],
+    job.model(),
+    max_tokens=cfg["max_tokens"],
+    max_sentence_tokens=cfg["max_sentence_tokens"],
+    split=cfg["split"],
+    seed=cfg["seed"],
+)
 publish_job(snakemake)  # into the lab store ($ICLSCOPE_STORE), when there is one

@@ -20,17 +20,29 @@ if job["split"] is not None and job["split"] in set(data["split"]):
     data = data[data["split"] == job["split"]]
 tokenizer, _ = load_tokenizer(model_dir_of(snakemake.input.tokenizer))
 stream = token_stream(data["text"].astype(str).tolist(), tokenizer, run.vocab_size)
-log.info("corpus: %d texts, %d tokens, vocabulary %d (+UNK); UNK share %.3f", len(data), len(stream),
-         run.vocab_size - 1, float((stream == 0).mean()))
+log.info(
+    "corpus: %d texts, %d tokens, vocabulary %d (+UNK); UNK share %.3f",
+    len(data),
+    len(stream),
+    run.vocab_size - 1,
+    float((stream == 0).mean()),
+)
 # training states of a killed run; the weights move to the declared output once training is done
 resume_dir = Path("results/toy") / snakemake.wildcards.dataset / "resume" / size.name
-table = train_and_measure(stream, size, run, settings, resolve_device("auto"), resume_dir=resume_dir,
-                          weights_dir=resume_dir / "weights")
+table = train_and_measure(
+    stream, size, run, settings, resolve_device("auto"), resume_dir=resume_dir, weights_dir=resume_dir / "weights"
+)
 shutil.rmtree(snakemake.output.weights, ignore_errors=True)
 (resume_dir / "weights" / size.name).rename(snakemake.output.weights)
 write_table(table, snakemake.output.table, {"entropy": job, "tokens": int(len(stream))})
 last = table[(table.range == "minmax") & (table.label_type == "token")]
 last = last[last.layer == last["layer"].max()]
-log.info("last-layer token measures of %s by step:\n%s", size.name,
-         last.pivot_table(index="step", columns="metric", values="value")[
-             ["information", "variation", "regularity", "disentanglement"]].round(4).to_string())
+log.info(
+    "last-layer token measures of %s by step:\n%s",
+    size.name,
+    last.pivot_table(index="step", columns="metric", values="value")[
+        ["information", "variation", "regularity", "disentanglement"]
+    ]
+    .round(4)
+    .to_string(),
+)

@@ -22,7 +22,14 @@ table = pd.concat([table, pd.DataFrame(reference_rows(task))], ignore_index=True
 shutil.rmtree(snakemake.output.weights, ignore_errors=True)
 weights.rename(snakemake.output.weights)
 write_table(table, snakemake.output.table, {"toy_regression": settings})
-log.info("test MSE by basis and step:\n%s", table[table.metric == "mse"].pivot_table(
-    index="step", columns="task", values="value").round(4).to_string())
-log.info("basis decodability by layer and step:\n%s", table[table.metric == "decodability"].pivot_table(
-    index="step", columns="layer", values="value").round(3).to_string())
+log.info(
+    "test MSE by basis and step:\n%s",
+    table[table.metric == "mse"].pivot_table(index="step", columns="task", values="value").round(4).to_string(),
+)
+log.info(
+    "basis decodability by layer and step:\n%s",
+    table[table.metric == "decodability"]
+    .pivot_table(index="step", columns="layer", values="value")
+    .round(3)
+    .to_string(),
+)

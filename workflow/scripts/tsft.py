@@ -13,12 +13,16 @@ variant = job["tsft"]["task_space"]  # train_zero_shot: fitted inside train_tsft
 spaces = read_task_spaces(snakemake.input.taskspace, "class_mean" if variant == "train_zero_shot" else variant)
 cfg["layer"] = cfg["layer"] if cfg["layer"] is not None else max(spaces) // 2  # resid index L // 2
 settings = TSFTSettings(**cfg, seed=int(wc.seed))
-summary = train_tsft(read_table(snakemake.input.dataset),
-                     job.dataset(),
-                     snakemake.input.model, job.model(),
-                     None if variant == "train_zero_shot" else spaces[settings.layer], settings, snakemake.output[0],
-                     **job["taskspace"],
-                     # outside the output directory (Snakemake deletes it before a retry), keyed by settings + code
-                     checkpoint_dir=checkpoint_dir("tsft", job.wildcards, snakemake.params.settings,
-                                                   snakemake.params.code))
+summary = train_tsft(
+    read_table(snakemake.input.dataset),
+    job.dataset(),
+    snakemake.input.model,
+    job.model(),
+    None if variant == "train_zero_shot" else spaces[settings.layer],
+    settings,
+    snakemake.output[0],
+    **job["taskspace"],
+    # outside the output directory (Snakemake deletes it before a retry), keyed by settings + code
+    checkpoint_dir=checkpoint_dir("tsft", job.wildcards, snakemake.params.settings, snakemake.params.code),
+)
 log.info("TS-FT %s: %s", wc.arm, summary)
