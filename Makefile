@@ -45,14 +45,14 @@ browser-deps:
 
 test: venv cluster-deps browser-deps
 	$(BIN)/ruff check workflow tests
-	$(BIN)/ruff format --check workflow/iclscope tests
+	$(BIN)/ruff format --check workflow tests
 	$(BIN)/snakemake --lint --cores 1 > /dev/null
 	$(BIN)/python -m pytest tests -x -q --durations=15
 
 # the fast loop (CONTRIBUTING.md): lint and the unit tests, no end-to-end run, no cluster
 check: venv
 	$(BIN)/ruff check workflow tests
-	$(BIN)/ruff format --check workflow/iclscope tests
+	$(BIN)/ruff format --check workflow tests
 	$(BIN)/snakemake --lint --cores 1 > /dev/null
 	$(BIN)/python -m pytest tests/unit -x -q
 
