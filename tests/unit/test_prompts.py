@@ -61,6 +61,9 @@ def test_positions_land_on_the_right_tokens(tokenizer):
         fmt = tokenizer.decode([ids[p] for p in rec.format_pos])
         assert "Tweet" in fmt and "Sentiment" in fmt
         assert not set(rec.format_pos) & set(rec.label_pos)
+        # a token that straddles template and input (' I' after 'Tweet:') is the input's, not an anchor
+        text_tokens = {p for start, end in rec.demo_spans for p in range(start, end)}
+        assert not set(rec.format_pos) & text_tokens
 
 
 def test_same_demos_within_a_seed_balanced_queries(tokenizer):

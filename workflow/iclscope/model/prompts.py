@@ -90,6 +90,7 @@ def tokenize_pieces(tokenizer, pieces: list[Piece]) -> dict:
 
     label_pos, label_last, demo_spans, format_pos = [], [], [], []
     query_span = None
+    text_tokens: set[int] = set()  # a token holding any of an input's characters is text, not template
     cursor = 0
     for piece in pieces:
         a, b = cursor, cursor + len(piece.text)
@@ -106,11 +107,12 @@ def tokenize_pieces(tokenizer, pieces: list[Piece]) -> dict:
             label_last.append(int(tok[-1]))
         elif piece.kind == TEXT:
             demo_spans.append([int(tok[0]), int(tok[-1]) + 1] if len(tok) else [-1, -1])
+            text_tokens.update(int(t) for t in tok)
         elif piece.kind in (LITERAL, SEPARATOR) and piece.demo >= 0:
             format_pos.extend(int(t) for t in tok)
         elif piece.kind == QUERY:
             query_span = [int(tok[0]), int(tok[-1]) + 1] if len(tok) else [-1, -1]
-    format_pos = sorted(set(format_pos) - set(label_pos))
+    format_pos = sorted(set(format_pos) - set(label_pos) - text_tokens)
     return {
         "text": text,
         "input_ids": ids,
