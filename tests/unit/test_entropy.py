@@ -389,9 +389,14 @@ def test_partial_token_state_file_is_refused(tmp_path):
         open_token_states(path)
 
 
-def test_toy_lm_learns_the_corpus_and_is_measured_at_log_spaced_steps(prepared_tiny):
-    from iclscope.methods.entropy.toy_lm import ToySize, ToyTraining, token_stream, train_and_measure
+def test_toy_lm_learns_the_corpus_and_is_measured_at_log_spaced_steps(prepared_tiny, tmp_path):
+    """…and its table is the one docs/outputs.md describes and the entropy_training figure draws."""
+    from outputs_doc import undocumented
+
+    from iclscope.core.tables import read_table, write_table
+    from iclscope.methods.entropy.toy_lm import TOY_LM_COLUMNS, ToySize, ToyTraining, token_stream, train_and_measure
     from iclscope.model.models import load_tokenizer
+    from iclscope.report.plots import plot_entropy_training
 
     tokenizer, _ = load_tokenizer(prepared_tiny[1])
     texts = [f"the {w} sat on the {v} mat" for w in ("cat", "dog", "bird", "crew") for v in ("red", "big")] * 40
@@ -402,8 +407,14 @@ def test_toy_lm_learns_the_corpus_and_is_measured_at_log_spaced_steps(prepared_t
     table = train_and_measure(stream, ToySize("s", 16, 1, 2), run, EntropySettings(n_bins=8, min_labels=3))
     loss = table[table.metric == "eval_loss"].set_index("step")["value"]
     assert list(loss.index) == run.checkpoint_steps() and loss.iloc[-1] < loss.iloc[0] - 0.5
-    info = table[(table.metric == "information") & (table.range == "minmax") & (table.label_type == "token")]
+    assert list(table.columns) == TOY_LM_COLUMNS and set(table["variant"].dropna()) == {"token", "bigram"}
+    info = table[(table.metric == "information") & (table.range == "minmax") & (table.variant == "token")]
     assert set(info["layer"]) == {0, 1} and info["value"].between(0, 1).all()
+    path = tmp_path / "results/metrics/toy/d/entropy_training.parquet"
+    write_table(table, path)
+    assert undocumented(tmp_path / "results") == []
+    plot_entropy_training(read_table(path), tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").stat().st_size > 10_000
     with pytest.raises(ValueError, match="d_model 10 is not divisible by n_heads 4"):
         ToySize("bad", 10, 1, 4)
 

@@ -9,7 +9,7 @@ from iclscope.data.synthetic import SparseRegressionTask
 from iclscope.methods.decodability.toy_regression import (
     RegressionTraining,
     RegressionTransformer,
-    reference_rows,
+    regression_table,
     train_regression,
 )
 
@@ -64,12 +64,17 @@ def test_training_lowers_the_mse_and_measures_every_layer():
     assert mse.iloc[-1] < 0.9 * (TASK.basis_size + TASK.noise_var) < mse.iloc[0]
     dec = table[table.metric == "decodability"]
     assert set(dec["layer"]) == set(range(RUN.n_layers + 1)) and dec["value"].between(0, 1).all()
+    assert set(dec["position"]) == {"last_demonstration"}
     assert set(table[(table.metric == "mse") & (table.task != "all")]["task"]) == {"basis 0", "basis 1"}
+    assert set(table["arm"]) == {"transformer"}
     by_k = table[(table.metric == "mse_by_examples_seen") & (table.step == RUN.steps)]
-    assert len(by_k) == TASK.n_points
-    refs = pd.DataFrame(reference_rows(TASK, n_sequences=200))
-    known = refs[refs.task == "basis_known"].set_index("position")["value"]
-    assert known[str(TASK.n_points - 1)] < 0.1 < known["0"]  # after > r examples the known-basis error is noise
+    assert list(by_k["shots"]) == list(range(TASK.n_points))
+    full = regression_table(table, TASK, n_sequences=200)
+    refs = full[full.step.isna()]
+    assert set(refs["arm"]) == {"least_squares_basis_known", "least_squares_basis_unknown"}
+    assert set(refs["metric"]) == {"mse_by_examples_seen"} and set(refs["task"]) == {"all"}
+    known = refs[refs.arm == "least_squares_basis_known"].set_index("shots")["value"]
+    assert known[TASK.n_points - 1] < 0.1 < known[0]  # after > r examples the known-basis error is noise
 
 
 def test_killed_training_resumes_to_the_same_numbers(tmp_path):
@@ -95,12 +100,15 @@ def test_killed_training_resumes_to_the_same_numbers(tmp_path):
     assert mse == np.float32(last) or abs(mse - last) < 1e-5
 
 
-def test_figure_draws_from_the_table(tmp_path):
+def test_figure_draws_from_the_table_that_outputs_md_describes(tmp_path):
+    from outputs_doc import undocumented
+
+    from iclscope.core.tables import read_table, write_table
     from iclscope.report.plots import plot_toy_regression
 
     run = RegressionTraining(**{**RUN.__dict__, "steps": 20})
-    table = pd.concat(
-        [train_regression(TASK, run), pd.DataFrame(reference_rows(TASK, n_sequences=50))], ignore_index=True
-    )
-    plot_toy_regression(table, tmp_path / "fig.png")
+    path = tmp_path / "results/metrics/toy/regression/toy_regression.parquet"
+    write_table(regression_table(train_regression(TASK, run), TASK, n_sequences=50), path)
+    assert undocumented(tmp_path / "results") == []
+    plot_toy_regression(read_table(path), tmp_path / "fig.png")
     assert (tmp_path / "fig.png").stat().st_size > 20_000

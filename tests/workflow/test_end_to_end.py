@@ -257,6 +257,7 @@ def test_entropy_measures(run_dir):
     toy = pd.read_parquet(run_dir / "results/metrics/toy/tweets/entropy_training.parquet")
     loss = toy[toy.metric == "eval_loss"].set_index("step")["value"]
     assert list(loss.index) == [0, 1, 4, 20] and loss[20] < loss[0]
+    assert set(toy["variant"].dropna()) == {"token", "bigram"}  # the label type
     assert (run_dir / "results/figures/toy/tweets/entropy_training.png").exists()
     for size in {s["name"] for s in small_config()["entropy"]["training"]["sizes"]}:  # weights of every measured step
         kept = run_dir / "results/toy/tweets/weights" / size

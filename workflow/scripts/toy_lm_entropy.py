@@ -35,7 +35,7 @@ table = train_and_measure(
 shutil.rmtree(snakemake.output.weights, ignore_errors=True)
 (resume_dir / "weights" / size.name).rename(snakemake.output.weights)
 write_table(table, snakemake.output.table, {"entropy": job, "tokens": int(len(stream))})
-last = table[(table.range == "minmax") & (table.label_type == "token")]
+last = table[(table.range == "minmax") & (table.variant == "token")]
 last = last[last.layer == last["layer"].max()]
 log.info(
     "last-layer token measures of %s by step:\n%s",

@@ -1,13 +1,11 @@
 import shutil
 from pathlib import Path
 
-import pandas as pd
-
 from iclscope.core.job import job_of
 from iclscope.core.logs import log_to
 from iclscope.core.tables import write_table
 from iclscope.data.synthetic import SparseRegressionTask
-from iclscope.methods.decodability.toy_regression import RegressionTraining, reference_rows, train_regression
+from iclscope.methods.decodability.toy_regression import RegressionTraining, regression_table, train_regression
 from iclscope.model.models import resolve_device
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
@@ -18,7 +16,7 @@ run = RegressionTraining(**cfg)
 resume_dir = Path("results/toy/regression/resume")  # training state of a killed run
 weights = resume_dir / "weights"  # moved to the declared output when training is done
 table = train_regression(task, run, resolve_device("auto"), resume_dir=resume_dir, weights_dir=weights)
-table = pd.concat([table, pd.DataFrame(reference_rows(task))], ignore_index=True)
+table = regression_table(table, task)
 shutil.rmtree(snakemake.output.weights, ignore_errors=True)
 weights.rename(snakemake.output.weights)
 write_table(table, snakemake.output.table, {"toy_regression": settings})

@@ -600,17 +600,17 @@ def plot_toy_regression(table: pd.DataFrame, path) -> None:
         left.set_ylabel("test MSE")
         left.legend()
         last = trained["step"].max()
-        by_k = table[table.metric == "mse_by_examples_seen"].copy()
-        by_k["k"] = by_k["position"].astype(int)
-        for task, g in by_k.groupby("task"):
-            g = g[(g.step == last) | g.step.isna()].sort_values("k")
-            label = f"model, step {int(last)}" if task == "all" else f"least squares, {task.replace('_', ' ')}"
+        by_k = table[(table.metric == "mse_by_examples_seen") & (table.task == "all")]
+        for arm, g in by_k.groupby("arm", sort=False):
+            g = g[(g.step == last) | g.step.isna()].sort_values("shots")
+            model = not arm.startswith("least_squares")
+            label = f"model, step {int(last)}" if model else arm.replace("least_squares_", "least squares, ")
             middle.plot(
-                g["k"],
+                g["shots"],
                 g["value"],
-                marker="." if task == "all" else None,
-                ls="-" if task == "all" else "--",
-                label=label,
+                marker="." if model else None,
+                ls="-" if model else "--",
+                label=label.replace("_", " "),
             )
         middle.set_yscale("log")
         middle.set_xlabel("in-context examples seen")
@@ -654,10 +654,10 @@ def plot_entropy(table: pd.DataFrame, path) -> None:
             for suffix, style in (("", "-"), ("_clipped", "--")):
                 sub = table[table.metric == metric + suffix]
                 labels = ["token"] if metric == "information" else ["token", "bigram"]
-                for colour, label_type in zip(("C0", "C1"), labels, strict=False):
-                    g = sub[sub.variant == label_type].sort_values("layer")
+                for colour, variant in zip(("C0", "C1"), labels, strict=False):
+                    g = sub[sub.variant == variant].sort_values("layer")
                     if len(g):
-                        name = "" if metric == "information" else f"{label_type} · "
+                        name = "" if metric == "information" else f"{variant} · "
                         ax.plot(
                             g["layer"],
                             g["value"],
@@ -689,10 +689,10 @@ def plot_entropy_training(table: pd.DataFrame, path) -> None:
         for colour, (size, g) in zip(colours, table.groupby("size", sort=False), strict=False):
             last = g["layer"].max()
             params = int(g["n_params"].iloc[0])
-            for ax, (metric, label_type, _) in zip(axes, panels, strict=True):
+            for ax, (metric, variant, _) in zip(axes, panels, strict=True):
                 sel = g[g.metric == metric]
-                if label_type:
-                    sel = sel[(sel.label_type == label_type) & (sel.range == "minmax") & (sel.layer == last)]
+                if variant:
+                    sel = sel[(sel.variant == variant) & (sel.range == "minmax") & (sel.layer == last)]
                 sel = sel.sort_values("step")
                 ax.plot(
                     sel["step"].clip(lower=0.5),

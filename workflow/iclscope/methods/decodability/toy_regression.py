@@ -114,6 +114,26 @@ class RegressionTransformer(nn.Module):
         return torch.stack([h[:, -1] for h in layers], dim=1).float().cpu().numpy()
 
 
+REGRESSION_COLUMNS = ["step", "metric", "layer", "position", "arm", "task", "shots", "value"]
+MODEL_ARM = "transformer"  # the trained model's rows; the references' arms are least_squares_<reference>
+STATE_POSITION = "last_demonstration"  # where decodability reads the state (states_at_last_demonstration)
+
+
+def regression_frame(rows: list[dict]) -> pd.DataFrame:
+    """The toy's table (docs/outputs.md): REGRESSION_COLUMNS, each meaning what it means in a metric
+    table (iclscope.core.metrics): `arm` the predictor (the model, or a least-squares reference), `task`
+    the basis a value is over (`basis <b>`, or `all`), `shots` the in-context examples seen before
+    the predicted y, `position` where a state was read; `step` the training step (empty for the
+    references)."""
+    df = pd.DataFrame(rows, columns=REGRESSION_COLUMNS)
+    for col in ("step", "layer", "shots"):
+        df[col] = pd.array(df[col], dtype="Int64")
+    df["value"] = df["value"].astype("float64")
+    for col in ("metric", "position", "arm", "task"):
+        df[col] = df[col].astype("object")
+    return df
+
+
 def evaluate(model: RegressionTransformer, test: tuple, task: SparseRegressionTask, k: int) -> list[dict]:
     """Per-basis MSE (mean over positions), MSE per number of examples seen, decodability per layer."""
     xs, ys, basis = test
@@ -128,14 +148,20 @@ def evaluate(model: RegressionTransformer, test: tuple, task: SparseRegressionTa
         {"metric": "mse", "task": f"basis {b}", "value": float(sq[basis == b].mean())} for b in range(task.n_bases)
     ]
     rows += [
-        {"metric": "mse_by_examples_seen", "task": "all", "position": str(i), "value": float(sq[:, i].mean())}
+        {"metric": "mse_by_examples_seen", "task": "all", "shots": i, "value": float(sq[:, i].mean())}
         for i in range(sq.shape[1])
     ]
     rows += [
-        {"metric": "decodability", "task": "all", "layer": layer, "value": decodability(states[:, layer], basis, k=k)}
+        {
+            "metric": "decodability",
+            "task": "all",
+            "layer": layer,
+            "position": STATE_POSITION,
+            "value": decodability(states[:, layer], basis, k=k),
+        }
         for layer in range(states.shape[1])
     ]
-    return rows
+    return [{"arm": MODEL_ARM, **r} for r in rows]
 
 
 def train_regression(
@@ -146,7 +172,7 @@ def train_regression(
     weights_dir: Path | None = None,
     stop_after: int | None = None,
 ) -> pd.DataFrame | None:
-    """Train from scratch; long rows (step, metric, task, layer, position, value) at log-spaced steps.
+    """Train from scratch; the rows of `regression_frame` at log-spaced steps.
 
     Resumable like iclscope.methods.entropy.toy_lm (state every `save_every` steps in `resume_dir`); `stop_after`
     (tests) returns None at that step, as a kill would. With `weights_dir`, the weights at every
@@ -180,21 +206,34 @@ def train_regression(
         measure,
         run,
         state_path=Path(resume_dir) / "regression.pt" if resume_dir is not None else None,
-        digest=stable_hash({"task": asdict(task), "run": asdict(run)}),
+        # the rows' columns too: a state saved with rows of another layout is not resumed
+        digest=stable_hash({"task": asdict(task), "run": asdict(run), "columns": REGRESSION_COLUMNS}),
         device=device,
         stop_after=stop_after,
         desc="toy regression",
     )
-    return None if rows is None else pd.DataFrame(rows)
+    return None if rows is None else regression_frame(rows)
 
 
 def reference_rows(task: SparseRegressionTask, n_sequences: int = 1000) -> list[dict]:
-    """Least-squares test MSE after k examples, basis known / unknown (step = NaN: no training)."""
+    """Least-squares test MSE after k examples, basis known / unknown (arm `least_squares_basis_known` /
+    `least_squares_basis_unknown`; no step: no training)."""
     rows = []
     for k in range(task.n_points):
         ref = optimal_mse_reference(task, k, n_sequences=n_sequences)
         rows += [
-            {"metric": "mse_by_examples_seen", "task": name, "position": str(k), "value": ref[name]}
+            {
+                "metric": "mse_by_examples_seen",
+                "arm": f"least_squares_{name}",
+                "task": "all",
+                "shots": k,
+                "value": ref[name],
+            }
             for name in ("basis_known", "basis_unknown")
         ]
     return rows
+
+
+def regression_table(trained: pd.DataFrame, task: SparseRegressionTask, n_sequences: int = 1000) -> pd.DataFrame:
+    """The trained model's rows and the least-squares references, one table (the rule's output)."""
+    return pd.concat([trained, regression_frame(reference_rows(task, n_sequences))], ignore_index=True)

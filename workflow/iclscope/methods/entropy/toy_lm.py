@@ -31,6 +31,10 @@ from iclscope.model.capture import residual_stream
 
 log = logging.getLogger(__name__)
 
+# the table of one size (docs/outputs.md): `range` the binning (`minmax` / `clipped`), `variant` the label
+# type (`token`, `bigram`; iclscope.core.metrics's meaning), both empty for `eval_loss`
+TOY_LM_COLUMNS = ["size", "step", "layer", "range", "variant", "metric", "value", "n_params"]
+
 
 @dataclass(frozen=True)
 class ToySize:
@@ -118,7 +122,8 @@ def train_and_measure(
     weights_dir: Path | None = None,
     stop_after: int | None = None,
 ) -> pd.DataFrame | None:
-    """Train one size and return long rows: size, step, layer, range, label_type, metric, value.
+    """Train one size and return its table: TOY_LM_COLUMNS, one row per (step, layer, range, label type
+    (`variant`), metric) and one `eval_loss` row per step; `n_params` the size's parameter count.
 
     With `weights_dir`, the model at every measured step is kept as `<weights_dir>/<size>/step<N>/`
     (save_pretrained: config.json + model.safetensors, loadable with GPT2LMHeadModel.from_pretrained),
@@ -151,7 +156,7 @@ def train_and_measure(
             model.save_pretrained(Path(weights_dir) / size.name / f"step{step:06d}")
         eval_loss, measures = measure(model, eval_ids, settings)
         rows = [
-            {"step": step, "layer": None, "range": None, "label_type": None, "metric": "eval_loss", "value": eval_loss}
+            {"step": step, "layer": None, "range": None, "variant": None, "metric": "eval_loss", "value": eval_loss}
         ]
         for m in measures:
             rows += [
@@ -159,7 +164,7 @@ def train_and_measure(
                     "step": step,
                     "layer": m["layer"],
                     "range": m["range"],
-                    "label_type": m["label_type"],
+                    "variant": m["label_type"],
                     "metric": k,
                     "value": v,
                 }
@@ -174,6 +179,7 @@ def train_and_measure(
             "run": asdict(run),
             "settings": asdict(settings),
             "corpus": hashlib.sha256(stream.tobytes()).hexdigest(),
+            "columns": TOY_LM_COLUMNS,  # a state saved with rows of another layout is not resumed
         }
     )
     rows = train_from_scratch(
@@ -197,4 +203,4 @@ def train_and_measure(
     df = pd.DataFrame(rows)
     df.insert(0, "size", size.name)
     df["n_params"] = n_params
-    return df
+    return df[TOY_LM_COLUMNS]
