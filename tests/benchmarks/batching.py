@@ -45,7 +45,7 @@ def _seconds(fn) -> tuple[float, object]:
 def saliency_rows(spec, net, tok, manifest) -> list[dict]:
     from iclscope.methods.anchors.prompts import anchor_prompts
     from iclscope.methods.anchors.saliency import saliency_batch, saliency_matrices
-    from iclscope.model.extract import make_batches
+    from iclscope.model.batching import make_batches
 
     test, meta = anchor_prompts(PROMPTS)
     recs = list(test.head(N_PROMPTS).itertuples())

@@ -47,8 +47,8 @@ def _prompts(tmp: Path):
 
 
 def _body_forward(model, tokenizer, table, spec) -> None:
+    from iclscope.model.batching import make_batches
     from iclscope.model.capture import left_pad
-    from iclscope.model.extract import make_batches
 
     device = next(model.parameters()).device
     lengths = table["n_tokens"].to_numpy()

@@ -284,8 +284,9 @@ def run_pipeline(work: Path, device: str) -> None:
 def extraction_speed(work: Path) -> pd.DataFrame:
     from iclscope.core.config import ModelSpec
     from iclscope.core.tables import read_table
+    from iclscope.model.batching import make_batches
     from iclscope.model.capture import left_pad
-    from iclscope.model.extract import ExtractSettings, extract, make_batches
+    from iclscope.model.extract import ExtractSettings, extract
     from iclscope.model.loading import load_model
 
     cfg = reduced_config()

@@ -152,8 +152,10 @@ def h5_arrays(path) -> dict:
 def test_extraction_and_anchor_states(prepared_tiny, tmp_path, dispatched):
     from test_extract import prompts_file
 
+    from iclscope.model import anchor_states
     from iclscope.model import extract as module
-    from iclscope.model.extract import ExtractSettings, extract, extract_anchor_states
+    from iclscope.model.anchor_states import extract_anchor_states
+    from iclscope.model.extract import ExtractSettings, extract
 
     spec, model_dir = on_cpu(prepared_tiny)
     for kind in ("classification", "generation"):
@@ -162,6 +164,7 @@ def test_extraction_and_anchor_states(prepared_tiny, tmp_path, dispatched):
         extract(ppath, model_dir, tmp_path / kind / "one.h5", spec, settings)
         extract_anchor_states(model_dir, spec, *CARRIERS, tmp_path / "a1.h5")
         dispatched(module)
+        dispatched(anchor_states)
         extract(ppath, model_dir, tmp_path / kind / "many.h5", spec, settings)
         extract_anchor_states(model_dir, spec, *CARRIERS, tmp_path / "a2.h5")
         dispatched.undo()

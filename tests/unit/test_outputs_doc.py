@@ -15,7 +15,8 @@ from iclscope.data.datasets import prepare_dataset
 from iclscope.methods.taskspace.compression import compression_table
 from iclscope.methods.taskspace.space import build_task_spaces
 from iclscope.methods.taskspace.view import VIEW_COLUMNS, task_space_view
-from iclscope.model.extract import ExtractSettings, extract, extract_anchor_states
+from iclscope.model.anchor_states import extract_anchor_states
+from iclscope.model.extract import ExtractSettings, extract
 from iclscope.model.models import load_tokenizer
 from iclscope.model.prompts import build_prompts
 from iclscope.report.plots import plot_task_space

@@ -18,8 +18,9 @@ from test_extract import WORDS, prompts_file
 
 from iclscope.core.config import ModelSpec
 from iclscope.core.store import SCHEMA_VERSION, IncompleteFileError, label_states, open_activations, read_prompts
-from iclscope.model.extract import ExtractSettings, extract, shared_prefixes
+from iclscope.model.extract import ExtractSettings, extract
 from iclscope.model.models import prepare_model
+from iclscope.model.shared_prefix import shared_prefixes
 from tiny_models import make_tiny_arch, train_tokenizer
 
 ARCHS = ("llama", "gpt2", "mistral", "gemma2", "gptj", "bloom")
@@ -183,7 +184,7 @@ def test_a_partial_file_of_the_other_layout_is_not_resumed(prepared_tiny, tmp_pa
 
 
 # ----------------------------------------------------------------- token states and anchor states
-# The same prefix-KV path (iclscope.model.extract: prefix_pass, continuation_inputs) serves the token
+# The same prefix-KV path (iclscope.model.shared_prefix: prefix_pass, continuation_inputs) serves the token
 # states of a corpus whose sentences begin alike and the carrier prompts of the anchors' extraction.
 PREFIX_ARCHS = ("llama", "gpt2", "mistral", "gemma2", "bloom")
 OPENING = "Tweet: I love the"  # every sentence of the test corpus begins with it
@@ -201,8 +202,8 @@ def token_state_batches(prepared, dtype_check=None):
     """(shared-prefix, full) states of every batch of a corpus, float32, [tokens, L+1, d] each."""
     import torch
 
+    from iclscope.model.batching import make_batches
     from iclscope.model.capture import left_pad
-    from iclscope.model.extract import make_batches
     from iclscope.model.loading import load_model
     from iclscope.model.token_states import batch_states, corpus_prefix, run_corpus_prefix
 
@@ -222,9 +223,10 @@ def token_state_batches(prepared, dtype_check=None):
 
 
 def anchor_states_both_ways(prepared, tmp_path):
-    from iclscope.model.extract import carrier_groups, extract_anchor_states
+    from iclscope.model.anchor_states import extract_anchor_states
     from iclscope.model.models import load_tokenizer
     from iclscope.model.prompts import carrier_prompts
+    from iclscope.model.shared_prefix import carrier_groups
 
     spec, model_dir = prepared
     words, carriers = [" negative", " positive", " neutral"], ["{label}", "The answer is{label}.", "Tweet: I{label}"]

@@ -71,7 +71,8 @@ def test_a_step_in_length_sorted_parts_gives_the_gradients_of_one_pass(prepared_
     """Without checkpointing TS-FT runs a batch in parts of bounded padded tokens and accumulates their
     gradients (iclscope.methods.taskspace.tsft.accumulate_gradients): the batch's mean losses and the adapter
     gradients of one pass over the whole batch (dropout off: the parts draw their masks in another order)."""
-    from iclscope.methods.taskspace.tsft import TSFTSettings, accumulate_gradients, token_batches
+    from iclscope.methods.taskspace.tsft import TSFTSettings, accumulate_gradients
+    from iclscope.model.batching import token_batches
 
     spec, model_dir = prepared_tiny
     base, tok, manifest = load_model(model_dir, spec, attn_implementation=ATTN_IMPLEMENTATION)

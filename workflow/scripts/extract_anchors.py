@@ -1,7 +1,7 @@
 from iclscope.core.job import job_of
 from iclscope.core.lab_store import publish_job
 from iclscope.core.logs import log_to
-from iclscope.model.extract import extract_anchor_states
+from iclscope.model.anchor_states import extract_anchor_states
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards

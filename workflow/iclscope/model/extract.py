@@ -15,9 +15,11 @@ same demonstrations, so their first tokens (up to the test input) are the same. 
 once, its label states are stored once (/prefix/resid/label) and its KV cache serves every prompt
 that continues it: a batch is laid out exactly as the full prompts' left-padded batch, but its
 first P columns come from the cache (each row's copy shifted right by that row's padding), so only
-the last T - P columns run through the model. The query's attention to the label columns is read
-by the one hook layer from the continuation's query and the cached keys. Cost per prompt: the
-continuation's tokens (plus padding) instead of all T tokens.
+the last T - P columns run through the model (iclscope.model.shared_prefix). The query's attention
+to the label columns is read by the one hook layer from the continuation's query and the cached
+keys. Cost per prompt: the continuation's tokens (plus padding) instead of all T tokens.
+
+Batching: iclscope.model.batching. The anchors' carrier prompts: iclscope.model.anchor_states.
 """
 
 from __future__ import annotations
@@ -25,31 +27,23 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from iclscope.core.atomic import partial_path, removed_when_disk_full, written
+from iclscope.core.atomic import partial_path, removed_when_disk_full
 from iclscope.core.config import ModelSpec, stable_hash
 from iclscope.core.store import SCHEMA_VERSION, ActivationWriter, shard_rows
 from iclscope.core.tables import iter_list_column, read_meta, read_table
 from iclscope.core.version import __version__
+from iclscope.model.batching import make_batches, pad_lists
 from iclscope.model.blocks import input_device
-from iclscope.model.capture import (
-    ATTN_IMPLEMENTATION,
-    Positions,
-    Recorder,
-    full_kv_cache,
-    left_pad,
-    recording,
-    residual_stream,
-)
+from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, full_kv_cache, left_pad, recording
 from iclscope.model.loading import load_model
-from iclscope.model.prompts import carrier_prompts
+from iclscope.model.shared_prefix import PrefixState, continuation_inputs, shared_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -112,105 +106,6 @@ def params_digest(
     )
 
 
-def pad_lists(values, width: int, fill: int = -1, inner: int | None = None) -> np.ndarray:
-    """Ragged lists -> [N, width] (or [N, width, inner]) int32 padded with `fill`."""
-    shape = (len(values), width) if inner is None else (len(values), width, inner)
-    out = np.full(shape, fill, dtype=np.int32)
-    for i, v in enumerate(values):
-        v = np.asarray(list(v), dtype=np.int32)
-        if len(v):
-            out[i, : len(v)] = v
-    return out
-
-
-def make_batches(lengths: np.ndarray, batch_size: int, max_batch_tokens: int) -> list[np.ndarray]:
-    """Indices into `lengths`, sorted by length, cut into batches of bounded padded size."""
-    order = np.argsort(lengths, kind="stable")
-    batches, current = [], []
-    for i in order:
-        longest = max(lengths[i], max((lengths[j] for j in current), default=0))
-        if current and (len(current) == batch_size or longest * (len(current) + 1) > max_batch_tokens):
-            batches.append(np.array(current))
-            current = []
-        current.append(i)
-    if current:
-        batches.append(np.array(current))
-    return batches
-
-
-@dataclass(frozen=True)
-class SharedPrefixes:
-    """Prompts that continue a shared prefix: index [N] (the prefix of each prompt), tokens [P]
-    (each prefix's token ids, all its label positions inside it) and label_pos [P, K]."""
-
-    index: np.ndarray
-    tokens: list[np.ndarray]
-    label_pos: np.ndarray
-
-    def __post_init__(self):
-        if len(self.tokens) != len(self.label_pos) or (len(self.index) and self.index.max() >= len(self.tokens)):
-            raise ValueError("SharedPrefixes: index, tokens and label_pos disagree")
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(t) for t in self.tokens]
-
-
-def shared_prefixes(prompts: dict[str, np.ndarray], token_ids) -> SharedPrefixes | None:
-    """The shared prefixes of prompts (None: every prompt takes the full-prompt path).
-
-    Prompts are grouped by (seed, shots, label positions); a group's prefix is the longest common
-    token prefix of its prompts, cut before the first test-input token and before the last token
-    (the query runs in the continuation). It is used when every group's prefix holds all its
-    label positions (the label states come from the prefix). `token_ids` yields the prompts' token
-    ids in order (one pass, memory: one running prefix per group). Classification prompts only
-    (`extract`): generation prompts carry demonstrations of their own.
-    """
-    label_pos = prompts["label_pos"]
-    n = len(label_pos)
-    if n == 0 or label_pos.shape[1] == 0 or not (label_pos >= 0).any():
-        return None
-    keys = {}
-    index = np.empty(n, dtype=np.int64)
-    common: list[np.ndarray] = []
-    for i, ids in enumerate(token_ids):
-        key = (int(prompts["seed"][i]), int(prompts["shots"][i]), tuple(label_pos[i].tolist()))
-        ids = np.asarray(ids, dtype=np.int64)
-        g = index[i] = keys.setdefault(key, len(keys))
-        if g == len(common):
-            common.append(ids)
-            continue
-        m = min(len(common[g]), len(ids))
-        differ = np.flatnonzero(common[g][:m] != ids[:m])
-        common[g] = common[g][: differ[0] if len(differ) else m]
-    tokens, labels = [], np.empty((len(common), label_pos.shape[1]), dtype=np.int64)
-    for g, prefix in enumerate(common):
-        rows = index == g
-        starts = prompts["query_span"][rows, 0]
-        length = min(
-            len(prefix),
-            int(prompts["n_tokens"][rows].min()) - 1,
-            int(starts[starts >= 0].min()) if (starts >= 0).any() else len(prefix),
-        )
-        labels[g] = label_pos[np.flatnonzero(rows)[0]]
-        if length < 1 or labels[g].max() >= length:
-            log.warning(
-                "prompts of group %d share %d tokens, not all their label tokens: full-prompt extraction", g, length
-            )
-            return None
-        tokens.append(prefix[:length])
-    return SharedPrefixes(index, tokens, labels)
-
-
-@dataclass
-class PrefixState:
-    """One shared prefix run through the model: its length and KV cache (batch 1, every layer)."""
-
-    length: int
-    cache: object
-    padded: list = field(default_factory=list, repr=False)  # per layer (keys, values) [Hkv, 2P, dh]
-
-
 @torch.inference_mode()
 def run_prefix(model, tokens: np.ndarray, label_pos: np.ndarray, n_layers: int) -> tuple[np.ndarray, PrefixState]:
     """Run a prefix once: (label states [K, L+1, d] float32, its PrefixState)."""
@@ -231,95 +126,6 @@ def run_prefix(model, tokens: np.ndarray, label_pos: np.ndarray, n_layers: int) 
     states = rec.resid["label"][0].cpu().numpy()
     check_finite({"prefix/resid/label": states}, str(out.logits.dtype).removeprefix("torch."))
     return states, PrefixState(ids.shape[1], cache)
-
-
-def common_prefix(sequences) -> np.ndarray:
-    """The longest common prefix [P] of token id sequences (int64; empty when they differ at once)."""
-    sequences = [np.asarray(s, dtype=np.int64) for s in sequences]
-    common = sequences[0] if sequences else np.zeros(0, dtype=np.int64)
-    for s in sequences[1:]:
-        m = min(len(common), len(s))
-        differ = np.flatnonzero(common[:m] != s[:m])
-        common = common[: differ[0] if len(differ) else m]
-    return common
-
-
-@torch.inference_mode()
-def prefix_pass(model, tokens: np.ndarray, all_states: bool = False) -> tuple[torch.Tensor | None, PrefixState]:
-    """Run a shared prefix once (batch 1, its KV cache at every layer): (its residual states
-    [P, L+1, d] float32 at every position when `all_states`, else None; its PrefixState)."""
-    device = input_device(model)
-    ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=device)[None]
-    cache = full_kv_cache()
-    inputs = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "position_ids": torch.arange(ids.shape[1], device=device)[None],
-        "past_key_values": cache,
-        "use_cache": True,
-        "logits_to_keep": 1,
-    }
-    states = None
-    if all_states:
-        _, layers = residual_stream(model, **inputs)
-        states = torch.stack([h[0].float().to(device) for h in layers], dim=1)  # [P, L+1, d]
-    else:
-        model(**inputs)
-    return states, PrefixState(ids.shape[1], cache)
-
-
-def _row_starts(P: int, offset: torch.Tensor) -> list[int]:
-    """Where row b's P columns start in a [.., 2P, ..] copy with P zero columns in front: a row
-    left-padded by offset[b] holds that many padding columns, then the prefix's first P - offset[b]
-    (an offset >= P: every column is padding)."""
-    return (P - offset.clamp(max=P)).tolist()
-
-
-def prefix_columns(values: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """values [P, ...] at a prefix's positions -> [B, P, ...]: the first P columns of the left-padded
-    batch whose rows are padded by offset [B] (zeros at the padding), as the full prompts have them."""
-    P = values.shape[0]
-    padded = torch.cat([values.new_zeros(values.shape), values])
-    return torch.stack([padded[s : s + P] for s in _row_starts(P, offset.to("cpu"))])
-
-
-def continuation_cache(prefix: PrefixState, offset: torch.Tensor):
-    """The first P columns of a left-padded batch, from the prefix's cache: row b holds `offset[b]`
-    padding columns (zeros; masked) then the prefix's first P - offset[b] columns, as the full
-    prompts' left-padded batch has them. offset [B] -> a DynamicCache [B, Hkv, P, dh] per layer."""
-    P = prefix.length
-    if not prefix.padded:  # once per prefix: P zero columns in front, so each row's copy is one slice
-        prefix.padded = [
-            tuple(
-                torch.cat([x[0].new_zeros(x.shape[1], P, x.shape[3]), x[0]], dim=1) for x in (layer.keys, layer.values)
-            )
-            for layer in prefix.cache.layers
-        ]
-    starts = _row_starts(P, offset)
-    cache = full_kv_cache()
-    for i, (keys, values) in enumerate(prefix.padded):  # [Hkv, 2P, dh] on that layer's device
-        cache.update(
-            torch.stack([keys[:, s : s + P] for s in starts]), torch.stack([values[:, s : s + P] for s in starts]), i
-        )
-    return cache
-
-
-def continuation_inputs(prefix: PrefixState, ids: torch.Tensor, mask: torch.Tensor, pos_ids: torch.Tensor) -> dict:
-    """Model inputs that run only the last T - P columns of a left-padded batch ids / mask / pos_ids
-    [B, T] whose rows all begin with the prefix: the first P columns come from its cache
-    (`continuation_cache`), the attention mask stays the full batch's. Every position the model
-    computes then equals the full batch's; the hidden states it returns are columns P..T-1."""
-    P = prefix.length
-    if ids.shape[1] <= P:
-        raise ValueError(f"a batch of {ids.shape[1]} columns cannot continue a prefix of {P} tokens")
-    offset = (mask == 0).sum(1)  # left padding per row
-    return {
-        "input_ids": ids[:, P:],
-        "attention_mask": mask,
-        "position_ids": pos_ids[:, P:],
-        "past_key_values": continuation_cache(prefix, offset),
-        "use_cache": True,
-    }
 
 
 @torch.inference_mode()
@@ -568,79 +374,3 @@ def extract(
     }
     log.info("extracted %s", summary)
     return summary
-
-
-def carrier_groups(records: list[dict], share_prefixes: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(record indices, shared prefix tokens) of carrier prompts: one group per carrier, whose label
-    words follow the same carrier text, its prefix their common tokens before the earliest label
-    token (empty: nothing shared, e.g. the carrier "{label}" without a BOS token); with
-    `share_prefixes` False one group of every record with an empty prefix."""
-    if not share_prefixes:
-        return [(np.arange(len(records)), np.zeros(0, dtype=np.int64))]
-    groups = []
-    for carrier in sorted({r["carrier"] for r in records}):
-        members = np.array([i for i, r in enumerate(records) if r["carrier"] == carrier])
-        prefix = common_prefix([records[i]["input_ids"] for i in members])
-        stop = min(min(records[i]["position"] for i in members), min(len(records[i]["input_ids"]) for i in members) - 1)
-        groups.append((members, prefix[: max(stop, 0)] if len(members) > 1 else prefix[:0]))
-    return groups
-
-
-def extract_anchor_states(
-    model_dir: str | Path,
-    model: ModelSpec,
-    label_words: list[str],
-    carriers: list[str],
-    out_path: str | Path,
-    share_prefixes: bool = True,
-) -> dict:
-    """Residual states of each label word in neutral carrier prompts (task-space variant A).
-
-    Writes `/anchors/resid [C, m, L+1, d]` float32 (C label words x m carriers, state at the label
-    word's last sub-token) and `/anchors/text [C, m]`. A handful of short prompts: seconds. The label
-    words of one carrier share its text before them: that prefix runs once and its KV cache serves
-    them (`carrier_groups`, the prefix path of `extract`; `share_prefixes=False`: every prompt whole).
-    """
-    net, tokenizer, manifest = load_model(model_dir, model, attn_implementation=ATTN_IMPLEMENTATION)
-    records = carrier_prompts(tokenizer, carriers, label_words)
-    device = input_device(net)
-    n_layers = manifest["n_layers"]
-    states = np.empty((len(records), n_layers + 1, manifest["d_model"]), dtype=np.float32)
-    for members, prefix_tokens in carrier_groups(records, share_prefixes):
-        prefix = prefix_pass(net, prefix_tokens)[1] if len(prefix_tokens) else None
-        for lo in range(0, len(members), model.batch_size):
-            rows = members[lo : lo + model.batch_size]
-            batch = [records[i] for i in rows]
-            ids, mask, pos_ids = left_pad([r["input_ids"] for r in batch], tokenizer.pad_token_id, device)
-            offset = ids.shape[1] - torch.as_tensor([len(r["input_ids"]) for r in batch], device=device)
-            label = (torch.as_tensor([r["position"] for r in batch], device=device) + offset)[:, None]
-            inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": pos_ids}
-            if prefix is not None:  # the model computes columns P.. only: label columns shift by P
-                inputs.update(continuation_inputs(prefix, ids, mask, pos_ids))
-                label = label - prefix.length
-            rec = Recorder(
-                n_layers, Positions(label, torch.zeros(len(batch), 2, dtype=torch.long, device=device)), ("label",)
-            )
-            with torch.inference_mode(), recording(net, rec):
-                net(**inputs, logits_to_keep=1)
-            states[rows] = rec.resid["label"][:, 0].cpu().numpy()  # [b, L+1, d]
-    C, m = len(label_words), len(carriers)
-    resid = states.reshape(C, m, n_layers + 1, manifest["d_model"])
-    with written(out_path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("anchors/resid", data=resid.astype(np.float32))
-            f.create_dataset(
-                "anchors/text",
-                data=np.array([r["text"] for r in records], dtype=object).reshape(C, m),
-                dtype=h5py.string_dtype("utf-8"),
-            )
-            f.attrs.update(
-                model_id=model.name,
-                model_sha=manifest["weights_sha256"],
-                label_words=list(label_words),
-                carriers=list(carriers),
-                n_layers=manifest["n_layers"],
-                d_model=manifest["d_model"],
-                complete=True,
-            )
-    return {"classes": C, "carriers": m}

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from iclscope.model.batching import make_batches
 from iclscope.model.blocks import input_device
 from iclscope.model.capture import Positions, Recorder, ResidualPatch, full_kv_cache, left_pad, no_positions, recording
-from iclscope.model.extract import make_batches
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (K, V) [B, Hkv, T, dh]
 

@@ -36,17 +36,11 @@ from tqdm import tqdm
 from iclscope.core.atomic import commit, partial_path, removed_when_disk_full
 from iclscope.core.config import ModelSpec, stable_hash
 from iclscope.core.version import __version__
+from iclscope.model.batching import make_batches
 from iclscope.model.blocks import input_device
 from iclscope.model.capture import left_pad, residual_stream
-from iclscope.model.extract import (
-    PrefixState,
-    common_prefix,
-    continuation_inputs,
-    make_batches,
-    prefix_columns,
-    prefix_pass,
-)
 from iclscope.model.loading import load_model
+from iclscope.model.shared_prefix import PrefixState, common_prefix, continuation_inputs, prefix_columns, prefix_pass
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +93,7 @@ def extract_token_states(
 
     Tokens every sentence of the corpus begins with (`corpus_prefix`: a BOS token, a shared opening)
     run once; their KV cache serves every batch, which computes only its columns after them (the
-    prefix path of iclscope.model.extract), and their states are copied into each sentence's rows.
+    prefix path of iclscope.model.shared_prefix), and their states are copied into each sentence's rows.
     `share_prefixes=False` runs every sentence whole (the reference of the equality tests).
     """
     table = pd.read_parquet(dataset_path)

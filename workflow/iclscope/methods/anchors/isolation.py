@@ -15,9 +15,9 @@ from tqdm import tqdm
 from iclscope.core.metrics import metric_frame
 from iclscope.methods.anchors.measures import jaccard_topk
 from iclscope.methods.anchors.prompts import anchor_prompts
+from iclscope.model.batching import make_batches
 from iclscope.model.blocks import input_device
 from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, left_pad, no_positions, recording
-from iclscope.model.extract import make_batches
 from iclscope.model.loading import load_model
 
 

@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from iclscope.core.config import ConfigError, DatasetSpec, ModelSpec
 from iclscope.methods.icl import macro_f1
 from iclscope.methods.taskspace.space import TaskSpace, fit_task_space
+from iclscope.model.batching import token_batches
 from iclscope.model.blocks import input_device
 from iclscope.model.capture import ATTN_IMPLEMENTATION, Recorder, left_pad, no_positions, recording
-from iclscope.model.extract import make_batches
 from iclscope.model.loading import load_model
 from iclscope.model.lora import attach_lora, train_loop, trainable_parameters
 from iclscope.model.prompts import assemble, balanced_sample, label_token_ids, tokenize_pieces
@@ -143,12 +143,6 @@ def activation_bytes_per_token(config) -> int:
     d = config.hidden_size
     d_ff = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d
     return 4 * config.num_hidden_layers * (20 * d + 5 * d_ff)
-
-
-def token_batches(examples: list[dict], batch_size: int, max_batch_tokens: int) -> list[np.ndarray]:
-    """Indices of `examples` sorted by length and cut into batches of at most `batch_size` prompts and
-    `max_batch_tokens` padded tokens (inference passes: less padding than batches in the given order)."""
-    return make_batches(np.array([len(x["input_ids"]) for x in examples]), batch_size, max_batch_tokens)
 
 
 def fit_on_states(
