@@ -4,10 +4,13 @@
 # computes it, whose job publishes its output into the store. The store is $ICLSCOPE_STORE; without it there are no
 # link rules and every product is computed as before.
 #
-# A link rule has the params of its computing rule and, as input, those of the computing rule's
-# inputs that exist already; a result made by the computing job (and published) stays with the
-# computing rule (lab_store.Links.input_of), so that what Snakemake recorded for it still holds and
-# a stored result never reruns anything downstream.
+# A link rule has the params of its computing rule and no input made in this checkout: a linked
+# file carries its store entry's date, older than a model manifest or a prompt table made here
+# today, so such an input would rerun the link (and everything downstream) on the next call, and
+# Snakemake's touch of the link would re-date the entry for every checkout that links it. The key
+# covers what those inputs hold. (A gathered file keeps its shards, themselves links.) A result
+# made by the computing job (and published) stays with the computing rule
+# (lab_store.Links.input_of), so that what Snakemake recorded for it still holds.
 from iclscope.core import lab_store  # noqa: E402
 
 STORE = lab_store.Links(config, lab_store.configured_store())
@@ -48,7 +51,7 @@ if STORE.store is not None:
     rule link_prepare_dataset:
         """Link a stored prepared dataset."""
         input:
-            stored("prepare_dataset", "results/datasets/{dataset}.parquet", local_source),
+            stored("prepare_dataset", "results/datasets/{dataset}.parquet"),
         output:
             "results/datasets/{dataset}.parquet",
         params:
@@ -68,8 +71,7 @@ if STORE.store is not None:
     rule link_extract:
         """Link a stored activation file (or one shard of it)."""
         input:
-            stored("extract", EXTRACT_OUTPUT, lambda wc: [f"results/prompts/{wc.model}/{wc.dataset}.parquet",
-                                          f"results/models/{wc.model}.json"]),
+            stored("extract", EXTRACT_OUTPUT),
         output:
             EXTRACT_OUTPUT,
         params:
@@ -123,8 +125,7 @@ if STORE.store is not None:
     rule link_token_states:
         """Link stored token states."""
         input:
-            stored("token_states", "results/activations/{model}/{dataset}.tokens.h5",
-                   lambda wc: [f"results/datasets/{wc.dataset}.parquet", f"results/models/{wc.model}.json"]),
+            stored("token_states", "results/activations/{model}/{dataset}.tokens.h5"),
         output:
             "results/activations/{model}/{dataset}.tokens.h5",
         params:
@@ -144,8 +145,7 @@ if STORE.store is not None:
     rule link_extract_anchors:
         """Link stored anchor states."""
         input:
-            stored("extract_anchors", "results/activations/{model}/{dataset}.anchors.h5",
-                   lambda wc: [f"results/models/{wc.model}.json"]),
+            stored("extract_anchors", "results/activations/{model}/{dataset}.anchors.h5"),
         output:
             "results/activations/{model}/{dataset}.anchors.h5",
         params:
