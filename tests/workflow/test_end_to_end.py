@@ -206,7 +206,7 @@ def test_taskspace_icicl_tsft_tables(run_dir):
     assert chosen[["icicl_soft", "task_vector", "anchor_kv"]].tolist() == [1, 1, 1] and chosen.sum() == 3
     assert (run_dir / "results/figures/smollm2-135m/tweets/icicl_sweep.png").stat().st_size > 10_000
     assert tokens["anchor_kv"] < tokens["full_icl"]
-    loyal = icicl[icicl.metric == "label_loyalty"].set_index("task")["value"]
+    loyal = icicl[icicl.metric == "label_loyalty"].set_index("arm")["value"]
     assert loyal["full_icl"] == 1 and loyal.between(0, 1).all()
     tsft = pd.read_parquet(run_dir / "results/metrics/smollm2-135m/tweets/tsft.parquet")
     assert set(tsft[tsft.metric == "accuracy"]["arm"]) == {"space", "baseline"}
