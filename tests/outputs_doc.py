@@ -86,7 +86,7 @@ def names_in(text: str) -> list[re.Pattern]:
     for token in re.findall(r"`([^`]+)`", text):
         for name in re.split(r"[\s,]+", token):
             if name:
-                pattern = re.sub(r"\\<[^>]*\\>", ".+", re.escape(name))
+                pattern = re.sub(r"<[^>]*>", ".+", re.escape(name))  # re.escape leaves < and > as they are
                 out.append(re.compile(pattern))
     return out
 

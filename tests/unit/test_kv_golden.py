@@ -94,7 +94,7 @@ def test_icicl_and_compression_equal_the_captured_outputs(prepared_tiny, tmp_pat
     if os.environ.get("ICLSCOPE_WRITE_GOLDEN"):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(got, indent=0))
-        pytest.skip(f"ICLSCOPE_WRITE_GOLDEN: wrote {path}")
+        pytest.skip(f"recapture mode (ICLSCOPE_WRITE_GOLDEN set): wrote {path}, compared nothing; unset it to test")
     want = json.loads(path.read_text())
     for part in ("icicl", "sweep", "compression"):
         for key, value in want[part].items():

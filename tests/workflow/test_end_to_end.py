@@ -268,12 +268,6 @@ def test_entropy_measures(run_dir):
         assert (kept / "step000020" / "model.safetensors").exists()
 
 
-@pytest.mark.xfail(
-    reason="docs/outputs.md still misses names the run writes (per-class logit_/pred_/correct_ "
-    "columns, headline _lo/_hi/_p columns, peak_layers metrics, seconds_repeats, sweep keep): "
-    "listed in the 2026-12-06 closing note",
-    strict=False,
-)
 def test_outputs_md_names_every_column_and_attribute_of_the_run(run_dir):
     """docs/outputs.md against the files of this run (tests/outputs_doc.py): every product has an entry,
     and the entry names each of its columns, HDF5 datasets and attributes and metadata keys."""
