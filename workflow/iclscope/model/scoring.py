@@ -321,10 +321,7 @@ class PromptScorer:
                 self.max_batch_tokens,
                 desc,
             )
-            for idx, logits in passes:
-                for i, r in zip(idx, self.readouts(logits), strict=True):
-                    out[int(i)] = r
-            return out
+            return self._in_order(passes, len(prompts))
         for idx in self.batches([len(p.ids) for p in prompts], desc):
             batch = [prompts[i] for i in idx]
             ids, mask, pos = left_pad([p.ids for p in batch], self.tokenizer.pad_token_id, self.device)
@@ -377,7 +374,6 @@ class PromptScorer:
         desc: str = "cached",
     ) -> list[Readout]:
         """Batched `score_on_cache`: query i continuing its own KV `kv_of(i)` (`cached_passes`), in order."""
-        out: list[Readout | None] = [None] * len(queries)
         passes = cached_passes(
             self.model,
             kv_of,
@@ -389,6 +385,11 @@ class PromptScorer:
             self.max_batch_tokens,
             desc,
         )
+        return self._in_order(passes, len(queries))
+
+    def _in_order(self, passes, n: int) -> list[Readout]:
+        """Readouts of batched `passes` ((indices, last logits [batch, vocab]) pairs) in input order."""
+        out: list[Readout | None] = [None] * n
         for idx, logits in passes:
             for i, r in zip(idx, self.readouts(logits), strict=True):
                 out[int(i)] = r
