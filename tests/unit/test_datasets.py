@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from iclscope.core.config import ConfigError, DatasetSpec, PromptSpec
+from iclscope.data.cities import CONTINENTS
 from iclscope.data.datasets import DatasetReport, decode_lines, prepare_dataset
 from iclscope.data.lexicon import CATEGORIES
 from iclscope.data.synthetic import category_examples
@@ -204,6 +205,52 @@ def test_word_categories_source():
         category_examples({"animal": ["bat", "owl"], "tool": ["Bat"]})
     with pytest.raises(ConfigError, match="categories task is a classification task"):
         DatasetSpec(name="c", source="categories", kind="generation")
+
+
+def continents_spec(**kw):
+    return DatasetSpec(
+        name="continents",
+        source="continents",
+        classes={c: f" {c}" for c in CONTINENTS},
+        test_fraction=0.5,
+        prompts=PromptSpec(template="City: {text}\nContinent:{label}"),
+        **kw,
+    )
+
+
+def test_city_continents_source():
+    df, meta = prepare_dataset(continents_spec())
+    assert meta["report"]["dropped"] == {}  # no city twice, none empty
+    assert {c: len(w) for c, w in CONTINENTS.items()} == {"Europe": 211, "Asia": 170, "Africa": 213, "America": 194}
+    assert len(df) == 788
+    truth = {w: c for c, names in CONTINENTS.items() for w in names}
+    assert (df["label"] == df["text"].map(truth)).all()
+    per = df.groupby(["label", "split"]).size().unstack()
+    assert ((per["test"] - per["train"]).abs() <= 1).all()  # stratified halves
+    assert per["test"].min() == 85  # IC-ICL's 320 balanced test inputs (80 per continent) fit
+    again, _ = prepare_dataset(continents_spec())
+    pd.testing.assert_frame_equal(df, again)  # deterministic
+    other, _ = prepare_dataset(continents_spec(seed=1))
+    assert set(other.loc[other["split"] == "test", "text"]) != set(df.loc[df["split"] == "test", "text"])
+    with pytest.raises(ConfigError, match="continents task is a classification task"):
+        DatasetSpec(name="c", source="continents", kind="generation")
+
+
+def test_city_names_are_clean_and_unambiguous():
+    names = [n for names in CONTINENTS.values() for n in names]
+    assert all(n.isascii() and n == " ".join(n.split()) and "," not in n and n[0].isupper() for n in names)
+    assert len({n.lower() for n in names}) == len(names)  # no name on two continents, none twice
+    assert "Addis Ababa" in CONTINENTS["Africa"] and "Rio de Janeiro" in CONTINENTS["America"]  # multi-word names
+    known = {"Paris": "Europe", "Kyiv": "Europe", "Tokyo": "Asia", "Almaty": "Asia", "Cairo": "Africa"}
+    known |= {"Nairobi": "Africa", "Toronto": "America", "Havana": "America", "Lima": "America"}
+    assert all(name in CONTINENTS[c] for name, c in known.items())
+    # the lexicon's rules: no city of a two-continent country, no name shared across continents, no common word
+    left_out = {"Istanbul", "Ankara", "Tbilisi", "Baku", "Nicosia", "Novosibirsk", "Honolulu", "Sydney"}
+    left_out |= {"Tripoli", "Santiago", "Valencia", "Cordoba", "Birmingham", "Victoria", "Kingston", "Perth"}
+    left_out |= {"Nice", "Split", "Reading", "Male", "Buffalo", "Phoenix", "Columbus", "Austin", "Salvador"}
+    assert not left_out & set(names)
+    with pytest.raises(ValueError, match=r"more than once.*\['lima'\]"):
+        category_examples({"America": ["Lima"], "Asia": ["lima"]})
 
 
 # --- the POS task family (Han et al., docs/methods.md §4.4) ------------------------------------------

@@ -191,8 +191,8 @@ class DatasetSpec:
             raise ConfigError(
                 f"config key '{key}.kind': the {self.source} tasks are generation tasks; set kind: generation"
             )
-        if self.kind == "generation" and self.source == "categories":
-            raise ConfigError(f"config key '{key}.kind': the categories task is a classification task")
+        if self.kind == "generation" and self.source in ("categories", "continents"):
+            raise ConfigError(f"config key '{key}.kind': the {self.source} task is a classification task")
         if self.source == "pos" and (self.path is None) == (self.id is None):
             raise ConfigError(
                 f"config key '{key}.path' / '{key}.id': the pos source reads exactly one of a "

