@@ -22,18 +22,20 @@ def assert_adjusted(table: pd.DataFrame, keys: list[str]) -> None:
 
 
 def assert_arm_settings(meta: dict, arms) -> None:
-    """Every arm of the table has its settings in the metadata, and each tuned arm its chosen values and
-    the tuning budget (settings scored, the shared budget, the validation inputs)."""
+    """Every arm of the table has its settings in the metadata, and each tuned arm its chosen values, where
+    they were chosen (`tuned_on`) and the tuning budget (settings scored, the shared budget, the validation
+    inputs)."""
     from iclscope.methods.taskspace.icicl.settings import TUNED_ARMS
 
     missing = [a for a in arms if a not in meta.get("arm_settings", {})]
     assert not missing, f"arms without their settings: {missing}"
-    needed = {
-        "icicl_soft": {"inject_layer", "state", "task_space", "label_line"},
-        "task_vector": {"layer", "state"},
-        "anchor_kv": {"keep"},
+    needed = {  # tuned_on: where the settings were chosen (validation = the dataset's own sweep, or config)
+        "icicl_soft": {"inject_layer", "state", "task_space", "label_line", "tuned_on"},
+        "task_vector": {"layer", "state", "tuned_on"},
+        "anchor_kv": {"keep", "tuned_on"},
     }
     for arm in TUNED_ARMS:
         assert needed[arm] <= set(meta["arm_settings"][arm]), arm
+        assert meta["arm_settings"][arm]["tuned_on"] in ("validation", "config"), arm
         budget = (meta.get("tuning") or {}).get(arm)
         assert budget and budget["settings_scored"] <= budget["budget"] and budget["validation_inputs"] > 0, arm

@@ -121,6 +121,7 @@ def test_icicl_meta_states_every_arms_settings_and_the_tuning_budget():
         "layer": 7,
         "depth": 0.233,
         "state": "mean",
+        "tuned_on": "config",
     }
     assert meta["arm_settings"]["anchor_kv"]["keep"] == "label"
     # the default grid on a 30-layer model: IC-ICL 3 layers x 3 states x 4 spaces x 2 = 72 settings; the task
@@ -135,6 +136,12 @@ def test_icicl_meta_states_every_arms_settings_and_the_tuning_budget():
         )
     with pytest.raises(AssertionError):
         assert_arm_settings({**meta, "tuning": None}, arms)
+    untold = {
+        **meta["arm_settings"],
+        "anchor_kv": {k: v for k, v in meta["arm_settings"]["anchor_kv"].items() if k != "tuned_on"},
+    }
+    with pytest.raises(AssertionError, match="anchor_kv"):  # where its settings were chosen is part of them
+        assert_arm_settings({**meta, "arm_settings": untold}, arms)
 
 
 def test_task_vector_layers_fill_the_budget_evenly():

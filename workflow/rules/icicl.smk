@@ -1,10 +1,18 @@
+# icicl.settings_from: sweep: each dataset's icicl job reads its tuned arms' settings from its own sweep table
+ICICL_SWEEP_INPUT = (
+    {"sweep": "results/icicl/{model}/{dataset}/sweep.parquet"} if config["icicl"]["settings_from"] == "sweep" else {}
+)
+
+
 rule icicl:
     """IC-ICL (task-space soft tokens), task vector, anchor-only KV / text / random baselines, zero-shot and
-    full-text ICL on the same retrieved demos; accuracy, label / word loyalty vs full ICL, seconds."""
+    full-text ICL on the same retrieved demos; accuracy, label / word loyalty vs full ICL, seconds. With
+    icicl.settings_from: sweep the tuned arms run with the settings this dataset's own sweep chose."""
     input:
         model="results/models/{model}.json",
         dataset="results/datasets/{dataset}.parquet",
         taskspace="results/taskspace/{model}/{dataset}.h5",
+        **ICICL_SWEEP_INPUT,
     output:
         predictions="results/icicl/{model}/{dataset}/predictions.parquet",
         table="results/metrics/{model}/{dataset}/icicl.parquet",

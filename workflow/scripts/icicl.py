@@ -1,15 +1,17 @@
 from iclscope.core.job import job_of
 from iclscope.core.logs import log_to
-from iclscope.core.tables import read_table, write_table
+from iclscope.core.tables import read_meta, read_table, write_table
 from iclscope.methods.taskspace.icicl.evaluate import evaluate_icicl
-from iclscope.methods.taskspace.icicl.settings import ICICLSettings, SweepGrid
+from iclscope.methods.taskspace.icicl.settings import SweepGrid, evaluation_settings
 from iclscope.methods.taskspace.icicl.tables import metric_table, paired_table
 from iclscope.methods.taskspace.space import read_task_spaces
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 wc = snakemake.wildcards
 job = job_of(snakemake)
-settings = ICICLSettings(**job["icicl"], word_k=job["word_k"])
+# icicl.settings_from: sweep: the tuned arms' settings are this dataset's sweep's choice (its table, an input)
+sweep = read_meta(snakemake.input.sweep) if job["icicl"].get("settings_from") == "sweep" else None
+settings, source = evaluation_settings(job["icicl"], job["word_k"], sweep)
 spaces = {v: read_task_spaces(snakemake.input.taskspace, v) for v in (settings.task_space,) if v != "pool"}
 per_example, summary, meta = evaluate_icicl(
     read_table(snakemake.input.dataset),
@@ -20,6 +22,7 @@ per_example, summary, meta = evaluate_icicl(
     settings,
     **job["taskspace"],
     grid=SweepGrid(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["sweep"].items()}),
+    source=source,
 )
 paired = paired_table(per_example, settings.n_boot, settings.seed)
 write_table(per_example, snakemake.output.predictions, meta)

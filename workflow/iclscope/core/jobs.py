@@ -202,6 +202,24 @@ def _layered(c: dict, wc: dict, prefix: str, section: dict) -> dict:
     return out
 
 
+# the icicl keys the validation sweep chooses per tuned arm (iclscope.methods.taskspace.icicl.settings.TUNED_KEYS):
+# with icicl.settings_from: sweep they come from the dataset's sweep table (an input), not from params
+ICICL_TUNED_KEYS = (
+    "inject_layer",
+    "state",
+    "task_space",
+    "label_line",
+    "task_vector_layer",
+    "task_vector_state",
+    "anchor_keep",
+)
+
+
+def icicl_tuned_from_sweep(c: dict) -> tuple[str, ...]:
+    """The tuned keys an icicl job reads from its sweep input instead of the config (none by default)."""
+    return ICICL_TUNED_KEYS if c["icicl"].get("settings_from") == "sweep" else ()
+
+
 def _extract(c, wc):
     return {"model": model_settings(c, wc["model"]), "extract": _without(c["extract"], "shards")}
 
@@ -275,7 +293,7 @@ RULE_SETTINGS: dict[str, Callable[[dict, dict], dict]] = {
     "taskspace": lambda c, wc: {"taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")}},
     "icicl": _model_dataset(
         lambda c, wc: {
-            "icicl": _layered(c, wc, "icicl", _without(c["icicl"], "enabled", "sweep")),
+            "icicl": _layered(c, wc, "icicl", _without(c["icicl"], "enabled", "sweep", *icicl_tuned_from_sweep(c))),
             "sweep": _without(c["icicl"]["sweep"], "enabled"),  # the stated budget
             "word_k": c["anchors"]["word_k"],
             "taskspace": {k: c["taskspace"][k] for k in ("var_threshold", "max_k")},
@@ -292,18 +310,13 @@ RULE_SETTINGS: dict[str, Callable[[dict, dict], dict]] = {
                     c["icicl"],
                     "enabled",
                     "sweep",
-                    "inject_layer",
-                    "state",
-                    "task_space",
-                    "label_line",
                     "n_test",
                     "n_timed",
                     "warmup",
                     "repeats",
                     "random_draws",
-                    "task_vector_layer",
-                    "task_vector_state",
-                    "anchor_keep",
+                    "settings_from",
+                    *ICICL_TUNED_KEYS,
                 ),
             ),
             "sweep": _without(c["icicl"]["sweep"], "enabled"),

@@ -191,7 +191,8 @@ def resolve(config: dict, model: str, depth: int) -> dict:
                 )
         resolved[setting.key] = layers if setting.many else layers[0]
     sweep = config["icicl"]["sweep"]
-    if config["icicl"].get("enabled", True) and sweep.get("enabled") and depth < 2:
+    sweeps = sweep.get("enabled") or config["icicl"].get("settings_from") == "sweep"  # the icicl jobs need it
+    if config["icicl"].get("enabled", True) and sweeps and depth < 2:
         problems.append(
             f"config key '{SWEEP_DEPTHS}': model '{model}' has {depth} layer(s); the sweep injects "
             "in 1..L-1, which needs at least 2"

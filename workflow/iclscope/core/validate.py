@@ -116,9 +116,53 @@ def validate_config(raw: dict) -> dict:
     for family in FAMILIES:  # each family's own rules, next to its entry (iclscope.core.families)
         for check in family.checks:
             problems += check(config)
+    problems += icicl_settings_from_check(config)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return config
+
+
+def icicl_settings_from_check(config: dict) -> list[str]:
+    """icicl.settings_from: sweep (each dataset's icicl job runs with its own sweep's choices) needs a sweep
+    that can choose: IC-ICL's soft tokens among the compressed task spaces ('identity' is the icicl_identity
+    arm, the uncompressed reference), and no tuned key set in the config (the sweep would silently replace
+    it). Defaults filled in: a tuned key is set when it differs from the schema's default."""
+    from iclscope.core.jobs import ICICL_TUNED_KEYS
+
+    icicl = config["icicl"]
+    if icicl.get("settings_from") != "sweep" or not icicl.get("enabled", True):
+        return []
+    problems = []
+    spaces = icicl["sweep"]["task_spaces"]
+    if "identity" in spaces:
+        compressed = [s for s in spaces if s != "identity"] or ["pool"]
+        problems.append(
+            f"config key 'icicl.sweep.task_spaces': {spaces} with icicl.settings_from: sweep; 'identity' is no "
+            f"IC-ICL setting (the uncompressed icicl_identity arm, run beside it anyway): use e.g. {compressed}"
+        )
+    defaults = load_schema()["properties"]["icicl"]["properties"]
+    budget = 1  # B = IC-ICL's grid (tuning_budget): every tuned arm scores at most B settings
+    for key in ("depths", "states", "task_spaces", "label_line"):
+        budget *= len(set(icicl["sweep"][key]))
+    if budget < len(defaults["anchor_keep"]["enum"]):
+        problems.append(
+            f"config key 'icicl.sweep': a budget of {budget} setting(s) per tuned arm (depths x states x task_spaces "
+            f"x label_line), below anchor_kv's {len(defaults['anchor_keep']['enum'])} kept sets: widen the grid"
+        )
+    for key in ICICL_TUNED_KEYS:
+        if icicl.get(key) != defaults[key].get("default"):
+            problems.append(
+                f"config key 'icicl.{key}': {icicl[key]!r}, but icicl.settings_from: sweep chooses it per dataset "
+                "on the validation split (icicl_sweep): remove it, or use settings_from: config"
+            )
+    for name, spec in config["models"].items():
+        for key in spec.get("layers") or {}:
+            if key.startswith("icicl.") and key.removeprefix("icicl.") in ICICL_TUNED_KEYS:
+                problems.append(
+                    f"config key 'models.{name}.layers.{key}': icicl.settings_from: sweep chooses this layer per "
+                    "dataset on the validation split (icicl_sweep): remove it, or use settings_from: config"
+                )
+    return problems
 
 
 def methods_check(name: str, spec: dict) -> None:

@@ -32,6 +32,7 @@ def evaluate_icicl(
     var_threshold: float = 0.9,
     max_k: int | None = None,
     grid: SweepGrid | None = None,
+    source: Mapping | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Run every arm on the same retrieved demonstrations of the test inputs.
 
@@ -39,8 +40,13 @@ def evaluate_icicl(
     "pool" (fitted here). Returns (per-example rows, summary per arm, meta); `paired_table` turns
     the per-example rows into the paired comparisons. meta["arm_settings"] states every arm's
     settings, meta["tuning"] the sweep's budget per tuned arm (`tuning_budget` of `grid`).
+    source: where the tuned arms' settings came from (`evaluation_settings`; None = the config):
+    meta["settings_source"], each tuned arm's `tuned_on`, and with a sweep its budget as meta["tuning"].
     """
+    source = dict(source or {"settings_from": "config", "tuned_on": "config"})
     run = ICICLRun(df, spec, model_dir, model, settings, var_threshold=var_threshold, max_k=max_k)
+    if source.get("n_layers") not in (None, run.n_layers):
+        raise ValueError(f"the sweep's model has {source['n_layers']} layers, this one {run.n_layers}")
     scorer, layer = run.scorer, run.inject_layer
     tests = (
         run.test_rows
@@ -157,7 +163,8 @@ def evaluate_icicl(
         "retrieval_embedding_seconds_per_example": round(inputs.embed_seconds, 4),
         "word_k": settings.word_k,
         "reconstruction": "P1-reconstruction (Yang et al. 2025, docs/methods.md §1.4)",
-        "arm_settings": arm_settings(settings, layer, run.tv_layer, run.n_layers),
-        "tuning": tuning_budget(grid, run.n_layers) if grid is not None else None,
+        "arm_settings": arm_settings(settings, layer, run.tv_layer, run.n_layers, source["tuned_on"]),
+        "tuning": source.pop("tuning", None) or (tuning_budget(grid, run.n_layers) if grid is not None else None),
+        "settings_source": source,
     }
     return per_example, summary, meta

@@ -3,6 +3,7 @@ its budget per tuned arm (`tuning_budget`), and every arm's settings as it ran (
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,10 +82,14 @@ class SweepGrid:
         return sorted({min(max(round(d * n_layers), 1), n_layers - 1) for d in self.depths})
 
 
-def arm_settings(settings: ICICLSettings, inject_layer: int, tv_layer: int, n_layers: int) -> dict[str, dict]:
+def arm_settings(
+    settings: ICICLSettings, inject_layer: int, tv_layer: int, n_layers: int, tuned_on: str = "config"
+) -> dict[str, dict]:
     """Every arm's settings as it ran (the table's metadata, docs/methods.md §1.4): the arms with
     settings (icicl_soft, icicl_identity, task_vector, anchor_kv, and hidden_random, anchor_kv's
-    cache with its label KV swapped) and the shared retrieval of every arm."""
+    cache with its label KV swapped) and the shared retrieval of every arm. Each tuned arm
+    (`TUNED_ARMS`) says where its settings were chosen in `tuned_on`: "validation" (this dataset's
+    own sweep, icicl.settings_from: sweep) or "config" (the config's keys)."""
     shared = {"k": settings.k, "retrieval": settings.retrieval, "pool_size": settings.pool_size}
     soft = {
         "inject_layer": inject_layer,
@@ -92,24 +97,83 @@ def arm_settings(settings: ICICLSettings, inject_layer: int, tv_layer: int, n_la
         "state": settings.state,
         "label_line": settings.label_line,
     }
+    if tuned_on not in ("config", "validation"):
+        raise ValueError(f"tuned_on: {tuned_on!r}; 'config' or 'validation'")
     return {
         "zero_shot": {},
         "full_icl": shared,
-        "icicl_soft": {**shared, **soft, "task_space": settings.task_space},
+        "icicl_soft": {**shared, **soft, "task_space": settings.task_space, "tuned_on": tuned_on},
         "icicl_identity": {**shared, **soft, "task_space": "identity"},
         "task_vector": {
             **shared,
             "layer": tv_layer,
             "depth": round(tv_layer / n_layers, 3),
             "state": settings.task_vector_state or settings.state,
+            "tuned_on": tuned_on,
         },
-        "anchor_kv": {**shared, "keep": settings.anchor_keep},
+        "anchor_kv": {**shared, "keep": settings.anchor_keep, "tuned_on": tuned_on},
         "text_anchor": shared,
         "hidden_random": {**shared, "keep": settings.anchor_keep, "draws": settings.random_draws},
     }
 
 
 TUNED_ARMS = ("icicl_soft", "task_vector", "anchor_kv")  # the arms with settings, tuned alike by `sweep_icicl`
+# per tuned arm, the icicl config keys its sweep chooses (the sweep meta's chosen_by_arm holds them; with
+# icicl.settings_from: sweep they are not in the icicl job's params: iclscope.core.jobs.ICICL_TUNED_KEYS)
+TUNED_KEYS = {
+    "icicl_soft": ("inject_layer", "state", "task_space", "label_line"),
+    "task_vector": ("task_vector_layer", "task_vector_state"),
+    "anchor_kv": ("anchor_keep",),
+}
+LAYER_KEYS = ("inject_layer", "task_vector_layer")  # chosen as a depth share; applied as the sweep's resid_index
+
+
+def chosen_settings(sweep_meta: Mapping) -> dict:
+    """The ICICLSettings values a validation sweep chose per tuned arm, from its table's meta
+    (`sweep_icicl`: meta["chosen_by_arm"]): a layer as the residual index the sweep scored
+    (`resid_index`; the share beside it is rounded), every other key as chosen."""
+    by_arm = sweep_meta.get("chosen_by_arm") or {}
+    out = {}
+    for arm, keys in TUNED_KEYS.items():
+        chosen = by_arm.get(arm) or {}
+        needed = (*keys, "resid_index") if set(keys) & set(LAYER_KEYS) else keys
+        missing = [k for k in needed if k not in chosen]
+        if missing:
+            raise ConfigError(
+                f"icicl.settings_from: sweep: the sweep table chose no {arm} setting {missing} "
+                "(rerun icicl_sweep with this code)"
+            )
+        for key in keys:
+            out[key] = int(chosen["resid_index"]) if key in LAYER_KEYS else chosen[key]
+    return out
+
+
+def evaluation_settings(icicl: Mapping, word_k: int, sweep_meta: Mapping | None = None) -> tuple[ICICLSettings, dict]:
+    """The evaluation's settings from its job's icicl section, and where its tuned arms' settings come
+    from (the metric table's meta["settings_source"]). icicl.settings_from "config": the section's keys;
+    "sweep": the section holds no `TUNED_KEYS` and `sweep_meta` (this dataset's own sweep table's meta)
+    gives them, each arm's chosen setting (`chosen_settings`), chosen on the validation split."""
+    icicl = dict(icicl)
+    source = icicl.pop("settings_from")
+    if source == "config":
+        return ICICLSettings(**icicl, word_k=word_k), {"settings_from": "config", "tuned_on": "config"}
+    if source != "sweep":
+        raise ConfigError(f"icicl.settings_from: {source!r}; use 'config' or 'sweep'")
+    if sweep_meta is None:
+        raise ConfigError("icicl.settings_from: sweep, but the job has no sweep table among its inputs")
+    given = sorted({k for keys in TUNED_KEYS.values() for k in keys} & set(icicl))
+    if given:
+        raise ConfigError(f"icicl.settings_from: sweep, but the job's settings hold the tuned keys {given}")
+    settings = ICICLSettings(**icicl, **chosen_settings(sweep_meta), word_k=word_k)
+    return settings, {
+        "settings_from": "sweep",
+        "tuned_on": "validation",
+        "split": "train rows outside the retrieval pool (icicl_sweep)",
+        "validation_inputs": sweep_meta.get("validation_rows"),
+        "n_layers": sweep_meta.get("n_layers"),
+        "chosen_by_arm": sweep_meta["chosen_by_arm"],
+        "tuning": sweep_meta.get("tuning"),
+    }
 
 
 def task_vector_layers(n_layers: int, budget: int, n_states: int) -> list[int]:
