@@ -112,6 +112,7 @@ def test_summary_script_writes_the_claims_table(tmp_path):
 
     from iclscope.core.metrics import metric_frame
     from iclscope.core.tables import write_table
+    from iclscope.methods.taskspace.icicl.settings import ICICLSettings, arm_settings
 
     repo = Path(__file__).resolve().parents[2]
     rng = np.random.default_rng(4)
@@ -129,7 +130,10 @@ def test_summary_script_writes_the_claims_table(tmp_path):
             dataset=dataset,
             family="icicl",
         )
-        write_table(icicl, metrics / "icicl.parquet", {})
+        # each dataset's own chosen settings (here: the soft tokens' state and anchor KV's kept set differ)
+        chosen = {"tweets": ("last", "anchors"), "words_cat": ("mean", "label")}[dataset]
+        own = ICICLSettings(state=chosen[0], anchor_keep=chosen[1], task_vector_state="label")
+        write_table(icicl, metrics / "icicl.parquet", {"arm_settings": arm_settings(own, 10, 7, 30, "validation")})
         write_table(
             metric_frame(
                 [{"metric": "accuracy", "arm": "vanilla", "value": 0.5}],
@@ -190,3 +194,17 @@ runpy.run_path({str(repo / "workflow/scripts/summary.py")!r}, init_globals={{"sn
     assert len(speed) == 2 and (speed["value"].astype(float) == 2.0).all()
     head = pd.read_csv(out["headline"])
     assert {"icicl_speedup_lo", "reweighting_gain_p_raw"} <= set(head.columns)
+    # each dataset's chosen settings per tuned arm, on that dataset's IC-ICL claim rows only
+    settings = claims.groupby(["arm", "dataset"])["settings"].agg(set).to_dict()
+    assert settings[("icicl_soft-anchor_kv", "tweets")] == {
+        "icicl_soft(inject_layer=10, depth=0.333, state=last, task_space=pool, label_line=True; tuned_on=validation)"
+        " vs anchor_kv(keep=anchors; tuned_on=validation)"
+    }
+    assert settings[("icicl_soft-task_vector", "words_cat")] == {
+        "icicl_soft(inject_layer=10, depth=0.333, state=mean, task_space=pool, label_line=True; tuned_on=validation)"
+        " vs task_vector(layer=7, depth=0.233, state=label; tuned_on=validation)"
+    }
+    assert settings[("icicl_soft-full_icl", "words_cat")] == {
+        "icicl_soft(inject_layer=10, depth=0.333, state=mean, task_space=pool, label_line=True; tuned_on=validation)"
+    }
+    assert all(v == {""} for (arm, d), v in settings.items() if d == "pooled" or not arm.startswith("icicl"))

@@ -8,7 +8,15 @@ from iclscope.core.job import job_of
 from iclscope.core.logs import log_to
 from iclscope.core.tables import read_meta
 from iclscope.report.atlas import headline
-from iclscope.report.claims import claims_table, icicl_pairs, icicl_timing, reweighting_pairs, tsft_pairs
+from iclscope.report.claims import (
+    claims_table,
+    icicl_pairs,
+    icicl_settings,
+    icicl_timing,
+    reweighting_pairs,
+    tsft_pairs,
+    with_settings,
+)
 
 log = log_to(snakemake.log[0], threads=snakemake.threads)
 job = job_of(snakemake)
@@ -22,7 +30,7 @@ peaks = pd.concat([pd.read_parquet(p) for p in snakemake.input.peaks], ignore_in
 peak_layers = peaks.pivot_table(index=["model", "dataset"], columns="curve", values="layer")
 
 # the claims per dataset and pooled over datasets, per model (iclscope.report.claims)
-pairs, timing = defaultdict(lambda: defaultdict(dict)), defaultdict(dict)
+pairs, timing, settings = defaultdict(lambda: defaultdict(dict)), defaultdict(dict), defaultdict(dict)
 for path in map(Path, snakemake.input.predictions):  # results/icicl/<model>/<dataset>/predictions.parquet
     pairs[path.parent.parent.name][path.parent.name] |= icicl_pairs(pd.read_parquet(path))
 runs = defaultdict(list)
@@ -36,11 +44,13 @@ for (model, dataset), paths in tables.items():
             pairs[model][dataset] |= reweighting_pairs(read_meta(path))
         elif path.stem == "icicl":
             timing[model][dataset] = icicl_timing(pd.read_parquet(path))
+            settings[model][dataset] = icicl_settings(read_meta(path))  # each tuned arm's, per dataset
 claims = [claims_table(pairs[m], model=m, n_boot=job["n_boot"], timing=timing[m]) for m in sorted(pairs)]
-claims = (
+claims = with_settings(
     pd.concat(claims, ignore_index=True)
     if claims
-    else pd.DataFrame(columns=["model", "dataset", "arm", "seed", "metric", "value", "ci_low", "ci_high"])
+    else pd.DataFrame(columns=["model", "dataset", "arm", "seed", "metric", "value", "ci_low", "ci_high"]),
+    settings,
 )
 
 with written(snakemake.output.headline) as tmp:
@@ -48,7 +58,7 @@ with written(snakemake.output.headline) as tmp:
 with written(snakemake.output.peaks) as tmp:
     peak_layers.to_csv(tmp, float_format="%.3g")
 with written(snakemake.output.claims) as tmp:
-    claims[["model", "dataset", "arm", "seed", "metric", "value", "ci_low", "ci_high"]].to_csv(
+    claims[["model", "dataset", "arm", "seed", "metric", "value", "ci_low", "ci_high", "settings"]].to_csv(
         tmp, index=False, float_format="%.4g"
     )
 log.info("headline:\n%s\npeak layers:\n%s", table.to_string(index=False), peak_layers.to_string())

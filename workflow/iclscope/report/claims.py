@@ -110,3 +110,40 @@ def icicl_timing(table: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
         for a, b in ICICL_CLAIMS
         if b == "full_icl" and a in speed.index
     }
+
+
+# the settings of each tuned arm a claim names (the IC-ICL table's meta["arm_settings"], docs/outputs.md)
+CLAIM_SETTINGS = {
+    "icicl_soft": ("inject_layer", "depth", "state", "task_space", "label_line"),
+    "task_vector": ("layer", "depth", "state"),
+    "anchor_kv": ("keep",),
+}
+
+
+def icicl_settings(meta: Mapping) -> dict[str, str]:
+    """{"<arm>-<reference>": text} of `ICICL_CLAIMS` from an IC-ICL table's meta: each tuned arm of the
+    claim with its settings as it ran and where they were chosen, e.g. "icicl_soft(inject_layer=10,
+    depth=0.333, state=last, task_space=anchor, label_line=True; tuned_on=validation) vs
+    task_vector(layer=7, depth=0.233, state=mean; tuned_on=validation)"; "" for a claim without one."""
+    arms = meta.get("arm_settings") or {}
+
+    def text(arm: str) -> str:
+        s = arms.get(arm)
+        if arm not in CLAIM_SETTINGS or s is None:
+            return ""
+        kv = ", ".join(f"{k}={s[k]}" for k in CLAIM_SETTINGS[arm] if k in s)
+        return f"{arm}({kv}; tuned_on={s.get('tuned_on', 'config')})"
+
+    return {f"{a}-{b}": " vs ".join(t for t in (text(a), text(b)) if t) for a, b in ICICL_CLAIMS}
+
+
+def with_settings(claims: pd.DataFrame, settings: Mapping[str, Mapping[str, Mapping[str, str]]]) -> pd.DataFrame:
+    """`claims` with a `settings` column: on each per-dataset row of an IC-ICL claim, the tuned arms'
+    settings on that dataset (settings {model: {dataset: `icicl_settings`}}); pooled rows (each
+    dataset has its own) and the other claims hold ""."""
+    out = claims.copy()
+    out["settings"] = [
+        settings.get(m, {}).get(d, {}).get(a, "")
+        for m, d, a in zip(out["model"], out["dataset"], out["arm"], strict=True)
+    ]
+    return out
