@@ -33,6 +33,7 @@ import contextlib
 import datetime as _dt
 import errno
 import fcntl
+import functools
 import getpass
 import hashlib
 import importlib.util
@@ -137,15 +138,15 @@ def content_hash(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _without_paths(obj):
-    """`obj` with every `path` setting replaced by the content hash of what it names."""
+def _without_paths(obj, hash_of: Callable[[str], str] = content_hash):
+    """`obj` with every `path` setting replaced by the content hash of what it names (`hash_of`)."""
     if isinstance(obj, dict):
         return {
-            k: ({"sha256": content_hash(v)} if k == "path" and isinstance(v, str) else _without_paths(v))
+            k: ({"sha256": hash_of(v)} if k == "path" and isinstance(v, str) else _without_paths(v, hash_of))
             for k, v in obj.items()
         }
     if isinstance(obj, list):
-        return [_without_paths(v) for v in obj]
+        return [_without_paths(v, hash_of) for v in obj]
     return obj
 
 
@@ -234,7 +235,13 @@ PRODUCTS: dict[str, Product] = {
 
 def script_source(script: Path) -> str:
     """sha256 (16 hex) of a script's normalised source (comments, docstrings, formatting dropped)."""
-    tree = jobs._strip_docstrings(ast.parse(script.read_text(), filename=str(script)))
+    return _normalised_sha(script.read_text(), str(script))
+
+
+@functools.lru_cache(maxsize=256)
+def _normalised_sha(text: str, filename: str) -> str:
+    """script_source of `text`, parsed once per process (a plan asks it of every stored product's recipe)."""
+    tree = jobs._strip_docstrings(ast.parse(text, filename=filename))
     return hashlib.sha256(ast.unparse(tree).encode()).hexdigest()[:16]
 
 
@@ -247,12 +254,21 @@ class Recipes:
     """Recipes and keys of one validated config's products, each computed once per process.
 
     `key(kind, wildcards)` chains through upstream products; `product_of(path)` maps an output path
-    back to its product kind and wildcards (`iclscope store key`)."""
+    back to its product kind and wildcards (`iclscope store key`). A local path's content is hashed
+    once per instance (a plan names one model directory in every product of that model)."""
 
     def __init__(self, config: dict, scripts_dir: Path = SCRIPTS_DIR):
         self.config = config
         self.scripts_dir = Path(scripts_dir)
         self._recipes: dict[tuple, dict] = {}
+        self._keys: dict[tuple, str] = {}
+        self._hashes: dict[str, str] = {}
+        self._scripts: dict[Path, str] = {}
+
+    def _content_hash(self, path: str) -> str:
+        if path not in self._hashes:
+            self._hashes[path] = content_hash(path)
+        return self._hashes[path]
 
     def kind_of(self, rule: str) -> str:
         """The product kind a computing rule makes under this config (extract is sharded or not)."""
@@ -292,10 +308,10 @@ class Recipes:
                 "format": FORMAT,
                 "product": kind,
                 "wildcards": wc,
-                "settings": _without_paths(settings),
+                "settings": _without_paths(settings, self._content_hash),
                 "sources": self.sources(kind, wc),
                 "code": jobs.code_digest(script),
-                "script": script_source(script),
+                "script": self._scripts.get(script) or self._scripts.setdefault(script, script_source(script)),
                 "upstream": {
                     name: self.key(up_kind, up_wc)
                     for name, (up_kind, up_wc) in sorted(product.upstream(self.config, wc).items())
@@ -304,7 +320,11 @@ class Recipes:
         return self._recipes[cache_key]
 
     def key(self, kind: str, wc) -> str:
-        return key_of(self.recipe(kind, wc))
+        recipe = self.recipe(kind, wc)
+        cache_key = (kind, tuple(sorted(recipe["wildcards"].items())))
+        if cache_key not in self._keys:
+            self._keys[cache_key] = key_of(recipe)
+        return self._keys[cache_key]
 
     def param(self, rule: str, wc) -> str:
         """params.store of a computing rule's job (and of its link rule): the key and its recipe."""

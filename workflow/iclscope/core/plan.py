@@ -34,6 +34,7 @@ class Plan:
         self.config = config
         self.models = {name: ModelSpec.from_config(name, spec) for name, spec in config["models"].items()}
         self.datasets = {name: DatasetSpec.from_config(name, spec) for name, spec in config["datasets"].items()}
+        self._selected: dict[str, tuple[str, ...]] = {}  # datasets_for per selector (the config is fixed)
 
     def enabled(self, family: str) -> bool:
         return self.config[family].get("enabled", True)
@@ -162,7 +163,13 @@ class Plan:
     def datasets_for(self, name: str) -> list[str]:
         """The datasets of selector `name` (an Output's `datasets`): this Plan's method of that name, or
         for a family without one (a new family needs none) the datasets of its kinds whose `methods:`
-        lets it run, while its section's `enabled` (default true) is on."""
+        lets it run, while its section's `enabled` (default true) is on. Computed once per selector:
+        the Snakefile asks it for every model × dataset (summary and atlas inputs)."""
+        if name not in self._selected:
+            self._selected[name] = tuple(self._datasets_for(name))
+        return list(self._selected[name])
+
+    def _datasets_for(self, name: str) -> list[str]:
         method = getattr(self, name, None)
         if callable(method):
             return list(method())
