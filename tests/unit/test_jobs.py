@@ -4,6 +4,7 @@ imports and ignore comments, scripts that read only their params, defaults writt
 import ast
 import copy
 import dataclasses
+import os
 import re
 import shutil
 from pathlib import Path
@@ -240,6 +241,50 @@ def test_a_validation_edit_reruns_nothing_a_spec_edit_reruns_its_readers(tmp_pat
     config.write_text(config.read_text() + "\nEXTRA_CONSTANT = 1\n")
     after = [_digest_in(pkg, s) for s in scripts]
     assert [a != b for a, b in zip(after, before, strict=True)] == [True, True, True, False]
+
+
+def test_the_parse_cache_is_keyed_on_content_never_on_dates(tmp_path, monkeypatch):
+    """Parses are remembered across processes by the file's full text: an edit that keeps the size and
+    the modification time still changes the digest; a hit gives the digest a fresh parse gives."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pkg = _package_copy(tmp_path)
+    extract = SCRIPTS / "extract.py"
+    capture = pkg / "model" / "capture.py"
+    capture.write_text(capture.read_text() + "\nEXTRA_CONSTANT = 1\n")
+    one = _digest_in(pkg, extract)
+    assert (tmp_path / "cache" / "iclscope" / "code-parses.json").is_file()
+    assert _digest_in(pkg, extract) == one  # a new process: every parse from the cache
+    st = capture.stat()
+    capture.write_text(capture.read_text().replace("EXTRA_CONSTANT = 1", "EXTRA_CONSTANT = 2"))
+    os.utime(capture, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert capture.stat().st_size == st.st_size and capture.stat().st_mtime_ns == st.st_mtime_ns
+    two = _digest_in(pkg, extract)
+    assert two != one
+    (tmp_path / "cache").rename(tmp_path / "elsewhere")  # no cache: parsed afresh, same digests
+    assert _digest_in(pkg, extract) == two
+
+
+def test_a_digest_from_the_parse_cache_parses_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    script = SCRIPTS / "figure.py"
+
+    def fresh():
+        monkeypatch.setattr(jobs, "_PARSES", None)
+        jobs._parsed.cache_clear()
+        jobs.code_digest.cache_clear()
+
+    fresh()
+    expected = jobs.code_digest(script)
+    fresh()
+
+    def no_parse(*args):
+        raise AssertionError("parsed although cached")
+
+    monkeypatch.setattr(jobs, "_parse", no_parse)
+    try:
+        assert jobs.code_digest(script) == expected
+    finally:
+        fresh()
 
 
 def test_code_digest_is_cheap_and_imports_no_torch():

@@ -24,9 +24,12 @@ No torch / transformers / Snakemake import: the Snakefile imports this at parse 
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import hashlib
 import json
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,6 +73,7 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+@functools.cache
 def _module_file(module: str) -> Path | None:
     """The file of package module `module` ("core.config"; "methods.anchors" is a sub-package's
     __init__; "" the package's own), or None when there is no such module."""
@@ -121,15 +125,86 @@ def _without_version(tree: ast.Module) -> ast.Module:
     return tree
 
 
-@functools.cache
-def _parsed(path: Path) -> tuple[str, frozenset[str]]:
-    """(normalised source, package modules it imports, with the sub-packages they run) of one file."""
-    tree = _without_version(ast.parse(path.read_text(), filename=str(path)))
+def _parse(path: Path, source: str) -> list:
+    """[normalised source, package modules named (sorted), with the packages on their way] of `source` at `path`."""
+    tree = _without_version(ast.parse(source, filename=str(path)))
     modules = set()
     for module in _imported(path, tree):
         parts = module.split(".") if module else []
         modules |= {".".join(parts[:i]) for i in range(len(parts) + 1)}  # importing a.b runs a's __init__
-    return ast.unparse(_strip_docstrings(tree)), frozenset(m for m in modules if _module_file(m))
+    return [ast.unparse(_strip_docstrings(tree)), sorted(modules)]
+
+
+# The parse of each file, remembered across processes (every Snakemake call, every cluster job parses
+# the Snakefile, whose params hold the digest of every script: ~110 modules, about a second a call).
+# An entry is keyed by the sha256 of what decides the parse: this file's own source (the normaliser),
+# the Python version (ast.unparse), the package's location, the file's path and its full text. A hit
+# is therefore the parse of exactly these bytes, never a stale one; a miss (or an unreadable cache)
+# parses. Bounded to PARSE_CACHE_ENTRIES, the entries this process used kept first.
+PARSE_CACHE_ENTRIES = 300
+_PARSES: dict[str, list] | None = None
+_PARSES_USED: set[str] = set()
+_PARSES_DIRTY = False
+
+
+def _parse_cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "iclscope" / "code-parses.json"
+
+
+@functools.cache
+def _parse_salt() -> bytes:
+    parts = (Path(__file__).read_bytes(), sys.version.encode(), str(PACKAGE_DIR).encode())
+    return hashlib.sha256(b"\0".join(parts)).digest()
+
+
+def _parse_cache() -> dict[str, list]:
+    global _PARSES
+    if _PARSES is None:
+        try:
+            loaded = json.loads(_parse_cache_file().read_text())
+            _PARSES = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            _PARSES = {}
+    return _PARSES
+
+
+def _save_parse_cache() -> None:
+    """Write the cache when this process parsed a file (atomically: concurrent writers may lose
+    each other's entries, never corrupt one)."""
+    global _PARSES_DIRTY
+    if not _PARSES_DIRTY or _PARSES is None:
+        return
+    _PARSES_DIRTY = False
+    others = [k for k in _PARSES if k not in _PARSES_USED][-max(0, PARSE_CACHE_ENTRIES - len(_PARSES_USED)) :]
+    kept = {k: _PARSES[k] for k in [*others, *(k for k in _PARSES if k in _PARSES_USED)]}
+    with contextlib.suppress(OSError):
+        cache = _parse_cache_file()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
+        tmp.write_text(json.dumps(kept))
+        os.replace(tmp, cache)
+
+
+@functools.cache
+def _parsed(path: Path) -> tuple[str, frozenset[str]]:
+    """(normalised source, package modules it imports, with the sub-packages they run) of one file."""
+    global _PARSES_DIRTY
+    source = path.read_text()
+    key = hashlib.sha256(_parse_salt() + str(path).encode() + b"\0" + source.encode()).hexdigest()
+    cache = _parse_cache()
+    entry = cache.get(key)
+    if not (
+        isinstance(entry, list)
+        and len(entry) == 2
+        and isinstance(entry[0], str)
+        and isinstance(entry[1], list)
+        and all(isinstance(m, str) for m in entry[1])
+    ):
+        entry = cache[key] = _parse(path, source)
+        _PARSES_DIRTY = True
+    _PARSES_USED.add(key)
+    return entry[0], frozenset(m for m in entry[1] if _module_file(m))
 
 
 def package_modules(script: str | Path) -> list[str]:
@@ -155,6 +230,7 @@ def code_digest(script: str | Path) -> str:
     h = hashlib.sha256()
     for name in package_modules(script):
         h.update(name.encode() + b"\0" + _parsed(_module_file(name))[0].encode() + b"\0")
+    _save_parse_cache()
     return h.hexdigest()[:16]
 
 
