@@ -92,6 +92,20 @@ def test_a_key_reruns_exactly_the_methods_that_read_it(key, value, reruns, stays
         assert differs == (rule in reruns), (key, rule)
 
 
+def test_a_fixed_config_gives_every_rule_the_same_settings():
+    """The Snakefile's FixedConfig computes each model's settings once; every rule's settings equal the
+    plain config's (also with a per-model layer override, and after asking for another model first)."""
+    raw = copy.deepcopy(DEFAULT)
+    raw["models"]["other"] = {**raw["models"][MODEL], "layers": {"icicl.inject_layer": 1}}
+    config = validate_config(raw)
+    fixed = jobs.FixedConfig(config)
+    for model in ("other", MODEL, "other"):
+        for rule in jobs.RULE_SETTINGS:
+            wc = {"model": model, "dataset": "tweets", "size": "small", "arm": "space", "seed": "0"}
+            assert jobs.as_json(jobs.settings(fixed, rule, wc)) == jobs.as_json(jobs.settings(config, rule, wc)), rule
+    assert {model for _, model in fixed.memo} == {"other", MODEL}
+
+
 def test_tsft_baseline_does_not_key_on_lambda():
     new = changed("tsft.lam", 0.9)
     assert job("tsft", arm="baseline", seed="0") == job("tsft", new, arm="baseline", seed="0")

@@ -65,9 +65,13 @@ wildcard_constraints:
 # --- params: what a job reads (keyed), what it runs (keyed), what only sets its speed (resources)
 
 
+# the validated config, fixed from here on: each model's settings and layers computed once, not per job
+JOB_CONFIG = jobs.FixedConfig(config)
+
+
 def settings_of(rule):
     """params.settings of `rule`'s jobs: the complete settings of the job (iclscope/core/jobs.py)."""
-    return lambda wc: jobs.as_json(jobs.settings(config, rule, wc))
+    return lambda wc: jobs.as_json(jobs.settings(JOB_CONFIG, rule, wc))
 
 
 def code_of(script):

@@ -13,7 +13,7 @@
 # (lab_store.Links.input_of), so that what Snakemake recorded for it still holds.
 from iclscope.core import lab_store  # noqa: E402
 
-STORE = lab_store.Links(config, lab_store.configured_store())
+STORE = lab_store.Links(JOB_CONFIG, lab_store.configured_store())
 store_of = STORE.params_of  # params.store of a computing rule and of its link rule
 stored = STORE.input_of  # the input function of a link rule
 # A link job is a shell job (Snakemake runs each `run:` job as a new Snakemake process, seconds

