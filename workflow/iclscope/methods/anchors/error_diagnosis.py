@@ -18,8 +18,13 @@ look alike to the queries should be confused by the model. At one layer:
 The two are compared over the class pairs i < j (Pearson and Spearman), per seed and pooled.
 q and k are the states attention receives, i.e. after RoPE for rotary models (GPT-2 has none).
 
-Cost: one forward pass per test prompt (batched, SDPA) that keeps two small tensors of one
-layer; PCA of an [N, H·dh] matrix.
+Cost: the test prompts of one seed (and shot count) carry the same demonstrations, so their label
+words all sit in a shared prefix whose keys are the same for every prompt: that prefix runs once
+(batch 1, its KV cache kept; keys at its label words) and each test prompt runs only its own
+columns after it, in left-padded batches that continue the cache (iclscope.model.shared_prefix),
+keeping its last position's query. Per prompt: the continuation's tokens (plus padding) instead
+of all T; per seed one prefix pass. Prompts without a shared prefix (`shared_prefixes` finds none)
+run whole, one pass per prompt (batched). Then PCA of an [N, H·dh] matrix per seed.
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ from tqdm import tqdm
 from iclscope.core.metrics import metric_frame
 from iclscope.core.store import open_activations
 from iclscope.methods.anchors.measures import aucroc
-from iclscope.methods.anchors.prompts import anchor_prompts, padded_label_columns
+from iclscope.methods.anchors.prompts import anchor_prompts, demonstration_prefixes, padded_label_columns
 from iclscope.model.blocks import input_device
 from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, left_pad, recording
 from iclscope.model.loading import load_model
+from iclscope.model.shared_prefix import PrefixState, continuation_inputs, prefix_pass
 
 
 @dataclass(frozen=True)
@@ -187,24 +193,73 @@ def diagnose(queries: np.ndarray, keys: np.ndarray, probs: np.ndarray, gold: np.
 
 
 # --------------------------------------------------------------------------- model pass
-def query_and_label_keys(net, batch, layer: int, n_layers: int, pad_id: int, qk: str = "pre_rope"):
+@dataclass(frozen=True)
+class PrefixKeys:
+    """A shared demonstration prefix run once: its KV cache (`state`), the keys at its label columns
+    keys [K, H·dh] (NaN where label_pos is −1) of block `layer`, and which q/k they are (`qk_used`)."""
+
+    state: PrefixState
+    keys: np.ndarray
+    qk_used: str
+
+
+def prefix_label_keys(net, tokens: np.ndarray, label_pos: np.ndarray, layer: int, n_layers: int, qk: str) -> PrefixKeys:
+    """Run a shared prefix tokens [P] once (iclscope.model.shared_prefix.prefix_pass, batch 1) keeping,
+    at 0-based block `layer`, the keys at its label positions label_pos [K] (−1 = none), via the
+    iclscope attention function. Every prompt that continues the prefix has these keys (the same
+    tokens at the same positions)."""
+    device = input_device(net)
+    label = torch.as_tensor(np.asarray(label_pos), dtype=torch.long, device=device)[None]
+    rec = Recorder(
+        n_layers,
+        Positions(label, torch.zeros(1, 2, dtype=torch.long, device=device)),
+        (),
+        qk_layer=layer,
+        qk_source=qk,
+    )
+    with recording(net, rec):
+        _, state = prefix_pass(net, tokens)
+    if rec.qk is None:
+        raise RuntimeError(
+            "the iclscope attention function did not run: load the model with attn_implementation='iclscope'"
+        )
+    return PrefixKeys(state, rec.qk[1][0].flatten(1).cpu().numpy(), rec.qk_used)
+
+
+def query_and_label_keys(
+    net, batch, layer: int, n_layers: int, pad_id: int, qk: str = "pre_rope", prefix: PrefixKeys | None = None
+):
     """One left-padded forward pass over `batch` (prompt rows) keeping, at 0-based block `layer`, the
     query at the last position q [B, H·dh] and the keys at the label columns k [B, K, H·dh] (NaN
     where a prompt has fewer demonstrations), via the iclscope attention function; and which q/k were
-    read ("pre_rope" | "post_rope", see ErrorDiagnosisSettings.qk)."""
+    read ("pre_rope" | "post_rope", see ErrorDiagnosisSettings.qk).
+
+    With `prefix` (every row continues it, its label positions those of every row) only the columns
+    after the prefix run, continuing its KV cache (iclscope.model.shared_prefix.continuation_inputs:
+    left padding and positions as the full batch has them), and the keys are the prefix's."""
     device = input_device(net)
     ids, mask, pos = left_pad(list(batch["input_ids"]), pad_id, device)
     label, _ = padded_label_columns(batch, ids.shape[1])
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
+    if prefix is not None:  # the label columns are cached: record the continuation's query only
+        inputs.update(continuation_inputs(prefix.state, ids, mask, pos))
+        label = label[:, :0]
     positions = Positions(label.to(device), torch.zeros(len(batch), 2, dtype=torch.long, device=device))
     rec = Recorder(n_layers, positions, (), qk_layer=layer, qk_source=qk)
     with torch.inference_mode(), recording(net, rec):
-        net(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
+        net(**inputs, logits_to_keep=1)
     if rec.qk is None:
         raise RuntimeError(
             "the iclscope attention function did not run: load the model with attn_implementation='iclscope'"
         )
     q, k = rec.qk  # [B, H, dh], [B, K, H, dh]
-    return q.flatten(1).cpu().numpy(), k.flatten(2).cpu().numpy(), rec.qk_used
+    q = q.flatten(1).cpu().numpy()
+    if prefix is None:
+        return q, k.flatten(2).cpu().numpy(), rec.qk_used
+    if rec.qk_used != prefix.qk_used:
+        raise RuntimeError(f"the prefix's keys are {prefix.qk_used} but the continuation's query is {rec.qk_used}")
+    K = int(batch["label_pos"].map(len).max())
+    return q, np.broadcast_to(prefix.keys[:K], (len(batch), K, prefix.keys.shape[-1])), rec.qk_used
 
 
 def read_label_logits(activations_path, prompt_ids: np.ndarray) -> np.ndarray:
@@ -225,9 +280,19 @@ def read_label_logits(activations_path, prompt_ids: np.ndarray) -> np.ndarray:
 
 
 def run_error_diagnosis(
-    prompts_path, activations_path, model_dir, model, settings: ErrorDiagnosisSettings, *, dataset: str = ""
+    prompts_path,
+    activations_path,
+    model_dir,
+    model,
+    settings: ErrorDiagnosisSettings,
+    *,
+    dataset: str = "",
+    share_prefixes: bool = True,
 ):
     """Predicted vs true confusion per seed and pooled (docs/methods.md §3.9) on the test prompts.
+
+    Prompts that share their demonstration prefix run it once (module docstring);
+    `share_prefixes=False` runs every prompt whole (the reference of the equality tests).
 
     Per seed: PCA of that seed's queries, keys of its demonstrations' label words. Pooled: the mean
     of the seeds' predicted matrices against the true confusion of all test prompts together (with
@@ -245,20 +310,31 @@ def run_error_diagnosis(
     probs = label_probabilities(read_label_logits(activations_path, test["prompt_id"].to_numpy()))
     gold = test["gold"].to_numpy()
     results, seed_of, used = {}, test["seed"].to_numpy(), set()
+    prefixes = demonstration_prefixes(test) if share_prefixes else None
+    groups = np.zeros(len(test), dtype=np.int64) if prefixes is None else prefixes.index
     for seed in sorted(np.unique(seed_of)):
-        rows = test[seed_of == seed]
-        qs, ks, kc = [], [], []  # queries [B, D]; label-word keys [n, D] and their classes [n]
-        for lo in tqdm(range(0, len(rows), model.batch_size), desc=f"error diagnosis seed {seed}"):
-            batch = rows.iloc[lo : lo + model.batch_size]
-            q, k, qk_used = query_and_label_keys(net, batch, layer - 1, L, tok.pad_token_id, settings.qk)
-            used.add(qk_used)
-            qs.append(q)
-            for b, lc in enumerate(batch["label_class"]):
-                ks.append(k[b, : len(lc)])
-                kc.append(np.asarray(lc))
         sel = seed_of == seed
+        rows = test[sel]
+        qs = [None] * len(rows)  # per row in the seed's order: query [D]; label-word keys [n, D]
+        ks = [None] * len(rows)
+        for g in np.unique(groups[sel]):
+            members = np.flatnonzero(groups[sel] == g)
+            prefix = None
+            if prefixes is not None:
+                prefix = prefix_label_keys(net, prefixes.tokens[g], prefixes.label_pos[g], layer - 1, L, settings.qk)
+            for lo in tqdm(range(0, len(members), model.batch_size), desc=f"error diagnosis seed {seed}"):
+                at = members[lo : lo + model.batch_size]
+                batch = rows.iloc[at]
+                q, k, qk_used = query_and_label_keys(
+                    net, batch, layer - 1, L, tok.pad_token_id, settings.qk, prefix=prefix
+                )
+                used.add(qk_used)
+                for b, lc in enumerate(batch["label_class"]):
+                    qs[at[b]], ks[at[b]] = q[b], k[b, : len(lc)]
+            del prefix  # one prefix's KV cache at a time
+        kc = [np.asarray(lc) for lc in rows["label_class"]]
         keys = class_keys(np.concatenate(ks), np.concatenate(kc), len(classes))
-        results[int(seed)] = diagnose(np.concatenate(qs), keys, probs[sel], gold[sel], settings.n_components)
+        results[int(seed)] = diagnose(np.stack(qs), keys, probs[sel], gold[sel], settings.n_components)
     predicted = np.mean([r["predicted"] for r in results.values()], axis=0)
     true = true_confusion(probs, gold)
     results[None] = {
