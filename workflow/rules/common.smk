@@ -192,8 +192,8 @@ def icicl_sweep_targets(datasets=None):
 
 
 def tsft_runs(model, dataset):
-    return expand("results/tsft/{model}/{dataset}/{arm}-seed{seed}", model=model, dataset=dataset,
-                  arm=TSFT_ARMS, seed=PLAN.tsft_seeds())
+    """TS-FT's runs of one model x dataset, as expand() lists them (a comprehension: asked once per job)."""
+    return [f"results/tsft/{model}/{dataset}/{arm}-seed{seed}" for arm in TSFT_ARMS for seed in PLAN.tsft_seeds()]
 
 
 def activation_targets():

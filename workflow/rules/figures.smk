@@ -9,7 +9,8 @@ def figure_input(pattern):
     of the job's model × dataset."""
     if "{seed}" not in pattern:
         return pattern
-    return lambda wc: expand(pattern, model=wc.model, dataset=wc.dataset, arm=TSFT_ARMS, seed=PLAN.tsft_seeds())
+    return lambda wc: [pattern.format(model=wc.model, dataset=wc.dataset, arm=arm, seed=seed)
+                       for arm in TSFT_ARMS for seed in PLAN.tsft_seeds()]  # expand()'s list, cheaper per job
 
 
 def figure_subcategory(directory):
