@@ -8,10 +8,10 @@ or measure names one (e.g. icicl.parquet's seconds_per_example). Rows are compar
 tables hold them; where the non-numeric columns differ in that order, both tables are sorted by
 them first (a table written in a different but equivalent order is not a difference).
 
-    python -m tests.benchmarks.compare_runs A B [--tolerance 1e-6] [--exclude REGEX]
+    python -m tests.benchmarks.compare_runs A B [--rtol 1e-5] [--atol 1e-6] [--exclude REGEX]
 
 Exits 1 when a table is missing from either run, differs in shape or non-numeric columns, or
-differs numerically beyond --tolerance.
+differs numerically beyond the tolerance (numpy.isclose: float32 rounding passes by default).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def _array_diff(a: pd.Series, b: pd.Series) -> float | None:
     return worst
 
 
-def compare(a: pd.DataFrame, b: pd.DataFrame, timing: str = TIMING) -> dict:
+def compare(a: pd.DataFrame, b: pd.DataFrame, timing: str = TIMING, rtol: float = 1e-5, atol: float = 1e-6) -> dict:
     """One table of two runs: excluded columns and metric rows, shape, the largest numeric difference
     (column, row), whether the other columns are equal."""
     pattern = re.compile(timing, re.IGNORECASE)
@@ -137,9 +137,10 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, timing: str = TIMING) -> dict:
             out["sorted_by"] = hashable
     out["other_equal"] = equal
     out["other_unequal"] = [c for c in other if not _equal_objects(a[c], b[c])]
-    worst, where = 0.0, None
+    worst, where, beyond = 0.0, None, 0
     for c in numeric:
         x, y = a[c].to_numpy(dtype=float), b[c].to_numpy(dtype=float)
+        beyond += int((~np.isclose(x, y, rtol=rtol, atol=atol, equal_nan=True)).sum())
         nan_mismatch = np.isnan(x) != np.isnan(y)
         d = np.where(np.isnan(x) & np.isnan(y), 0.0, np.abs(x - y))
         d[nan_mismatch] = np.inf
@@ -150,25 +151,29 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, timing: str = TIMING) -> dict:
         d = _array_diff(a[c], b[c])
         if d is not None and np.isfinite(d):
             out["other_unequal"].remove(c)
+            beyond += int(d > atol + rtol)  # arrays: counted once per column, against the absolute part
             if d > worst:
                 worst, where = d, {"column": c, "row": None, "a": None, "b": None}
     out["other_equal"] = not out["other_unequal"]
-    return {**out, "max_abs_diff": worst, "where": where}
+    return {**out, "max_abs_diff": worst, "where": where, "beyond_tolerance": beyond}
 
 
-def compare_runs(a: Path, b: Path, timing: str = TIMING) -> tuple[dict[str, dict], list[str], list[str]]:
+def compare_runs(
+    a: Path, b: Path, timing: str = TIMING, rtol: float = 1e-5, atol: float = 1e-6
+) -> tuple[dict[str, dict], list[str], list[str]]:
     """Every table of two runs: {relative path: compare(...)}, and the paths only in A, only in B."""
     ta, tb = tables(a), tables(b)
     result = {}
     for rel in sorted(set(ta) & set(tb)):
         try:
-            result[rel] = compare(read(ta[rel]), read(tb[rel]), timing)
+            result[rel] = compare(read(ta[rel]), read(tb[rel]), timing, rtol, atol)
         except Exception as exc:  # a table one of the runs cannot read is a finding, not a crash
             result[rel] = {"error": f"{type(exc).__name__}: {exc}"}
     return result, sorted(set(ta) - set(tb)), sorted(set(tb) - set(ta))
 
 
-def report(result: dict[str, dict], only_a: list[str], only_b: list[str], tolerance: float, out=sys.stdout) -> int:
+def report(result: dict[str, dict], only_a: list[str], only_b: list[str], out=sys.stdout) -> int:
+    """Print the comparison; 1 when a table is missing, unreadable, unequal in text or beyond tolerance."""
     bad = bool(only_a or only_b)
     print(f"{'table':<64} {'rows':>7} {'max |diff|':>11} {'column':<24} other  excluded", file=out)
     for rel, r in result.items():
@@ -181,7 +186,7 @@ def report(result: dict[str, dict], only_a: list[str], only_b: list[str], tolera
         if r["excluded_rows"]:
             excl += f" {r['excluded_rows']} rows ({','.join(r['excluded_metrics'])})"
         other = "equal" if r["other_equal"] else "DIFF:" + ",".join(r["other_unequal"])
-        bad |= not r["other_equal"] or r["max_abs_diff"] > tolerance
+        bad |= not r["other_equal"] or r["beyond_tolerance"] > 0
         print(f"{rel:<64} {r['rows'][0]:>7} {r['max_abs_diff']:>11.3g} {where:<24} {other}  {excl}", file=out)
     for rel in only_a:
         print(f"only in A: {rel}", file=out)
@@ -200,11 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", type=Path)
     parser.add_argument("b", type=Path)
-    parser.add_argument("--tolerance", type=float, default=1e-6, help="largest numeric difference taken as equal")
+    parser.add_argument("--rtol", type=float, default=1e-5, help="numbers equal where |a - b| <= atol + rtol |b|")
+    parser.add_argument("--atol", type=float, default=1e-6)
     parser.add_argument("--exclude", default=TIMING, help="regex of timing columns / metric names left out")
     args = parser.parse_args(argv)
-    result, only_a, only_b = compare_runs(args.a, args.b, args.exclude)
-    return report(result, only_a, only_b, args.tolerance)
+    result, only_a, only_b = compare_runs(args.a, args.b, args.exclude, args.rtol, args.atol)
+    return report(result, only_a, only_b)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ def test_timings_are_left_out_and_numbers_compared(tmp_path):
     r = compare(a, b)
     assert r["excluded_rows"] == 1 and r["excluded_metrics"] == ["seconds_per_example"]
     assert np.isclose(r["max_abs_diff"], 1e-4) and r["where"]["column"] == "value" and r["other_equal"]
+    assert r["beyond_tolerance"] == 1 and compare(a, a.assign(value=[0.5 * (1 + 1e-7), 1.0]))["beyond_tolerance"] == 0
     t = pd.DataFrame({"layer": [0, 1], "acc": [0.1, 0.2], "seconds": [3.0, 4.0], "tokens_per_second": [1.0, 2.0]})
     r = compare(t, t.assign(seconds=[5.0, 6.0], tokens_per_second=[7.0, 8.0]))
     assert r["excluded_columns"] == ["seconds", "tokens_per_second"] and r["max_abs_diff"] == 0
@@ -47,7 +48,7 @@ def test_runs_report_missing_tables_and_the_largest_difference(tmp_path):
     result, only_a, only_b = compare_runs(A, B)
     assert set(result) == {"metrics/m/d/x.parquet", "summary/s.csv"} and only_a == ["metrics/only_a.parquet"]
     out = io.StringIO()
-    assert report(result, only_a, only_b, 1e-6, out) == 1
+    assert report(result, only_a, only_b, out) == 1
     assert "largest difference: 0.25 in metrics/m/d/x.parquet" in out.getvalue()
     result, _, _ = compare_runs(A / "results" / "summary", B / "results" / "summary")
-    assert report(result, [], [], 1e-6, io.StringIO()) == 0
+    assert report(result, [], [], io.StringIO()) == 0
