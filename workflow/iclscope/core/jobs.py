@@ -147,9 +147,26 @@ _PARSES_USED: set[str] = set()
 _PARSES_DIRTY = False
 
 
-def _parse_cache_file() -> Path:
+def user_cache(name: str) -> Path:
+    """`$XDG_CACHE_HOME/iclscope/<name>` (default ~/.cache): this user's caches shared by every call."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "iclscope" / "code-parses.json"
+    return Path(base) / "iclscope" / name
+
+
+def write_cache(path: Path, value) -> None:
+    """Write `value` as JSON over the cache file `path`, best effort: to a sibling of this process's own
+    (concurrent Snakemake calls and cluster jobs write the same cache) renamed into place, so a reader
+    sees the old file or the new one; an OSError leaves the cache as it was. (Outputs go through
+    core.atomic.written, whose one `.partial` per path assumes one writer.)"""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        tmp.write_text(json.dumps(value))
+        os.replace(tmp, path)
+
+
+def _parse_cache_file() -> Path:
+    return user_cache("code-parses.json")
 
 
 @functools.cache
@@ -178,12 +195,7 @@ def _save_parse_cache() -> None:
     _PARSES_DIRTY = False
     others = [k for k in _PARSES if k not in _PARSES_USED][-max(0, PARSE_CACHE_ENTRIES - len(_PARSES_USED)) :]
     kept = {k: _PARSES[k] for k in [*others, *(k for k in _PARSES if k in _PARSES_USED)]}
-    with contextlib.suppress(OSError):
-        cache = _parse_cache_file()
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
-        tmp.write_text(json.dumps(kept))
-        os.replace(tmp, cache)
+    write_cache(_parse_cache_file(), kept)
 
 
 @functools.cache

@@ -87,8 +87,7 @@ def configured_store(environ: dict | None = None) -> Path | None:
 
 
 def _cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "iclscope" / "content-hashes.json"
+    return jobs.user_cache("content-hashes.json")
 
 
 _HASHES: dict[str, str] | None = None
@@ -115,12 +114,7 @@ def file_sha256(path: str | Path) -> str:
             _HASHES = {}
     if token not in _HASHES:
         _HASHES[token] = _file_sha256(path)
-        with contextlib.suppress(OSError):
-            cache = _cache_file()
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
-            tmp.write_text(json.dumps(_HASHES))
-            os.replace(tmp, cache)
+        jobs.write_cache(_cache_file(), _HASHES)
     return _HASHES[token]
 
 
