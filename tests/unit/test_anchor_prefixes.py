@@ -34,6 +34,18 @@ def tokenizer_dir(tmp_path_factory):
     return out
 
 
+def counted_prefix_passes(monkeypatch, module) -> dict:
+    """Count the calls of `module.prefix_pass` (the shared path runs one per prefix) in calls["n"]."""
+    calls, real = {"n": 0}, module.prefix_pass
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "prefix_pass", counted)
+    return calls
+
+
 def three_class_prompts(model_dir, tmp_path, n_test=12):
     """A prompt table of 3 classes, 2 seeds, n_test test prompts per seed (one demonstration per class)."""
     from test_extract import WORDS
@@ -111,14 +123,7 @@ def test_error_diagnosis_through_a_shared_prefix_equals_full_prompts_fp32(
         assert max(np.abs(q - q2).max(), np.abs(k - k2).max()) > 1e-3
     apath = tmp_path / "act.h5"
     extract(ppath, model_dir, apath, spec, ExtractSettings(store_dtype="float32", max_new_tokens=0, topk=3))
-    calls = {"n": 0}
-    real = ed.prefix_pass
-
-    def counted(*args, **kwargs):
-        calls["n"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ed, "prefix_pass", counted)
+    calls = counted_prefix_passes(monkeypatch, ed)
     settings = ErrorDiagnosisSettings(layer=L, n_components=3)
     tables = {}
     for share in (True, False):
@@ -178,14 +183,7 @@ def test_isolation_through_a_shared_prefix_equals_full_prompts_fp32(
     # label words out of the query's reach in two layers
     if model_type != "mistral":
         assert np.abs(full[0][n : 2 * n] - full[0][:n]).max() > 1e-4
-    calls = {"n": 0}
-    real = iso.prefix_pass
-
-    def counted(*args, **kwargs):
-        calls["n"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(iso, "prefix_pass", counted)
+    calls = counted_prefix_passes(monkeypatch, iso)
     tables = [
         iso.run_isolation(ppath, model_dir, spec, n_per_seed=6, ks=(1,), dataset="d3", share_prefixes=share)[0]
         for share in (True, False)
