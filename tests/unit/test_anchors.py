@@ -280,7 +280,7 @@ def test_reweighting_gain_rows_are_paired_differences_per_seed_and_pooled():
     direct = paired_difference(
         np.stack([r for _, r in correct.values()]), np.stack([v for v, _ in correct.values()]), n_boot=300, seed=0
     )
-    assert pooled.loc["gain", "value"] == pytest.approx(direct.diff) and direct.test == "sign_flip"
+    assert pooled.loc["gain", "value"] == pytest.approx(direct.diff) and direct.test == "bootstrap"
     assert (pooled.loc["gain", "ci_low"], pooled.loc["gain", "ci_high"]) == pytest.approx(
         (direct.diff_lo, direct.diff_hi)
     )

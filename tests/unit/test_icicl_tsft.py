@@ -260,7 +260,7 @@ def test_paired_table_is_paired_difference_per_arm():
         col("icicl_soft").mean() - col("zero_shot").mean()
     )
     both = table.loc[("hidden_random", "full_icl")]
-    assert both["n_seeds"] == 2 and both["test"] == "sign_flip"
+    assert both["n_seeds"] == 2 and both["test"] == "bootstrap"
     top = pe[pe.arm == "hidden_random"].groupby("draw")["label_loyal"].mean().idxmax()
     assert table.loc[("hidden_random_top", "full_icl"), "diff"] == pytest.approx(
         col("hidden_random", top).mean() - col("full_icl").mean()

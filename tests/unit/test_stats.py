@@ -7,6 +7,7 @@ import pytest
 
 from iclscope.core.stats import (
     bootstrap_mean,
+    bootstrap_test,
     holm,
     mcnemar_exact,
     paired_difference,
@@ -66,28 +67,103 @@ def test_pairing_is_what_makes_a_small_difference_resolvable():
     assert r.p_value == pytest.approx(naive_mcnemar(8, 0))
 
 
-def test_several_seeds_use_the_sign_flip_test_and_widen_the_interval():
+def test_several_seeds_use_the_two_level_bootstrap_and_widen_the_interval():
     rng = np.random.default_rng(3)
     base = (rng.random((3, 150)) < 0.7).astype(int)
     a = base.copy()
     a[0, :30] = 1  # the gain comes from one seed only
-    r = paired_difference(a, base, n_boot=1000, n_perm=4000)
-    assert r.n_seeds == 3 and r.test == "sign_flip"
+    r = paired_difference(a, base, n_boot=1000)
+    assert r.n_seeds == 3 and r.test == "bootstrap"
     assert r.diff == pytest.approx((a - base).mean())
     one_seed = paired_difference(a[0], base[0], n_boot=1000)
     assert (r.diff_hi - r.diff_lo) > 0 and r.diff_lo < r.diff < r.diff_hi
     assert one_seed.diff > r.diff
-    # no difference at all: the randomisation p-value is 1
-    assert paired_difference(base, base, n_boot=10, n_perm=200).p_value == 1.0
+    # no difference at all: every replicate is 0, the interval [0, 0], p = 1
+    same = paired_difference(base, base, n_boot=50)
+    assert (same.diff_lo, same.diff_hi, same.p_value) == (0.0, 0.0, 1.0)
+    # no replicates: neither an interval nor a p-value for the two-level design
+    none = paired_difference(a, base, n_boot=0)
+    assert np.isnan(none.diff_lo) and np.isnan(none.p_value) and none.test == "none"
 
 
-def test_sign_flip_with_one_seed_agrees_with_mcnemar():
+def one_seed_gain(n_seeds: int = 3, n: int = 100, gain: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """[n_seeds, n] arms that differ on seed 0 only: a right and b wrong on its first `gain` inputs (+gain/n
+    there), the same answers on every other seed (difference exactly 0)."""
+    b = np.zeros((n_seeds, n))
+    b[:, n // 2 :] = 1
+    a = b.copy()
+    a[0, :gain] = 1
+    return a, b
+
+
+def test_seeds_that_disagree_give_an_interval_and_a_p_value_that_agree():
+    """One seed +30 points, two seeds exactly 0: the old pair was inconsistent. Held fixed, the seeds'
+    30 discordant inputs all point one way (sign flip: p = 2 · 2^-30 ≈ 2e-9), while the two-level
+    interval covers 0. Now the p-value is the same bootstrap's: a replicate is exactly 0 whenever seed 0
+    is not among the 3 seeds drawn, probability (2/3)^3 = 8/27, and never below 0, so p = 2 · 8/27."""
+    a, b = one_seed_gain()
+    r = paired_difference(a, b, n_boot=4000, seed=1)
+    assert r.diff == pytest.approx(0.1) and r.test == "bootstrap"
+    per_input = (a - b).mean(0)  # the old test's statistic: 30 inputs of +1/3, every flip but ±1 is smaller
+    assert (per_input > 0).sum() == 30 and 2 * 0.5**30 < 0.05
+    assert r.diff_lo == 0.0 and r.diff_hi > 0.1  # the interval covers 0 ...
+    assert r.p_value == pytest.approx(16 / 27, abs=0.04)  # ... and p says the same (binomial sd 0.015)
+    assert (r.diff_lo > 0 or r.diff_hi < 0) == (r.p_value < 0.05)
+
+
+def test_seeds_that_agree_exclude_zero_with_a_small_p():
+    """Every seed +30 points (on other inputs each): no replicate reaches 0, p is the floor 1/B."""
+    a, b = one_seed_gain()
+    for s in (1, 2):
+        a[s] = np.roll(a[0] - b[0], 10 * s) + b[s]
+    r = paired_difference(a, b, n_boot=1000, seed=2)
+    assert r.diff == pytest.approx(0.3) and r.diff_lo > 0.15
+    assert r.p_value == pytest.approx(1 / 1000) and r.p_value < 0.05
+
+
+@pytest.mark.parametrize("below", [23, 24, 25, 26])
+def test_bootstrap_test_excludes_zero_exactly_when_p_is_below_alpha(below):
+    """B = 1000 replicates −below, …, 1000 − below − 1: `below` + 1 of them ≤ 0. k = ⌈1000 · 0.025⌉ = 25: the
+    interval's ends are the 25th and 976th smallest; p = 2 · (below + 1) / 1000. At below = 24 (25
+    replicates ≤ 0, p = 0.05) the lower end is 0 itself: not excluded, and p is not below 0.05."""
+    x = np.random.default_rng(below).permutation(np.arange(1000.0) - below)
+    lo, hi, p = bootstrap_test(x)
+    assert (lo, hi) == (24 - below, 975 - below)
+    assert p == pytest.approx(2 * (below + 1) / 1000)
+    assert (lo > 0) == (p < 0.05) == (below < 24)
+    nlo, nhi, np_ = bootstrap_test(-x)  # the mirror image: the upper end, the same p
+    assert (nlo, nhi, np_) == (-hi, -lo, p) and (nhi < 0) == (np_ < 0.05)
+
+
+def test_interval_and_p_value_agree_on_random_seeded_designs():
+    """Random [seed, input] pairs with a seed-level effect of random size: whichever way each comes out,
+    the two-level interval excludes 0 exactly when p < 0.05, pooled over strata as well."""
+    rng = np.random.default_rng(11)
+    outcomes = []
+    for _ in range(30):
+        S, N = int(rng.integers(2, 6)), int(rng.integers(20, 80))
+        p_a = np.clip(0.6 + rng.normal(rng.uniform(-0.15, 0.15), 0.1, (S, 1)), 0, 1)
+        a, b = (rng.random((S, N)) < p_a).astype(int), (rng.random((S, N)) < 0.6).astype(int)
+        r = paired_difference(a, b, n_boot=400, seed=int(rng.integers(100)))
+        outcomes.append(r.p_value < 0.05)
+        assert (r.diff_lo > 0 or r.diff_hi < 0) == (r.p_value < 0.05), r
+        pooled = stratified_paired_difference({"x": (a, b), "y": (b[:, ::-1], a[:, ::-1])}, n_boot=400)
+        assert pooled.test == "stratified_bootstrap"
+        assert (pooled.diff_lo > 0 or pooled.diff_hi < 0) == (pooled.p_value < 0.05), pooled
+    assert 0 < sum(outcomes) < len(outcomes)  # both kinds of outcome were seen
+
+
+def test_two_identical_seeds_give_the_one_seed_bootstrap():
+    """The same pairs written as two identical seeds: resampling seeds changes nothing, so the replicates
+    are the one-seed bootstrap's (the same input draws) and the interval its order statistics."""
     a = np.array([1] * 12 + [0] * 3 + [1] * 10)
     b = np.array([0] * 12 + [1] * 3 + [1] * 10)
-    exact = paired_difference(a, b, n_boot=0).p_value
-    # the same pairs written as two identical seeds go through the randomisation test
-    flip = paired_difference(np.stack([a, a]), np.stack([b, b]), n_boot=0, n_perm=20_000, seed=5).p_value
-    assert flip == pytest.approx(exact, abs=0.01)
+    one = paired_difference(a, b, n_boot=1000, seed=5)
+    two = paired_difference(np.stack([a, a]), np.stack([b, b]), n_boot=1000, seed=5)
+    assert two.test == "bootstrap" and one.test == "mcnemar_exact"
+    assert abs(two.diff_lo - one.diff_lo) <= 1 / 25 and abs(two.diff_hi - one.diff_hi) <= 1 / 25
+    replicates = (a - b)[np.random.default_rng(5).integers(0, 25, (1000, 25))].mean(1)
+    assert two.p_value == pytest.approx(max(1, 2 * min((replicates <= 0).sum(), (replicates >= 0).sum())) / 1000)
 
 
 def test_mismatched_arms_are_refused():

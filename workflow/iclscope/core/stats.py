@@ -5,14 +5,18 @@ few milliseconds per call) and can be recomputed from any predictions table.
 
 - `bootstrap_mean`: percentile interval of one arm's accuracy (resampling inputs).
 - `paired_difference`: two arms scored on the *same* inputs: the accuracy difference a − b, a
-  percentile bootstrap interval that resamples inputs (and seeds, for [seed, input] arrays),
-  and a p-value: McNemar's exact test for one seed (the two-sided binomial test on the
-  discordant pairs, as `statsmodels.stats.contingency_tables.mcnemar(exact=True)` computes it),
-  its randomisation generalisation (sign flips of each input's seed-averaged difference) for several.
+  percentile bootstrap interval and a p-value from one resampling design (docs/methods.md §0.4).
+  One seed (inputs only): the interval resamples inputs, the p-value is McNemar's exact test (the
+  two-sided binomial test on the discordant pairs, as
+  `statsmodels.stats.contingency_tables.mcnemar(exact=True)` computes it). Several seeds ([seed,
+  input] arrays): the interval resamples seeds and inputs (two levels) and the p-value is that same
+  bootstrap distribution's two-sided tail at 0 (`bootstrap_test`), so the interval excludes 0
+  exactly when p < alpha.
 - `paired_rows`: a paired difference as rows of a long-format metric table (docs/outputs.md).
 - `stratified_paired_difference`: the same comparison on several datasets (strata) pooled: the
-  bootstrap resamples inputs within each dataset (each keeps its size), the test flips signs within
-  each dataset (for one seed: McNemar's exact test on the summed discordant pairs).
+  bootstrap resamples inputs (and seeds) within each dataset (each keeps its size); one seed
+  everywhere: McNemar's exact test on the summed discordant pairs (equal weights: signs flipped
+  within each dataset), several seeds: the stratified two-level bootstrap's own tail at 0.
 - `holm` / `with_holm`: Holm's step-down adjustment of a family of p-values (family-wise error
   rate, valid under any dependence between the tests); the family is the paired tests of one
   comparison table (docs/methods.md §0.4).
@@ -54,8 +58,8 @@ class PairedDifference:
     diff: float  # accuracy_a − accuracy_b
     diff_lo: float  # percentile bootstrap interval of diff (nan when n_boot == 0)
     diff_hi: float
-    p_value: float  # McNemar exact (one seed) or sign-flip randomisation (several seeds)
-    test: str  # "mcnemar_exact" | "sign_flip"
+    p_value: float  # McNemar exact (one seed) or the two-level bootstrap's tail at 0 (several seeds)
+    test: str  # "mcnemar_exact" | "bootstrap" | "stratified_sign_flip" | "stratified_bootstrap" | "none"
     n_inputs: int
     n_seeds: int
     a_only: int  # discordant pairs: a right and b wrong (summed over seeds)
@@ -65,15 +69,49 @@ class PairedDifference:
         return asdict(self)
 
 
-def paired_difference(
-    a, b, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, n_perm: int = 10_000
-) -> PairedDifference:
+def bootstrap_test(replicates, alpha: float = 0.05) -> tuple[float, float, float]:
+    """Percentile interval and two-sided p-value of "no difference" from one set of bootstrap replicates
+    [B] of a difference: (lo, hi, p).
+
+    With the replicates sorted, θ*_(1) ≤ … ≤ θ*_(B), and k = ⌈B·alpha/2⌉, the interval is
+    [θ*_(k), θ*_(B+1−k)] (the percentile interval by order statistics) and
+    p = min(1, 2 · min(#{θ* ≤ 0}, #{θ* ≥ 0}) / B), floored at 1/B (the resolution of B replicates; a
+    replicate within 1e-12 of 0 counts as 0). The interval excludes 0 exactly when p < alpha (for
+    B > 1/alpha): lo > 0 iff fewer than k replicates are ≤ 0, hi < 0 iff fewer than k are ≥ 0.
+    """
+    x = np.sort(np.asarray(replicates, dtype=float))
+    B = len(x)
+    if B == 0:
+        return float("nan"), float("nan"), float("nan")
+    x = np.where(np.abs(x) < 1e-12, 0.0, x)
+    k = max(1, int(np.ceil(B * alpha / 2 - 1e-9)))
+    lo, hi = float(x[k - 1]), float(x[B - k])
+    tail = min(int((x <= 0).sum()), int((x >= 0).sum()))
+    return lo, hi, float(min(1.0, max(2 * tail, 1) / B))
+
+
+def _boot_two_level(d: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_boot] bootstrap means of the differences d [S, N]: inputs resampled, and seeds too when S > 1
+    (a two-level bootstrap: each replicate draws S seed rows and N input columns with replacement)."""
+    S, N = d.shape
+    cols = rng.integers(0, N, (n_boot, N))
+    if S == 1:
+        return d[0][cols].mean(1)
+    rows = rng.integers(0, S, (n_boot, S))
+    return np.array([d[r][:, c].mean() for r, c in zip(rows, cols, strict=True)])
+
+
+def paired_difference(a, b, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> PairedDifference:
     """a, b: correctness of two arms on the same inputs, [n_inputs] or [n_seeds, n_inputs] (0/1 or bool).
 
-    The interval resamples inputs with replacement (and, for several seeds, seeds as well: a
-    two-level bootstrap, so seed-to-seed variation widens it). The p-value tests "no difference":
-    with one seed McNemar's exact test; with several, the sign of each input's seed-averaged
-    difference is flipped at random `n_perm` times (for one seed this is McNemar's test again).
+    The interval and the p-value come from one resampling design (docs/methods.md §0.4):
+
+    - one seed: the interval resamples inputs (percentile bootstrap), the p-value is McNemar's exact
+      test; both treat the inputs as the only random draw.
+    - several seeds (or random draws): the interval resamples seeds *and* inputs (a two-level
+      bootstrap, so seed-to-seed variation widens it) and the p-value is the two-sided tail of that
+      same bootstrap distribution at 0 (`bootstrap_test`): the interval excludes 0 exactly when
+      p < alpha. With n_boot == 0 there is neither interval nor p-value (nan, test "none").
     """
     a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
     if a.shape != b.shape:
@@ -85,34 +123,16 @@ def paired_difference(
     a_only, b_only = int((d > 0).sum()), int((d < 0).sum())
     lo = hi = float("nan")
     rng = np.random.default_rng(seed)
-    if n_boot > 0:
-        cols = rng.integers(0, N, (n_boot, N))
-        if S == 1:
-            diffs = d[0][cols].mean(1)
-        else:
-            rows = rng.integers(0, S, (n_boot, S))
-            diffs = np.array([d[r][:, c].mean() for r, c in zip(rows, cols, strict=True)])
-        lo, hi = float(np.quantile(diffs, alpha / 2)), float(np.quantile(diffs, 1 - alpha / 2))
     if S == 1:
+        if n_boot > 0:
+            diffs = _boot_two_level(d, n_boot, rng)
+            lo, hi = float(np.quantile(diffs, alpha / 2)), float(np.quantile(diffs, 1 - alpha / 2))
         p, test = mcnemar_exact(a_only, b_only), "mcnemar_exact"
+    elif n_boot > 0:
+        (lo, hi, p), test = bootstrap_test(_boot_two_level(d, n_boot, rng), alpha), "bootstrap"
     else:
-        per_input = d.mean(0)  # [N]
-        observed = abs(per_input.sum())
-        signs = rng.choice((-1.0, 1.0), (n_perm, N))
-        extreme = (np.abs(signs @ per_input) >= observed - 1e-12).sum()
-        p, test = float((extreme + 1) / (n_perm + 1)), "sign_flip"
+        p, test = float("nan"), "none"
     return PairedDifference(float(a.mean()), float(b.mean()), float(d.mean()), lo, hi, p, test, N, S, a_only, b_only)
-
-
-def _boot_stratum(d: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """[n_boot] bootstrap means of the differences d [S, N] of one stratum: inputs resampled, and seeds
-    too when S > 1 (the two-level bootstrap of `paired_difference`)."""
-    S, N = d.shape
-    cols = rng.integers(0, N, (n_boot, N))
-    if S == 1:
-        return d[0][cols].mean(1)
-    rows = rng.integers(0, S, (n_boot, S))
-    return np.array([d[r][:, c].mean() for r, c in zip(rows, cols, strict=True)])
 
 
 def stratified_paired_difference(
@@ -131,8 +151,11 @@ def stratified_paired_difference(
     difference over all inputs together) or w_s = 1 / #strata (`"equal"`: every dataset counts alike).
     The interval is a stratified paired bootstrap: each replicate resamples inputs (and seeds) *within*
     each stratum, keeping its size, so the mix of datasets never changes. The p-value tests "no
-    difference" with signs flipped within strata (each input's seed-averaged difference); with one seed
-    everywhere and input weights that is McNemar's exact test on the summed discordant pairs, used as such.
+    difference" in the same design (docs/methods.md §0.4): with one seed everywhere, over inputs only,
+    McNemar's exact test on the summed discordant pairs (input weights) or signs flipped within strata
+    (equal weights); with several seeds in any stratum, the two-sided tail at 0 of the same stratified
+    two-level bootstrap (`bootstrap_test`: the interval excludes 0 exactly when p < alpha; n_boot == 0:
+    neither, test "none").
     accuracy_a / accuracy_b are weighted the same way; n_inputs is the total, n_seeds the largest.
     """
     if not strata:
@@ -152,19 +175,24 @@ def stratified_paired_difference(
     a_only, b_only = int(sum((d > 0).sum() for d in ds)), int(sum((d < 0).sum() for d in ds))
     rng = np.random.default_rng(seed)
     lo = hi = float("nan")
-    if n_boot > 0:
-        boots = sum(wi * _boot_stratum(d, n_boot, rng) for wi, d in zip(w, ds, strict=True))
-        lo, hi = float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2))
     one_seed = all(d.shape[0] == 1 for d in ds)
-    if one_seed and weights == "inputs":
-        p, test = mcnemar_exact(a_only, b_only), "mcnemar_exact"
-    else:
-        per_input = [d.mean(0) for d in ds]  # [N_s] each
-        coef = np.concatenate([np.full(len(x), wi / len(x)) * x for wi, x in zip(w, per_input, strict=True)])
-        observed = abs(coef.sum())
-        signs = rng.choice((-1.0, 1.0), (n_perm, len(coef)))
-        extreme = (np.abs(signs @ coef) >= observed - 1e-12).sum()
-        p, test = float((extreme + 1) / (n_perm + 1)), "stratified_sign_flip"
+    boots = sum(wi * _boot_two_level(d, n_boot, rng) for wi, d in zip(w, ds, strict=True)) if n_boot > 0 else None
+    if not one_seed:  # seeds resampled within each stratum: the p-value is that same bootstrap's tail at 0
+        if boots is None:
+            p, test = float("nan"), "none"
+        else:
+            (lo, hi, p), test = bootstrap_test(boots, alpha), "stratified_bootstrap"
+    else:  # inputs only
+        if boots is not None:
+            lo, hi = float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2))
+        if weights == "inputs":
+            p, test = mcnemar_exact(a_only, b_only), "mcnemar_exact"
+        else:
+            coef = np.concatenate([np.full(d.shape[1], wi / d.shape[1]) * d[0] for wi, d in zip(w, ds, strict=True)])
+            observed = abs(coef.sum())
+            signs = rng.choice((-1.0, 1.0), (n_perm, len(coef)))
+            extreme = (np.abs(signs @ coef) >= observed - 1e-12).sum()
+            p, test = float((extreme + 1) / (n_perm + 1)), "stratified_sign_flip"
     acc_a = float(sum(wi * x for wi, (x, _) in zip(w, accs, strict=True)))
     acc_b = float(sum(wi * y for wi, (_, y) in zip(w, accs, strict=True)))
     return PairedDifference(

@@ -8,9 +8,12 @@ Claims (arm − reference on the same inputs):
   space − baseline                                                         (TS-FT, [seed, prompt])
   reweighted − vanilla                                                     (re-weighting, per seed)
 
-Per dataset the test is `paired_difference`'s; pooled, the stratified paired bootstrap and the
-within-dataset sign flip of `stratified_paired_difference` (each dataset keeps its size in every
-replicate). One Holm family: every test of the table. Pure pandas / numpy: the summary job imports it.
+Per dataset the interval and test are `paired_difference`'s; pooled, `stratified_paired_difference`'s
+(each dataset keeps its size in every replicate). Either way interval and p-value come from one
+design (docs/methods.md §0.4): over inputs alone McNemar's exact test beside the input bootstrap;
+over seeds and inputs (TS-FT, re-weighting) the p-value is the two-level bootstrap's own tail at 0,
+so the interval excludes 0 exactly when p < 0.05. One Holm family: every test of the table. Pure
+pandas / numpy: the summary job imports it.
 """
 
 from __future__ import annotations

@@ -112,7 +112,8 @@ def correct_matrix(per_example: pd.DataFrame, arm: str) -> np.ndarray:
 def paired_summary(per_example: pd.DataFrame, n_boot: int = 1000) -> list[dict]:
     """Metric rows of the paired accuracy differences `PAIRS` pooled over seeds (arm
     '<arm>-<reference>', seed empty; iclscope.core.stats.paired_rows): the prompts of every seed are the
-    pairs (McNemar's exact test; against hidden_random's draws, the sign-flip test), each p-value with its
+    pairs (McNemar's exact test; against hidden_random's draws, the two-level bootstrap over draws and
+    prompts gives both interval and p-value, iclscope.core.stats.paired_difference), each p-value with its
     Holm-adjusted value `p_holm` beside it (the family: the paired tests of this table)."""
     rows = []
     arms = set(per_example["arm"])

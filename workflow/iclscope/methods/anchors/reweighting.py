@@ -86,9 +86,10 @@ def reweighting_gain_rows(correct: dict[int, tuple[np.ndarray, np.ndarray]], n_b
     {seed: (vanilla correct [n], re-weighted correct [n])} on each seed's test prompts: per seed (McNemar's
     exact test) and, with seed empty, pooled over the seeds. Pooled, the seeds' prompts are the columns of a
     [seed, prompt] array (each seed has its own demonstrations and test prompts, so the interval resamples
-    seeds as well as prompts and the sign-flip test flips per column); seeds with unequal numbers of
-    prompts are pooled as one flat set of pairs instead. Every p-value has its Holm-adjusted value beside
-    it (metric `p_holm`; the family: these per-seed and pooled tests, the only paired tests of the table)."""
+    seeds as well as prompts and the p-value is that same two-level bootstrap's, docs/methods.md §0.4);
+    seeds with unequal numbers of prompts are pooled as one flat set of pairs instead (McNemar). Every
+    p-value has its Holm-adjusted value beside it (metric `p_holm`; the family: these per-seed and pooled
+    tests, the only paired tests of the table)."""
 
     rows, common = [], {"arm": "reweighted-vanilla"}
     for seed, (vanilla, reweighted) in sorted(correct.items()):

@@ -33,8 +33,9 @@ def summary_table(run_dirs: list[str | Path], *, model: str, dataset: str, n_boo
     cross-entropy, the held-out label / space loss at step 0 and at the end, and the seconds of
     training and of evaluation; then the paired difference space − baseline in accuracy over the
     test prompts (arm `space-baseline`, `paired_rows`): per seed (McNemar's exact test) and, with
-    seed empty, pooled over the seeds that have both arms ([seed, prompt] pairs, a sign-flip test
-    over prompts when there are several seeds; iclscope.core.stats.paired_difference), each p-value
+    seed empty, pooled over the seeds that have both arms ([seed, prompt] pairs; with several seeds
+    the interval and the p-value both from the two-level bootstrap over seeds and prompts,
+    iclscope.core.stats.paired_difference), each p-value
     beside its Holm-adjusted value `p_holm` (the family: the per-seed and pooled tests of this table)."""
     from iclscope.core.metrics import metric_frame
 

@@ -131,7 +131,8 @@ def correctness(per_example: pd.DataFrame, arm: str) -> np.ndarray:
 
 def paired_table(per_example: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Accuracy differences on the same inputs, with a paired bootstrap interval and a p-value
-    (McNemar exact; over Hidden_random draws, the sign-flip test): every arm against full_icl,
+    (McNemar exact; over Hidden_random draws, the two-level bootstrap's own p-value, docs/methods.md
+    §0.4): every arm against full_icl,
     and icicl_soft against `PAIRS`' references. One row per (arm, reference); `p_holm` is the
     Holm-adjusted p-value, the family being every paired test of this table (iclscope.core.stats.holm)."""
     arms = [a for a in dict.fromkeys(per_example["arm"]) if a != "full_icl"]
