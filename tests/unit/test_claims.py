@@ -69,6 +69,35 @@ def test_claims_per_dataset_and_pooled():
     assert (speed["value"], speed["ci_low"], speed["ci_high"], speed["dataset"]) == (2.2, 1.9, 2.5, "tweets")
 
 
+def seeded_reweighting(gains: tuple[int, ...], n: int = 60) -> dict:
+    """Re-weighting metadata with one seed per entry of `gains`: on seed s the re-weighted arm is right
+    on gains[s] more of its n prompts than vanilla (each seed its own prompts, as the method draws them)."""
+    correct = {}
+    for k, g in enumerate(gains):
+        vanilla = [0] * (n // 2) + [1] * (n - n // 2)
+        correct[str(42 + k)] = {"vanilla": vanilla, "reweighted": [1] * g + vanilla[g:]}
+    return {"correct": correct}
+
+
+def test_seeded_claims_have_an_interval_and_a_p_value_that_agree():
+    """Re-weighting's seeds resampled: on `one_seed` only the first seed gains (+30 of 60 prompts, the
+    others 0), on `every_seed` all three do. Per dataset and pooled, each row's interval excludes 0
+    exactly when its p < 0.05 (the p-value is the interval's own two-level bootstrap), and the raw p
+    of `one_seed` is not small, as a test holding the seeds fixed would make it (all 30 pairs one way)."""
+    pairs = {
+        "one_seed": reweighting_pairs(seeded_reweighting((30, 0, 0))),
+        "every_seed": reweighting_pairs(seeded_reweighting((30, 24, 27))),
+    }
+    table = claims_table(pairs, model="m", n_boot=1000)
+    assert_adjusted(table, ["arm", "dataset"])
+    wide = table.pivot_table(index="dataset", columns="metric", values="value")
+    assert set(wide.index) == {"one_seed", "every_seed", "pooled"}
+    excludes = (wide["gain_lo"] > 0) | (wide["gain_hi"] < 0)
+    assert (excludes == (wide["p_value"] < 0.05)).all(), wide
+    assert wide.at["one_seed", "p_value"] > 0.3 and wide.at["one_seed", "gain_lo"] <= 0
+    assert wide.at["every_seed", "p_value"] < 0.05 and wide.at["every_seed", "gain_lo"] > 0
+
+
 def test_icicl_timing_reads_the_speedup_rows():
     table = pd.DataFrame(
         [
