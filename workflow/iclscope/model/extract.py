@@ -41,9 +41,9 @@ from iclscope.core.tables import iter_list_column, read_meta, read_table
 from iclscope.core.version import __version__
 from iclscope.model.batching import make_batches, pad_lists
 from iclscope.model.blocks import input_device
-from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, full_kv_cache, left_pad, recording
+from iclscope.model.capture import ATTN_IMPLEMENTATION, Positions, Recorder, left_pad, recording
 from iclscope.model.loading import load_model
-from iclscope.model.shared_prefix import PrefixState, continuation_inputs, shared_prefixes
+from iclscope.model.shared_prefix import PrefixState, continuation_inputs, prefix_pass, shared_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -104,28 +104,6 @@ def params_digest(
         },
         length=64,
     )
-
-
-@torch.inference_mode()
-def run_prefix(model, tokens: np.ndarray, label_pos: np.ndarray, n_layers: int) -> tuple[np.ndarray, PrefixState]:
-    """Run a prefix once: (label states [K, L+1, d] float32, its PrefixState)."""
-    device = input_device(model)
-    ids = torch.as_tensor(tokens, dtype=torch.long, device=device)[None]
-    label = torch.as_tensor(label_pos, dtype=torch.long, device=device)[None]
-    rec = Recorder(n_layers, Positions(label, torch.zeros(1, 2, dtype=torch.long, device=device)), ("label",))
-    cache = full_kv_cache()  # every position of every layer, sliding-window layers included
-    with recording(model, rec):
-        out = model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            position_ids=torch.arange(ids.shape[1], device=device)[None],
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-    states = rec.resid["label"][0].cpu().numpy()
-    check_finite({"prefix/resid/label": states}, str(out.logits.dtype).removeprefix("torch."))
-    return states, PrefixState(ids.shape[1], cache)
 
 
 @torch.inference_mode()
@@ -265,7 +243,7 @@ def extract(
         "demo_spans": pad_lists([list(map(list, s)) for s in table["demo_spans"]], K, inner=2),
         "query_span": np.stack(table["query_span"].map(np.asarray)).astype(np.int32),
     }
-    t0 = time.perf_counter()  # the work, prefix detection included (model loading is not)
+    t0, cpu0 = time.perf_counter(), time.process_time()  # the work, prefix detection included (loading is not)
     prefixes = (
         shared_prefixes(prompts, itertools.islice(iter_list_column(prompts_path, "input_ids", start=lo), n))
         if share_prefixes and meta["kind"] == "classification"
@@ -331,7 +309,9 @@ def extract(
                     for g in np.unique(groups):
                         members = np.flatnonzero(groups == g)
                         if prefixes is not None and g not in states:
-                            label, states[g] = run_prefix(net, prefixes.tokens[g], prefixes.label_pos[g], n_layers)
+                            label, states[g] = prefix_pass(net, prefixes.tokens[g], positions=prefixes.label_pos[g])
+                            label = label.cpu().numpy()  # [K, L+1, d]
+                            check_finite({"prefix/resid/label": label}, dtype_name)
                             if "prefix/resid/label" in writer.file:
                                 writer.write_prefix(int(g), label)
                         # a continuation's tokens are what runs: the token budget counts those (the cached
@@ -368,6 +348,7 @@ def extract(
         "resumed_at": start_at,
         "tokens": tokens,
         "seconds": round(seconds, 2),
+        "cpu_seconds": round(time.process_time() - cpu0, 2),  # this process's CPU time (every thread)
         "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
         "prefixes": 0 if prefixes is None else len(prefixes.tokens),
         "prefix_tokens": 0 if prefixes is None else int(sum(prefixes.lengths)),

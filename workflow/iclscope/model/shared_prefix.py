@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from iclscope.model.blocks import input_device
-from iclscope.model.capture import full_kv_cache, residual_stream
+from iclscope.model.blocks import decoder_layers, input_device
+from iclscope.model.capture import Positions, Recorder, full_kv_cache, recording, residual_stream
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,13 @@ def common_prefix(sequences) -> np.ndarray:
 
 
 @torch.inference_mode()
-def prefix_pass(model, tokens: np.ndarray, all_states: bool = False) -> tuple[torch.Tensor | None, PrefixState]:
-    """Run a shared prefix once (batch 1, its KV cache at every layer): (its residual states
-    [P, L+1, d] float32 at every position when `all_states`, else None; its PrefixState)."""
+def prefix_pass(
+    model, tokens: np.ndarray, all_states: bool = False, positions: np.ndarray | None = None
+) -> tuple[torch.Tensor | None, PrefixState]:
+    """Run a shared prefix once (batch 1, its KV cache at every layer): (its residual states, float32
+    on the input device: [P, L+1, d] at every position when `all_states`, [K, L+1, d] at the token
+    `positions` [K] (the label tokens; read by the hook layer's Recorder, as extraction reads them),
+    else None; its PrefixState). The one prefix pass of extraction, token states and the anchors."""
     device = input_device(model)
     ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=device)[None]
     cache = full_kv_cache()
@@ -128,6 +132,15 @@ def prefix_pass(model, tokens: np.ndarray, all_states: bool = False) -> tuple[to
     if all_states:
         _, layers = residual_stream(model, **inputs)
         states = torch.stack([h[0].float().to(device) for h in layers], dim=1)  # [P, L+1, d]
+    elif positions is not None:
+        label = torch.as_tensor(np.asarray(positions), dtype=torch.long, device=device)[None]
+        if label.shape[1] == 0:
+            raise ValueError("prefix_pass: no positions to read")
+        where = Positions(label, torch.zeros(1, 2, dtype=torch.long, device=device))
+        rec = Recorder(len(decoder_layers(model)), where, ("label",))
+        with recording(model, rec):
+            model(**inputs)
+        states = rec.resid["label"][0]  # [K, L+1, d]
     else:
         model(**inputs)
     return states, PrefixState(ids.shape[1], cache)
