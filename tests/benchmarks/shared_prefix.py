@@ -4,14 +4,17 @@ the bytes an activation file stores per classification prompt, today's layout ag
 
 - speed, by demonstrations per class (1 = the default, 4, 16): the default's tweets prompts
   (config.yaml: template, n_test + n_train per seed) for SmolLM2-135M from the wheel, built with
-  `build_prompts` at that shot count. Body forward = `model(input_ids, attention_mask, position_ids,
-  logits_to_keep=1)` over the same length-sorted batches, no hooks, no writing (the compute any
-  full-prompt extraction must do); shared prefix = `extract` end to end (prefix detection, prefix
-  passes, continuations, every array written to disk). One seed (124 prompts per prefix, as in
-  the default). The body forward runs on every prompt at 1 demonstration per class and on an
-  evenly spaced sample at 4 and 16 (BODY_PROMPTS; its time scaled by the tokens of all prompts over
-  the sample's: a full forward costs each prompt alike), so the benchmark fits 2 shared cores.
-  Wall-clock and process CPU seconds are both reported (CPU time is less disturbed by other load).
+  `build_prompts` at that shot count, one seed (124 prompts behind one prefix, as in the default).
+  Body forward = `model(input_ids, attention_mask, position_ids, logits_to_keep=1)` over the same
+  length-sorted batches, no hooks, no writing (the compute any full-prompt extraction must do);
+  shared prefix = `extract` end to end (prefix detection, prefix passes, continuations, every array
+  written to disk; its own clocks, which start after it loads the model). Both in one run, one
+  torch thread, `SPEED_REPEATS` interleaved rounds (body, shared, body, shared, ...), medians; the
+  ratio is body / shared in CPU seconds (the target, >= 2 at the default's 1 demonstration per
+  class) and in wall seconds (disturbed by other load). The body forward runs on every prompt at 1
+  demonstration per class and on an evenly spaced sample at 4 and 16 (SPEED_PROMPTS; its time
+  scaled by the tokens of all prompts over the sample's), so the benchmark fits 2 shared cores. A
+  markdown table of the ratio by demonstrations per class is printed.
 - storage: the same tweets prompts (token ids folded into a 400-word vocabulary) through a tiny wide
   random Llama (d = 4096, 1 layer, 32 heads): bytes on disk per prompt with label states stored per
   prompt (share_prefixes=False, today's layout) and once per prefix (the new one), float16, lzf,
@@ -44,7 +47,11 @@ import yaml
 from .common import MODEL, REPO, row
 
 SHOTS = (1, 4, 16)
-BODY_PROMPTS = {1: None, 4: 48, 16: 16}  # None: all
+# speed: demos per class -> (prompts of the seed extracted, prompts the body forward runs; None: all).
+# The default's seed has 124 prompts (100 test + 24 train) behind one prefix; at 16 demos per class
+# (1311 tokens a prompt) the body forward runs on 8 of them, scaled by tokens (CPU time of 2 cores)
+SPEED_PROMPTS = {1: (None, None), 4: (None, 24), 16: (None, 8)}
+SPEED_REPEATS = 3
 WIDE = {
     "hidden_size": 4096,
     "intermediate_size": 64,
@@ -56,8 +63,17 @@ WIDE = {
 }
 
 
-def _tweets_prompts(tokenizer, context_length: int, shots: int, seeds: int | None, out: Path, fold: int | None = None):
-    """The default's tweets prompts at `shots` demonstrations per class (first `seeds` seeds; None = all)."""
+def _tweets_prompts(
+    tokenizer,
+    context_length: int,
+    shots: int,
+    seeds: int | None,
+    out: Path,
+    fold: int | None = None,
+    prompts: int | None = None,
+):
+    """The default's tweets prompts at `shots` demonstrations per class (first `seeds` seeds; None = all;
+    `prompts`: an evenly spaced subset of that many, which still share their seed's prefix)."""
     from iclscope.core.config import DatasetSpec
     from iclscope.core.tables import read_table, write_table
     from iclscope.core.validate import load_config
@@ -70,6 +86,9 @@ def _tweets_prompts(tokenizer, context_length: int, shots: int, seeds: int | Non
         spec, prompts=dataclasses.replace(p, shots_per_class=shots, seeds=p.seeds if seeds is None else p.seeds[:seeds])
     )
     table, meta = build_prompts(read_table(REPO / "results/datasets/tweets.parquet"), spec, tokenizer, context_length)
+    if prompts is not None and prompts < len(table):
+        table = table.iloc[np.linspace(0, len(table) - 1, prompts).round().astype(int)].reset_index(drop=True)
+        meta["prompts_sha256"] = prompts_digest(table)
     if fold:  # a tiny model's vocabulary: equal tokens stay equal, so shared prefixes stay shared
         table["input_ids"] = [np.asarray(ids) % fold for ids in table["input_ids"]]
         meta["label_token_ids"] = [i % fold for i in meta["label_token_ids"]]
@@ -78,7 +97,16 @@ def _tweets_prompts(tokenizer, context_length: int, shots: int, seeds: int | Non
     return table
 
 
-def speed(tmp: Path) -> list[dict]:
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def speed(tmp: Path, sizes: dict | None = None, repeats: int = SPEED_REPEATS) -> list[dict]:
+    """The speed-up table: body forward of the full prompts / shared-prefix extraction, CPU seconds
+    (one thread) and wall, both timed in the same run in `repeats` interleaved rounds (body, shared,
+    body, shared, ...), medians; `sizes` {shots: (prompts, body prompts)} as SPEED_PROMPTS."""
+    import torch
+
     from iclscope.core.config import ModelSpec
     from iclscope.model.extract import ExtractSettings, extract
     from iclscope.model.loading import load_model
@@ -86,54 +114,76 @@ def speed(tmp: Path) -> list[dict]:
 
     from .extraction import _body_forward
 
+    sizes = sizes or SPEED_PROMPTS
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     spec = ModelSpec.from_config(MODEL, cfg["models"][MODEL])
     model_dir = REPO / f"results/models/{MODEL}"
     tokenizer, manifest = load_tokenizer(model_dir)
     sdpa, tokenizer, _ = load_model(model_dir, device=spec.device, dtype=spec.dtype)
     settings = ExtractSettings.from_config(cfg["extract"])
-    rows = []
-    for shots in SHOTS:
-        path = tmp / f"tweets-{shots}.parquet"
-        table = _tweets_prompts(tokenizer, manifest["context_length"], shots, 1, path)
-        tokens = int(table["n_tokens"].sum())
-        m = BODY_PROMPTS[shots] or len(table)
-        sample = table.iloc[np.linspace(0, len(table) - 1, m).round().astype(int)].reset_index(drop=True)
-        scale = tokens / int(sample["n_tokens"].sum())
-        w0, c0 = time.perf_counter(), time.process_time()
-        _body_forward(sdpa, tokenizer, sample, spec)
-        body = {"wall": (time.perf_counter() - w0) * scale, "cpu": (time.process_time() - c0) * scale}
-        w0, c0 = time.perf_counter(), time.process_time()
-        summary = extract(path, model_dir, tmp / f"shared-{shots}.h5", spec, settings)
-        # extract's own clock starts after loading the model (the body forward's model is loaded too)
-        shared = {
-            "wall": summary["seconds"],
-            "cpu": (time.process_time() - c0) * summary["seconds"] / (time.perf_counter() - w0),
-        }
-        ratio = {k: body[k] / shared[k] for k in body}
-        share = summary["prefix_tokens"] / summary["prefixes"] * len(table) / tokens if summary["prefixes"] else 0
-        what = (
-            f"{len(table)} prompts of one seed, {summary['prefixes']} prefix, {tokens} tokens ({share:.1%} in "
-            f"the shared prefix), {spec.device}/{spec.dtype}, batch {spec.batch_size}; body "
-            f"{body['wall']:.1f} s wall / {body['cpu']:.1f} s CPU"
-            + (f" (measured on {m} prompts, scaled)" if m < len(table) else "")
-            + f", shared-prefix extraction {shared['wall']:.1f} s wall / {shared['cpu']:.1f} s CPU; "
-            f"CPU-time ratio {ratio['cpu']:.2f}"
-        )
-        target = ("≥ 2", ratio["wall"] >= 2) if shots == 1 else (None, None)
-        rows.append(
-            row(
-                "shared_prefix",
-                f"speed-up over body forward, {shots} demo/class",
-                ratio["wall"],
-                "x",
-                "body forward of the full prompts",
-                ratio["wall"],
-                *target,
-                what,
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU seconds of one thread: no idle spinning of a thread pool counted
+    rows, table_lines = [], []
+    try:
+        for shots, (n_prompts, n_body) in sizes.items():
+            path = tmp / f"tweets-{shots}.parquet"
+            table = _tweets_prompts(tokenizer, manifest["context_length"], shots, 1, path, prompts=n_prompts)
+            tokens = int(table["n_tokens"].sum())
+            m = min(n_body or len(table), len(table))
+            sample = table.iloc[np.linspace(0, len(table) - 1, m).round().astype(int)].reset_index(drop=True)
+            scale = tokens / int(sample["n_tokens"].sum())  # a full forward costs each token alike
+            body, shared, summary = {"wall": [], "cpu": []}, {"wall": [], "cpu": []}, {}
+            for rep in range(repeats):
+                w0, c0 = time.perf_counter(), time.process_time()
+                _body_forward(sdpa, tokenizer, sample, spec)
+                body["wall"].append((time.perf_counter() - w0) * scale)
+                body["cpu"].append((time.process_time() - c0) * scale)
+                # extract's clocks start after it loads the model (the body forward's model is loaded too)
+                summary = extract(path, model_dir, tmp / f"shared-{shots}-{rep}.h5", spec, settings)
+                shared["wall"].append(summary["seconds"])
+                shared["cpu"].append(summary["cpu_seconds"])
+            med = {k: {c: _median(v[c]) for c in v} for k, v in (("body", body), ("shared", shared))}
+            ratio = {c: med["body"][c] / med["shared"][c] for c in ("cpu", "wall")}
+            share = summary["prefix_tokens"] / summary["prefixes"] * len(table) / tokens if summary["prefixes"] else 0
+            what = (
+                f"{len(table)} prompts of one seed sharing {summary['prefixes']} prefix, {tokens} tokens "
+                f"({share:.1%} in the shared prefix), {spec.device}/{spec.dtype}, batch {spec.batch_size}, 1 thread, "
+                f"median of {repeats} interleaved rounds; body {med['body']['cpu']:.1f} s CPU / "
+                f"{med['body']['wall']:.1f} s wall"
+                + (f" (run on {m} evenly spaced prompts, scaled by tokens)" if m < len(table) else "")
+                + f", shared-prefix extraction {med['shared']['cpu']:.1f} s CPU / {med['shared']['wall']:.1f} s wall; "
+                f"wall ratio {ratio['wall']:.2f}"
             )
-        )
-        print(rows[-1], flush=True)
+            default = shots == cfg["datasets"]["tweets"]["prompts"]["shots_per_class"]
+            target = ("≥ 2", ratio["cpu"] >= 2) if default else (None, None)
+            rows.append(
+                row(
+                    "shared_prefix",
+                    f"speed-up over body forward (CPU s), {shots} demo/class",
+                    ratio["cpu"],
+                    "x",
+                    "body forward of the full prompts",
+                    ratio["cpu"],
+                    *target,
+                    what,
+                )
+            )
+            table_lines.append(
+                f"| {shots} | {len(table)} | {tokens / len(table):.0f} | {share:.1%} | {med['body']['cpu']:.1f} | "
+                f"{med['shared']['cpu']:.1f} | **{ratio['cpu']:.2f}** | {ratio['wall']:.2f} |"
+            )
+            print(rows[-1], flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    print(
+        "shared-prefix extraction vs the body-only forward of the full prompts (tweets, SmolLM2-135M, one seed, "
+        "1 thread; ratio = body / shared, medians of interleaved rounds; body CPU seconds scaled from a sample "
+        "where fewer body prompts are run):\n"
+        "| demos/class | prompts | tokens/prompt | in the prefix | body CPU s | shared CPU s | ratio CPU | ratio wall "
+        "|\n"
+        "|---|---|---|---|---|---|---|---|\n" + "\n".join(table_lines),
+        flush=True,
+    )
     return rows
 
 
