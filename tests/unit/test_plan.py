@@ -72,3 +72,17 @@ def test_toy_training_threads_follow_the_width():
         toy_regression__d_model=256,
     )
     assert wide.toy_threads("paper") == 4 and wide.toy_threads("huge") == 8 and wide.toy_threads() == 2
+
+
+def test_figure_inputs_are_the_planned_figures_tables():
+    """What `rule all` leaves out (workflow/rules/common.smk, all_targets): the tables the planned figures
+    read, each a planned table, and nothing of a figure that is not planned."""
+    plan = Plan(DEFAULT)
+    read = plan.figure_inputs()
+    tables = set(plan.targets("tables"))
+    assert {f"results/metrics/{m}/tweets/aucroc.parquet" for m in plan.models} <= read
+    assert {f"results/taskspace/{m}/tweets.view.parquet" for m in plan.models} <= read  # the task_space figure's points
+    assert {p for p in read if p.startswith("results/metrics/")} <= tables
+    assert not any("{" in p or "seed" in p for p in read)  # TS-FT's runs: no target names them
+    assert not any("sweep" in p for p in read)  # icicl.sweep.enabled is false: its figure is not planned
+    assert plan_with(icicl__enabled=False).figure_inputs() == {p for p in read if "/icicl" not in p}

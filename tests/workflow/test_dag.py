@@ -84,6 +84,19 @@ def test_figures_and_metrics_targets_plan_every_familys_jobs(tmp_path):
     assert figures["layer_atlas"] == len(plan.models)
 
 
+def test_all_plans_every_activation_table_figure_and_the_summary(tmp_path):
+    """`rule all` names only the products no other of them reads (common.smk, all_targets), yet plans the
+    same jobs as naming every activation file, table, figure and summary file."""
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    summary = [f"results/summary/{name}.csv" for name in ("headline", "peak_layers", "claims")]
+    named = {"all", "activations", "metrics", "figures"}
+    everything = planned_jobs(tmp_path, "activations", "metrics", "figures", *summary)
+    default = planned_jobs(tmp_path)
+    jobs = lambda planned: {rule: n for rule, n in planned.items() if rule not in named}  # noqa: E731
+    assert jobs(default) == jobs(everything)
+    assert len(default) > 30
+
+
 def test_entropy_corpus_must_be_a_configured_dataset(tmp_path):
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["entropy"]["datasets"] = ["tweetz"]

@@ -192,6 +192,19 @@ class Plan:
         kinds = ("tables", "figures") if what == "both" else (what,)
         return [path for f in chosen for kind in kinds for output in getattr(f, kind) for path in self.paths(output)]
 
+    def figure_inputs(self) -> set[str]:
+        """Every file the planned figures read (their tables), TS-FT's runs aside (a pattern over
+        {arm} and {seed}: no target names a run). `rule all` leaves these out: each figure's job
+        brings its own (workflow/rules/common.smk, all_targets)."""
+        read = set()
+        for figure in (fig for f in FAMILIES for fig in f.figures):
+            datasets = self.datasets_for(figure.datasets)
+            models = self.models if "{model}" in figure.path else [None]
+            for _, pattern in figure.inputs:
+                if "{seed}" not in pattern:
+                    read.update(pattern.format(model=m, dataset=d) for m in models for d in datasets)
+        return read
+
     def atlas_tables(self, dataset: str) -> list[str]:
         """The layer-wise metric tables of one model × dataset (what the layer atlas draws)."""
         return [
