@@ -121,6 +121,7 @@ def speed(tmp: Path, sizes: dict | None = None, repeats: int = SPEED_REPEATS) ->
     tokenizer, manifest = load_tokenizer(model_dir)
     sdpa, tokenizer, _ = load_model(model_dir, device=spec.device, dtype=spec.dtype)
     settings = ExtractSettings.from_config(cfg["extract"])
+    weights = next(sdpa.parameters())
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # CPU seconds of one thread: no idle spinning of a thread pool counted
     rows, table_lines = [], []
@@ -147,7 +148,8 @@ def speed(tmp: Path, sizes: dict | None = None, repeats: int = SPEED_REPEATS) ->
             share = summary["prefix_tokens"] / summary["prefixes"] * len(table) / tokens if summary["prefixes"] else 0
             what = (
                 f"{len(table)} prompts of one seed sharing {summary['prefixes']} prefix, {tokens} tokens "
-                f"({share:.1%} in the shared prefix), {spec.device}/{spec.dtype}, batch {spec.batch_size}, 1 thread, "
+                f"({share:.1%} in the shared prefix), {weights.device.type}/{weights.dtype}, "
+                f"batch {spec.batch_size}, 1 thread, "
                 f"median of {repeats} interleaved rounds; body {med['body']['cpu']:.1f} s CPU / "
                 f"{med['body']['wall']:.1f} s wall"
                 + (f" (run on {m} evenly spaced prompts, scaled by tokens)" if m < len(table) else "")
