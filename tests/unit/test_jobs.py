@@ -4,6 +4,7 @@ imports and ignore comments, scripts that read only their params, defaults writt
 import ast
 import copy
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -276,6 +277,24 @@ def test_the_parse_cache_is_keyed_on_content_never_on_dates(tmp_path, monkeypatc
     assert two != one
     (tmp_path / "cache").rename(tmp_path / "elsewhere")  # no cache: parsed afresh, same digests
     assert _digest_in(pkg, extract) == two
+
+
+def test_checkouts_of_one_version_share_the_parse_cache(tmp_path, monkeypatch):
+    """The key holds a file's place relative to the package, not its absolute path: a second checkout
+    of the same code adds no entry (two test copies or clones no longer evict each other), while an
+    edit in one of them adds the edited file's entry alone."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "iclscope" / "code-parses.json"
+    extract = SCRIPTS / "extract.py"
+    one = _digest_in(_package_copy(tmp_path / "a"), extract)
+    entries = set(json.loads(cache.read_text()))
+    second = _package_copy(tmp_path / "b")
+    assert _digest_in(second, extract) == one
+    assert set(json.loads(cache.read_text())) == entries
+    capture = second / "model" / "capture.py"
+    capture.write_text(capture.read_text() + "\nEXTRA_CONSTANT = 1\n")
+    assert _digest_in(second, extract) != one
+    assert len(set(json.loads(cache.read_text())) - entries) == 1
 
 
 def test_a_digest_from_the_parse_cache_parses_nothing(tmp_path, monkeypatch):

@@ -138,10 +138,12 @@ def _parse(path: Path, source: str) -> list:
 # The parse of each file, remembered across processes (every Snakemake call, every cluster job parses
 # the Snakefile, whose params hold the digest of every script: ~110 modules, about a second a call).
 # An entry is keyed by the sha256 of what decides the parse: this file's own source (the normaliser),
-# the Python version (ast.unparse), the package's location, the file's path and its full text. A hit
-# is therefore the parse of exactly these bytes, never a stale one; a miss (or an unreadable cache)
-# parses. Bounded to PARSE_CACHE_ENTRIES, the entries this process used kept first.
-PARSE_CACHE_ENTRIES = 300
+# the Python version (ast.unparse), the file's place relative to the package (what its relative
+# imports resolve against; a script outside the package has none) and its full text. A hit is
+# therefore the parse of exactly these bytes, never a stale one; a miss (or an unreadable cache)
+# parses. Every checkout of one version shares its ~110 entries (the key holds no absolute path), so
+# copies do not evict each other. Bounded to PARSE_CACHE_ENTRIES, the entries this process used kept first.
+PARSE_CACHE_ENTRIES = 2000
 _PARSES: dict[str, list] | None = None
 _PARSES_USED: set[str] = set()
 _PARSES_DIRTY = False
@@ -171,7 +173,7 @@ def _parse_cache_file() -> Path:
 
 @functools.cache
 def _parse_salt() -> bytes:
-    parts = (Path(__file__).read_bytes(), sys.version.encode(), str(PACKAGE_DIR).encode())
+    parts = (Path(__file__).read_bytes(), sys.version.encode())
     return hashlib.sha256(b"\0".join(parts)).digest()
 
 
@@ -203,7 +205,8 @@ def _parsed(path: Path) -> tuple[str, frozenset[str]]:
     """(normalised source, package modules it imports, with the sub-packages they run) of one file."""
     global _PARSES_DIRTY
     source = path.read_text()
-    key = hashlib.sha256(_parse_salt() + str(path).encode() + b"\0" + source.encode()).hexdigest()
+    place = f"package:{path.relative_to(PACKAGE_DIR)}" if path.is_relative_to(PACKAGE_DIR) else "outside"
+    key = hashlib.sha256(_parse_salt() + place.encode() + b"\0" + source.encode()).hexdigest()
     cache = _parse_cache()
     entry = cache.get(key)
     if not (
