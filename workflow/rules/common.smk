@@ -243,8 +243,8 @@ def all_targets():
     targets = PLAN.targets()
     read = PLAN.figure_inputs() | set(summary_tables())
     planned = set(targets)
-    activations = [f"results/activations/{m}/{d}.h5" for m in MODELS for d in DATASETS
-                   if f"results/metrics/{m}/{d}/icl_accuracy.parquet" not in planned]  # icl_accuracy reads it
+    accuracy = paths("results/metrics/{model}/{dataset}/icl_accuracy.parquet", DATASETS)  # reads its .h5
+    activations = [h5 for h5, table in zip(activation_targets(), accuracy, strict=True) if table not in planned]
     return activations + [f for f in targets if f not in read] + summary_targets()
 
 
