@@ -1,13 +1,18 @@
 """The claims table over datasets (iclscope.report.claims): per dataset and pooled with the stratified
 paired bootstrap, Holm over the whole table, from constructed per-example results (no model)."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from comparisons import assert_adjusted
 
 from iclscope.core.stats import paired_difference, stratified_paired_difference
 from iclscope.report.claims import claims_table, icicl_pairs, icicl_timing, reweighting_pairs
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def fake_predictions(rng, n):
@@ -135,7 +140,6 @@ def test_summary_script_writes_the_claims_table(tmp_path):
     import json
     import subprocess
     import sys
-    from pathlib import Path
 
     from test_icicl_tsft import _fake_run
 
@@ -237,3 +241,34 @@ runpy.run_path({str(repo / "workflow/scripts/summary.py")!r}, init_globals={{"sn
         "icicl_soft(inject_layer=10, depth=0.333, state=mean, task_space=pool, label_line=True; tuned_on=validation)"
     }
     assert all(v == {""} for (arm, d), v in settings.items() if d == "pooled" or not arm.startswith("icicl"))
+
+
+def test_the_default_resamples_let_a_seed_level_claim_survive_holm(caplog):
+    """A bootstrap p is floored at 1/n_boot and Holm multiplies the smallest by the number of tests:
+    with too few resamples no claim over seeds can be significant after adjustment (200 resamples,
+    20 tests: 0.1). The schema's claims.n_boot must leave room, and a low setting is logged."""
+    import logging
+
+    from iclscope.core.validate import validate_config
+    from iclscope.report.claims import ALPHA, holm_resolution
+
+    claims_yaml = yaml.safe_load((REPO / "config/examples/claims.yaml").read_text())
+    n_boot = validate_config(claims_yaml)["claims"]["n_boot"]
+    assert holm_resolution(20, n_boot) < ALPHA / 10
+    assert holm_resolution(20, 200) >= ALPHA  # the old setting (icl_accuracy.n_boot)
+
+    rng = np.random.default_rng(0)
+    gain = rng.random((3, 60)) < 0.9  # the arm right on 90 % of each seed's inputs, the reference never
+    pairs = {d: {"reweighted-vanilla": (gain, np.zeros_like(gain))} for d in ("a", "b", "c", "d")}
+    with caplog.at_level(logging.WARNING, logger="iclscope.report.claims"):
+        low = claims_table(pairs, model="m", n_boot=50)
+    assert "raise claims.n_boot" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="iclscope.report.claims"):
+        high = claims_table(pairs, model="m", n_boot=n_boot)
+    assert caplog.text == ""
+    pooled = {
+        name: t[(t.metric == "p_holm") & (t.dataset == "pooled")].value.item()
+        for name, t in (("low", low), ("high", high))
+    }
+    assert pooled["low"] >= ALPHA > pooled["high"]  # same data: only the resolution differs

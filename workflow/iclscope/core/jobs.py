@@ -443,7 +443,7 @@ RULE_SETTINGS: dict[str, Callable[[dict, dict], dict]] = {
     ),
     "tsft": _model_dataset(_tsft),
     "tsft_summary": lambda c, wc: {"n_boot": c["icl_accuracy"]["n_boot"]},
-    "summary": lambda c, wc: {"n_boot": c["icl_accuracy"]["n_boot"]},  # the claims table's bootstrap
+    "summary": lambda c, wc: {"n_boot": c["claims"]["n_boot"]},  # the claims table's bootstrap
     "layer_lora": _model_dataset(
         lambda c, wc: {"layer_lora": _layered(c, wc, "layer_lora", _without(c["layer_lora"], "enabled"))}
     ),

@@ -18,6 +18,7 @@ pandas / numpy: the summary job imports it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -25,6 +26,19 @@ import pandas as pd
 
 from iclscope.core.metrics import metric_frame
 from iclscope.core.stats import pooled_rows, with_holm
+
+log = logging.getLogger(__name__)
+
+ALPHA = 0.05
+
+
+def holm_resolution(n_tests: int, n_boot: int) -> float:
+    """The smallest Holm-adjusted p a bootstrap p-value can reach in a family of `n_tests`: a
+    bootstrap p is floored at 1/n_boot (the resolution of n_boot replicates), and Holm multiplies the
+    smallest p by the number of tests. At or above 0.05 no bootstrap-tested claim can be significant
+    after adjustment, whatever the data (200 resamples and 20 tests: 0.1)."""
+    return n_tests / n_boot if n_boot else 1.0
+
 
 ICICL_CLAIMS = (("icicl_soft", "full_icl"), ("icicl_soft", "task_vector"), ("icicl_soft", "anchor_kv"))
 
@@ -90,6 +104,17 @@ def claims_table(
         strata = {d: by_claim[claim] for d, by_claim in pairs.items() if claim in by_claim}
         rows += pooled_rows(strata, n_boot=n_boot, adjust=False, arm=claim)
     rows = with_holm(rows)
+    n_tests = sum(r["metric"] == "p_value" for r in rows)
+    if n_tests and holm_resolution(n_tests, n_boot) >= ALPHA:
+        log.warning(
+            "claims: %d resamples floor a bootstrap p-value at 1/%d, so after Holm over %d tests no "
+            "seed-level claim can reach p < %.2f; raise claims.n_boot above %d",
+            n_boot,
+            n_boot,
+            n_tests,
+            ALPHA,
+            int(n_tests / ALPHA),
+        )
     for dataset, by_claim in (timing or {}).items():
         for claim, (est, lo, hi) in by_claim.items():
             rows.append(
