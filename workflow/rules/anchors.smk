@@ -35,7 +35,7 @@ rule saliency:
         "logs/saliency/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         **model_stage_resources("saliency"),
     script:
@@ -56,7 +56,7 @@ rule isolation:
         "logs/isolation/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         **model_stage_resources("isolation"),
     script:
@@ -79,7 +79,7 @@ rule reweighting:
         "logs/reweighting/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         **model_stage_resources("reweighting"),
     script:
@@ -103,7 +103,7 @@ rule error_diagnosis:
         "logs/error_diagnosis/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         **model_stage_resources("error_diagnosis"),
     script:
@@ -126,7 +126,7 @@ rule anchor_compression:
         "logs/anchor_compression/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         **model_stage_resources("anchor_compression"),
     script:

@@ -128,6 +128,11 @@ def model_stage_resources(stage):
                 batch_size=batch_size, max_batch_tokens=max_batch_tokens)
 
 
+
+def model_threads(wc):
+    """`threads:` of a model stage, from the model's width (iclscope.core.resources.model_threads)."""
+    return res.model_threads(res.read_architecture(config["models"][wc.model], f"results/models/{wc.model}.json"))
+
 # Figures read one small table each: on SLURM they run many to an sbatch job (group SMALL_JOBS,
 # profiles/slurm's group-components) so that a lab run submits hundreds of jobs, not thousands.
 SMALL_JOBS = "small_cpu"

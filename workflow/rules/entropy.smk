@@ -17,7 +17,7 @@ rule token_states:
         "logs/token_states/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         **model_stage_resources("token_states"),
     script:

@@ -30,7 +30,7 @@ rule extract:
         ),
     conda:
         "../envs/iclscope.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         **model_stage_resources("extract"),
     script:

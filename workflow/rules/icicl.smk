@@ -23,7 +23,7 @@ rule icicl:
         "logs/icicl/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         **model_stage_resources("icicl"),
     script:
@@ -52,7 +52,7 @@ rule icicl_sweep:
         "logs/icicl_sweep/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         **model_stage_resources("icicl_sweep"),
     script:

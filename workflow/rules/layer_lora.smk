@@ -22,7 +22,7 @@ rule layer_lora:
         "logs/layer_lora/{model}/{dataset}/{arm}.log",
     conda:
         "../envs/iclscope.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         **model_stage_resources("layer_lora"),
     script:
@@ -63,7 +63,7 @@ rule layer_lora_extract:
         "logs/layer_lora_extract/{model}/{dataset}/{arm}.log",
     conda:
         "../envs/iclscope.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         **model_stage_resources("layer_lora_extract"),
     script:

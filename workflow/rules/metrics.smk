@@ -77,7 +77,7 @@ rule patching:
         "logs/patching/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         **model_stage_resources("patching"),
     script:

@@ -12,6 +12,7 @@ rule extract_anchors:
         "logs/extract_anchors/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
+    threads: model_threads
     resources:
         **model_stage_resources("extract_anchors"),
     script:

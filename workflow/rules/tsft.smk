@@ -13,7 +13,7 @@ rule tsft:
         "logs/tsft/{model}/{dataset}/{arm}-seed{seed}.log",
     conda:
         "../envs/iclscope.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         **model_stage_resources("tsft"),
     script:
