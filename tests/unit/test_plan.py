@@ -24,7 +24,7 @@ def plan_with(**changes) -> Plan:
 def test_default_plan():
     plan = Plan(DEFAULT)
     assert plan.classification() == ["tweets", "tweets3"]
-    assert plan.decodability() == ["words", "bitwise"] and plan.patching() == ["words", "bitwise"]
+    assert plan.decodability() == ["words", "bitwise"] and plan.patching() == ["words"]  # bitwise: decodability only
     assert plan.taskspace() == plan.icicl() == plan.tsft() == ["tweets"]  # tweets3 runs error diagnosis only
     assert plan.anchor_methods("tweets") == ["aucroc", "saliency", "isolation", "reweighting", "anchor_compression"]
     assert plan.anchor_methods("tweets3") == [] and plan.error_diagnosis() == ["tweets3"]
