@@ -30,7 +30,6 @@ rule extract:
         ),
     conda:
         "../envs/iclscope.yaml"
-    priority: 1  # most stages wait for it: before the stages that do not
     threads: model_threads
     resources:
         **model_stage_resources("extract"),

@@ -23,7 +23,6 @@ rule icicl:
         "logs/icicl/{model}/{dataset}.log",
     conda:
         "../envs/iclscope.yaml"
-    priority: 2  # the longest jobs of a run start first (LPT), so none of them is the run's tail
     threads: model_threads
     resources:
         **model_stage_resources("icicl"),

@@ -13,7 +13,6 @@ rule tsft:
         "logs/tsft/{model}/{dataset}/{arm}-seed{seed}.log",
     conda:
         "../envs/iclscope.yaml"
-    priority: 2  # the longest jobs of a run start first (LPT), so none of them is the run's tail
     threads: model_threads
     resources:
         **model_stage_resources("tsft"),
