@@ -158,4 +158,4 @@ def test_the_version_is_written_once_and_has_a_changelog_entry():
 def test_readme_is_short_and_states_one_cost():
     text = (REPO / "README.md").read_text()
     assert len(text.splitlines()) <= 100
-    assert "make run" in text and "make test" in text and "about 35 minutes" in text
+    assert "make run" in text and "make test" in text and "about 20 minutes" in text
