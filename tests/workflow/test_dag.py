@@ -43,8 +43,9 @@ def test_dataset_methods_pick_what_runs(tmp_path):
     assert jobs["aucroc"] == jobs["fig_aucroc"] == 1
     for rule in ("saliency", "isolation", "reweighting", "icicl", "tsft", "taskspace", "compression"):
         assert rule not in jobs, rule
-    assert jobs["patching"] == jobs["decodability"] == 2  # words' patching needs its decodability; bitwise runs all
-    assert jobs["decodability_fit"] == 1  # bitwise keeps every method
+    assert jobs["patching"] == 1  # words only: bitwise's methods are [decodability]
+    assert jobs["decodability"] == 2  # words' patching needs its decodability; bitwise keeps its own
+    assert jobs["decodability_fit"] == 1  # bitwise's
     cfg["datasets"]["words"]["methods"] = ["icicl"]
     write_config(tmp_path, cfg)
     result = snakemake(tmp_path, "-n", check=False)
