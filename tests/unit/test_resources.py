@@ -179,7 +179,10 @@ def test_model_stage_threads_follow_the_width():
     assert res.model_threads(smol) == 1
     assert res.model_threads(arch("gpt2-xl")) == 1  # d_model 1600
     assert res.model_threads(arch("llama-3.1-8b")) == 4  # d_model 4096
-    assert res.model_threads(res.Architecture("wide", 100, 65536, 2, 8, 8, 8192, 4)) == res.MAX_THREADS
+    wide = res.Architecture(
+        "wide", vocab=100, d_model=65536, n_layers=2, n_heads=8, n_kv_heads=8, head_dim=8192, intermediate=4
+    )
+    assert res.model_threads(wide) == res.MAX_THREADS
     assert res.model_threads(None) == 2
 
 

@@ -94,10 +94,20 @@ def _prompt_stats(path):
     return table.num_rows, sum(tokens) / max(1, len(tokens)), max(tokens, default=128), demos
 
 
+def _manifest(model):
+    return f"results/models/{model}.json"
+
+
+def _architecture(model):
+    """The model's Architecture (config.json / GGUF header, no weights), or None while not on this machine."""
+    spec = config["models"].get(model)
+    return res.read_architecture(spec, _manifest(model)) if spec else None
+
+
 def _stage_resources(stage, wc, input, attempt):
     spec = config["models"][wc.model]
-    manifest = f"results/models/{wc.model}.json"
-    arch = res.read_architecture(spec, manifest)
+    manifest = _manifest(wc.model)
+    arch = _architecture(wc.model)
     if arch is None:
         if manifest in input:  # not prepared yet: Snakemake evaluates again at submission (TBD until then)
             raise FileNotFoundError(errno.ENOENT, "model not prepared yet", manifest)
@@ -128,10 +138,10 @@ def model_stage_resources(stage):
                 batch_size=batch_size, max_batch_tokens=max_batch_tokens)
 
 
-
 def model_threads(wc):
     """`threads:` of a model stage, from the model's width (iclscope.core.resources.model_threads)."""
-    return res.model_threads(res.read_architecture(config["models"][wc.model], f"results/models/{wc.model}.json"))
+    return res.model_threads(_architecture(wc.model))
+
 
 # Figures read one small table each: on SLURM they run many to an sbatch job (group SMALL_JOBS,
 # profiles/slurm's group-components) so that a lab run submits hundreds of jobs, not thousands.
@@ -147,8 +157,7 @@ def cpu_stage_resources(stage, copies=None):
 
     def compute(wc, attempt):
         model = getattr(wc, "model", None)
-        spec = config["models"].get(model)
-        arch = res.read_architecture(spec, f"results/models/{model}.json") if spec else None
+        arch = _architecture(model)
         prompts = Path(f"results/prompts/{model}/{getattr(wc, 'dataset', '')}.parquet")
         n = None
         if prompts.exists():
