@@ -2,12 +2,14 @@
 
 `slurm_cluster` (session) starts munge, MariaDB, slurmdbd, slurmctld and slurmd with
 tests/cluster/slurm-local.sh (packages come from `make cluster-deps`), and stops exactly the
-daemons it started, by pid, at the end. Without root or the packages it fails with the reason:
-a cluster test never silently skips.
+daemons it started, by pid, at the end. A session holds `<state dir>.lock` throughout, so two test
+sessions on one machine take turns; a cold start cancels what a killed session left queued.
+Without root or the packages it fails with the reason: a cluster test never silently skips.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import time
@@ -24,6 +26,21 @@ CPU_PARTITION, GPU_PARTITION = "debug", "gpu"  # the tests' --default-resources;
 class Cluster:
     def __init__(self, env: dict):
         self.env = env
+
+    def start(self) -> str:
+        """Start the daemons not running (idempotent); fail with the script's log; its log lines."""
+        started = _script("start", env=self.env)
+        if started.returncode != 0:
+            pytest.fail(
+                f"could not start the local SLURM cluster (run `make cluster-deps` first):\n"
+                f"{started.stdout[-3000:]}\n{started.stderr[-2000:]}"
+            )
+        return started.stdout
+
+    def crash(self) -> None:
+        """SIGKILL the jobs' processes and every daemon, leaving the saved state (a killed session)."""
+        done = _script("crash", env=self.env)
+        assert done.returncode == 0, done.stdout + done.stderr
 
     def restart_slurmd(self) -> str:
         """Stop and start the node daemon (queued and running jobs stay); its log lines."""
@@ -80,13 +97,15 @@ def slurm_cluster():
         "SLURM_LOCAL_GPUS": "2",
         "SLURM_LOCAL_PARTITION": CPU_PARTITION,
         "SLURM_LOCAL_GPU_PARTITION": GPU_PARTITION,
+        "SLURM_CONF": f"{STATE_DIR}/etc/slurm.conf",
     }
-    started = _script("start", env=env)
-    if started.returncode != 0:
-        pytest.fail(
-            f"could not start the local SLURM cluster (run `make cluster-deps` first):\n"
-            f"{started.stdout[-3000:]}\n{started.stderr[-2000:]}"
-        )
-    env["SLURM_CONF"] = f"{STATE_DIR}/etc/slurm.conf"
-    yield Cluster(env)
-    _script("stop", env=env)
+    # one test session on the cluster at a time: a second one (another checkout's `make test`) waits
+    # here instead of sharing the queue that the first one counts jobs in
+    with open(f"{STATE_DIR}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cluster = Cluster(env)
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            _script("stop", env=env)

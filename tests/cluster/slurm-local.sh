@@ -12,17 +12,20 @@
 # ends only the processes this script started, by the pids it recorded.
 # Must run as root (apt-get, mknod, /etc/slurm symlink, slurmd).
 #
-# Usage: slurm-local.sh {install|install-if-missing|start|stop|restart|restart-slurmd|status|env|clean}
+# Usage: slurm-local.sh {install|install-if-missing|start|stop|restart|restart-slurmd|crash|status|env|clean}
 #   install  apt-get install the Debian packages (apt-get update first)
 #   install-if-missing  the same, only when a package is missing (fast and quiet otherwise)
 #   start    write the config (on first start) and start munged [mariadbd slurmdbd]
 #            slurmctld slurmd; wait until the node is idle.  Idempotent: daemons
-#            already running from this directory are left alone.
+#            already running from this directory are left alone.  A cold slurmctld start
+#            cancels the jobs it recovers from daemons that died without `stop`.
 #   stop     scancel our jobs, then stop the daemons started from this directory,
 #            by recorded pid (checked against /proc: same program, same start time).
 #   restart  stop + start (rewrites the config).
 #   restart-slurmd  stop and start only slurmd (jobs stay queued / running), as a node
 #            daemon restart or upgrade does on a real cluster; wait until the node answers.
+#   crash    SIGKILL the jobs' processes and the daemons, leaving the saved state, as a
+#            killed session does (tests/cluster/test_cold_start.py).
 #   status   daemons, sinfo, squeue.
 #   env      print `export SLURM_CONF=...` (eval "$(slurm-local.sh env)").
 #   clean    stop, then delete the whole directory (state, job ids, accounting DB).
@@ -368,6 +371,34 @@ any_running() {
   return 1
 }
 
+cancel_all() { # scancel every job in our queue and wait until it is empty
+  local i
+  scancel --full $(squeue -h -o %i) 2>/dev/null || true
+  for i in $(seq 1 $((TIMEOUT * 2))); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && return 0; sleep 0.5; done
+  log "jobs still queued after $TIMEOUT s: $(squeue -h -o '%i %T' | tr '\n' ' ')"
+}
+
+# When slurmctld starts cold, every job it recovers from its saved state belongs to daemons that
+# died without `stop` (a killed test session): pending ones would run again, running ones keep the
+# node 'mix' for ever. `forget_orphans` (before slurmd starts) cancels them, so that accounting
+# records their end; `release_node` (after) frees an allocation a cancelled job still holds.
+ORPHANS=
+forget_orphans() {
+  ORPHANS=$(squeue -h -o %i 2>/dev/null | tr '\n' ' ')
+  [ -n "${ORPHANS// /}" ] || { ORPHANS=; return 0; }
+  log "cold start: cancelling the jobs of a cluster stopped without 'stop': $ORPHANS"
+  scancel --full $(squeue -h -o %i) 2>/dev/null || true
+}
+release_node() {
+  local i
+  [ -n "$ORPHANS" ] || return 0
+  cancel_all
+  for i in $(seq 1 10); do [ "$(node_state)" = idle ] && return 0; sleep 0.5; done
+  log "node $NODE is $(node_state) with an empty queue; down and resume to free it"
+  scontrol update nodename="$NODE" state=down reason="orphans of a stopped cluster" 2>/dev/null || true
+  scontrol update nodename="$NODE" state=resume 2>/dev/null || true
+}
+
 do_start() {
   local t0; t0=$(now)
   have_pkgs || { [ "$AUTO_INSTALL" = 1 ] && do_install; } || true
@@ -381,8 +412,11 @@ do_start() {
   link_etc
   start_munged
   if [ "$ACCOUNTING" = 1 ]; then start_mariadb; start_slurmdbd; fi
+  local cold=1; owned_pid slurmctld >/dev/null && cold=0
   start_slurmctld
+  if [ $cold = 1 ]; then forget_orphans; fi
   start_slurmd
+  release_node
   wait_node
   log "cluster up in $(since "$t0") s: $(sinfo -h -o '%P %a %D %t %N %G' | head -1)"
   log "clients: export SLURM_CONF=$CONF$([ "$LINK_ETC" = 1 ] && echo " (or rely on $ETC_LINK)")"
@@ -404,12 +438,26 @@ do_stop() {
   if owned_pid slurmctld >/dev/null; then
     if [ -n "$(squeue -h -o %i 2>/dev/null)" ]; then
       log "cancelling jobs: $(squeue -h -o %i | tr '\n' ' ')"
-      scancel --full $(squeue -h -o %i) 2>/dev/null || true
-      for i in $(seq 1 60); do [ -z "$(squeue -h -t R,CG,PD -o %i 2>/dev/null)" ] && break; sleep 0.5; done
+      cancel_all
     fi
   fi
   for n in slurmd slurmctld slurmdbd mariadbd munged; do stop_one "$n"; done
   unlink_etc
+}
+
+do_crash() { # SIGKILL our jobs' processes and daemons, as a killed session leaves them: state stays
+  local pid parent n
+  if owned_pid slurmd >/dev/null; then
+    for pid in $(scontrol listpids 2>/dev/null | awk 'NR > 1 {print $1}'); do
+      parent=$(awk '{print $4}' "/proc/$pid/stat" 2>/dev/null) || continue
+      [ "$(cat "/proc/$parent/comm" 2>/dev/null)" = slurmstepd ] && kill -KILL "$parent" 2>/dev/null
+      kill -KILL "$pid" 2>/dev/null
+    done
+  fi
+  for n in slurmd slurmctld slurmdbd mariadbd munged; do
+    pid=$(owned_pid "$n") && { kill -KILL "$pid"; log "$n (pid $pid) killed"; }
+  done
+  sleep 1
 }
 
 do_status() {
@@ -427,6 +475,7 @@ case "${1:-}" in
   stop) do_stop ;;
   restart) do_stop; rm -f "$CONF"; do_start ;;
   restart-slurmd) stop_one slurmd; start_slurmd; wait_node any ;;
+  crash) do_crash ;;
   status) do_status ;;
   env) echo "export SLURM_CONF=$CONF" ;;
   clean) do_stop; [ -n "$DIR" ] && [ "$DIR" != / ] && rm -rf "$DIR"; echo "removed $DIR" ;;
