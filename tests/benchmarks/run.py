@@ -87,35 +87,39 @@ def main() -> None:
     parser.add_argument("--store", default="32x32", help="models x datasets of the lab-store benchmark (>= 1,000)")
     args = parser.parse_args()
     only = set(args.only.split(","))
+    m, d = map(int, args.dag.split("x"))
+    sm, sd = map(int, args.store.split("x"))
+    benchmarks = {
+        "extraction": extraction.run,
+        "shared_prefix": shared_prefix.run,
+        "memory": memory.run,
+        # and a 4-model × 7-dataset configuration's no-op plan, in seconds
+        "dag": lambda: dag.run(m, d) + dag.run(4, 7, target=False),
+        "store": lambda: store.run(sm, sd),
+        "entropy": entropy_cost.run,
+        "speedups": speedups,
+        "batching": batching.run,
+        "tsft": tsft_step.run,
+    }
+    if unknown := only - benchmarks.keys():
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; known: {','.join(benchmarks)}")
     pipeline_inputs(f"results/prompts/{MODEL}/tweets.parquet", f"results/models/{MODEL}.json")
     rows = []
-    if "extraction" in only:
-        rows += extraction.run()
-    if "shared_prefix" in only:
-        rows += shared_prefix.run()
-    if "memory" in only:
-        rows += memory.run()
-    if "dag" in only:
-        m, d = map(int, args.dag.split("x"))
-        rows += dag.run(m, d)
-        rows += dag.run(4, 7, target=False)  # a 4-model × 7-dataset configuration's no-op plan, in seconds
-    if "store" in only:
-        m, d = map(int, args.store.split("x"))
-        rows += store.run(m, d)
-    if "entropy" in only:
-        rows += entropy_cost.run()
-    if "speedups" in only:
-        rows += speedups()
-    if "batching" in only:
-        rows += batching.run()
-    if "tsft" in only:
-        rows += tsft_step.run()
+    for name, benchmark in benchmarks.items():
+        if name in only:
+            rows += benchmark()
+            table = write(rows)  # after every benchmark: one that fails keeps the rows before it
+    print(table)
+
+
+def write(rows: list[dict]) -> str:
+    """Write results/benchmarks/benchmarks.{json,md} with the rows so far; the table."""
     info = machine()
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "benchmarks.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
     table = to_markdown(rows, info)
     (OUT / "benchmarks.md").write_text(table)
-    print(table)
+    return table
 
 
 if __name__ == "__main__":

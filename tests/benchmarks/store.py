@@ -81,10 +81,8 @@ def run(n_models: int = 32, n_datasets: int = 32, repeats: int = 3) -> list[dict
         shutil.copytree(REPO / "workflow", repo / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
         store = Path(tmp) / "store"
         store.mkdir()
-        config = _config(n_models, n_datasets)
-        for name, spec in config["models"].items():  # a config.json each: the layer settings read the depth
-            spec["path"] = str(Path(tmp) / "models" / name)
-            Path(spec["path"]).mkdir(parents=True)
+        config = _config(n_models, n_datasets, Path(tmp) / "models")
+        for spec in config["models"].values():  # a tiny Llama's config.json each: the layer settings read the depth
             (Path(spec["path"]) / "config.json").write_text(json.dumps(TINY_LLAMA))
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(config))
         n = _fill(repo, store, Path(tmp) / "config.yaml")
