@@ -371,9 +371,11 @@ any_running() {
   return 1
 }
 
+scancel_queue() { scancel --full $(squeue -h -o %i) 2>/dev/null || true; }
+
 cancel_all() { # scancel every job in our queue and wait until it is empty
   local i
-  scancel --full $(squeue -h -o %i) 2>/dev/null || true
+  scancel_queue
   for i in $(seq 1 $((TIMEOUT * 2))); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && return 0; sleep 0.5; done
   log "jobs still queued after $TIMEOUT s: $(squeue -h -o '%i %T' | tr '\n' ' ')"
 }
@@ -387,7 +389,7 @@ forget_orphans() {
   ORPHANS=$(squeue -h -o %i 2>/dev/null | tr '\n' ' ')
   [ -n "${ORPHANS// /}" ] || { ORPHANS=; return 0; }
   log "cold start: cancelling the jobs of a cluster stopped without 'stop': $ORPHANS"
-  scancel --full $(squeue -h -o %i) 2>/dev/null || true
+  scancel_queue
 }
 release_node() {
   local i
